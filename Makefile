@@ -1,0 +1,36 @@
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+HOST ?= 127.0.0.1
+PORT ?= 8001
+
+.PHONY: install demo test serve migrate
+
+# torch first and pinned: pip then takes the CPU wheel on disk (or the CUDA build on a GPU machine)
+# instead of pulling a multi-GB build to satisfy transformers' unpinned requirement.
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
+	$(PIP) install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+migrate: install
+	$(PY) manage.py migrate --noinput
+
+# Trains one SAE on the bundled MiniLM through the real queue and a real worker process.
+demo: migrate
+	MISTUDIO_DEBUG=1 $(PY) manage.py demo
+
+test: install
+	$(PY) -m pytest -q
+
+# Web on $(HOST):$(PORT) plus one worker; Ctrl-C stops both.
+serve: migrate
+	@trap 'kill 0' INT TERM EXIT; \
+	MISTUDIO_DEBUG=$${MISTUDIO_DEBUG:-1} PYTORCH_NVML_BASED_CUDA_CHECK=1 $(PY) manage.py qcluster & \
+	MISTUDIO_DEBUG=$${MISTUDIO_DEBUG:-1} $(PY) manage.py runserver $(HOST):$(PORT) --noreload; \
+	wait

@@ -1,0 +1,63 @@
+from django import forms
+from django.contrib import admin, messages
+
+from corpora.models import Corpus
+from corpora.services import corpus_add, corpus_delete
+from mistudio.errors import ServiceError
+
+
+class CorpusUploadForm(forms.ModelForm):
+    file = forms.FileField(help_text="UTF-8 text, one training sequence per line.")
+
+    class Meta:
+        model = Corpus
+        fields = ()
+
+    def clean(self):
+        cleaned = super().clean()
+        upload = cleaned.get("file")
+        if upload is not None:
+            # The same service as the API: same checks, same messages.
+            try:
+                self.corpus = corpus_add(owner=self.owner, name=upload.name, chunks=upload.chunks())
+            except ServiceError as err:
+                raise forms.ValidationError(err.message) from None
+        return cleaned
+
+
+@admin.register(Corpus)
+class CorpusAdmin(admin.ModelAdmin):
+    list_display = ("name", "owner", "size_bytes", "lines_count", "created_at")
+    search_fields = ("name", "owner__username")
+    readonly_fields = ("name", "owner", "path", "size_bytes", "lines_count", "created_at")
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            form = super().get_form(request, obj, form=CorpusUploadForm, **kwargs)
+            form.owner = request.user
+            return form
+        return super().get_form(request, obj, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        return ["file"] if obj is None else list(self.readonly_fields)
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else self.readonly_fields
+
+    def save_form(self, request, form, change):
+        # The upload form's clean() already stored the corpus through the service.
+        return form.corpus if not change else super().save_form(request, form, change)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+
+    def delete_model(self, request, obj):
+        try:
+            corpus_delete(obj)
+        except ServiceError as err:
+            self.message_user(request, err.message, messages.ERROR)
+
+    def delete_queryset(self, request, queryset):
+        for corpus in queryset:
+            self.delete_model(request, corpus)

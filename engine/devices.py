@@ -1,0 +1,100 @@
+"""Which GPUs and how much memory this machine has.
+
+Importing this module is free: the web process and the django-q2 parent call gpu_inventory() and
+must never create a CUDA context (workers are forked), so NVML is used for the inventory and torch
+is imported only inside select_device(), which only the worker calls.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+from engine.errors import DeviceError
+
+
+@dataclass
+class GpuInfo:
+    index: int
+    name: str
+    memory_total: int
+    memory_used: int
+    memory_free: int
+    utilization: float  # 0..1
+
+
+@dataclass
+class GpuInventory:
+    driver_available: bool
+    gpus: list[GpuInfo] = field(default_factory=list)
+    error: str | None = None
+
+
+def gpu_inventory() -> GpuInventory:
+    """The GPUs NVML sees. Never raises: no driver is a normal state on a CPU machine."""
+    try:
+        import pynvml
+    except ImportError as exc:
+        return GpuInventory(driver_available=False, gpus=[], error=f"nvidia-ml-py is not installed: {exc}")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return GpuInventory(driver_available=False, gpus=[], error=f"NVML unavailable: {exc}")
+    try:
+        gpus = [_gpu_info(pynvml, index) for index in range(pynvml.nvmlDeviceGetCount())]
+        return GpuInventory(driver_available=True, gpus=gpus, error=None)
+    except pynvml.NVMLError as exc:
+        return GpuInventory(driver_available=True, gpus=[], error=f"NVML query failed: {exc}")
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
+def _gpu_info(pynvml, index: int) -> GpuInfo:
+    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    name = pynvml.nvmlDeviceGetName(handle)
+    memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    try:
+        utilization = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100
+    except pynvml.NVMLError:  # not supported on some MIG slices and virtual GPUs
+        utilization = 0.0
+    return GpuInfo(
+        index=index,
+        name=name.decode() if isinstance(name, bytes) else str(name),
+        memory_total=int(memory.total),
+        memory_used=int(memory.used),
+        memory_free=int(memory.free),
+        utilization=float(utilization),
+    )
+
+
+def system_memory() -> tuple[int, int]:
+    """(total, available) RAM in bytes."""
+    try:
+        fields = {}
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                key, _, value = line.partition(":")
+                fields[key] = int(value.split()[0]) * 1024  # values are in kB
+        return fields["MemTotal"], fields.get("MemAvailable", fields["MemFree"])
+    except (OSError, KeyError, ValueError, IndexError):
+        page = os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+
+
+def select_device(gpu_id: int | None) -> str:
+    """'cuda:N' or 'cpu'. Creates a CUDA context: call it only in the worker."""
+    import torch
+
+    if not torch.cuda.is_available():
+        if gpu_id is not None:
+            raise DeviceError(f"GPU {gpu_id} was requested but this worker has no CUDA device: leave gpu_id empty to use the CPU")
+        return "cpu"
+    count = torch.cuda.device_count()
+    if gpu_id is not None:
+        if not 0 <= gpu_id < count:
+            indices = ", ".join(str(i) for i in range(count))
+            raise DeviceError(f"GPU {gpu_id} does not exist: this worker sees {count} GPU(s) ({indices})")
+        return f"cuda:{gpu_id}"
+    free = [torch.cuda.mem_get_info(i)[0] for i in range(count)]
+    return f"cuda:{max(range(count), key=free.__getitem__)}"

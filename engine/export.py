@@ -1,0 +1,39 @@
+"""Saving a trained SAE so it runs directly on raw (unscaled) activations.
+
+The trainer feeds the SAE s * x, with s chosen so the mean norm is sqrt(d_in). Folding s in:
+  encode:  relu((s x - b_dec) W_enc + b_enc) = relu((x - b_dec/s) (s W_enc) + b_enc)
+  decode:  (f W_dec + b_dec) / s            = f (W_dec/s) + b_dec/s
+so the exported SAE has the same features f on raw x and reconstructs raw x.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from engine.sae import SparseAutoencoder
+
+
+def export_state_dict(sae: SparseAutoencoder, scaling_factor: float) -> dict[str, torch.Tensor]:
+    s = float(scaling_factor)
+    with torch.no_grad():
+        return {
+            "W_enc": (sae.W_enc * s).detach().cpu().contiguous(),
+            "b_enc": sae.b_enc.detach().cpu().clone(),
+            "W_dec": (sae.W_dec / s).detach().cpu().contiguous(),
+            "b_dec": (sae.b_dec / s).detach().cpu().contiguous(),
+        }
+
+
+def save_sae(path: Path, sae: SparseAutoencoder, scaling_factor: float) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(export_state_dict(sae, scaling_factor), partial)
+    partial.replace(path)
+
+
+def write_metadata(path: Path, metadata: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metadata, indent=2, default=str) + "\n", encoding="utf-8")

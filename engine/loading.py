@@ -1,0 +1,114 @@
+"""Loading a model's base transformer (no LM head) and its tokenizer onto one device."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import DeviceError, EngineError, ModelResolutionError
+from engine.model_info import num_layers
+from engine.resolve import ResolvedModel
+
+# Attribute names transformer stacks use: Llama/Mistral "layers", BERT "layer", GPT-2 "h",
+# MPT/others "blocks".
+_BLOCK_NAMES = ("layers", "layer", "h", "blocks")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    config: Any
+    blocks: Any  # torch.nn.ModuleList of transformer blocks
+    device: str
+    dtype: Any  # torch.dtype
+    quantization: str | None
+
+
+def load_model(
+    resolved: ResolvedModel,
+    *,
+    device: str,
+    quantization: str | None = None,
+    token: str | None = None,
+) -> LoadedModel:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    if quantization not in (None, "8bit", "4bit"):
+        raise EngineError(f"quantization must be None, '8bit' or '4bit', not {quantization!r}")
+    on_cuda = device.startswith("cuda")
+    if quantization and not on_cuda:
+        raise DeviceError("4-bit/8-bit loading needs a CUDA GPU; this job runs on the CPU, so turn quantization off")
+    dtype = _load_dtype(device)
+
+    kwargs: dict = {"dtype": dtype, "token": token}
+    if quantization:
+        kwargs["quantization_config"] = _bitsandbytes_config(quantization, dtype)
+        # bitsandbytes places weights while quantizing them; they cannot be moved afterwards.
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModel.from_pretrained(resolved.location, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.location, token=token)
+    except (OSError, ValueError, ImportError, RuntimeError) as exc:
+        raise ModelResolutionError(
+            f"Could not load model '{resolved.name}' from {resolved.location}: {_first_line(exc)}. "
+            "Check that the folder holds the weights and tokenizer files, or that your token has access."
+        ) from exc
+    if not quantization:
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+
+    if tokenizer.pad_token is None:
+        # We pad ourselves and mask the padding out, so any existing token will do.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if tokenizer.pad_token is None:
+            raise ModelResolutionError(f"Tokenizer of '{resolved.name}' has no pad, eos or unk token to pad batches with")
+
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        config=model.config,
+        blocks=find_blocks(model, model.config),
+        device=device,
+        dtype=dtype,
+        quantization=quantization,
+    )
+
+
+def _load_dtype(device: str):
+    import torch
+
+    if not device.startswith("cuda"):
+        return torch.float32  # CPU half precision is slow and not supported by every kernel
+    with torch.cuda.device(torch.device(device)):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _bitsandbytes_config(quantization: str, dtype):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def find_blocks(model, config):
+    import torch.nn as nn
+
+    expected = num_layers(config)
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) == expected
+    ]
+    if not candidates:
+        raise EngineError(
+            f"Could not find the {expected} transformer blocks of {type(model).__name__}: unsupported architecture"
+        )
+    preferred = [c for c in candidates if c[0].rsplit(".", 1)[-1] in _BLOCK_NAMES]
+    return (preferred or candidates)[0][1]
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__

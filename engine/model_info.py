@@ -1,0 +1,122 @@
+"""What a model is, read from its config alone (no weights loaded)."""
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+from engine.errors import EngineError
+from engine.resolve import ResolvedModel
+
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+_HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
+
+
+def _text_config(config):
+    # Multimodal configs (Llava, Gemma 3, ...) keep the language model's sizes in a sub-config.
+    getter = getattr(config, "get_text_config", None)
+    return getter() if callable(getter) else config
+
+
+def _first_int(config, keys: tuple[str, ...], what: str) -> int:
+    text = _text_config(config)
+    for key in keys:
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise EngineError(f"Model config ({config.model_type}) has no {what} ({', '.join(keys)}): unsupported architecture")
+
+
+def num_layers(config) -> int:
+    return _first_int(config, _LAYER_KEYS, "layer count")
+
+
+def hidden_size(config) -> int:
+    return _first_int(config, _HIDDEN_KEYS, "hidden size")
+
+
+def vocab_size(config) -> int:
+    return _first_int(config, ("vocab_size",), "vocabulary size")
+
+
+def count_parameters(config) -> int:
+    return _count_parameters(_ConfigKey(config))
+
+
+class _ConfigKey:
+    """Hashes a config by its JSON so equal configs share one cache entry."""
+
+    def __init__(self, config):
+        self.config = config
+        self.json = config.to_json_string()
+
+    def __hash__(self):
+        return hash(self.json)
+
+    def __eq__(self, other):
+        return isinstance(other, _ConfigKey) and self.json == other.json
+
+
+@lru_cache(maxsize=64)
+def _count_parameters(key: _ConfigKey) -> int:
+    import torch
+    from transformers import AutoModel
+
+    # On the meta device parameters have shapes but no storage: counting a 70B model costs nothing.
+    with torch.device("meta"):
+        model = AutoModel.from_config(key.config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def is_causal_lm(config) -> bool:
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    architectures = getattr(config, "architectures", None) or []
+    if any("CausalLM" in a or "LMHeadModel" in a for a in architectures):
+        return True
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    model_type = getattr(_text_config(config), "model_type", config.model_type)
+    # BERT-style encoders also appear in the causal mapping (BertLMHeadModel, used as a decoder
+    # only when is_decoder=True); being in the masked-LM mapping marks them as encoders.
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return bool(getattr(config, "is_decoder", False))
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+@dataclass
+class ModelInfo:
+    model_name: str
+    actual_model_loaded: str
+    architecture: str
+    total_layers: int
+    selected_layer: int | None
+    hidden_size: int
+    vocab_size: int
+    requires_token: bool
+    parameter_count: int
+    is_causal_lm: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def describe_model(
+    resolved: ResolvedModel, config, *, selected_layer: int | None = None, requires_token: bool = False
+) -> ModelInfo:
+    total = num_layers(config)
+    if selected_layer is not None and not 0 <= selected_layer < total:
+        raise EngineError(f"Layer {selected_layer} does not exist: '{resolved.name}' has layers 0 to {total - 1}")
+    return ModelInfo(
+        model_name=resolved.name,
+        actual_model_loaded=resolved.location,
+        architecture=config.model_type,
+        total_layers=total,
+        selected_layer=selected_layer,
+        hidden_size=hidden_size(config),
+        vocab_size=vocab_size(config),
+        requires_token=requires_token,
+        parameter_count=count_parameters(config),
+        is_causal_lm=is_causal_lm(config),
+    )

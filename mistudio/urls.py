@@ -1,0 +1,24 @@
+from django.contrib import admin
+from django.urls import path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from corpora.views import UploadView
+from gpus.views import GpuStatusView, HealthView
+from training import views
+
+urlpatterns = [
+    path("health", HealthView.as_view(), name="health"),
+    path("gpu/status", GpuStatusView.as_view(), name="gpu-status"),
+    path("api/v1/train", views.TrainView.as_view(), name="train"),
+    path("api/v1/train/<str:job_id>/status", views.JobStatusView.as_view(), name="job-status"),
+    path("api/v1/train/<str:job_id>/result", views.JobResultView.as_view(), name="job-result"),
+    path("api/v1/train/<str:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
+    path("api/v1/jobs", views.JobListView.as_view(), name="jobs"),
+    # Model ids hold a slash; the WSGI server decodes %2F before routing, so both spellings land here.
+    re_path(r"^api/v1/check-memory/(?P<model_name>.+)$", views.CheckMemoryView.as_view(), name="check-memory"),
+    path("api/v1/validate-model", views.ValidateModelView.as_view(), name="validate-model"),
+    path("api/v1/upload", UploadView.as_view(), name="upload"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,53 @@
+import pytest
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize("path", ["tiny/gpt2", "tiny%2Fgpt2"])
+def test_check_memory_takes_a_name_with_a_slash_encoded_or_not(alice_api, hub_models, path):
+    response = alice_api.get(f"/api/v1/check-memory/{path}")
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["model_name"] == "tiny/gpt2"
+    check = body["memory_check"]
+    assert check["required_gb"] > 0 and check["available_gb"] > 0 and check["sufficient"] is True
+    assert body["device"] == "cpu" and body["gpu_compatibility"] == {}
+    assert "no NVIDIA GPU" in check["available_on"]
+    assert set(body["optimization_suggestions"]) >= {"batch_size", "max_sequence_length", "enable_4bit",
+                                                      "enable_checkpointing"}
+
+
+def test_the_estimate_grows_with_the_batch_and_the_dictionary(alice_api, hub_models):
+    def required(**query):
+        return alice_api.get("/api/v1/check-memory/tiny/llama", query).json()["memory_check"]["required_gb"]
+
+    assert required(batch_size=64) > required(batch_size=1)
+    assert required(hidden_dim=65536) > required(hidden_dim=1024)
+
+
+def test_check_memory_for_an_unknown_model_is_a_400(alice_api):
+    response = alice_api.get("/api/v1/check-memory/nobody/missing-model-q")
+    assert response.status_code == 400
+    assert "nobody/missing-model-q" in response.json()["detail"]
+
+
+def test_validate_model_describes_the_bundled_minilm(alice_api):
+    body = alice_api.post("/api/v1/validate-model", {"model_name": "sentence-transformers/all-MiniLM-L6-v2"},
+                          format="json").json()
+    assert body["valid"] is True and body["accessible"] is True and body["requires_token"] is False
+    assert body["model_info"]["architecture"] == "bert"
+    assert body["model_info"]["total_layers"] == 6 and body["model_info"]["hidden_size"] == 384
+    assert 0 < body["memory_requirements"]["minimum_gb"] <= body["memory_requirements"]["recommended_gb"]
+
+
+def test_validate_model_gives_a_verdict_for_a_model_it_cannot_reach(alice_api):
+    body = alice_api.post("/api/v1/validate-model", {"model_name": "nobody/missing-model-q",
+                                                      "huggingface_token": "hf_secret_abc"}, format="json").json()
+    assert body["valid"] is False and body["accessible"] is False
+    assert "nobody/missing-model-q" in body["message"]
+    assert "hf_secret_abc" not in str(body)
+
+
+def test_validate_model_needs_a_name(alice_api):
+    response = alice_api.post("/api/v1/validate-model", {}, format="json")
+    assert response.status_code == 400 and "model_name" in response.json()["detail"]

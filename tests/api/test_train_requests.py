@@ -1,0 +1,105 @@
+import time
+
+import pytest
+from django_q.models import OrmQ
+
+from training.models import TrainingJob
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def corpus(upload, sample_corpus_bytes):
+    assert upload("reviews.txt", sample_corpus_bytes).status_code == 200
+    return "reviews.txt"
+
+
+def train(client, **fields):
+    return client.post("/api/v1/train", fields, format="json")
+
+
+def test_it_queues_a_job_with_the_seed_defaults_and_answers_the_seed_fields(
+    alice_api, corpus, hub_models, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = train(alice_api, model_name="tiny/gpt2", corpus_file=corpus, layer_number=1,
+                         huggingface_token="hf_sentinel_token_123")
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert set(body) == {"job_id", "status", "message", "model_name", "requires_token", "memory_check",
+                         "optimizations_applied"}
+    assert body["status"] == "queued"
+    assert body["job_id"].startswith("train_")
+    assert body["memory_check"] == "passed"
+    assert "hf_sentinel_token_123" not in response.content.decode()
+    job = TrainingJob.objects.get(pk=body["job_id"])
+    assert (job.hidden_dim, job.sparsity_coeff, job.learning_rate, job.batch_size, job.max_epochs,
+            job.min_loss, job.gpu_id, job.max_sequence_length, job.sae_batch_tokens) == (
+        1024, 0.001, 0.0001, 16, 50, 0.01, None, 512, 4096)
+    assert job.model_info["total_layers"] == 3 and job.model_info["selected_layer"] == 1
+    assert "hf_sentinel_token_123" not in job.encrypted_hf_token
+    # Enqueued after commit, with the job id as its only argument.
+    [queued] = OrmQ.objects.all()
+    assert queued.task["args"] == (job.id,)
+    assert queued.task["func"] == "training.tasks.run_training_job"
+
+
+def test_an_unknown_corpus_is_a_400_that_says_to_upload(alice_api, hub_models):
+    response = train(alice_api, model_name="tiny/gpt2", corpus_file="nonexistent.txt", layer_number=0)
+    assert response.status_code == 400
+    assert response.json()["detail"] == (
+        "Corpus file 'nonexistent.txt' not found. Please upload it with POST /api/v1/upload first."
+    )
+
+
+def test_a_layer_beyond_the_model_is_refused_never_clamped(alice_api, corpus, hub_models):
+    response = train(alice_api, model_name="tiny/gpt2", corpus_file=corpus, layer_number=3)
+    assert response.status_code == 400
+    assert "layer_number 3 is out of range" in response.json()["detail"]
+    assert "0 to 2" in response.json()["detail"]
+    assert not TrainingJob.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("batch_size", 0), ("batch_size", 129), ("hidden_dim", 0), ("learning_rate", 0), ("max_epochs", 0),
+     ("layer_number", -1), ("sparsity_coeff", -1), ("max_sequence_length", 0), ("gpu_id", -1),
+     ("quantization", "3bit"), ("sae_batch_tokens", 0), ("batch_size", "many")],
+)
+def test_out_of_range_fields_get_a_400_naming_the_field(alice_api, corpus, field, value):
+    response = train(alice_api, model_name="tiny/gpt2", corpus_file=corpus, **{field: value})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["detail"].startswith(f"{field}:")
+    assert field in body["errors"]
+
+
+def test_missing_required_fields_are_named(alice_api):
+    body = train(alice_api).json()
+    assert "model_name" in body["detail"] and "corpus_file" in body["detail"]
+
+
+def test_a_model_that_cannot_be_found_offline_is_a_prompt_400(alice_api, corpus):
+    started = time.monotonic()
+    response = train(alice_api, model_name="nobody/no-such-model-xyz", corpus_file=corpus)
+    assert time.monotonic() - started < 30
+    assert response.status_code == 400
+    assert "nobody/no-such-model-xyz" in response.json()["detail"]
+
+
+def test_a_gpu_that_this_server_lacks_is_refused(alice_api, corpus, hub_models):
+    response = train(alice_api, model_name="tiny/gpt2", corpus_file=corpus, layer_number=0, gpu_id=0)
+    assert response.status_code == 400
+    assert "no NVIDIA GPU" in response.json()["detail"]
+
+
+def test_quantization_without_a_gpu_is_refused(alice_api, corpus, hub_models):
+    response = train(alice_api, model_name="tiny/gpt2", corpus_file=corpus, layer_number=0, quantization="4bit")
+    assert response.status_code == 400
+    assert "needs a CUDA GPU" in response.json()["detail"]
+
+
+def test_a_non_json_body_is_a_400(alice_api):
+    response = alice_api.post("/api/v1/train", "{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert "JSON" in response.json()["detail"]

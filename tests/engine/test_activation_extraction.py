@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from engine.activations import extract_activations
+from engine.errors import EngineError, ExtractionCancelled
+from engine.loading import load_model
+from engine.resolve import resolve_model
+
+MAX_LEN = 24
+
+
+@pytest.fixture(scope="module", params=["tiny_gpt2_dir", "tiny_llama_dir", "minilm_dir"])
+def loaded(request):
+    return load_model(resolve_model(str(request.getfixturevalue(request.param)), models_dir=None), device="cpu")
+
+
+def reference_rows(loaded, texts, layer):
+    """Each sequence run alone, unpadded, through the full model: the ground truth."""
+    rows = []
+    with torch.inference_mode():
+        for text in texts:
+            ids = loaded.tokenizer(text, truncation=True, max_length=MAX_LEN, return_tensors="pt")
+            out = loaded.model(**ids, output_hidden_states=True)
+            rows.append(out.hidden_states[layer + 1][0].numpy())
+    return np.concatenate(rows)
+
+
+def test_each_row_is_one_real_token_in_corpus_order(loaded, sample_texts, tmp_path):
+    layer = 1
+    result = extract_activations(
+        loaded, sample_texts, layer_number=layer, batch_size=8, max_sequence_length=MAX_LEN, out_path=tmp_path / "acts.npy"
+    )
+    stored = np.load(result.path)
+    expected = reference_rows(loaded, sample_texts, layer)
+
+    n_real = sum(len(ids) for ids in loaded.tokenizer(sample_texts, truncation=True, max_length=MAX_LEN)["input_ids"])
+    assert stored.shape == (n_real, loaded.config.hidden_size) == expected.shape
+    assert (result.n_tokens, result.d_model, result.n_sequences) == (n_real, loaded.config.hidden_size, len(sample_texts))
+    assert stored.dtype == np.float16
+    # Stored as float16, so the comparison allows float16 rounding (rel. 2^-11) on top of atol 1e-4.
+    np.testing.assert_allclose(stored.astype(np.float32), expected, atol=1e-4, rtol=1e-3)
+
+
+def test_blocks_after_the_chosen_layer_never_run(loaded, sample_texts, tmp_path):
+    calls = []
+    handle = loaded.blocks[-1].register_forward_hook(lambda *args: calls.append(1))
+    try:
+        extract_activations(
+            loaded, sample_texts[:5], layer_number=0, batch_size=2, max_sequence_length=MAX_LEN, out_path=tmp_path / "a.npy"
+        )
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+def test_progress_counts_sequences_and_tokens(loaded, sample_texts, tmp_path):
+    seen = []
+    result = extract_activations(
+        loaded, sample_texts, layer_number=0, batch_size=16, max_sequence_length=MAX_LEN,
+        out_path=tmp_path / "a.npy", on_progress=lambda *p: seen.append(p),
+    )
+    assert [p[0] for p in seen] == [16, 32, 40]
+    assert seen[-1] == (40, 40, result.n_tokens)
+
+
+def test_cancelling_leaves_no_file_behind(loaded, sample_texts, tmp_path):
+    calls = iter([False, True])
+    with pytest.raises(ExtractionCancelled):
+        extract_activations(
+            loaded, sample_texts, layer_number=0, batch_size=4, max_sequence_length=MAX_LEN,
+            out_path=tmp_path / "a.npy", should_stop=lambda: next(calls),
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_layer_outside_the_model_is_rejected(loaded, sample_texts, tmp_path):
+    n = len(loaded.blocks)
+    with pytest.raises(EngineError, match=f"Layer {n} does not exist: this model has layers 0 to {n - 1}"):
+        extract_activations(loaded, sample_texts, layer_number=n, batch_size=4, max_sequence_length=MAX_LEN, out_path=tmp_path / "a.npy")

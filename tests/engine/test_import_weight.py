@@ -1,0 +1,30 @@
+"""The web process imports the engine; it must not pull in Django's opposite (torch, CUDA) or Django."""
+
+import subprocess
+import sys
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_the_engine_never_imports_django():
+    result = run_python(
+        "import engine.trainer, engine.activations, engine.resolve, engine.stats, engine.export, "
+        "engine.loading, engine.memory, engine.model_info, engine.devices, engine.corpus, sys; "
+        "assert not any(m.startswith('django') for m in sys.modules)"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_importing_devices_does_not_import_torch():
+    result = run_python("import engine.devices, sys; assert 'torch' not in sys.modules, 'torch was imported'")
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_gpu_inventory_does_not_import_torch():
+    result = run_python(
+        "import engine.devices, sys; engine.devices.gpu_inventory(); engine.devices.system_memory(); "
+        "assert 'torch' not in sys.modules"
+    )
+    assert result.returncode == 0, result.stderr

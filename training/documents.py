@@ -1,0 +1,57 @@
+"""The seed's response documents, built from a job row. The API, the CLI and the admin show these."""
+from training.models import TrainingJob
+
+# The seed's training_stats keys come first; miStudio's additions follow them.
+_SEED_STATS = ("final_loss", "total_epochs", "training_time_seconds", "convergence_epoch", "feature_statistics")
+
+
+def status_document(job: TrainingJob) -> dict:
+    last = job.last_checkpoint
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "phase": job.phase,
+        "progress": job.progress,
+        "current_epoch": job.current_epoch,
+        "current_loss": job.current_loss,
+        "estimated_time_remaining": job.eta_s,
+        "message": job.message,
+        "device": job.device,
+        "model_info": job.model_info,
+        "last_checkpoint": last.path if last else None,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "completed_at": job.completed_at,
+    }
+
+
+def result_document(job: TrainingJob) -> dict:
+    completed = job.status == TrainingJob.Status.COMPLETED
+    stats = job.training_stats
+    if stats:
+        stats = {**{k: stats[k] for k in _SEED_STATS if k in stats}, **stats}
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "message": job.message,
+        "model_path": job.model_path or None,
+        "activations_path": job.activations_path or None,
+        "metadata_path": job.metadata_path or None,
+        "training_stats": stats,
+        "feature_count": job.hidden_dim,
+        "model_info": job.model_info,
+        "ready_for_find_service": completed and bool(job.model_path and job.activations_path),
+        "checkpoints": [c.path for c in job.checkpoints.all()],
+        "error": job.error or None,
+    }
+
+
+def summary_document(job: TrainingJob) -> dict:
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "model_name": job.source_description,
+        "progress": job.progress,
+        "created_at": job.created_at,
+        "completed_at": job.completed_at,
+    }

@@ -1,0 +1,89 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from rest_framework.authtoken.models import Token
+from rest_framework.utils.encoders import JSONEncoder
+
+from corpora.models import Corpus
+from corpora.services import corpus_add_from_path
+from engine.resolve import BUNDLED_MODEL_NAME
+from training import documents, serializers, services
+from training.models import TrainingJob
+
+SAMPLE_CORPUS = settings.BASE_DIR / "samples" / "demo_corpus.txt"
+
+
+class Command(BaseCommand):
+    help = "Train one SAE on the bundled MiniLM through the real queue and a real worker process."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--layer-number", type=int, default=3)
+        parser.add_argument("--hidden-dim", type=int, default=1536)
+        parser.add_argument("--max-epochs", type=int, default=30)
+        parser.add_argument("--timeout-s", type=float, default=900)
+
+    def handle(self, *args, layer_number, hidden_dim, max_epochs, timeout_s, **options):
+        user, _ = get_user_model().objects.get_or_create(username="demo", defaults={"is_staff": True})
+        corpus = Corpus.objects.filter(owner=user, name=SAMPLE_CORPUS.name).first() or corpus_add_from_path(
+            owner=user, path=SAMPLE_CORPUS
+        )
+        self.stdout.write(f"Corpus {corpus.name}: {corpus.lines_count} lines, {corpus.size_bytes} bytes")
+        job = services.job_create(
+            owner=user,
+            request=services.JobRequest(
+                model_name=BUNDLED_MODEL_NAME,
+                corpus_file=corpus.name,
+                layer_number=layer_number,
+                hidden_dim=hidden_dim,
+                max_epochs=max_epochs,
+                learning_rate=1e-3,
+                batch_size=16,
+                max_sequence_length=128,
+            ),
+        )
+        self.stdout.write(f"Queued {job.id}; starting a worker (manage.py qcluster)")
+        worker = subprocess.Popen(
+            [sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"],
+            env={**os.environ, "PYTORCH_NVML_BASED_CUDA_CHECK": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            job = self._follow(job.id, timeout_s)
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+        result = serializers.ResultSerializer(documents.result_document(job)).data
+        self.stdout.write(json.dumps(result, indent=2, cls=JSONEncoder))
+        if job.status != TrainingJob.Status.COMPLETED:
+            raise CommandError(f"The demo job ended {job.status}: {job.message}")
+        token, _ = Token.objects.get_or_create(user=user)
+        self.stdout.write(f"\nAPI token for user 'demo' (Authorization: Token ...):\n{token.key}")
+
+    def _follow(self, job_id, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            job = TrainingJob.objects.get(pk=job_id)
+            line = f"[{job.status}] {job.progress:6.1%}  {job.message}"
+            if job.current_loss is not None and job.phase == TrainingJob.Phase.TRAINING:
+                line += f"  loss {job.current_loss:.5g}"
+            if line != last:
+                self.stdout.write(line)
+                last = line
+            if job.is_finished:
+                return job
+            time.sleep(1)
+        services.job_cancel(TrainingJob.objects.get(pk=job_id))
+        raise CommandError(f"The demo job did not finish within {timeout_s:.0f} s; it was cancelled.")

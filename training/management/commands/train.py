@@ -1,0 +1,129 @@
+import filecmp
+import json
+import sys
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from rest_framework.utils.encoders import JSONEncoder
+
+from corpora.models import Corpus
+from corpora.services import corpus_add_from_path
+from mistudio.errors import ServiceError
+from training import documents, serializers, services
+from training.pipeline import job_run
+
+
+class TrainOptions(serializers.TrainRequestSerializer):
+    """The API's fields and ranges; a model and corpus are not needed when --activations is given."""
+
+    model_name = serializers.serializers.CharField(required=False, allow_blank=True, default="")
+    corpus_file = serializers.serializers.CharField(required=False, allow_blank=True, default="")
+
+
+# (option, field, type); defaults and ranges come from the API serializer.
+OPTIONS = [
+    ("--layer-number", "layer_number", int),
+    ("--hidden-dim", "hidden_dim", int),
+    ("--sparsity-coeff", "sparsity_coeff", float),
+    ("--learning-rate", "learning_rate", float),
+    ("--batch-size", "batch_size", int),
+    ("--max-epochs", "max_epochs", int),
+    ("--min-loss", "min_loss", float),
+    ("--max-sequence-length", "max_sequence_length", int),
+    ("--gpu-id", "gpu_id", int),
+    ("--sae-batch-tokens", "sae_batch_tokens", int),
+    ("--quantization", "quantization", str),
+    ("--huggingface-token", "huggingface_token", str),
+]
+
+
+class Command(BaseCommand):
+    help = (
+        "Train an SAE from the terminal, through the same path as the API and the worker. "
+        "Prints the result document (as GET /api/v1/train/{id}/result) as the last thing on stdout."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--model", help="Model id, folder under the models directory, or local path")
+        parser.add_argument("--corpus", help="A text file path, or the name of an uploaded corpus")
+        parser.add_argument("--activations", help="A .npy or .safetensors array [tokens, d_model] (key 'activations') to train on instead of a model and corpus")
+        parser.add_argument("--user", default="cli", help="Owner of the job and corpus (created if needed)")
+        parser.add_argument("--no-progress", action="store_true", help="No progress bar")
+        fields = TrainOptions().fields
+        for option, name, kind in OPTIONS:
+            field = fields[name]
+            default = getattr(field, "default", None)
+            parser.add_argument(option, dest=name, type=kind, default=None,
+                                help=f"{field.help_text or name} (default: {default})")
+
+    def handle(self, *args, **options):
+        owner, _ = get_user_model().objects.get_or_create(username=options["user"])
+        data = {name: options[name] for _, name, _ in OPTIONS if options[name] is not None}
+        if options["activations"]:
+            if options["model"] or options["corpus"]:
+                raise CommandError("Give either --activations or --model with --corpus, not both.")
+            data["activations_file"] = str(Path(options["activations"]).resolve())
+            if not Path(data["activations_file"]).is_file():
+                raise CommandError(f"--activations {options['activations']}: no such file.")
+        else:
+            if not options["model"] or not options["corpus"]:
+                raise CommandError("Give --model and --corpus (or --activations FILE).")
+            data["model_name"] = options["model"]
+            data["corpus_file"] = self._corpus_name(owner, options["corpus"])
+        form = TrainOptions(data=data)
+        if not form.is_valid():
+            raise CommandError("; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in form.errors.items()))
+        values = dict(form.validated_data)
+        values["activations_file"] = data.get("activations_file", "")
+        try:
+            job = services.job_create(owner=owner, request=services.JobRequest(**values), enqueue=False)
+        except ServiceError as err:
+            raise CommandError(err.message) from None
+        self.stderr.write(f"Job {job.id}: {job.source_description} on layer {job.layer_number}")
+        job = job_run(job.id, on_progress=self._progress_bar(options["no_progress"]))
+        self._close_bar()
+        document = serializers.ResultSerializer(documents.result_document(job)).data
+        self.stdout.write(json.dumps(document, indent=2, cls=JSONEncoder))
+        if job.status != job.Status.COMPLETED:
+            raise CommandError(job.message)
+
+    def _corpus_name(self, owner, corpus):
+        path = Path(corpus)
+        if not path.is_file():
+            return corpus  # the name of an uploaded corpus; job_create checks it exists
+        existing = Corpus.objects.filter(owner=owner, name=path.name).first()
+        if existing and filecmp.cmp(existing.path, path, shallow=False):
+            return existing.name
+        name, n = path.name, 1
+        while Corpus.objects.filter(owner=owner, name=name).exists():
+            n += 1
+            name = f"{path.stem}-{n}{path.suffix}"
+        try:
+            return corpus_add_from_path(owner=owner, path=path, name=name).name
+        except ServiceError as err:
+            raise CommandError(err.message) from None
+
+    def _progress_bar(self, disabled):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=1.0, file=sys.stderr, disable=disabled, dynamic_ncols=True,
+                         bar_format="{l_bar}{bar}| {n:.1%} [{elapsed}<{remaining}] {postfix}")
+
+        def update(event):
+            bar = self._bar
+            if event.get("phase") == "training":
+                bar.n = min(event["progress"], 1.0)
+                bar.set_description(f"epoch {event['epoch']}/{event['total_epochs']}")
+                bar.set_postfix_str(f"loss {event['loss']:.5g}")
+            elif event.get("phase") == "extracting":
+                bar.set_description("extracting")
+                bar.set_postfix_str(f"{event['done']}/{event['total']} sequences")
+            else:
+                bar.set_description(event.get("phase", ""))
+            bar.refresh()
+
+        return update
+
+    def _close_bar(self):
+        self._bar.close()

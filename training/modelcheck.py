@@ -1,0 +1,226 @@
+"""What the web process may know about a model and this machine before any training: the
+model's config (never its weights), memory estimates from real numbers, and NVML's view of the
+GPUs. Nothing here creates a CUDA context."""
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from engine.devices import gpu_inventory, system_memory
+from engine.errors import EngineError, ModelResolutionError
+from mistudio.errors import ServiceError
+
+GB = 1024**3
+
+
+@dataclass
+class DescribedModel:
+    resolved: object
+    config: object
+    info: object
+
+
+def describe(model_name: str, *, token: str | None = None) -> DescribedModel:
+    from engine.model_info import describe_model
+    from engine.resolve import load_config, resolve_model
+
+    try:
+        resolved = resolve_model(
+            model_name, models_dir=settings.MODELS_DIR, token=token, hub_timeout_s=settings.HUB_TIMEOUT_S
+        )
+        config = load_config(resolved, token=token)
+        info = describe_model(resolved, config)
+    except ModelResolutionError as err:
+        raise ServiceError(str(err)) from None
+    except EngineError as err:
+        raise ServiceError(f"Model {model_name!r} could not be read: {err}") from None
+    return DescribedModel(resolved=resolved, config=config, info=info)
+
+
+def check_gpu_request(gpu_id: int | None, quantization: str) -> None:
+    inventory = gpu_inventory()
+    count = len(inventory.gpus)
+    if gpu_id is not None and gpu_id >= count:
+        if count == 0:
+            raise ServiceError(
+                f"gpu_id {gpu_id} was requested but this server has no NVIDIA GPU: leave gpu_id null to train on the CPU."
+            )
+        raise ServiceError(f"gpu_id {gpu_id} does not exist: this server has {count} GPU(s), 0 to {count - 1}.")
+    if quantization not in ("", "none") and count == 0:
+        raise ServiceError(
+            f"quantization {quantization!r} needs a CUDA GPU (bitsandbytes) and this server has none: use 'none'."
+        )
+
+
+def check_activations_file(path: str) -> None:
+    from engine.activations import load_activations
+
+    try:
+        load_activations(Path(path))
+    except EngineError as err:
+        raise ServiceError(str(err)) from None
+
+
+def _estimate(described, *, device_kind, quantization, hidden_dim, batch_size, max_sequence_length,
+              sae_batch_tokens, layer_number):
+    from engine.memory import estimate_memory
+
+    return estimate_memory(
+        described.config,
+        parameter_count=described.info.parameter_count,
+        device_kind=device_kind,
+        quantization=None if quantization in (None, "", "none") else quantization,
+        hidden_dim=hidden_dim,
+        batch_size=batch_size,
+        max_sequence_length=max_sequence_length,
+        sae_batch_tokens=sae_batch_tokens,
+        layer_number=layer_number,
+    )
+
+
+def memory_verdict(described, *, quantization, gpu_id, **sizes) -> str:
+    """'passed', or a warning with the numbers: an estimate should inform, not refuse."""
+    inventory = gpu_inventory()
+    if inventory.gpus:
+        gpu = inventory.gpus[gpu_id] if gpu_id is not None else max(inventory.gpus, key=lambda g: g.memory_free)
+        available, where = gpu.memory_free, f"GPU {gpu.index}"
+        estimate = _estimate(described, device_kind="cuda", quantization=quantization, **sizes)
+    else:
+        available, where = system_memory()[1], "system RAM (no GPU)"
+        estimate = _estimate(described, device_kind="cpu", quantization=None, **sizes)
+    if estimate.total_bytes <= available:
+        return "passed"
+    return (
+        f"warning: needs about {estimate.total_bytes / GB:.1f} GB, {available / GB:.1f} GB free on {where}; "
+        "lower batch_size or max_sequence_length, or use quantization '4bit'"
+    )
+
+
+def memory_report(described, *, batch_size, hidden_dim, max_sequence_length, sae_batch_tokens,
+                  layer_number, quantization) -> dict:
+    """The check-memory document: requirement, suggestions, and a verdict per GPU."""
+    from engine.memory import suggest_settings
+
+    inventory = gpu_inventory()
+    info = described.info
+    sizes = dict(
+        hidden_dim=hidden_dim,
+        max_sequence_length=max_sequence_length,
+        sae_batch_tokens=sae_batch_tokens,
+        layer_number=layer_number,
+    )
+    device_kind = "cuda" if inventory.gpus else "cpu"
+    requested = _estimate(described, device_kind=device_kind,
+                          quantization=quantization if device_kind == "cuda" else None,
+                          batch_size=batch_size, **sizes)
+    smallest = _estimate(described, device_kind=device_kind,
+                         quantization="4bit" if device_kind == "cuda" else None, batch_size=1, **sizes)
+    if inventory.gpus:
+        available = max(g.memory_free for g in inventory.gpus)
+        where = "the GPU with the most free memory"
+    else:
+        available = system_memory()[1]
+        where = "system RAM: no NVIDIA GPU was found, so this estimate is for training on the CPU"
+    suggestions = suggest_settings(
+        described.config,
+        parameter_count=info.parameter_count,
+        available_bytes=available,
+        device_kind=device_kind,
+        requested_batch_size=batch_size,
+        **sizes,
+    )
+    compatibility = {}
+    for gpu in inventory.gpus:
+        sufficient = requested.total_bytes <= gpu.memory_free
+        compatibility[f"gpu_{gpu.index}"] = {
+            "compatible": smallest.total_bytes <= gpu.memory_total,
+            "memory_sufficient": sufficient,
+            "recommended": sufficient and gpu.memory_free == available,
+        }
+    # "Large" follows the seed's own best practices: 7B+ parameters.
+    is_large = info.parameter_count >= 7_000_000_000
+    return {
+        "model_name": info.model_name,
+        "device": device_kind,
+        "memory_check": {
+            "sufficient": requested.total_bytes <= available,
+            "required_gb": round(requested.total_bytes / GB, 2),
+            "available_gb": round(available / GB, 2),
+            "available_on": where,
+            "breakdown_gb": {
+                "model_weights": round(requested.weights_bytes / GB, 3),
+                "forward_pass": round(requested.forward_bytes / GB, 3),
+                "sae_training": round(requested.sae_bytes / GB, 3),
+            },
+            "recommendations": {
+                "min_gpu_memory_gb": round(smallest.total_bytes / GB, 2),
+                # 20% headroom over the estimate for the allocator and CUDA context.
+                "recommended_gpu_memory_gb": round(requested.total_bytes * 1.2 / GB, 2),
+                "is_large_model": is_large,
+                "use_4bit_quantization": bool(suggestions.get("enable_4bit")),
+                "use_gradient_checkpointing": bool(suggestions.get("enable_checkpointing")),
+            },
+        },
+        "optimization_suggestions": {
+            "batch_size": suggestions["batch_size"],
+            "max_sequence_length": suggestions["max_sequence_length"],
+            "enable_4bit": bool(suggestions.get("enable_4bit")),
+            "enable_checkpointing": bool(suggestions.get("enable_checkpointing")),
+            "quantization": suggestions.get("quantization") or "none",
+        },
+        "gpu_compatibility": compatibility,
+        "parameter_count": info.parameter_count,
+    }
+
+
+def validation_report(*, model_name: str, huggingface_token: str | None = None) -> dict:
+    """validate-model: a verdict, not an error, when the model cannot be used."""
+    from engine.model_info import describe_model
+    from engine.resolve import load_config, resolve_model
+
+    try:
+        resolved = resolve_model(
+            model_name, models_dir=settings.MODELS_DIR, token=huggingface_token or None,
+            hub_timeout_s=settings.HUB_TIMEOUT_S,
+        )
+        config = load_config(resolved, token=huggingface_token or None)
+        info = describe_model(resolved, config)
+    except ModelResolutionError as err:
+        return {
+            "model_name": model_name, "valid": False, "accessible": False,
+            "requires_token": bool(getattr(err, "requires_token", False)), "message": str(err),
+            "model_info": None, "memory_requirements": None,
+        }
+    except EngineError as err:
+        return {
+            "model_name": model_name, "valid": False, "accessible": True, "requires_token": False,
+            "message": f"The model was found but could not be read: {err}",
+            "model_info": None, "memory_requirements": None,
+        }
+    described = DescribedModel(resolved=resolved, config=config, info=info)
+    report = memory_report(
+        described, batch_size=16, hidden_dim=1024, max_sequence_length=512, sae_batch_tokens=4096,
+        layer_number=info.total_layers // 2, quantization="none",
+    )
+    recommendations = report["memory_check"]["recommendations"]
+    return {
+        "model_name": model_name,
+        "valid": True,
+        "accessible": True,
+        "requires_token": info.requires_token,
+        "message": f"{model_name} resolves to {info.actual_model_loaded} ({resolved.source})",
+        "model_info": {
+            "architecture": info.architecture,
+            "total_layers": info.total_layers,
+            "hidden_size": info.hidden_size,
+            "vocab_size": info.vocab_size,
+            "parameter_count": info.parameter_count,
+            "is_causal_lm": info.is_causal_lm,
+            "source": resolved.source,
+        },
+        "memory_requirements": {
+            "minimum_gb": recommendations["min_gpu_memory_gb"],
+            "recommended_gb": recommendations["recommended_gpu_memory_gb"],
+            "estimated_for": "default training settings (batch_size 16, hidden_dim 1024, max_sequence_length 512, middle layer)",
+        },
+    }

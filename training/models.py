@@ -1,0 +1,123 @@
+import random
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+def new_job_id():
+    """The seed's id format: train_<UTC date>_<UTC time>_<4 random digits>."""
+    now = timezone.now()
+    return f"train_{now:%Y%m%d_%H%M%S}_{random.randint(0, 9999):04d}"
+
+
+class TrainingJob(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    class Phase(models.TextChoices):
+        WAITING = "waiting"
+        LOADING = "loading_model"
+        EXTRACTING = "extracting_activations"
+        TRAINING = "training"
+        EVALUATING = "computing_statistics"
+        DONE = "done"
+
+    class Quantization(models.TextChoices):
+        NONE = "none"
+        EIGHT_BIT = "8bit"
+        FOUR_BIT = "4bit"
+
+    FINISHED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+    id = models.CharField(primary_key=True, max_length=64, default=new_job_id, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="training_jobs"
+    )
+
+    # What to train on: a model and a corpus, or (CLI only) a file of activations someone already has.
+    model_name = models.CharField(max_length=500, blank=True)
+    corpus = models.ForeignKey(
+        "corpora.Corpus", null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
+    )
+    activations_file = models.CharField(max_length=1024, blank=True)
+
+    # The seed's training parameters.
+    layer_number = models.IntegerField(default=12)
+    hidden_dim = models.IntegerField(default=1024)
+    sparsity_coeff = models.FloatField(default=1e-3)
+    learning_rate = models.FloatField(default=1e-4)
+    batch_size = models.IntegerField(default=16, help_text="Sequences per forward pass of the language model.")
+    max_epochs = models.IntegerField(default=50)
+    min_loss = models.FloatField(default=0.01)
+    gpu_id = models.IntegerField(null=True, blank=True)
+    max_sequence_length = models.IntegerField(default=512)
+    sae_batch_tokens = models.IntegerField(default=4096, help_text="Tokens per SAE optimizer step.")
+    quantization = models.CharField(max_length=8, choices=Quantization.choices, default=Quantization.NONE)
+
+    # The Hugging Face token, Fernet-encrypted, kept only while the job may still need it.
+    encrypted_hf_token = models.TextField(blank=True, editable=False)
+    requires_token = models.BooleanField(default=False)
+    memory_check = models.CharField(max_length=500, blank=True)
+
+    # Live state, written by the worker.
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    phase = models.CharField(max_length=32, choices=Phase.choices, default=Phase.WAITING)
+    progress = models.FloatField(default=0.0)
+    current_epoch = models.IntegerField(default=0)
+    current_loss = models.FloatField(null=True, blank=True)
+    eta_s = models.IntegerField(null=True, blank=True)
+    message = models.TextField(blank=True)
+    device = models.CharField(max_length=32, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+
+    # Results.
+    model_info = models.JSONField(null=True, blank=True)
+    training_stats = models.JSONField(null=True, blank=True)
+    model_path = models.CharField(max_length=1024, blank=True)
+    activations_path = models.CharField(max_length=1024, blank=True)
+    metadata_path = models.CharField(max_length=1024, blank=True)
+    error = models.TextField(blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return self.id
+
+    @property
+    def is_finished(self):
+        return self.status in self.FINISHED
+
+    @property
+    def source_description(self):
+        if self.activations_file:
+            return f"activations {self.activations_file}"
+        return self.model_name
+
+    @property
+    def last_checkpoint(self):
+        return self.checkpoints.order_by("-epoch", "-step").first()
+
+
+class Checkpoint(models.Model):
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="checkpoints")
+    epoch = models.IntegerField()
+    step = models.IntegerField()
+    path = models.CharField(max_length=1024)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["epoch", "step"]
+
+    def __str__(self):
+        return self.path

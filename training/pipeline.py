@@ -1,0 +1,277 @@
+"""One training run, from a claimed job to its artifacts. Runs in a worker process or in
+`manage.py train`; the engine does the work, this module keeps the job row up to date."""
+import logging
+import os
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+from engine.errors import EngineError, ExtractionCancelled
+from mistudio.errors import ServiceError
+from training import services
+from training.models import Checkpoint, TrainingJob
+
+logger = logging.getLogger("training")
+
+
+class _Throttle:
+    """True at most once per interval: progress writes and cancel checks must not hammer the DB."""
+
+    def __init__(self, interval_s):
+        self.interval_s = interval_s
+        self.last = 0.0
+
+    def __call__(self):
+        now = time.monotonic()
+        if now - self.last >= self.interval_s:
+            self.last = now
+            return True
+        return False
+
+
+def _cancel_check(job_id):
+    throttle = _Throttle(0.5)
+    state = {"stop": False}
+
+    def should_stop():
+        if not state["stop"] and throttle():
+            state["stop"] = services.job_cancel_requested(job_id)
+        return state["stop"]
+
+    return should_stop
+
+
+def job_run(job_id: str, *, on_progress=None) -> TrainingJob | None:
+    """Claim the job and run it to an ending. `on_progress(dict)` lets a terminal show a bar."""
+    job = services.job_claim(job_id)
+    if job is None:
+        logger.info("Job %s is not queued any more; nothing to run", job_id)
+        return None
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    try:
+        _run(job, on_progress or (lambda update: None))
+    except ExtractionCancelled:
+        services.job_finish(job, status=TrainingJob.Status.CANCELLED, message="Cancelled during extraction")
+    except (EngineError, ServiceError) as err:
+        services.job_fail(job, str(err))
+    except Exception as err:  # noqa: BLE001 - any crash must end the job, not leave it running
+        logger.exception("Job %s crashed", job_id)
+        services.job_fail(job, _describe_crash(err))
+    finally:
+        # Whatever the ending, the token is gone (job_finish wipes it; this covers a crash in it).
+        TrainingJob.objects.filter(pk=job_id).exclude(encrypted_hf_token="").update(encrypted_hf_token="")
+    return TrainingJob.objects.get(pk=job_id)
+
+
+def _describe_crash(err):
+    text = f"{type(err).__name__}: {err}"
+    if "out of memory" in str(err).lower():
+        text += " Hint: lower batch_size or max_sequence_length, or use quantization '4bit'."
+    return text
+
+
+def _run(job, report):
+    from engine.activations import extract_activations, load_activations
+    from engine.corpus import read_corpus
+    from engine.devices import select_device
+
+    paths = services.job_artifact_paths(job)
+    should_stop = _cancel_check(job.id)
+    device = select_device(job.gpu_id)
+    services.job_update_progress(job.id, device=device, message=f"Loading on {device}")
+    report({"phase": "loading", "device": device})
+
+    if job.activations_file:
+        activations_path = Path(job.activations_file)
+        activations = load_activations(activations_path)
+        extraction = None
+    else:
+        from engine.loading import load_model
+        from engine.resolve import resolve_model
+
+        token = services.job_token(job)
+        resolved = resolve_model(
+            job.model_name, models_dir=settings.MODELS_DIR, token=token, hub_timeout_s=settings.HUB_TIMEOUT_S
+        )
+        loaded = load_model(
+            resolved,
+            device=device,
+            quantization=None if job.quantization == TrainingJob.Quantization.NONE else job.quantization,
+            token=token,
+        )
+        texts = read_corpus(Path(job.corpus.path))
+        services.job_update_progress(
+            job.id, phase=TrainingJob.Phase.EXTRACTING, message=f"Extracting activations on {device}"
+        )
+        extraction = _extract(job, loaded, texts, paths["activations_path"], should_stop, report)
+        del loaded  # the language model is not needed for SAE training: free its memory first
+        activations_path = extraction.path
+        activations = load_activations(activations_path)
+
+    result = _train(job, activations, device, paths, should_stop, report)
+    if result.stopped_reason == "cancelled":
+        services.job_finish(
+            job,
+            status=TrainingJob.Status.CANCELLED,
+            message=f"Cancelled at epoch {result.total_epochs + 1}; checkpoints kept",
+            activations_path=str(activations_path),
+            current_loss=result.final_loss,
+        )
+        return
+    _finish(job, result, activations, activations_path, extraction, device, paths, report)
+
+
+def _extract(job, loaded, texts, out_path, should_stop, report):
+    from engine.activations import extract_activations
+
+    throttle = _Throttle(settings.PROGRESS_INTERVAL_S)
+    started = time.monotonic()
+
+    def on_progress(done, total, tokens):
+        if throttle() or done == total:
+            elapsed = time.monotonic() - started
+            rate = tokens / elapsed if elapsed > 0 else 0.0
+            eta = int((total - done) * elapsed / done) if done else None
+            message = f"Extracting activations - {done}/{total} sequences ({rate:.0f} tokens/s)"
+            services.job_update_progress(job.id, eta_s=eta, message=message)
+            report({"phase": "extracting", "done": done, "total": total, "message": message})
+
+    return extract_activations(
+        loaded,
+        texts,
+        layer_number=job.layer_number,
+        batch_size=job.batch_size,
+        max_sequence_length=job.max_sequence_length,
+        out_path=out_path,
+        on_progress=on_progress,
+        should_stop=should_stop,
+    )
+
+
+def _train(job, activations, device, paths, should_stop, report):
+    from engine.trainer import TrainConfig, train_sae
+
+    config = TrainConfig(
+        hidden_dim=job.hidden_dim,
+        sparsity_coeff=job.sparsity_coeff,
+        learning_rate=job.learning_rate,
+        sae_batch_tokens=job.sae_batch_tokens,
+        max_epochs=job.max_epochs,
+        min_loss=job.min_loss,
+        seed=settings.TRAINING_SEED,
+        checkpoint_every_epochs=settings.CHECKPOINT_EVERY_EPOCHS,
+        checkpoint_interval_s=settings.CHECKPOINT_INTERVAL_S,
+        progress_interval_s=settings.PROGRESS_INTERVAL_S,
+    )
+    services.job_update_progress(
+        job.id, phase=TrainingJob.Phase.TRAINING, message=f"Training on {device} - Epoch 1/{job.max_epochs}"
+    )
+
+    def on_progress(p):
+        message = f"Training in progress - Epoch {p.epoch}/{p.total_epochs}"
+        services.job_update_progress(
+            job.id,
+            progress=round(min(p.progress, 1.0), 4),
+            current_epoch=p.epoch,
+            current_loss=float(p.loss),
+            eta_s=None if p.eta_s is None else int(p.eta_s),
+            message=message,
+        )
+        report({"phase": "training", "progress": p.progress, "epoch": p.epoch, "loss": p.loss,
+                "total_epochs": p.total_epochs, "message": message})
+
+    def on_checkpoint(info):
+        Checkpoint.objects.create(job_id=job.id, epoch=info.epoch, step=info.step, path=str(info.path))
+
+    return train_sae(
+        activations,
+        config,
+        device=device,
+        checkpoint_dir=paths["checkpoint_dir"],
+        checkpoint_prefix=job.id,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        on_checkpoint=on_checkpoint,
+    )
+
+
+def _finish(job, result, activations, activations_path, extraction, device, paths, report):
+    from engine.export import save_sae, write_metadata
+    from engine.stats import feature_statistics
+
+    services.job_update_progress(
+        job.id, phase=TrainingJob.Phase.EVALUATING, progress=1.0, message="Computing feature statistics"
+    )
+    report({"phase": "statistics"})
+    features = feature_statistics(
+        result.sae, activations, scaling_factor=result.scaling_factor, device=device,
+        batch_tokens=job.sae_batch_tokens,
+    )
+    save_sae(paths["model_path"], result.sae, result.scaling_factor)
+    training_stats = {
+        "final_loss": result.final_loss,
+        "final_mse": result.final_mse,
+        "total_epochs": result.total_epochs,
+        "training_time_seconds": round(result.training_time_seconds, 3),
+        "convergence_epoch": result.convergence_epoch,
+        "stopped_reason": result.stopped_reason,
+        "loss_history": result.loss_history,
+        "feature_statistics": features,
+        "tokens": int(activations.shape[0]),
+        "input_scaling_factor": result.scaling_factor,
+    }
+    if extraction is not None:
+        training_stats["extraction"] = {
+            "sequences": extraction.n_sequences,
+            "tokens": extraction.n_tokens,
+            "seconds": round(extraction.seconds, 3),
+            "tokens_per_s": round(extraction.tokens_per_s, 1),
+        }
+    job.refresh_from_db()
+    write_metadata(
+        paths["metadata_path"],
+        {
+            "job_id": job.id,
+            "model_name": job.model_name or None,
+            "model_info": job.model_info,
+            "layer_number": job.layer_number if not job.activations_file else None,
+            "corpus": job.corpus.name if job.corpus_id else None,
+            "activations_path": str(activations_path),
+            "activations_shape": list(activations.shape),
+            "activations_dtype": str(activations.dtype),
+            "sae": {
+                "architecture": "relu",
+                "d_in": int(activations.shape[1]),
+                "d_sae": job.hidden_dim,
+                "state_dict_keys": ["W_enc", "b_enc", "W_dec", "b_dec"],
+                "encode": "relu((x - b_dec) @ W_enc + b_enc)",
+                "decode": "f @ W_dec + b_dec",
+                "input_scaling_folded_into_weights": result.scaling_factor,
+            },
+            "training": {
+                "sparsity_coeff": job.sparsity_coeff,
+                "learning_rate": job.learning_rate,
+                "batch_size": job.batch_size,
+                "sae_batch_tokens": job.sae_batch_tokens,
+                "max_epochs": job.max_epochs,
+                "min_loss": job.min_loss,
+                "max_sequence_length": job.max_sequence_length,
+                "device": device,
+                "seed": settings.TRAINING_SEED,
+            },
+            "training_stats": training_stats,
+        },
+    )
+    services.job_finish(
+        job,
+        status=TrainingJob.Status.COMPLETED,
+        message=f"Training completed: {result.total_epochs} epochs, final loss {result.final_loss:.6g} ({result.stopped_reason})",
+        progress=1.0,
+        current_epoch=result.total_epochs,
+        current_loss=result.final_loss,
+        training_stats=training_stats,
+        model_path=str(paths["model_path"]),
+        activations_path=str(activations_path),
+        metadata_path=str(paths["metadata_path"]),
+    )

@@ -1,0 +1,144 @@
+"""The seed's request and response documents, as DRF serializers (they also make the schema)."""
+from rest_framework import serializers
+
+from training.models import TrainingJob
+
+
+class TrainRequestSerializer(serializers.Serializer):
+    model_name = serializers.CharField(max_length=500, help_text="Hugging Face model id, a folder under the models directory, or a local path")
+    corpus_file = serializers.CharField(max_length=200, help_text="Name of an uploaded corpus")
+    layer_number = serializers.IntegerField(default=12, min_value=0, help_text="Block whose residual-stream output is used (0-based; must be below the model's layer count)")
+    huggingface_token = serializers.CharField(required=False, allow_null=True, allow_blank=True, write_only=True, trim_whitespace=True)
+    hidden_dim = serializers.IntegerField(default=1024, min_value=1, max_value=1_048_576, help_text="Number of SAE features")
+    sparsity_coeff = serializers.FloatField(default=0.001, min_value=0.0, max_value=1000.0, help_text="L1 sparsity coefficient")
+    learning_rate = serializers.FloatField(default=0.0001, min_value=1e-9, max_value=1.0)
+    batch_size = serializers.IntegerField(default=16, min_value=1, max_value=128, help_text="Sequences per forward pass of the language model")
+    max_epochs = serializers.IntegerField(default=50, min_value=1, max_value=100_000, help_text="Passes over all of the job's activations")
+    min_loss = serializers.FloatField(default=0.01, min_value=0.0, help_text="Stop once an epoch's mean loss is below this")
+    gpu_id = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=0, help_text="GPU to use; null picks the one with the most free memory")
+    max_sequence_length = serializers.IntegerField(default=512, min_value=1, max_value=131_072)
+    sae_batch_tokens = serializers.IntegerField(default=4096, min_value=1, max_value=1_048_576, help_text="Tokens per SAE optimizer step")
+    quantization = serializers.ChoiceField(choices=TrainingJob.Quantization.values, default="none", help_text="Load the model in 8-bit or 4-bit (CUDA only)")
+
+
+class TrainResponseSerializer(serializers.Serializer):
+    job_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=TrainingJob.Status.values)
+    message = serializers.CharField()
+    model_name = serializers.CharField()
+    requires_token = serializers.BooleanField()
+    memory_check = serializers.CharField()
+    optimizations_applied = serializers.CharField()
+
+
+class ModelInfoSerializer(serializers.Serializer):
+    model_name = serializers.CharField()
+    actual_model_loaded = serializers.CharField()
+    architecture = serializers.CharField()
+    total_layers = serializers.IntegerField()
+    selected_layer = serializers.IntegerField(allow_null=True)
+    hidden_size = serializers.IntegerField()
+    vocab_size = serializers.IntegerField()
+    requires_token = serializers.BooleanField()
+    parameter_count = serializers.IntegerField(required=False)
+    is_causal_lm = serializers.BooleanField(required=False)
+
+
+class StatusSerializer(serializers.Serializer):
+    job_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=TrainingJob.Status.values)
+    phase = serializers.CharField()
+    progress = serializers.FloatField()
+    current_epoch = serializers.IntegerField()
+    current_loss = serializers.FloatField(allow_null=True)
+    estimated_time_remaining = serializers.IntegerField(allow_null=True)
+    message = serializers.CharField()
+    device = serializers.CharField(allow_blank=True)
+    model_info = ModelInfoSerializer(allow_null=True)
+    last_checkpoint = serializers.CharField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    completed_at = serializers.DateTimeField(allow_null=True)
+
+
+class FeatureStatisticsSerializer(serializers.Serializer):
+    total_features = serializers.IntegerField()
+    active_features = serializers.IntegerField()
+    dead_features = serializers.IntegerField()
+    mean_activation = serializers.FloatField()
+    sparsity_achieved = serializers.FloatField()
+    l0 = serializers.FloatField()
+
+
+class TrainingStatsSerializer(serializers.Serializer):
+    final_loss = serializers.FloatField()
+    total_epochs = serializers.IntegerField()
+    training_time_seconds = serializers.FloatField()
+    convergence_epoch = serializers.IntegerField()
+    feature_statistics = FeatureStatisticsSerializer()
+
+
+class ResultSerializer(serializers.Serializer):
+    job_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=TrainingJob.Status.values)
+    message = serializers.CharField()
+    model_path = serializers.CharField(allow_null=True)
+    activations_path = serializers.CharField(allow_null=True)
+    metadata_path = serializers.CharField(allow_null=True)
+    training_stats = TrainingStatsSerializer(allow_null=True)
+    feature_count = serializers.IntegerField()
+    model_info = ModelInfoSerializer(allow_null=True)
+    ready_for_find_service = serializers.BooleanField()
+    checkpoints = serializers.ListField(child=serializers.CharField())
+    error = serializers.CharField(allow_null=True)
+
+
+class JobSummarySerializer(serializers.Serializer):
+    job_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=TrainingJob.Status.values)
+    model_name = serializers.CharField()
+    progress = serializers.FloatField()
+    created_at = serializers.DateTimeField()
+    completed_at = serializers.DateTimeField(allow_null=True)
+
+
+class JobListSerializer(serializers.Serializer):
+    total_jobs = serializers.IntegerField()
+    jobs = JobSummarySerializer(many=True)
+
+
+class ValidateModelRequestSerializer(serializers.Serializer):
+    model_name = serializers.CharField(max_length=500)
+    huggingface_token = serializers.CharField(required=False, allow_null=True, allow_blank=True, write_only=True)
+
+
+class ValidateModelResponseSerializer(serializers.Serializer):
+    model_name = serializers.CharField()
+    valid = serializers.BooleanField()
+    accessible = serializers.BooleanField()
+    requires_token = serializers.BooleanField()
+    message = serializers.CharField()
+    model_info = serializers.DictField(allow_null=True)
+    memory_requirements = serializers.DictField(allow_null=True)
+
+
+class CheckMemoryQuerySerializer(serializers.Serializer):
+    batch_size = serializers.IntegerField(default=16, min_value=1, max_value=128)
+    hidden_dim = serializers.IntegerField(default=1024, min_value=1, max_value=1_048_576)
+    max_sequence_length = serializers.IntegerField(default=512, min_value=1, max_value=131_072)
+    sae_batch_tokens = serializers.IntegerField(default=4096, min_value=1, max_value=1_048_576)
+    layer_number = serializers.IntegerField(default=None, allow_null=True, min_value=0, help_text="Defaults to the middle layer")
+    quantization = serializers.ChoiceField(choices=TrainingJob.Quantization.values, default="none")
+
+
+class CheckMemoryResponseSerializer(serializers.Serializer):
+    model_name = serializers.CharField()
+    device = serializers.CharField()
+    memory_check = serializers.DictField()
+    optimization_suggestions = serializers.DictField()
+    gpu_compatibility = serializers.DictField()
+    parameter_count = serializers.IntegerField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()

@@ -1,0 +1,212 @@
+"""Workflows on training jobs: create, cancel, and the state changes a run goes through.
+
+Every interface (API, admin, CLI, worker task) calls these; none re-implements a step.
+"""
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from corpora.services import corpus_for_user
+from mistudio import crypto
+from mistudio.errors import Conflict, NotFound, ServiceError
+from training import modelcheck
+from training.models import TrainingJob
+
+logger = logging.getLogger("training")
+
+TASK_PATH = "training.tasks.run_training_job"
+
+
+@dataclass
+class JobRequest:
+    """The seed's TrainingRequest plus miStudio's additions, already type-checked."""
+
+    model_name: str = ""
+    corpus_file: str = ""
+    activations_file: str = ""
+    layer_number: int = 12
+    huggingface_token: str | None = None
+    hidden_dim: int = 1024
+    sparsity_coeff: float = 1e-3
+    learning_rate: float = 1e-4
+    batch_size: int = 16
+    max_epochs: int = 50
+    min_loss: float = 0.01
+    gpu_id: int | None = None
+    max_sequence_length: int = 512
+    sae_batch_tokens: int = 4096
+    quantization: str = TrainingJob.Quantization.NONE
+
+
+def job_create(*, owner, request: JobRequest, enqueue: bool = True) -> TrainingJob:
+    """Validate a request against the real corpus, model and machine, save the job, and queue it
+    once the transaction commits (the worker must find the row it is handed)."""
+    quantization = request.quantization or TrainingJob.Quantization.NONE
+    modelcheck.check_gpu_request(request.gpu_id, quantization)
+    corpus = None
+    model_info = None
+    memory_check = ""
+    if request.activations_file:
+        modelcheck.check_activations_file(request.activations_file)
+    else:
+        if not request.model_name:
+            raise ServiceError("model_name: this field is required.")
+        if not request.corpus_file:
+            raise ServiceError("corpus_file: this field is required.")
+        corpus = corpus_for_user(user=owner, name=request.corpus_file)
+        described = modelcheck.describe(request.model_name, token=request.huggingface_token)
+        total = described.info.total_layers
+        if not 0 <= request.layer_number < total:
+            raise ServiceError(
+                f"layer_number {request.layer_number} is out of range: {request.model_name} has "
+                f"{total} layers, so choose 0 to {total - 1}."
+            )
+        described.info.selected_layer = request.layer_number
+        model_info = described.info.to_dict()
+        memory_check = modelcheck.memory_verdict(
+            described,
+            quantization=quantization,
+            hidden_dim=request.hidden_dim,
+            batch_size=request.batch_size,
+            max_sequence_length=request.max_sequence_length,
+            sae_batch_tokens=request.sae_batch_tokens,
+            layer_number=request.layer_number,
+            gpu_id=request.gpu_id,
+        )
+    with transaction.atomic():
+        job = TrainingJob.objects.create(
+            owner=owner,
+            model_name=request.model_name,
+            corpus=corpus,
+            activations_file=request.activations_file,
+            layer_number=request.layer_number,
+            hidden_dim=request.hidden_dim,
+            sparsity_coeff=request.sparsity_coeff,
+            learning_rate=request.learning_rate,
+            batch_size=request.batch_size,
+            max_epochs=request.max_epochs,
+            min_loss=request.min_loss,
+            gpu_id=request.gpu_id,
+            max_sequence_length=request.max_sequence_length,
+            sae_batch_tokens=request.sae_batch_tokens,
+            quantization=quantization,
+            encrypted_hf_token=crypto.encrypt(request.huggingface_token or ""),
+            requires_token=bool(model_info and model_info.get("requires_token")),
+            memory_check=memory_check,
+            model_info=model_info,
+            message="Waiting for a worker",
+        )
+        if enqueue:
+            transaction.on_commit(lambda: _enqueue(job.id))
+    return job
+
+
+def _enqueue(job_id: str) -> None:
+    from django_q.tasks import async_task
+
+    # The task gets the job id and nothing else: django-q2 pickles arguments into its tables.
+    async_task(TASK_PATH, job_id, task_name=job_id)
+
+
+def optimizations_applied(job: TrainingJob) -> str:
+    """What this job will do to save time and memory, in the seed's words."""
+    applied = [
+        f"extraction stops after block {job.layer_number} under inference mode",
+        "bf16 weights on GPU, fp32 on CPU",
+    ]
+    if job.quantization != TrainingJob.Quantization.NONE:
+        applied.append(f"{job.quantization} quantization")
+    return f"Applied optimizations for {job.source_description}: " + "; ".join(applied)
+
+
+def job_get(*, user, job_id: str) -> TrainingJob:
+    job = TrainingJob.objects.filter(pk=job_id).first()
+    if job is None:
+        raise NotFound(f"Job {job_id} not found")
+    return job
+
+
+def job_cancel(job: TrainingJob) -> TrainingJob:
+    """A queued job is cancelled at once; a running one is asked to stop and its worker stops
+    within seconds, keeping its checkpoints."""
+    now = timezone.now()
+    cancelled_queued = TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.QUEUED).update(
+        status=TrainingJob.Status.CANCELLED,
+        cancel_requested_at=now,
+        completed_at=now,
+        message="Cancelled before it started",
+        encrypted_hf_token="",
+        updated_at=now,
+    )
+    if not cancelled_queued:
+        asked = TrainingJob.objects.filter(
+            pk=job.pk, status=TrainingJob.Status.RUNNING, cancel_requested_at__isnull=True
+        ).update(cancel_requested_at=now, message="Cancellation requested; stopping", updated_at=now)
+        job.refresh_from_db()
+        if not asked and job.is_finished:
+            raise Conflict(f"Job {job.id} is already {job.status} and cannot be cancelled.")
+    job.refresh_from_db()
+    return job
+
+
+def job_claim(job_id: str) -> TrainingJob | None:
+    """Atomically move a queued job to running; None when someone else has it or it was cancelled."""
+    now = timezone.now()
+    claimed = TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.QUEUED).update(
+        status=TrainingJob.Status.RUNNING,
+        phase=TrainingJob.Phase.LOADING,
+        started_at=now,
+        message="Starting",
+        updated_at=now,
+    )
+    return TrainingJob.objects.get(pk=job_id) if claimed else None
+
+
+def job_update_progress(job_id: str, **fields) -> None:
+    fields["updated_at"] = timezone.now()
+    TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.RUNNING).update(**fields)
+
+
+def job_cancel_requested(job_id: str) -> bool:
+    return TrainingJob.objects.filter(pk=job_id, cancel_requested_at__isnull=False).exists()
+
+
+def job_token(job: TrainingJob) -> str | None:
+    return crypto.decrypt(job.encrypted_hf_token)
+
+
+def job_finish(job: TrainingJob, *, status: str, message: str, **fields) -> None:
+    """Every ending goes through here, and every ending wipes the token."""
+    now = timezone.now()
+    TrainingJob.objects.filter(pk=job.pk).update(
+        status=status,
+        phase=TrainingJob.Phase.DONE,
+        message=message,
+        completed_at=now,
+        updated_at=now,
+        eta_s=None,
+        encrypted_hf_token="",
+        **fields,
+    )
+
+
+def job_fail(job: TrainingJob, message: str) -> None:
+    logger.warning("Job %s failed: %s", job.pk, message)
+    job_finish(job, status=TrainingJob.Status.FAILED, message=f"Training failed: {message}", error=message)
+
+
+def job_artifact_paths(job: TrainingJob) -> dict[str, Path]:
+    models_dir = settings.DATA_DIR / "models"
+    activations_dir = settings.DATA_DIR / "activations"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    activations_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "checkpoint_dir": models_dir,
+        "model_path": models_dir / f"{job.id}_sae.pt",
+        "activations_path": activations_dir / f"{job.id}_activations.npy",
+        "metadata_path": activations_dir / f"{job.id}_metadata.json",
+    }
