@@ -30,7 +30,6 @@ def load_model(
     quantization: str | None = None,
     token: str | None = None,
 ) -> LoadedModel:
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
     if quantization not in (None, "8bit", "4bit"):

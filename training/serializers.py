@@ -74,7 +74,7 @@ class TrainingStatsSerializer(serializers.Serializer):
     final_loss = serializers.FloatField()
     total_epochs = serializers.IntegerField()
     training_time_seconds = serializers.FloatField()
-    convergence_epoch = serializers.IntegerField()
+    convergence_epoch = serializers.IntegerField(allow_null=True)
     feature_statistics = FeatureStatisticsSerializer()
 
 

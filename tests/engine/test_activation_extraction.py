@@ -66,12 +66,13 @@ def test_progress_counts_sequences_and_tokens(loaded, sample_texts, tmp_path):
 
 def test_cancelling_leaves_no_file_behind(loaded, sample_texts, tmp_path):
     calls = iter([False, True])
+    out_dir = tmp_path / "activations"
     with pytest.raises(ExtractionCancelled):
         extract_activations(
             loaded, sample_texts, layer_number=0, batch_size=4, max_sequence_length=MAX_LEN,
-            out_path=tmp_path / "a.npy", should_stop=lambda: next(calls),
+            out_path=out_dir / "a.npy", should_stop=lambda: next(calls),
         )
-    assert list(tmp_path.iterdir()) == []
+    assert list(out_dir.iterdir()) == []
 
 
 def test_a_layer_outside_the_model_is_rejected(loaded, sample_texts, tmp_path):

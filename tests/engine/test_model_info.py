@@ -1,5 +1,4 @@
 import pytest
-import torch
 from transformers import AutoConfig, AutoModel
 
 from engine.errors import EngineError

@@ -1,0 +1,41 @@
+import json
+
+import numpy as np
+import torch
+
+from engine.export import export_state_dict, save_sae, write_metadata
+from engine.sae import SparseAutoencoder
+from engine.trainer import TrainConfig, train_sae
+
+
+def trained():
+    data = np.random.default_rng(0).normal(loc=3.0, scale=5.0, size=(512, 16)).astype(np.float32)
+    config = TrainConfig(hidden_dim=48, learning_rate=1e-3, sae_batch_tokens=128, max_epochs=2, min_loss=0.0)
+    return train_sae(data, config), torch.from_numpy(data)
+
+
+def test_the_exported_sae_runs_on_raw_activations():
+    result, raw = trained()
+    s = result.scaling_factor
+    folded = SparseAutoencoder.from_state_dict(export_state_dict(result.sae, s))
+    with torch.no_grad():
+        recon_scaled, f_scaled = result.sae(raw * s)
+        recon_raw, f_raw = folded(raw)
+    torch.testing.assert_close(f_raw, f_scaled, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(recon_raw, recon_scaled / s, rtol=1e-5, atol=1e-5)
+
+
+def test_saved_saes_load_with_weights_only(tmp_path):
+    result, _ = trained()
+    save_sae(tmp_path / "sae.pt", result.sae, result.scaling_factor)
+    state = torch.load(tmp_path / "sae.pt", weights_only=True)
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        "W_enc": (16, 48), "b_enc": (48,), "W_dec": (48, 16), "b_dec": (16,),
+    }
+
+
+def test_metadata_is_indented_json(tmp_path):
+    write_metadata(tmp_path / "meta.json", {"layer": 3, "model": "gpt2"})
+    text = (tmp_path / "meta.json").read_text()
+    assert json.loads(text) == {"layer": 3, "model": "gpt2"}
+    assert '\n  "layer": 3' in text

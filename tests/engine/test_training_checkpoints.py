@@ -1,0 +1,57 @@
+import numpy as np
+import torch
+
+from engine.trainer import TrainConfig, train_sae
+
+
+def data():
+    return np.random.default_rng(1).normal(size=(1000, 16)).astype(np.float32)
+
+
+def config(**overrides) -> TrainConfig:
+    values = dict(hidden_dim=64, learning_rate=1e-3, sae_batch_tokens=128, max_epochs=4, min_loss=0.0,
+                  checkpoint_every_epochs=2, checkpoint_interval_s=1e9, progress_interval_s=0.0,
+                  stop_check_interval_s=0.0)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def stop_after(n_calls):
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) > n_calls
+
+    return should_stop
+
+
+def test_cancelling_returns_cancelled_and_writes_a_safe_checkpoint(tmp_path):
+    seen = []
+    result = train_sae(data(), config(), checkpoint_dir=tmp_path, checkpoint_prefix="job7",
+                       should_stop=stop_after(10), on_checkpoint=seen.append)
+    assert result.stopped_reason == "cancelled"
+    assert result.total_epochs == 1  # 8 steps per epoch, stopped before the 11th
+    assert seen == result.checkpoints and seen[-1].path == tmp_path / "job7_checkpoint_1.pt"
+    saved = torch.load(seen[-1].path, weights_only=True)
+    assert saved["step"] == 10 and saved["epoch"] == 1 and saved["epoch_step"] == 2
+    assert set(saved["sae"]) == {"W_enc", "b_enc", "W_dec", "b_dec"}
+    assert saved["scaling_factor"] == result.scaling_factor
+    assert saved["config"]["hidden_dim"] == 64
+
+
+def test_checkpoints_are_written_every_n_epochs(tmp_path):
+    result = train_sae(data(), config(), checkpoint_dir=tmp_path)
+    assert [(c.epoch, c.path.name) for c in result.checkpoints] == [(2, "sae_checkpoint_2.pt"), (4, "sae_checkpoint_4.pt")]
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_resuming_a_cancelled_run_matches_an_uninterrupted_one(tmp_path):
+    uninterrupted = train_sae(data(), config())
+    cancelled = train_sae(data(), config(), checkpoint_dir=tmp_path, should_stop=stop_after(13))
+    resumed = train_sae(data(), config(), resume_from=cancelled.checkpoints[-1].path)
+
+    assert resumed.stopped_reason == "max_epochs" and resumed.total_epochs == 4
+    np.testing.assert_allclose(resumed.loss_history, uninterrupted.loss_history, rtol=1e-6)
+    for name, value in uninterrupted.sae.state_dict().items():
+        torch.testing.assert_close(resumed.sae.state_dict()[name], value)

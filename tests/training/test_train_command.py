@@ -1,0 +1,80 @@
+"""`manage.py train` from a terminal: a real subprocess, the same path as the worker."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from tests.conftest import SAMPLE_CORPUS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def run_train(tmp_path, django_db_blocker):
+    env = {**os.environ, "MISTUDIO_DATA_DIR": str(tmp_path / "cli-data"), "MISTUDIO_MODELS_DIR": str(tmp_path / "cli-models"),
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite3'}"}
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+
+    def run(*args):
+        return subprocess.run([sys.executable, "manage.py", "train", *args], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=300)
+
+    return run
+
+
+def last_json(stdout):
+    start = stdout.rindex("\n{") + 1 if "\n{" in stdout else stdout.index("{")
+    return json.loads(stdout[start:])
+
+
+def test_it_trains_from_a_model_and_a_corpus_path_and_prints_the_result_last(run_train, tiny_gpt2_dir):
+    done = run_train("--model", str(tiny_gpt2_dir), "--corpus", str(SAMPLE_CORPUS), "--layer-number", "2",
+                     "--hidden-dim", "48", "--max-epochs", "3", "--min-loss", "0", "--batch-size", "8",
+                     "--max-sequence-length", "16", "--sae-batch-tokens", "256", "--learning-rate", "0.001")
+    assert done.returncode == 0, done.stderr
+    result = last_json(done.stdout)
+    assert done.stdout.rstrip().endswith("}")
+    assert result["status"] == "completed" and result["feature_count"] == 48
+    assert result["training_stats"]["total_epochs"] == 3
+    assert result["model_info"]["selected_layer"] == 2 and result["ready_for_find_service"] is True
+    assert "epoch 3/3" in done.stderr  # the progress bar
+
+
+def test_it_trains_on_activations_someone_already_has(run_train, tmp_path):
+    rng = np.random.default_rng(0)
+    activations = rng.normal(size=(3000, 16)).astype(np.float32)
+    npy, st = tmp_path / "acts.npy", tmp_path / "acts.safetensors"
+    np.save(npy, activations)
+    save_file({"activations": activations}, str(st))
+    for path in (npy, st):
+        done = run_train("--activations", str(path), "--hidden-dim", "32", "--max-epochs", "2", "--min-loss", "0",
+                         "--sae-batch-tokens", "512", "--no-progress")
+        assert done.returncode == 0, done.stderr
+        result = last_json(done.stdout)
+        assert result["status"] == "completed"
+        assert result["activations_path"] == str(path)
+        assert result["training_stats"]["feature_statistics"]["total_features"] == 32
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("--activations", "/nonexistent/acts.npy"), "no such file"),
+        (("--model", "x"), "--corpus"),
+        (("--batch-size", "500", "--activations", "ACTS"), "batch_size"),
+        (("--activations", "BAD"), "shape"),
+    ],
+)
+def test_bad_options_get_a_clear_error(run_train, tmp_path, args, needle):
+    np.save(tmp_path / "good.npy", np.zeros((10, 4), np.float32))
+    np.save(tmp_path / "bad.npy", np.zeros(10, np.float32))
+    args = [a.replace("ACTS", str(tmp_path / "good.npy")).replace("BAD", str(tmp_path / "bad.npy")) for a in args]
+    done = run_train(*args)
+    assert done.returncode != 0
+    assert needle in done.stderr
+    assert "Traceback" not in done.stderr
