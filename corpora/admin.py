@@ -52,6 +52,10 @@ class CorpusAdmin(admin.ModelAdmin):
         if change:
             super().save_model(request, obj, form, change)
 
+    def save_related(self, request, form, formsets, change):
+        if change:
+            super().save_related(request, form, formsets, change)
+
     def delete_model(self, request, obj):
         try:
             corpus_delete(obj)

@@ -72,7 +72,7 @@ def _describe_crash(err):
 
 
 def _run(job, report):
-    from engine.activations import extract_activations, load_activations
+    from engine.activations import load_activations
     from engine.corpus import read_corpus
     from engine.devices import select_device
 
@@ -182,7 +182,10 @@ def _train(job, activations, device, paths, should_stop, report):
                 "total_epochs": p.total_epochs, "message": message})
 
     def on_checkpoint(info):
-        Checkpoint.objects.create(job_id=job.id, epoch=info.epoch, step=info.step, path=str(info.path))
+        # A cancel mid-epoch rewrites the file of the last completed epoch: one row per file.
+        Checkpoint.objects.update_or_create(
+            job_id=job.id, path=str(info.path), defaults={"epoch": info.epoch, "step": info.step}
+        )
 
     return train_sae(
         activations,

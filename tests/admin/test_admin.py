@@ -1,0 +1,69 @@
+"""Staff browse jobs, cancel them and upload corpora in the Django admin."""
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from corpora.models import Corpus
+from training.models import Checkpoint, TrainingJob
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff_client(client, charlie):
+    client.force_login(charlie)
+    return client
+
+
+@pytest.fixture
+def jobs(alice):
+    done = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2", status="completed", progress=1.0,
+                                      current_loss=0.0123, training_stats={"final_loss": 0.0123})
+    Checkpoint.objects.create(job=done, epoch=10, step=100, path="/data/models/x_checkpoint_10.pt")
+    queued = TrainingJob.objects.create(owner=alice, model_name="other/model", layer_number=4)
+    return done, queued
+
+
+def test_the_job_list_shows_status_progress_and_filters(staff_client, jobs):
+    page = staff_client.get("/admin/training/trainingjob/").content.decode()
+    done, queued = jobs
+    assert done.id in page and queued.id in page and "100%" in page and "0.0123" in page
+    filtered = staff_client.get("/admin/training/trainingjob/?status__exact=queued").content.decode()
+    assert queued.id in filtered and done.id not in filtered
+    searched = staff_client.get("/admin/training/trainingjob/?q=other").content.decode()
+    assert queued.id in searched and done.id not in searched
+
+
+def test_a_job_page_shows_parameters_metrics_and_checkpoints(staff_client, jobs):
+    done, _ = jobs
+    page = staff_client.get(f"/admin/training/trainingjob/{done.id}/change/").content.decode()
+    assert "Sparsity coeff" in page and "final_loss" in page and "x_checkpoint_10.pt" in page
+
+
+def test_staff_cancel_jobs_with_an_admin_action(staff_client, jobs):
+    done, queued = jobs
+    response = staff_client.post("/admin/training/trainingjob/", {
+        "action": "cancel_jobs", "_selected_action": [done.id, queued.id]}, follow=True)
+    page = response.content.decode()
+    queued.refresh_from_db()
+    assert queued.status == "cancelled"
+    assert "already completed" in page and "Cancelled or asked to stop 1 job" in page
+
+
+def test_staff_upload_a_corpus_through_the_admin(staff_client, charlie):
+    response = staff_client.post("/admin/corpora/corpus/add/",
+                                 {"file": SimpleUploadedFile("notes.txt", b"alpha\nbeta\n")}, follow=True)
+    assert response.status_code == 200
+    corpus = Corpus.objects.get(name="notes.txt")
+    assert corpus.owner == charlie and corpus.lines_count == 2 and corpus.size_bytes == 11
+
+
+def test_the_admin_upload_applies_the_api_checks(staff_client):
+    response = staff_client.post("/admin/corpora/corpus/add/",
+                                 {"file": SimpleUploadedFile("latin.txt", "café au lait".encode("latin-1"))})
+    assert "not valid UTF-8" in response.content.decode()
+    assert not Corpus.objects.exists()
+
+
+def test_people_who_are_not_staff_are_kept_out(client, alice):
+    client.force_login(alice)
+    assert client.get("/admin/training/trainingjob/").status_code == 302
