@@ -76,6 +76,12 @@ class TrainingStatsSerializer(serializers.Serializer):
     training_time_seconds = serializers.FloatField()
     convergence_epoch = serializers.IntegerField(allow_null=True)
     feature_statistics = FeatureStatisticsSerializer()
+    final_mse = serializers.FloatField(help_text="Reconstruction MSE of the last epoch (scaled inputs)")
+    stopped_reason = serializers.ChoiceField(choices=["max_epochs", "min_loss", "cancelled"])
+    loss_history = serializers.ListField(child=serializers.FloatField(), help_text="Mean loss per epoch")
+    tokens = serializers.IntegerField(help_text="Activation rows trained on")
+    input_scaling_factor = serializers.FloatField(help_text="Scale applied to inputs while training; folded into the saved weights")
+    extraction = serializers.DictField(required=False, help_text="Sequences, tokens, seconds and tokens/s of activation extraction")
 
 
 class ResultSerializer(serializers.Serializer):

@@ -81,7 +81,7 @@ def test_jobs_train_in_order_in_a_real_worker_and_a_running_job_can_be_cancelled
 
     # A long job: cancel it once it is training and has a checkpoint; it stops within seconds.
     long_job = submit(alice_api, max_epochs=100000, min_loss=0)
-    running = wait_for(alice_api, long_job, lambda s: s["status"] == "running" and s["last_checkpoint"])
+    running = wait_for(alice_api, long_job, lambda s: s["status"] == "running" and s["last_checkpoint"] and s["current_epoch"] >= 1)
     assert running["device"] == "cpu" and running["current_epoch"] >= 1
     assert "Epoch" in running["message"] and running["estimated_time_remaining"] is not None
     asked = time.monotonic()

@@ -44,8 +44,11 @@ class Command(BaseCommand):
                 hidden_dim=hidden_dim,
                 max_epochs=max_epochs,
                 learning_rate=1e-3,
+                sparsity_coeff=0.004,
                 batch_size=16,
                 max_sequence_length=128,
+                # The sample corpus is ~8k tokens: small SAE steps give enough optimizer steps.
+                sae_batch_tokens=256,
             ),
         )
         self.stdout.write(f"Queued {job.id}; starting a worker (manage.py qcluster)")
