@@ -30,7 +30,4 @@ test: install
 
 # Web on $(HOST):$(PORT) plus one worker; Ctrl-C stops both.
 serve: migrate
-	@trap 'kill 0' INT TERM EXIT; \
-	MISTUDIO_DEBUG=$${MISTUDIO_DEBUG:-1} PYTORCH_NVML_BASED_CUDA_CHECK=1 $(PY) manage.py qcluster & \
-	MISTUDIO_DEBUG=$${MISTUDIO_DEBUG:-1} $(PY) manage.py runserver $(HOST):$(PORT) --noreload; \
-	wait
+	PY=$(PY) HOST=$(HOST) PORT=$(PORT) scripts/serve.sh
