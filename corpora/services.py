@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from corpora.models import Corpus
-from mistudio.errors import Conflict, NotFound, ServiceError
+from mistudio.errors import Conflict, ServiceError
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,199}$")
 
