@@ -3,7 +3,9 @@
 The trainer feeds the SAE s * x, with s chosen so the mean norm is sqrt(d_in). Folding s in:
   encode:  relu((s x - b_dec) W_enc + b_enc) = relu((x - b_dec/s) (s W_enc) + b_enc)
   decode:  (f W_dec + b_dec) / s            = f (W_dec/s) + b_dec/s
-so the exported SAE has the same features f on raw x and reconstructs raw x.
+so the exported SAE has the same features f on raw x and reconstructs raw x. The pre-activations
+are unchanged by the folding, so a TopK's k and a JumpReLU threshold are unchanged too; they are
+saved as `threshold` [d_sae] for jumprelu and batchtopk (SAELens' name).
 """
 
 import json
@@ -22,6 +24,7 @@ def export_state_dict(sae: SparseAutoencoder, scaling_factor: float) -> dict[str
             "b_enc": sae.b_enc.detach().cpu().clone(),
             "W_dec": (sae.W_dec / s).detach().cpu().contiguous(),
             "b_dec": (sae.b_dec / s).detach().cpu().contiguous(),
+            **{name: t.detach().cpu().contiguous() for name, t in sae.extra_state_for_export().items()},
         }
 
 

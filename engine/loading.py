@@ -1,4 +1,5 @@
-"""Loading a model's base transformer (no LM head) and its tokenizer onto one device."""
+"""Loading a model and its tokenizer onto one device: the base transformer, or for causal LMs
+(when asked) the model with its LM head so that evaluation can measure next-token loss."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -29,8 +30,11 @@ def load_model(
     device: str,
     quantization: str | None = None,
     token: str | None = None,
+    with_lm_head: bool = False,
 ) -> LoadedModel:
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from engine.model_info import is_causal_lm
 
     if quantization not in (None, "8bit", "4bit"):
         raise EngineError(f"quantization must be None, '8bit' or '4bit', not {quantization!r}")
@@ -45,7 +49,10 @@ def load_model(
         # bitsandbytes places weights while quantizing them; they cannot be moved afterwards.
         kwargs["device_map"] = {"": device}
     try:
-        model = AutoModel.from_pretrained(resolved.location, **kwargs)
+        auto = AutoModel
+        if with_lm_head and is_causal_lm(AutoConfig.from_pretrained(resolved.location, token=token)):
+            auto = AutoModelForCausalLM
+        model = auto.from_pretrained(resolved.location, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(resolved.location, token=token)
     except (OSError, ValueError, ImportError, RuntimeError) as exc:
         raise ModelResolutionError(

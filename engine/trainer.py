@@ -1,14 +1,20 @@
-"""Training a ReLU sparse autoencoder on stored activations.
+"""Training a sparse autoencoder (relu, topk, batchtopk or jumprelu; see engine.sae) on stored activations.
 
-Recipe (Anthropic, "Circuits Updates - April 2024", with the simplifications noted inline):
+Recipe, shared by every architecture unless noted (sources inline):
+- the last `eval_fraction` of the rows (a contiguous tail, at least 1, at most 100k) is held out
+  for engine.evaluate and never trained on;
 - inputs are multiplied by one fixed scalar so their mean L2 norm is sqrt(d_in), which makes the
   sparsity coefficient mean roughly the same thing for every model and layer;
-- loss = MSE (mean over elements) + sparsity_coeff * mean_tokens(sum_i f_i * ||W_dec,i||);
-  the decoder-norm-weighted L1 removes the incentive to shrink f by growing W_dec, so decoder
-  rows are NOT renormalised (the other consistent recipe, unit-norm rows with a plain L1, is
-  Bricken et al. 2023; we do not mix the two);
-- Adam, gradient-norm clipping at 1.0;
-- each epoch is one pass over all tokens in a fresh random order.
+- b_dec starts at the geometric median of a sample, W_enc at W_dec.T;
+- loss = MSE (mean over elements) + the architecture's sparsity term (relu: decoder-norm-weighted
+  L1, jumprelu: L0 or a target-L0 penalty, topk/batchtopk: none, plus the AuxK loss);
+- relu keeps free decoder norms (the weighted L1 removes the incentive to shrink f by growing
+  W_dec; Anthropic, "Circuits Updates - April 2024"); the others keep decoder rows at unit norm;
+- Adam with linear LR warm-up and a linear decay to 0 over the last steps, sparsity-penalty
+  warm-up, gradient-norm clipping at 1.0;
+- per-feature "tokens since last fired" counters define dead features: topk/batchtopk revive them
+  through AuxK, relu resamples them;
+- each epoch is one pass over the training rows in a fresh random order.
 """
 
 import math
@@ -22,11 +28,18 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import ActivationsError, EngineError
-from engine.sae import SparseAutoencoder
+from engine.sae import ARCHITECTURES, SparseAutoencoder, build_sae
 
 _SCALE_SAMPLE_TOKENS = 8192
 _GRAD_CLIP_NORM = 1.0
 _CONVERGENCE_TOLERANCE = 0.01
+_MAX_EVAL_ROWS = 100_000
+# A feature silent for this many tokens is dead (Gao et al. 2024 use 10M tokens); shorter runs use
+# one pass over the training rows instead.
+_DEFAULT_DEAD_WINDOW_TOKENS = 10_000_000
+_GEOMETRIC_MEDIAN_ITERATIONS = 20
+# Bricken et al. 2023 resample dead neurons with encoder rows at 0.2x the mean live encoder norm.
+_RESAMPLE_ENCODER_SCALE = 0.2
 
 
 @dataclass
@@ -43,6 +56,19 @@ class TrainConfig:
     progress_interval_s: float = 1.0
     # should_stop() may query a database, so it is called at most this often (and on the first step).
     stop_check_interval_s: float = 0.5
+    architecture: str = "relu"  # one of engine.sae.ARCHITECTURES
+    k: int | None = None  # active features per token, topk and batchtopk only
+    target_l0: float | None = None  # jumprelu: penalise (L0/target - 1)^2 instead of L0
+    jumprelu_bandwidth: float = 0.05  # STE rectangle kernel width, in scaled-input units
+    jumprelu_initial_threshold: float = 0.1  # Anthropic Jan 2025; Gemma Scope 0.001 needs far longer runs
+    lr_warmup_fraction: float = 0.01  # of all steps, linear warm-up from 0
+    lr_decay_fraction: float = 0.2  # of all steps, linear decay to 0 at the end
+    sparsity_warmup_fraction: float = 0.05  # of all steps, relu and jumprelu penalty ramps from 0
+    aux_k_coeff: float = 1 / 32  # topk/batchtopk AuxK loss weight (Gao et al. 2024)
+    aux_k: int | None = None  # dead latents AuxK may use per token; default d_in // 2
+    dead_window_tokens: int | None = None  # default min(10M, training rows)
+    resample_dead: bool = True  # relu: resample features dead for dead_window_tokens
+    eval_fraction: float = 0.05  # held-out tail of the rows, at least 1 and at most 100k rows
 
 
 @dataclass
@@ -79,6 +105,12 @@ class TrainResult:
     stopped_reason: str  # "max_epochs" | "min_loss" | "cancelled"
     loss_history: list[float] = field(default_factory=list)  # mean loss per completed epoch
     checkpoints: list[CheckpointInfo] = field(default_factory=list)
+    architecture: str = "relu"
+    dead_window_tokens: int = 0
+    tokens_since_fired: np.ndarray | None = None  # [d_sae] int64; dead where >= dead_window_tokens
+    # Rows [start, stop) of the activations held out for evaluation (None when eval_fraction is 0).
+    heldout_rows: tuple[int, int] | None = None
+    resampled_features: int = 0  # relu: how many dead features were resampled in all
 
 
 def train_sae(
@@ -94,7 +126,9 @@ def train_sae(
     resume_from: Path | None = None,
 ) -> TrainResult:
     _check_config(config)
-    n_tokens, d_in = _check_activations(activations)
+    n_rows, d_in = _check_activations(activations)
+    n_eval = _eval_rows(n_rows, config.eval_fraction)
+    n_tokens = n_rows - n_eval  # rows [0, n_tokens) train; the tail is held out
     batch_tokens = min(config.sae_batch_tokens, n_tokens)
     steps_per_epoch = math.ceil(n_tokens / batch_tokens)
     total_steps = steps_per_epoch * config.max_epochs
@@ -103,23 +137,34 @@ def train_sae(
     np.random.seed(config.seed)
     # A private generator drives init and shuffling, so a checkpoint can restore it exactly.
     generator = torch.Generator().manual_seed(config.seed)
-    sae = SparseAutoencoder(d_in, config.hidden_dim)
+    sae = build_sae(
+        config.architecture, d_in, config.hidden_dim, k=config.k,
+        jumprelu_initial_threshold=config.jumprelu_initial_threshold, jumprelu_bandwidth=config.jumprelu_bandwidth,
+    )
     state = _RunState()
+    state.tokens_since_fired = torch.zeros(config.hidden_dim, dtype=torch.int64)
     if resume_from is None:
-        sample = _sample_rows(activations, np.random.default_rng(config.seed))
+        # The input scale is a fixed preprocessing constant, shared by training and evaluation, so
+        # it comes from all rows; weights only ever see the training rows.
+        sample = _sample_rows(activations, n_rows, np.random.default_rng(config.seed))
         state.scaling_factor = _scaling_factor(sample)
-        sae.initialize_(sample * state.scaling_factor, generator)
+        scaled = sample * state.scaling_factor
+        sae.initialize_(scaled, generator, b_dec=_geometric_median(scaled))
         state.epoch_rng_state = generator.get_state()
-    sae.to(device)
+    sae.to(device).train()
+    state.tokens_since_fired = state.tokens_since_fired.to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate)
     if resume_from is not None:
-        _restore(Path(resume_from), sae, optimizer, state, d_in=d_in, hidden_dim=config.hidden_dim)
+        _restore(Path(resume_from), sae, optimizer, state, d_in=d_in, config=config)
+        state.tokens_since_fired = state.tokens_since_fired.to(device)
 
     run = _Run(
         config=config, sae=sae, optimizer=optimizer, state=state, device=device,
         checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None,
         checkpoint_prefix=checkpoint_prefix, on_checkpoint=on_checkpoint,
         total_steps=total_steps,
+        dead_window_tokens=config.dead_window_tokens or min(_DEFAULT_DEAD_WINDOW_TOKENS, n_tokens),
+        heldout_rows=(n_tokens, n_rows) if n_eval else None,
     )
     stopped_reason = "max_epochs"
     last_stop_check = -math.inf
@@ -177,12 +222,15 @@ class _RunState:
     epoch_rng_state: torch.Tensor | None = None  # generator state before this epoch's permutation
     loss_history: list = field(default_factory=list)
     last_epoch_mse: float | None = None
+    tokens_since_fired: torch.Tensor | None = None  # [d_sae] int64, per feature
+    resampled_features: int = 0
 
 
 class _Run:
     """One call of train_sae: the optimisation step, progress reports and checkpoint writing."""
 
-    def __init__(self, *, config, sae, optimizer, state, device, checkpoint_dir, checkpoint_prefix, on_checkpoint, total_steps):
+    def __init__(self, *, config, sae, optimizer, state, device, checkpoint_dir, checkpoint_prefix, on_checkpoint, total_steps,
+                 dead_window_tokens, heldout_rows):
         self.config = config
         self.sae = sae
         self.optimizer = optimizer
@@ -192,6 +240,8 @@ class _Run:
         self.checkpoint_prefix = checkpoint_prefix
         self.on_checkpoint = on_checkpoint
         self.total_steps = total_steps
+        self.dead_window_tokens = int(dead_window_tokens)
+        self.heldout_rows = heldout_rows
         self.checkpoints: list[CheckpointInfo] = []
         self.started_at = time.monotonic()
         self.last_report_at = self.started_at
@@ -202,18 +252,36 @@ class _Run:
         self.last_recent_means = (math.nan, math.nan, math.nan)
 
     def step(self, x: torch.Tensor) -> None:
-        recon, f = self.sae(x)
+        sae, config = self.sae, self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.learning_rate * self._lr_factor()
+        pre = sae.pre_activations(x)
+        f = sae.activate(pre)
+        recon = sae.decode(f)
         mse = F.mse_loss(recon, x)
-        l1 = self.sae.weighted_l1(f)
-        loss = mse + self.config.sparsity_coeff * l1
+        sparsity = sae.sparsity_loss(pre, f, target_l0=config.target_l0)
+        loss = mse + config.sparsity_coeff * self._sparsity_warmup() * sparsity
+        if sae.architecture in ("topk", "batchtopk") and config.aux_k_coeff > 0:
+            loss = loss + config.aux_k_coeff * self._aux_k_loss(x, recon, pre)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if sae.unit_norm_decoder:
+            sae.remove_parallel_grad_()
         # Clipping keeps the occasional outlier batch from knocking Adam's moments off (April 2024 update).
-        torch.nn.utils.clip_grad_norm_(self.sae.parameters(), _GRAD_CLIP_NORM)
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), _GRAD_CLIP_NORM)
         self.optimizer.step()
+        if sae.unit_norm_decoder:
+            sae.normalize_decoder_()
+
+        with torch.no_grad():
+            counters = self.state.tokens_since_fired
+            counters += x.shape[0]
+            counters[(f > 0).any(dim=0)] = 0
+        if sae.architecture == "relu" and config.resample_dead and self.state.step < self.total_steps // 2:
+            self._resample_dead(x, recon.detach())
 
         n = x.shape[0]
-        values = (loss.item(), mse.item(), l1.item())
+        values = (loss.item(), mse.item(), sparsity.item())
         for sums in (self.state.epoch_sums, self.recent):
             for i, value in enumerate(values):
                 sums[i] += value * n
@@ -221,6 +289,76 @@ class _Run:
         self.state.step += 1
         self.steps_this_run += 1
         self.tokens_this_run += n
+
+    def _lr_factor(self) -> float:
+        """Linear warm-up, then constant, then linear decay to 0 (warm-up: Conerly et al., Anthropic
+        "Circuits Updates - April 2024"; final decay over the last 20%: same update and Gao et al. 2024)."""
+        step, total = self.state.step, self.total_steps
+        factor = 1.0
+        warmup = round(self.config.lr_warmup_fraction * total)
+        if warmup > 0 and step < warmup:
+            factor = (step + 1) / warmup
+        decay = round(self.config.lr_decay_fraction * total)
+        if decay > 0 and step >= total - decay:
+            factor = min(factor, (total - step) / decay)
+        return factor
+
+    def _sparsity_warmup(self) -> float:
+        """The penalty ramps up from 0 so features form before it prunes them (Anthropic "Circuits
+        Updates - April 2024": L1 warm-up over the first 5% of steps; Anthropic Jan 2025 for JumpReLU)."""
+        warmup = round(self.config.sparsity_warmup_fraction * self.total_steps)
+        return min(1.0, (self.state.step + 1) / warmup) if warmup > 0 else 1.0
+
+    def _dead_mask(self) -> torch.Tensor:
+        return self.state.tokens_since_fired >= self.dead_window_tokens
+
+    def _aux_k_loss(self, x, recon, pre) -> torch.Tensor:
+        """AuxK (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", section A.2):
+        reconstruct the main model's residual with the top k_aux dead latents, so dead latents
+        get a gradient that points them at what the live ones miss."""
+        dead = self._dead_mask()
+        n_dead = int(dead.sum().item())
+        if n_dead == 0:
+            return pre.new_zeros(())
+        k_aux = min(self.config.aux_k or max(1, self.sae.d_in // 2), n_dead)
+        masked = pre.masked_fill(~dead, -math.inf)
+        values, indices = masked.topk(k_aux, dim=-1)
+        z_aux = torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
+        residual = (x - recon).detach()
+        return F.mse_loss(z_aux @ self.sae.W_dec, residual)
+
+    @torch.no_grad()
+    def _resample_dead(self, x: torch.Tensor, recon: torch.Tensor) -> None:
+        """Resampling (Bricken et al. 2023, "Towards Monosemanticity"): a feature silent for
+        dead_window_tokens gets a decoder row pointing at a badly reconstructed input (drawn with
+        probability proportional to its squared loss), an encoder column along it at 0.2x the mean
+        live encoder norm, a zero bias and fresh Adam moments. Only in the first half of training,
+        so every resampled feature has time to settle."""
+        dead = self._dead_mask()
+        if not dead.any():
+            return
+        sae, n_dead = self.sae, int(dead.sum().item())
+        losses = ((x - recon) ** 2).sum(dim=1) ** 2
+        weights = losses if losses.sum() > 0 else torch.ones_like(losses)
+        picks = torch.multinomial(weights, n_dead, replacement=True)
+        directions = x[picks] - sae.b_dec
+        directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        alive = ~dead
+        dec_norm = sae.W_dec.norm(dim=1)[alive].mean() if alive.any() else torch.tensor(1.0, device=x.device)
+        enc_norm = sae.W_enc.norm(dim=0)[alive].mean() if alive.any() else torch.tensor(1.0, device=x.device)
+        sae.W_dec[dead] = directions * dec_norm
+        sae.W_enc[:, dead] = directions.T * (_RESAMPLE_ENCODER_SCALE * enc_norm)
+        sae.b_enc[dead] = 0.0
+        for param in (sae.W_dec, sae.W_enc, sae.b_enc):
+            for moment in ("exp_avg", "exp_avg_sq"):
+                tensor = self.optimizer.state.get(param, {}).get(moment)
+                if tensor is not None:
+                    if param is sae.W_enc:
+                        tensor[:, dead] = 0.0
+                    else:
+                        tensor[dead] = 0.0
+        self.state.tokens_since_fired[dead] = 0
+        self.state.resampled_features += n_dead
 
     def maybe_report(self, on_progress, *, epoch: int, force: bool = False) -> None:
         now = time.monotonic()
@@ -270,6 +408,8 @@ class _Run:
             "epoch_rng_state": state.epoch_rng_state,
             # Numpy's RNG is only used before the first step (the scaling sample), so it needs no state.
             "torch_rng_state": torch.get_rng_state(),
+            "tokens_since_fired": state.tokens_since_fired.detach().cpu(),
+            "resampled_features": state.resampled_features,
         }
         partial = path.with_name(path.name + ".partial")
         torch.save(payload, partial)
@@ -301,6 +441,11 @@ def _result(run: _Run, stopped_reason: str) -> TrainResult:
         stopped_reason=stopped_reason,
         loss_history=list(history),
         checkpoints=run.checkpoints,
+        architecture=run.sae.architecture,
+        dead_window_tokens=run.dead_window_tokens,
+        tokens_since_fired=state.tokens_since_fired.cpu().numpy().copy(),
+        heldout_rows=run.heldout_rows,
+        resampled_features=state.resampled_features,
     )
 
 
@@ -316,15 +461,20 @@ def _convergence_epoch(history: list[float]) -> int | None:
     return len(history)
 
 
-def _restore(path: Path, sae, optimizer, state: _RunState, *, d_in: int, hidden_dim: int) -> None:
+def _restore(path: Path, sae, optimizer, state: _RunState, *, d_in: int, config: TrainConfig) -> None:
     if not path.is_file():
         raise EngineError(f"Checkpoint '{path.name}' does not exist")
     saved = torch.load(path, map_location="cpu", weights_only=True)
     shape = tuple(saved["sae"]["W_enc"].shape)
-    if shape != (d_in, hidden_dim):
+    if shape != (d_in, config.hidden_dim):
         raise EngineError(
-            f"Checkpoint '{path.name}' is for an SAE of shape {shape}, not ({d_in}, {hidden_dim}): "
+            f"Checkpoint '{path.name}' is for an SAE of shape {shape}, not ({d_in}, {config.hidden_dim}): "
             "resume with the same activations and hidden_dim"
+        )
+    saved_architecture = saved.get("config", {}).get("architecture", "relu")
+    if saved_architecture != config.architecture:
+        raise EngineError(
+            f"Checkpoint '{path.name}' is for architecture '{saved_architecture}', not '{config.architecture}'"
         )
     sae.load_state_dict(saved["sae"])
     optimizer.load_state_dict(saved["optimizer"])
@@ -337,6 +487,9 @@ def _restore(path: Path, sae, optimizer, state: _RunState, *, d_in: int, hidden_
     state.loss_history = [float(v) for v in saved["loss_history"]]
     state.last_epoch_mse = saved["last_epoch_mse"]
     torch.set_rng_state(saved["torch_rng_state"])
+    if "tokens_since_fired" in saved:
+        state.tokens_since_fired = saved["tokens_since_fired"].to(torch.int64)
+    state.resampled_features = int(saved.get("resampled_features", 0))
 
 
 def _check_config(config: TrainConfig) -> None:
@@ -351,6 +504,16 @@ def _check_config(config: TrainConfig) -> None:
         problems.append("learning_rate must be positive")
     if not config.sparsity_coeff >= 0:
         problems.append("sparsity_coeff must be zero or positive")
+    if config.architecture not in ARCHITECTURES:
+        problems.append(f"architecture must be one of {', '.join(ARCHITECTURES)}")
+    elif config.architecture in ("topk", "batchtopk") and (config.k is None or config.k < 1):
+        problems.append(f"k must be a positive integer for the {config.architecture} architecture")
+    if config.target_l0 is not None and not config.target_l0 > 0:
+        problems.append("target_l0 must be positive")
+    if not 0 <= config.eval_fraction < 1:
+        problems.append("eval_fraction must be at least 0 and below 1")
+    if config.dead_window_tokens is not None and config.dead_window_tokens < 1:
+        problems.append("dead_window_tokens must be at least 1")
     if problems:
         raise EngineError("; ".join(problems))
 
@@ -362,8 +525,25 @@ def _check_activations(activations) -> tuple[int, int]:
     return shape
 
 
-def _sample_rows(activations, rng: np.random.Generator) -> torch.Tensor:
-    n = activations.shape[0]
+def _eval_rows(n_rows: int, eval_fraction: float) -> int:
+    if eval_fraction <= 0:
+        return 0
+    return min(max(1, round(n_rows * eval_fraction)), _MAX_EVAL_ROWS, n_rows - 1)
+
+
+def _geometric_median(points: torch.Tensor) -> torch.Tensor:
+    """Weiszfeld iterations from the mean; the mean itself if they fail. Bricken et al. 2023
+    ("Towards Monosemanticity") start b_dec at the geometric median, which outliers move less."""
+    points = points.double()
+    mean = points.mean(dim=0)
+    median = mean
+    for _ in range(_GEOMETRIC_MEDIAN_ITERATIONS):
+        weights = 1.0 / (points - median).norm(dim=1).clamp_min(1e-8)
+        median = (weights[:, None] * points).sum(dim=0) / weights.sum()
+    return (median if torch.isfinite(median).all() else mean).float()
+
+
+def _sample_rows(activations, n: int, rng: np.random.Generator) -> torch.Tensor:
     indices = torch.from_numpy(rng.choice(n, size=min(n, _SCALE_SAMPLE_TOKENS), replace=False))
     return _read_rows(activations, indices, "cpu")
 

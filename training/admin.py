@@ -8,6 +8,10 @@ from training import services
 from training.models import Checkpoint, TrainingJob
 
 
+def _pretty(document):
+    return format_html("<pre>{}</pre>", json.dumps(document, indent=2)) if document else "-"
+
+
 class CheckpointInline(admin.TabularInline):
     model = Checkpoint
     extra = 0
@@ -23,7 +27,7 @@ class CheckpointInline(admin.TabularInline):
 class TrainingJobAdmin(admin.ModelAdmin):
     list_display = ("id", "status", "progress_percent", "model_name", "layer_number", "current_loss",
                     "owner", "created_at", "completed_at")
-    list_filter = ("status", "phase", "quantization", "created_at")
+    list_filter = ("status", "architecture", "phase", "quantization", "created_at")
     search_fields = ("id", "model_name", "corpus__name", "owner__username", "message")
     date_hierarchy = "created_at"
     actions = ["cancel_jobs"]
@@ -32,10 +36,11 @@ class TrainingJobAdmin(admin.ModelAdmin):
         (None, {"fields": ("id", "owner", "status", "phase", "progress", "message", "error", "device")}),
         ("Parameters", {"fields": ("model_name", "corpus", "activations_file", "layer_number", "hidden_dim",
                                    "sparsity_coeff", "learning_rate", "batch_size", "sae_batch_tokens",
-                                   "max_epochs", "min_loss", "gpu_id", "max_sequence_length", "quantization")}),
-        ("Metrics", {"fields": ("current_epoch", "current_loss", "eta_s", "pretty_training_stats",
-                                "pretty_model_info", "memory_check")}),
-        ("Artifacts", {"fields": ("model_path", "activations_path", "metadata_path")}),
+                                   "max_epochs", "min_loss", "gpu_id", "max_sequence_length", "quantization",
+                                   "architecture", "k", "target_l0")}),
+        ("Metrics", {"fields": ("current_epoch", "current_loss", "eta_s", "pretty_evaluation",
+                                "pretty_training_stats", "pretty_model_info", "memory_check")}),
+        ("Artifacts", {"fields": ("model_path", "activations_path", "metadata_path", "pretty_exports")}),
         ("Times", {"fields": ("created_at", "started_at", "completed_at", "cancel_requested_at")}),
     )
 
@@ -55,11 +60,19 @@ class TrainingJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="training stats")
     def pretty_training_stats(self, job):
-        return format_html("<pre>{}</pre>", json.dumps(job.training_stats, indent=2)) if job.training_stats else "-"
+        return _pretty(job.training_stats)
 
     @admin.display(description="model info")
     def pretty_model_info(self, job):
-        return format_html("<pre>{}</pre>", json.dumps(job.model_info, indent=2)) if job.model_info else "-"
+        return _pretty(job.model_info)
+
+    @admin.display(description="evaluation")
+    def pretty_evaluation(self, job):
+        return _pretty(job.evaluation)
+
+    @admin.display(description="exports")
+    def pretty_exports(self, job):
+        return _pretty(job.exports)
 
     @admin.action(description="Cancel selected jobs", permissions=["view"])
     def cancel_jobs(self, request, queryset):

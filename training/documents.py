@@ -43,6 +43,10 @@ def result_document(job: TrainingJob) -> dict:
         "ready_for_find_service": completed and bool(job.model_path and job.activations_path),
         "checkpoints": [c.path for c in job.checkpoints.all()],
         "error": job.error or None,
+        "architecture": job.architecture,
+        "k": job.k,
+        "evaluation": job.evaluation,
+        "exports": job.exports,
     }
 
 

@@ -32,7 +32,14 @@ class TrainingJob(models.Model):
         EIGHT_BIT = "8bit"
         FOUR_BIT = "4bit"
 
+    class Architecture(models.TextChoices):
+        RELU = "relu"
+        TOPK = "topk"
+        BATCHTOPK = "batchtopk"
+        JUMPRELU = "jumprelu"
+
     FINISHED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+    K_ARCHITECTURES = (Architecture.TOPK, Architecture.BATCHTOPK)
 
     id = models.CharField(primary_key=True, max_length=64, default=new_job_id, editable=False)
     owner = models.ForeignKey(
@@ -58,6 +65,9 @@ class TrainingJob(models.Model):
     max_sequence_length = models.IntegerField(default=512)
     sae_batch_tokens = models.IntegerField(default=4096, help_text="Tokens per SAE optimizer step.")
     quantization = models.CharField(max_length=8, choices=Quantization.choices, default=Quantization.NONE)
+    architecture = models.CharField(max_length=16, choices=Architecture.choices, default=Architecture.RELU)
+    k = models.IntegerField(null=True, blank=True, help_text="Active features per token (topk, batchtopk).")
+    target_l0 = models.FloatField(null=True, blank=True, help_text="jumprelu: penalise L0 towards this target.")
 
     # The Hugging Face token, Fernet-encrypted, kept only while the job may still need it.
     encrypted_hf_token = models.TextField(blank=True, editable=False)
@@ -78,6 +88,8 @@ class TrainingJob(models.Model):
     # Results.
     model_info = models.JSONField(null=True, blank=True)
     training_stats = models.JSONField(null=True, blank=True)
+    evaluation = models.JSONField(null=True, blank=True)
+    exports = models.JSONField(null=True, blank=True)
     model_path = models.CharField(max_length=1024, blank=True)
     activations_path = models.CharField(max_length=1024, blank=True)
     metadata_path = models.CharField(max_length=1024, blank=True)

@@ -82,6 +82,7 @@ def _run(job, report):
     services.job_update_progress(job.id, device=device, message=f"Loading on {device}")
     report({"phase": "loading", "device": device})
 
+    loaded = texts = None
     if job.activations_file:
         activations_path = Path(job.activations_file)
         activations = load_activations(activations_path)
@@ -99,13 +100,15 @@ def _run(job, report):
             device=device,
             quantization=None if job.quantization == TrainingJob.Quantization.NONE else job.quantization,
             token=token,
+            with_lm_head=True,
         )
         texts = read_corpus(Path(job.corpus.path))
         services.job_update_progress(
             job.id, phase=TrainingJob.Phase.EXTRACTING, message=f"Extracting activations on {device}"
         )
         extraction = _extract(job, loaded, texts, paths["activations_path"], should_stop, report)
-        del loaded  # the language model is not needed for SAE training: free its memory first
+        if not job.model_info.get("is_causal_lm"):
+            loaded = None  # only next-token evaluation needs the model again: free it now
         activations_path = extraction.path
         activations = load_activations(activations_path)
 
@@ -119,7 +122,7 @@ def _run(job, report):
             current_loss=result.final_loss,
         )
         return
-    _finish(job, result, activations, activations_path, extraction, device, paths, report)
+    _finish(job, result, activations, activations_path, extraction, device, paths, report, loaded, texts)
 
 
 def _extract(job, loaded, texts, out_path, should_stop, report):
@@ -153,6 +156,9 @@ def _train(job, activations, device, paths, should_stop, report):
     from engine.trainer import TrainConfig, train_sae
 
     config = TrainConfig(
+        architecture=job.architecture,
+        k=job.k,
+        target_l0=job.target_l0,
         hidden_dim=job.hidden_dim,
         sparsity_coeff=job.sparsity_coeff,
         learning_rate=job.learning_rate,
@@ -199,19 +205,71 @@ def _train(job, activations, device, paths, should_stop, report):
     )
 
 
-def _finish(job, result, activations, activations_path, extraction, device, paths, report):
+def _evaluate(job, result, activations, device, loaded, texts):
+    """Metrics on the held-out tail of the activations, which training never saw; for causal LMs,
+    next-token loss on the held-out sequences with the SAE spliced in."""
+    from engine.evaluate import evaluate_sae
+
+    start, stop = result.heldout_rows or (0, int(activations.shape[0]))
+    evaluation = evaluate_sae(
+        result.sae, activations[start:stop], scaling_factor=result.scaling_factor, device=device,
+        batch_tokens=job.sae_batch_tokens, dead_counts=result.tokens_since_fired,
+        dead_window_tokens=result.dead_window_tokens,
+    )
+    feature_density = evaluation.pop("feature_density", None)
+    evaluation.update(_ce_loss(job, result, device, loaded, texts, heldout_start=start))
+    return evaluation, feature_density
+
+
+def _ce_loss(job, result, device, loaded, texts, *, heldout_start):
+    empty = {"ce_loss_clean": None, "ce_loss_with_sae": None, "ce_loss_zero_ablation": None,
+             "ce_loss_recovered": None}
+    if job.activations_file:
+        return {**empty, "ce_loss_reason": "trained from an activations file: there is no language model to splice the SAE into"}
+    if loaded is None:
+        return {**empty, "ce_loss_reason": f"{job.model_name} is not a causal language model: next-token loss does not apply"}
+    from engine.lm_eval import ce_loss_evaluation
+
+    # The held-out rows are the corpus's last sequences (rows are stored in corpus order).
+    lengths = [len(ids) for ids in loaded.tokenizer(texts, truncation=True, max_length=job.max_sequence_length)["input_ids"]]
+    offset, heldout_texts = 0, []
+    for text, length in zip(texts, lengths):
+        if offset >= heldout_start:
+            heldout_texts.append(text)
+        offset += length
+    sae, s = result.sae.to(device).eval(), result.scaling_factor
+
+    def reconstruct(x):
+        return sae.decode(sae.encode(x * s)) / s
+
+    ce = ce_loss_evaluation(loaded, heldout_texts, layer_number=job.layer_number, reconstruct=reconstruct,
+                            max_sequence_length=job.max_sequence_length, batch_size=job.batch_size)
+    return {**ce, "ce_loss_reason": None}
+
+
+def _finish(job, result, activations, activations_path, extraction, device, paths, report, loaded, texts):
     from engine.export import save_sae, write_metadata
+    from engine.export_saelens import export_saelens
     from engine.stats import feature_statistics
 
     services.job_update_progress(
-        job.id, phase=TrainingJob.Phase.EVALUATING, progress=1.0, message="Computing feature statistics"
+        job.id, phase=TrainingJob.Phase.EVALUATING, progress=1.0, message="Evaluating on held-out tokens"
     )
-    report({"phase": "statistics"})
+    report({"phase": "evaluating"})
     features = feature_statistics(
         result.sae, activations, scaling_factor=result.scaling_factor, device=device,
         batch_tokens=job.sae_batch_tokens,
     )
+    evaluation, feature_density = _evaluate(job, result, activations, device, loaded, texts)
     save_sae(paths["model_path"], result.sae, result.scaling_factor)
+    saelens = export_saelens(
+        paths["saelens_dir"], result.sae, result.scaling_factor,
+        model_name=job.model_name or None,
+        # TransformerLens' name for the residual stream after block L: what our layer output is.
+        hook_name=None if job.activations_file else f"blocks.{job.layer_number}.hook_resid_post",
+        context_size=None if job.activations_file else job.max_sequence_length,
+        feature_density=feature_density,
+    )
     training_stats = {
         "final_loss": result.final_loss,
         "final_mse": result.final_mse,
@@ -223,6 +281,8 @@ def _finish(job, result, activations, activations_path, extraction, device, path
         "feature_statistics": features,
         "tokens": int(activations.shape[0]),
         "input_scaling_factor": result.scaling_factor,
+        "training_tokens": result.heldout_rows[0] if result.heldout_rows else int(activations.shape[0]),
+        "resampled_features": result.resampled_features,
     }
     if extraction is not None:
         training_stats["extraction"] = {
@@ -244,11 +304,11 @@ def _finish(job, result, activations, activations_path, extraction, device, path
             "activations_shape": list(activations.shape),
             "activations_dtype": str(activations.dtype),
             "sae": {
-                "architecture": "relu",
+                "architecture": job.architecture,
+                "k": job.k,
                 "d_in": int(activations.shape[1]),
                 "d_sae": job.hidden_dim,
-                "state_dict_keys": ["W_enc", "b_enc", "W_dec", "b_dec"],
-                "encode": "relu((x - b_dec) @ W_enc + b_enc)",
+                "state_dict_keys": sorted(torch_keys(paths["model_path"])),
                 "decode": "f @ W_dec + b_dec",
                 "input_scaling_folded_into_weights": result.scaling_factor,
             },
@@ -264,6 +324,8 @@ def _finish(job, result, activations, activations_path, extraction, device, path
                 "seed": settings.TRAINING_SEED,
             },
             "training_stats": training_stats,
+            "evaluation": evaluation,
+            "exports": {"saelens": str(saelens)},
         },
     )
     services.job_finish(
@@ -277,4 +339,12 @@ def _finish(job, result, activations, activations_path, extraction, device, path
         model_path=str(paths["model_path"]),
         activations_path=str(activations_path),
         metadata_path=str(paths["metadata_path"]),
+        evaluation=evaluation,
+        exports={"saelens": str(saelens)},
     )
+
+
+def torch_keys(path):
+    import torch
+
+    return torch.load(path, weights_only=True).keys()

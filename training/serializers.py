@@ -19,6 +19,9 @@ class TrainRequestSerializer(serializers.Serializer):
     max_sequence_length = serializers.IntegerField(default=512, min_value=1, max_value=131_072)
     sae_batch_tokens = serializers.IntegerField(default=4096, min_value=1, max_value=1_048_576, help_text="Tokens per SAE optimizer step")
     quantization = serializers.ChoiceField(choices=TrainingJob.Quantization.values, default="none", help_text="Load the model in 8-bit or 4-bit (CUDA only)")
+    architecture = serializers.ChoiceField(choices=TrainingJob.Architecture.values, default="relu", help_text="relu (L1), topk, batchtopk or jumprelu")
+    k = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1, help_text="Active features per token; required for topk and batchtopk")
+    target_l0 = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0.01, help_text="jumprelu only: penalise L0 towards this target instead of penalising L0 itself")
 
 
 class TrainResponseSerializer(serializers.Serializer):
@@ -84,6 +87,35 @@ class TrainingStatsSerializer(serializers.Serializer):
     extraction = serializers.DictField(required=False, help_text="Sequences, tokens, seconds and tokens/s of activation extraction")
 
 
+class DensityHistogramSerializer(serializers.Serializer):
+    bin_edges = serializers.ListField(child=serializers.FloatField(), help_text="log10 feature density")
+    counts = serializers.ListField(child=serializers.IntegerField())
+    dead = serializers.IntegerField(required=False, help_text="Features that never fired (not in any bin)")
+
+
+class EvaluationSerializer(serializers.Serializer):
+    """Measured on held-out tokens never used for training."""
+
+    l0 = serializers.FloatField()
+    explained_variance = serializers.FloatField()
+    mse = serializers.FloatField()
+    cosine_similarity = serializers.FloatField()
+    dead_features = serializers.IntegerField()
+    dead_window_tokens = serializers.IntegerField()
+    dense_features = serializers.IntegerField()
+    density_histogram = DensityHistogramSerializer()
+    ce_loss_clean = serializers.FloatField(allow_null=True)
+    ce_loss_with_sae = serializers.FloatField(allow_null=True)
+    ce_loss_zero_ablation = serializers.FloatField(allow_null=True)
+    ce_loss_recovered = serializers.FloatField(allow_null=True)
+    ce_loss_reason = serializers.CharField(allow_null=True, required=False, help_text="Why the CE metrics are null")
+    eval_tokens = serializers.IntegerField()
+
+
+class ExportsSerializer(serializers.Serializer):
+    saelens = serializers.CharField(help_text="Folder with cfg.json, sae_weights.safetensors, sparsity.safetensors")
+
+
 class ResultSerializer(serializers.Serializer):
     job_id = serializers.CharField()
     status = serializers.ChoiceField(choices=TrainingJob.Status.values)
@@ -97,6 +129,10 @@ class ResultSerializer(serializers.Serializer):
     ready_for_find_service = serializers.BooleanField()
     checkpoints = serializers.ListField(child=serializers.CharField())
     error = serializers.CharField(allow_null=True)
+    architecture = serializers.ChoiceField(choices=TrainingJob.Architecture.values)
+    k = serializers.IntegerField(allow_null=True)
+    evaluation = EvaluationSerializer(allow_null=True)
+    exports = ExportsSerializer(allow_null=True)
 
 
 class JobSummarySerializer(serializers.Serializer):

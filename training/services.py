@@ -40,12 +40,16 @@ class JobRequest:
     max_sequence_length: int = 512
     sae_batch_tokens: int = 4096
     quantization: str = TrainingJob.Quantization.NONE
+    architecture: str = TrainingJob.Architecture.RELU
+    k: int | None = None
+    target_l0: float | None = None
 
 
 def job_create(*, owner, request: JobRequest, enqueue: bool = True) -> TrainingJob:
     """Validate a request against the real corpus, model and machine, save the job, and queue it
     once the transaction commits (the worker must find the row it is handed)."""
     quantization = request.quantization or TrainingJob.Quantization.NONE
+    _check_architecture(request)
     modelcheck.check_gpu_request(request.gpu_id, quantization)
     corpus = None
     model_info = None
@@ -94,6 +98,9 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True) -> TrainingJ
             max_sequence_length=request.max_sequence_length,
             sae_batch_tokens=request.sae_batch_tokens,
             quantization=quantization,
+            architecture=request.architecture,
+            k=request.k,
+            target_l0=request.target_l0,
             encrypted_hf_token=crypto.encrypt(request.huggingface_token or ""),
             requires_token=bool(model_info and model_info.get("requires_token")),
             memory_check=memory_check,
@@ -103,6 +110,19 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True) -> TrainingJ
         if enqueue:
             transaction.on_commit(lambda: _enqueue(job.id))
     return job
+
+
+def _check_architecture(request: JobRequest) -> None:
+    architecture = request.architecture
+    if architecture in TrainingJob.K_ARCHITECTURES:
+        if request.k is None:
+            raise ServiceError(f"k: required when architecture is '{architecture}' (active features per token).")
+        if request.k > request.hidden_dim:
+            raise ServiceError(f"k: {request.k} is more than hidden_dim ({request.hidden_dim}).")
+    elif request.k is not None:
+        raise ServiceError(f"k: only applies to topk and batchtopk, not '{architecture}'.")
+    if request.target_l0 is not None and architecture != TrainingJob.Architecture.JUMPRELU:
+        raise ServiceError(f"target_l0: only applies to jumprelu, not '{architecture}'.")
 
 
 def _enqueue(job_id: str) -> None:
@@ -209,4 +229,5 @@ def job_artifact_paths(job: TrainingJob) -> dict[str, Path]:
         "model_path": models_dir / f"{job.id}_sae.pt",
         "activations_path": activations_dir / f"{job.id}_activations.npy",
         "metadata_path": activations_dir / f"{job.id}_metadata.json",
+        "saelens_dir": models_dir / f"{job.id}_saelens",
     }

@@ -103,3 +103,29 @@ def test_a_non_json_body_is_a_400(alice_api):
     response = alice_api.post("/api/v1/train", "{not json", content_type="application/json")
     assert response.status_code == 400
     assert "JSON" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "fields,needle",
+    [
+        ({"architecture": "gated"}, "architecture:"),
+        ({"architecture": "topk"}, "k: required when architecture is 'topk'"),
+        ({"architecture": "batchtopk"}, "k: required when architecture is 'batchtopk'"),
+        ({"architecture": "topk", "k": 2000}, "k: 2000 is more than hidden_dim"),
+        ({"architecture": "relu", "k": 8}, "k: only applies to topk and batchtopk"),
+        ({"architecture": "topk", "k": 0}, "k:"),
+        ({"architecture": "topk", "k": 8, "target_l0": 10}, "target_l0: only applies to jumprelu"),
+    ],
+)
+def test_architecture_fields_are_checked(alice_api, corpus, hub_models, fields, needle):
+    response = train(alice_api, model_name="tiny/gpt2", corpus_file=corpus, layer_number=0, **fields)
+    assert response.status_code == 400
+    assert needle in response.json()["detail"]
+    assert not TrainingJob.objects.exists()
+
+
+def test_a_topk_job_keeps_its_architecture_and_k(alice_api, corpus, hub_models):
+    response = train(alice_api, model_name="tiny/gpt2", corpus_file=corpus, layer_number=0, architecture="topk", k=16)
+    assert response.status_code == 200, response.json()
+    job = TrainingJob.objects.get(pk=response.json()["job_id"])
+    assert (job.architecture, job.k) == ("topk", 16)

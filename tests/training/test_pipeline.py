@@ -48,6 +48,18 @@ def test_it_trains_an_sae_on_per_token_activations_of_a_causal_lm(alice, hub_mod
     metadata = json.loads(Path(job.metadata_path).read_text())
     assert metadata["job_id"] == job.id and metadata["layer_number"] == 1
     assert [c.epoch for c in job.checkpoints.all()] == [2, 4]
+
+    # Evaluation on held-out tokens, with the LM's next-token loss for a causal model.
+    evaluation = job.evaluation
+    assert evaluation["eval_tokens"] == activations.shape[0] - stats["training_tokens"] > 0
+    assert 0 < evaluation["l0"] <= 64 and evaluation["explained_variance"] <= 1
+    for key in ("ce_loss_clean", "ce_loss_with_sae", "ce_loss_zero_ablation", "ce_loss_recovered"):
+        assert isinstance(evaluation[key], float), key
+    assert evaluation["ce_loss_reason"] is None
+    cfg = json.loads((Path(job.exports["saelens"]) / "cfg.json").read_text())
+    assert cfg["architecture"] == "standard" and cfg["d_sae"] == 64 and cfg["d_in"] == 32
+    assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post" and cfg["metadata"]["context_size"] == 32
+    assert (Path(job.exports["saelens"]) / "sparsity.safetensors").is_file()
     for checkpoint in job.checkpoints.all():
         saved = torch.load(checkpoint.path, weights_only=True)
         assert saved["epoch"] == checkpoint.epoch and saved["sae"]["W_dec"].shape == (64, 32)
@@ -60,6 +72,28 @@ def test_it_trains_on_the_bundled_minilm(alice):
     assert job.status == TrainingJob.Status.COMPLETED, job.message
     assert job.model_info["architecture"] == "bert" and job.model_info["selected_layer"] == 5
     assert np.load(job.activations_path, mmap_mode="r").shape[1] == 384
+    assert job.evaluation["ce_loss_clean"] is None
+    assert "not a causal language model" in job.evaluation["ce_loss_reason"]
+    assert job.evaluation["explained_variance"] > 0
+
+
+@pytest.mark.parametrize("architecture,k", [("topk", 8), ("batchtopk", 8), ("jumprelu", None)])
+def test_each_architecture_trains_and_exports_for_saelens(alice, hub_models, architecture, k):
+    from safetensors.numpy import load_file
+
+    job = make_job(alice, model_name="tiny/gpt2", layer_number=2, hidden_dim=64, max_epochs=2, min_loss=0,
+                   max_sequence_length=16, sae_batch_tokens=256, learning_rate=1e-3, architecture=architecture, k=k)
+    job = job_run(job.id)
+    assert job.status == TrainingJob.Status.COMPLETED, job.message
+    folder = Path(job.exports["saelens"])
+    cfg = json.loads((folder / "cfg.json").read_text())
+    assert cfg["architecture"] == {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}[architecture]
+    assert cfg.get("k") == k if architecture == "topk" else True
+    weights = load_file(str(folder / "sae_weights.safetensors"))
+    assert weights["W_enc"].shape == (32, 64) and weights["W_dec"].shape == (64, 32)
+    assert ("threshold" in weights) == (architecture != "topk")
+    if architecture == "topk":
+        assert job.evaluation["l0"] <= 8 + 1e-6
 
 
 def test_it_stops_early_below_min_loss(alice, hub_models):

@@ -34,6 +34,9 @@ OPTIONS = [
     ("--gpu-id", "gpu_id", int),
     ("--sae-batch-tokens", "sae_batch_tokens", int),
     ("--quantization", "quantization", str),
+    ("--architecture", "architecture", str),
+    ("--k", "k", int),
+    ("--target-l0", "target_l0", float),
     ("--huggingface-token", "huggingface_token", str),
 ]
 

@@ -1,0 +1,69 @@
+"""Writing a trained SAE as a SAELens folder (cfg.json, sae_weights.safetensors, sparsity.safetensors).
+
+The input scaling is folded into the weights (engine.export), so the folder runs on raw
+activations with normalize_activations "none". Architecture names follow SAELens 6: relu is
+"standard"; batchtopk is saved as "jumprelu" with its inference threshold, which is exactly how
+it encodes outside training.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from engine.errors import EngineError
+from engine.export import export_state_dict
+
+_SAELENS_ARCHITECTURE = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SAE_LENS_VERSION = "6.0.0"
+
+
+def export_saelens(
+    folder: Path,
+    sae,
+    scaling_factor: float,
+    *,
+    model_name: str,
+    hook_name: str,
+    context_size: int,
+    dtype: str = "float32",
+    feature_density: np.ndarray | None = None,
+) -> Path:
+    """`feature_density` is the fraction of tokens each feature fires on ([d_sae]); without it no
+    sparsity.safetensors is written."""
+    if dtype not in _DTYPES:
+        raise EngineError(f"dtype must be one of {', '.join(_DTYPES)}, not '{dtype}'")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    architecture = _SAELENS_ARCHITECTURE[sae.architecture]
+    weights = {name: t.to(_DTYPES[dtype]).contiguous() for name, t in export_state_dict(sae, scaling_factor).items()}
+    cfg = {
+        "architecture": architecture,
+        "d_in": int(sae.d_in),
+        "d_sae": int(sae.d_sae),
+        "dtype": dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "metadata": {
+            "sae_lens_version": SAE_LENS_VERSION,
+            "model_name": model_name,
+            "hook_name": hook_name,
+            "context_size": int(context_size),
+            "trained_architecture": sae.architecture,
+        },
+    }
+    if architecture == "topk":
+        cfg["k"] = int(sae.k)
+    save_file(weights, str(folder / "sae_weights.safetensors"))
+    if feature_density is not None:
+        density = torch.as_tensor(np.asarray(feature_density), dtype=torch.float32)
+        if density.shape != (sae.d_sae,):
+            raise EngineError(f"feature_density has shape {tuple(density.shape)}, not ({sae.d_sae},)")
+        # SAELens' own training log: log10(density + 1e-10).
+        save_file({"sparsity": torch.log10(density + 1e-10).contiguous()}, str(folder / "sparsity.safetensors"))
+    (folder / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    return folder

@@ -1,0 +1,93 @@
+"""Next-token loss of a causal LM with an SAE spliced in at one layer.
+
+The standard downstream check of an SAE (SAELens' evals; Bricken et al. 2023): the LM's
+cross-entropy clean, with the layer's output replaced by the SAE's reconstruction, and with the
+layer's output zero-ablated; `ce_loss_recovered` = (zero − sae) / (zero − clean), 1 being perfect.
+"""
+from collections.abc import Callable
+
+import numpy as np
+
+from engine.errors import EngineError
+from engine.loading import LoadedModel
+
+
+def ce_loss_evaluation(
+    loaded: LoadedModel,
+    texts: list[str],
+    *,
+    layer_number: int,
+    reconstruct: Callable,  # raw activations [..., d] -> reconstruction [..., d], on loaded.device
+    max_sequence_length: int,
+    batch_size: int,
+    max_tokens: int = 20_000,
+) -> dict:
+    import torch
+
+    if getattr(loaded.model, "get_output_embeddings", lambda: None)() is None:
+        raise EngineError("The model was loaded without its LM head: load it with with_lm_head=True")
+    encoded = loaded.tokenizer(list(texts), truncation=True, max_length=max_sequence_length, padding=False)
+    sequences = [ids for ids in encoded["input_ids"] if len(ids) >= 2]
+    kept, budget = [], max_tokens
+    for ids in sequences:
+        if budget <= 0:
+            break
+        kept.append(ids)
+        budget -= len(ids)
+    if not kept:
+        raise EngineError("No held-out sequence has two or more tokens to measure next-token loss on")
+
+    mode = {"value": "clean"}
+
+    def splice(_module, _inputs, output):
+        if mode["value"] == "clean":
+            return None
+        hidden = output[0] if isinstance(output, tuple) else output
+        if mode["value"] == "sae":
+            replaced = reconstruct(hidden.float()).to(hidden.dtype)
+        else:
+            replaced = torch.zeros_like(hidden)
+        return (replaced, *output[1:]) if isinstance(output, tuple) else replaced
+
+    totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    n_predicted = 0
+    handle = loaded.blocks[layer_number].register_forward_hook(splice)
+    pad_id = loaded.tokenizer.pad_token_id
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(kept), batch_size):
+                batch = kept[start : start + batch_size]
+                width = max(len(ids) for ids in batch)
+                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, ids in enumerate(batch):
+                    input_ids[row, : len(ids)] = torch.tensor(ids)
+                    mask[row, : len(ids)] = 1
+                input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
+                targets = input_ids[:, 1:]
+                predicted = mask[:, 1:].bool()
+                n_predicted += int(predicted.sum())
+                for name in totals:
+                    mode["value"] = name
+                    logits = loaded.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+                    losses = torch.nn.functional.cross_entropy(
+                        logits[:, :-1].float().transpose(1, 2), targets, reduction="none"
+                    )
+                    totals[name] += float(losses[predicted].double().sum())
+    finally:
+        handle.remove()
+
+    clean, with_sae, zero = (totals[k] / n_predicted for k in ("clean", "sae", "zero"))
+    denominator = zero - clean
+    return {
+        "ce_loss_clean": clean,
+        "ce_loss_with_sae": with_sae,
+        "ce_loss_zero_ablation": zero,
+        # Undefined when ablating the layer costs nothing: say so rather than divide by ~0.
+        "ce_loss_recovered": (zero - with_sae) / denominator if abs(denominator) > 1e-9 else None,
+        "ce_eval_tokens": n_predicted,
+    }
+
+
+def is_finite(value) -> bool:
+    return value is not None and bool(np.isfinite(value))

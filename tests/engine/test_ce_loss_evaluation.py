@@ -1,0 +1,48 @@
+import pytest
+
+from engine.errors import EngineError
+from engine.lm_eval import ce_loss_evaluation
+from engine.loading import load_model
+from engine.resolve import resolve_model
+
+
+@pytest.fixture(scope="module")
+def gpt2_with_head(tiny_gpt2_dir):
+    return load_model(resolve_model(str(tiny_gpt2_dir), models_dir=None), device="cpu", with_lm_head=True)
+
+
+def evaluate(loaded, texts, reconstruct):
+    return ce_loss_evaluation(loaded, texts, layer_number=1, reconstruct=reconstruct, max_sequence_length=24,
+                              batch_size=4)
+
+
+def test_a_perfect_reconstruction_recovers_all_of_the_loss(gpt2_with_head, sample_texts):
+    result = evaluate(gpt2_with_head, sample_texts, lambda x: x)
+    assert result["ce_loss_with_sae"] == pytest.approx(result["ce_loss_clean"], rel=1e-5)
+    assert result["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    # A random tiny model predicts nearly uniformly, so ablation moves its loss only a little.
+    assert abs(result["ce_loss_zero_ablation"] - result["ce_loss_clean"]) > 1e-4
+    assert result["ce_eval_tokens"] > 100
+
+
+def test_a_zero_reconstruction_recovers_none(gpt2_with_head, sample_texts):
+    result = evaluate(gpt2_with_head, sample_texts, lambda x: x * 0)
+    assert result["ce_loss_with_sae"] == pytest.approx(result["ce_loss_zero_ablation"], rel=1e-5)
+    assert result["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_the_clean_loss_is_the_models_own_loss(gpt2_with_head, sample_texts):
+    import torch
+
+    tok = gpt2_with_head.tokenizer
+    ids = tok(sample_texts[0], return_tensors="pt").input_ids
+    with torch.inference_mode():
+        expected = gpt2_with_head.model(input_ids=ids, labels=ids).loss.item()
+    result = evaluate(gpt2_with_head, sample_texts[:1], lambda x: x)
+    assert result["ce_loss_clean"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_model_without_its_head_is_refused(tiny_gpt2_dir, sample_texts):
+    base = load_model(resolve_model(str(tiny_gpt2_dir), models_dir=None), device="cpu")
+    with pytest.raises(EngineError, match="LM head"):
+        evaluate(base, sample_texts, lambda x: x)
