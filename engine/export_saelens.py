@@ -26,9 +26,9 @@ def export_saelens(
     sae,
     scaling_factor: float,
     *,
-    model_name: str,
-    hook_name: str,
-    context_size: int,
+    model_name: str | None,
+    hook_name: str | None,
+    context_size: int | None,
     dtype: str = "float32",
     feature_density: np.ndarray | None = None,
 ) -> Path:
@@ -52,7 +52,8 @@ def export_saelens(
             "sae_lens_version": SAE_LENS_VERSION,
             "model_name": model_name,
             "hook_name": hook_name,
-            "context_size": int(context_size),
+            # None when trained from an activations file: there were no sequences.
+            "context_size": None if context_size is None else int(context_size),
             "trained_architecture": sae.architecture,
         },
     }

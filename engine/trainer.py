@@ -37,6 +37,8 @@ _MAX_EVAL_ROWS = 100_000
 # A feature silent for this many tokens is dead (Gao et al. 2024 use 10M tokens); shorter runs use
 # one pass over the training rows instead.
 _DEFAULT_DEAD_WINDOW_TOKENS = 10_000_000
+# The smallest SAE batch that min_steps may shrink to: below this a step is mostly noise.
+_MIN_BATCH_TOKENS = 64
 _GEOMETRIC_MEDIAN_ITERATIONS = 20
 # Bricken et al. 2023 resample dead neurons with encoder rows at 0.2x the mean live encoder norm.
 _RESAMPLE_ENCODER_SCALE = 0.2
@@ -69,6 +71,10 @@ class TrainConfig:
     dead_window_tokens: int | None = None  # default min(10M, training rows)
     resample_dead: bool = True  # relu: resample features dead for dead_window_tokens
     eval_fraction: float = 0.05  # held-out tail of the rows, at least 1 and at most 100k rows
+    # Fewest optimizer steps a run should take; 0 = off. A small corpus at a large sae_batch_tokens
+    # gives a handful of steps per epoch, and an SAE barely leaves its initialisation in a hundred
+    # Adam steps, so the batch shrinks (sae_batch_tokens is then a maximum) until the run has them.
+    min_steps: int = 0
 
 
 @dataclass
@@ -111,6 +117,7 @@ class TrainResult:
     # Rows [start, stop) of the activations held out for evaluation (None when eval_fraction is 0).
     heldout_rows: tuple[int, int] | None = None
     resampled_features: int = 0  # relu: how many dead features were resampled in all
+    sae_batch_tokens: int = 0  # tokens per optimizer step actually used (see TrainConfig.min_steps)
 
 
 def train_sae(
@@ -129,7 +136,7 @@ def train_sae(
     n_rows, d_in = _check_activations(activations)
     n_eval = _eval_rows(n_rows, config.eval_fraction)
     n_tokens = n_rows - n_eval  # rows [0, n_tokens) train; the tail is held out
-    batch_tokens = min(config.sae_batch_tokens, n_tokens)
+    batch_tokens = _batch_tokens(config, n_tokens)
     steps_per_epoch = math.ceil(n_tokens / batch_tokens)
     total_steps = steps_per_epoch * config.max_epochs
 
@@ -153,7 +160,7 @@ def train_sae(
         state.epoch_rng_state = generator.get_state()
     sae.to(device).train()
     state.tokens_since_fired = state.tokens_since_fired.to(device)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.Adam(_param_groups(sae, config, total_steps), lr=config.learning_rate)
     if resume_from is not None:
         _restore(Path(resume_from), sae, optimizer, state, d_in=d_in, config=config)
         state.tokens_since_fired = state.tokens_since_fired.to(device)
@@ -165,6 +172,7 @@ def train_sae(
         total_steps=total_steps,
         dead_window_tokens=config.dead_window_tokens or min(_DEFAULT_DEAD_WINDOW_TOKENS, n_tokens),
         heldout_rows=(n_tokens, n_rows) if n_eval else None,
+        batch_tokens=batch_tokens,
     )
     stopped_reason = "max_epochs"
     last_stop_check = -math.inf
@@ -230,7 +238,7 @@ class _Run:
     """One call of train_sae: the optimisation step, progress reports and checkpoint writing."""
 
     def __init__(self, *, config, sae, optimizer, state, device, checkpoint_dir, checkpoint_prefix, on_checkpoint, total_steps,
-                 dead_window_tokens, heldout_rows):
+                 dead_window_tokens, heldout_rows, batch_tokens):
         self.config = config
         self.sae = sae
         self.optimizer = optimizer
@@ -242,6 +250,7 @@ class _Run:
         self.total_steps = total_steps
         self.dead_window_tokens = int(dead_window_tokens)
         self.heldout_rows = heldout_rows
+        self.batch_tokens = batch_tokens
         self.checkpoints: list[CheckpointInfo] = []
         self.started_at = time.monotonic()
         self.last_report_at = self.started_at
@@ -254,13 +263,13 @@ class _Run:
     def step(self, x: torch.Tensor) -> None:
         sae, config = self.sae, self.config
         for group in self.optimizer.param_groups:
-            group["lr"] = config.learning_rate * self._lr_factor()
+            group["lr"] = group["base_lr"] * self._lr_factor()
         pre = sae.pre_activations(x)
         f = sae.activate(pre)
         recon = sae.decode(f)
         mse = F.mse_loss(recon, x)
         sparsity = sae.sparsity_loss(pre, f, target_l0=config.target_l0)
-        loss = mse + config.sparsity_coeff * self._sparsity_warmup() * sparsity
+        loss = mse + _sparsity_weight(config) * self._sparsity_warmup() * sparsity
         if sae.architecture in ("topk", "batchtopk") and config.aux_k_coeff > 0:
             loss = loss + config.aux_k_coeff * self._aux_k_loss(x, recon, pre)
         self.optimizer.zero_grad(set_to_none=True)
@@ -446,6 +455,7 @@ def _result(run: _Run, stopped_reason: str) -> TrainResult:
         tokens_since_fired=state.tokens_since_fired.cpu().numpy().copy(),
         heldout_rows=run.heldout_rows,
         resampled_features=state.resampled_features,
+        sae_batch_tokens=run.batch_tokens,
     )
 
 
@@ -523,6 +533,36 @@ def _check_activations(activations) -> tuple[int, int]:
     if len(shape) != 2 or shape[0] < 2 or shape[1] < 1:
         raise ActivationsError(f"Activations have shape {shape}: expected 2-D [tokens, d_model] with at least 2 tokens")
     return shape
+
+
+def _sparsity_weight(config: TrainConfig) -> float:
+    """A target L0 is a constraint, not a trade-off: its penalty (L0/target - 1)^2 has a fixed
+    weight of 1 (it held L0 near the target on MiniLM and the synthetic tests), so sparsity_coeff (whose seed default
+    suits a penalty on L0 itself) does not apply to it."""
+    if config.architecture == "jumprelu" and config.target_l0:
+        return 1.0
+    return config.sparsity_coeff
+
+
+def _param_groups(sae, config: TrainConfig, total_steps: int) -> list[dict]:
+    """JumpReLU thresholds are learned in log space, where an Adam step moves them by about the
+    learning rate: at 1e-4 a threshold could not grow tenfold in fewer than ~23k steps. Their own
+    rate lets them cross a few e-folds in any run (10 / total steps), and is never below the
+    weights' rate, so long runs train them exactly as Gemma Scope does."""
+    thresholds = [p for name, p in sae.named_parameters() if name == "log_threshold"]
+    weights = [p for name, p in sae.named_parameters() if name != "log_threshold"]
+    groups = [{"params": weights, "base_lr": config.learning_rate}]
+    if thresholds:
+        groups.append({"params": thresholds, "base_lr": max(config.learning_rate, 10.0 / max(total_steps, 1))})
+    return groups
+
+
+def _batch_tokens(config: TrainConfig, n_tokens: int) -> int:
+    batch = min(config.sae_batch_tokens, n_tokens)
+    if config.min_steps > 0:
+        steps_per_epoch = math.ceil(config.min_steps / config.max_epochs)
+        batch = min(batch, max(_MIN_BATCH_TOKENS, n_tokens // steps_per_epoch))
+    return max(1, batch)
 
 
 def _eval_rows(n_rows: int, eval_fraction: float) -> int:

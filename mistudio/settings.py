@@ -149,6 +149,7 @@ CHECKPOINT_EVERY_EPOCHS = env_int("MISTUDIO_CHECKPOINT_EVERY_EPOCHS", 10, minimu
 CHECKPOINT_INTERVAL_S = env_float("MISTUDIO_CHECKPOINT_INTERVAL_S", 300.0, minimum=1.0)
 JOB_TIMEOUT_S = env_int("MISTUDIO_JOB_TIMEOUT_S", 48 * 3600, minimum=60)
 TRAINING_SEED = env_int("MISTUDIO_SEED", 0)
+MIN_SAE_STEPS = env_int("MISTUDIO_MIN_SAE_STEPS", 1000, minimum=0)
 
 # The queue. One worker per GPU (one on a machine with one GPU or none): a job holds a whole GPU.
 # `retry` is longer than `timeout` so a long job is never handed to a second worker while it runs,

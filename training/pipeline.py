@@ -166,6 +166,7 @@ def _train(job, activations, device, paths, should_stop, report):
         max_epochs=job.max_epochs,
         min_loss=job.min_loss,
         seed=settings.TRAINING_SEED,
+        min_steps=settings.MIN_SAE_STEPS,
         checkpoint_every_epochs=settings.CHECKPOINT_EVERY_EPOCHS,
         checkpoint_interval_s=settings.CHECKPOINT_INTERVAL_S,
         progress_interval_s=settings.PROGRESS_INTERVAL_S,
@@ -283,6 +284,7 @@ def _finish(job, result, activations, activations_path, extraction, device, path
         "input_scaling_factor": result.scaling_factor,
         "training_tokens": result.heldout_rows[0] if result.heldout_rows else int(activations.shape[0]),
         "resampled_features": result.resampled_features,
+        "sae_batch_tokens_used": result.sae_batch_tokens,
     }
     if extraction is not None:
         training_stats["extraction"] = {

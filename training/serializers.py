@@ -82,8 +82,11 @@ class TrainingStatsSerializer(serializers.Serializer):
     final_mse = serializers.FloatField(help_text="Reconstruction MSE of the last epoch (scaled inputs)")
     stopped_reason = serializers.ChoiceField(choices=["max_epochs", "min_loss", "cancelled"])
     loss_history = serializers.ListField(child=serializers.FloatField(), help_text="Mean loss per epoch")
-    tokens = serializers.IntegerField(help_text="Activation rows trained on")
+    tokens = serializers.IntegerField(help_text="Activation rows of the job")
     input_scaling_factor = serializers.FloatField(help_text="Scale applied to inputs while training; folded into the saved weights")
+    training_tokens = serializers.IntegerField(help_text="Activation rows trained on (the rest is held out)")
+    sae_batch_tokens_used = serializers.IntegerField(help_text="Tokens per optimizer step actually used: sae_batch_tokens, or fewer when the job would otherwise take fewer than MISTUDIO_MIN_SAE_STEPS steps")
+    resampled_features = serializers.IntegerField(help_text="relu: dead features resampled during training")
     extraction = serializers.DictField(required=False, help_text="Sequences, tokens, seconds and tokens/s of activation extraction")
 
 

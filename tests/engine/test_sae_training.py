@@ -86,3 +86,18 @@ def test_it_stops_early_once_an_epoch_is_below_min_loss():
 def test_bad_settings_say_what_to_fix():
     with pytest.raises(EngineError, match="hidden_dim must be at least 1; learning_rate must be positive"):
         train_sae(sparse_data(n_tokens=64), config(hidden_dim=0, learning_rate=0))
+
+
+def test_min_steps_shrinks_the_batch_of_a_small_run_and_leaves_a_large_one_alone():
+    import numpy as np
+
+    from engine.trainer import TrainConfig, train_sae
+
+    x = np.random.default_rng(0).normal(size=(2100, 8)).astype(np.float32)
+    small = train_sae(x, TrainConfig(hidden_dim=16, max_epochs=2, min_loss=0, sae_batch_tokens=4096, min_steps=40))
+    # 1995 training rows, 20 steps an epoch -> 99 tokens a step.
+    assert small.sae_batch_tokens == 1995 // 20
+    off = train_sae(x, TrainConfig(hidden_dim=16, max_epochs=2, min_loss=0, sae_batch_tokens=512))
+    assert off.sae_batch_tokens == 512
+    floor = train_sae(x, TrainConfig(hidden_dim=16, max_epochs=1, min_loss=0, sae_batch_tokens=512, min_steps=10_000))
+    assert floor.sae_batch_tokens == 64

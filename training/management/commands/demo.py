@@ -26,10 +26,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--layer-number", type=int, default=3)
         parser.add_argument("--hidden-dim", type=int, default=1536)
-        parser.add_argument("--max-epochs", type=int, default=30)
+        parser.add_argument("--max-epochs", type=int, default=50)
+        parser.add_argument("--architecture", default="topk")
+        parser.add_argument("--k", type=int, default=32)
         parser.add_argument("--timeout-s", type=float, default=900)
 
-    def handle(self, *args, layer_number, hidden_dim, max_epochs, timeout_s, **options):
+    def handle(self, *args, layer_number, hidden_dim, max_epochs, architecture, k, timeout_s, **options):
         user, _ = get_user_model().objects.get_or_create(username="demo", defaults={"is_staff": True})
         corpus = Corpus.objects.filter(owner=user, name=SAMPLE_CORPUS.name).first() or corpus_add_from_path(
             owner=user, path=SAMPLE_CORPUS
@@ -43,12 +45,9 @@ class Command(BaseCommand):
                 layer_number=layer_number,
                 hidden_dim=hidden_dim,
                 max_epochs=max_epochs,
-                learning_rate=1e-3,
-                sparsity_coeff=0.004,
-                batch_size=16,
+                architecture=architecture,
+                k=k if architecture in ("topk", "batchtopk") else None,
                 max_sequence_length=128,
-                # The sample corpus is ~8k tokens: small SAE steps give enough optimizer steps.
-                sae_batch_tokens=256,
             ),
         )
         self.stdout.write(f"Queued {job.id}; starting a worker (manage.py qcluster)")
