@@ -61,7 +61,7 @@ def submit(api, **fields):
 def test_jobs_train_in_order_in_a_real_worker_and_a_running_job_can_be_cancelled(alice_api, upload, worker):
     assert upload(SAMPLE_CORPUS.name, SAMPLE_CORPUS.read_bytes()).status_code == 200
     first = submit(alice_api, max_epochs=3, min_loss=0)
-    second = submit(alice_api, max_epochs=2, min_loss=0)
+    second = submit(alice_api, max_epochs=2, min_loss=0, architecture="jumprelu", target_l0=8)
 
     seen = wait_for(alice_api, first, lambda s: s["status"] in ("running", "completed", "failed"))
     assert seen["status"] != "failed", seen
@@ -71,6 +71,10 @@ def test_jobs_train_in_order_in_a_real_worker_and_a_running_job_can_be_cancelled
     assert first_status["status"] == "completed"
     # One at a time, in the order they came.
     assert done["started_at"] >= first_status["completed_at"]
+
+    second_result = alice_api.get(f"/api/v1/train/{second}/result").json()
+    assert second_result["architecture"] == "jumprelu"
+    assert second_result["evaluation"]["ce_loss_recovered"] is not None  # tiny/gpt2 is a causal LM
 
     result = alice_api.get(f"/api/v1/train/{first}/result").json()
     assert result["status"] == "completed" and result["ready_for_find_service"] is True
