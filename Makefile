@@ -21,9 +21,13 @@ install: $(VENV)/.installed
 migrate: install
 	$(PY) manage.py migrate --noinput
 
+# Development servers: DEBUG on (which also lets miStudio generate and keep a secret key in the data
+# folder). Target-specific, so the migrate step they depend on gets it too; the environment wins.
+demo serve: export MISTUDIO_DEBUG ?= 1
+
 # Trains one SAE on the bundled MiniLM through the real queue and a real worker process.
 demo: migrate
-	MISTUDIO_DEBUG=1 $(PY) manage.py demo
+	$(PY) manage.py demo
 
 test: install
 	$(PY) -m pytest -q

@@ -112,10 +112,9 @@ def corpus_add_from_path(*, owner, path: Path, name: str | None = None) -> Corpu
 
 
 def corpus_for_user(*, user, name: str) -> Corpus:
-    """`corpus_file` in a train request: the user's own corpus of that name (staff may name any)."""
-    corpora = Corpus.objects.filter(name=name)
-    mine = corpora.filter(owner=user).first() if user is not None else None
-    found = mine or (corpora.first() if user is None or user.is_staff else None)
+    """`corpus_file` in a train request names one of the requester's own corpora, staff included:
+    a name never reaches someone else's data."""
+    found = Corpus.objects.filter(name=name, owner=user).first()
     if found is None:
         raise ServiceError(f"Corpus file '{name}' not found. Please upload it with POST /api/v1/upload first.")
     return found

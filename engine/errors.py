@@ -31,3 +31,7 @@ class CorpusError(EngineError):
 
 class ExtractionCancelled(EngineError):
     """`should_stop()` asked activation extraction to stop; no output file was left behind."""
+
+
+class TrainingDiverged(EngineError):
+    """The loss became NaN or infinite; the message names the epoch and step."""

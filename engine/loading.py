@@ -54,7 +54,9 @@ def load_model(
             auto = AutoModelForCausalLM
         model = auto.from_pretrained(resolved.location, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(resolved.location, token=token)
-    except (OSError, ValueError, ImportError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - safetensors, tokenizers and torch each raise their own types
+        if type(exc).__name__ == "OutOfMemoryError":
+            raise
         raise ModelResolutionError(
             f"Could not load model '{resolved.name}' from {resolved.location}: {_first_line(exc)}. "
             "Check that the folder holds the weights and tokenizer files, or that your token has access."

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.errors import ActivationsError, EngineError
+from engine.errors import ActivationsError, EngineError, TrainingDiverged
 from engine.sae import ARCHITECTURES, SparseAutoencoder, build_sae
 
 _SCALE_SAMPLE_TOKENS = 8192
@@ -272,6 +272,12 @@ class _Run:
         loss = mse + _sparsity_weight(config) * self._sparsity_warmup() * sparsity
         if sae.architecture in ("topk", "batchtopk") and config.aux_k_coeff > 0:
             loss = loss + config.aux_k_coeff * self._aux_k_loss(x, recon, pre)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"The loss became {loss.item()} at epoch {self.state.epochs_done + 1}, step {self.state.step + 1}: "
+                f"lower learning_rate (now {config.learning_rate:g}) or sparsity_coeff, and check the "
+                "activations for extreme values."
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if sae.unit_norm_decoder:

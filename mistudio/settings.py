@@ -1,8 +1,11 @@
 """miStudio settings: every value comes from the environment (see the README's table)."""
+import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from mistudio.env import env_bool, env_float, env_int, env_list, env_path, env_str
 
@@ -19,10 +22,24 @@ MODELS_DIR = env_path("MISTUDIO_MODELS_DIR", DATA_DIR / "hub-models")
 
 
 def _secret_key():
-    """An explicit key wins; otherwise one random key per data folder, made once and kept."""
+    """An explicit key wins. Without one, a development or demo server (DEBUG on) makes one random
+    key per data folder and keeps it; a production server (DEBUG off) refuses to start, because a key
+    left on disk beside the database would also unlock the Hugging Face tokens encrypted with it."""
     explicit = env_str("MISTUDIO_SECRET_KEY")
     if explicit:
+        if not DEBUG and (len(explicit) < 50 or len(set(explicit)) < 5):
+            raise ImproperlyConfigured(
+                "MISTUDIO_SECRET_KEY is too weak for a server with MISTUDIO_DEBUG off: use at least 50 characters, "
+                "5 of them different, e.g. the output of "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`."
+            )
         return explicit
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "Set MISTUDIO_SECRET_KEY (at least 50 random characters, e.g. the output of "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`) to run with MISTUDIO_DEBUG off, "
+            "or set MISTUDIO_DEBUG=1 for a development server with a generated key."
+        )
     key_file = DATA_DIR / "secret_key"
     if not key_file.exists():
         key_file.write_text(secrets.token_urlsafe(50))
@@ -32,6 +49,28 @@ def _secret_key():
 
 SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env_list("MISTUDIO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("MISTUDIO_CSRF_TRUSTED_ORIGINS", [])
+
+# HTTPS is on whenever DEBUG is off: secure cookies, a redirect from http and HSTS. Plain HTTP on a
+# trusted network (a GPU box reached over an SSH tunnel, say) is an explicit MISTUDIO_HTTPS=0.
+HTTPS = env_bool("MISTUDIO_HTTPS", not DEBUG)
+SECURE_SSL_REDIRECT = HTTPS
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_HSTS_SECONDS = env_int("MISTUDIO_HSTS_SECONDS", 365 * 24 * 3600 if HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = env_bool("MISTUDIO_HSTS_PRELOAD", False)
+# Only the owner of the registrable domain can submit it to the browsers' preload list
+# (hstspreload.org), so preload is an operator's opt-in, not a default worth a deploy warning.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# Behind a TLS-terminating proxy Django sees plain HTTP; trust the proxy's X-Forwarded-Proto only
+# when asked, since a client could send that header itself to a server reached directly.
+if env_bool("MISTUDIO_TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -41,7 +80,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_q",
@@ -93,7 +132,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
     }
     # A file, not memory: end-to-end tests start real worker processes that must see it.
-    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test-db.sqlite3")}
+    # One per test run (pytest-django deletes it at the end), so two runs in one checkout never clash.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-db-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -114,11 +154,15 @@ STATIC_ROOT = DATA_DIR / "static"
 
 # Uploads: a corpus may be large; Django streams anything over this to a temp file.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+# A request body other than an uploaded file (a JSON training request, form fields) is small.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MISTUDIO_REQUEST_MAX_BYTES", 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 100
 CORPUS_MAX_BYTES = env_int("MISTUDIO_CORPUS_MAX_BYTES", 512 * 1024 * 1024, minimum=1)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # Knox keeps only a hash of each token: a copy of the database gives no working key.
+        "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -137,9 +181,21 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "mistudio.schema.declare_unauthorized",
+    ],
 }
 
 LOGIN_URL = "/admin/login/"
+
+TOKEN_TTL_HOURS = env_int("MISTUDIO_TOKEN_TTL_HOURS", 0, minimum=0)
+REST_KNOX = {
+    # API tokens do not expire unless asked to: they are for scripts and terminals.
+    "TOKEN_TTL": timedelta(hours=TOKEN_TTL_HOURS) if TOKEN_TTL_HOURS else None,
+    "TOKEN_PREFIX": "mist_",
+    "AUTH_HEADER_PREFIX": "Token",
+}
 
 # Training.
 SERVICE_VERSION = "1.2.0"
@@ -150,6 +206,13 @@ CHECKPOINT_INTERVAL_S = env_float("MISTUDIO_CHECKPOINT_INTERVAL_S", 300.0, minim
 JOB_TIMEOUT_S = env_int("MISTUDIO_JOB_TIMEOUT_S", 48 * 3600, minimum=60)
 TRAINING_SEED = env_int("MISTUDIO_SEED", 0)
 MIN_SAE_STEPS = env_int("MISTUDIO_MIN_SAE_STEPS", 1000, minimum=0)
+
+# Crash recovery: a running job's worker writes a heartbeat; a job whose worker died (its pid is
+# gone on this host, or its heartbeat is older than HEARTBEAT_STALE_S) is re-queued to resume from
+# its last checkpoint, at most MAX_JOB_ATTEMPTS runs in all.
+HEARTBEAT_INTERVAL_S = env_float("MISTUDIO_HEARTBEAT_INTERVAL_S", 5.0, minimum=0.1)
+HEARTBEAT_STALE_S = env_float("MISTUDIO_HEARTBEAT_STALE_S", 120.0, minimum=1.0)
+MAX_JOB_ATTEMPTS = env_int("MISTUDIO_MAX_JOB_ATTEMPTS", 3, minimum=1)
 
 # The queue. One worker per GPU (one on a machine with one GPU or none): a job holds a whole GPU.
 # `retry` is longer than `timeout` so a long job is never handed to a second worker while it runs,

@@ -2,7 +2,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 pytest_plugins = ["tests.model_fixtures"]
@@ -29,13 +28,25 @@ def alice(django_user_model):
 
 
 @pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user("bob", password="bob-password-1")
+
+
+@pytest.fixture
+def bob_api(bob):
+    return _client_for(bob)
+
+
+@pytest.fixture
 def charlie(django_user_model):
     return django_user_model.objects.create_superuser("charlie", password="charlie-password-1")
 
 
 def _client_for(user):
+    from knox.models import AuthToken
+
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {AuthToken.objects.create(user=user)[1]}")
     return client
 
 

@@ -4,3 +4,12 @@ from django.apps import AppConfig
 class TrainingConfig(AppConfig):
     name = "training"
     verbose_name = "Training"
+
+    def ready(self):
+        from django_q.signals import post_spawn
+
+        from training.tasks import recover_on_worker_start
+
+        # Every worker process that starts (after a crash, a job, or a cluster start) first looks
+        # for jobs whose worker died and queues them to resume.
+        post_spawn.connect(recover_on_worker_start, dispatch_uid="training.recover_on_worker_start")

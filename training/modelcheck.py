@@ -61,7 +61,7 @@ def check_activations_file(path: str) -> None:
         raise ServiceError(str(err)) from None
 
 
-def _estimate(described, *, device_kind, quantization, hidden_dim, batch_size, max_sequence_length,
+def estimate(described, *, device_kind, quantization, hidden_dim, batch_size, max_sequence_length,
               sae_batch_tokens, layer_number):
     from engine.memory import estimate_memory
 
@@ -84,14 +84,14 @@ def memory_verdict(described, *, quantization, gpu_id, **sizes) -> str:
     if inventory.gpus:
         gpu = inventory.gpus[gpu_id] if gpu_id is not None else max(inventory.gpus, key=lambda g: g.memory_free)
         available, where = gpu.memory_free, f"GPU {gpu.index}"
-        estimate = _estimate(described, device_kind="cuda", quantization=quantization, **sizes)
+        needed = estimate(described, device_kind="cuda", quantization=quantization, **sizes)
     else:
         available, where = system_memory()[1], "system RAM (no GPU)"
-        estimate = _estimate(described, device_kind="cpu", quantization=None, **sizes)
-    if estimate.total_bytes <= available:
+        needed = estimate(described, device_kind="cpu", quantization=None, **sizes)
+    if needed.total_bytes <= available:
         return "passed"
     return (
-        f"warning: needs about {estimate.total_bytes / GB:.1f} GB, {available / GB:.1f} GB free on {where}; "
+        f"warning: needs about {needed.total_bytes / GB:.1f} GB, {available / GB:.1f} GB free on {where}; "
         "lower batch_size or max_sequence_length, or use quantization '4bit'"
     )
 
@@ -110,10 +110,10 @@ def memory_report(described, *, batch_size, hidden_dim, max_sequence_length, sae
         layer_number=layer_number,
     )
     device_kind = "cuda" if inventory.gpus else "cpu"
-    requested = _estimate(described, device_kind=device_kind,
+    requested = estimate(described, device_kind=device_kind,
                           quantization=quantization if device_kind == "cuda" else None,
                           batch_size=batch_size, **sizes)
-    smallest = _estimate(described, device_kind=device_kind,
+    smallest = estimate(described, device_kind=device_kind,
                          quantization="4bit" if device_kind == "cuda" else None, batch_size=1, **sizes)
     if inventory.gpus:
         available = max(g.memory_free for g in inventory.gpus)

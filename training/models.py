@@ -84,6 +84,11 @@ class TrainingJob(models.Model):
     message = models.TextField(blank=True)
     device = models.CharField(max_length=32, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # Which worker runs it, and when that worker last said it was alive (crash recovery).
+    attempts = models.IntegerField(default=0, help_text="Runs started, resumed ones included.")
+    worker_host = models.CharField(max_length=255, blank=True)
+    worker_pid = models.IntegerField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     # Results.
     model_info = models.JSONField(null=True, blank=True)

@@ -2,6 +2,7 @@
 `manage.py train`; the engine does the work, this module keeps the job row up to date."""
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -30,11 +31,43 @@ class _Throttle:
         return False
 
 
-def _cancel_check(job_id):
+class JobLost(Exception):
+    """The job was recovered elsewhere while this worker still ran it: stop and write nothing."""
+
+
+class _Heartbeat(threading.Thread):
+    """Tells the database this worker is alive, independently of progress: loading a large model
+    or one long epoch must not look like a dead worker."""
+
+    def __init__(self, job):
+        super().__init__(name=f"heartbeat-{job.pk}", daemon=True)
+        self.job = job
+        self.stopped = threading.Event()
+        self.lost = False
+
+    def run(self):
+        from django.db import connection
+
+        try:
+            while not self.stopped.wait(settings.HEARTBEAT_INTERVAL_S):
+                if not services.job_heartbeat(self.job):
+                    self.lost = True
+                    return
+        finally:
+            connection.close()
+
+    def stop(self):
+        self.stopped.set()
+        self.join(timeout=10)
+
+
+def _cancel_check(job_id, heartbeat):
     throttle = _Throttle(0.5)
     state = {"stop": False}
 
     def should_stop():
+        if heartbeat.lost:
+            raise JobLost(job_id)
         if not state["stop"] and throttle():
             state["stop"] = services.job_cancel_requested(job_id)
         return state["stop"]
@@ -49,44 +82,97 @@ def job_run(job_id: str, *, on_progress=None) -> TrainingJob | None:
         logger.info("Job %s is not queued any more; nothing to run", job_id)
         return None
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    heartbeat = _Heartbeat(job)
+    heartbeat.start()
     try:
-        _run(job, on_progress or (lambda update: None))
+        _run(job, on_progress or (lambda update: None), _cancel_check(job.id, heartbeat))
+    except JobLost:
+        logger.warning("Job %s was recovered by another worker; this run stops", job_id)
+        return TrainingJob.objects.get(pk=job_id)
     except ExtractionCancelled:
         services.job_finish(job, status=TrainingJob.Status.CANCELLED, message="Cancelled during extraction")
     except (EngineError, ServiceError) as err:
         services.job_fail(job, str(err))
+    except (MemoryError, RuntimeError) as err:
+        if not _is_out_of_memory(err):
+            logger.exception("Job %s crashed", job_id)
+            services.job_fail(job, f"{type(err).__name__}: {err}")
+        else:
+            services.job_fail(job, _describe_out_of_memory(TrainingJob.objects.get(pk=job_id), err))
     except Exception as err:  # noqa: BLE001 - any crash must end the job, not leave it running
         logger.exception("Job %s crashed", job_id)
-        services.job_fail(job, _describe_crash(err))
+        services.job_fail(job, f"{type(err).__name__}: {err}")
     finally:
-        # Whatever the ending, the token is gone (job_finish wipes it; this covers a crash in it).
-        TrainingJob.objects.filter(pk=job_id).exclude(encrypted_hf_token="").update(encrypted_hf_token="")
+        heartbeat.stop()
+        # Whatever the ending, the token is gone (job_finish wipes it; this covers a crash in it),
+        # unless the job went back to the queue to resume and still needs it.
+        TrainingJob.objects.filter(pk=job_id).exclude(status=TrainingJob.Status.QUEUED).exclude(
+            encrypted_hf_token="").update(encrypted_hf_token="")
     return TrainingJob.objects.get(pk=job_id)
 
 
-def _describe_crash(err):
-    text = f"{type(err).__name__}: {err}"
-    if "out of memory" in str(err).lower():
-        text += " Hint: lower batch_size or max_sequence_length, or use quantization '4bit'."
-    return text
+def _is_out_of_memory(err):
+    return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "out of memory" in str(err).lower()
 
 
-def _run(job, report):
+def _describe_out_of_memory(job, err):
+    """What was needed, what there was, and what to change: the three things a user asks."""
+    GB = 1024**3
+    device = job.device or "cpu"
+    if device.startswith("cuda"):
+        import torch
+
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+        where = f"{device}: {free / GB:.1f} GB free of {total / GB:.1f} GB"
+    else:
+        from engine.devices import system_memory
+
+        total, free = system_memory()
+        where = f"system RAM: {free / GB:.1f} GB available of {total / GB:.1f} GB"
+    needed = ""
+    if job.model_name and not job.activations_file:
+        from training import modelcheck
+
+        try:
+            described = modelcheck.describe(job.model_name)
+            estimate = modelcheck.estimate(
+                described, device_kind="cuda" if device.startswith("cuda") else "cpu",
+                quantization=job.quantization, hidden_dim=job.hidden_dim, batch_size=job.batch_size,
+                max_sequence_length=job.max_sequence_length, sae_batch_tokens=job.sae_batch_tokens,
+                layer_number=job.layer_number,
+            )
+            needed = f" Estimated requirement: {estimate.total_bytes / GB:.1f} GB."
+        except ServiceError:
+            pass
+    return (
+        f"Out of memory during {job.phase.replace('_', ' ')} ({str(err).splitlines()[0][:200]}).{needed} "
+        f"Available on {where}. Hint: lower batch_size (now {job.batch_size}) or max_sequence_length "
+        f"(now {job.max_sequence_length}), lower sae_batch_tokens (now {job.sae_batch_tokens}) or hidden_dim "
+        f"(now {job.hidden_dim}), or load the model with quantization '4bit'."
+    )
+
+
+def _run(job, report, should_stop):
     from engine.activations import load_activations
     from engine.corpus import read_corpus
     from engine.devices import select_device
 
     paths = services.job_artifact_paths(job)
-    should_stop = _cancel_check(job.id)
     device = select_device(job.gpu_id)
     services.job_update_progress(job.id, device=device, message=f"Loading on {device}")
     report({"phase": "loading", "device": device})
 
-    loaded = texts = None
+    loaded = texts = extraction = None
+    # A resumed run reuses what its earlier run extracted (the file appears complete or not at all).
+    extracted = Path(job.activations_path) if job.activations_path and not job.activations_file else None
+    if extracted is not None and not extracted.is_file():
+        extracted = None
     if job.activations_file:
         activations_path = Path(job.activations_file)
         activations = load_activations(activations_path)
-        extraction = None
+    elif extracted is not None and not job.model_info.get("is_causal_lm"):
+        activations_path = extracted
+        activations = load_activations(activations_path)
     else:
         from engine.loading import load_model
         from engine.resolve import resolve_model
@@ -103,13 +189,17 @@ def _run(job, report):
             with_lm_head=True,
         )
         texts = read_corpus(Path(job.corpus.path))
-        services.job_update_progress(
-            job.id, phase=TrainingJob.Phase.EXTRACTING, message=f"Extracting activations on {device}"
-        )
-        extraction = _extract(job, loaded, texts, paths["activations_path"], should_stop, report)
+        if extracted is not None:
+            activations_path = extracted
+        else:
+            services.job_update_progress(
+                job.id, phase=TrainingJob.Phase.EXTRACTING, message=f"Extracting activations on {device}"
+            )
+            extraction = _extract(job, loaded, texts, paths["activations_path"], should_stop, report)
+            activations_path = extraction.path
+            services.job_update_progress(job.id, activations_path=str(activations_path))
         if not job.model_info.get("is_causal_lm"):
             loaded = None  # only next-token evaluation needs the model again: free it now
-        activations_path = extraction.path
         activations = load_activations(activations_path)
 
     result = _train(job, activations, device, paths, should_stop, report)
@@ -188,6 +278,11 @@ def _train(job, activations, device, paths, should_stop, report):
         report({"phase": "training", "progress": p.progress, "epoch": p.epoch, "loss": p.loss,
                 "total_epochs": p.total_epochs, "message": message})
 
+    last = job.last_checkpoint
+    resume_from = Path(last.path) if last and Path(last.path).is_file() else None
+    if resume_from is not None:
+        services.job_update_progress(job.id, message=f"Resuming from {resume_from.name}")
+
     def on_checkpoint(info):
         # A cancel mid-epoch rewrites the file of the last completed epoch: one row per file.
         Checkpoint.objects.update_or_create(
@@ -203,6 +298,7 @@ def _train(job, activations, device, paths, should_stop, report):
         on_progress=on_progress,
         should_stop=should_stop,
         on_checkpoint=on_checkpoint,
+        resume_from=resume_from,
     )
 
 

@@ -3,11 +3,16 @@
 Every interface (API, admin, CLI, worker task) calls these; none re-implements a step.
 """
 import logging
+import os
+import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from corpora.services import corpus_for_user
@@ -143,8 +148,15 @@ def optimizations_applied(job: TrainingJob) -> str:
     return f"Applied optimizations for {job.source_description}: " + "; ".join(applied)
 
 
+def jobs_visible_to(user):
+    """A user sees their own jobs; staff see everyone's."""
+    jobs = TrainingJob.objects.all()
+    return jobs if user.is_staff else jobs.filter(owner=user)
+
+
 def job_get(*, user, job_id: str) -> TrainingJob:
-    job = TrainingJob.objects.filter(pk=job_id).first()
+    # Someone else's job answers exactly like a missing one: its id tells nothing.
+    job = jobs_visible_to(user).filter(pk=job_id).first()
     if job is None:
         raise NotFound(f"Job {job_id} not found")
     return job
@@ -174,16 +186,80 @@ def job_cancel(job: TrainingJob) -> TrainingJob:
 
 
 def job_claim(job_id: str) -> TrainingJob | None:
-    """Atomically move a queued job to running; None when someone else has it or it was cancelled."""
+    """Atomically move a queued job to running in this process; None when another worker has it
+    or it was cancelled. The one conditional UPDATE is what keeps a job from running twice."""
     now = timezone.now()
     claimed = TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.QUEUED).update(
         status=TrainingJob.Status.RUNNING,
         phase=TrainingJob.Phase.LOADING,
-        started_at=now,
+        started_at=Coalesce(F("started_at"), Value(now)),
         message="Starting",
         updated_at=now,
+        attempts=F("attempts") + 1,
+        worker_host=socket.gethostname(),
+        worker_pid=os.getpid(),
+        heartbeat_at=now,
     )
     return TrainingJob.objects.get(pk=job_id) if claimed else None
+
+
+def job_heartbeat(job: TrainingJob) -> bool:
+    """Say this worker is alive; False when the job is no longer ours (recovered elsewhere)."""
+    return bool(
+        TrainingJob.objects.filter(
+            pk=job.pk, status=TrainingJob.Status.RUNNING, worker_host=job.worker_host, worker_pid=job.worker_pid
+        ).update(heartbeat_at=timezone.now())
+    )
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def jobs_recover_stale() -> list[str]:
+    """Find running jobs whose worker died — its pid is gone on this host, or its heartbeat is
+    older than HEARTBEAT_STALE_S anywhere — and queue them again to resume from their last
+    checkpoint, failing them after MAX_JOB_ATTEMPTS runs. Runs whenever a worker process starts."""
+    now = timezone.now()
+    stale_before = now - timedelta(seconds=settings.HEARTBEAT_STALE_S)
+    host = socket.gethostname()
+    recovered = []
+    for job in TrainingJob.objects.filter(status=TrainingJob.Status.RUNNING):
+        dead_here = job.worker_host == host and not _pid_alive(job.worker_pid)
+        if not dead_here and job.heartbeat_at and job.heartbeat_at >= stale_before:
+            continue
+        # Conditional on the heartbeat we saw: if the worker beat in between, it is alive.
+        still_lost = TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING, heartbeat_at=job.heartbeat_at)
+        lost = f"its worker (pid {job.worker_pid} on {job.worker_host}) stopped during run {job.attempts}"
+        if job.cancel_requested_at:
+            done = still_lost.update(status=TrainingJob.Status.CANCELLED, phase=TrainingJob.Phase.DONE,
+                                     completed_at=now, updated_at=now, encrypted_hf_token="",
+                                     message=f"Cancelled; {lost}")
+        elif job.attempts >= settings.MAX_JOB_ATTEMPTS:
+            reason = (f"{lost}, the last of {settings.MAX_JOB_ATTEMPTS} allowed runs "
+                      "(MISTUDIO_MAX_JOB_ATTEMPTS). Check the worker's log and the kernel log for an "
+                      "out-of-memory kill; a smaller batch_size or hidden_dim needs less memory.")
+            done = still_lost.update(status=TrainingJob.Status.FAILED, phase=TrainingJob.Phase.DONE,
+                                     completed_at=now, updated_at=now, encrypted_hf_token="", error=reason,
+                                     message=f"Training failed: {reason}")
+        else:
+            done = still_lost.update(status=TrainingJob.Status.QUEUED, phase=TrainingJob.Phase.WAITING,
+                                     updated_at=now, eta_s=None,
+                                     message=f"Re-queued: {lost}; it resumes from its last checkpoint")
+            if done:
+                transaction.on_commit(lambda job_id=job.pk: _enqueue(job_id))
+        if done:
+            logger.warning("Recovered job %s: %s", job.pk, lost)
+            recovered.append(job.pk)
+    return recovered
 
 
 def job_update_progress(job_id: str, **fields) -> None:

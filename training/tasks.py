@@ -1,4 +1,7 @@
-"""The django-q2 task: a job id in, the same pipeline as `manage.py train`."""
+"""django-q2 entry points: a job id in, the same pipeline as `manage.py train`."""
+import logging
+
+logger = logging.getLogger("training")
 
 
 def run_training_job(job_id: str) -> str | None:
@@ -6,3 +9,12 @@ def run_training_job(job_id: str) -> str | None:
 
     job = job_run(job_id)
     return job.status if job else None
+
+
+def recover_on_worker_start(sender, proc_name=None, **kwargs):
+    from training.services import jobs_recover_stale
+
+    try:
+        jobs_recover_stale()
+    except Exception:  # noqa: BLE001 - a failed sweep must not keep the worker from starting
+        logger.exception("Recovering stale jobs failed in %s", proc_name)

@@ -4,7 +4,6 @@ from rest_framework.views import APIView
 
 from mistudio.errors import Conflict, ServiceError
 from training import documents, modelcheck, serializers, services
-from training.models import TrainingJob
 
 ERRORS = {400: serializers.ErrorSerializer, 404: serializers.ErrorSerializer}
 
@@ -58,7 +57,7 @@ class JobCancelView(APIView):
 class JobListView(APIView):
     @extend_schema(responses={200: serializers.JobListSerializer}, summary="List training jobs")
     def get(self, request):
-        jobs = TrainingJob.objects.all()
+        jobs = services.jobs_visible_to(request.user)
         return Response({"total_jobs": jobs.count(), "jobs": [documents.summary_document(j) for j in jobs]})
 
 

@@ -16,7 +16,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def worker(settings, hub_models, tmp_path):
+def worker_env():
+    return {}
+
+
+@pytest.fixture
+def worker(settings, hub_models, tmp_path, worker_env):
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
@@ -26,6 +31,7 @@ def worker(settings, hub_models, tmp_path):
         "MISTUDIO_QUEUE_POLL_S": "0.2",
         "MISTUDIO_PROGRESS_INTERVAL_S": "0.2",
         "MISTUDIO_CHECKPOINT_EVERY_EPOCHS": "1",
+        **worker_env,
     }
     log = open(tmp_path / "qcluster.log", "wb")
     process = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=log,

@@ -8,10 +8,10 @@ import time
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from rest_framework.authtoken.models import Token
 from rest_framework.utils.encoders import JSONEncoder
 
 from corpora.models import Corpus
+from mistudio.accounts import user_issue_token
 from corpora.services import corpus_add_from_path
 from engine.resolve import BUNDLED_MODEL_NAME
 from training import documents, serializers, services
@@ -70,8 +70,8 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps(result, indent=2, cls=JSONEncoder))
         if job.status != TrainingJob.Status.COMPLETED:
             raise CommandError(f"The demo job ended {job.status}: {job.message}")
-        token, _ = Token.objects.get_or_create(user=user)
-        self.stdout.write(f"\nAPI token for user 'demo' (Authorization: Token ...):\n{token.key}")
+        _, token = user_issue_token(username=user.username)
+        self.stdout.write(f"\nAPI token for user 'demo' (Authorization: Token ...):\n{token}")
 
     def _follow(self, job_id, timeout_s):
         deadline = time.monotonic() + timeout_s

@@ -1,0 +1,16 @@
+"""Users and their API tokens: the one path the CLI, the demo and the tests take."""
+from django.contrib.auth import get_user_model
+from knox.models import AuthToken
+
+
+def user_issue_token(*, username: str, staff: bool = False):
+    """Create the user if needed and return (user, token). Only a hash of the token is stored,
+    so each call makes a new token; earlier ones keep working until deleted in the admin."""
+    user, created = get_user_model().objects.get_or_create(username=username)
+    if created:
+        user.set_unusable_password()
+    if staff:
+        user.is_staff = True
+    user.save()
+    _, token = AuthToken.objects.create(user=user)
+    return user, token

@@ -1,0 +1,52 @@
+"""A job that cannot finish fails with a message that says what happened and what to change."""
+import shutil
+
+import pytest
+
+from corpora.services import corpus_add_from_path
+from tests.conftest import SAMPLE_CORPUS
+from training import services
+from training.pipeline import job_run
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run(owner, **fields):
+    if not owner.corpora.exists():
+        corpus_add_from_path(owner=owner, path=SAMPLE_CORPUS)
+    job = services.job_create(owner=owner, request=services.JobRequest(corpus_file=SAMPLE_CORPUS.name, **fields),
+                              enqueue=False)
+    return job_run(job.id)
+
+
+def test_a_diverging_loss_fails_naming_the_epoch_and_step(alice, hub_models):
+    # The API caps learning_rate at 1; the service takes what the engine is given.
+    job = run(alice, model_name="tiny/gpt2", layer_number=0, hidden_dim=32, max_epochs=5, min_loss=0,
+              max_sequence_length=16, learning_rate=1e12)
+    assert job.status == "failed", job.message
+    assert "at epoch" in job.message and "step" in job.message and "lower learning_rate" in job.message
+
+
+def test_running_out_of_memory_says_what_was_needed_and_what_to_change(alice, hub_models, monkeypatch):
+    import torch
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr("engine.activations.extract_activations", exhausted)
+    job = run(alice, model_name="tiny/gpt2", layer_number=0, hidden_dim=32, max_epochs=1)
+    assert job.status == "failed"
+    assert "Out of memory during extracting activations" in job.message
+    assert "Estimated requirement:" in job.message and "available of" in job.message
+    assert "lower batch_size (now 16)" in job.message and "'4bit'" in job.message
+
+
+def test_an_unreadable_model_says_what_to_check(alice, hub_models, settings):
+    broken = settings.MODELS_DIR / "tiny" / "broken"
+    shutil.copytree(hub_models / "tiny" / "gpt2", broken)
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(b"not a safetensors file")
+    job = run(alice, model_name="tiny/broken", layer_number=0, hidden_dim=32, max_epochs=1)
+    assert job.status == "failed"
+    assert "Could not load model 'tiny/broken'" in job.message
+    assert "weights and tokenizer files" in job.message
