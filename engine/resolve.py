@@ -31,12 +31,23 @@ def resolve_model(
     models_dir: Path | None,
     token: str | None = None,
     hub_timeout_s: float = 10.0,
+    local_roots: list[Path] | None = None,
 ) -> ResolvedModel:
+    """`local_roots`: None lets any local directory through (a terminal user owns the machine);
+    a list admits only directories inside those folders (names from the network)."""
     name = (name or "").strip()
     if not name:
         raise ModelResolutionError("Model name is empty: give a hub id like 'gpt2' or a local path")
+    # A longer file name makes every path check fail with ENAMETOOLONG; no model is named so.
+    if any(len(part.encode()) > 255 for part in PurePosixPath(name).parts):
+        raise ModelResolutionError("Model name is too long: a hub id or a path part has at most 255 characters")
 
     local = _local_directory(name)
+    if local is not None and local_roots is not None and not _inside_any(local, local_roots):
+        raise ModelResolutionError(
+            f"Local model path '{name}' is outside the folders this server loads models from "
+            f"({', '.join(str(r) for r in local_roots)}): put the model there, or name it by its hub id"
+        )
     if local is not None:
         return ResolvedModel(name=name, location=str(local), source="local")
 
@@ -81,6 +92,11 @@ def _local_directory(name: str) -> Path | None:
         # Names with '..' fall through to the models_dir check, which says why they are refused.
         raise ModelResolutionError(f"Path '{name}' does not exist on this worker")
     return None
+
+
+def _inside_any(path: Path, roots: list[Path]) -> bool:
+    resolved = path.resolve()  # symlinks followed: a link inside a root may not lead out of it
+    return any(resolved.is_relative_to(Path(root).resolve()) for root in roots)
 
 
 def _looks_like_path(name: str) -> bool:

@@ -19,6 +19,9 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 # Models named like hub ids are looked up here first: <MODELS_DIR>/microsoft/Phi-4.
 MODELS_DIR = env_path("MISTUDIO_MODELS_DIR", DATA_DIR / "hub-models")
+# A local model path in an API request must lie inside MODELS_DIR or one of these (the CLI, run
+# by someone on the machine, may name any path).
+EXTRA_LOCAL_MODEL_ROOTS = [Path(root).expanduser().resolve() for root in env_list("MISTUDIO_LOCAL_MODEL_ROOTS", [])]
 
 
 def _secret_key():

@@ -15,7 +15,7 @@ urlpatterns = [
     path("api/v1/train/<str:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
     path("api/v1/jobs", views.JobListView.as_view(), name="jobs"),
     # Model ids hold a slash; the WSGI server decodes %2F before routing, so both spellings land here.
-    re_path(r"^api/v1/check-memory/(?P<model_name>.+)$", views.CheckMemoryView.as_view(), name="check-memory"),
+    re_path(r"^api/v1/check-memory/(?P<model_name>[\s\S]+)$", views.CheckMemoryView.as_view(), name="check-memory"),
     path("api/v1/validate-model", views.ValidateModelView.as_view(), name="validate-model"),
     path("api/v1/upload", UploadView.as_view(), name="upload"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

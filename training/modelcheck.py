@@ -20,13 +20,20 @@ class DescribedModel:
     info: object
 
 
-def describe(model_name: str, *, token: str | None = None) -> DescribedModel:
+def local_model_roots() -> list[Path]:
+    return [settings.MODELS_DIR, *settings.EXTRA_LOCAL_MODEL_ROOTS]
+
+
+def describe(model_name: str, *, token: str | None = None, any_local_path: bool = False) -> DescribedModel:
+    """`any_local_path` is for someone at the machine's terminal; names from the network may only
+    point into the configured model folders."""
     from engine.model_info import describe_model
     from engine.resolve import load_config, resolve_model
 
     try:
         resolved = resolve_model(
-            model_name, models_dir=settings.MODELS_DIR, token=token, hub_timeout_s=settings.HUB_TIMEOUT_S
+            model_name, models_dir=settings.MODELS_DIR, token=token, hub_timeout_s=settings.HUB_TIMEOUT_S,
+            local_roots=None if any_local_path else local_model_roots(),
         )
         config = load_config(resolved, token=token)
         info = describe_model(resolved, config)
@@ -181,7 +188,7 @@ def validation_report(*, model_name: str, huggingface_token: str | None = None) 
     try:
         resolved = resolve_model(
             model_name, models_dir=settings.MODELS_DIR, token=huggingface_token or None,
-            hub_timeout_s=settings.HUB_TIMEOUT_S,
+            hub_timeout_s=settings.HUB_TIMEOUT_S, local_roots=local_model_roots(),
         )
         config = load_config(resolved, token=huggingface_token or None)
         info = describe_model(resolved, config)

@@ -48,6 +48,8 @@ class TrainingJob(models.Model):
 
     # What to train on: a model and a corpus, or (CLI only) a file of activations someone already has.
     model_name = models.CharField(max_length=500, blank=True)
+    model_location = models.CharField(max_length=1024, blank=True, help_text="Where the model resolved when the job was made.")
+    model_source = models.CharField(max_length=16, blank=True, help_text="local, models_dir, bundled or hub")
     corpus = models.ForeignKey(
         "corpora.Corpus", null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
     )

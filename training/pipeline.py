@@ -134,7 +134,7 @@ def _describe_out_of_memory(job, err):
         from training import modelcheck
 
         try:
-            described = modelcheck.describe(job.model_name)
+            described = modelcheck.describe(job.model_name, any_local_path=True)
             estimate = modelcheck.estimate(
                 described, device_kind="cuda" if device.startswith("cuda") else "cpu",
                 quantization=job.quantization, hidden_dim=job.hidden_dim, batch_size=job.batch_size,
@@ -175,12 +175,10 @@ def _run(job, report, should_stop):
         activations = load_activations(activations_path)
     else:
         from engine.loading import load_model
-        from engine.resolve import resolve_model
+        from engine.resolve import ResolvedModel
 
         token = services.job_token(job)
-        resolved = resolve_model(
-            job.model_name, models_dir=settings.MODELS_DIR, token=token, hub_timeout_s=settings.HUB_TIMEOUT_S
-        )
+        resolved = ResolvedModel(name=job.model_name, location=job.model_location, source=job.model_source)
         loaded = load_model(
             resolved,
             device=device,

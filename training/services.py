@@ -50,7 +50,7 @@ class JobRequest:
     target_l0: float | None = None
 
 
-def job_create(*, owner, request: JobRequest, enqueue: bool = True) -> TrainingJob:
+def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_path: bool = False) -> TrainingJob:
     """Validate a request against the real corpus, model and machine, save the job, and queue it
     once the transaction commits (the worker must find the row it is handed)."""
     quantization = request.quantization or TrainingJob.Quantization.NONE
@@ -67,7 +67,8 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True) -> TrainingJ
         if not request.corpus_file:
             raise ServiceError("corpus_file: this field is required.")
         corpus = corpus_for_user(user=owner, name=request.corpus_file)
-        described = modelcheck.describe(request.model_name, token=request.huggingface_token)
+        described = modelcheck.describe(request.model_name, token=request.huggingface_token,
+                                        any_local_path=any_local_path)
         total = described.info.total_layers
         if not 0 <= request.layer_number < total:
             raise ServiceError(
@@ -110,6 +111,9 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True) -> TrainingJ
             requires_token=bool(model_info and model_info.get("requires_token")),
             memory_check=memory_check,
             model_info=model_info,
+            # The worker loads what was checked here, never a fresh reading of a client's name.
+            model_location=described.resolved.location if model_info else "",
+            model_source=described.resolved.source if model_info else "",
             message="Waiting for a worker",
         )
         if enqueue:

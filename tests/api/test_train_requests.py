@@ -129,3 +129,18 @@ def test_a_topk_job_keeps_its_architecture_and_k(alice_api, corpus, hub_models):
     assert response.status_code == 200, response.json()
     job = TrainingJob.objects.get(pk=response.json()["job_id"])
     assert (job.architecture, job.k) == ("topk", 16)
+
+
+def test_a_local_model_path_from_the_network_must_be_inside_the_model_folders(alice_api, corpus, hub_models,
+                                                                              tiny_gpt2_dir):
+    outside = train(alice_api, model_name=str(tiny_gpt2_dir), corpus_file=corpus, layer_number=0)
+    assert outside.status_code == 400
+    assert "outside the folders this server loads models from" in outside.json()["detail"]
+    inside = train(alice_api, model_name=str(hub_models / "tiny" / "gpt2"), corpus_file=corpus, layer_number=0)
+    assert inside.status_code == 200, inside.json()
+
+
+def test_a_model_name_too_long_for_the_filesystem_is_a_400(alice_api, corpus):
+    response = train(alice_api, model_name="0" * 400, corpus_file=corpus)
+    assert response.status_code == 400
+    assert "too long" in response.json()["detail"]

@@ -80,7 +80,9 @@ class Command(BaseCommand):
         values = dict(form.validated_data)
         values["activations_file"] = data.get("activations_file", "")
         try:
-            job = services.job_create(owner=owner, request=services.JobRequest(**values), enqueue=False)
+            # Whoever runs this command is on the machine: any local model path is theirs to name.
+            job = services.job_create(owner=owner, request=services.JobRequest(**values), enqueue=False,
+                                      any_local_path=True)
         except ServiceError as err:
             raise CommandError(err.message) from None
         self.stderr.write(f"Job {job.id}: {job.source_description} on layer {job.layer_number}")
