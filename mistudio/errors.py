@@ -1,6 +1,9 @@
 """One error shape for the whole API: {"detail": "..."} (plus per-field `errors` on validation)."""
 import logging
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
+
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -43,6 +46,14 @@ def _flatten(errors, prefix=""):
 def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
         return Response({"detail": exc.message}, status=exc.status_code)
+    if isinstance(exc, RequestDataTooBig):
+        return Response(
+            {"detail": f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes "
+                       "(MISTUDIO_REQUEST_MAX_BYTES); corpora go through POST /api/v1/upload."},
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, TooManyFieldsSent):
+        return Response({"detail": "The request has too many form fields."}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, exceptions.ValidationError) and not (
         isinstance(exc.detail, dict) and set(exc.detail) == {"detail"}
     ):
