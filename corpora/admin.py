@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
+from django.http import HttpResponseRedirect
 
 from corpora.models import Corpus
 from corpora.services import corpus_add, corpus_delete
@@ -30,6 +31,13 @@ class CorpusAdmin(admin.ModelAdmin):
     list_display = ("name", "owner", "size_bytes", "lines_count", "created_at")
     search_fields = ("name", "owner__username")
     readonly_fields = ("name", "owner", "path", "size_bytes", "lines_count", "created_at")
+
+    def add_view(self, request, form_url="", extra_context=None):
+        try:
+            return super().add_view(request, form_url, extra_context)
+        except ServiceError as err:  # refused while streaming, before the form could see it
+            self.message_user(request, err.message, messages.ERROR)
+            return HttpResponseRedirect(request.path)
 
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:

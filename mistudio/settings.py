@@ -157,6 +157,11 @@ STATIC_ROOT = DATA_DIR / "static"
 
 # Uploads: a corpus may be large; Django streams anything over this to a temp file.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+FILE_UPLOAD_HANDLERS = [
+    "corpora.uploadhandlers.SizeLimitUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 # A request body other than an uploaded file (a JSON training request, form fields) is small.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MISTUDIO_REQUEST_MAX_BYTES", 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 100

@@ -67,3 +67,13 @@ def test_the_admin_upload_applies_the_api_checks(staff_client):
 def test_people_who_are_not_staff_are_kept_out(client, alice):
     client.force_login(alice)
     assert client.get("/admin/training/trainingjob/").status_code == 302
+
+
+def test_an_oversized_admin_upload_is_refused_with_a_message(staff_client, settings):
+    settings.CORPUS_MAX_BYTES = 10
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 0
+    response = staff_client.post("/admin/corpora/corpus/add/",
+                                 {"file": SimpleUploadedFile("big.txt", b"x" * 100_000)}, follow=True)
+    assert response.status_code == 200
+    assert "MISTUDIO_CORPUS_MAX_BYTES" in response.content.decode()
+    assert not Corpus.objects.exists()

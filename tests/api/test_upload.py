@@ -70,8 +70,25 @@ def test_a_request_without_a_file_says_which_field_to_send(alice_api):
     assert "'file'" in response.json()["detail"]
 
 
-def test_the_size_limit_is_enforced(upload, settings):
-    settings.CORPUS_MAX_BYTES = 10
-    response = upload("big.txt", b"x" * 11 + b"\n")
-    assert response.status_code == 400
-    assert "limit" in response.json()["detail"]
+def test_the_size_limit_is_enforced_while_the_file_streams_in(upload, settings, monkeypatch):
+    from django.core.files.uploadhandler import TemporaryFileUploadHandler
+
+    stored = []
+    original = TemporaryFileUploadHandler.receive_data_chunk
+    monkeypatch.setattr(TemporaryFileUploadHandler, "receive_data_chunk",
+                        lambda self, data, start: stored.append(len(data)) or original(self, data, start))
+    settings.CORPUS_MAX_BYTES = 100_000
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 0  # straight to the temporary-file handler
+    response = upload("big.txt", b"x" * 1_000_000)
+    assert response.status_code == 413
+    assert "MISTUDIO_CORPUS_MAX_BYTES" in response.json()["detail"]
+    assert not Corpus.objects.exists()
+    # Refused after the first chunks, not after a megabyte was stored.
+    assert sum(stored) <= 100_000
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading(alice_api, settings):
+    settings.CORPUS_MAX_BYTES = 1000
+    response = alice_api.generic("POST", "/api/v1/upload", b"--B\r\n", content_type="multipart/form-data; boundary=B",
+                                 CONTENT_LENGTH=str(10_000_000))
+    assert response.status_code == 413
