@@ -30,6 +30,7 @@ class ExtractionResult:
     n_sequences: int
     seconds: float
     tokens_per_s: float
+    real_token_share: float  # real tokens / token positions the model computed (padding included)
 
 
 class _StopForward(Exception):
@@ -81,13 +82,14 @@ def extract_activations(
     order = [i for i in np.argsort(-lengths, kind="stable") if lengths[i] > 0]
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     handle = loaded.blocks[layer_number].register_forward_hook(capture)
-    sequences_done = tokens_done = 0
+    sequences_done = tokens_done = positions_computed = 0
     try:
         with torch.inference_mode():
             for batch in batches:
                 if should_stop is not None and should_stop():
                     raise ExtractionCancelled("Activation extraction was cancelled")
                 input_ids, attention_mask = _pad([ids[i] for i in batch], loaded.tokenizer.pad_token_id, loaded.device)
+                positions_computed += input_ids.numel()
                 captured.clear()
                 try:
                     loaded.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -128,6 +130,7 @@ def extract_activations(
         n_sequences=len(texts),
         seconds=seconds,
         tokens_per_s=n_tokens / seconds if seconds > 0 else math.inf,
+        real_token_share=n_tokens / positions_computed if positions_computed else 1.0,
     )
 
 

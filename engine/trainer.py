@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import ActivationsError, EngineError, TrainingDiverged
+from engine.activation_source import ActivationSource, read_rows
 from engine.sae import ARCHITECTURES, SparseAutoencoder, build_sae
 
 _SCALE_SAMPLE_TOKENS = 8192
@@ -75,6 +76,9 @@ class TrainConfig:
     # gives a handful of steps per epoch, and an SAE barely leaves its initialisation in a hundred
     # Adam steps, so the batch shrinks (sae_batch_tokens is then a maximum) until the run has them.
     min_steps: int = 0
+    # Activations larger than this are streamed from their memory-mapped cache instead of loaded
+    # into RAM; None loads them whole.
+    ram_budget_bytes: int | None = None
 
 
 @dataclass
@@ -160,7 +164,14 @@ def train_sae(
         state.epoch_rng_state = generator.get_state()
     sae.to(device).train()
     state.tokens_since_fired = state.tokens_since_fired.to(device)
-    optimizer = torch.optim.Adam(_param_groups(sae, config, total_steps), lr=config.learning_rate)
+    on_cuda = str(device).startswith("cuda")
+    if on_cuda:
+        # TF32 matmuls for whatever runs outside autocast (ample for SAE training; Ampere and later).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    # The fused kernel does Adam's whole update in one launch on CUDA; the CPU keeps the default.
+    optimizer = torch.optim.Adam(_param_groups(sae, config, total_steps), lr=config.learning_rate,
+                                 fused=True if on_cuda else None)
     if resume_from is not None:
         _restore(Path(resume_from), sae, optimizer, state, d_in=d_in, config=config)
         state.tokens_since_fired = state.tokens_since_fired.to(device)
@@ -174,47 +185,51 @@ def train_sae(
         heldout_rows=(n_tokens, n_rows) if n_eval else None,
         batch_tokens=batch_tokens,
     )
-    stopped_reason = "max_epochs"
-    last_stop_check = -math.inf
-    while state.epochs_done < config.max_epochs:
-        if state.epoch_step == 0:
-            state.epoch_rng_state = generator.get_state()
-            state.epoch_sums = [0.0, 0.0, 0.0, 0]
-        else:  # resuming mid-epoch: redraw this epoch's order and skip the steps already done
-            generator.set_state(state.epoch_rng_state)
-        order = torch.randperm(n_tokens, generator=generator)
+    source = ActivationSource(activations, n_tokens, ram_budget_bytes=config.ram_budget_bytes, device=device)
+    try:
+        stopped_reason = "max_epochs"
+        last_stop_check = -math.inf
+        while state.epochs_done < config.max_epochs:
+            if state.epoch_step == 0:
+                state.epoch_rng_state = generator.get_state()
+                state.epoch_sums = [0.0, 0.0, 0.0, 0]
+            else:  # resuming mid-epoch: redraw this epoch's order and skip the steps already done
+                generator.set_state(state.epoch_rng_state)
+            order = torch.randperm(n_tokens, generator=generator)
 
-        for batch_index in range(state.epoch_step, steps_per_epoch):
-            now = time.monotonic()
-            if should_stop is not None and now - last_stop_check >= config.stop_check_interval_s:
-                last_stop_check = now
-                if should_stop():
-                    stopped_reason = "cancelled"
-                    break
-            indices = order[batch_index * batch_tokens : (batch_index + 1) * batch_tokens]
-            x = _read_rows(activations, indices, device) * state.scaling_factor
-            run.step(x)
-            state.epoch_step = batch_index + 1
-            run.maybe_report(on_progress, epoch=state.epochs_done + 1)
-        if stopped_reason == "cancelled":
-            run.checkpoint(mid_epoch=True)
-            break
+            for batch_index in range(state.epoch_step, steps_per_epoch):
+                now = time.monotonic()
+                if should_stop is not None and now - last_stop_check >= config.stop_check_interval_s:
+                    last_stop_check = now
+                    if should_stop():
+                        stopped_reason = "cancelled"
+                        break
+                indices = order[batch_index * batch_tokens : (batch_index + 1) * batch_tokens]
+                x = source.read(indices) * state.scaling_factor
+                run.step(x)
+                state.epoch_step = batch_index + 1
+                run.maybe_report(on_progress, epoch=state.epochs_done + 1)
+            if stopped_reason == "cancelled":
+                run.checkpoint(mid_epoch=True)
+                break
 
-        loss_sum, mse_sum, _, tokens = state.epoch_sums
-        epoch_loss = loss_sum / tokens
-        state.loss_history.append(epoch_loss)
-        state.last_epoch_mse = mse_sum / tokens
-        state.epochs_done += 1
-        state.epoch_step = 0
-        if (config.checkpoint_every_epochs and state.epochs_done % config.checkpoint_every_epochs == 0) or (
-            time.monotonic() - run.last_checkpoint_at >= config.checkpoint_interval_s
-        ):
-            run.checkpoint(mid_epoch=False)
-        if epoch_loss < config.min_loss:
-            stopped_reason = "min_loss"
-            break
+            loss_sum, mse_sum, _, tokens = state.epoch_sums
+            epoch_loss = loss_sum / tokens
+            state.loss_history.append(epoch_loss)
+            state.last_epoch_mse = mse_sum / tokens
+            state.epochs_done += 1
+            state.epoch_step = 0
+            if (config.checkpoint_every_epochs and state.epochs_done % config.checkpoint_every_epochs == 0) or (
+                time.monotonic() - run.last_checkpoint_at >= config.checkpoint_interval_s
+            ):
+                run.checkpoint(mid_epoch=False)
+            if epoch_loss < config.min_loss:
+                stopped_reason = "min_loss"
+                break
 
-    run.maybe_report(on_progress, epoch=min(state.epochs_done + 1, config.max_epochs), force=True)
+        run.maybe_report(on_progress, epoch=min(state.epochs_done + 1, config.max_epochs), force=True)
+    finally:
+        source.close()
     return _result(run, stopped_reason)
 
 
@@ -251,6 +266,7 @@ class _Run:
         self.dead_window_tokens = int(dead_window_tokens)
         self.heldout_rows = heldout_rows
         self.batch_tokens = batch_tokens
+        self.on_cuda = str(device).startswith("cuda")
         self.checkpoints: list[CheckpointInfo] = []
         self.started_at = time.monotonic()
         self.last_report_at = self.started_at
@@ -264,9 +280,12 @@ class _Run:
         sae, config = self.sae, self.config
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * self._lr_factor()
-        pre = sae.pre_activations(x)
-        f = sae.activate(pre)
-        recon = sae.decode(f)
+        # bf16 autocast on GPU: matmuls in bf16, weights and Adam state stay fp32 (master weights).
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.on_cuda):
+            pre = sae.pre_activations(x)
+            f = sae.activate(pre)
+            recon = sae.decode(f)
+        pre, f, recon = pre.float(), f.float(), recon.float()
         mse = F.mse_loss(recon, x)
         sparsity = sae.sparsity_loss(pre, f, target_l0=config.target_l0)
         loss = mse + _sparsity_weight(config) * self._sparsity_warmup() * sparsity
@@ -606,5 +625,5 @@ def _read_rows(activations, indices: torch.Tensor, device: str) -> torch.Tensor:
         return activations[indices.to(activations.device)].to(device, torch.float32)
     # Sorted indices turn a memmap gather into one forward sweep over the file; the order of
     # rows inside a minibatch does not matter to the loss.
-    rows = activations[np.sort(indices.numpy())]
+    rows = read_rows(activations, np.sort(indices.numpy()))
     return torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(device)

@@ -214,6 +214,8 @@ CHECKPOINT_INTERVAL_S = env_float("MISTUDIO_CHECKPOINT_INTERVAL_S", 300.0, minim
 JOB_TIMEOUT_S = env_int("MISTUDIO_JOB_TIMEOUT_S", 48 * 3600, minimum=60)
 TRAINING_SEED = env_int("MISTUDIO_SEED", 0)
 MIN_SAE_STEPS = env_int("MISTUDIO_MIN_SAE_STEPS", 1000, minimum=0)
+# Activations up to this size are trained from RAM; larger ones stream from their cache on disk.
+ACTIVATIONS_RAM_BUDGET_BYTES = env_int("MISTUDIO_ACTIVATIONS_RAM_BUDGET_BYTES", 4 * 1024**3, minimum=1)
 
 # Crash recovery: a running job's worker writes a heartbeat; a job whose worker died (its pid is
 # gone on this host, or its heartbeat is older than HEARTBEAT_STALE_S) is re-queued to resume from

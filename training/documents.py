@@ -17,6 +17,7 @@ def status_document(job: TrainingJob) -> dict:
         "estimated_time_remaining": job.eta_s,
         "message": job.message,
         "device": job.device,
+        "tokens_per_s": job.tokens_per_s,
         "model_info": job.model_info,
         "last_checkpoint": last.path if last else None,
         "created_at": job.created_at,

@@ -85,6 +85,7 @@ class TrainingJob(models.Model):
     eta_s = models.IntegerField(null=True, blank=True)
     message = models.TextField(blank=True)
     device = models.CharField(max_length=32, blank=True)
+    tokens_per_s = models.FloatField(null=True, blank=True, help_text="Throughput of the current phase.")
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     # Which worker runs it, and when that worker last said it was alive (crash recovery).
     attempts = models.IntegerField(default=0, help_text="Runs started, resumed ones included.")

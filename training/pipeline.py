@@ -225,7 +225,7 @@ def _extract(job, loaded, texts, out_path, should_stop, report):
             rate = tokens / elapsed if elapsed > 0 else 0.0
             eta = int((total - done) * elapsed / done) if done else None
             message = f"Extracting activations - {done}/{total} sequences ({rate:.0f} tokens/s)"
-            services.job_update_progress(job.id, eta_s=eta, message=message)
+            services.job_update_progress(job.id, eta_s=eta, message=message, tokens_per_s=round(rate, 1))
             report({"phase": "extracting", "done": done, "total": total, "message": message})
 
     return extract_activations(
@@ -255,6 +255,7 @@ def _train(job, activations, device, paths, should_stop, report):
         min_loss=job.min_loss,
         seed=settings.TRAINING_SEED,
         min_steps=settings.MIN_SAE_STEPS,
+        ram_budget_bytes=settings.ACTIVATIONS_RAM_BUDGET_BYTES,
         checkpoint_every_epochs=settings.CHECKPOINT_EVERY_EPOCHS,
         checkpoint_interval_s=settings.CHECKPOINT_INTERVAL_S,
         progress_interval_s=settings.PROGRESS_INTERVAL_S,
@@ -272,6 +273,7 @@ def _train(job, activations, device, paths, should_stop, report):
             current_loss=float(p.loss),
             eta_s=None if p.eta_s is None else int(p.eta_s),
             message=message,
+            tokens_per_s=round(p.tokens_per_s, 1),
         )
         report({"phase": "training", "progress": p.progress, "epoch": p.epoch, "loss": p.loss,
                 "total_epochs": p.total_epochs, "message": message})
@@ -386,6 +388,7 @@ def _finish(job, result, activations, activations_path, extraction, device, path
             "tokens": extraction.n_tokens,
             "seconds": round(extraction.seconds, 3),
             "tokens_per_s": round(extraction.tokens_per_s, 1),
+            "real_token_share": round(extraction.real_token_share, 4),
         }
     job.refresh_from_db()
     write_metadata(

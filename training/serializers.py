@@ -57,6 +57,7 @@ class StatusSerializer(serializers.Serializer):
     estimated_time_remaining = serializers.IntegerField(allow_null=True)
     message = serializers.CharField()
     device = serializers.CharField(allow_blank=True)
+    tokens_per_s = serializers.FloatField(allow_null=True, help_text="Tokens per second of the current phase (extraction or training)")
     model_info = ModelInfoSerializer(allow_null=True)
     last_checkpoint = serializers.CharField(allow_null=True)
     created_at = serializers.DateTimeField()
