@@ -79,6 +79,8 @@ class TrainConfig:
     # Activations larger than this are streamed from their memory-mapped cache instead of loaded
     # into RAM; None loads them whole.
     ram_budget_bytes: int | None = None
+    # TopK decoding: "auto" times a dense matmul against a sparse gather on the first batch.
+    decode_path: str = "auto"
 
 
 @dataclass
@@ -122,6 +124,7 @@ class TrainResult:
     heldout_rows: tuple[int, int] | None = None
     resampled_features: int = 0  # relu: how many dead features were resampled in all
     sae_batch_tokens: int = 0  # tokens per optimizer step actually used (see TrainConfig.min_steps)
+    decode_path: str = "dense"  # how the decoder ran: "dense" matmul or "sparse" gather (topk)
 
 
 def train_sae(
@@ -267,6 +270,8 @@ class _Run:
         self.heldout_rows = heldout_rows
         self.batch_tokens = batch_tokens
         self.on_cuda = str(device).startswith("cuda")
+        self.decode_path = None  # "dense" or "sparse", measured on the first step
+        self.decode_timings_s = {}
         self.checkpoints: list[CheckpointInfo] = []
         self.started_at = time.monotonic()
         self.last_report_at = self.started_at
@@ -280,12 +285,9 @@ class _Run:
         sae, config = self.sae, self.config
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * self._lr_factor()
-        # bf16 autocast on GPU: matmuls in bf16, weights and Adam state stay fp32 (master weights).
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.on_cuda):
-            pre = sae.pre_activations(x)
-            f = sae.activate(pre)
-            recon = sae.decode(f)
-        pre, f, recon = pre.float(), f.float(), recon.float()
+        if self.decode_path is None:
+            self.decode_path = self._choose_decode_path(x)
+        pre, f, recon, fired = self._forward(x, self.decode_path)
         mse = F.mse_loss(recon, x)
         sparsity = sae.sparsity_loss(pre, f, target_l0=config.target_l0)
         loss = mse + _sparsity_weight(config) * self._sparsity_warmup() * sparsity
@@ -310,7 +312,7 @@ class _Run:
         with torch.no_grad():
             counters = self.state.tokens_since_fired
             counters += x.shape[0]
-            counters[(f > 0).any(dim=0)] = 0
+            counters[fired] = 0
         if sae.architecture == "relu" and config.resample_dead and self.state.step < self.total_steps // 2:
             self._resample_dead(x, recon.detach())
 
@@ -345,6 +347,45 @@ class _Run:
 
     def _dead_mask(self) -> torch.Tensor:
         return self.state.tokens_since_fired >= self.dead_window_tokens
+
+    def _forward(self, x: torch.Tensor, path: str):
+        """pre-activations, codes (None on the sparse path), reconstruction, and which features fired."""
+        sae = self.sae
+        # bf16 autocast on GPU: matmuls in bf16, weights and Adam state stay fp32 (master weights).
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.on_cuda):
+            pre = sae.pre_activations(x)
+            if path == "sparse":
+                # TopK codes have k non-zeros a token: gather k decoder rows per token (an
+                # embedding-bag, forward and backward) instead of a [B, d_sae] @ [d_sae, d_in] matmul.
+                values, indices = pre.float().topk(sae.k, dim=-1)
+                values = torch.relu(values)
+                recon = F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
+                fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
+                fired[indices[values > 0]] = True
+                return pre.float(), None, recon.float(), fired
+            f = sae.activate(pre)
+            recon = sae.decode(f)
+        f = f.float()
+        return pre.float(), f, recon.float(), (f > 0).any(dim=0)
+
+    def _choose_decode_path(self, x: torch.Tensor) -> str:
+        """Sparse decoding pays off only when d_sae is large against k and the device's gather is
+        quick: time both on the first batch (forward and backward, no update) and keep the faster."""
+        if self.config.decode_path != "auto":
+            return self.config.decode_path
+        if self.sae.architecture != "topk":
+            return "dense"
+        timings = {}
+        for path in ("dense", "sparse", "dense", "sparse"):  # the first of each warms up
+            started = time.perf_counter()
+            _, _, recon, _ = self._forward(x, path)
+            F.mse_loss(recon, x).backward()
+            if self.on_cuda:
+                torch.cuda.synchronize()
+            timings[path] = time.perf_counter() - started
+            self.optimizer.zero_grad(set_to_none=True)
+        self.decode_timings_s = timings
+        return min(timings, key=timings.get)
 
     def _aux_k_loss(self, x, recon, pre) -> torch.Tensor:
         """AuxK (Gao et al. 2024, "Scaling and evaluating sparse autoencoders", section A.2):
@@ -481,6 +522,7 @@ def _result(run: _Run, stopped_reason: str) -> TrainResult:
         heldout_rows=run.heldout_rows,
         resampled_features=state.resampled_features,
         sae_batch_tokens=run.batch_tokens,
+        decode_path=run.decode_path or "dense",
     )
 
 

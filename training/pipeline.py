@@ -381,6 +381,7 @@ def _finish(job, result, activations, activations_path, extraction, device, path
         "training_tokens": result.heldout_rows[0] if result.heldout_rows else int(activations.shape[0]),
         "resampled_features": result.resampled_features,
         "sae_batch_tokens_used": result.sae_batch_tokens,
+        "decode_path": result.decode_path,
     }
     if extraction is not None:
         training_stats["extraction"] = {

@@ -88,6 +88,7 @@ class TrainingStatsSerializer(serializers.Serializer):
     training_tokens = serializers.IntegerField(help_text="Activation rows trained on (the rest is held out)")
     sae_batch_tokens_used = serializers.IntegerField(help_text="Tokens per optimizer step actually used: sae_batch_tokens, or fewer when the job would otherwise take fewer than MISTUDIO_MIN_SAE_STEPS steps")
     resampled_features = serializers.IntegerField(help_text="relu: dead features resampled during training")
+    decode_path = serializers.ChoiceField(choices=["dense", "sparse"], help_text="topk: how the decoder ran, chosen by timing both on the first batch")
     extraction = serializers.DictField(required=False, help_text="Sequences, tokens, seconds and tokens/s of activation extraction")
 
 
