@@ -22,7 +22,7 @@ class ActivationSource:
             row_bytes = activations.dtype.itemsize * activations.shape[1]
             fits = ram_budget_bytes is None or n_rows * row_bytes <= ram_budget_bytes
             if fits or not isinstance(activations, np.memmap):
-                self.in_ram = torch.from_numpy(np.ascontiguousarray(activations[:n_rows]))
+                self.in_ram = torch.from_numpy(np.array(activations[:n_rows]))  # a writable copy in RAM
                 if self.pin:
                     self.in_ram = self.in_ram.pin_memory()
             else:
