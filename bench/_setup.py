@@ -3,6 +3,7 @@ folder (so every library loads it through from_pretrained, offline), GPT-2's rea
 a corpus built from samples/demo_corpus.txt.
 """
 
+import os
 import platform
 import shutil
 import sys
@@ -19,7 +20,8 @@ def set_threads() -> None:
     import torch
 
     torch.set_num_threads(THREADS)
-    torch.set_num_interop_threads(1)
+    if torch.get_num_interop_threads() != 1:
+        torch.set_num_interop_threads(1)
 
 
 def build_model(folder: Path, *, hidden_size: int = 256, layers: int = 8) -> Path:
@@ -97,7 +99,5 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import os
-
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
             f"Python {platform.python_version()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")

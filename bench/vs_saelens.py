@@ -12,7 +12,7 @@ L0 are computed by one function, on both SAEs' encode/decode, on the same held-o
 (other texts, extracted by our engine).
 
 Run in the bench venv, from the repository root:
-    .venv-bench/bin/python bench/vs_saelens.py [--train-texts 1000] [--repeats 3] [--profile]
+    .venv-bench/bin/python bench/vs_saelens.py [--train-texts 600] [--repeats 3] [--profile]
 """
 
 import argparse
@@ -68,7 +68,7 @@ def timed(name, fn, profile: bool):
     return result, seconds
 
 
-def our_config(args, steps: int) -> TrainConfig:
+def our_config(args) -> TrainConfig:
     return TrainConfig(
         architecture="topk", k=args.k, hidden_dim=args.d_sae, learning_rate=args.lr, sae_batch_tokens=args.batch,
         max_epochs=1, min_loss=0, eval_fraction=0, checkpoint_every_epochs=0, checkpoint_interval_s=math.inf,
@@ -140,7 +140,7 @@ def saelens_from_activations(args, acts: torch.Tensor):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--train-texts", type=int, default=1000, help="sequences of 128 tokens")
+    parser.add_argument("--train-texts", type=int, default=600, help="sequences of 128 tokens")
     parser.add_argument("--heldout-texts", type=int, default=100)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--d-sae", type=int, default=2048)
@@ -188,7 +188,7 @@ def main():
 
         def ours_end_to_end():
             extraction = extract_activations(loaded, train_texts, out_path=tmp / "train.npy", **extract)
-            return extraction, train_sae(load_activations(extraction.path), our_config(args, 0))
+            return extraction, train_sae(load_activations(extraction.path), our_config(args))
 
         # The two libraries alternate, so a load change on the machine hits both alike.
         for repeat in range(args.repeats):
@@ -207,7 +207,7 @@ def main():
 
             # (b) from the same activations, already in memory as float32 for both.
             acts = torch.from_numpy(np.asarray(load_activations(extraction.path), dtype=np.float32))
-            result, seconds = timed("ours from activations", lambda: train_sae(acts, our_config(args, 0)),
+            result, seconds = timed("ours from activations", lambda: train_sae(acts, our_config(args)),
                                     args.profile and repeat == 0)
             record("(b) from activations, ours", acts.shape[0], seconds, ours_eval(result))
             train, n = saelens_from_activations(args, acts)
