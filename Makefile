@@ -30,7 +30,7 @@ demo: migrate
 	$(PY) manage.py demo
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 # Web on $(HOST):$(PORT) plus one worker; Ctrl-C stops both.
 serve: migrate
