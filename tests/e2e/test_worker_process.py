@@ -37,7 +37,8 @@ def worker(settings, hub_models, tmp_path, worker_env):
     process = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     yield process
-    os.killpg(process.pid, signal.SIGTERM)
+    # The cluster's parent stops its workers in order; a signal to the whole group races that.
+    process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:

@@ -61,7 +61,8 @@ class Command(BaseCommand):
         try:
             job = self._follow(job.id, timeout_s)
         finally:
-            os.killpg(worker.pid, signal.SIGTERM)
+            # The cluster's parent stops its workers in order; a signal to the whole group races that.
+            worker.send_signal(signal.SIGTERM)
             try:
                 worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
