@@ -192,7 +192,7 @@ def main():
         step, run = our_step(architecture, d_in, d_sae, batch, device)
         ours_s = timed(step, device, repeats)
         print(f"   ours {architecture:6s} {batch / ours_s:10.0f} tokens/s  {flops / ours_s / ceiling:6.1%} of ceiling"
-              f"  ({batch / ours_s / (batch / plain_s):.2f}x plain; decode {run.decode_path})")
+              f"  ({batch / ours_s / (batch / plain_s):.2f}x plain; decode {run.state.decode_path})")
 
     extraction, sae_rate, ideal, actual, decode_path, quantized = end_to_end(device, small, layer=8)
     print(f"3. end to end, layer 8: extraction {extraction.tokens_per_s:.0f} tokens/s "

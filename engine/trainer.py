@@ -250,6 +250,7 @@ class _RunState:
     last_epoch_mse: float | None = None
     tokens_since_fired: torch.Tensor | None = None  # [d_sae] int64, per feature
     resampled_features: int = 0
+    decode_path: str | None = None  # chosen on the first step, kept by checkpoints for an exact resume
 
 
 class _Run:
@@ -270,7 +271,6 @@ class _Run:
         self.heldout_rows = heldout_rows
         self.batch_tokens = batch_tokens
         self.on_cuda = str(device).startswith("cuda")
-        self.decode_path = None  # "dense" or "sparse", measured on the first step
         self.decode_timings_s = {}
         self.checkpoints: list[CheckpointInfo] = []
         self.started_at = time.monotonic()
@@ -285,9 +285,9 @@ class _Run:
         sae, config = self.sae, self.config
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * self._lr_factor()
-        if self.decode_path is None:
-            self.decode_path = self._choose_decode_path(x)
-        pre, f, recon, fired = self._forward(x, self.decode_path)
+        if self.state.decode_path is None:
+            self.state.decode_path = self._choose_decode_path(x)
+        pre, f, recon, fired = self._forward(x, self.state.decode_path)
         mse = F.mse_loss(recon, x)
         sparsity = sae.sparsity_loss(pre, f, target_l0=config.target_l0)
         loss = mse + _sparsity_weight(config) * self._sparsity_warmup() * sparsity
@@ -485,6 +485,7 @@ class _Run:
             "torch_rng_state": torch.get_rng_state(),
             "tokens_since_fired": state.tokens_since_fired.detach().cpu(),
             "resampled_features": state.resampled_features,
+            "decode_path": state.decode_path,
         }
         partial = path.with_name(path.name + ".partial")
         torch.save(payload, partial)
@@ -522,7 +523,7 @@ def _result(run: _Run, stopped_reason: str) -> TrainResult:
         heldout_rows=run.heldout_rows,
         resampled_features=state.resampled_features,
         sae_batch_tokens=run.batch_tokens,
-        decode_path=run.decode_path or "dense",
+        decode_path=state.decode_path or "dense",
     )
 
 
@@ -567,6 +568,7 @@ def _restore(path: Path, sae, optimizer, state: _RunState, *, d_in: int, config:
     if "tokens_since_fired" in saved:
         state.tokens_since_fired = saved["tokens_since_fired"].to(torch.int64)
     state.resampled_features = int(saved.get("resampled_features", 0))
+    state.decode_path = saved.get("decode_path")
 
 
 def _check_config(config: TrainConfig) -> None:

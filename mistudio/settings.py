@@ -215,6 +215,11 @@ JOB_TIMEOUT_S = env_int("MISTUDIO_JOB_TIMEOUT_S", 48 * 3600, minimum=60)
 TRAINING_SEED = env_int("MISTUDIO_SEED", 0)
 MIN_SAE_STEPS = env_int("MISTUDIO_MIN_SAE_STEPS", 1000, minimum=0)
 # Activations up to this size are trained from RAM; larger ones stream from their cache on disk.
+# TopK decoding: "auto" times a dense matmul against a sparse gather on each job's first batch;
+# "dense" or "sparse" pins it (runs then reproduce bit for bit across machines and jobs).
+TOPK_DECODE = env_str("MISTUDIO_TOPK_DECODE", "auto")
+if TOPK_DECODE not in ("auto", "dense", "sparse"):
+    raise ImproperlyConfigured(f"MISTUDIO_TOPK_DECODE={TOPK_DECODE!r}: use auto, dense or sparse")
 ACTIVATIONS_RAM_BUDGET_BYTES = env_int("MISTUDIO_ACTIVATIONS_RAM_BUDGET_BYTES", 4 * 1024**3, minimum=1)
 
 # Crash recovery: a running job's worker writes a heartbeat; a job whose worker died (its pid is

@@ -256,6 +256,7 @@ def _train(job, activations, device, paths, should_stop, report):
         seed=settings.TRAINING_SEED,
         min_steps=settings.MIN_SAE_STEPS,
         ram_budget_bytes=settings.ACTIVATIONS_RAM_BUDGET_BYTES,
+        decode_path=settings.TOPK_DECODE,
         checkpoint_every_epochs=settings.CHECKPOINT_EVERY_EPOCHS,
         checkpoint_interval_s=settings.CHECKPOINT_INTERVAL_S,
         progress_interval_s=settings.PROGRESS_INTERVAL_S,

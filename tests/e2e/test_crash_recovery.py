@@ -17,7 +17,8 @@ JOB = dict(max_epochs=30, min_loss=0, hidden_dim=256, architecture="topk", k=8)
 @pytest.fixture
 def worker_env():
     # Enough optimizer steps that an epoch lasts long enough to be interrupted.
-    return {"MISTUDIO_MIN_SAE_STEPS": "3000"}
+    # Dense decoding pinned: a timed choice could differ between the reference job and the other.
+    return {"MISTUDIO_MIN_SAE_STEPS": "3000", "MISTUDIO_TOPK_DECODE": "dense"}
 
 
 def finished(status):
