@@ -28,12 +28,15 @@ def export_state_dict(sae: SparseAutoencoder, scaling_factor: float) -> dict[str
         }
 
 
-def save_sae(path: Path, sae: SparseAutoencoder, scaling_factor: float) -> None:
+def save_sae(path: Path, sae: SparseAutoencoder, scaling_factor: float) -> dict[str, torch.Tensor]:
+    """Write the folded state dict atomically and return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    torch.save(export_state_dict(sae, scaling_factor), partial)
+    state_dict = export_state_dict(sae, scaling_factor)
+    torch.save(state_dict, partial)
     partial.replace(path)
+    return state_dict
 
 
 def write_metadata(path: Path, metadata: dict) -> None:

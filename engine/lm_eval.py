@@ -6,8 +6,6 @@ layer's output zero-ablated; `ce_loss_recovered` = (zero − sae) / (zero − cl
 """
 from collections.abc import Callable
 
-import numpy as np
-
 from engine.errors import EngineError
 from engine.loading import LoadedModel
 
@@ -87,7 +85,3 @@ def ce_loss_evaluation(
         "ce_loss_recovered": (zero - with_sae) / denominator if abs(denominator) > 1e-9 else None,
         "ce_eval_tokens": n_predicted,
     }
-
-
-def is_finite(value) -> bool:
-    return value is not None and bool(np.isfinite(value))

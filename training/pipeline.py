@@ -359,7 +359,7 @@ def _finish(job, result, activations, activations_path, extraction, device, path
         batch_tokens=job.sae_batch_tokens,
     )
     evaluation, feature_density = _evaluate(job, result, activations, device, loaded, texts)
-    save_sae(paths["model_path"], result.sae, result.scaling_factor)
+    saved_weights = save_sae(paths["model_path"], result.sae, result.scaling_factor)
     saelens = export_saelens(
         paths["saelens_dir"], result.sae, result.scaling_factor,
         model_name=job.model_name or None,
@@ -409,7 +409,7 @@ def _finish(job, result, activations, activations_path, extraction, device, path
                 "k": job.k,
                 "d_in": int(activations.shape[1]),
                 "d_sae": job.hidden_dim,
-                "state_dict_keys": sorted(torch_keys(paths["model_path"])),
+                "state_dict_keys": sorted(saved_weights),
                 "decode": "f @ W_dec + b_dec",
                 "input_scaling_folded_into_weights": result.scaling_factor,
             },
@@ -443,9 +443,3 @@ def _finish(job, result, activations, activations_path, extraction, device, path
         evaluation=evaluation,
         exports={"saelens": str(saelens)},
     )
-
-
-def torch_keys(path):
-    import torch
-
-    return torch.load(path, weights_only=True).keys()
