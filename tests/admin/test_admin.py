@@ -1,6 +1,8 @@
 """Staff browse jobs, cancel them and upload corpora in the Django admin."""
 import pytest
+from django.contrib.admin.utils import quote
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
 
 from corpora.models import Corpus
 from training.models import Checkpoint, TrainingJob
@@ -35,7 +37,13 @@ def test_the_job_list_shows_status_progress_and_filters(staff_client, jobs):
 
 def test_a_job_page_shows_parameters_metrics_and_checkpoints(staff_client, jobs):
     done, _ = jobs
-    page = staff_client.get(f"/admin/training/trainingjob/{done.id}/change/").content.decode()
+    # Job ids hold underscores, which the admin escapes in its URLs (an id with "_26" in it would
+    # otherwise read as "&"): follow the link the job list itself shows.
+    url = reverse("admin:training_trainingjob_change", args=[quote(done.id)])
+    assert url in staff_client.get("/admin/training/trainingjob/").content.decode()
+    response = staff_client.get(url)
+    assert response.status_code == 200
+    page = response.content.decode()
     assert "Sparsity coeff" in page and "final_loss" in page and "x_checkpoint_10.pt" in page
 
 
