@@ -193,11 +193,11 @@ def train_sae(
         stopped_reason = "max_epochs"
         last_stop_check = -math.inf
         while state.epochs_done < config.max_epochs:
+            # epoch_rng_state is the generator's state before this epoch's permutation, so a run
+            # resumed from any checkpoint (an epoch's end or mid-epoch) redraws the same order.
+            generator.set_state(state.epoch_rng_state)
             if state.epoch_step == 0:
-                state.epoch_rng_state = generator.get_state()
                 state.epoch_sums = [0.0, 0.0, 0.0, 0]
-            else:  # resuming mid-epoch: redraw this epoch's order and skip the steps already done
-                generator.set_state(state.epoch_rng_state)
             order = torch.randperm(n_tokens, generator=generator)
 
             for batch_index in range(state.epoch_step, steps_per_epoch):
@@ -222,6 +222,7 @@ def train_sae(
             state.last_epoch_mse = mse_sum / tokens
             state.epochs_done += 1
             state.epoch_step = 0
+            state.epoch_rng_state = generator.get_state()  # the next epoch's order starts here
             if (config.checkpoint_every_epochs and state.epochs_done % config.checkpoint_every_epochs == 0) or (
                 time.monotonic() - run.last_checkpoint_at >= config.checkpoint_interval_s
             ):
@@ -245,7 +246,7 @@ class _RunState:
     epochs_done: int = 0
     epoch_step: int = 0  # steps done in the epoch in progress
     epoch_sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0, 0])  # loss, mse, l1 (token-weighted), tokens
-    epoch_rng_state: torch.Tensor | None = None  # generator state before this epoch's permutation
+    epoch_rng_state: torch.Tensor | None = None  # generator state before the permutation of the epoch in progress (or next)
     loss_history: list = field(default_factory=list)
     last_epoch_mse: float | None = None
     tokens_since_fired: torch.Tensor | None = None  # [d_sae] int64, per feature

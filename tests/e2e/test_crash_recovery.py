@@ -43,9 +43,8 @@ def test_a_job_whose_worker_is_killed_resumes_and_ends_like_an_uninterrupted_one
     assert job.attempts == 2
     assert job.training_stats["total_epochs"] == JOB["max_epochs"]
     expected = TrainingJob.objects.get(pk=reference).training_stats["final_loss"]
-    if job.training_stats["final_loss"] != pytest.approx(expected, rel=0.01):
-        # Known gap, left open on the issue: under CPU load the kill lands at a point from which
-        # the resumed run ends 1.3% off (the same value every time, so a state not restored).
-        pytest.xfail(f"resume not yet faithful in every case: {job.training_stats['final_loss']} vs {expected}")
+    # The same order, weights, optimizer moments and dead-feature counters: the same end, up to the
+    # float noise of a different process.
+    assert job.training_stats["final_loss"] == pytest.approx(expected, rel=1e-3)
     # Both runs extracted once: the resumed run reused the first run's activations.
     assert job.activations_path.endswith(f"{killed}_activations.npy")

@@ -55,3 +55,17 @@ def test_resuming_a_cancelled_run_matches_an_uninterrupted_one(tmp_path):
     np.testing.assert_allclose(resumed.loss_history, uninterrupted.loss_history, rtol=1e-6)
     for name, value in uninterrupted.sae.state_dict().items():
         torch.testing.assert_close(resumed.sae.state_dict()[name], value)
+
+
+def test_resuming_from_an_end_of_epoch_checkpoint_matches_an_uninterrupted_one(tmp_path):
+    # What a killed worker leaves: the newest checkpoint is the one written at an epoch's end, and
+    # the next epoch's order must be the one the uninterrupted run drew.
+    uninterrupted = train_sae(data(), config(max_epochs=6))
+    interrupted = train_sae(data(), config(max_epochs=6), checkpoint_dir=tmp_path)
+    at_epoch_2 = next(c for c in interrupted.checkpoints if c.epoch == 2)
+    resumed = train_sae(data(), config(max_epochs=6), resume_from=at_epoch_2.path)
+
+    assert resumed.total_epochs == 6
+    np.testing.assert_allclose(resumed.loss_history, uninterrupted.loss_history, rtol=1e-6)
+    for name, value in uninterrupted.sae.state_dict().items():
+        torch.testing.assert_close(resumed.sae.state_dict()[name], value)
