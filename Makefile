@@ -27,7 +27,7 @@ demo serve: export MISTUDIO_DEBUG ?= 1
 
 # Trains one SAE on the bundled MiniLM through the real queue and a real worker process.
 demo: migrate
-	$(PY) manage.py demo
+	$(PY) manage.py demo --base-url http://$(HOST):$(PORT)
 
 test: install
 	$(PY) -m pytest -q --durations=10

@@ -11,8 +11,13 @@ last 20%), tokens, and torch threads. Model loading is outside every timing. Exp
 L0 are computed by one function, on both SAEs' encode/decode, on the same held-out activations
 (other texts, extracted by our engine).
 
+--precision sets both sides alike: fp32 (the default of both libraries before MISTUDIO_CPU_BF16)
+or bf16 (ours: bf16 weights and SAE matmuls under bf16 autocast, cpu_bf16="on"; SAELens: its
+autocast_lm and autocast options, bf16 autocast of the LM forward and of the SAE step). The
+held-out activations are always a float32 extraction.
+
 Run in the bench venv, from the repository root:
-    .venv-bench/bin/python bench/vs_saelens.py [--train-texts 600] [--repeats 3] [--profile]
+    .venv-bench/bin/python bench/vs_saelens.py [--precision bf16] [--train-texts 600] [--repeats 3] [--profile]
 """
 
 import argparse
@@ -72,7 +77,7 @@ def our_config(args) -> TrainConfig:
     return TrainConfig(
         architecture="topk", k=args.k, hidden_dim=args.d_sae, learning_rate=args.lr, sae_batch_tokens=args.batch,
         max_epochs=1, min_loss=0, eval_fraction=0, checkpoint_every_epochs=0, checkpoint_interval_s=math.inf,
-        progress_interval_s=math.inf,
+        progress_interval_s=math.inf, cpu_bf16="on" if args.precision == "bf16" else "off",
     )
 
 
@@ -104,6 +109,7 @@ def saelens_end_to_end(args, folder: Path, token_ids: list[list[int]], n_tokens:
         training_tokens=n_tokens, train_batch_size_tokens=args.batch,
         store_batch_size_prompts=args.lm_batch, n_batches_in_buffer=args.buffer_batches,
         device="cpu", seed=0, logger=LoggingConfig(log_to_wandb=False), n_checkpoints=0, checkpoint_path=None,
+        autocast=args.precision == "bf16", autocast_lm=args.precision == "bf16",
         output_path=None, verbose=False, **schedule(args, n_tokens),
     )
     runner = LanguageModelSAETrainingRunner(cfg, override_dataset=Dataset.from_dict({"input_ids": token_ids}))
@@ -121,6 +127,7 @@ def saelens_from_activations(args, acts: torch.Tensor):
         total_training_samples=n, train_batch_size_samples=args.batch, lr=sched["lr"], lr_end=sched["lr"],
         lr_scheduler_name="constant", lr_warm_up_steps=sched["lr_warm_up_steps"], lr_decay_steps=sched["lr_decay_steps"],
         device="cpu", n_batches_for_norm_estimate=sched["n_batches_for_norm_estimate"],
+        autocast=args.precision == "bf16",
     )
 
     def batches():
@@ -150,6 +157,7 @@ def main():
     parser.add_argument("--lm-batch", type=int, default=32, help="sequences per LM forward, both libraries")
     parser.add_argument("--buffer-batches", type=int, default=4, help="SAELens n_batches_in_buffer")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="both libraries alike")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
@@ -159,7 +167,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = _setup.build_model(tmp / "model", hidden_size=args.hidden)
-        loaded = load_model(resolve_model(str(folder), models_dir=None), device="cpu")
+        resolved = resolve_model(str(folder), models_dir=None)
+        loaded = load_model(resolved, device="cpu", cpu_bf16="on" if args.precision == "bf16" else "off")
+        reference = loaded if args.precision == "fp32" else load_model(resolved, device="cpu")
         layer = loaded.config.num_hidden_layers // 2
         d_in = loaded.config.hidden_size
         texts, ids = _setup.exact_chunks(loaded.tokenizer, args.train_texts + args.heldout_texts, tokens=CONTEXT)
@@ -168,7 +178,7 @@ def main():
 
         extract = dict(layer_number=layer, batch_size=args.lm_batch, max_sequence_length=CONTEXT)
         heldout = torch.from_numpy(np.asarray(load_activations(
-            extract_activations(loaded, heldout_texts, out_path=tmp / "heldout.npy", **extract).path), dtype=np.float32))
+            extract_activations(reference, heldout_texts, out_path=tmp / "heldout.npy", **extract).path), dtype=np.float32))
         extract_activations(loaded, train_texts[:32], out_path=tmp / "warm.npy", **extract)  # warm-up
 
         rows: dict[str, list] = {}  # name -> [tokens trained, [seconds per repeat], EV, L0]
@@ -215,7 +225,7 @@ def main():
             record("(b) from activations, SAELens", n, seconds, theirs_eval(sae))
 
     print(f"machine: {_setup.machine()}; torch threads now {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}")
-    print(f"sae-lens {sae_lens.__version__}; Llama hidden {d_in}, {loaded.config.num_hidden_layers} layers, layer {layer}; "
+    print(f"precision {args.precision} on both sides; sae-lens {sae_lens.__version__}; Llama hidden {d_in}, {loaded.config.num_hidden_layers} layers, layer {layer}; "
           f"TopK d_sae {args.d_sae}, k {args.k}, batch {args.batch} tokens, lr {args.lr:g}, 1 pass over "
           f"{n_tokens} tokens ({len(train_texts)} sequences of {CONTEXT} tokens); held out {heldout.shape[0]} tokens; "
           f"{args.repeats} repeats, tokens/s from the median time (best in brackets)")

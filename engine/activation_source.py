@@ -5,6 +5,7 @@ budget however large the cache is.
 Either way a minibatch is the rows of a global random permutation (never corpus order), so both
 sources give the same batches and a resumed run can redraw them.
 """
+import mmap
 import os
 
 import numpy as np
@@ -21,7 +22,8 @@ class ActivationSource:
         else:
             row_bytes = activations.dtype.itemsize * activations.shape[1]
             fits = ram_budget_bytes is None or n_rows * row_bytes <= ram_budget_bytes
-            if fits or not isinstance(activations, np.memmap):
+            offset = _file_offset(activations)
+            if fits or offset is None:
                 self.in_ram = torch.from_numpy(np.array(activations[:n_rows]))  # a writable copy in RAM
                 if self.pin:
                     self.in_ram = self.in_ram.pin_memory()
@@ -29,7 +31,7 @@ class ActivationSource:
                 # Reading through the mapping would map the kernel's whole fault-around window
                 # (and all cached neighbours) into our resident set; pread copies only the rows.
                 self.fd = os.open(activations.filename, os.O_RDONLY)
-                self.offset = activations.offset
+                self.offset = offset
                 self.row_bytes = row_bytes
                 self.dtype = activations.dtype
                 self.d_model = activations.shape[1]
@@ -54,6 +56,19 @@ class ActivationSource:
             os.close(self.fd)
 
 
+def _file_offset(activations) -> int | None:
+    """Where the first row of a memmap (or of a contiguous slice of rows of one) lies in its file;
+    None for anything else. A slice keeps its parent's `offset` attribute, which is not its own."""
+    if not isinstance(activations, np.memmap) or activations.ndim != 2 or not activations.flags.c_contiguous:
+        return None
+    root = activations
+    while isinstance(root.base, np.memmap):
+        root = root.base
+    if not isinstance(root.base, mmap.mmap):
+        return None
+    return root.offset + (activations.ctypes.data - root.ctypes.data)
+
+
 def _pread_rows(fd, offset, row_bytes, dtype, d_model, picked: np.ndarray) -> np.ndarray:
     out = np.empty((len(picked), d_model), dtype=dtype)
     view = memoryview(out).cast("B")
@@ -70,11 +85,12 @@ def _pread_rows(fd, offset, row_bytes, dtype, d_model, picked: np.ndarray) -> np
 
 def read_rows(activations, indices: np.ndarray) -> np.ndarray:
     """Rows of an array or a memmap; from a memmap by pread, which maps nothing into this process."""
-    if not isinstance(activations, np.memmap):
+    offset = _file_offset(activations)
+    if offset is None:
         return np.asarray(activations[indices])
     fd = os.open(activations.filename, os.O_RDONLY)
     try:
         row_bytes = activations.dtype.itemsize * activations.shape[1]
-        return _pread_rows(fd, activations.offset, row_bytes, activations.dtype, activations.shape[1], indices)
+        return _pread_rows(fd, offset, row_bytes, activations.dtype, activations.shape[1], indices)
     finally:
         os.close(fd)

@@ -31,6 +31,27 @@ class ExtractionResult:
     seconds: float
     tokens_per_s: float
     real_token_share: float  # real tokens / token positions the model computed (padding included)
+    dtype: str = "float32"  # what the model computed in (the rows are stored as float16 regardless)
+    tokens_path: Path | None = None  # token id of every row (int32), see token_index_paths
+    sequence_starts_path: Path | None = None  # first row of every non-empty sequence (int64)
+
+
+def token_index_paths(activations_path: Path) -> tuple[Path, Path]:
+    """Where extraction keeps, beside the activations, the token id of each row and the row at
+    which each sequence starts: what the feature analysis needs to show text around a token."""
+    activations_path = Path(activations_path)
+    stem = activations_path.name.removesuffix(".npy")
+    return (activations_path.with_name(f"{stem}_tokens.npy"),
+            activations_path.with_name(f"{stem}_sequence_starts.npy"))
+
+
+def load_token_index(activations_path: Path):
+    """(token_ids [n_rows] int32, sequence_starts [n_sequences] int64) written by
+    extract_activations, or None when the activations came from elsewhere."""
+    tokens_path, starts_path = token_index_paths(activations_path)
+    if not (tokens_path.is_file() and starts_path.is_file()):
+        return None
+    return np.load(tokens_path, mmap_mode="r"), np.load(starts_path)
 
 
 class _StopForward(Exception):
@@ -115,6 +136,11 @@ def extract_activations(
                     on_progress(sequences_done, len(texts), tokens_done)
         rows.flush()
         del rows
+        # The token index first: a complete activations file always has its index beside it.
+        tokens_path, starts_path = token_index_paths(out_path)
+        real = lengths > 0
+        np.save(tokens_path, np.fromiter((t for seq in ids for t in seq), dtype=np.int32, count=n_tokens))
+        np.save(starts_path, offsets[real].astype(np.int64))
         os.replace(partial, out_path)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -131,6 +157,9 @@ def extract_activations(
         seconds=seconds,
         tokens_per_s=n_tokens / seconds if seconds > 0 else math.inf,
         real_token_share=n_tokens / positions_computed if positions_computed else 1.0,
+        dtype=str(loaded.dtype).removeprefix("torch."),
+        tokens_path=tokens_path,
+        sequence_starts_path=starts_path,
     )
 
 

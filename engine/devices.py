@@ -98,3 +98,29 @@ def select_device(gpu_id: int | None) -> str:
         return f"cuda:{gpu_id}"
     free = [torch.cuda.mem_get_info(i)[0] for i in range(count)]
     return f"cuda:{max(range(count), key=free.__getitem__)}"
+
+
+CPU_BF16_CHOICES = ("auto", "on", "off")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX, Sapphire Rapids and
+    later): there a bf16 matmul runs several times faster than float32 (bench/RESULTS.md). Reads
+    the kernel's CPU flags, so the web process can ask without importing torch."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def cpu_uses_bf16(cpu_bf16: str) -> bool:
+    """The CPU precision policy: "on" computes in bfloat16 (weights and activations bf16, SAE
+    matmuls under bf16 autocast with float32 master weights, as on a GPU), "off" in float32,
+    "auto" in bf16 exactly where the CPU has hardware bf16 matmuls."""
+    if cpu_bf16 not in CPU_BF16_CHOICES:
+        raise DeviceError(f"cpu_bf16 must be one of {', '.join(CPU_BF16_CHOICES)}, not {cpu_bf16!r}")
+    return cpu_bf16 == "on" or (cpu_bf16 == "auto" and cpu_has_fast_bf16())

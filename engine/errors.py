@@ -33,5 +33,9 @@ class ExtractionCancelled(EngineError):
     """`should_stop()` asked activation extraction to stop; no output file was left behind."""
 
 
+class AnalysisCancelled(EngineError):
+    """`should_stop()` asked feature analysis to stop; nothing was saved."""
+
+
 class TrainingDiverged(EngineError):
     """The loss became NaN or infinite; the message names the epoch and step."""

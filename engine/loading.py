@@ -31,7 +31,10 @@ def load_model(
     quantization: str | None = None,
     token: str | None = None,
     with_lm_head: bool = False,
+    cpu_bf16: str = "off",
 ) -> LoadedModel:
+    """cpu_bf16 ("auto", "on", "off"; engine.devices.cpu_uses_bf16) picks bfloat16 or float32
+    weights on the CPU; a GPU always gets bf16 (fp16 where the card lacks bf16)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     from engine.model_info import is_causal_lm
@@ -41,7 +44,7 @@ def load_model(
     on_cuda = device.startswith("cuda")
     if quantization and not on_cuda:
         raise DeviceError("4-bit/8-bit loading needs a CUDA GPU; this job runs on the CPU, so turn quantization off")
-    dtype = _load_dtype(device)
+    dtype = _load_dtype(device, cpu_bf16)
 
     kwargs: dict = {"dtype": dtype, "token": token}
     if quantization:
@@ -83,11 +86,14 @@ def load_model(
     )
 
 
-def _load_dtype(device: str):
+def _load_dtype(device: str, cpu_bf16: str = "off"):
     import torch
 
+    from engine.devices import cpu_uses_bf16
+
     if not device.startswith("cuda"):
-        return torch.float32  # CPU half precision is slow and not supported by every kernel
+        # float16 on a CPU is slow and not supported by every kernel; bf16 only where it is fast.
+        return torch.bfloat16 if cpu_uses_bf16(cpu_bf16) else torch.float32
     with torch.cuda.device(torch.device(device)):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 

@@ -45,13 +45,16 @@ def estimate_memory(
     max_sequence_length: int,
     sae_batch_tokens: int,
     layer_number: int,
+    cpu_bf16: bool = False,
 ) -> MemoryEstimate:
+    """cpu_bf16: the CPU computes in bfloat16 (engine.devices.cpu_uses_bf16), so weights and
+    activations take 2 bytes there too."""
     _check_choices(device_kind, quantization)
     if not 0 <= layer_number < num_layers(config):
         raise EngineError(f"Layer {layer_number} does not exist: the model has layers 0 to {num_layers(config) - 1}")
-    # Activations are computed in the load dtype: fp32 on CPU, bf16 on CUDA (also the compute
-    # dtype of bitsandbytes layers).
-    act_bytes = 4 if device_kind == "cpu" else 2
+    # Activations are computed in the load dtype: bf16 on CUDA (also the compute dtype of
+    # bitsandbytes layers), fp32 or bf16 on the CPU.
+    act_bytes = 4 if device_kind == "cpu" and not cpu_bf16 else 2
     d_model = hidden_size(config)
 
     weights = _weights_bytes(config, parameter_count, act_bytes, quantization)
@@ -112,6 +115,7 @@ def suggest_settings(
     sae_batch_tokens: int,
     layer_number: int,
     requested_batch_size: int,
+    cpu_bf16: bool = False,
 ) -> dict:
     """The largest batch and least aggressive quantization that fit in available_bytes.
 
@@ -129,7 +133,7 @@ def suggest_settings(
         return estimate_memory(
             config, parameter_count=parameter_count, device_kind=device_kind, quantization=quantization,
             hidden_dim=hidden_dim, batch_size=batch, max_sequence_length=seq,
-            sae_batch_tokens=sae_batch_tokens, layer_number=layer_number,
+            sae_batch_tokens=sae_batch_tokens, layer_number=layer_number, cpu_bf16=cpu_bf16,
         )
 
     seq = max_sequence_length

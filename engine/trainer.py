@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.devices import CPU_BF16_CHOICES, cpu_uses_bf16
 from engine.errors import ActivationsError, EngineError, TrainingDiverged
 from engine.activation_source import ActivationSource, read_rows
 from engine.sae import ARCHITECTURES, SparseAutoencoder, build_sae
@@ -81,6 +82,10 @@ class TrainConfig:
     ram_budget_bytes: int | None = None
     # TopK decoding: "auto" times a dense matmul against a sparse gather on the first batch.
     decode_path: str = "auto"
+    # CPU precision (engine.devices.cpu_uses_bf16): "on" runs the SAE's matmuls under bf16 autocast
+    # (float32 master weights and Adam state, as on a GPU), "auto" does so where the CPU has hardware
+    # bf16. The engine defaults to float32; the service's default is MISTUDIO_CPU_BF16=auto.
+    cpu_bf16: str = "off"
 
 
 @dataclass
@@ -96,6 +101,8 @@ class TrainProgress:
     eta_s: float | None
     tokens_per_s: float
     elapsed_s: float
+    l0: float = math.nan  # mean active features per token since the previous report
+    explained_variance: float = math.nan  # of the training batches since the previous report (scaled inputs)
 
 
 @dataclass
@@ -125,6 +132,7 @@ class TrainResult:
     resampled_features: int = 0  # relu: how many dead features were resampled in all
     sae_batch_tokens: int = 0  # tokens per optimizer step actually used (see TrainConfig.min_steps)
     decode_path: str = "dense"  # how the decoder ran: "dense" matmul or "sparse" gather (topk)
+    compute_dtype: str = "float32"  # "bfloat16" where the SAE's matmuls ran under bf16 autocast
 
 
 def train_sae(
@@ -174,7 +182,7 @@ def train_sae(
         torch.backends.cudnn.allow_tf32 = True
     # The fused kernel does Adam's whole update in one launch on CUDA; the CPU keeps the default.
     optimizer = torch.optim.Adam(_param_groups(sae, config, total_steps), lr=config.learning_rate,
-                                 fused=True if on_cuda else None)
+                                 fused=True)
     if resume_from is not None:
         _restore(Path(resume_from), sae, optimizer, state, d_in=d_in, config=config)
         state.tokens_since_fired = state.tokens_since_fired.to(device)
@@ -272,6 +280,9 @@ class _Run:
         self.heldout_rows = heldout_rows
         self.batch_tokens = batch_tokens
         self.on_cuda = str(device).startswith("cuda")
+        # bf16 autocast: matmuls in bf16, weights and Adam state stay fp32 (master weights).
+        self.autocast_device = "cuda" if self.on_cuda else "cpu"
+        self.autocast = self.on_cuda or cpu_uses_bf16(config.cpu_bf16)
         self.decode_timings_s = {}
         self.checkpoints: list[CheckpointInfo] = []
         self.started_at = time.monotonic()
@@ -279,8 +290,9 @@ class _Run:
         self.last_checkpoint_at = self.started_at
         self.steps_this_run = 0
         self.tokens_this_run = 0
-        self.recent = [0.0, 0.0, 0.0, 0]  # loss, mse, l1 sums and tokens since the last report
-        self.last_recent_means = (math.nan, math.nan, math.nan)
+        # loss, mse, sparsity, L0 (token-weighted), squared error, squared deviation, tokens since the last report
+        self.recent = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0]
+        self.last_recent_means = (math.nan,) * 5
 
     def step(self, x: torch.Tensor) -> None:
         sae, config = self.sae, self.config
@@ -288,7 +300,7 @@ class _Run:
             group["lr"] = group["base_lr"] * self._lr_factor()
         if self.state.decode_path is None:
             self.state.decode_path = self._choose_decode_path(x)
-        pre, f, recon, fired = self._forward(x, self.state.decode_path)
+        pre, f, recon, fired, fired_per_token = self._forward(x, self.state.decode_path)
         mse = F.mse_loss(recon, x)
         sparsity = sae.sparsity_loss(pre, f, target_l0=config.target_l0)
         loss = mse + _sparsity_weight(config) * self._sparsity_warmup() * sparsity
@@ -318,11 +330,21 @@ class _Run:
             self._resample_dead(x, recon.detach())
 
         n = x.shape[0]
+        with torch.no_grad():
+            l0 = (fired_per_token if f is None else (f > 0).sum(dim=1)).float().mean()
+            squared_error = ((x - recon) ** 2).sum()
+            squared_deviation = ((x - x.mean(dim=0)) ** 2).sum()
         values = (loss.item(), mse.item(), sparsity.item())
-        for sums in (self.state.epoch_sums, self.recent):
-            for i, value in enumerate(values):
-                sums[i] += value * n
-            sums[3] += n
+        epoch_sums = self.state.epoch_sums
+        for i, value in enumerate(values):
+            epoch_sums[i] += value * n
+        epoch_sums[3] += n
+        recent = self.recent
+        for i, value in enumerate((*values, l0.item())):
+            recent[i] += value * n
+        recent[4] += squared_error.item()
+        recent[5] += squared_deviation.item()
+        recent[6] += n
         self.state.step += 1
         self.steps_this_run += 1
         self.tokens_this_run += n
@@ -350,10 +372,10 @@ class _Run:
         return self.state.tokens_since_fired >= self.dead_window_tokens
 
     def _forward(self, x: torch.Tensor, path: str):
-        """pre-activations, codes (None on the sparse path), reconstruction, and which features fired."""
+        """pre-activations, codes (None on the sparse path), reconstruction, which features fired, and
+        (sparse path only; None otherwise) how many fired on each token."""
         sae = self.sae
-        # bf16 autocast on GPU: matmuls in bf16, weights and Adam state stay fp32 (master weights).
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.on_cuda):
+        with torch.autocast(self.autocast_device, dtype=torch.bfloat16, enabled=self.autocast):
             pre = sae.pre_activations(x)
             if path == "sparse":
                 # TopK codes have k non-zeros a token: gather k decoder rows per token (an
@@ -363,11 +385,11 @@ class _Run:
                 recon = F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
                 fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
                 fired[indices[values > 0]] = True
-                return pre.float(), None, recon.float(), fired
+                return pre.float(), None, recon.float(), fired, (values > 0).sum(dim=1)
             f = sae.activate(pre)
             recon = sae.decode(f)
         f = f.float()
-        return pre.float(), f, recon.float(), (f > 0).any(dim=0)
+        return pre.float(), f, recon.float(), (f > 0).any(dim=0), None
 
     def _choose_decode_path(self, x: torch.Tensor) -> str:
         """Sparse decoding pays off only when d_sae is large against k and the device's gather is
@@ -379,7 +401,7 @@ class _Run:
         timings = {}
         for path in ("dense", "sparse", "dense", "sparse"):  # the first of each warms up
             started = time.perf_counter()
-            _, _, recon, _ = self._forward(x, path)
+            _, _, recon, _, _ = self._forward(x, path)
             F.mse_loss(recon, x).backward()
             if self.on_cuda:
                 torch.cuda.synchronize()
@@ -440,10 +462,11 @@ class _Run:
         now = time.monotonic()
         if on_progress is None or (not force and now - self.last_report_at < self.config.progress_interval_s):
             return
-        loss_sum, mse_sum, l1_sum, tokens = self.recent
+        loss_sum, mse_sum, l1_sum, l0_sum, squared_error, squared_deviation, tokens = self.recent
         if tokens:
-            self.last_recent_means = (loss_sum / tokens, mse_sum / tokens, l1_sum / tokens)
-        self.recent = [0.0, 0.0, 0.0, 0]
+            explained = 1.0 - squared_error / squared_deviation if squared_deviation > 0 else math.nan
+            self.last_recent_means = (loss_sum / tokens, mse_sum / tokens, l1_sum / tokens, l0_sum / tokens, explained)
+        self.recent = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0]
         self.last_report_at = now
         elapsed = now - self.started_at
         remaining = self.total_steps - self.state.step
@@ -460,6 +483,8 @@ class _Run:
                 eta_s=elapsed / self.steps_this_run * remaining if self.steps_this_run else None,
                 tokens_per_s=self.tokens_this_run / elapsed if elapsed > 0 else 0.0,
                 elapsed_s=elapsed,
+                l0=self.last_recent_means[3],
+                explained_variance=self.last_recent_means[4],
             )
         )
 
@@ -525,6 +550,7 @@ def _result(run: _Run, stopped_reason: str) -> TrainResult:
         resampled_features=state.resampled_features,
         sae_batch_tokens=run.batch_tokens,
         decode_path=state.decode_path or "dense",
+        compute_dtype="bfloat16" if run.autocast else "float32",
     )
 
 
@@ -592,6 +618,8 @@ def _check_config(config: TrainConfig) -> None:
         problems.append("target_l0 must be positive")
     if not 0 <= config.eval_fraction < 1:
         problems.append("eval_fraction must be at least 0 and below 1")
+    if config.cpu_bf16 not in CPU_BF16_CHOICES:
+        problems.append(f"cpu_bf16 must be one of {', '.join(CPU_BF16_CHOICES)}")
     if config.dead_window_tokens is not None and config.dead_window_tokens < 1:
         problems.append("dead_window_tokens must be at least 1")
     if problems:

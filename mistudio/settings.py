@@ -195,7 +195,10 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
-LOGIN_URL = "/admin/login/"
+# The pages' own login form (any user; the admin's form admits staff only).
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "jobs-page"
+LOGOUT_REDIRECT_URL = "login"
 
 TOKEN_TTL_HOURS = env_int("MISTUDIO_TOKEN_TTL_HOURS", 0, minimum=0)
 REST_KNOX = {
@@ -220,6 +223,17 @@ MIN_SAE_STEPS = env_int("MISTUDIO_MIN_SAE_STEPS", 1000, minimum=0)
 TOPK_DECODE = env_str("MISTUDIO_TOPK_DECODE", "auto")
 if TOPK_DECODE not in ("auto", "dense", "sparse"):
     raise ImproperlyConfigured(f"MISTUDIO_TOPK_DECODE={TOPK_DECODE!r}: use auto, dense or sparse")
+# Feature analysis after training: the top activating contexts kept per feature, the tokens shown
+# on each side of the peak token, and the promoted/suppressed tokens listed per feature.
+FEATURE_TOP_N = env_int("MISTUDIO_FEATURE_TOP_N", 20, minimum=1)
+FEATURE_CONTEXT_WINDOW = env_int("MISTUDIO_FEATURE_CONTEXT_WINDOW", 12, minimum=0)
+FEATURE_LOGIT_TOKENS = env_int("MISTUDIO_FEATURE_LOGIT_TOKENS", 10, minimum=1)
+# CPU precision: "auto" computes in bfloat16 (model weights, SAE matmuls under autocast with float32
+# master weights) where the CPU has hardware bf16 matmuls (Intel AMX), float32 elsewhere; "on" or
+# "off" pins it. GPUs always compute in bf16 (fp16 where a card lacks it).
+CPU_BF16 = env_str("MISTUDIO_CPU_BF16", "auto")
+if CPU_BF16 not in ("auto", "on", "off"):
+    raise ImproperlyConfigured(f"MISTUDIO_CPU_BF16={CPU_BF16!r}: use auto, on or off")
 ACTIVATIONS_RAM_BUDGET_BYTES = env_int("MISTUDIO_ACTIVATIONS_RAM_BUDGET_BYTES", 4 * 1024**3, minimum=1)
 
 # Crash recovery: a running job's worker writes a heartbeat; a job whose worker died (its pid is

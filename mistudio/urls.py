@@ -1,10 +1,13 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from corpora.views import UploadView
+from gpus.pages import gpu_page
 from gpus.views import GpuStatusView, HealthView
-from training import views
+from training import pages, views
 
 urlpatterns = [
     path("health", HealthView.as_view(), name="health"),
@@ -13,6 +16,9 @@ urlpatterns = [
     path("api/v1/train/<str:job_id>/status", views.JobStatusView.as_view(), name="job-status"),
     path("api/v1/train/<str:job_id>/result", views.JobResultView.as_view(), name="job-result"),
     path("api/v1/train/<str:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
+    path("api/v1/train/<str:job_id>/curves", views.JobCurvesView.as_view(), name="job-curves"),
+    path("api/v1/train/<str:job_id>/features", views.FeatureListView.as_view(), name="job-features"),
+    path("api/v1/train/<str:job_id>/features/<str:index>", views.FeatureDetailView.as_view(), name="job-feature"),
     path("api/v1/jobs", views.JobListView.as_view(), name="jobs"),
     # Model ids hold a slash; the WSGI server decodes %2F before routing, so both spellings land here.
     re_path(r"^api/v1/check-memory/(?P<model_name>[\s\S]+)$", views.CheckMemoryView.as_view(), name="check-memory"),
@@ -21,4 +27,11 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("admin/", admin.site.urls),
+    path("", RedirectView.as_view(pattern_name="jobs-page"), name="home"),
+    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("jobs/", pages.jobs_page, name="jobs-page"),
+    path("jobs/<str:job_id>/", pages.job_page, name="job-page"),
+    path("jobs/<str:job_id>/features/<int:index>/", pages.feature_page, name="feature-page"),
+    path("gpus/", gpu_page, name="gpu-page"),
 ]

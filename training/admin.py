@@ -1,11 +1,26 @@
 import json
 
 from django.contrib import admin, messages
+from django.urls import reverse
 from django.utils.html import format_html
 
 from mistudio.errors import ServiceError
 from training import services
 from training.models import Checkpoint, TrainingJob
+
+
+# The admin does not load the site's stylesheet, so the bar and the badges carry their own styles.
+STATUS_COLOURS = {
+    TrainingJob.Status.COMPLETED: "#1a7f37",
+    TrainingJob.Status.RUNNING: "#0969da",
+    TrainingJob.Status.FAILED: "#cf222e",
+    TrainingJob.Status.CANCELLED: "#6e7781",
+    TrainingJob.Status.QUEUED: "#bf8700",
+}
+BAR_STYLE = ("display:inline-block;width:80px;height:8px;background:#e1e4e8;border-radius:4px;"
+             "overflow:hidden;vertical-align:middle")
+FILL_STYLE = "display:block;height:100%;background:#0969da"
+BADGE_STYLE = "display:inline-block;padding:1px 8px;border-radius:10px;color:#fff;font-size:11px"
 
 
 def _pretty(document):
@@ -25,15 +40,16 @@ class CheckpointInline(admin.TabularInline):
 
 @admin.register(TrainingJob)
 class TrainingJobAdmin(admin.ModelAdmin):
-    list_display = ("id", "status", "progress_percent", "model_name", "layer_number", "current_loss",
-                    "owner", "created_at", "completed_at")
+    list_display = ("id", "page_link", "status_badge", "progress_bar", "model_name", "layer_number",
+                    "current_loss", "owner", "created_at", "completed_at")
     list_filter = ("status", "architecture", "phase", "quantization", "created_at")
     search_fields = ("id", "model_name", "corpus__name", "owner__username", "message")
     date_hierarchy = "created_at"
     actions = ["cancel_jobs"]
     inlines = [CheckpointInline]
     fieldsets = (
-        (None, {"fields": ("id", "owner", "status", "phase", "progress", "message", "error", "device")}),
+        (None, {"fields": ("id", "page_link", "owner", "status", "phase", "progress", "message", "error",
+                           "device")}),
         ("Parameters", {"fields": ("model_name", "corpus", "activations_file", "layer_number", "hidden_dim",
                                    "sparsity_coeff", "learning_rate", "batch_size", "sae_batch_tokens",
                                    "max_epochs", "min_loss", "gpu_id", "max_sequence_length", "quantization",
@@ -54,9 +70,21 @@ class TrainingJobAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
 
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, job):
+        colour = STATUS_COLOURS.get(job.status, "#6e7781")
+        return format_html('<span class="status-badge status-{}" style="{};background:{}">{}</span>',
+                           job.status, BADGE_STYLE, colour, job.get_status_display())
+
     @admin.display(description="progress", ordering="progress")
-    def progress_percent(self, job):
-        return f"{job.progress:.0%}"
+    def progress_bar(self, job):
+        percent = round(min(max(job.progress, 0.0), 1.0) * 100)
+        return format_html('<span class="progress-bar" style="{}"><span style="{};width:{}%"></span></span> {}%',
+                           BAR_STYLE, FILL_STYLE, percent, percent)
+
+    @admin.display(description="page")
+    def page_link(self, job):
+        return format_html('<a class="job-page-link" href="{}">View</a>', reverse("job-page", args=[job.id]))
 
     @admin.display(description="training stats")
     def pretty_training_stats(self, job):

@@ -60,3 +60,16 @@ def summary_document(job: TrainingJob) -> dict:
         "created_at": job.created_at,
         "completed_at": job.completed_at,
     }
+
+
+def curves_document(job: TrainingJob) -> dict:
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "phase": job.phase,
+        "progress": job.progress,
+        "message": job.message,
+        "points": job.training_curve or [],
+        "loss_history": (job.training_stats or {}).get("loss_history", []),
+        "features_ready": bool(job.features_dir),
+    }

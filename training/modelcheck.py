@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from engine.devices import gpu_inventory, system_memory
+from engine.devices import cpu_uses_bf16, gpu_inventory, system_memory
 from engine.errors import EngineError, ModelResolutionError
 from mistudio.errors import ServiceError
 
@@ -82,7 +82,13 @@ def estimate(described, *, device_kind, quantization, hidden_dim, batch_size, ma
         max_sequence_length=max_sequence_length,
         sae_batch_tokens=sae_batch_tokens,
         layer_number=layer_number,
+        cpu_bf16=_cpu_bf16(),
     )
+
+
+def _cpu_bf16() -> bool:
+    """The worker's CPU precision, judged on this host (the same machine in the embedded setup)."""
+    return cpu_uses_bf16(settings.CPU_BF16)
 
 
 def memory_verdict(described, *, quantization, gpu_id, **sizes) -> str:
@@ -134,6 +140,7 @@ def memory_report(described, *, batch_size, hidden_dim, max_sequence_length, sae
         available_bytes=available,
         device_kind=device_kind,
         requested_batch_size=batch_size,
+        cpu_bf16=_cpu_bf16(),
         **sizes,
     )
     compatibility = {}

@@ -25,6 +25,7 @@ class TrainingJob(models.Model):
         EXTRACTING = "extracting_activations"
         TRAINING = "training"
         EVALUATING = "computing_statistics"
+        ANALYZING = "analyzing_features"
         DONE = "done"
 
     class Quantization(models.TextChoices):
@@ -98,6 +99,12 @@ class TrainingJob(models.Model):
     training_stats = models.JSONField(null=True, blank=True)
     evaluation = models.JSONField(null=True, blank=True)
     exports = models.JSONField(null=True, blank=True)
+    # Points written with each progress report while training: step, epoch, loss, mse, l0,
+    # explained_variance, tokens_per_s (thinned to a bounded count), so pages draw curves live.
+    training_curve = models.JSONField(default=list, blank=True)
+    # The feature analysis (engine.features): its folder and what it holds.
+    features_dir = models.CharField(max_length=1024, blank=True)
+    features = models.JSONField(null=True, blank=True)
     model_path = models.CharField(max_length=1024, blank=True)
     activations_path = models.CharField(max_length=1024, blank=True)
     metadata_path = models.CharField(max_length=1024, blank=True)

@@ -6,9 +6,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 from django.conf import settings
 
-from engine.errors import EngineError, ExtractionCancelled
+from engine.errors import AnalysisCancelled, EngineError, ExtractionCancelled
 from mistudio.errors import ServiceError
 from training import services
 from training.models import Checkpoint, TrainingJob
@@ -29,6 +30,41 @@ class _Throttle:
             self.last = now
             return True
         return False
+
+
+class _Curve:
+    """The training curve a job's page draws: one point per progress report, thinned to at most
+    MAX_POINTS by dropping every other point (and sampling half as often) whenever it fills up, so
+    a week-long job costs the same to store and draw as a minute-long one. A resumed run continues
+    the curve its earlier run wrote."""
+
+    MAX_POINTS = 400
+
+    def __init__(self, points):
+        import math
+
+        self._finite = math.isfinite
+        self.points = [p for p in (points or []) if isinstance(p, dict)]
+        self.stride = 1
+        while len(self.points) > self.MAX_POINTS:
+            self._thin()
+        self.skipped = 0
+
+    def _thin(self):
+        self.points = self.points[::2]
+        self.stride *= 2
+
+    def add(self, point):
+        if self.points and point["step"] <= self.points[-1]["step"]:
+            return  # a resumed run re-reports steps its earlier run already drew
+        self.skipped += 1
+        if self.skipped < self.stride:
+            return
+        self.skipped = 0
+        # JSON has no NaN: a metric not measured yet is null.
+        self.points.append({k: (v if not isinstance(v, float) or self._finite(v) else None) for k, v in point.items()})
+        if len(self.points) > self.MAX_POINTS:
+            self._thin()
 
 
 class JobLost(Exception):
@@ -185,6 +221,7 @@ def _run(job, report, should_stop):
             quantization=None if job.quantization == TrainingJob.Quantization.NONE else job.quantization,
             token=token,
             with_lm_head=True,
+            cpu_bf16=settings.CPU_BF16,
         )
         texts = read_corpus(Path(job.corpus.path))
         if extracted is not None:
@@ -210,7 +247,7 @@ def _run(job, report, should_stop):
             current_loss=result.final_loss,
         )
         return
-    _finish(job, result, activations, activations_path, extraction, device, paths, report, loaded, texts)
+    _finish(job, result, activations, activations_path, extraction, device, paths, report, loaded, texts, should_stop)
 
 
 def _extract(job, loaded, texts, out_path, should_stop, report):
@@ -257,6 +294,7 @@ def _train(job, activations, device, paths, should_stop, report):
         min_steps=settings.MIN_SAE_STEPS,
         ram_budget_bytes=settings.ACTIVATIONS_RAM_BUDGET_BYTES,
         decode_path=settings.TOPK_DECODE,
+        cpu_bf16=settings.CPU_BF16,
         checkpoint_every_epochs=settings.CHECKPOINT_EVERY_EPOCHS,
         checkpoint_interval_s=settings.CHECKPOINT_INTERVAL_S,
         progress_interval_s=settings.PROGRESS_INTERVAL_S,
@@ -265,8 +303,12 @@ def _train(job, activations, device, paths, should_stop, report):
         job.id, phase=TrainingJob.Phase.TRAINING, message=f"Training on {device} - Epoch 1/{job.max_epochs}"
     )
 
+    curve = _Curve(job.training_curve)
+
     def on_progress(p):
         message = f"Training in progress - Epoch {p.epoch}/{p.total_epochs}"
+        curve.add({"step": p.step, "epoch": p.epoch, "loss": p.loss, "mse": p.mse, "l0": p.l0,
+                   "explained_variance": p.explained_variance, "tokens_per_s": round(p.tokens_per_s, 1)})
         services.job_update_progress(
             job.id,
             progress=round(min(p.progress, 1.0), 4),
@@ -275,6 +317,7 @@ def _train(job, activations, device, paths, should_stop, report):
             eta_s=None if p.eta_s is None else int(p.eta_s),
             message=message,
             tokens_per_s=round(p.tokens_per_s, 1),
+            training_curve=curve.points,
         )
         report({"phase": "training", "progress": p.progress, "epoch": p.epoch, "loss": p.loss,
                 "total_epochs": p.total_epochs, "message": message})
@@ -345,7 +388,7 @@ def _ce_loss(job, result, device, loaded, texts, *, heldout_start):
     return {**ce, "ce_loss_reason": None}
 
 
-def _finish(job, result, activations, activations_path, extraction, device, paths, report, loaded, texts):
+def _finish(job, result, activations, activations_path, extraction, device, paths, report, loaded, texts, should_stop):
     from engine.export import save_sae, write_metadata
     from engine.export_saelens import export_saelens
     from engine.stats import feature_statistics
@@ -383,6 +426,7 @@ def _finish(job, result, activations, activations_path, extraction, device, path
         "resampled_features": result.resampled_features,
         "sae_batch_tokens_used": result.sae_batch_tokens,
         "decode_path": result.decode_path,
+        "compute_dtype": result.compute_dtype,
     }
     if extraction is not None:
         training_stats["extraction"] = {
@@ -391,6 +435,7 @@ def _finish(job, result, activations, activations_path, extraction, device, path
             "seconds": round(extraction.seconds, 3),
             "tokens_per_s": round(extraction.tokens_per_s, 1),
             "real_token_share": round(extraction.real_token_share, 4),
+            "dtype": extraction.dtype,
         }
     job.refresh_from_db()
     write_metadata(
@@ -429,13 +474,7 @@ def _finish(job, result, activations, activations_path, extraction, device, path
             "exports": {"saelens": str(saelens)},
         },
     )
-    services.job_finish(
-        job,
-        status=TrainingJob.Status.COMPLETED,
-        message=f"Training completed: {result.total_epochs} epochs, final loss {result.final_loss:.6g} ({result.stopped_reason})",
-        progress=1.0,
-        current_epoch=result.total_epochs,
-        current_loss=result.final_loss,
+    outputs = dict(
         training_stats=training_stats,
         model_path=str(paths["model_path"]),
         activations_path=str(activations_path),
@@ -443,3 +482,120 @@ def _finish(job, result, activations, activations_path, extraction, device, path
         evaluation=evaluation,
         exports={"saelens": str(saelens)},
     )
+    try:
+        features_dir, features_info = _analyze(job, result, activations, activations_path, device, paths, report,
+                                               loaded, should_stop)
+    except AnalysisCancelled:
+        services.job_finish(
+            job, status=TrainingJob.Status.CANCELLED,
+            message=f"Cancelled during the feature analysis; the trained SAE was saved to {paths['model_path']}",
+            progress=1.0, current_epoch=result.total_epochs, current_loss=result.final_loss, **outputs,
+        )
+        return
+    services.job_finish(
+        job,
+        status=TrainingJob.Status.COMPLETED,
+        message=f"Training completed: {result.total_epochs} epochs, final loss {result.final_loss:.6g} ({result.stopped_reason})",
+        progress=1.0,
+        features_dir=str(features_dir),
+        features=features_info,
+        current_epoch=result.total_epochs,
+        current_loss=result.final_loss,
+        **outputs,
+    )
+
+
+def _analyze(job, result, activations, activations_path, device, paths, report, loaded, should_stop):
+    """The feature analysis (engine.features): top contexts, statistics and histograms of every
+    feature in one pass over the job's activations, and for causal LMs the logit effect."""
+    import json
+
+    from engine.activations import load_token_index
+    from engine.features import analyze_features, logit_effects, save_analysis
+    from engine.tokens import token_texts
+
+    services.job_update_progress(job.id, phase=TrainingJob.Phase.ANALYZING, message="Analyzing features")
+    report({"phase": "analyzing"})
+    throttle = _Throttle(settings.PROGRESS_INTERVAL_S)
+    started = time.monotonic()
+
+    def on_progress(done, total):
+        if throttle() or done == total:
+            elapsed = time.monotonic() - started
+            rate = done / elapsed if elapsed > 0 else 0.0
+            message = f"Analyzing features - {done}/{total} tokens"
+            services.job_update_progress(job.id, message=message, tokens_per_s=round(rate, 1),
+                                         eta_s=int((total - done) / rate) if rate > 0 else None)
+            report({"phase": "analyzing", "done": done, "total": total, "message": message})
+
+    index = None if job.activations_file else load_token_index(activations_path)
+    token_ids, starts = index if index is not None else (None, None)
+    sae = result.sae.to(device).eval()
+    analysis = analyze_features(
+        sae, result.scaling_factor, activations, token_ids=token_ids, sequence_starts=starts,
+        top_n=settings.FEATURE_TOP_N, window=settings.FEATURE_CONTEXT_WINDOW,
+        chunk_rows=max(256, job.sae_batch_tokens), device=device, on_progress=on_progress, should_stop=should_stop,
+    )
+    info = {"top_n": analysis.top_n, "window": analysis.window, "analyzed_tokens": analysis.n_rows,
+            "contexts": token_ids is not None, "logit_effect": False, "logit_effect_reason": None,
+            "seconds": None}
+    if token_ids is None:
+        info["contexts_reason"] = ("trained from an activations file: there are no tokens" if job.activations_file
+                                   else "the activations were extracted before token indexes were kept")
+    info["logit_effect_reason"] = _add_logit_effects(job, analysis, sae, result.scaling_factor, loaded, logit_effects)
+    info["logit_effect"] = info["logit_effect_reason"] is None
+    folder = paths["features_dir"]
+    save_analysis(analysis, folder)
+    tokenizer = _tokenizer(job, loaded)
+    if tokenizer is not None:
+        used = set()
+        for array in (analysis.window_tokens, analysis.logit_top_ids, analysis.logit_bottom_ids):
+            if array is not None:
+                used.update(int(t) for t in np.unique(np.asarray(array)) if t >= 0)
+        strings = {str(t): text for t, text in token_texts(tokenizer, sorted(used)).items()}
+        partial = folder / "tokens.json.partial"
+        partial.write_text(json.dumps(strings, ensure_ascii=False), encoding="utf-8")
+        partial.replace(folder / "tokens.json")
+    info["seconds"] = round(time.monotonic() - started, 3)
+    return folder, info
+
+
+def _add_logit_effects(job, analysis, sae, scaling_factor, loaded, logit_effects) -> str | None:
+    """Fills the analysis' logit arrays; returns why not, or None when it did."""
+    if job.activations_file:
+        return "trained from an activations file: there is no unembedding"
+    if loaded is None:
+        return f"{job.model_name} is not a causal language model: it has no unembedding to read tokens through"
+    model = loaded.model
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if output is None or getattr(output, "weight", None) is None:
+        return f"{job.model_name} exposes no output embedding"
+    base = getattr(model, "base_model", model)
+    norm = next((getattr(base, name) for name in ("norm", "ln_f", "final_layernorm", "final_layer_norm")
+                 if getattr(base, name, None) is not None), None)
+    norm_weight = getattr(norm, "weight", None)
+    try:
+        unembedding = output.weight.detach().float()
+    except (RuntimeError, TypeError) as err:  # a quantized head that cannot be dequantized this way
+        return f"the output embedding could not be read as floats: {err}"
+    top_ids, top_values, bottom_ids, bottom_values = logit_effects(
+        sae, scaling_factor, unembedding, norm_weight=None if norm_weight is None else norm_weight.detach().float(),
+        n=settings.FEATURE_LOGIT_TOKENS,
+    )
+    analysis.logit_top_ids, analysis.logit_top_values = top_ids, top_values
+    analysis.logit_bottom_ids, analysis.logit_bottom_values = bottom_ids, bottom_values
+    return None
+
+
+def _tokenizer(job, loaded):
+    if loaded is not None:
+        return loaded.tokenizer
+    if job.activations_file or not job.model_location:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(job.model_location, token=services.job_token(job))
+    except (OSError, ValueError) as err:
+        logger.warning("job %s: no tokenizer for feature contexts: %s", job.id, err)
+        return None

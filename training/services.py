@@ -310,4 +310,41 @@ def job_artifact_paths(job: TrainingJob) -> dict[str, Path]:
         "activations_path": activations_dir / f"{job.id}_activations.npy",
         "metadata_path": activations_dir / f"{job.id}_metadata.json",
         "saelens_dir": models_dir / f"{job.id}_saelens",
+        "features_dir": models_dir / f"{job.id}_features",
     }
+
+
+def job_parameters(job: TrainingJob) -> list[tuple[str, object]]:
+    """What the job was asked to do, for people to read."""
+    rows = [
+        ("Source", job.source_description),
+        ("Corpus", job.corpus.name if job.corpus_id else None),
+        ("Layer", None if job.activations_file else job.layer_number),
+        ("Architecture", job.architecture),
+        ("k", job.k),
+        ("Target L0", job.target_l0),
+        ("Features (hidden_dim)", job.hidden_dim),
+        ("Sparsity coefficient", job.sparsity_coeff),
+        ("Learning rate", job.learning_rate),
+        ("Sequences per forward (batch_size)", None if job.activations_file else job.batch_size),
+        ("Tokens per SAE step (sae_batch_tokens)", job.sae_batch_tokens),
+        ("Max epochs", job.max_epochs),
+        ("Min loss", job.min_loss),
+        ("Max sequence length", None if job.activations_file else job.max_sequence_length),
+        ("Quantization", job.quantization),
+        ("Device", job.device or None),
+        ("Attempts", job.attempts),
+    ]
+    return [(name, value) for name, value in rows if value not in (None, "")]
+
+
+def job_artifacts(job: TrainingJob) -> list[tuple[str, str]]:
+    rows = [
+        ("SAE weights", job.model_path),
+        ("Activations cache", job.activations_path),
+        ("Metadata", job.metadata_path),
+        ("SAELens folder", (job.exports or {}).get("saelens")),
+        ("Feature analysis", job.features_dir),
+    ]
+    rows += [(f"Checkpoint, epoch {c.epoch}", c.path) for c in job.checkpoints.all()]
+    return [(name, path) for name, path in rows if path]

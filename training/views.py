@@ -3,7 +3,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mistudio.errors import Conflict, ServiceError
-from training import documents, modelcheck, serializers, services
+from training import documents, features, modelcheck, serializers, services
 
 ERRORS = {400: serializers.ErrorSerializer, 404: serializers.ErrorSerializer}
 
@@ -87,3 +87,65 @@ class CheckMemoryView(APIView):
         elif params["layer_number"] >= total:
             raise ServiceError(f"layer_number {params['layer_number']} is out of range: {model_name} has {total} layers.")
         return Response(modelcheck.memory_report(described, **params))
+
+
+class FeatureListView(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("sort", str, enum=list(features.SORTS), default="frequency",
+                             description="Order of the list"),
+            OpenApiParameter("order", str, enum=["desc", "asc"], default="desc"),
+            OpenApiParameter("filter", str, enum=list(features.FILTERS), default="all",
+                             description=f"dead: never fired on the analyzed tokens; dense: fired on more than "
+                                         f"{features.DENSE_FRACTION:.0%} of them; alive: fired at least once"),
+            OpenApiParameter("page", int, default=1),
+            OpenApiParameter("page_size", int, default=50, description=f"1 to {features.MAX_PAGE_SIZE}"),
+        ],
+        responses={200: serializers.FeatureListSerializer, 409: serializers.ErrorSerializer, **ERRORS},
+        summary="The job's features with their activation statistics (paged)",
+        operation_id="api_v1_train_features_list",
+    )
+    def get(self, request, job_id):
+        job = services.job_get(user=request.user, job_id=job_id)
+        params = request.query_params
+        order = params.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise ServiceError(f"order must be asc or desc, not {order!r}")
+        return Response(features.feature_list(
+            job,
+            sort=params.get("sort", "frequency"),
+            descending=order == "desc",
+            filter=params.get("filter", "all"),
+            page=_int_param(params, "page", 1),
+            page_size=_int_param(params, "page_size", 50),
+        ))
+
+
+class FeatureDetailView(APIView):
+    @extend_schema(parameters=[OpenApiParameter("index", int, OpenApiParameter.PATH, description="0 to hidden_dim - 1")],
+                   responses={200: serializers.FeatureDetailSerializer, 409: serializers.ErrorSerializer, **ERRORS},
+                   summary="One feature: top activating contexts, activation histogram and logit effect",
+                   operation_id="api_v1_train_feature_retrieve")
+    def get(self, request, job_id, index: str):
+        job = services.job_get(user=request.user, job_id=job_id)
+        if not index.isdecimal():
+            raise ServiceError(f"The feature index must be a non-negative integer, not {index!r}")
+        return Response(features.feature_detail(job, int(index)))
+
+
+def _int_param(params, name, default):
+    value = params.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ServiceError(f"{name} must be an integer, not {value!r}") from None
+
+
+class JobCurvesView(APIView):
+    @extend_schema(responses={200: serializers.CurvesSerializer, **ERRORS},
+                   summary="Training curves: loss, MSE, L0 and explained variance over steps (grows while the job runs)")
+    def get(self, request, job_id):
+        job = services.job_get(user=request.user, job_id=job_id)
+        return Response(documents.curves_document(job))

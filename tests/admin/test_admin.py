@@ -47,6 +47,38 @@ def test_a_job_page_shows_parameters_metrics_and_checkpoints(staff_client, jobs)
     assert "Sparsity coeff" in page and "final_loss" in page and "x_checkpoint_10.pt" in page
 
 
+def test_the_job_list_shows_a_progress_bar_a_status_badge_and_a_link_to_each_page(staff_client, jobs, alice):
+    done, queued = jobs
+    running = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2", status="running", progress=0.375)
+    page = staff_client.get("/admin/training/trainingjob/").content.decode()
+    assert '<span style="display:block;height:100%;background:#0969da;width:38%"></span></span> 38%' in page
+    assert "width:100%" in page and "width:0%" in page
+    assert 'class="status-badge status-completed"' in page and "background:#1a7f37\">Completed<" in page
+    assert "background:#0969da\">Running<" in page and "background:#bf8700\">Queued<" in page
+    for job in (done, queued, running):
+        assert f'<a class="job-page-link" href="/jobs/{job.id}/">View</a>' in page
+
+
+def test_the_status_badges_tell_failed_from_cancelled(staff_client, alice):
+    TrainingJob.objects.create(owner=alice, model_name="a", status="failed")
+    TrainingJob.objects.create(owner=alice, model_name="b", status="cancelled")
+    page = staff_client.get("/admin/training/trainingjob/").content.decode()
+    assert "background:#cf222e\">Failed<" in page and "background:#6e7781\">Cancelled<" in page
+
+
+def test_a_job_change_form_links_to_the_job_page(staff_client, jobs):
+    done, _ = jobs
+    page = staff_client.get(reverse("admin:training_trainingjob_change", args=[quote(done.id)])).content.decode()
+    assert f'href="{reverse("job-page", args=[done.id])}">View</a>' in page
+
+
+def test_the_admin_index_links_to_the_jobs_and_gpu_pages(staff_client):
+    page = staff_client.get("/admin/").content.decode()
+    assert '<a href="/jobs/" id="jobs-page-link">Jobs</a>' in page
+    assert '<a href="/gpus/" id="gpu-page-link">GPUs</a>' in page
+    assert "Training jobs" in page  # the app list is still there
+
+
 def test_staff_cancel_jobs_with_an_admin_action(staff_client, jobs):
     done, queued = jobs
     response = staff_client.post("/admin/training/trainingjob/", {

@@ -79,3 +79,18 @@ def test_a_layer_outside_the_model_is_rejected(loaded, sample_texts, tmp_path):
     n = len(loaded.blocks)
     with pytest.raises(EngineError, match=f"Layer {n} does not exist: this model has layers 0 to {n - 1}"):
         extract_activations(loaded, sample_texts, layer_number=n, batch_size=4, max_sequence_length=MAX_LEN, out_path=tmp_path / "a.npy")
+
+
+def test_the_token_of_every_row_and_the_start_of_every_sequence_are_kept_beside_it(loaded, sample_texts, tmp_path):
+    from engine.activations import load_token_index
+
+    texts = ["", *sample_texts[:5]]  # an empty text gives no rows and no sequence start
+    result = extract_activations(loaded, texts, layer_number=0, batch_size=2, max_sequence_length=MAX_LEN,
+                                 out_path=tmp_path / "acts.npy")
+    token_ids, starts = load_token_index(result.path)
+    expected = [ids for ids in loaded.tokenizer(texts, truncation=True, max_length=MAX_LEN)["input_ids"] if ids]
+    assert token_ids.dtype == np.int32 and token_ids.tolist() == [t for ids in expected for t in ids]
+    assert starts.tolist() == np.cumsum([0] + [len(ids) for ids in expected[:-1]]).tolist()
+    assert (result.tokens_path, result.sequence_starts_path) == (tmp_path / "acts_tokens.npy",
+                                                                tmp_path / "acts_sequence_starts.npy")
+    assert load_token_index(tmp_path / "elsewhere.npy") is None

@@ -54,3 +54,19 @@ def test_a_cache_over_the_budget_streams_and_resident_memory_stays_near_the_budg
     # Streaming keeps only batches: the budget plus the SAE's working memory and torch's own.
     assert streamed < loaded - 0.8 * size_mib
     assert streamed < 32 + 200
+
+
+def test_a_slice_of_a_memory_mapped_cache_reads_its_own_rows(tmp_path):
+    import torch
+
+    from engine.activation_source import ActivationSource, read_rows
+
+    path = tmp_path / "rows.npy"
+    np.save(path, np.arange(400, dtype=np.float16).reshape(100, 4))
+    mapped = np.load(path, mmap_mode="r")
+    part = mapped[40:60]
+    assert read_rows(part, np.array([0, 1, 19])).tolist() == mapped[[40, 41, 59]].tolist()
+    streamed = ActivationSource(part, 20, ram_budget_bytes=1, device="cpu")  # over budget: pread from the file
+    assert streamed.mode == "stream"
+    assert streamed.read(torch.tensor([0, 5])).tolist() == mapped[[40, 45]].astype(np.float32).tolist()
+    streamed.close()

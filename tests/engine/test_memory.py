@@ -83,3 +83,11 @@ def test_the_batch_size_is_a_power_of_two_at_most_the_request():
 def test_cpu_never_suggests_quantization():
     settings = suggest(4, device_kind="cpu")
     assert settings["quantization"] is None and settings["enable_8bit"] is False
+
+
+def test_a_cpu_computing_in_bf16_needs_half_the_bytes_for_weights_and_activations():
+    fp32 = estimate(device_kind="cpu", quantization=None)
+    bf16 = estimate(device_kind="cpu", quantization=None, cpu_bf16=True)
+    assert bf16.dtype == "bfloat16" and fp32.dtype == "float32"
+    assert bf16.weights_bytes * 2 == fp32.weights_bytes
+    assert bf16.sae_bytes == fp32.sae_bytes  # the SAE keeps float32 master weights

@@ -20,8 +20,8 @@ def run_train(tmp_path, django_db_blocker):
            "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite3'}"}
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
 
-    def run(*args):
-        return subprocess.run([sys.executable, "manage.py", "train", *args], cwd=ROOT, env=env,
+    def run(*args, extra_env=None):
+        return subprocess.run([sys.executable, "manage.py", "train", *args], cwd=ROOT, env={**env, **(extra_env or {})},
                                capture_output=True, text=True, timeout=300)
 
     return run
@@ -43,6 +43,22 @@ def test_it_trains_from_a_model_and_a_corpus_path_and_prints_the_result_last(run
     assert result["training_stats"]["total_epochs"] == 3
     assert result["model_info"]["selected_layer"] == 2 and result["ready_for_find_service"] is True
     assert "epoch 3/3" in done.stderr  # the progress bar
+    # MISTUDIO_CPU_BF16=off (pytest.ini): float32 throughout, and the job says so.
+    assert result["training_stats"]["compute_dtype"] == "float32"
+    assert result["training_stats"]["extraction"]["dtype"] == "float32"
+
+
+def test_with_cpu_bf16_on_the_model_and_the_sae_compute_in_bfloat16(run_train, tiny_llama_dir):
+    args = ["--model", str(tiny_llama_dir), "--corpus", str(SAMPLE_CORPUS), "--layer-number", "1",
+            "--hidden-dim", "64", "--max-epochs", "3", "--min-loss", "0", "--batch-size", "8",
+            "--max-sequence-length", "16", "--sae-batch-tokens", "256", "--learning-rate", "0.001", "--no-progress"]
+    bf16 = run_train(*args, extra_env={"MISTUDIO_CPU_BF16": "on"})
+    fp32 = run_train(*args)
+    assert bf16.returncode == 0, bf16.stderr
+    stats, reference = last_json(bf16.stdout)["training_stats"], last_json(fp32.stdout)["training_stats"]
+    assert stats["compute_dtype"] == "bfloat16" and stats["extraction"]["dtype"] == "bfloat16"
+    # bf16 rounds the activations and the SAE's matmuls; the training must still end where float32 does.
+    assert stats["final_loss"] == pytest.approx(reference["final_loss"], rel=0.05)
 
 
 def test_it_trains_on_activations_someone_already_has(run_train, tmp_path):

@@ -1,5 +1,6 @@
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from django.urls import reverse
 from rest_framework.utils.encoders import JSONEncoder
 
 from corpora.models import Corpus
@@ -30,8 +32,10 @@ class Command(BaseCommand):
         parser.add_argument("--architecture", default="topk")
         parser.add_argument("--k", type=int, default=32)
         parser.add_argument("--timeout-s", type=float, default=900)
+        parser.add_argument("--base-url", default="http://127.0.0.1:8001",
+                            help="where `make serve` answers: the job page's URL is printed under it")
 
-    def handle(self, *args, layer_number, hidden_dim, max_epochs, architecture, k, timeout_s, **options):
+    def handle(self, *args, layer_number, hidden_dim, max_epochs, architecture, k, timeout_s, base_url, **options):
         user, _ = get_user_model().objects.get_or_create(username="demo", defaults={"is_staff": True})
         corpus = Corpus.objects.filter(owner=user, name=SAMPLE_CORPUS.name).first() or corpus_add_from_path(
             owner=user, path=SAMPLE_CORPUS
@@ -73,6 +77,16 @@ class Command(BaseCommand):
             raise CommandError(f"The demo job ended {job.status}: {job.message}")
         _, token = user_issue_token(username=user.username)
         self.stdout.write(f"\nAPI token for user 'demo' (Authorization: Token ...):\n{token}")
+        if not user.password or not user.has_usable_password():
+            # Pages need a login: a fresh password, printed once, for this local demo user only.
+            password = secrets.token_urlsafe(12)
+            user.set_password(password)
+            user.save(update_fields=["password"])
+            login = f" as demo / {password}"
+        else:
+            login = " as demo (password set earlier; `manage.py changepassword demo` to reset it)"
+        page = base_url.rstrip("/") + reverse("job-page", args=[job.id])
+        self.stdout.write(f"\nThe job's page, with its curves and features (start `make serve`, log in{login}):\n{page}")
 
     def _follow(self, job_id, timeout_s):
         deadline = time.monotonic() + timeout_s
