@@ -6,7 +6,11 @@ PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 8001
 
-.PHONY: install demo test serve migrate
+.PHONY: install demo test test-scaleout serve migrate
+
+# The scale-out suite's services: every dev and CI machine runs both locally (override either).
+SCALEOUT_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/mistudio
+SCALEOUT_REDIS_URL ?= redis://127.0.0.1:6379/0
 
 # torch first and pinned: pip then takes the CPU wheel on disk (or the CUDA build on a GPU machine)
 # instead of pulling a multi-GB build to satisfy transformers' unpinned requirement.
@@ -30,6 +34,14 @@ demo: migrate
 	$(PY) manage.py demo --base-url http://$(HOST):$(PORT)
 
 test: install
+	$(PY) -m pytest -q --durations=10
+
+# The same suite on PostgreSQL (pytest-django makes a test database per run beside it) and the Redis
+# broker. Fails at once, saying which, when either service does not answer.
+test-scaleout: export DATABASE_URL = $(SCALEOUT_DATABASE_URL)
+test-scaleout: export REDIS_URL = $(SCALEOUT_REDIS_URL)
+test-scaleout: install
+	$(PY) scripts/check_services.py
 	$(PY) -m pytest -q --durations=10
 
 # Web on $(HOST):$(PORT) plus one worker; Ctrl-C stops both.

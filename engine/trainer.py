@@ -15,6 +15,9 @@ Recipe, shared by every architecture unless noted (sources inline):
 - per-feature "tokens since last fired" counters define dead features: topk/batchtopk revive them
   through AuxK, relu resamples them;
 - each epoch is one pass over the training rows in a fresh random order.
+
+With `distributed=True` every process of a torch.distributed group trains its share of each batch
+(data parallel; engine.distributed says how the ranks stay in step).
 """
 
 import math
@@ -22,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -44,6 +48,7 @@ _MIN_BATCH_TOKENS = 64
 _GEOMETRIC_MEDIAN_ITERATIONS = 20
 # Bricken et al. 2023 resample dead neurons with encoder rows at 0.2x the mean live encoder norm.
 _RESAMPLE_ENCODER_SCALE = 0.2
+_DECODE_PATHS = ("dense", "sparse")
 
 
 @dataclass
@@ -146,13 +151,24 @@ def train_sae(
     should_stop: Callable[[], bool] | None = None,
     on_checkpoint: Callable[[CheckpointInfo], None] | None = None,
     resume_from: Path | None = None,
+    distributed: bool = False,
 ) -> TrainResult:
+    """With `distributed`, call this in every rank of an initialised process group with the same
+    activations and config; only rank 0 writes checkpoints, so give callbacks to rank 0 alone
+    (should_stop may be given to any rank: all stop after the same step)."""
     _check_config(config)
     n_rows, d_in = _check_activations(activations)
     n_eval = _eval_rows(n_rows, config.eval_fraction)
     n_tokens = n_rows - n_eval  # rows [0, n_tokens) train; the tail is held out
     batch_tokens = _batch_tokens(config, n_tokens)
     steps_per_epoch = math.ceil(n_tokens / batch_tokens)
+    parallel = None
+    if distributed:
+        from engine.distributed import DataParallel
+
+        parallel = DataParallel.current(device)
+        batch_tokens = parallel.batch_tokens(batch_tokens, n_tokens)
+        steps_per_epoch = parallel.steps_per_epoch(n_tokens, batch_tokens)
     total_steps = steps_per_epoch * config.max_epochs
 
     torch.manual_seed(config.seed)
@@ -186,6 +202,10 @@ def train_sae(
     if resume_from is not None:
         _restore(Path(resume_from), sae, optimizer, state, d_in=d_in, config=config)
         state.tokens_since_fired = state.tokens_since_fired.to(device)
+    if parallel is not None:
+        # Every rank computed the same scale from the same seeded sample; rank 0's makes sure of it
+        # (DistributedDataParallel does the same for the weights).
+        state.scaling_factor = parallel.broadcast_float(state.scaling_factor)
 
     run = _Run(
         config=config, sae=sae, optimizer=optimizer, state=state, device=device,
@@ -195,6 +215,7 @@ def train_sae(
         dead_window_tokens=config.dead_window_tokens or min(_DEFAULT_DEAD_WINDOW_TOKENS, n_tokens),
         heldout_rows=(n_tokens, n_rows) if n_eval else None,
         batch_tokens=batch_tokens,
+        parallel=parallel,
     )
     source = ActivationSource(activations, n_tokens, ram_budget_bytes=config.ram_budget_bytes, device=device)
     try:
@@ -213,9 +234,17 @@ def train_sae(
                 if should_stop is not None and now - last_stop_check >= config.stop_check_interval_s:
                     last_stop_check = now
                     if should_stop():
-                        stopped_reason = "cancelled"
-                        break
+                        if parallel is None:
+                            stopped_reason = "cancelled"
+                            break
+                        # Ranks must stop after the same step: the wish travels with the next step's reduction.
+                        run.stop_wanted = True
+                if run.stop_agreed:
+                    stopped_reason = "cancelled"
+                    break
                 indices = order[batch_index * batch_tokens : (batch_index + 1) * batch_tokens]
+                if parallel is not None:
+                    indices = parallel.shard(indices)
                 x = source.read(indices) * state.scaling_factor
                 run.step(x)
                 state.epoch_step = batch_index + 1
@@ -266,7 +295,7 @@ class _Run:
     """One call of train_sae: the optimisation step, progress reports and checkpoint writing."""
 
     def __init__(self, *, config, sae, optimizer, state, device, checkpoint_dir, checkpoint_prefix, on_checkpoint, total_steps,
-                 dead_window_tokens, heldout_rows, batch_tokens):
+                 dead_window_tokens, heldout_rows, batch_tokens, parallel=None):
         self.config = config
         self.sae = sae
         self.optimizer = optimizer
@@ -293,6 +322,11 @@ class _Run:
         # loss, mse, sparsity, L0 (token-weighted), squared error, squared deviation, tokens since the last report
         self.recent = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0]
         self.last_recent_means = (math.nan,) * 5
+        self.parallel = parallel
+        # Gradients are averaged over ranks only for what runs inside DistributedDataParallel's forward.
+        self.ddp = parallel.wrap(_TrainingForward(sae, self._forward)) if parallel is not None else None
+        self.stop_wanted = False  # this rank's should_stop said so
+        self.stop_agreed = False  # some rank's did, as of the last step: every rank stops
 
     def step(self, x: torch.Tensor) -> None:
         sae, config = self.sae, self.config
@@ -300,15 +334,21 @@ class _Run:
             group["lr"] = group["base_lr"] * self._lr_factor()
         if self.state.decode_path is None:
             self.state.decode_path = self._choose_decode_path(x)
-        pre, f, recon, fired, fired_per_token = self._forward(x, self.state.decode_path)
+            if self.parallel is not None:
+                # Timings differ between processes; every rank decodes the way rank 0 chose.
+                self.state.decode_path = self.parallel.broadcast_choice(self.state.decode_path, _DECODE_PATHS)
+        forward = self._forward if self.ddp is None else self.ddp
+        pre, f, recon, fired, fired_per_token = forward(x, self.state.decode_path)
         mse = F.mse_loss(recon, x)
         sparsity = sae.sparsity_loss(pre, f, target_l0=config.target_l0)
         loss = mse + _sparsity_weight(config) * self._sparsity_warmup() * sparsity
         if sae.architecture in ("topk", "batchtopk") and config.aux_k_coeff > 0:
             loss = loss + config.aux_k_coeff * self._aux_k_loss(x, recon, pre)
-        if not torch.isfinite(loss):
+        # Distributed: the whole batch's numbers, reduced before backward so every rank sees the same loss.
+        totals = None if self.parallel is None else self._reduce(x, recon, f, fired, fired_per_token, (loss, mse, sparsity))
+        if not (torch.isfinite(loss) if totals is None else math.isfinite(totals.loss)):
             raise TrainingDiverged(
-                f"The loss became {loss.item()} at epoch {self.state.epochs_done + 1}, step {self.state.step + 1}: "
+                f"The loss became {loss.item() if totals is None else totals.loss} at epoch {self.state.epochs_done + 1}, step {self.state.step + 1}: "
                 f"lower learning_rate (now {config.learning_rate:g}) or sparsity_coeff, and check the "
                 "activations for extreme values."
             )
@@ -322,32 +362,57 @@ class _Run:
         if sae.unit_norm_decoder:
             sae.normalize_decoder_()
 
+        n = x.shape[0] if totals is None else totals.tokens
+        if totals is not None:
+            fired = totals.fired
         with torch.no_grad():
             counters = self.state.tokens_since_fired
-            counters += x.shape[0]
+            counters += n
             counters[fired] = 0
         if sae.architecture == "relu" and config.resample_dead and self.state.step < self.total_steps // 2:
             self._resample_dead(x, recon.detach())
 
-        n = x.shape[0]
-        with torch.no_grad():
-            l0 = (fired_per_token if f is None else (f > 0).sum(dim=1)).float().mean()
-            squared_error = ((x - recon) ** 2).sum()
-            squared_deviation = ((x - x.mean(dim=0)) ** 2).sum()
-        values = (loss.item(), mse.item(), sparsity.item())
+        if totals is None:
+            with torch.no_grad():
+                l0 = (fired_per_token if f is None else (f > 0).sum(dim=1)).float().mean()
+                squared_error = ((x - recon) ** 2).sum()
+                squared_deviation = ((x - x.mean(dim=0)) ** 2).sum()
+            values = (loss.item(), mse.item(), sparsity.item())
+            l0, squared_error, squared_deviation = l0.item(), squared_error.item(), squared_deviation.item()
+        else:
+            values = (totals.loss, totals.mse, totals.sparsity)
+            l0, squared_error, squared_deviation = totals.l0, totals.squared_error, totals.squared_deviation
         epoch_sums = self.state.epoch_sums
         for i, value in enumerate(values):
             epoch_sums[i] += value * n
         epoch_sums[3] += n
         recent = self.recent
-        for i, value in enumerate((*values, l0.item())):
+        for i, value in enumerate((*values, l0)):
             recent[i] += value * n
-        recent[4] += squared_error.item()
-        recent[5] += squared_deviation.item()
+        recent[4] += squared_error
+        recent[5] += squared_deviation
         recent[6] += n
         self.state.step += 1
         self.steps_this_run += 1
         self.tokens_this_run += n
+
+    @torch.no_grad()
+    def _reduce(self, x, recon, f, fired, fired_per_token, losses) -> "_BatchTotals":
+        """The whole batch's numbers: each rank's means are over equal shards, so their mean over
+        ranks is the batch's. Also settles whether every rank stops after this step."""
+        world = self.parallel.world
+        l0 = (fired_per_token if f is None else (f > 0).sum(dim=1)).float().mean()
+        x64 = x.double()
+        sums, row_sum, fired_anywhere = self.parallel.all_reduce_step(
+            [*losses, l0, ((x - recon) ** 2).sum(), x64.square().sum(), torch.tensor(float(self.stop_wanted))],
+            x64.sum(dim=0), fired,
+        )
+        tokens = x.shape[0] * world
+        squared_deviation = sums[5] - row_sum.square().sum() / tokens  # sum of squares about the batch mean
+        loss, mse, sparsity, l0, squared_error, _, stop = sums.tolist()
+        self.stop_agreed = stop > 0
+        return _BatchTotals(loss / world, mse / world, sparsity / world, l0 / world, squared_error,
+                            float(squared_deviation), tokens, fired_anywhere)
 
     def _lr_factor(self) -> float:
         """Linear warm-up, then constant, then linear decay to 0 (warm-up: Conerly et al., Anthropic
@@ -436,11 +501,17 @@ class _Run:
         if not dead.any():
             return
         sae, n_dead = self.sae, int(dead.sum().item())
-        losses = ((x - recon) ** 2).sum(dim=1) ** 2
-        weights = losses if losses.sum() > 0 else torch.ones_like(losses)
-        picks = torch.multinomial(weights, n_dead, replacement=True)
-        directions = x[picks] - sae.b_dec
-        directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        if self.parallel is None or self.parallel.rank == 0:
+            losses = ((x - recon) ** 2).sum(dim=1) ** 2
+            weights = losses if losses.sum() > 0 else torch.ones_like(losses)
+            picks = torch.multinomial(weights, n_dead, replacement=True)
+            directions = x[picks] - sae.b_dec
+            directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        else:
+            directions = x.new_empty(n_dead, x.shape[1])
+        if self.parallel is not None:
+            # Rank 0 draws from its shard; the rest of the update below is the same on every rank.
+            self.parallel.broadcast_(directions)
         alive = ~dead
         dec_norm = sae.W_dec.norm(dim=1)[alive].mean() if alive.any() else torch.tensor(1.0, device=x.device)
         enc_norm = sae.W_enc.norm(dim=0)[alive].mean() if alive.any() else torch.tensor(1.0, device=x.device)
@@ -489,7 +560,7 @@ class _Run:
         )
 
     def checkpoint(self, *, mid_epoch: bool) -> None:
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or (self.parallel is not None and self.parallel.rank != 0):
             return
         state = self.state
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -521,6 +592,32 @@ class _Run:
         self.checkpoints.append(info)
         if self.on_checkpoint is not None:
             self.on_checkpoint(info)
+
+
+class _BatchTotals(NamedTuple):
+    """One step's batch over all ranks (distributed training): means per token, and sums."""
+
+    loss: float
+    mse: float
+    sparsity: float
+    l0: float
+    squared_error: float
+    squared_deviation: float
+    tokens: int
+    fired: torch.Tensor  # [d_sae] bool: fired on some rank
+
+
+class _TrainingForward(torch.nn.Module):
+    """The trainer's forward as one module call, for DistributedDataParallel to wrap: its state
+    dict is the SAE's under "sae.", and checkpoints keep saving the SAE itself."""
+
+    def __init__(self, sae, forward):
+        super().__init__()
+        self.sae = sae
+        self._run_forward = forward
+
+    def forward(self, x, path):
+        return self._run_forward(x, path)
 
 
 def _result(run: _Run, stopped_reason: str) -> TrainResult:

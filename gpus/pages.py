@@ -1,6 +1,5 @@
 """The GPU page: each GPU NVML sees, its memory and utilization, and the job that holds it."""
-import socket
-
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 
@@ -14,7 +13,7 @@ GB = 1024**3
 @login_required
 def gpu_page(request):
     inventory = gpu_inventory()  # NVML only: the web process never creates a CUDA context
-    host = socket.gethostname()
+    host = settings.HOST_NAME
     running = TrainingJob.objects.filter(status=TrainingJob.Status.RUNNING)
     visible = set(jobs_visible_to(request.user).filter(status=TrainingJob.Status.RUNNING).values_list("id", flat=True))
     gpus = []
@@ -40,4 +39,16 @@ def gpu_page(request):
         "ram_total_gb": total / GB,
         "ram_available_gb": available / GB,
         "cpu_jobs": [{"id": job.id, "visible": job.id in visible} for job in cpu_jobs],
+        "workers": _workers(request.user),
     })
+
+
+def _workers(user):
+    from gpus.services import workers_document
+
+    workers = workers_document()
+    held = [w["job_id"] for w in workers if w["job_id"]]
+    visible = set(jobs_visible_to(user).filter(pk__in=held).values_list("pk", flat=True))
+    for worker in workers:
+        worker["job_visible"] = worker["job_id"] in visible
+    return workers

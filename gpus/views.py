@@ -6,8 +6,22 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from engine.devices import gpu_inventory
+from gpus.services import workers_document
 
 GB = 1024**3
+
+
+class WorkerSerializer(serializers.Serializer):
+    host = serializers.CharField()
+    device = serializers.CharField(help_text="gpuN (that host's GPU N) or default (the CPU, or any GPU of the host)")
+    gpu_index = serializers.IntegerField(allow_null=True)
+    gpu_name = serializers.CharField(allow_null=True)
+    queue = serializers.CharField()
+    pid = serializers.IntegerField(allow_null=True)
+    fake = serializers.BooleanField(help_text="Tests only: a GPU slot that trains on the CPU")
+    last_seen_at = serializers.DateTimeField()
+    alive = serializers.BooleanField(help_text="Seen within MISTUDIO_HEARTBEAT_STALE_S")
+    job_id = serializers.CharField(allow_null=True, help_text="The job holding this slot's lease")
 
 
 class HealthSerializer(serializers.Serializer):
@@ -18,6 +32,7 @@ class HealthSerializer(serializers.Serializer):
     gpu_count = serializers.IntegerField()
     memory_status = serializers.DictField()
     nvml_error = serializers.CharField(allow_null=True)
+    workers = WorkerSerializer(many=True, help_text="Every registered worker on every host, with when it was last seen")
 
 
 class GpuStatusSerializer(serializers.Serializer):
@@ -26,6 +41,7 @@ class GpuStatusSerializer(serializers.Serializer):
     current_device = serializers.IntegerField(allow_null=True)
     gpus = serializers.DictField()
     message = serializers.CharField()
+    workers = WorkerSerializer(many=True, help_text="Every registered worker on every host, with when it was last seen")
 
 
 class HealthView(APIView):
@@ -46,6 +62,7 @@ class HealthView(APIView):
                 for g in inventory.gpus
             },
             "nvml_error": inventory.error,
+            "workers": WorkerSerializer(_workers(request), many=True).data,
         })
 
 
@@ -76,4 +93,22 @@ class GpuStatusView(APIView):
             "current_device": 0 if gpus else None,
             "gpus": gpus,
             "message": message,
+            "workers": WorkerSerializer(_workers(request), many=True).data,
         })
+
+
+def _workers(request):
+    """Workers for this caller: job ids only where the caller may see the job."""
+    from training.services import jobs_visible_to
+
+    workers = workers_document()
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        visible = set()
+    else:
+        held = [w["job_id"] for w in workers if w["job_id"]]
+        visible = set(jobs_visible_to(user).filter(pk__in=held).values_list("pk", flat=True))
+    for worker in workers:
+        if worker["job_id"] and worker["job_id"] not in visible:
+            worker["job_id"] = "another user's job" if user is not None and user.is_authenticated else "busy"
+    return workers

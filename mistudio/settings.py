@@ -1,8 +1,10 @@
 """miStudio settings: every value comes from the environment (see the README's table)."""
 import os
 import secrets
+import socket
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -120,14 +122,26 @@ TEMPLATES = [
     },
 ]
 
+
+def _database(url):
+    """The embedded SQLite file, or PostgreSQL for several hosts; anything else is refused at start-up
+    rather than met later as a half-working backend."""
+    scheme, separator, _ = url.partition("://")
+    if not separator or scheme not in ("sqlite", "postgres", "postgresql", "pgsql"):
+        raise ImproperlyConfigured(
+            f"DATABASE_URL={url!r} is neither SQLite nor PostgreSQL: use sqlite:////absolute/path/db.sqlite3 "
+            "or postgres://USER:PASSWORD@HOST:5432/NAME"
+        )
+    database = dj_database_url.parse(url, conn_max_age=0)
+    if not database["NAME"]:
+        raise ImproperlyConfigured(f"DATABASE_URL={url!r} names no database (the path after the host)")
+    return database
+
+
 # The embedded default is one SQLite file shared by the web process and the worker: WAL lets
 # readers run beside the writer, the busy timeout and IMMEDIATE transactions keep progress writes
-# from meeting "database is locked".
-DATABASES = {
-    "default": dj_database_url.parse(
-        env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}"), conn_max_age=0
-    )
-}
+# from meeting "database is locked". Several hosts share one PostgreSQL instead.
+DATABASES = {"default": _database(env_str("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
@@ -137,6 +151,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory: end-to-end tests start real worker processes that must see it.
     # One per test run (pytest-django deletes it at the end), so two runs in one checkout never clash.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-db-{os.getpid()}.sqlite3")}
+else:
+    # Two test runs against one PostgreSQL server never share (nor drop) each other's test database.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -235,20 +252,68 @@ CPU_BF16 = env_str("MISTUDIO_CPU_BF16", "auto")
 if CPU_BF16 not in ("auto", "on", "off"):
     raise ImproperlyConfigured(f"MISTUDIO_CPU_BF16={CPU_BF16!r}: use auto, on or off")
 ACTIVATIONS_RAM_BUDGET_BYTES = env_int("MISTUDIO_ACTIVATIONS_RAM_BUDGET_BYTES", 4 * 1024**3, minimum=1)
+# A `gpu_ids` job trains as one process per listed GPU (torchrun, DDP). On a machine without a GPU
+# such a job is refused, unless this lets it run as that many CPU processes (gloo): tests, trials.
+DDP_ON_CPU = env_bool("MISTUDIO_DDP_ON_CPU", False)
 
 # Crash recovery: a running job's worker writes a heartbeat; a job whose worker died (its pid is
 # gone on this host, or its heartbeat is older than HEARTBEAT_STALE_S) is re-queued to resume from
 # its last checkpoint, at most MAX_JOB_ATTEMPTS runs in all.
 HEARTBEAT_INTERVAL_S = env_float("MISTUDIO_HEARTBEAT_INTERVAL_S", 5.0, minimum=0.1)
 HEARTBEAT_STALE_S = env_float("MISTUDIO_HEARTBEAT_STALE_S", 120.0, minimum=1.0)
+
+# Workers, one per GPU on any number of hosts (gpus.services). Each registers itself as (host,
+# device) and leases that row while it trains, so two workers never train on one GPU.
+HOST_NAME = env_str("MISTUDIO_HOST_NAME", socket.gethostname())
+# The GPU this worker serves (host numbering), set by `manage.py gpu_worker --gpu N`; empty for a
+# worker that serves the default queue (the CPU, or whichever GPU has the most free memory).
+WORKER_GPU = env_int("MISTUDIO_WORKER_GPU", None, minimum=0)
+# Tests only: a GPU worker that trains on the CPU (no CUDA needed), to exercise leases and routing.
+FAKE_GPU = env_bool("MISTUDIO_FAKE_GPU", False)
+# A worker records that it is alive this often; one unseen for HEARTBEAT_STALE_S counts as gone.
+WORKER_SEEN_INTERVAL_S = env_float("MISTUDIO_WORKER_SEEN_INTERVAL_S", 10.0, minimum=0.1)
+# A queued job whose task has waited this long while a worker that could take it sits idle lost
+# its task (django-q2 workers buffer tasks; a killed worker takes its buffer along): it is queued
+# again. Idle workers look for such jobs (and for running jobs whose worker died) this often.
+QUEUE_STALE_S = env_float("MISTUDIO_QUEUE_STALE_S", 60.0, minimum=1.0)
+WATCHDOG_INTERVAL_S = env_float("MISTUDIO_WATCHDOG_INTERVAL_S", 30.0, minimum=0.1)
 MAX_JOB_ATTEMPTS = env_int("MISTUDIO_MAX_JOB_ATTEMPTS", 3, minimum=1)
 
-# The queue. One worker per GPU (one on a machine with one GPU or none): a job holds a whole GPU.
+
+def _redis_url(url):
+    """A Redis URL, checked now: a typo would otherwise surface as a worker that never sees a job."""
+    from redis.connection import parse_url
+
+    try:
+        parsed = parse_url(url)
+    except ValueError as error:
+        raise ImproperlyConfigured(f"REDIS_URL={url!r}: {error}, e.g. redis://HOST:6379/0") from None
+    database = urlsplit(url).path.strip("/") if "host" in parsed else ""
+    if not (parsed.get("host") or parsed.get("path")) or not (database.isdigit() or database == ""):
+        raise ImproperlyConfigured(
+            f"REDIS_URL={url!r} must name a host and, optionally, a database number: redis://HOST:6379/0"
+        )
+    return url
+
+
+# The queue broker: the ORM broker on the default database unless REDIS_URL names a Redis.
+REDIS_URL = _redis_url(env_str("REDIS_URL")) if env_str("REDIS_URL") else ""
+# Put before every queue key in Redis, so several sites (or test runs) can share one Redis while
+# every queue keeps its name ("mistudio", "mistudio-gpu0", ...). The ORM broker needs none: its
+# queues live in the site's own database.
+QUEUE_PREFIX = env_str("MISTUDIO_QUEUE_PREFIX")
+if QUEUE_PREFIX and not QUEUE_PREFIX.replace("-", "").replace("_", "").isalnum():
+    raise ImproperlyConfigured(f"MISTUDIO_QUEUE_PREFIX={QUEUE_PREFIX!r}: use letters, digits, - and _ only")
+
+# One worker per GPU (one on a machine with one GPU or none): a job holds a whole GPU.
 # `retry` is longer than `timeout` so a long job is never handed to a second worker while it runs,
-# and a failed task is acknowledged and never re-run by the queue (max_attempts=1).
+# and a failed task is acknowledged and never re-run by the queue (max_attempts=1). Redis has no
+# receipts (a task leaves Redis when a worker takes it): a job whose worker dies while training it
+# is re-queued from the database by the crash-recovery sweep, on either broker.
 Q_CLUSTER = {
+    # Every queue's name starts with this: the GPU queues are "mistudio-gpu<N>".
     "name": "mistudio",
-    "orm": "default",
+    **({"redis": REDIS_URL, "broker_class": "mistudio.broker.PrefixedRedis"} if REDIS_URL else {"orm": "default"}),
     "workers": env_int("MISTUDIO_WORKERS", 1, minimum=1),
     "timeout": JOB_TIMEOUT_S,
     "retry": JOB_TIMEOUT_S + 3600,
@@ -261,6 +326,9 @@ Q_CLUSTER = {
     "save_limit": 1000,
     "label": "Task queue",
     "sync": env_bool("MISTUDIO_QUEUE_SYNC", False),
+    # Per-GPU queues share this configuration: `manage.py gpu_worker --gpu N` starts a cluster named
+    # mistudio-gpuN (Q_CLUSTER_NAME), and jobs are routed to it with async_task(cluster=...).
+    "ALT_CLUSTERS": {},
 }
 
 LOGGING = {

@@ -1,5 +1,7 @@
+import os
 import shutil
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import pytest
 from rest_framework.test import APIClient
@@ -7,6 +9,65 @@ from rest_framework.test import APIClient
 pytest_plugins = ["tests.model_fixtures"]
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "samples" / "demo_corpus.txt"
+
+
+def database_url(settings_dict):
+    """The URL of a database as Django's settings describe it: the processes a test starts (a
+    worker, a command) get the test database, on SQLite or PostgreSQL alike."""
+    if settings_dict["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{settings_dict['NAME']}"
+    user = quote(settings_dict["USER"] or "", safe="")
+    if settings_dict["PASSWORD"]:
+        user += ":" + quote(settings_dict["PASSWORD"], safe="")
+    host = quote(settings_dict["HOST"] or "", safe="")  # a socket folder has slashes
+    port = f":{settings_dict['PORT']}" if settings_dict["PORT"] else ""
+    options = f"?{urlencode(settings_dict['OPTIONS'])}" if settings_dict.get("OPTIONS") else ""
+    return f"postgres://{user}@{host}{port}/{quote(settings_dict['NAME'], safe='')}{options}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def queue_apart():
+    """Test runs on one machine share one Redis: each run puts its queue keys under a prefix of its
+    own (and the workers it starts inherit it), so no run takes another's tasks. The ORM broker needs
+    nothing: its queues live in each run's test database."""
+    from django.conf import settings
+
+    prefix = f"{settings.QUEUE_PREFIX or 'mistudio'}-test-{os.getpid()}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(settings, "QUEUE_PREFIX", prefix)
+        patch.setenv("MISTUDIO_QUEUE_PREFIX", prefix)
+        yield prefix
+
+
+@pytest.fixture(autouse=True)
+def empty_queue(queue_apart):
+    """Each test starts with an empty queue on Redis too, as the database's rollback gives it on the
+    ORM broker: nothing a test enqueued is left for the next one (or in Redis after the run)."""
+    from django.conf import settings
+
+    yield
+    if settings.REDIS_URL:
+        import redis
+
+        connection = redis.from_url(settings.REDIS_URL)
+        for key in connection.scan_iter(match=f"{queue_apart}:*"):
+            connection.delete(key)
+
+
+def queued_tasks():
+    """Every task waiting in the queue, decoded, on whichever broker holds it: the ORM broker's rows,
+    or this run's lists in Redis."""
+    from django.conf import settings
+    from django_q.models import OrmQ
+    from django_q.signing import SignedPackage
+
+    if not settings.REDIS_URL:
+        return [row.task for row in OrmQ.objects.order_by("id")]
+    import redis
+
+    connection = redis.from_url(settings.REDIS_URL)
+    keys = sorted(connection.scan_iter(match=f"{settings.QUEUE_PREFIX}:django_q:*:q"))
+    return [SignedPackage.loads(payload.decode()) for key in keys for payload in connection.lrange(key, 0, -1)]
 
 
 @pytest.fixture(autouse=True)

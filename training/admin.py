@@ -41,8 +41,8 @@ class CheckpointInline(admin.TabularInline):
 @admin.register(TrainingJob)
 class TrainingJobAdmin(admin.ModelAdmin):
     list_display = ("id", "page_link", "status_badge", "progress_bar", "model_name", "layer_number",
-                    "current_loss", "owner", "created_at", "completed_at")
-    list_filter = ("status", "architecture", "phase", "quantization", "created_at")
+                    "current_loss", "owner", "worker_host", "created_at", "completed_at")
+    list_filter = ("status", "architecture", "phase", "quantization", "worker_host", "created_at")
     search_fields = ("id", "model_name", "corpus__name", "owner__username", "message")
     date_hierarchy = "created_at"
     actions = ["cancel_jobs"]

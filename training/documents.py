@@ -46,6 +46,7 @@ def result_document(job: TrainingJob) -> dict:
         "error": job.error or None,
         "architecture": job.architecture,
         "k": job.k,
+        "gpu_ids": job.gpu_ids,
         "evaluation": job.evaluation,
         "exports": job.exports,
     }

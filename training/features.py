@@ -57,7 +57,9 @@ def _summary(analysis, index: int) -> dict:
     }
 
 
-def feature_list(job, *, sort="frequency", descending=True, filter="all", page=1, page_size=50) -> dict:
+def feature_list(job, *, sort="frequency", descending=True, filter="all", page=1, page_size=50, query="") -> dict:
+    """query: features whose top-context peak tokens, or promoted tokens, contain this text
+    (case-insensitive); a query that is a number also finds the feature with that index."""
     if sort not in SORTS:
         raise ServiceError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
     if filter not in FILTERS:
@@ -73,6 +75,9 @@ def feature_list(job, *, sort="frequency", descending=True, filter="all", page=1
         indices = indices[frequency > 0]
     elif filter == "dense":
         indices = indices[frequency > DENSE_FRACTION]
+    query = query.strip()
+    if query:
+        indices = indices[_matching(job, analysis, query)[indices]]
     if sort != "index":
         keys = np.asarray(getattr(analysis, sort))[indices]
         # Stable sort on the key, ties broken by index; descending flips the key, not the ties.
@@ -90,10 +95,27 @@ def feature_list(job, *, sort="frequency", descending=True, filter="all", page=1
         "sort": sort,
         "descending": descending,
         "filter": filter,
+        "query": query,
         "total_features": analysis.d_sae,
         "analyzed_tokens": analysis.n_rows,
         "results": results,
     }
+
+
+def _matching(job, analysis, query: str) -> np.ndarray:
+    """[d_sae] bool: which features the query finds."""
+    found = np.zeros(analysis.d_sae, dtype=bool)
+    if query.isdecimal() and int(query) < analysis.d_sae:
+        found[int(query)] = True
+    needle = query.casefold()
+    ids = np.array([i for i, text in _tokens(job).items() if needle in text.casefold()], dtype=np.int64)
+    if ids.size:
+        if analysis.window_tokens is not None:
+            peaks = np.asarray(analysis.window_tokens[:, :, analysis.window])  # [d_sae, top_n]
+            found |= np.isin(peaks, ids).any(axis=1)
+        if analysis.logit_top_ids is not None:
+            found |= np.isin(np.asarray(analysis.logit_top_ids), ids).any(axis=1)
+    return found
 
 
 def feature_detail(job, index: int) -> dict:

@@ -44,16 +44,28 @@ def describe(model_name: str, *, token: str | None = None, any_local_path: bool 
     return DescribedModel(resolved=resolved, config=config, info=info)
 
 
-def check_gpu_request(gpu_id: int | None, quantization: str) -> None:
+def check_gpu_request(gpu_id: int | None, quantization: str, *, gpu_ids: list[int] | None = None) -> None:
+    from gpus.services import gpu_index_served, live_workers
+
     inventory = gpu_inventory()
     count = len(inventory.gpus)
-    if gpu_id is not None and gpu_id >= count:
+    # MISTUDIO_DDP_ON_CPU: a machine without a GPU runs a gpu_ids job as that many CPU processes.
+    missing = [i for i in gpu_ids or () if i >= count and not gpu_index_served(i)]
+    if missing and not (count == 0 and settings.DDP_ON_CPU):
+        if count == 0:
+            raise ServiceError(
+                f"gpu_ids {list(gpu_ids)} were requested but this server has no NVIDIA GPU: leave gpu_ids out to "
+                "train on the CPU."
+            )
+        raise ServiceError(f"gpu_ids: GPU {missing[0]} does not exist: this server has {count} GPU(s), 0 to {count - 1}.")
+    # On many hosts the web server may have no GPU: a GPU is real when a live worker serves it.
+    if gpu_id is not None and gpu_id >= count and not gpu_index_served(gpu_id):
         if count == 0:
             raise ServiceError(
                 f"gpu_id {gpu_id} was requested but this server has no NVIDIA GPU: leave gpu_id null to train on the CPU."
             )
         raise ServiceError(f"gpu_id {gpu_id} does not exist: this server has {count} GPU(s), 0 to {count - 1}.")
-    if quantization not in ("", "none") and count == 0:
+    if quantization not in ("", "none") and count == 0 and not live_workers().filter(gpu_index__isnull=False, fake=False).exists():
         raise ServiceError(
             f"quantization {quantization!r} needs a CUDA GPU (bitsandbytes) and this server has none: use 'none'."
         )
@@ -93,11 +105,23 @@ def _cpu_bf16() -> bool:
 
 def memory_verdict(described, *, quantization, gpu_id, **sizes) -> str:
     """'passed', or a warning with the numbers: an estimate should inform, not refuse."""
+    from gpus.services import live_workers
+
     inventory = gpu_inventory()
-    if inventory.gpus:
-        gpu = inventory.gpus[gpu_id] if gpu_id is not None else max(inventory.gpus, key=lambda g: g.memory_free)
+    local = {g.index: g for g in inventory.gpus}
+    # GPUs of other hosts: their registered total memory (free memory is only known there).
+    remote = [w for w in live_workers().filter(gpu_index__isnull=False, fake=False, memory_total__isnull=False)
+              if gpu_id is None or w.gpu_index == gpu_id]
+    if inventory.gpus and (gpu_id is None or gpu_id in local):
+        gpu = local[gpu_id] if gpu_id is not None else max(inventory.gpus, key=lambda g: g.memory_free)
         available, where = gpu.memory_free, f"GPU {gpu.index}"
         needed = estimate(described, device_kind="cuda", quantization=quantization, **sizes)
+    elif remote:
+        worker = max(remote, key=lambda w: w.memory_total)
+        available, where = worker.memory_total, f"GPU {worker.gpu_index} of {worker.host} (its total memory)"
+        needed = estimate(described, device_kind="cuda", quantization=quantization, **sizes)
+    elif gpu_id is not None:
+        return f"not checked: GPU {gpu_id} is on another host whose worker reported no memory size"
     else:
         available, where = system_memory()[1], "system RAM (no GPU)"
         needed = estimate(described, device_kind="cpu", quantization=None, **sizes)

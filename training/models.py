@@ -65,6 +65,7 @@ class TrainingJob(models.Model):
     max_epochs = models.IntegerField(default=50)
     min_loss = models.FloatField(default=0.01)
     gpu_id = models.IntegerField(null=True, blank=True)
+    gpu_ids = models.JSONField(null=True, blank=True, help_text="GPUs of one host that train the SAE together (DDP), instead of gpu_id.")
     max_sequence_length = models.IntegerField(default=512)
     sae_batch_tokens = models.IntegerField(default=4096, help_text="Tokens per SAE optimizer step.")
     quantization = models.CharField(max_length=8, choices=Quantization.choices, default=Quantization.NONE)
@@ -88,6 +89,9 @@ class TrainingJob(models.Model):
     device = models.CharField(max_length=32, blank=True)
     tokens_per_s = models.FloatField(null=True, blank=True, help_text="Throughput of the current phase.")
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # When its task was last put on a queue: a job queued long after that, while a worker that
+    # could take it is idle, lost its task (a killed worker's buffer) and is put on a queue again.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
     # Which worker runs it, and when that worker last said it was alive (crash recovery).
     attempts = models.IntegerField(default=0, help_text="Runs started, resumed ones included.")
     worker_host = models.CharField(max_length=255, blank=True)

@@ -32,6 +32,24 @@ class _Throttle:
         return False
 
 
+def _slot():
+    from gpus.services import this_device
+
+    return this_device()
+
+
+def _device(job, select_device):
+    """A GPU worker sees only its own GPU (CUDA_VISIBLE_DEVICES), as cuda:0; a fake one (tests)
+    trains on the CPU; the default worker picks as it always has."""
+    if settings.WORKER_GPU is not None:
+        return "cpu" if settings.FAKE_GPU else select_device(0)
+    if job.gpu_ids:
+        from training import ddp
+
+        return ddp.worker_device(job, select_device)
+    return select_device(job.gpu_id)
+
+
 class _Curve:
     """The training curve a job's page draws: one point per progress report, thinned to at most
     MAX_POINTS by dropping every other point (and sampling half as often) whenever it fills up, so
@@ -117,6 +135,14 @@ def job_run(job_id: str, *, on_progress=None) -> TrainingJob | None:
     if job is None:
         logger.info("Job %s is not queued any more; nothing to run", job_id)
         return None
+    from gpus.services import lease_acquire, lease_release
+
+    if not lease_acquire(job):
+        # Another live job trains on this worker's GPU (two workers started on one GPU): the job
+        # goes back to its queue for another worker, and this one trains nothing.
+        time.sleep(settings.WORKER_SEEN_INTERVAL_S)  # not at once: the same busy worker may take it again
+        services.job_requeue(job, f"GPU slot {settings.HOST_NAME}/{_slot()} was busy; waiting for a free worker")
+        return TrainingJob.objects.get(pk=job_id)
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     heartbeat = _Heartbeat(job)
     heartbeat.start()
@@ -140,6 +166,7 @@ def job_run(job_id: str, *, on_progress=None) -> TrainingJob | None:
         services.job_fail(job, f"{type(err).__name__}: {err}")
     finally:
         heartbeat.stop()
+        lease_release(job)
         # Whatever the ending, the token is gone (job_finish wipes it; this covers a crash in it),
         # unless the job went back to the queue to resume and still needs it.
         TrainingJob.objects.filter(pk=job_id).exclude(status=TrainingJob.Status.QUEUED).exclude(
@@ -194,7 +221,7 @@ def _run(job, report, should_stop):
     from engine.devices import select_device
 
     paths = services.job_artifact_paths(job)
-    device = select_device(job.gpu_id)
+    device = _device(job, select_device)
     services.job_update_progress(job.id, device=device, message=f"Loading on {device}")
     report({"phase": "loading", "device": device})
 
@@ -237,14 +264,20 @@ def _run(job, report, should_stop):
             loaded = None  # only next-token evaluation needs the model again: free it now
         activations = load_activations(activations_path)
 
-    result = _train(job, activations, device, paths, should_stop, report)
-    if result.stopped_reason == "cancelled":
+    if job.gpu_ids:
+        from training import ddp
+
+        # None: cancelled before rank 0 could hand back a result.
+        result = ddp.train(job, activations_path, device, paths, should_stop, report)
+    else:
+        result = _train(job, activations, device, paths, should_stop, report)
+    if result is None or result.stopped_reason == "cancelled":
         services.job_finish(
             job,
             status=TrainingJob.Status.CANCELLED,
-            message=f"Cancelled at epoch {result.total_epochs + 1}; checkpoints kept",
+            message=f"Cancelled at epoch {result.total_epochs + 1}; checkpoints kept" if result else "Cancelled; checkpoints kept",
             activations_path=str(activations_path),
-            current_loss=result.final_loss,
+            current_loss=result.final_loss if result else None,
         )
         return
     _finish(job, result, activations, activations_path, extraction, device, paths, report, loaded, texts, should_stop)
@@ -277,10 +310,12 @@ def _extract(job, loaded, texts, out_path, should_stop, report):
     )
 
 
-def _train(job, activations, device, paths, should_stop, report):
-    from engine.trainer import TrainConfig, train_sae
+def train_config(job):
+    """The job's TrainConfig: its row plus this installation's settings. A multi-GPU job's ranks
+    get the one their worker built (training.ddp)."""
+    from engine.trainer import TrainConfig
 
-    config = TrainConfig(
+    return TrainConfig(
         architecture=job.architecture,
         k=job.k,
         target_l0=job.target_l0,
@@ -299,10 +334,24 @@ def _train(job, activations, device, paths, should_stop, report):
         checkpoint_interval_s=settings.CHECKPOINT_INTERVAL_S,
         progress_interval_s=settings.PROGRESS_INTERVAL_S,
     )
-    services.job_update_progress(
-        job.id, phase=TrainingJob.Phase.TRAINING, message=f"Training on {device} - Epoch 1/{job.max_epochs}"
-    )
 
+
+def train_start(job, where):
+    """The job enters training: its TrainConfig, and the checkpoint to resume from (or None)."""
+    config = train_config(job)
+    services.job_update_progress(
+        job.id, phase=TrainingJob.Phase.TRAINING, message=f"Training on {where} - Epoch 1/{job.max_epochs}"
+    )
+    last = job.last_checkpoint
+    resume_from = Path(last.path) if last and Path(last.path).is_file() else None
+    if resume_from is not None:
+        services.job_update_progress(job.id, message=f"Resuming from {resume_from.name}")
+    return config, resume_from
+
+
+def train_callbacks(job, report):
+    """on_progress and on_checkpoint: what training writes to the job row (progress, the curve)
+    and its checkpoint rows; in one process or in rank 0 of a multi-GPU job alike."""
     curve = _Curve(job.training_curve)
 
     def on_progress(p):
@@ -322,17 +371,20 @@ def _train(job, activations, device, paths, should_stop, report):
         report({"phase": "training", "progress": p.progress, "epoch": p.epoch, "loss": p.loss,
                 "total_epochs": p.total_epochs, "message": message})
 
-    last = job.last_checkpoint
-    resume_from = Path(last.path) if last and Path(last.path).is_file() else None
-    if resume_from is not None:
-        services.job_update_progress(job.id, message=f"Resuming from {resume_from.name}")
-
     def on_checkpoint(info):
         # A cancel mid-epoch rewrites the file of the last completed epoch: one row per file.
         Checkpoint.objects.update_or_create(
             job_id=job.id, path=str(info.path), defaults={"epoch": info.epoch, "step": info.step}
         )
 
+    return on_progress, on_checkpoint
+
+
+def _train(job, activations, device, paths, should_stop, report):
+    from engine.trainer import train_sae
+
+    config, resume_from = train_start(job, device)
+    on_progress, on_checkpoint = train_callbacks(job, report)
     return train_sae(
         activations,
         config,

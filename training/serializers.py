@@ -16,6 +16,7 @@ class TrainRequestSerializer(serializers.Serializer):
     max_epochs = serializers.IntegerField(default=50, min_value=1, max_value=100_000, help_text="Passes over all of the job's activations")
     min_loss = serializers.FloatField(default=0.01, min_value=0.0, help_text="Stop once an epoch's mean loss is below this")
     gpu_id = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=0, help_text="GPU to use; null picks the one with the most free memory")
+    gpu_ids = serializers.ListField(child=serializers.IntegerField(min_value=0), required=False, allow_null=True, default=None, min_length=2, max_length=64, help_text="Train on these GPUs of one host together (one process per GPU, DDP): at least 2, distinct; instead of gpu_id")
     max_sequence_length = serializers.IntegerField(default=512, min_value=1, max_value=131_072)
     sae_batch_tokens = serializers.IntegerField(default=4096, min_value=1, max_value=1_048_576, help_text="Tokens per SAE optimizer step")
     quantization = serializers.ChoiceField(choices=TrainingJob.Quantization.values, default="none", help_text="Load the model in 8-bit or 4-bit (CUDA only)")
@@ -137,6 +138,7 @@ class ResultSerializer(serializers.Serializer):
     error = serializers.CharField(allow_null=True)
     architecture = serializers.ChoiceField(choices=TrainingJob.Architecture.values)
     k = serializers.IntegerField(allow_null=True)
+    gpu_ids = serializers.ListField(child=serializers.IntegerField(), allow_null=True, help_text="The GPUs that trained the SAE together (DDP); null for a one-device job")
     evaluation = EvaluationSerializer(allow_null=True)
     exports = ExportsSerializer(allow_null=True)
 
@@ -209,6 +211,7 @@ class FeatureListSerializer(serializers.Serializer):
     sort = serializers.CharField()
     descending = serializers.BooleanField()
     filter = serializers.CharField()
+    query = serializers.CharField(help_text="The q searched for, or empty")
     total_features = serializers.IntegerField()
     analyzed_tokens = serializers.IntegerField()
     results = FeatureSummarySerializer(many=True)

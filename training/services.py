@@ -4,7 +4,6 @@ Every interface (API, admin, CLI, worker task) calls these; none re-implements a
 """
 import logging
 import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +15,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from corpora.services import corpus_for_user
+from gpus.services import pid_alive
 from mistudio import crypto
 from mistudio.errors import Conflict, NotFound, ServiceError
 from training import modelcheck
@@ -42,6 +42,7 @@ class JobRequest:
     max_epochs: int = 50
     min_loss: float = 0.01
     gpu_id: int | None = None
+    gpu_ids: list[int] | None = None  # several GPUs of one host training together (DDP)
     max_sequence_length: int = 512
     sae_batch_tokens: int = 4096
     quantization: str = TrainingJob.Quantization.NONE
@@ -55,7 +56,8 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
     once the transaction commits (the worker must find the row it is handed)."""
     quantization = request.quantization or TrainingJob.Quantization.NONE
     _check_architecture(request)
-    modelcheck.check_gpu_request(request.gpu_id, quantization)
+    _check_gpu_ids(request)
+    modelcheck.check_gpu_request(request.gpu_id, quantization, gpu_ids=request.gpu_ids)
     corpus = None
     model_info = None
     memory_check = ""
@@ -85,7 +87,8 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
             max_sequence_length=request.max_sequence_length,
             sae_batch_tokens=request.sae_batch_tokens,
             layer_number=request.layer_number,
-            gpu_id=request.gpu_id,
+            # A gpu_ids job extracts on its first GPU.
+            gpu_id=request.gpu_id if request.gpu_ids is None else request.gpu_ids[0],
         )
     with transaction.atomic():
         job = TrainingJob.objects.create(
@@ -101,6 +104,7 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
             max_epochs=request.max_epochs,
             min_loss=request.min_loss,
             gpu_id=request.gpu_id,
+            gpu_ids=request.gpu_ids,
             max_sequence_length=request.max_sequence_length,
             sae_batch_tokens=request.sae_batch_tokens,
             quantization=quantization,
@@ -134,11 +138,29 @@ def _check_architecture(request: JobRequest) -> None:
         raise ServiceError(f"target_l0: only applies to jumprelu, not '{architecture}'.")
 
 
+def _check_gpu_ids(request: JobRequest) -> None:
+    ids = request.gpu_ids
+    if ids is None:
+        return
+    if request.gpu_id is not None:
+        raise ServiceError("gpu_ids: give gpu_id (one GPU) or gpu_ids (several GPUs), not both.")
+    if len(ids) < 2:
+        raise ServiceError("gpu_ids: list at least 2 GPUs; for one GPU use gpu_id.")
+    if len(set(ids)) != len(ids):
+        raise ServiceError(f"gpu_ids: {list(ids)} names a GPU more than once.")
+    if min(ids) < 0:
+        raise ServiceError(f"gpu_ids: {list(ids)} has a negative index; GPUs are numbered from 0.")
+
+
 def _enqueue(job_id: str) -> None:
     from django_q.tasks import async_task
 
-    # The task gets the job id and nothing else: django-q2 pickles arguments into its tables.
-    async_task(TASK_PATH, job_id, task_name=job_id)
+    TrainingJob.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
+    from gpus.services import queue_for
+
+    # The task gets the job id and nothing else: django-q2 pickles arguments into its tables. The
+    # queue (django-q2's cluster name) routes it to a worker that has the GPU it needs.
+    async_task(TASK_PATH, job_id, task_name=job_id, cluster=queue_for(TrainingJob.objects.get(pk=job_id)))
 
 
 def optimizations_applied(job: TrainingJob) -> str:
@@ -200,11 +222,20 @@ def job_claim(job_id: str) -> TrainingJob | None:
         message="Starting",
         updated_at=now,
         attempts=F("attempts") + 1,
-        worker_host=socket.gethostname(),
+        worker_host=settings.HOST_NAME,
         worker_pid=os.getpid(),
         heartbeat_at=now,
     )
     return TrainingJob.objects.get(pk=job_id) if claimed else None
+
+
+def job_requeue(job: TrainingJob, message: str) -> None:
+    """Hand a claimed job back to the queue untouched (its attempt not counted)."""
+    updated = TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING).update(
+        status=TrainingJob.Status.QUEUED, phase=TrainingJob.Phase.WAITING, message=message,
+        attempts=F("attempts") - 1, updated_at=timezone.now())
+    if updated:
+        transaction.on_commit(lambda: _enqueue(job.pk))
 
 
 def job_heartbeat(job: TrainingJob) -> bool:
@@ -216,28 +247,16 @@ def job_heartbeat(job: TrainingJob) -> bool:
     )
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def jobs_recover_stale() -> list[str]:
     """Find running jobs whose worker died — its pid is gone on this host, or its heartbeat is
     older than HEARTBEAT_STALE_S anywhere — and queue them again to resume from their last
     checkpoint, failing them after MAX_JOB_ATTEMPTS runs. Runs whenever a worker process starts."""
     now = timezone.now()
     stale_before = now - timedelta(seconds=settings.HEARTBEAT_STALE_S)
-    host = socket.gethostname()
+    host = settings.HOST_NAME
     recovered = []
     for job in TrainingJob.objects.filter(status=TrainingJob.Status.RUNNING):
-        dead_here = job.worker_host == host and not _pid_alive(job.worker_pid)
+        dead_here = job.worker_host == host and not pid_alive(job.worker_pid)
         if not dead_here and job.heartbeat_at and job.heartbeat_at >= stale_before:
             continue
         # Conditional on the heartbeat we saw: if the worker beat in between, it is alive.
@@ -264,6 +283,36 @@ def jobs_recover_stale() -> list[str]:
             logger.warning("Recovered job %s: %s", job.pk, lost)
             recovered.append(job.pk)
     return recovered
+
+
+def jobs_requeue_orphans() -> list[str]:
+    """Queued jobs whose task went missing: still queued QUEUE_STALE_S after their task was put on
+    a queue while a live worker that could run them is idle (a worker buffers tasks while it
+    trains and a killed one takes them along; Redis loses them, the ORM broker holds them for
+    `retry`). Each gets a fresh task; a duplicate task is harmless, as a job is claimed once."""
+    from gpus.services import live_workers
+
+    stale_before = timezone.now() - timedelta(seconds=settings.QUEUE_STALE_S)
+    idle = list(live_workers().filter(job__isnull=True).values_list("gpu_index", flat=True))
+    if not idle:
+        return []
+    requeued = []
+    waiting = TrainingJob.objects.filter(status=TrainingJob.Status.QUEUED, enqueued_at__lt=stale_before)
+    for job in waiting.order_by("created_at"):
+        if job.gpu_ids:
+            can_run = None in idle
+        elif job.gpu_id is not None:
+            can_run = job.gpu_id in idle or None in idle
+        else:
+            can_run = True
+        # Conditional on the timestamp we read: of two sweeps at once, one re-queues.
+        if can_run and TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.QUEUED,
+                                                  enqueued_at=job.enqueued_at).update(enqueued_at=timezone.now()):
+            transaction.on_commit(lambda job_id=job.pk: _enqueue(job_id))
+            requeued.append(job.pk)
+    if requeued:
+        logger.warning("Re-queued jobs whose tasks were lost: %s", ", ".join(requeued))
+    return requeued
 
 
 def job_update_progress(job_id: str, **fields) -> None:
@@ -332,6 +381,7 @@ def job_parameters(job: TrainingJob) -> list[tuple[str, object]]:
         ("Min loss", job.min_loss),
         ("Max sequence length", None if job.activations_file else job.max_sequence_length),
         ("Quantization", job.quantization),
+        ("GPUs (gpu_ids, DDP)", ", ".join(map(str, job.gpu_ids)) if job.gpu_ids else None),
         ("Device", job.device or None),
         ("Attempts", job.attempts),
     ]

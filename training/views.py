@@ -98,6 +98,8 @@ class FeatureListView(APIView):
             OpenApiParameter("filter", str, enum=list(features.FILTERS), default="all",
                              description=f"dead: never fired on the analyzed tokens; dense: fired on more than "
                                          f"{features.DENSE_FRACTION:.0%} of them; alive: fired at least once"),
+            OpenApiParameter("q", str, description="Features whose top-context peak tokens or promoted tokens "
+                                                   "contain this text (case-insensitive), or whose index it is"),
             OpenApiParameter("page", int, default=1),
             OpenApiParameter("page_size", int, default=50, description=f"1 to {features.MAX_PAGE_SIZE}"),
         ],
@@ -118,6 +120,7 @@ class FeatureListView(APIView):
             filter=params.get("filter", "all"),
             page=_int_param(params, "page", 1),
             page_size=_int_param(params, "page_size", 50),
+            query=params.get("q", ""),
         ))
 
 

@@ -1,8 +1,8 @@
 import time
 
 import pytest
-from django_q.models import OrmQ
 
+from tests.conftest import queued_tasks
 from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db
@@ -39,9 +39,9 @@ def test_it_queues_a_job_with_the_seed_defaults_and_answers_the_seed_fields(
     assert job.model_info["total_layers"] == 3 and job.model_info["selected_layer"] == 1
     assert "hf_sentinel_token_123" not in job.encrypted_hf_token
     # Enqueued after commit, with the job id as its only argument.
-    [queued] = OrmQ.objects.all()
-    assert queued.task["args"] == (job.id,)
-    assert queued.task["func"] == "training.tasks.run_training_job"
+    [queued] = queued_tasks()
+    assert queued["args"] == (job.id,)
+    assert queued["func"] == "training.tasks.run_training_job"
 
 
 def test_an_unknown_corpus_is_a_400_that_says_to_upload(alice_api, hub_models):

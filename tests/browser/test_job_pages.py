@@ -10,22 +10,9 @@ try:
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:  # the browser fixture skips these tests, saying what to install
     pass
-from tests.training.test_pipeline import make_job
-from training.models import TrainingJob
-from training.pipeline import job_run
+from tests.features.test_feature_browser import trained as finished_job  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def finished_job(alice, hub_models, settings):
-    settings.FEATURE_TOP_N = 5
-    settings.FEATURE_CONTEXT_WINDOW = 4
-    job = make_job(alice, model_name="tiny/gpt2", layer_number=1, hidden_dim=32, max_epochs=3, min_loss=0,
-                   learning_rate=1e-3, max_sequence_length=24, sae_batch_tokens=256)
-    job = job_run(job.id)
-    assert job.status == TrainingJob.Status.COMPLETED, job.message
-    return job
 
 
 def test_an_owner_browses_curves_features_and_a_features_contexts(browser, live_server, screenshot, finished_job):
@@ -39,8 +26,8 @@ def test_an_owner_browses_curves_features_and_a_features_contexts(browser, live_
     assert browser.find_elements(By.CSS_SELECTOR, "#density rect.bin")
     wait_for(browser, "#feature-table tr.feature-row")
     rows = browser.find_elements(By.CSS_SELECTOR, "#feature-table tr.feature-row")
-    assert 1 <= len(rows) <= 32
-    wait_for_text(browser, "#feature-count", "of 32 features")
+    assert 1 <= len(rows) <= 48
+    wait_for_text(browser, "#feature-count", "of 48 features")
     screenshot("job-page")
 
     # Sorting by index, ascending, puts feature 0 first.
@@ -51,7 +38,7 @@ def test_an_owner_browses_curves_features_and_a_features_contexts(browser, live_
     # The most frequent feature, then its page.
     browser.find_element(By.CSS_SELECTOR, "#feature-sort option[value=frequency]").click()
     browser.find_element(By.CSS_SELECTOR, "#feature-order option[value=desc]").click()
-    wait_for_text(browser, "#feature-count", "of 32 features")
+    wait_for_text(browser, "#feature-count", "of 48 features")
     # Each change of the selects redraws the table: read the link once the redraws have settled.
     target = WebDriverWait(browser, 10, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda driver: driver.find_element(By.CSS_SELECTOR, "#feature-table tr.feature-row a").get_attribute("href"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from tests.conftest import SAMPLE_CORPUS
+from tests.conftest import SAMPLE_CORPUS, database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -24,7 +24,7 @@ def worker_env():
 def worker(settings, hub_models, tmp_path, worker_env):
     env = {
         **os.environ,
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": database_url(connection.settings_dict),
         "MISTUDIO_DATA_DIR": str(settings.DATA_DIR),
         "MISTUDIO_MODELS_DIR": str(settings.MODELS_DIR),
         "MISTUDIO_SECRET_KEY": settings.SECRET_KEY,

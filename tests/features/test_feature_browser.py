@@ -119,3 +119,15 @@ def test_the_pages_show_curves_features_and_contexts_to_the_owner_only(trained, 
     assert trained.id not in client.get("/jobs/").content.decode()
     client.logout()
     assert client.get(f"/jobs/{trained.id}/").status_code == 302  # to the login page
+
+
+def test_a_search_finds_features_by_the_tokens_they_fire_on_or_by_index(trained, alice_api):
+    url = f"/api/v1/train/{trained.id}/features"
+    top = alice_api.get(url, {"page_size": 1}).json()["results"][0]["index"]
+    feature = alice_api.get(f"{url}/{top}").json()
+    peak = next(t for t in feature["top_contexts"][0]["tokens"] if t["peak"])["token"].strip()
+    found = alice_api.get(url, {"q": peak.upper(), "page_size": 500}).json()
+    assert top in [f["index"] for f in found["results"]] and found["query"] == peak.upper()
+    assert 1 <= found["count"] <= 48
+    assert [f["index"] for f in alice_api.get(url, {"q": "7", "page_size": 500}).json()["results"]].count(7) == 1
+    assert alice_api.get(url, {"q": "no token reads like this ☃"}).json()["count"] == 0

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from django_q.models import OrmQ
 
+from tests.conftest import queued_tasks
 from training import services
 from training.models import TrainingJob
 
@@ -33,7 +33,7 @@ def test_a_job_whose_worker_pid_is_gone_is_queued_again(alice, dead_pid):
     assert services.jobs_recover_stale() == [job.id]
     job.refresh_from_db()
     assert job.status == "queued" and "resumes from its last checkpoint" in job.message
-    assert [q.task["args"] for q in OrmQ.objects.all()] == [(job.id,)]
+    assert [task["args"] for task in queued_tasks()] == [(job.id,)]
 
 
 def test_a_live_worker_with_a_fresh_heartbeat_is_left_alone(alice):
@@ -59,7 +59,7 @@ def test_a_job_out_of_attempts_fails_with_a_clear_message(alice, dead_pid, setti
     job.refresh_from_db()
     assert job.status == "failed" and job.encrypted_hf_token == ""
     assert "MISTUDIO_MAX_JOB_ATTEMPTS" in job.message and "out-of-memory" in job.message
-    assert not OrmQ.objects.exists()
+    assert queued_tasks() == []
 
 
 def test_a_lost_job_that_was_being_cancelled_ends_cancelled(alice, dead_pid):

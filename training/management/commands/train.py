@@ -21,6 +21,11 @@ class TrainOptions(serializers.TrainRequestSerializer):
     corpus_file = serializers.serializers.CharField(required=False, allow_blank=True, default="")
 
 
+def gpu_index_list(value: str) -> list[int]:
+    """--gpu-ids 0,1"""
+    return [int(index) for index in value.split(",") if index.strip()]
+
+
 # (option, field, type); defaults and ranges come from the API serializer.
 OPTIONS = [
     ("--layer-number", "layer_number", int),
@@ -32,6 +37,7 @@ OPTIONS = [
     ("--min-loss", "min_loss", float),
     ("--max-sequence-length", "max_sequence_length", int),
     ("--gpu-id", "gpu_id", int),
+    ("--gpu-ids", "gpu_ids", gpu_index_list),
     ("--sae-batch-tokens", "sae_batch_tokens", int),
     ("--quantization", "quantization", str),
     ("--architecture", "architecture", str),

@@ -1,0 +1,28 @@
+from django.db import models
+
+
+class Worker(models.Model):
+    """One worker slot: a GPU of a host (or a host's default-queue worker). Its row is the lease:
+    `job` is set, with one conditional UPDATE, while the slot trains a job, so two workers started
+    on one GPU by mistake never train on it at once. `last_seen_at` says the worker is alive."""
+
+    host = models.CharField(max_length=255)
+    device = models.CharField(max_length=32, help_text="gpuN (the host's GPU N) or default (CPU or any GPU)")
+    gpu_index = models.IntegerField(null=True, blank=True)
+    queue = models.CharField(max_length=64, help_text="The django-q2 queue (cluster name) it takes jobs from")
+    pid = models.IntegerField(null=True, blank=True)
+    gpu_name = models.CharField(max_length=255, blank=True)
+    memory_total = models.BigIntegerField(null=True, blank=True)
+    fake = models.BooleanField(default=False, help_text="Tests only: a GPU slot that trains on the CPU")
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(db_index=True)
+    job = models.OneToOneField("training.TrainingJob", null=True, blank=True, on_delete=models.SET_NULL,
+                               related_name="lease")
+    leased_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["host", "device"], name="one_worker_row_per_host_device")]
+        ordering = ["host", "device"]
+
+    def __str__(self):
+        return f"{self.host}/{self.device}"

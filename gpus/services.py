@@ -1,0 +1,193 @@
+"""Workers on many hosts: registration, liveness, the GPU lease, and which queue a job goes to.
+
+A GPU worker is one `qcluster` started by `manage.py gpu_worker --gpu N`: it sees only GPU N
+(CUDA_VISIBLE_DEVICES) and takes jobs from the queue `mistudio-gpuN`, which every host's GPU-N
+worker shares. A host's plain `manage.py qcluster` serves the default queue `mistudio` (the CPU,
+or whichever of its GPUs has the most free memory; also multi-GPU `gpu_ids` jobs). Every worker
+process registers its (host, device) row when it starts and marks it seen every
+MISTUDIO_WORKER_SEEN_INTERVAL_S; the row's `job` is the lease it holds while training.
+"""
+import logging
+import os
+import threading
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Count
+from django.utils import timezone
+
+from gpus.models import Worker
+
+logger = logging.getLogger("mistudio")
+
+DEFAULT_QUEUE = "mistudio"
+
+
+def gpu_queue(index: int) -> str:
+    return f"{DEFAULT_QUEUE}-gpu{index}"
+
+
+def this_device() -> str:
+    return "default" if settings.WORKER_GPU is None else f"gpu{settings.WORKER_GPU}"
+
+
+def this_queue() -> str:
+    return DEFAULT_QUEUE if settings.WORKER_GPU is None else gpu_queue(settings.WORKER_GPU)
+
+
+def live_workers():
+    return Worker.objects.filter(last_seen_at__gte=timezone.now() - timedelta(seconds=settings.HEARTBEAT_STALE_S))
+
+
+def worker_register() -> Worker:
+    """This process's slot, created or taken over (a restarted worker gets its host/device row)."""
+    now = timezone.now()
+    name, memory = _gpu_identity()
+    worker, _ = Worker.objects.update_or_create(
+        host=settings.HOST_NAME, device=this_device(),
+        defaults={"gpu_index": settings.WORKER_GPU, "queue": this_queue(), "pid": os.getpid(),
+                  "gpu_name": name, "memory_total": memory, "fake": settings.FAKE_GPU and settings.WORKER_GPU is not None,
+                  "started_at": now, "last_seen_at": now},
+    )
+    return worker
+
+
+def _gpu_identity():
+    if settings.WORKER_GPU is None:
+        return "", None
+    if settings.FAKE_GPU:
+        return "fake GPU (trains on the CPU)", None
+    from engine.devices import gpu_inventory  # NVML: no CUDA context
+
+    for gpu in gpu_inventory().gpus:
+        if gpu.index == settings.WORKER_GPU:
+            return gpu.name, gpu.memory_total
+    return "", None
+
+
+def worker_seen() -> None:
+    Worker.objects.filter(host=settings.HOST_NAME, device=this_device()).update(
+        last_seen_at=timezone.now(), pid=os.getpid())
+
+
+class SeenThread(threading.Thread):
+    """Marks this worker seen while it lives, idle or training, and runs the watchdog."""
+
+    def __init__(self):
+        super().__init__(name="worker-seen", daemon=True)
+
+    def run(self):
+        import time
+
+        last_watch = time.monotonic()
+        while True:
+            time.sleep(settings.WORKER_SEEN_INTERVAL_S)
+            try:
+                worker_seen()
+                if time.monotonic() - last_watch >= settings.WATCHDOG_INTERVAL_S:
+                    last_watch = time.monotonic()
+                    _watchdog()
+            except Exception:  # noqa: BLE001 - a database hiccup must not kill the thread
+                logger.exception("Could not record that worker %s/%s is alive", settings.HOST_NAME, this_device())
+            finally:
+                connection.close()
+
+
+def _watchdog():
+    """What every live worker does now and then, idle or not: resume jobs whose worker died, and
+    queue again jobs whose task was lost."""
+    from training.services import jobs_recover_stale, jobs_requeue_orphans
+
+    jobs_recover_stale()
+    jobs_requeue_orphans()
+
+
+def lease_acquire(job) -> bool:
+    """Take this worker's slot for `job`: a compare-and-swap on the slot's own `job` column, so of
+    two workers racing for one slot exactly one wins. A slot held by a job that is no longer
+    running (its worker died mid-job) is free. False when a running job holds it."""
+    from training.models import TrainingJob
+
+    slot = Worker.objects.filter(host=settings.HOST_NAME, device=this_device()).select_related("job").first()
+    if slot is None:
+        slot = worker_register()
+    holder = slot.job
+    if (holder is not None and holder.pk != job.pk and holder.status == TrainingJob.Status.RUNNING
+            and holder.worker_host == slot.host and pid_alive(holder.worker_pid)):
+        return False
+    now = timezone.now()
+    return bool(Worker.objects.filter(pk=slot.pk, job_id=slot.job_id).update(
+        job=job, leased_at=now, last_seen_at=now, pid=os.getpid()))
+
+
+def pid_alive(pid) -> bool:
+    """Whether a process with this pid lives on this host."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lease_release(job) -> None:
+    Worker.objects.filter(job=job).update(job=None, leased_at=None)
+
+
+def queue_for(job) -> str:
+    """Where a job waits. A job for GPU N goes to the GPU-N queue when a live worker serves it;
+    a job with no GPU asked goes to the GPU queue with the least work, free slots first, when GPU
+    workers are live; everything else (one host, the CPU, multi-GPU jobs) to the default queue."""
+    if getattr(job, "gpu_ids", None):
+        return DEFAULT_QUEUE
+    gpu_workers = live_workers().filter(gpu_index__isnull=False)
+    if job.gpu_id is not None:
+        return gpu_queue(job.gpu_id) if gpu_workers.filter(gpu_index=job.gpu_id).exists() else DEFAULT_QUEUE
+    if not gpu_workers.exists():
+        return DEFAULT_QUEUE
+    from training.models import TrainingJob
+
+    slots = {}
+    for worker in gpu_workers:
+        free = worker.job_id is None or worker.job is None or worker.job.status != TrainingJob.Status.RUNNING
+        total, idle = slots.get(worker.gpu_index, (0, 0))
+        slots[worker.gpu_index] = (total + 1, idle + int(free))
+    from django_q.brokers import get_broker
+
+    # Tasks waiting in each GPU queue, from the broker itself (ORM or Redis alike).
+    waiting = {index: get_broker(gpu_queue(index)).queue_size() or 0 for index in slots}
+
+    def load(index):
+        total, idle = slots[index]
+        # Work per slot: what waits, minus what free slots will take at once.
+        return ((waiting[index] - idle) / total, index)
+
+    return gpu_queue(min(slots, key=load))
+
+
+def gpu_index_served(index: int) -> bool:
+    return live_workers().filter(gpu_index=index).exists()
+
+
+def workers_document() -> list[dict]:
+    """Every registered worker, for /health, /gpu/status and the GPU page."""
+    stale_before = timezone.now() - timedelta(seconds=settings.HEARTBEAT_STALE_S)
+    return [
+        {
+            "host": w.host,
+            "device": w.device,
+            "gpu_index": w.gpu_index,
+            "gpu_name": w.gpu_name or None,
+            "queue": w.queue,
+            "pid": w.pid,
+            "fake": w.fake,
+            "last_seen_at": w.last_seen_at,
+            "alive": w.last_seen_at >= stale_before,
+            "job_id": w.job_id,
+        }
+        for w in Worker.objects.select_related("job").all()
+    ]

@@ -1,0 +1,305 @@
+"""A `gpu_ids` job's SAE training: one torchrun run of DistributedDataParallel, one process per GPU.
+
+The worker (training.pipeline) extracts activations as for any job, then `train()` starts
+`python -m torch.distributed.run --standalone --nproc_per_node=N -m training.ddp <job id>` and waits
+for it, watching for cancellation. Each rank runs `main()`: Django (for the database), a process
+group (nccl on GPUs, gloo on the CPU), and engine.trainer.train_sae(distributed=True). Rank 0
+writes progress, the training curve and checkpoint rows with the callbacks of a one-process job
+(pipeline.train_callbacks) and hands its TrainResult back in a file (engine.distributed.save_result);
+the worker loads it and evaluates, exports and analyses the SAE as for any job.
+
+The ranks train with the TrainConfig their worker built (pipeline.train_config), read from
+<models>/<job>_ddp_launch.json with the paths they need; the command line carries the job id only and
+the environment the database URL. On cancel the worker sends SIGTERM to torchrun and to every rank:
+the ranks stop after the same step, rank 0 writes a checkpoint, and SIGKILL follows STOP_GRACE_S
+later for whatever still runs.
+"""
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+from django.conf import settings
+
+from engine.errors import DeviceError, EngineError
+
+logger = logging.getLogger("training")
+
+# torchrun gives its ranks 30 s to exit after SIGTERM; the worker waits a little longer before SIGKILL.
+STOP_GRACE_S = 40.0
+_POLL_S = 0.5
+# A rank that fails says why on one line starting with this; the job's message quotes it.
+_FAILURE_MARK = "miStudio DDP rank failed: "
+_TAIL_CHARS = 2000
+
+
+class DistributedTrainingFailed(EngineError):
+    pass
+
+
+def worker_device(job, select_device) -> str:
+    """Where the worker extracts and evaluates a gpu_ids job: on its first GPU, or on the CPU where
+    MISTUDIO_DDP_ON_CPU lets CPU processes stand in for GPUs."""
+    import torch
+
+    if torch.cuda.is_available():
+        return select_device(job.gpu_ids[0])
+    if settings.DDP_ON_CPU:
+        return "cpu"
+    raise DeviceError(f"gpu_ids {job.gpu_ids} were requested but this worker has no CUDA device")
+
+
+def train(job, activations_path, device, paths, should_stop, report):
+    """Rank 0's TrainResult; None when the job was cancelled before rank 0 could hand one back."""
+    from engine.distributed import load_result
+    from training.pipeline import train_start
+
+    cuda = str(device).startswith("cuda")
+    count = len(job.gpu_ids)
+    where = f"GPUs {', '.join(map(str, job.gpu_ids))} (DDP)" if cuda else f"{count} CPU processes (DDP)"
+    config, resume_from = train_start(job, where)
+    files = _files(job)
+    files["result"].unlink(missing_ok=True)
+    files["log"].unlink(missing_ok=True)
+    files["launch"].write_text(json.dumps({
+        "config": asdict(config),
+        "cuda": cuda,
+        "activations_path": str(activations_path),
+        "checkpoint_dir": str(paths["checkpoint_dir"]),
+        "resume_from": str(resume_from) if resume_from else None,
+        "result_path": str(files["result"]),
+    }))
+    if cuda:
+        import torch
+
+        # Rank 0 shares the worker's GPU: hand back what extraction cached.
+        torch.cuda.empty_cache()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}",
+               "-m", "training.ddp", job.id]
+    logger.info("Job %s: training on %s under torchrun", job.id, where)
+    # Appending (O_APPEND): lines that ranks write at the same moment never overwrite each other.
+    with open(files["log"], "ab") as log:
+        # A session of its own: torchrun's group can be signalled without touching the worker.
+        process = subprocess.Popen(command, cwd=settings.BASE_DIR, env=_environment(job, cuda), stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    try:
+        cancelled = _wait(job, process, should_stop, report)
+    except BaseException:
+        # The job was taken from this worker (JobLost) or the worker failed: nothing more from the ranks.
+        _stop(process, grace_s=0)
+        raise
+    finally:
+        files["launch"].unlink(missing_ok=True)
+    if not cancelled and process.returncode != 0:
+        raise DistributedTrainingFailed(
+            f"torchrun ({count} processes) exited with status {process.returncode}: {_failure(files['log'])} "
+            f"(its output: {files['log']})"
+        )
+    result = load_result(files["result"]) if files["result"].is_file() else None
+    if result is None and not cancelled:
+        raise DistributedTrainingFailed(f"torchrun exited cleanly but rank 0 left no result: {_failure(files['log'])}")
+    files["result"].unlink(missing_ok=True)
+    files["log"].unlink(missing_ok=True)
+    return result
+
+
+def _files(job) -> dict[str, Path]:
+    from training import services
+
+    folder = services.job_artifact_paths(job)["checkpoint_dir"]
+    return {"launch": folder / f"{job.id}_ddp_launch.json", "result": folder / f"{job.id}_ddp_result.pt",
+            "log": folder / f"{job.id}_ddp.log"}
+
+
+def _environment(job, cuda: bool) -> dict[str, str]:
+    """The worker's own environment (the ranks need what it was started with), pointed at the
+    database and data folder this worker actually uses (a test's, say), and at the job's GPUs."""
+    from django.db import connection
+
+    env = {
+        "DJANGO_SETTINGS_MODULE": "mistudio.settings",
+        **os.environ,
+        "DATABASE_URL": _database_url(connection.settings_dict),
+        "MISTUDIO_DATA_DIR": str(settings.DATA_DIR),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(settings.BASE_DIR), os.environ.get("PYTHONPATH")])),
+    }
+    if cuda:
+        # Rank r trains on cuda:r, the r-th listed GPU. NVML (and so gpu_ids) numbers GPUs by PCI
+        # bus; CUDA's default order may differ.
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, job.gpu_ids))
+    return env
+
+
+def _database_url(db) -> str:
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    user = quote(db["USER"] or "", safe="")
+    if db["PASSWORD"]:
+        user += ":" + quote(db["PASSWORD"], safe="")
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    options = f"?{urlencode(db['OPTIONS'])}" if db.get("OPTIONS") else ""
+    return f"postgres://{user}@{quote(db['HOST'] or '', safe='')}{port}/{quote(db['NAME'], safe='')}{options}"
+
+
+def _wait(job, process, should_stop, report) -> bool:
+    """Wait for torchrun to exit; True when the job was cancelled meanwhile (the ranks then stopped)."""
+    from training.models import TrainingJob
+
+    while True:
+        try:
+            process.wait(timeout=_POLL_S)
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+        if should_stop():
+            _stop(process, grace_s=STOP_GRACE_S)
+            return True
+        # Rank 0 writes progress to the job row; a terminal's progress bar follows it from there.
+        row = TrainingJob.objects.filter(pk=job.pk).values("progress", "current_epoch", "current_loss", "message").first()
+        if row and row["current_loss"] is not None:
+            report({"phase": "training", "progress": row["progress"], "epoch": max(1, row["current_epoch"]),
+                    "loss": row["current_loss"], "total_epochs": job.max_epochs, "message": row["message"]})
+
+
+def _stop(process, *, grace_s: float) -> None:
+    """SIGTERM to torchrun and to every rank (each rank runs in a session of its own, so a signal to
+    torchrun's group misses them), then SIGKILL to whatever still runs after grace_s."""
+    pids = {process.pid, *_descendants(process.pid)}
+    if grace_s > 0:
+        _signal(pids, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+            process.poll()  # reap torchrun as soon as it exits
+            time.sleep(0.1)
+    _signal({pid for pid in pids if _running(pid)}, signal.SIGKILL)
+    process.wait()
+
+
+def _signal(pids, signum) -> None:
+    for pid in pids:
+        try:
+            os.killpg(pid, signum)  # torchrun and each rank lead their own process group
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc (empty where there is none)."""
+    children = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            parent = int((entry / "stat").read_bytes().rpartition(b")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _failure(log: Path) -> str:
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    # Ranks usually fail alike: each reason once.
+    reasons = [line[len(_FAILURE_MARK):] for line in text.splitlines() if line.startswith(_FAILURE_MARK)]
+    if reasons:
+        return "; ".join(dict.fromkeys(reasons))
+    return text[-_TAIL_CHARS:].strip() or "it wrote nothing to stderr"
+
+
+def main(job_id: str) -> None:
+    """One rank, started by torchrun (RANK, LOCAL_RANK, WORLD_SIZE and the rendezvous in its env)."""
+    import django
+
+    django.setup()
+
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from django.db import connection
+
+    from engine.activations import load_activations
+    from engine.distributed import save_result
+    from engine.trainer import TrainConfig, train_sae
+    from training.models import TrainingJob
+    from training.pipeline import train_callbacks
+
+    # SIGTERM (a cancel, from the worker or from torchrun) stops training after the current step.
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    job = TrainingJob.objects.get(pk=job_id)
+    launch = json.loads(_files(job)["launch"].read_text())
+    device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if launch["cuda"] else "cpu"
+    if launch["cuda"]:
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=torch.device(device))
+    else:
+        dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    try:
+        config = TrainConfig(**launch["config"])
+        if config.ram_budget_bytes is not None:
+            config.ram_budget_bytes //= dist.get_world_size()  # the budget is the host's, and every rank loads a copy
+        path = Path(launch["activations_path"])
+        # The worker checked the cache already; a .npy is mapped, not read.
+        activations = np.load(path, mmap_mode="r") if path.suffix == ".npy" else load_activations(path)
+        on_progress, on_checkpoint = train_callbacks(job, lambda event: None) if rank == 0 else (None, None)
+        result = train_sae(
+            activations, config, device=device, checkpoint_dir=Path(launch["checkpoint_dir"]),
+            checkpoint_prefix=job.id, on_progress=on_progress, on_checkpoint=on_checkpoint,
+            should_stop=_stop_check(stopping, job.worker_pid if rank == 0 else None),
+            resume_from=launch["resume_from"], distributed=True,
+        )
+        if rank == 0:
+            save_result(result, Path(launch["result_path"]))
+    except Exception as err:
+        line = f"{_FAILURE_MARK}{type(err).__name__}: {err}".replace("\n", " ")
+        sys.stderr.flush()
+        os.write(sys.stderr.fileno(), (line + "\n").encode())  # one write: one line, whole
+        raise
+    finally:
+        dist.destroy_process_group()
+        connection.close()
+
+
+def _stop_check(stopping, worker_pid):
+    def should_stop():
+        if worker_pid is not None and not _running(worker_pid):
+            # The worker died: its job will resume elsewhere from the last checkpoint, so write nothing more.
+            raise DistributedTrainingFailed(f"the worker (pid {worker_pid}) that started this run is gone")
+        return stopping.is_set()
+
+    return should_stop
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
