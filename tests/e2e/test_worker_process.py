@@ -20,9 +20,9 @@ def worker_env():
     return {}
 
 
-@pytest.fixture
-def worker(settings, hub_models, tmp_path, worker_env):
-    env = {
+def worker_process_env(settings, **extra):
+    """The environment of a worker the tests start: the test database, data folders and key."""
+    return {
         **os.environ,
         "DATABASE_URL": database_url(connection.settings_dict),
         "MISTUDIO_DATA_DIR": str(settings.DATA_DIR),
@@ -30,13 +30,19 @@ def worker(settings, hub_models, tmp_path, worker_env):
         "MISTUDIO_SECRET_KEY": settings.SECRET_KEY,
         "MISTUDIO_QUEUE_POLL_S": "0.2",
         "MISTUDIO_PROGRESS_INTERVAL_S": "0.2",
-        "MISTUDIO_CHECKPOINT_EVERY_EPOCHS": "1",
-        **worker_env,
+        **extra,
     }
-    log = open(tmp_path / "qcluster.log", "wb")
-    process = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=log,
+
+
+def start_cluster(command, env, log_path):
+    log = open(log_path, "wb")
+    process = subprocess.Popen([sys.executable, "manage.py", *command], cwd=ROOT, env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
-    yield process
+    process.log = log
+    return process
+
+
+def stop_cluster(process):
     # The cluster's parent stops its workers in order; a signal to the whole group races that.
     process.send_signal(signal.SIGTERM)
     try:
@@ -44,7 +50,15 @@ def worker(settings, hub_models, tmp_path, worker_env):
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    log.close()
+    process.log.close()
+
+
+@pytest.fixture
+def worker(settings, hub_models, tmp_path, worker_env):
+    env = worker_process_env(settings, MISTUDIO_CHECKPOINT_EVERY_EPOCHS="1", **worker_env)
+    process = start_cluster(["qcluster"], env, tmp_path / "qcluster.log")
+    yield process
+    stop_cluster(process)
 
 
 def wait_for(api, job_id, predicate, timeout_s=180):

@@ -1,55 +1,31 @@
 """Two hosts with one GPU each (fake GPUs: real `manage.py gpu_worker` processes that train on the
 CPU), four jobs: every job completes, and no GPU ever trains two jobs at once."""
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from gpus.models import Worker
-from tests.conftest import SAMPLE_CORPUS, database_url
-from tests.e2e.test_worker_process import submit, wait_for
+from tests.conftest import SAMPLE_CORPUS
+from tests.e2e.test_worker_process import start_cluster, stop_cluster, submit, wait_for, worker_process_env
 from training.models import TrainingJob
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
 def two_hosts(settings, hub_models, tmp_path):
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(connection.settings_dict),
-        "MISTUDIO_DATA_DIR": str(settings.DATA_DIR),
-        "MISTUDIO_MODELS_DIR": str(settings.MODELS_DIR),
-        "MISTUDIO_SECRET_KEY": settings.SECRET_KEY,
-        "MISTUDIO_QUEUE_POLL_S": "0.2",
-        "MISTUDIO_PROGRESS_INTERVAL_S": "0.2",
-        "MISTUDIO_WORKER_SEEN_INTERVAL_S": "0.5",
+    env = worker_process_env(
+        settings,
+        MISTUDIO_WORKER_SEEN_INTERVAL_S="0.5",
         # A job whose task waits in a busy host's buffer goes to the idle host within seconds.
-        "MISTUDIO_QUEUE_STALE_S": "3",
-        "MISTUDIO_WATCHDOG_INTERVAL_S": "1",
-    }
-    processes = []
-    for host in ("host-a", "host-b"):
-        log = open(tmp_path / f"{host}.log", "wb")
-        processes.append((subprocess.Popen(
-            [sys.executable, "manage.py", "gpu_worker", "--gpu", "0", "--fake", "--host-name", host],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log))
-    yield [p for p, _ in processes]
-    for process, log in processes:
-        process.send_signal(signal.SIGTERM)
-    for process, log in processes:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+        MISTUDIO_QUEUE_STALE_S="3",
+        MISTUDIO_WATCHDOG_INTERVAL_S="1",
+    )
+    processes = [start_cluster(["gpu_worker", "--gpu", "0", "--fake", "--host-name", host], env, tmp_path / f"{host}.log")
+                 for host in ("host-a", "host-b")]
+    yield processes
+    for process in processes:
+        stop_cluster(process)
 
 
 def test_four_jobs_on_two_hosts_complete_and_no_gpu_runs_two_at_once(alice_api, upload, two_hosts, charlie_api):
