@@ -3,10 +3,13 @@ folder (so every library loads it through from_pretrained, offline), GPT-2's rea
 a corpus built from samples/demo_corpus.txt.
 """
 
+import cProfile
 import os
 import platform
+import pstats
 import shutil
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -101,3 +104,19 @@ def machine() -> str:
         pass
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
             f"Python {platform.python_version()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+
+
+def timed(name, fn, profile: bool, top: int = 15):
+    """(fn(), seconds); with `profile`, prints cProfile's top entries by internal time."""
+    profiler = cProfile.Profile() if profile else None
+    started = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    result = fn()
+    if profiler:
+        profiler.disable()
+    seconds = time.perf_counter() - started
+    if profiler:
+        print(f"--- cProfile, {name}: top {top} by internal time")
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+    return result, seconds

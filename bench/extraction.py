@@ -11,12 +11,9 @@ Run in the bench venv, from the repository root:
 """
 
 import argparse
-import cProfile
 import os
-import pstats
 import random
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -113,20 +110,11 @@ def main():
         timings = {"baseline": [], "ours": []}
         for repeat in range(args.repeats):
             for name, fn in (("baseline", baseline), ("ours", ours)):
-                profiler = cProfile.Profile() if args.profile and repeat == 0 else None
-                started = time.perf_counter()
-                if profiler:
-                    profiler.enable()
-                result = fn()
-                if profiler:
-                    profiler.disable()
-                timings[name].append(time.perf_counter() - started)
-                print(f"repeat {repeat + 1}: {name} {timings[name][-1]:.1f} s", flush=True)
+                result, seconds = _setup.timed(name, fn, args.profile and repeat == 0, top=12)
+                timings[name].append(seconds)
+                print(f"repeat {repeat + 1}: {name} {seconds:.1f} s", flush=True)
                 if name == "baseline":
                     baseline_real, baseline_padded = result
-                if profiler:
-                    print(f"--- cProfile, {name}: top 12 by internal time")
-                    pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
         timings = {name: min(times) for name, times in timings.items()}
 
         ours_rows = np.load(tmp / "ours.npy", mmap_mode="r")

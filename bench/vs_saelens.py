@@ -21,13 +21,10 @@ Run in the bench venv, from the repository root:
 """
 
 import argparse
-import cProfile
 import math
 import os
-import pstats
 import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -58,19 +55,8 @@ def explained_variance_and_l0(encode, decode, x: torch.Tensor) -> tuple[float, f
 
 
 def timed(name, fn, profile: bool):
-    profiler = cProfile.Profile() if profile else None
-    torch.manual_seed(0)
-    started = time.perf_counter()
-    if profiler:
-        profiler.enable()
-    result = fn()
-    if profiler:
-        profiler.disable()
-    seconds = time.perf_counter() - started
-    if profiler:
-        print(f"--- cProfile, {name}: top 15 by internal time")
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
-    return result, seconds
+    torch.manual_seed(0)  # both libraries start from the same global RNG state
+    return _setup.timed(name, fn, profile)
 
 
 def our_config(args) -> TrainConfig:

@@ -5,6 +5,7 @@ must never create a CUDA context (workers are forked), so NVML is used for the i
 is imported only inside select_device(), which only the worker calls.
 """
 
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -103,10 +104,11 @@ def select_device(gpu_id: int | None) -> str:
 CPU_BF16_CHOICES = ("auto", "on", "off")
 
 
+@functools.cache
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX, Sapphire Rapids and
     later): there a bf16 matmul runs several times faster than float32 (bench/RESULTS.md). Reads
-    the kernel's CPU flags, so the web process can ask without importing torch."""
+    the kernel's CPU flags once per process, so the web process can ask without importing torch."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
             for line in cpuinfo:

@@ -4,6 +4,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 
 from engine.devices import gpu_inventory, system_memory
+from gpus.services import workers_document
 from training.models import TrainingJob
 from training.services import jobs_visible_to
 
@@ -39,16 +40,5 @@ def gpu_page(request):
         "ram_total_gb": total / GB,
         "ram_available_gb": available / GB,
         "cpu_jobs": [{"id": job.id, "visible": job.id in visible} for job in cpu_jobs],
-        "workers": _workers(request.user),
+        "workers": workers_document(request.user),
     })
-
-
-def _workers(user):
-    from gpus.services import workers_document
-
-    workers = workers_document()
-    held = [w["job_id"] for w in workers if w["job_id"]]
-    visible = set(jobs_visible_to(user).filter(pk__in=held).values_list("pk", flat=True))
-    for worker in workers:
-        worker["job_visible"] = worker["job_id"] in visible
-    return workers

@@ -172,8 +172,22 @@ def gpu_index_served(index: int) -> bool:
     return live_workers().filter(gpu_index=index).exists()
 
 
-def workers_document() -> list[dict]:
-    """Every registered worker, for /health, /gpu/status and the GPU page."""
+def workers_document(user=None) -> list[dict]:
+    """Every registered worker, for /health, /gpu/status and the GPU page. `job_visible` says
+    whether `user` (None: an anonymous caller) may see the job a worker holds."""
+    from training.services import jobs_visible_to
+
+    workers = _workers()
+    held = [w["job_id"] for w in workers if w["job_id"]]
+    visible = set()
+    if user is not None and user.is_authenticated and held:
+        visible = set(jobs_visible_to(user).filter(pk__in=held).values_list("pk", flat=True))
+    for worker in workers:
+        worker["job_visible"] = worker["job_id"] in visible
+    return workers
+
+
+def _workers() -> list[dict]:
     stale_before = timezone.now() - timedelta(seconds=settings.HEARTBEAT_STALE_S)
     return [
         {

@@ -98,17 +98,11 @@ class GpuStatusView(APIView):
 
 
 def _workers(request):
-    """Workers for this caller: job ids only where the caller may see the job."""
-    from training.services import jobs_visible_to
-
-    workers = workers_document()
+    """Workers for this caller: a held job's id only where the caller may see that job."""
     user = getattr(request, "user", None)
-    if user is None or not user.is_authenticated:
-        visible = set()
-    else:
-        held = [w["job_id"] for w in workers if w["job_id"]]
-        visible = set(jobs_visible_to(user).filter(pk__in=held).values_list("pk", flat=True))
+    workers = workers_document(user)
     for worker in workers:
-        if worker["job_id"] and worker["job_id"] not in visible:
+        if worker["job_id"] and not worker.pop("job_visible"):
             worker["job_id"] = "another user's job" if user is not None and user.is_authenticated else "busy"
+        worker.pop("job_visible", None)
     return workers

@@ -1,6 +1,7 @@
 """One training run, from a claimed job to its artifacts. Runs in a worker process or in
 `manage.py train`; the engine does the work, this module keeps the job row up to date."""
 import logging
+import math
 import os
 import threading
 import time
@@ -59,9 +60,6 @@ class _Curve:
     MAX_POINTS = 400
 
     def __init__(self, points):
-        import math
-
-        self._finite = math.isfinite
         self.points = [p for p in (points or []) if isinstance(p, dict)]
         self.stride = 1
         while len(self.points) > self.MAX_POINTS:
@@ -80,7 +78,7 @@ class _Curve:
             return
         self.skipped = 0
         # JSON has no NaN: a metric not measured yet is null.
-        self.points.append({k: (v if not isinstance(v, float) or self._finite(v) else None) for k, v in point.items()})
+        self.points.append({k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in point.items()})
         if len(self.points) > self.MAX_POINTS:
             self._thin()
 

@@ -15,6 +15,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from corpora.services import corpus_for_user
+from engine.devices import cpu_uses_bf16
 from gpus.services import pid_alive
 from mistudio import crypto
 from mistudio.errors import Conflict, NotFound, ServiceError
@@ -167,7 +168,7 @@ def optimizations_applied(job: TrainingJob) -> str:
     """What this job will do to save time and memory, in the seed's words."""
     applied = [
         f"extraction stops after block {job.layer_number} under inference mode",
-        "bf16 weights on GPU, fp32 on CPU",
+        f"bf16 weights on GPU, {'bf16' if cpu_uses_bf16(settings.CPU_BF16) else 'fp32'} on CPU (MISTUDIO_CPU_BF16)",
     ]
     if job.quantization != TrainingJob.Quantization.NONE:
         applied.append(f"{job.quantization} quantization")
