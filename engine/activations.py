@@ -1,7 +1,8 @@
 """Per-token activations of one transformer block, streamed to a float16 .npy file.
 
 Rows are the non-padding tokens of every sequence, in corpus order (sequence 0's tokens, then
-sequence 1's, ...); the trainer shuffles them anyway. Only blocks 0..layer_number run: a hook on
+sequence 1's, ...); batches run in another order (by length, see _plan), which is kept beside
+the file (`<stem>_arrival.npy`) because a trainer overlapping extraction sees rows in that order. Only blocks 0..layer_number run: a hook on
 the chosen block copies its output and stops the forward there.
 """
 
@@ -34,6 +35,7 @@ class ExtractionResult:
     dtype: str = "float32"  # what the model computed in (the rows are stored as float16 regardless)
     tokens_path: Path | None = None  # token id of every row (int32), see token_index_paths
     sequence_starts_path: Path | None = None  # first row of every non-empty sequence (int64)
+    overlapped: bool = False  # ran in an ExtractionStream, beside a trainer
 
 
 def token_index_paths(activations_path: Path) -> tuple[Path, Path]:
@@ -58,6 +60,62 @@ class _StopForward(Exception):
     """Raised by the capture hook so blocks after the chosen layer never run."""
 
 
+@dataclass
+class _Plan:
+    """What an extraction will compute, known before the model runs: the token ids, where each
+    sequence's rows go in the file, and the batches in the order they run."""
+
+    ids: list
+    lengths: np.ndarray
+    offsets: np.ndarray
+    batches: list  # lists of sequence numbers, in the order they run
+    n_tokens: int
+    d_model: int
+    n_texts: int
+
+    def arrival_rows(self) -> np.ndarray:
+        """Row numbers in the order extraction writes them (batch after batch)."""
+        order = np.fromiter((i for batch in self.batches for i in batch), dtype=np.int64)
+        return _concat_ranges(self.offsets[order], self.lengths[order])
+
+    def arrival_sequences(self) -> np.ndarray:
+        """The batches' order as positions among the non-empty sequences (the sequence-starts file)."""
+        position = np.cumsum(self.lengths > 0) - 1
+        return np.fromiter((position[i] for batch in self.batches for i in batch), dtype=np.int64)
+
+
+def _plan(loaded: LoadedModel, texts, *, layer_number: int, batch_size: int, max_sequence_length: int, seed: int) -> _Plan:
+    total_layers = num_layers(loaded.config)
+    if not 0 <= layer_number < total_layers:
+        raise EngineError(f"Layer {layer_number} does not exist: this model has layers 0 to {total_layers - 1}")
+    if batch_size < 1 or max_sequence_length < 1:
+        raise EngineError("batch_size and max_sequence_length must be at least 1")
+    encoded = loaded.tokenizer(list(texts), truncation=True, max_length=max_sequence_length, padding=False)
+    ids = encoded["input_ids"]
+    lengths = np.array([len(seq) for seq in ids], dtype=np.int64)
+    n_tokens = int(lengths.sum())
+    if n_tokens == 0:
+        raise EngineError("The corpus produced no tokens: give it some text")
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    # Sorting by length puts similar lengths in one batch, so little compute goes to padding. The
+    # longest batch runs first (a batch too large for memory fails at once); the others run in a
+    # seeded random order, so rows reach a trainer that starts before extraction ends (the first
+    # epoch of an overlapped run) as a mix of the whole corpus, not longest first.
+    order = [i for i in np.argsort(-lengths, kind="stable") if lengths[i] > 0]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rest = np.random.default_rng(seed).permutation(len(batches) - 1) + 1
+    batches = [batches[0]] + [batches[i] for i in rest]
+    return _Plan(ids=ids, lengths=lengths, offsets=offsets, batches=batches, n_tokens=n_tokens,
+                 d_model=hidden_size(loaded.config), n_texts=len(texts))
+
+
+def _concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """[s0, s0+1, ..., s0+l0-1, s1, ...] without a Python loop."""
+    total = int(lengths.sum())
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - (ends - lengths), lengths) + np.arange(total, dtype=np.int64)
+
+
 def extract_activations(
     loaded: LoadedModel,
     texts: list[str],
@@ -68,30 +126,142 @@ def extract_activations(
     out_path: Path,
     on_progress: Callable[[int, int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    seed: int = 0,
 ) -> ExtractionResult:
-    import torch
-
-    total_layers = num_layers(loaded.config)
-    if not 0 <= layer_number < total_layers:
-        raise EngineError(f"Layer {layer_number} does not exist: this model has layers 0 to {total_layers - 1}")
-    if batch_size < 1 or max_sequence_length < 1:
-        raise EngineError("batch_size and max_sequence_length must be at least 1")
-
+    """Extract every row to out_path, then return. See ExtractionStream for the same work in a
+    background thread while a trainer consumes the rows."""
     started = time.monotonic()
-    encoded = loaded.tokenizer(list(texts), truncation=True, max_length=max_sequence_length, padding=False)
-    ids = encoded["input_ids"]
-    lengths = np.array([len(seq) for seq in ids], dtype=np.int64)
-    n_tokens = int(lengths.sum())
-    if n_tokens == 0:
-        raise EngineError("The corpus produced no tokens: give it some text")
-    d_model = hidden_size(loaded.config)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-
+    plan = _plan(loaded, texts, layer_number=layer_number, batch_size=batch_size,
+                 max_sequence_length=max_sequence_length, seed=seed)
     out_path = Path(out_path)
+    rows, partial = _open_partial(out_path, plan)
+    try:
+        positions = _run_batches(loaded, plan, rows, layer_number=layer_number, on_progress=on_progress,
+                                 should_stop=should_stop)
+        return _finish(plan, rows, partial, out_path, loaded, started, positions)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+class ExtractionStream:
+    """extract_activations in a background thread, its rows readable while it runs: a trainer
+    waits for the rows it needs (`wait`) and steps on them while the model computes the next batch.
+    The rows arrive in a fixed order known at the start (`arrival`), so what a consumer computes
+    from them does not depend on timing.
+
+    Progress callbacks run in the consumer's thread (inside `wait` and `result`), never in the
+    producer's, so a caller's callbacks may use thread-bound resources such as a database connection.
+    """
+
+    def __init__(self, loaded: LoadedModel, texts: list[str], *, layer_number: int, batch_size: int,
+                 max_sequence_length: int, out_path: Path,
+                 on_progress: Callable[[int, int, int], None] | None = None, seed: int = 0):
+        import threading
+
+        self._started = time.monotonic()
+        self._plan = _plan(loaded, texts, layer_number=layer_number, batch_size=batch_size,
+                           max_sequence_length=max_sequence_length, seed=seed)
+        self.out_path = Path(out_path)
+        self.array, self._partial = _open_partial(self.out_path, self._plan)
+        self.shape = self.array.shape
+        self.arrival = self._plan.arrival_rows()
+        ends = np.cumsum([int(self._plan.lengths[batch].sum()) for batch in self._plan.batches])
+        self._batch_ends = ends
+        self._on_progress = on_progress
+        self._lock = threading.Condition()
+        self._published = 0  # rows of `arrival` written so far
+        self._events: list = []
+        self._error: BaseException | None = None
+        self._result: ExtractionResult | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._produce, args=(loaded, layer_number), name="activation-extraction", daemon=True
+        )
+        self._thread.start()
+
+    def _produce(self, loaded, layer_number):
+        batch_number = 0
+
+        def on_progress(done, total, tokens):
+            nonlocal batch_number
+            with self._lock:
+                self._published = int(self._batch_ends[batch_number])
+                self._events.append((done, total, tokens))
+                self._lock.notify_all()
+            batch_number += 1
+
+        try:
+            positions = _run_batches(loaded, self._plan, self.array, layer_number=layer_number,
+                                     on_progress=on_progress, should_stop=self._stop.is_set)
+            result = _finish(self._plan, self.array, self._partial, self.out_path, loaded, self._started, positions,
+                             overlapped=True)
+            with self._lock:
+                self._result = result
+                self._lock.notify_all()
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            self._partial.unlink(missing_ok=True)
+            with self._lock:
+                self._error = err
+                self._lock.notify_all()
+
+    def wait(self, n_rows: int, timeout: float | None = None) -> bool:
+        """True once the first n_rows of `arrival` are written; False after timeout seconds.
+        Raises what stopped the extraction (a cancel, a NaN layer, out of memory...)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self._published >= n_rows or self._result is not None:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._lock.wait(remaining)
+            ready = self._published >= n_rows or self._result is not None
+            events, self._events = self._events, []
+        self._deliver(events)
+        return ready
+
+    def result(self) -> ExtractionResult:
+        """Wait for the whole extraction; the complete file is then at out_path."""
+        self._thread.join()
+        self.wait(0)
+        with self._lock:
+            events, self._events = self._events, []
+        self._deliver(events)
+        return self._result
+
+    @property
+    def error(self) -> BaseException | None:
+        """What stopped the extraction, if anything did."""
+        with self._lock:
+            return self._error
+
+    def close(self) -> None:
+        """Stop the extraction (if it still runs) and wait for its thread; the partial file goes."""
+        self._stop.set()
+        self._thread.join()
+
+    def _deliver(self, events):
+        if self._on_progress is not None:
+            for event in events:
+                self._on_progress(*event)
+
+
+def _open_partial(out_path: Path, plan: _Plan):
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # Written under a temporary name and renamed at the end, so a file at out_path is always complete.
     partial = out_path.with_name(out_path.name + ".partial")
-    rows = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(n_tokens, d_model))
+    rows = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(plan.n_tokens, plan.d_model))
+    return rows, partial
+
+
+def _run_batches(loaded, plan: _Plan, rows, *, layer_number, on_progress, should_stop) -> int:
+    """Run the plan's batches, writing each sequence's rows at its offset; the number of token
+    positions computed (padding included)."""
+    import torch
 
     captured: list = []
 
@@ -99,17 +269,15 @@ def extract_activations(
         captured.append(output[0] if isinstance(output, tuple) else output)
         raise _StopForward
 
-    # Sorting by length puts similar lengths in one batch, so little compute goes to padding.
-    order = [i for i in np.argsort(-lengths, kind="stable") if lengths[i] > 0]
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     handle = loaded.blocks[layer_number].register_forward_hook(capture)
     sequences_done = tokens_done = positions_computed = 0
+    lengths, offsets = plan.lengths, plan.offsets
     try:
         with torch.inference_mode():
-            for batch in batches:
+            for batch in plan.batches:
                 if should_stop is not None and should_stop():
                     raise ExtractionCancelled("Activation extraction was cancelled")
-                input_ids, attention_mask = _pad([ids[i] for i in batch], loaded.tokenizer.pad_token_id, loaded.device)
+                input_ids, attention_mask = _pad([plan.ids[i] for i in batch], loaded.tokenizer.pad_token_id, loaded.device)
                 positions_computed += input_ids.numel()
                 captured.clear()
                 try:
@@ -133,34 +301,54 @@ def extract_activations(
                 sequences_done += len(batch)
                 tokens_done += int(lengths[batch].sum())
                 if on_progress is not None:
-                    on_progress(sequences_done, len(texts), tokens_done)
-        rows.flush()
-        del rows
-        # The token index first: a complete activations file always has its index beside it.
-        tokens_path, starts_path = token_index_paths(out_path)
-        real = lengths > 0
-        np.save(tokens_path, np.fromiter((t for seq in ids for t in seq), dtype=np.int32, count=n_tokens))
-        np.save(starts_path, offsets[real].astype(np.int64))
-        os.replace(partial, out_path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+                    on_progress(sequences_done, plan.n_texts, tokens_done)
     finally:
         handle.remove()
+    return positions_computed
 
+
+def _finish(plan: _Plan, rows, partial: Path, out_path: Path, loaded, started: float, positions_computed: int,
+            *, overlapped: bool = False) -> ExtractionResult:
+    rows.flush()
+    # The token index and the batch order first: a complete activations file always has them beside it.
+    tokens_path, starts_path = token_index_paths(out_path)
+    real = plan.lengths > 0
+    np.save(tokens_path, np.fromiter((t for seq in plan.ids for t in seq), dtype=np.int32, count=plan.n_tokens))
+    np.save(starts_path, plan.offsets[real].astype(np.int64))
+    np.save(arrival_path(out_path), plan.arrival_sequences())
+    os.replace(partial, out_path)
     seconds = time.monotonic() - started
     return ExtractionResult(
         path=out_path,
-        n_tokens=n_tokens,
-        d_model=d_model,
-        n_sequences=len(texts),
+        n_tokens=plan.n_tokens,
+        d_model=plan.d_model,
+        n_sequences=plan.n_texts,
         seconds=seconds,
-        tokens_per_s=n_tokens / seconds if seconds > 0 else math.inf,
-        real_token_share=n_tokens / positions_computed if positions_computed else 1.0,
+        tokens_per_s=plan.n_tokens / seconds if seconds > 0 else math.inf,
+        real_token_share=plan.n_tokens / positions_computed if positions_computed else 1.0,
         dtype=str(loaded.dtype).removeprefix("torch."),
         tokens_path=tokens_path,
         sequence_starts_path=starts_path,
+        overlapped=overlapped,
     )
+
+
+def arrival_path(activations_path: Path) -> Path:
+    activations_path = Path(activations_path)
+    return activations_path.with_name(f"{activations_path.name.removesuffix('.npy')}_arrival.npy")
+
+
+def load_arrival_rows(activations_path: Path, n_rows: int) -> np.ndarray | None:
+    """The row numbers in the order extract_activations wrote them (what the trainer's first epoch
+    follows), or None for activations from elsewhere or from before the order was kept."""
+    index = load_token_index(activations_path)
+    path = arrival_path(activations_path)
+    if index is None or not path.is_file():
+        return None
+    starts = np.asarray(index[1], dtype=np.int64)
+    lengths = np.diff(np.append(starts, n_rows))
+    order = np.load(path)
+    return _concat_ranges(starts[order], lengths[order])
 
 
 def _pad(sequences: list[list[int]], pad_id: int, device: str):

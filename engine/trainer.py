@@ -14,7 +14,10 @@ Recipe, shared by every architecture unless noted (sources inline):
   warm-up, gradient-norm clipping at 1.0;
 - per-feature "tokens since last fired" counters define dead features: topk/batchtopk revive them
   through AuxK, relu resamples them;
-- each epoch is one pass over the training rows in a fresh random order.
+- each epoch is one pass over the training rows in a fresh random order; where the rows come
+  from an extraction (its arrival order known), the first epoch instead draws them through a
+  shuffle buffer in the order extraction writes them, so it can start before extraction ends
+  (`ExtractionStream`) and still be the same run when repeated from the finished cache.
 
 With `distributed=True` every process of a torch.distributed group trains its share of each batch
 (data parallel; engine.distributed says how the ranks stay in step).
@@ -32,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.devices import CPU_BF16_CHOICES, cpu_uses_bf16
-from engine.errors import ActivationsError, EngineError, TrainingDiverged
+from engine.errors import ActivationsError, EngineError, ExtractionCancelled, TrainingDiverged
 from engine.activation_source import ActivationSource, read_rows
 from engine.sae import ARCHITECTURES, SparseAutoencoder, build_sae
 
@@ -91,6 +94,10 @@ class TrainConfig:
     # (float32 master weights and Adam state, as on a GPU), "auto" does so where the CPU has hardware
     # bf16. The engine defaults to float32; the service's default is MISTUDIO_CPU_BF16=auto.
     cpu_bf16: str = "off"
+    # First epoch over rows in extraction order (first_epoch_rows): rows a shuffle buffer of this
+    # many holds; it emits a random half and refills (the scheme of SAELens' mixing buffer). The
+    # first step waits for this many rows, which also give the input scale and b_dec's start.
+    shuffle_buffer_tokens: int = 65536
 
 
 @dataclass
@@ -152,11 +159,27 @@ def train_sae(
     on_checkpoint: Callable[[CheckpointInfo], None] | None = None,
     resume_from: Path | None = None,
     distributed: bool = False,
+    first_epoch_rows: np.ndarray | None = None,
 ) -> TrainResult:
-    """With `distributed`, call this in every rank of an initialised process group with the same
+    """`activations`: an array or tensor [rows, d_in], or an engine.activations.ExtractionStream
+    still being written, whose rows the first epoch consumes as they arrive.
+
+    `first_epoch_rows`: the order in which the rows were extracted (an ExtractionStream's
+    `arrival`, or engine.activations.load_arrival_rows of its finished file). The first epoch then
+    draws them through a shuffle buffer in that order, which a run overlapping extraction must do;
+    giving the same order for the finished file repeats that run exactly. When resuming, the
+    checkpoint decides: the order is used if its run used one (and then must be given).
+
+    With `distributed`, call this in every rank of an initialised process group with the same
     activations and config; only rank 0 writes checkpoints, so give callbacks to rank 0 alone
     (should_stop may be given to any rank: all stop after the same step)."""
     _check_config(config)
+    stream = None
+    if hasattr(activations, "wait") and hasattr(activations, "arrival"):
+        stream, activations = activations, activations.array
+        first_epoch_rows = stream.arrival
+        if resume_from is not None or distributed:
+            raise EngineError("Resume or distributed training reads a finished activations file, not an extraction in progress")
     n_rows, d_in = _check_activations(activations)
     n_eval = _eval_rows(n_rows, config.eval_fraction)
     n_tokens = n_rows - n_eval  # rows [0, n_tokens) train; the tail is held out
@@ -170,6 +193,11 @@ def train_sae(
         batch_tokens = parallel.batch_tokens(batch_tokens, n_tokens)
         steps_per_epoch = parallel.steps_per_epoch(n_tokens, batch_tokens)
     total_steps = steps_per_epoch * config.max_epochs
+    mixing = None
+    if first_epoch_rows is not None:
+        mixing = _Mixing(np.asarray(first_epoch_rows, dtype=np.int64), n_rows=n_rows, n_train=n_tokens,
+                         buffer_rows=config.shuffle_buffer_tokens, batch_tokens=batch_tokens)
+    rows_ready = _RowsReady(stream, should_stop, config.stop_check_interval_s)
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -184,7 +212,15 @@ def train_sae(
     if resume_from is None:
         # The input scale is a fixed preprocessing constant, shared by training and evaluation, so
         # it comes from all rows; weights only ever see the training rows.
-        sample = _sample_rows(activations, n_rows, np.random.default_rng(config.seed))
+        if mixing is None:
+            sample = _sample_rows(activations, n_rows, np.random.default_rng(config.seed))
+        else:
+            # The rows the first step waits for anyway: the buffer's first fill.
+            window = mixing.arrival[: mixing.first_fill]
+            if not rows_ready(len(window)):
+                raise ExtractionCancelled("Activation extraction was cancelled")
+            picked = np.random.default_rng(config.seed).choice(window, size=min(len(window), _SCALE_SAMPLE_TOKENS), replace=False)
+            sample = _read_rows(activations, torch.from_numpy(picked), "cpu", mapped=stream is not None)
         state.scaling_factor = _scaling_factor(sample)
         scaled = sample * state.scaling_factor
         sae.initialize_(scaled, generator, b_dec=_geometric_median(scaled))
@@ -199,9 +235,18 @@ def train_sae(
     # The fused kernel does Adam's whole update in one launch on CUDA; the CPU keeps the default.
     optimizer = torch.optim.Adam(_param_groups(sae, config, total_steps), lr=config.learning_rate,
                                  fused=True)
+    state.first_epoch_mixed = mixing is not None
     if resume_from is not None:
         _restore(Path(resume_from), sae, optimizer, state, d_in=d_in, config=config)
         state.tokens_since_fired = state.tokens_since_fired.to(device)
+        # The checkpoint says how its first epoch drew rows; a resume repeats that.
+        if state.epochs_done == 0 and state.first_epoch_mixed and mixing is None:
+            raise EngineError(
+                "This checkpoint's first epoch followed the extraction order, which these activations do not "
+                "have (their _arrival.npy is missing): resume from the activations it was trained on"
+            )
+        if not state.first_epoch_mixed:
+            mixing = None
     if parallel is not None:
         # Every rank computed the same scale from the same seeded sample; rank 0's makes sure of it
         # (DistributedDataParallel does the same for the weights).
@@ -217,7 +262,8 @@ def train_sae(
         batch_tokens=batch_tokens,
         parallel=parallel,
     )
-    source = ActivationSource(activations, n_tokens, ram_budget_bytes=config.ram_budget_bytes, device=device)
+    source = None if stream is not None else ActivationSource(
+        activations, n_tokens, ram_budget_bytes=config.ram_budget_bytes, device=device)
     try:
         stopped_reason = "max_epochs"
         last_stop_check = -math.inf
@@ -227,7 +273,15 @@ def train_sae(
             generator.set_state(state.epoch_rng_state)
             if state.epoch_step == 0:
                 state.epoch_sums = [0.0, 0.0, 0.0, 0]
-            order = torch.randperm(n_tokens, generator=generator)
+            mixed_epoch = mixing is not None and state.epochs_done == 0
+            if mixed_epoch:
+                order = torch.from_numpy(mixing.order(generator))
+            else:
+                if source is None:
+                    # Every later epoch reads the finished file (in RAM when it fits the budget).
+                    activations = _finished(stream)
+                    source = ActivationSource(activations, n_tokens, ram_budget_bytes=config.ram_budget_bytes, device=device)
+                order = torch.randperm(n_tokens, generator=generator)
 
             for batch_index in range(state.epoch_step, steps_per_epoch):
                 now = time.monotonic()
@@ -243,9 +297,18 @@ def train_sae(
                     stopped_reason = "cancelled"
                     break
                 indices = order[batch_index * batch_tokens : (batch_index + 1) * batch_tokens]
+                if mixed_epoch:
+                    # Sorted, so the rows come in one order however they are read.
+                    indices = indices.sort().values
+                    if not rows_ready(mixing.needed(batch_index)):
+                        stopped_reason = "cancelled"
+                        break
                 if parallel is not None:
                     indices = parallel.shard(indices)
-                x = source.read(indices) * state.scaling_factor
+                if source is None:
+                    x = _read_rows(activations, indices, device, mapped=True) * state.scaling_factor
+                else:
+                    x = source.read(indices) * state.scaling_factor
                 run.step(x)
                 state.epoch_step = batch_index + 1
                 run.maybe_report(on_progress, epoch=state.epochs_done + 1)
@@ -270,8 +333,70 @@ def train_sae(
 
         run.maybe_report(on_progress, epoch=min(state.epochs_done + 1, config.max_epochs), force=True)
     finally:
-        source.close()
+        if source is not None:
+            source.close()
     return _result(run, stopped_reason)
+
+
+class _Mixing:
+    """The first epoch's order over rows arriving in extraction order: a buffer of `buffer_rows`
+    training rows is shuffled, its first half emitted, the next half of the arrivals added, and so on
+    (the last fill emitted whole). Each batch therefore needs only the rows that arrived before it,
+    and which ones is a fixed function of the arrival order and the generator."""
+
+    def __init__(self, arrival: np.ndarray, *, n_rows: int, n_train: int, buffer_rows: int, batch_tokens: int):
+        if len(arrival) != n_rows or not np.array_equal(np.sort(arrival), np.arange(n_rows)):
+            raise EngineError(f"The extraction order does not list each of the {n_rows} activation rows once")
+        self.arrival = arrival
+        is_train = arrival < n_train
+        self.train_arrival = arrival[is_train]
+        # Arrivals (held-out rows included) up to and including the i-th training row.
+        self.arrived_with = np.flatnonzero(is_train) + 1
+        self.half = max(1, min(buffer_rows, n_train) // 2)
+        self.batch_tokens = batch_tokens
+        self.first_fill = int(self.arrived_with[min(n_train, 2 * self.half) - 1])
+
+    def order(self, generator: torch.Generator) -> np.ndarray:
+        rows, half = self.train_arrival, self.half
+        n = len(rows)
+        out = np.empty(n, dtype=np.int64)
+        buffer, taken, written = rows[: 2 * half], 2 * half, 0
+        while True:
+            buffer = buffer[torch.randperm(len(buffer), generator=generator).numpy()]
+            if taken >= n:
+                out[written:] = buffer
+                return out
+            out[written : written + half] = buffer[:half]
+            written += half
+            buffer = np.concatenate([buffer[half:], rows[taken : taken + half]])
+            taken += half
+
+    def needed(self, batch_index: int) -> int:
+        """Rows of the arrival order that must be written before batch `batch_index` can run."""
+        n = len(self.train_arrival)
+        last = min(n, (batch_index + 1) * self.batch_tokens) - 1
+        train_rows = min(n, 2 * self.half + (last // self.half) * self.half)
+        return int(self.arrived_with[train_rows - 1])
+
+
+class _RowsReady:
+    """Waits for an ExtractionStream's rows, checking should_stop while it waits (False: stop)."""
+
+    def __init__(self, stream, should_stop, interval_s: float):
+        self.stream, self.should_stop, self.interval_s = stream, should_stop, max(interval_s, 0.05)
+
+    def __call__(self, n_rows: int) -> bool:
+        if self.stream is None:
+            return True
+        while not self.stream.wait(n_rows, timeout=self.interval_s):
+            if self.should_stop is not None and self.should_stop():
+                return False
+        return True
+
+
+def _finished(stream):
+    """The stream's complete file, mapped read-only (its rows were checked as they were written)."""
+    return np.load(stream.result().path, mmap_mode="r")
 
 
 @dataclass
@@ -289,6 +414,7 @@ class _RunState:
     tokens_since_fired: torch.Tensor | None = None  # [d_sae] int64, per feature
     resampled_features: int = 0
     decode_path: str | None = None  # chosen on the first step, kept by checkpoints for an exact resume
+    first_epoch_mixed: bool = False  # the first epoch followed the extraction order (see _Mixing)
 
 
 class _Run:
@@ -583,6 +709,7 @@ class _Run:
             "tokens_since_fired": state.tokens_since_fired.detach().cpu(),
             "resampled_features": state.resampled_features,
             "decode_path": state.decode_path,
+            "first_epoch_mixed": state.first_epoch_mixed,
         }
         partial = path.with_name(path.name + ".partial")
         torch.save(payload, partial)
@@ -693,6 +820,7 @@ def _restore(path: Path, sae, optimizer, state: _RunState, *, d_in: int, config:
         state.tokens_since_fired = saved["tokens_since_fired"].to(torch.int64)
     state.resampled_features = int(saved.get("resampled_features", 0))
     state.decode_path = saved.get("decode_path")
+    state.first_epoch_mixed = bool(saved.get("first_epoch_mixed", False))
 
 
 def _check_config(config: TrainConfig) -> None:
@@ -717,6 +845,8 @@ def _check_config(config: TrainConfig) -> None:
         problems.append("eval_fraction must be at least 0 and below 1")
     if config.cpu_bf16 not in CPU_BF16_CHOICES:
         problems.append(f"cpu_bf16 must be one of {', '.join(CPU_BF16_CHOICES)}")
+    if config.shuffle_buffer_tokens < 2:
+        problems.append("shuffle_buffer_tokens must be at least 2")
     if config.dead_window_tokens is not None and config.dead_window_tokens < 1:
         problems.append("dead_window_tokens must be at least 1")
     if problems:
@@ -790,9 +920,14 @@ def _scaling_factor(sample: torch.Tensor) -> float:
     return math.sqrt(sample.shape[1]) / mean_norm
 
 
-def _read_rows(activations, indices: torch.Tensor, device: str) -> torch.Tensor:
+def _read_rows(activations, indices: torch.Tensor, device: str, *, mapped: bool = False) -> torch.Tensor:
+    """`mapped`: read through the array's own mapping, not by name (a file still being written is
+    renamed when it is finished)."""
     if isinstance(activations, torch.Tensor):
         return activations[indices.to(activations.device)].to(device, torch.float32)
+    if mapped:
+        rows = activations[np.sort(indices.numpy())]
+        return torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(device)
     # Sorted indices turn a memmap gather into one forward sweep over the file; the order of
     # rows inside a minibatch does not matter to the loss.
     rows = read_rows(activations, np.sort(indices.numpy()))

@@ -72,6 +72,8 @@ def train(job, activations_path, device, paths, should_stop, report):
         "config": asdict(config),
         "cuda": cuda,
         "activations_path": str(activations_path),
+        # A resume follows the extraction order if its checkpoint's run did (the trainer checks).
+        "from_extraction": not job.activations_file,
         "checkpoint_dir": str(paths["checkpoint_dir"]),
         "resume_from": str(resume_from) if resume_from else None,
         "result_path": str(files["result"]),
@@ -247,7 +249,7 @@ def main(job_id: str) -> None:
     import torch.distributed as dist
     from django.db import connection
 
-    from engine.activations import load_activations
+    from engine.activations import load_activations, load_arrival_rows
     from engine.distributed import save_result
     from engine.trainer import TrainConfig, train_sae
     from training.models import TrainingJob
@@ -278,6 +280,8 @@ def main(job_id: str) -> None:
             checkpoint_prefix=job.id, on_progress=on_progress, on_checkpoint=on_checkpoint,
             should_stop=_stop_check(stopping, job.worker_pid if rank == 0 else None),
             resume_from=launch["resume_from"], distributed=True,
+            first_epoch_rows=load_arrival_rows(path, activations.shape[0])
+            if launch.get("from_extraction") and launch["resume_from"] else None,
         )
         if rank == 0:
             save_result(result, Path(launch["result_path"]))
