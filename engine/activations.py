@@ -192,8 +192,9 @@ class ExtractionStream:
             batch_number += 1
 
         try:
-            positions = _run_batches(loaded, self._plan, self.array, layer_number=layer_number,
-                                     on_progress=on_progress, should_stop=self._stop.is_set)
+            with _side_stream(loaded.device):
+                positions = _run_batches(loaded, self._plan, self.array, layer_number=layer_number,
+                                         on_progress=on_progress, should_stop=self._stop.is_set)
             result = _finish(self._plan, self.array, self._partial, self.out_path, loaded, self._started, positions,
                              overlapped=True)
             with self._lock:
@@ -248,6 +249,19 @@ class ExtractionStream:
         if self._on_progress is not None:
             for event in events:
                 self._on_progress(*event)
+
+
+def _side_stream(device):
+    """On a GPU, the extraction's kernels go to a CUDA stream of their own, so the GPU can run them
+    between the trainer's (which use the default stream) instead of strictly after them. Each
+    batch's output is copied to the host on that stream, which waits for it."""
+    import contextlib
+
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return contextlib.nullcontext()
+    return torch.cuda.stream(torch.cuda.Stream(device=torch.device(device)))
 
 
 def _open_partial(out_path: Path, plan: _Plan):

@@ -2,12 +2,17 @@
 
 The standard downstream check of an SAE (SAELens' evals; Bricken et al. 2023): the LM's
 cross-entropy clean, with the layer's output replaced by the SAE's reconstruction, and with the
-layer's output zero-ablated; `ce_loss_recovered` = (zero − sae) / (zero − clean), 1 being perfect.
+layer's output zero-ablated; `ce_loss_recovered` = (zero − sae) / (zero − clean), 1 being perfect,
+or None with `ce_loss_reason` saying why when zero-ablation leaves the loss where it was.
 """
 from collections.abc import Callable
 
 from engine.errors import EngineError
 from engine.loading import LoadedModel
+
+# Below this change of mean loss (nats per predicted token) from zero-ablating the layer, the
+# recovered fraction divides by ~0 and means nothing.
+MIN_ABLATION_EFFECT = 1e-9
 
 
 def ce_loss_evaluation(
@@ -77,11 +82,16 @@ def ce_loss_evaluation(
 
     clean, with_sae, zero = (totals[k] / n_predicted for k in ("clean", "sae", "zero"))
     denominator = zero - clean
+    # Undefined when ablating the layer costs nothing: say so rather than divide by ~0.
+    defined = abs(denominator) > MIN_ABLATION_EFFECT
     return {
         "ce_loss_clean": clean,
         "ce_loss_with_sae": with_sae,
         "ce_loss_zero_ablation": zero,
-        # Undefined when ablating the layer costs nothing: say so rather than divide by ~0.
-        "ce_loss_recovered": (zero - with_sae) / denominator if abs(denominator) > 1e-9 else None,
+        "ce_loss_recovered": (zero - with_sae) / denominator if defined else None,
+        "ce_loss_reason": None if defined else (
+            f"zero-ablating layer {layer_number} changes the loss by less than {MIN_ABLATION_EFFECT:g} nats per "
+            "token: recovery is undefined"
+        ),
         "ce_eval_tokens": n_predicted,
     }

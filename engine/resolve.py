@@ -42,12 +42,7 @@ def resolve_model(
     if any(len(part.encode()) > 255 for part in PurePosixPath(name).parts):
         raise ModelResolutionError("Model name is too long: a hub id or a path part has at most 255 characters")
 
-    local = _local_directory(name)
-    if local is not None and local_roots is not None and not _inside_any(local, local_roots):
-        raise ModelResolutionError(
-            f"Local model path '{name}' is outside the folders this server loads models from "
-            f"({', '.join(str(r) for r in local_roots)}): put the model there, or name it by its hub id"
-        )
+    local = _local_directory(name, local_roots)
     if local is not None:
         return ResolvedModel(name=name, location=str(local), source="local")
 
@@ -81,8 +76,17 @@ def load_config(resolved: ResolvedModel, token: str | None = None):
         ) from exc
 
 
-def _local_directory(name: str) -> Path | None:
+def _local_directory(name: str, local_roots: list[Path] | None) -> Path | None:
     path = Path(name).expanduser()
+    # Checked before the folder is looked at: a path outside the allowed folders gets one answer
+    # whether it exists or not, so the answer tells a caller nothing about this machine's files.
+    if local_roots is not None and not _inside_any(path, local_roots):
+        if _looks_like_path(name):
+            raise ModelResolutionError(
+                f"Local model path '{name}' is outside the folders this server loads models from "
+                f"({', '.join(str(r) for r in local_roots)}): put the model there, or name it by its hub id"
+            )
+        return None  # a hub-like name ('org/model'), looked up in the models folder and on the hub
     if path.is_dir():
         if (path / "config.json").is_file():
             return path.resolve()
@@ -95,7 +99,10 @@ def _local_directory(name: str) -> Path | None:
 
 
 def _inside_any(path: Path, roots: list[Path]) -> bool:
-    resolved = path.resolve()  # symlinks followed: a link inside a root may not lead out of it
+    try:
+        resolved = path.resolve()  # symlinks followed: a link inside a root may not lead out of it
+    except ValueError:  # a NUL byte: no such file can exist
+        return False
     return any(resolved.is_relative_to(Path(root).resolve()) for root in roots)
 
 
@@ -117,15 +124,23 @@ def _inside_models_dir(name: str, models_dir: Path) -> Path:
 def _fetch_hub_config(name: str, *, models_dir: Path | None, token: str | None, timeout_s: float) -> None:
     """Fetch config.json to prove the model exists and is readable with this token.
 
-    huggingface_hub retries unreachable hosts with back-off (about 25 s in total, whatever the
-    etag_timeout), so the call runs in a daemon thread and we stop waiting after timeout_s.
+    A hub that cannot be reached at all is an answer at once: with HF_HUB_OFFLINE set nothing is
+    sent, and one HEAD request without retries goes first, so a name that does not resolve or a
+    refused connection fails in milliseconds. Only then the download, which huggingface_hub retries
+    with back-off (about 25 s in total, whatever the etag_timeout): the calls run in a daemon thread
+    and we stop waiting after timeout_s, which a slow hub still gets.
     """
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        raise _unreachable(name, models_dir, "HF_HUB_OFFLINE is set, so this server does not contact the hub")
     outcome: dict = {}
 
     def fetch():
         try:
-            from huggingface_hub import hf_hub_download
+            from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
+            get_hf_file_metadata(hf_hub_url(name, "config.json"), token=token, timeout=timeout_s)
             outcome["path"] = hf_hub_download(name, "config.json", token=token, etag_timeout=timeout_s)
         except BaseException as exc:  # handed to the caller's thread
             outcome["error"] = exc

@@ -120,6 +120,27 @@ def lease_acquire(job) -> bool:
         job=job, leased_at=now, last_seen_at=now, pid=os.getpid()))
 
 
+def lease_wait(job, *, should_stop, on_busy=None) -> bool:
+    """Take this worker's slot for `job`, waiting while another job trains on it: True once it is
+    held, False when `should_stop()` (a cancel request) ends the wait first. `on_busy(holder_id)` is
+    called once, when the slot is first found busy. For a job its own process must run (the
+    terminal's `manage.py train`); a worker hands a busy slot's job back to the queue instead."""
+    import time
+
+    # A short poll: an idle slot is taken within a second, and a cancel stops the wait as quickly.
+    interval_s = min(settings.WORKER_SEEN_INTERVAL_S, 1.0)
+    said_busy = False
+    while not lease_acquire(job):
+        if not said_busy and on_busy is not None:
+            on_busy(Worker.objects.filter(host=settings.HOST_NAME, device=this_device()).values_list(
+                "job_id", flat=True).first())
+            said_busy = True
+        if should_stop():
+            return False
+        time.sleep(interval_s)
+    return True
+
+
 def pid_alive(pid) -> bool:
     """Whether a process with this pid lives on this host."""
     if not pid:

@@ -127,25 +127,43 @@ def _cancel_check(job_id, heartbeat):
     return should_stop
 
 
-def job_run(job_id: str, *, on_progress=None) -> TrainingJob | None:
-    """Claim the job and run it to an ending. `on_progress(dict)` lets a terminal show a bar."""
+def job_run(job_id: str, *, on_progress=None, wait_for_slot=False) -> TrainingJob | None:
+    """Claim the job and run it to an ending. `on_progress(dict)` lets a terminal show a bar.
+    `wait_for_slot`: when another job trains on this machine's slot, wait for it and then train
+    here (a terminal's `manage.py train`), rather than hand the job back to the queue (a worker)."""
     job = services.job_claim(job_id)
     if job is None:
         logger.info("Job %s is not queued any more; nothing to run", job_id)
         return None
-    from gpus.services import lease_acquire, lease_release
+    from gpus.services import lease_acquire, lease_release, lease_wait
 
-    if not lease_acquire(job):
+    if not wait_for_slot and not lease_acquire(job):
         # Another live job trains on this worker's GPU (two workers started on one GPU): the job
         # goes back to its queue for another worker, and this one trains nothing.
         time.sleep(settings.WORKER_SEEN_INTERVAL_S)  # not at once: the same busy worker may take it again
         services.job_requeue(job, f"GPU slot {settings.HOST_NAME}/{_slot()} was busy; waiting for a free worker")
         return TrainingJob.objects.get(pk=job_id)
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    report = on_progress or (lambda update: None)
     heartbeat = _Heartbeat(job)
     heartbeat.start()
+    should_stop = _cancel_check(job.id, heartbeat)
+
+    def slot_busy(holder_id):
+        message = f"Waiting for GPU slot {settings.HOST_NAME}/{_slot()}: job {holder_id} trains on it"
+        services.job_update_progress(job.id, phase=TrainingJob.Phase.WAITING, message=message)
+        report({"phase": "waiting", "message": message})
+
     try:
-        _run(job, on_progress or (lambda update: None), _cancel_check(job.id, heartbeat))
+        # While it waits the job stays running, with this live pid and the heartbeat above, so no
+        # worker's watchdog re-queues it; a cancel request ends the wait.
+        if wait_for_slot and not lease_wait(job, should_stop=should_stop, on_busy=slot_busy):
+            services.job_finish(job, status=TrainingJob.Status.CANCELLED,
+                                message="Cancelled while waiting for the GPU slot")
+        else:
+            if wait_for_slot:
+                services.job_update_progress(job.id, phase=TrainingJob.Phase.LOADING)
+            _run(job, report, should_stop)
     except JobLost:
         logger.warning("Job %s was recovered by another worker; this run stops", job_id)
         return TrainingJob.objects.get(pk=job_id)
@@ -223,7 +241,7 @@ def _run(job, report, should_stop):
     services.job_update_progress(job.id, device=device, message=f"Loading on {device}")
     report({"phase": "loading", "device": device})
 
-    loaded = texts = extraction = None
+    loaded = texts = extraction = result = None
     # A resumed run reuses what its earlier run extracted (the file appears complete or not at all).
     extracted = Path(job.activations_path) if job.activations_path and not job.activations_file else None
     if extracted is not None and not extracted.is_file():
@@ -255,57 +273,112 @@ def _run(job, report, should_stop):
             services.job_update_progress(
                 job.id, phase=TrainingJob.Phase.EXTRACTING, message=f"Extracting activations on {device}"
             )
-            extraction = _extract(job, loaded, texts, paths["activations_path"], should_stop, report)
-            activations_path = extraction.path
-            services.job_update_progress(job.id, activations_path=str(activations_path))
+            if _overlaps(job, device):
+                # A fresh single-process run trains while the model extracts (engine.activations.ExtractionStream).
+                result, extraction = _extract_and_train(job, loaded, texts, device, paths, should_stop, report)
+                activations_path = extraction.path if extraction is not None else paths["activations_path"]
+            else:
+                extraction = _extract(job, loaded, texts, paths["activations_path"], should_stop, report)
+                activations_path = extraction.path
+            if extraction is not None:
+                services.job_update_progress(job.id, activations_path=str(activations_path))
         if not job.model_info.get("is_causal_lm"):
             loaded = None  # only next-token evaluation needs the model again: free it now
-        activations = load_activations(activations_path)
+        if result is None or result.stopped_reason != "cancelled":
+            activations = load_activations(activations_path)
 
-    if job.gpu_ids:
+    if result is not None:
+        pass  # trained while extracting
+    elif job.gpu_ids:
         from training import ddp
 
         # None: cancelled before rank 0 could hand back a result.
         result = ddp.train(job, activations_path, device, paths, should_stop, report)
     else:
-        result = _train(job, activations, device, paths, should_stop, report)
+        result = _train(job, activations, device, paths, should_stop, report,
+                        extracted_to=None if job.activations_file else activations_path)
     if result is None or result.stopped_reason == "cancelled":
         services.job_finish(
             job,
             status=TrainingJob.Status.CANCELLED,
             message=f"Cancelled at epoch {result.total_epochs + 1}; checkpoints kept" if result else "Cancelled; checkpoints kept",
-            activations_path=str(activations_path),
+            # A run cancelled while still extracting keeps no partial file.
+            activations_path=str(activations_path) if Path(activations_path).is_file() else "",
             current_loss=result.final_loss if result else None,
         )
         return
     _finish(job, result, activations, activations_path, extraction, device, paths, report, loaded, texts, should_stop)
 
 
+def _overlaps(job, device):
+    """Whether this run trains while it extracts: a fresh one-process job, on a GPU unless the
+    setting says otherwise (MISTUDIO_OVERLAP_EXTRACTION). A resume extracts first, then follows
+    whatever order its checkpoint's run used."""
+    last = job.last_checkpoint
+    if job.gpu_ids or (last is not None and Path(last.path).is_file()):
+        return False
+    if settings.OVERLAP_EXTRACTION == "auto":
+        return str(device).startswith("cuda")
+    return settings.OVERLAP_EXTRACTION == "on"
+
+
+class _ExtractionReport:
+    """Extraction progress on the job row. While training runs beside it (an overlapped run) the
+    training reports own the message and the progress bar; extraction's share is appended to it."""
+
+    def __init__(self, job, report):
+        self.job, self.report = job, report
+        self.throttle = _Throttle(settings.PROGRESS_INTERVAL_S)
+        self.started = time.monotonic()
+        self.training = False
+        self.note = None  # "extracting 120/400 sequences (9000 tokens/s)" while both run
+
+    def __call__(self, done, total, tokens):
+        if not (self.throttle() or done == total):
+            return
+        elapsed = time.monotonic() - self.started
+        rate = tokens / elapsed if elapsed > 0 else 0.0
+        self.note = None if done == total else f"extracting {done}/{total} sequences ({rate:.0f} tokens/s)"
+        if self.training:
+            return
+        eta = int((total - done) * elapsed / done) if done else None
+        message = f"Extracting activations - {done}/{total} sequences ({rate:.0f} tokens/s)"
+        services.job_update_progress(self.job.id, eta_s=eta, message=message, tokens_per_s=round(rate, 1),
+                                     phase=TrainingJob.Phase.EXTRACTING)
+        self.report({"phase": "extracting", "done": done, "total": total, "message": message})
+
+
+def _extract_options(job, out_path):
+    return dict(layer_number=job.layer_number, batch_size=job.batch_size,
+                max_sequence_length=job.max_sequence_length, out_path=out_path, seed=settings.TRAINING_SEED)
+
+
 def _extract(job, loaded, texts, out_path, should_stop, report):
     from engine.activations import extract_activations
 
-    throttle = _Throttle(settings.PROGRESS_INTERVAL_S)
-    started = time.monotonic()
+    return extract_activations(loaded, texts, on_progress=_ExtractionReport(job, report), should_stop=should_stop,
+                               **_extract_options(job, out_path))
 
-    def on_progress(done, total, tokens):
-        if throttle() or done == total:
-            elapsed = time.monotonic() - started
-            rate = tokens / elapsed if elapsed > 0 else 0.0
-            eta = int((total - done) * elapsed / done) if done else None
-            message = f"Extracting activations - {done}/{total} sequences ({rate:.0f} tokens/s)"
-            services.job_update_progress(job.id, eta_s=eta, message=message, tokens_per_s=round(rate, 1))
-            report({"phase": "extracting", "done": done, "total": total, "message": message})
 
-    return extract_activations(
-        loaded,
-        texts,
-        layer_number=job.layer_number,
-        batch_size=job.batch_size,
-        max_sequence_length=job.max_sequence_length,
-        out_path=out_path,
-        on_progress=on_progress,
-        should_stop=should_stop,
-    )
+def _extract_and_train(job, loaded, texts, device, paths, should_stop, report):
+    """Extraction in a background thread, training on its rows as they arrive: (the training
+    result, the extraction result or None when cancelled)."""
+    from engine.activations import ExtractionStream
+
+    extraction_report = _ExtractionReport(job, report)
+    stream = ExtractionStream(loaded, texts, on_progress=extraction_report, **_extract_options(job, paths["activations_path"]))
+    try:
+        result = _train(job, stream, device, paths, should_stop, report, extraction_report=extraction_report)
+        if result.stopped_reason == "cancelled":
+            return result, None
+        return result, stream.result()
+    except BaseException as err:
+        # Both ran at once: the phase on the row says which one failed (an out-of-memory message names it).
+        failed = TrainingJob.Phase.EXTRACTING if stream.error is err else TrainingJob.Phase.TRAINING
+        services.job_update_progress(job.id, phase=failed)
+        raise
+    finally:
+        stream.close()  # stops the extraction if training ended early (a cancel, an error)
 
 
 def train_config(job):
@@ -326,6 +399,7 @@ def train_config(job):
         seed=settings.TRAINING_SEED,
         min_steps=settings.MIN_SAE_STEPS,
         ram_budget_bytes=settings.ACTIVATIONS_RAM_BUDGET_BYTES,
+        shuffle_buffer_tokens=settings.SHUFFLE_BUFFER_TOKENS,
         decode_path=settings.TOPK_DECODE,
         cpu_bf16=settings.CPU_BF16,
         checkpoint_every_epochs=settings.CHECKPOINT_EVERY_EPOCHS,
@@ -334,12 +408,14 @@ def train_config(job):
     )
 
 
-def train_start(job, where):
-    """The job enters training: its TrainConfig, and the checkpoint to resume from (or None)."""
+def train_start(job, where, *, overlapped=False):
+    """The job enters training: its TrainConfig, and the checkpoint to resume from (or None).
+    `overlapped`: extraction is still running, and stays the phase until the first training report."""
     config = train_config(job)
-    services.job_update_progress(
-        job.id, phase=TrainingJob.Phase.TRAINING, message=f"Training on {where} - Epoch 1/{job.max_epochs}"
-    )
+    if not overlapped:
+        services.job_update_progress(
+            job.id, phase=TrainingJob.Phase.TRAINING, message=f"Training on {where} - Epoch 1/{job.max_epochs}"
+        )
     last = job.last_checkpoint
     resume_from = Path(last.path) if last and Path(last.path).is_file() else None
     if resume_from is not None:
@@ -347,13 +423,20 @@ def train_start(job, where):
     return config, resume_from
 
 
-def train_callbacks(job, report):
+def train_callbacks(job, report, extraction_report=None):
     """on_progress and on_checkpoint: what training writes to the job row (progress, the curve)
     and its checkpoint rows; in one process or in rank 0 of a multi-GPU job alike."""
     curve = _Curve(job.training_curve)
 
     def on_progress(p):
         message = f"Training in progress - Epoch {p.epoch}/{p.total_epochs}"
+        phase = {}
+        if extraction_report is not None:
+            if not extraction_report.training:
+                extraction_report.training = True
+                phase = {"phase": TrainingJob.Phase.TRAINING}
+            if extraction_report.note:
+                message += f"; {extraction_report.note}"
         curve.add({"step": p.step, "epoch": p.epoch, "loss": p.loss, "mse": p.mse, "l0": p.l0,
                    "explained_variance": p.explained_variance, "tokens_per_s": round(p.tokens_per_s, 1)})
         services.job_update_progress(
@@ -365,6 +448,7 @@ def train_callbacks(job, report):
             message=message,
             tokens_per_s=round(p.tokens_per_s, 1),
             training_curve=curve.points,
+            **phase,
         )
         report({"phase": "training", "progress": p.progress, "epoch": p.epoch, "loss": p.loss,
                 "total_epochs": p.total_epochs, "message": message})
@@ -378,11 +462,17 @@ def train_callbacks(job, report):
     return on_progress, on_checkpoint
 
 
-def _train(job, activations, device, paths, should_stop, report):
+def _train(job, activations, device, paths, should_stop, report, *, extracted_to=None, extraction_report=None):
+    """`extracted_to`: the cache this job extracted; a resume reads its arrival order, which the
+    trainer uses if the checkpoint's run trained while extracting."""
+    from engine.activations import load_arrival_rows
     from engine.trainer import train_sae
 
-    config, resume_from = train_start(job, device)
-    on_progress, on_checkpoint = train_callbacks(job, report)
+    config, resume_from = train_start(job, device, overlapped=extraction_report is not None)
+    first_epoch_rows = None
+    if resume_from is not None and extracted_to is not None:
+        first_epoch_rows = load_arrival_rows(extracted_to, activations.shape[0])
+    on_progress, on_checkpoint = train_callbacks(job, report, extraction_report)
     return train_sae(
         activations,
         config,
@@ -393,6 +483,7 @@ def _train(job, activations, device, paths, should_stop, report):
         should_stop=should_stop,
         on_checkpoint=on_checkpoint,
         resume_from=resume_from,
+        first_epoch_rows=first_epoch_rows,
     )
 
 
@@ -435,7 +526,7 @@ def _ce_loss(job, result, device, loaded, texts, *, heldout_start):
 
     ce = ce_loss_evaluation(loaded, heldout_texts, layer_number=job.layer_number, reconstruct=reconstruct,
                             max_sequence_length=job.max_sequence_length, batch_size=job.batch_size)
-    return {**ce, "ce_loss_reason": None}
+    return ce  # its ce_loss_reason says why ce_loss_recovered is None, when it is
 
 
 def _finish(job, result, activations, activations_path, extraction, device, paths, report, loaded, texts, should_stop):
@@ -486,6 +577,8 @@ def _finish(job, result, activations, activations_path, extraction, device, path
             "tokens_per_s": round(extraction.tokens_per_s, 1),
             "real_token_share": round(extraction.real_token_share, 4),
             "dtype": extraction.dtype,
+            # True: training stepped on the rows while they were extracted (MISTUDIO_OVERLAP_EXTRACTION).
+            "overlapped_with_training": extraction.overlapped,
         }
     job.refresh_from_db()
     write_metadata(

@@ -96,8 +96,10 @@ class TrainingStatsSerializer(serializers.Serializer):
 
 class DensityHistogramSerializer(serializers.Serializer):
     bin_edges = serializers.ListField(child=serializers.FloatField(), help_text="log10 feature density")
-    counts = serializers.ListField(child=serializers.IntegerField())
-    dead = serializers.IntegerField(required=False, help_text="Features that never fired (not in any bin)")
+    counts = serializers.ListField(child=serializers.IntegerField(), help_text="Features per bin, one fewer than bin_edges")
+    never_fired = serializers.IntegerField(
+        help_text="Features that never fired on the evaluation tokens: density 0 has no log10, so no bin holds them"
+    )
 
 
 class EvaluationSerializer(serializers.Serializer):
@@ -115,7 +117,7 @@ class EvaluationSerializer(serializers.Serializer):
     ce_loss_with_sae = serializers.FloatField(allow_null=True)
     ce_loss_zero_ablation = serializers.FloatField(allow_null=True)
     ce_loss_recovered = serializers.FloatField(allow_null=True)
-    ce_loss_reason = serializers.CharField(allow_null=True, required=False, help_text="Why the CE metrics are null")
+    ce_loss_reason = serializers.CharField(allow_null=True, required=False, help_text="Why the CE metrics are null, or why ce_loss_recovered alone is")
     eval_tokens = serializers.IntegerField()
 
 

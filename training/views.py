@@ -80,6 +80,8 @@ class CheckMemoryView(APIView):
         query = serializers.CheckMemoryQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         params = dict(query.validated_data)
+        # What /train would refuse (4-bit or 8-bit with no CUDA GPU) is refused here too, not estimated.
+        modelcheck.check_gpu_request(None, params["quantization"])
         described = modelcheck.describe(model_name)
         total = described.info.total_layers
         if params["layer_number"] is None:

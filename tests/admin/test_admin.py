@@ -1,4 +1,6 @@
 """Staff browse jobs, cancel them and upload corpora in the Django admin."""
+import html
+
 import pytest
 from django.contrib.admin.utils import quote
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -102,6 +104,63 @@ def test_the_admin_upload_applies_the_api_checks(staff_client):
                                  {"file": SimpleUploadedFile("latin.txt", "café au lait".encode("latin-1"))})
     assert "not valid UTF-8" in response.content.decode()
     assert not Corpus.objects.exists()
+
+
+@pytest.fixture
+def csrf_staff_client(charlie):
+    """A browser's client: the CSRF token is checked, as it is for a real staff member."""
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(charlie)
+    client.get("/admin/corpora/corpus/add/")
+    return client, client.cookies["csrftoken"].value
+
+
+def multipart(name, token):
+    """A form body with the file name exactly as given: Django's test client would strip folders
+    from it (as Django's parser does) before the server could see them."""
+    return (
+        "--BOUNDARY\r\n"
+        'Content-Disposition: form-data; name="csrfmiddlewaretoken"\r\n\r\n'
+        f"{token}\r\n"
+        "--BOUNDARY\r\n"
+        f'Content-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: text/plain\r\n\r\nalpha\nbeta\n\r\n--BOUNDARY--\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("name", ["../../x.txt", "..\\secrets.txt", "/abs/path.txt", "notes/../../x.txt"])
+def test_an_admin_upload_named_with_folders_is_refused_as_the_api_refuses_it(csrf_staff_client, alice_api, name):
+    client, token = csrf_staff_client
+    refused = client.generic("POST", "/admin/corpora/corpus/add/", multipart(name, token),
+                             content_type="multipart/form-data; boundary=BOUNDARY")
+    assert refused.status_code == 302  # back to the upload form, with the reason as a message
+    response = client.get(refused.url)
+    api = alice_api.generic("POST", "/api/v1/upload", multipart(name, ""),
+                            content_type="multipart/form-data; boundary=BOUNDARY")
+    assert api.status_code == 400
+    # The same message, word for word (the admin page escapes its quotes).
+    assert "is not allowed" in api.json()["detail"]
+    assert html.escape(api.json()["detail"]) in response.content.decode()
+    assert not Corpus.objects.exists()
+
+
+def test_an_admin_upload_with_a_plain_name_in_a_hand_written_body_is_stored(csrf_staff_client):
+    client, token = csrf_staff_client
+    client.generic("POST", "/admin/corpora/corpus/add/", multipart("notes.txt", token),
+                   content_type="multipart/form-data; boundary=BOUNDARY")
+    assert Corpus.objects.get().lines_count == 2
+
+
+def test_the_admin_upload_still_checks_the_csrf_token(csrf_staff_client):
+    client, token = csrf_staff_client
+    refused = client.post("/admin/corpora/corpus/add/", {"file": SimpleUploadedFile("notes.txt", b"alpha\n")})
+    assert refused.status_code == 403
+    accepted = client.post("/admin/corpora/corpus/add/", {"file": SimpleUploadedFile("notes.txt", b"alpha\n"),
+                                                           "csrfmiddlewaretoken": token}, follow=True)
+    assert accepted.status_code == 200
+    assert Corpus.objects.get().name == "notes.txt"
 
 
 def test_people_who_are_not_staff_are_kept_out(client, alice):

@@ -51,3 +51,22 @@ def test_validate_model_gives_a_verdict_for_a_model_it_cannot_reach(alice_api):
 def test_validate_model_needs_a_name(alice_api):
     response = alice_api.post("/api/v1/validate-model", {}, format="json")
     assert response.status_code == 400 and "model_name" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_check_memory_refuses_quantization_on_a_host_without_a_gpu_as_train_does(alice_api, upload, hub_models,
+                                                                                  sample_corpus_bytes, quantization):
+    from engine.devices import gpu_inventory
+
+    if gpu_inventory().gpus:
+        pytest.skip("this host has an NVIDIA GPU: 4-bit and 8-bit loading are available")
+    response = alice_api.get("/api/v1/check-memory/tiny/gpt2", {"quantization": quantization})
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert f"quantization '{quantization}' needs a CUDA GPU" in detail
+    upload("reviews.txt", sample_corpus_bytes)
+    train = alice_api.post("/api/v1/train", {"model_name": "tiny/gpt2", "corpus_file": "reviews.txt", "layer_number": 0,
+                                             "quantization": quantization}, format="json")
+    assert (train.status_code, train.json()["detail"]) == (400, detail)
+    # Without quantization the same host gets its estimate.
+    assert alice_api.get("/api/v1/check-memory/tiny/gpt2", {"quantization": "none"}).status_code == 200

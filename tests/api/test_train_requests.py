@@ -4,6 +4,7 @@ import pytest
 
 from tests.conftest import queued_tasks
 from training.models import TrainingJob
+from training.tasks import run_training_job
 
 pytestmark = pytest.mark.django_db
 
@@ -124,11 +125,38 @@ def test_architecture_fields_are_checked(alice_api, corpus, hub_models, fields, 
     assert not TrainingJob.objects.exists()
 
 
-def test_a_topk_job_keeps_its_architecture_and_k(alice_api, corpus, hub_models):
-    response = train(alice_api, model_name="tiny/gpt2", corpus_file=corpus, layer_number=0, architecture="topk", k=16)
+@pytest.mark.django_db(transaction=True)  # the worker's task runs the job outside a test transaction
+@pytest.mark.parametrize("architecture,k", [("relu", None), ("topk", 8), ("batchtopk", 8), ("jumprelu", None)])
+def test_each_architecture_trains_from_the_api_and_its_result_says_so(alice_api, upload, sample_corpus_bytes,
+                                                                     hub_models, architecture, k):
+    # A short corpus keeps the four real jobs to a few seconds each.
+    assert upload("reviews-head.txt", b"\n".join(sample_corpus_bytes.splitlines()[:120])).status_code == 200
+    fields = {"architecture": architecture, **({"k": k} if k else {})}
+    response = train(alice_api, model_name="tiny/gpt2", corpus_file="reviews-head.txt", layer_number=0, hidden_dim=32,
+                     max_epochs=1, min_loss=0, max_sequence_length=8, sae_batch_tokens=1024, **fields)
     assert response.status_code == 200, response.json()
-    job = TrainingJob.objects.get(pk=response.json()["job_id"])
-    assert (job.architecture, job.k) == ("topk", 16)
+    job_id = response.json()["job_id"]
+    job = TrainingJob.objects.get(pk=job_id)
+    assert (job.architecture, job.k) == (architecture, k)
+    [queued] = queued_tasks()
+    run_training_job(*queued["args"])  # as the worker runs it
+
+    result = alice_api.get(f"/api/v1/train/{job_id}/result").json()
+    assert result["status"] == "completed", result["message"]
+    assert (result["architecture"], result["k"]) == (architecture, k)
+    evaluation = result["evaluation"]
+    for key in ("l0", "explained_variance", "mse", "cosine_similarity", "ce_loss_clean", "ce_loss_with_sae",
+                "ce_loss_zero_ablation", "ce_loss_recovered"):
+        assert isinstance(evaluation[key], float), key  # tiny/gpt2 is a causal LM: every metric applies
+    assert evaluation["ce_loss_reason"] is None
+    assert evaluation["eval_tokens"] > 0 and evaluation["dead_window_tokens"] > 0
+    assert 0 <= evaluation["dead_features"] <= 32 and 0 <= evaluation["dense_features"] <= 32
+    if architecture == "topk":
+        assert evaluation["l0"] <= k + 1e-6
+    # Every feature is in one density bin or never fired on the held-out tokens.
+    histogram = evaluation["density_histogram"]
+    assert len(histogram["counts"]) == len(histogram["bin_edges"]) - 1
+    assert sum(histogram["counts"]) + histogram["never_fired"] == 32
 
 
 def test_a_local_model_path_from_the_network_must_be_inside_the_model_folders(alice_api, corpus, hub_models,
@@ -138,6 +166,23 @@ def test_a_local_model_path_from_the_network_must_be_inside_the_model_folders(al
     assert "outside the folders this server loads models from" in outside.json()["detail"]
     inside = train(alice_api, model_name=str(hub_models / "tiny" / "gpt2"), corpus_file=corpus, layer_number=0)
     assert inside.status_code == 200, inside.json()
+
+
+def test_a_local_path_outside_the_model_folders_gets_one_answer_whether_it_exists_or_not(alice_api, corpus,
+                                                                                       hub_models, tmp_path):
+    (tmp_path / "empty-dir").mkdir()
+    names = ["../../etc", "../../no-such-dir-q", "/etc", str(tmp_path / "empty-dir"), str(tmp_path / "no-such-dir-q"),
+             "~/no-such-dir-q"]
+    details = {}
+    for name in names:
+        response = train(alice_api, model_name=name, corpus_file=corpus, layer_number=0)
+        assert response.status_code == 400
+        details[name] = response.json()["detail"]
+    for name, detail in details.items():
+        # The same sentence for each, only the name changes: nothing says what is on the disk.
+        assert detail == details["../../etc"].replace("'../../etc'", f"'{name}'")
+        assert "outside the folders this server loads models from" in detail
+    assert not TrainingJob.objects.exists()
 
 
 def test_a_model_name_too_long_for_the_filesystem_is_a_400(alice_api, corpus):

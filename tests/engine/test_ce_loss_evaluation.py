@@ -1,7 +1,7 @@
 import pytest
 
 from engine.errors import EngineError
-from engine.lm_eval import ce_loss_evaluation
+from engine.lm_eval import MIN_ABLATION_EFFECT, ce_loss_evaluation
 from engine.loading import load_model
 from engine.resolve import resolve_model
 
@@ -19,7 +19,7 @@ def evaluate(loaded, texts, reconstruct):
 def test_a_perfect_reconstruction_recovers_all_of_the_loss(gpt2_with_head, sample_texts):
     result = evaluate(gpt2_with_head, sample_texts, lambda x: x)
     assert result["ce_loss_with_sae"] == pytest.approx(result["ce_loss_clean"], rel=1e-5)
-    assert result["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert result["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4) and result["ce_loss_reason"] is None
     # A random tiny model predicts nearly uniformly, so ablation moves its loss only a little.
     assert abs(result["ce_loss_zero_ablation"] - result["ce_loss_clean"]) > 1e-4
     assert result["ce_eval_tokens"] > 100
@@ -29,6 +29,22 @@ def test_a_zero_reconstruction_recovers_none(gpt2_with_head, sample_texts):
     result = evaluate(gpt2_with_head, sample_texts, lambda x: x * 0)
     assert result["ce_loss_with_sae"] == pytest.approx(result["ce_loss_zero_ablation"], rel=1e-5)
     assert result["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_when_ablation_leaves_the_loss_unchanged_recovery_is_null_and_says_why(tiny_gpt2_dir, sample_texts):
+    import torch
+
+    loaded = load_model(resolve_model(str(tiny_gpt2_dir), models_dir=None), device="cpu", with_lm_head=True)
+    with torch.no_grad():  # a final norm of zeros: uniform logits, whatever layer 1 outputs
+        loaded.model.transformer.ln_f.weight.zero_()
+        loaded.model.transformer.ln_f.bias.zero_()
+    result = evaluate(loaded, sample_texts, lambda x: x * 0.5)
+    assert result["ce_loss_zero_ablation"] == pytest.approx(result["ce_loss_clean"], abs=MIN_ABLATION_EFFECT)
+    assert result["ce_loss_recovered"] is None
+    assert result["ce_loss_reason"] == (
+        "zero-ablating layer 1 changes the loss by less than 1e-09 nats per token: recovery is undefined"
+    )
+    assert result["ce_loss_clean"] is not None and result["ce_loss_with_sae"] is not None
 
 
 def test_the_clean_loss_is_the_models_own_loss(gpt2_with_head, sample_texts):

@@ -70,3 +70,20 @@ def test_an_unreadable_config_is_reported_clearly(tmp_path):
     resolved = resolve_model(str(tmp_path / "broken"), models_dir=None)
     with pytest.raises(ModelResolutionError, match="Could not read the config"):
         load_config(resolved)
+
+
+def test_with_local_roots_a_path_outside_them_is_refused_before_anything_is_looked_at(tmp_path, tiny_gpt2_dir):
+    roots = [tmp_path / "models"]
+    (tmp_path / "no-config").mkdir()
+    messages = []
+    for path in (tiny_gpt2_dir, tmp_path / "no-config", tmp_path / "missing"):
+        with pytest.raises(ModelResolutionError) as caught:
+            resolve_model(str(path), models_dir=tmp_path / "models", local_roots=roots)
+        messages.append(str(caught.value).replace(str(path), "PATH"))
+    assert len(set(messages)) == 1 and "outside the folders this server loads models from" in messages[0]
+
+
+def test_with_local_roots_a_folder_inside_them_still_resolves(tmp_path, tiny_gpt2_dir):
+    shutil.copytree(tiny_gpt2_dir, tmp_path / "models" / "mine")
+    resolved = resolve_model(str(tmp_path / "models" / "mine"), models_dir=None, local_roots=[tmp_path / "models"])
+    assert resolved.source == "local"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.test_train_command import last_json, run_train  # noqa: F401 (fixture)
+from tests.training.test_train_command import last_json, train_command
 
 D_MODEL = 32
 TRUE_FEATURES = 64
@@ -29,15 +29,18 @@ def planted():
     return (codes @ directions).astype(np.float32), directions
 
 
-@pytest.fixture
-def train_on_planted(planted, run_train, tmp_path, monkeypatch):  # noqa: F811
-    # Matrices this small only contend for threads: one per process keeps each run to seconds.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    path = tmp_path / "planted.npy"
+@pytest.fixture(scope="module")
+def train_on_planted(planted, tmp_path_factory):
+    # One database and one activations file for the module's runs: each run is its own job.
+    folder = tmp_path_factory.mktemp("ground-truth")
+    path = folder / "planted.npy"
     np.save(path, planted[0])
+    run_train = train_command(folder)
 
     def train(*args):
-        done = run_train("--activations", str(path), *COMMON, *args)
+        # Matrices this small only contend for threads: one per process keeps each run to seconds
+        # (on two busy cores, torch's default of a thread per core made a run 10-20 times slower).
+        done = run_train("--activations", str(path), *COMMON, *args, extra_env={"OMP_NUM_THREADS": "1"})
         assert done.returncode == 0, done.stderr
         return last_json(done.stdout)
 
@@ -53,7 +56,7 @@ def recovery(result, directions):
 
 def test_topk_at_the_true_k_recovers_the_planted_features(train_on_planted, planted):
     result = train_on_planted("--architecture", "topk", "--k", str(FEATURES_PER_TOKEN),
-                              "--max-epochs", "10", "--sae-batch-tokens", "512")
+                              "--max-epochs", "5", "--sae-batch-tokens", "512")
     assert recovery(result, planted[1]) >= 0.9
     assert result["evaluation"]["explained_variance"] >= 0.9
     assert result["evaluation"]["l0"] == pytest.approx(FEATURES_PER_TOKEN)
@@ -69,7 +72,7 @@ def test_relu_at_a_tuned_penalty_recovers_the_planted_features(train_on_planted,
 def test_a_higher_jumprelu_penalty_gives_fewer_active_features(train_on_planted):
     def l0(coeff):
         result = train_on_planted("--architecture", "jumprelu", "--sparsity-coeff", coeff,
-                                  "--max-epochs", "10", "--sae-batch-tokens", "512")
+                                  "--max-epochs", "3", "--sae-batch-tokens", "512")
         return result["evaluation"]["l0"]
 
     assert l0("0.1") < 0.75 * l0("0.001")

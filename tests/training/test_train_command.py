@@ -14,10 +14,10 @@ from tests.conftest import SAMPLE_CORPUS
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def run_train(tmp_path, django_db_blocker):
-    env = {**os.environ, "MISTUDIO_DATA_DIR": str(tmp_path / "cli-data"), "MISTUDIO_MODELS_DIR": str(tmp_path / "cli-models"),
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite3'}"}
+def train_command(folder):
+    """`manage.py train` as a subprocess, with a migrated database and data folders of its own in `folder`."""
+    env = {**os.environ, "MISTUDIO_DATA_DIR": str(folder / "cli-data"), "MISTUDIO_MODELS_DIR": str(folder / "cli-models"),
+           "DATABASE_URL": f"sqlite:///{folder / 'cli.sqlite3'}"}
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
 
     def run(*args, extra_env=None):
@@ -25,6 +25,11 @@ def run_train(tmp_path, django_db_blocker):
                                capture_output=True, text=True, timeout=300)
 
     return run
+
+
+@pytest.fixture
+def run_train(tmp_path, django_db_blocker):
+    return train_command(tmp_path)
 
 
 def last_json(stdout):
@@ -43,6 +48,7 @@ def test_it_trains_from_a_model_and_a_corpus_path_and_prints_the_result_last(run
     assert result["training_stats"]["total_epochs"] == 3
     assert result["model_info"]["selected_layer"] == 2 and result["ready_for_find_service"] is True
     assert "epoch 3/3" in done.stderr  # the progress bar
+    assert f"{tiny_gpt2_dir} on layer 2" in done.stderr
     # MISTUDIO_CPU_BF16=off (pytest.ini): float32 throughout, and the job says so.
     assert result["training_stats"]["compute_dtype"] == "float32"
     assert result["training_stats"]["extraction"]["dtype"] == "float32"
@@ -75,6 +81,8 @@ def test_it_trains_on_activations_someone_already_has(run_train, tmp_path):
         assert result["status"] == "completed"
         assert result["activations_path"] == str(path)
         assert result["training_stats"]["feature_statistics"]["total_features"] == 32
+        # No model, so no layer: the terminal says what it trains on.
+        assert f"an SAE on the activations in {path}" in done.stderr and "on layer" not in done.stderr
 
 
 @pytest.mark.parametrize(

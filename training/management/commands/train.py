@@ -91,13 +91,21 @@ class Command(BaseCommand):
                                       any_local_path=True)
         except ServiceError as err:
             raise CommandError(err.message) from None
-        self.stderr.write(f"Job {job.id}: {job.source_description} on layer {job.layer_number}")
-        job = job_run(job.id, on_progress=self._progress_bar(options["no_progress"]))
+        self.stderr.write(f"Job {job.id}: {self._describe(job)}")
+        # The terminal is where the user waits for this job: a busy slot is waited for, not left
+        # to a background worker.
+        job = job_run(job.id, on_progress=self._progress_bar(options["no_progress"]), wait_for_slot=True)
         self._close_bar()
         document = serializers.ResultSerializer(documents.result_document(job)).data
         self.stdout.write(json.dumps(document, indent=2, cls=JSONEncoder))
         if job.status != job.Status.COMPLETED:
             raise CommandError(job.message)
+
+    @staticmethod
+    def _describe(job):
+        if job.activations_file:
+            return f"an SAE on the activations in {job.activations_file}"
+        return f"{job.model_name} on layer {job.layer_number}"
 
     def _corpus_name(self, owner, corpus):
         path = Path(corpus)
@@ -123,7 +131,12 @@ class Command(BaseCommand):
 
         def update(event):
             bar = self._bar
-            if event.get("phase") == "training":
+            if event.get("phase") == "waiting":
+                # Said even with --no-progress: a silent terminal would look hung.
+                bar.clear()
+                self.stderr.write(event["message"])
+                bar.set_description("waiting")
+            elif event.get("phase") == "training":
                 bar.n = min(event["progress"], 1.0)
                 bar.set_description(f"epoch {event['epoch']}/{event['total_epochs']}")
                 bar.set_postfix_str(f"loss {event['loss']:.5g}")
