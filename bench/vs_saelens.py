@@ -1,17 +1,17 @@
 """The same TopK SAE trained by miStudio's engine and by SAELens, in one run:
 
 (a) end to end, from the same Hugging Face causal LM (a random Llama-shaped LM saved to a folder,
-    see _setup.py) and the same texts: ours = what the service does on a CPU, extract_activations
-    then train_sae (--overlap: train_sae stepping on the rows of an ExtractionStream as they
-    arrive, the service's way on a GPU), SAELens =
+    see _setup.py) and the same texts: ours = what the service does, train_sae stepping on the rows
+    of an ExtractionStream as they arrive (--sequential: extract_activations, then train_sae, as
+    with MISTUDIO_OVERLAP_EXTRACTION=off), SAELens =
     LanguageModelSAETrainingRunner with model_class_name="AutoModelForCausalLM" (its HookedProxyLM);
 (b) from the same pre-computed activations (one float32 tensor): ours = train_sae, SAELens =
     SAETrainer fed by an in-memory iterator over shuffled batches of that tensor.
 
 Same d_in, d_sae, k, batch size in tokens, learning rate (1% warm-up, linear decay to 0 over the
-last 20%), tokens, and torch threads. With --overlap, both draw the first (here the only) pass
-through a shuffle buffer of the same size: SAELens' n_batches_in_buffer x store_batch_size_prompts
-x context, ours shuffle_buffer_tokens; without it ours shuffles all rows. Model loading is outside every timing. Explained variance and
+last 20%), tokens, and torch threads. End to end, both draw the first (here the only) pass through a shuffle
+buffer of the same size: SAELens' n_batches_in_buffer x store_batch_size_prompts x context, ours
+shuffle_buffer_tokens (--sequential: ours shuffles all rows). Model loading is outside every timing. Explained variance and
 L0 are computed by one function, on both SAEs' encode/decode, on the same held-out activations
 (other texts, extracted by our engine).
 
@@ -150,8 +150,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="both libraries alike")
     parser.add_argument("--skip-end-to-end", action="store_true")
-    parser.add_argument("--overlap", action="store_true",
-                        help="ours end to end: train while extracting (the service's default on a GPU only)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="ours end to end: extract everything, then train (MISTUDIO_OVERLAP_EXTRACTION=off)")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -191,7 +191,7 @@ def main():
 
         def ours_end_to_end():
             path = tmp / "train.npy"
-            if not args.overlap:
+            if args.sequential:
                 extraction = extract_activations(loaded, train_texts, out_path=path, **extract)
                 return extraction, train_sae(load_activations(extraction.path), our_config(args))
             stream = ExtractionStream(loaded, train_texts, out_path=path, **extract)
@@ -206,7 +206,7 @@ def main():
             # (a) end to end. Ours first: its extracted rows are (b)'s shared tensor.
             (extraction, result), seconds = timed("ours end to end", ours_end_to_end, args.profile and repeat == 0)
             n_tokens = extraction.n_tokens
-            how = "beside" if args.overlap else "then"
+            how = "then" if args.sequential else "beside"
             print(f"repeat {repeat + 1}: ours end to end {seconds:.1f} s: extraction {extraction.seconds:.1f} s,"
                   f" training {result.training_time_seconds:.1f} s {how} it", flush=True)
             if not args.skip_end_to_end:
@@ -227,7 +227,7 @@ def main():
             record("(b) from activations, SAELens", n, seconds, theirs_eval(sae))
 
     print(f"machine: {_setup.machine()}; torch threads now {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}")
-    print(f"precision {args.precision} on both sides; ours end to end {'overlapped' if args.overlap else 'sequential'}; sae-lens {sae_lens.__version__}; Llama hidden {d_in}, {loaded.config.num_hidden_layers} layers, layer {layer}; "
+    print(f"precision {args.precision} on both sides; ours end to end {'sequential' if args.sequential else 'overlapped'}; sae-lens {sae_lens.__version__}; Llama hidden {d_in}, {loaded.config.num_hidden_layers} layers, layer {layer}; "
           f"TopK d_sae {args.d_sae}, k {args.k}, batch {args.batch} tokens, lr {args.lr:g}, 1 pass over "
           f"{n_tokens} tokens ({len(train_texts)} sequences of {CONTEXT} tokens); held out {heldout.shape[0]} tokens; "
           f"{args.repeats} repeats, tokens/s from the median time (best in brackets)")

@@ -3,8 +3,10 @@
 Recipe, shared by every architecture unless noted (sources inline):
 - the last `eval_fraction` of the rows (a contiguous tail, at least 1, at most 100k) is held out
   for engine.evaluate and never trained on;
-- inputs are multiplied by one fixed scalar so their mean L2 norm is sqrt(d_in), which makes the
-  sparsity coefficient mean roughly the same thing for every model and layer;
+- inputs are multiplied by one fixed scalar so their mean L2 norm is sqrt(d_in) (Anthropic,
+  "Circuits Updates - April 2024"; SAELens' normalize_activations="expected_average_only_in"), which
+  makes the sparsity coefficient mean roughly the same thing for every model and layer; the
+  scalar is folded back into the saved weights (engine.export);
 - b_dec starts at the geometric median of a sample, W_enc at W_dec.T;
 - loss = MSE (mean over elements) + the architecture's sparsity term (relu: decoder-norm-weighted
   L1, jumprelu: L0 or a target-L0 penalty, topk/batchtopk: none, plus the AuxK loss);
@@ -914,6 +916,7 @@ def _sample_rows(activations, n: int, rng: np.random.Generator) -> torch.Tensor:
 
 
 def _scaling_factor(sample: torch.Tensor) -> float:
+    """The scalar that brings the sample's mean L2 norm to sqrt(d_in) (Anthropic, April 2024 update)."""
     mean_norm = sample.double().norm(dim=1).mean().item()
     if not mean_norm > 0 or not math.isfinite(mean_norm):
         raise ActivationsError("Activations are all zero or not finite: nothing to train on")

@@ -254,11 +254,11 @@ if CPU_BF16 not in ("auto", "on", "off"):
 ACTIVATIONS_RAM_BUDGET_BYTES = env_int("MISTUDIO_ACTIVATIONS_RAM_BUDGET_BYTES", 4 * 1024**3, minimum=1)
 # Training while extracting: a fresh one-process job's first epoch steps on rows as the model
 # writes them, drawn through a shuffle buffer of SHUFFLE_BUFFER_TOKENS (later epochs shuffle the
-# whole cache). "auto" does so on a GPU, where the two fill each other's gaps; on a CPU they compete
-# for the same cores (measured slower, bench/RESULTS.md), so it extracts first and shuffles fully.
-OVERLAP_EXTRACTION = env_str("MISTUDIO_OVERLAP_EXTRACTION", "auto")
-if OVERLAP_EXTRACTION not in ("auto", "on", "off"):
-    raise ImproperlyConfigured(f"MISTUDIO_OVERLAP_EXTRACTION={OVERLAP_EXTRACTION!r}: use auto, on or off")
+# whole cache); "off" extracts everything first and shuffles it whole. On the 2-core CPU of
+# bench/RESULTS.md "on" was 13-18% faster end to end when the cores were not shared; on a GPU the two fill each other's gaps.
+OVERLAP_EXTRACTION = env_str("MISTUDIO_OVERLAP_EXTRACTION", "on")
+if OVERLAP_EXTRACTION not in ("on", "off"):
+    raise ImproperlyConfigured(f"MISTUDIO_OVERLAP_EXTRACTION={OVERLAP_EXTRACTION!r}: use on or off")
 SHUFFLE_BUFFER_TOKENS = env_int("MISTUDIO_SHUFFLE_BUFFER_TOKENS", 65536, minimum=2)
 # A `gpu_ids` job trains as one process per listed GPU (torchrun, DDP). On a machine without a GPU
 # such a job is refused, unless this lets it run as that many CPU processes (gloo): tests, trials.

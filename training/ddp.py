@@ -72,8 +72,10 @@ def train(job, activations_path, device, paths, should_stop, report):
         "config": asdict(config),
         "cuda": cuda,
         "activations_path": str(activations_path),
-        # A resume follows the extraction order if its checkpoint's run did (the trainer checks).
-        "from_extraction": not job.activations_file,
+        # The ranks start after extraction, but their first epoch follows the extraction order as a
+        # one-process job's does when it trains while extracting, so both give the same SAE. A resume
+        # follows whatever its checkpoint's run did (the trainer checks).
+        "arrival_order": not job.activations_file and (resume_from is not None or settings.OVERLAP_EXTRACTION == "on"),
         "checkpoint_dir": str(paths["checkpoint_dir"]),
         "resume_from": str(resume_from) if resume_from else None,
         "result_path": str(files["result"]),
@@ -280,8 +282,7 @@ def main(job_id: str) -> None:
             checkpoint_prefix=job.id, on_progress=on_progress, on_checkpoint=on_checkpoint,
             should_stop=_stop_check(stopping, job.worker_pid if rank == 0 else None),
             resume_from=launch["resume_from"], distributed=True,
-            first_epoch_rows=load_arrival_rows(path, activations.shape[0])
-            if launch.get("from_extraction") and launch["resume_from"] else None,
+            first_epoch_rows=load_arrival_rows(path, activations.shape[0]) if launch.get("arrival_order") else None,
         )
         if rank == 0:
             save_result(result, Path(launch["result_path"]))

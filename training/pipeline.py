@@ -273,7 +273,7 @@ def _run(job, report, should_stop):
             services.job_update_progress(
                 job.id, phase=TrainingJob.Phase.EXTRACTING, message=f"Extracting activations on {device}"
             )
-            if _overlaps(job, device):
+            if _overlaps(job):
                 # A fresh single-process run trains while the model extracts (engine.activations.ExtractionStream).
                 result, extraction = _extract_and_train(job, loaded, texts, device, paths, should_stop, report)
                 activations_path = extraction.path if extraction is not None else paths["activations_path"]
@@ -310,15 +310,13 @@ def _run(job, report, should_stop):
     _finish(job, result, activations, activations_path, extraction, device, paths, report, loaded, texts, should_stop)
 
 
-def _overlaps(job, device):
-    """Whether this run trains while it extracts: a fresh one-process job, on a GPU unless the
-    setting says otherwise (MISTUDIO_OVERLAP_EXTRACTION). A resume extracts first, then follows
-    whatever order its checkpoint's run used."""
+def _overlaps(job):
+    """Whether this run trains while it extracts: a fresh one-process job, unless
+    MISTUDIO_OVERLAP_EXTRACTION is off. A multi-GPU job extracts in the worker before its ranks
+    start; a resume extracts first, then follows whatever order its checkpoint's run used."""
     last = job.last_checkpoint
     if job.gpu_ids or (last is not None and Path(last.path).is_file()):
         return False
-    if settings.OVERLAP_EXTRACTION == "auto":
-        return str(device).startswith("cuda")
     return settings.OVERLAP_EXTRACTION == "on"
 
 

@@ -26,8 +26,8 @@ def test_an_overlapped_job_completes_and_says_so(alice, hub_models, settings):
     assert len(job.training_curve) >= 2
 
 
-def test_on_a_cpu_auto_extracts_first(alice, hub_models, settings):
-    settings.OVERLAP_EXTRACTION = "auto"
+def test_with_overlap_off_it_extracts_first(alice, hub_models, settings):
+    settings.OVERLAP_EXTRACTION = "off"
     job = run(alice, **FIELDS)
     assert job.status == "completed", job.message
     assert job.training_stats["extraction"]["overlapped_with_training"] is False
