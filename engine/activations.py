@@ -156,7 +156,10 @@ class ExtractionStream:
 
     def __init__(self, loaded: LoadedModel, texts: list[str], *, layer_number: int, batch_size: int,
                  max_sequence_length: int, out_path: Path,
-                 on_progress: Callable[[int, int, int], None] | None = None, seed: int = 0):
+                 on_progress: Callable[[int, int, int], None] | None = None,
+                 on_done: Callable[[ExtractionResult], None] | None = None, seed: int = 0):
+        """`on_done(result)`: once, in the consumer's thread, when the finished file is in place
+        (a caller records where the cache is, so a crash later in training need not redo it)."""
         import threading
 
         self._started = time.monotonic()
@@ -169,6 +172,8 @@ class ExtractionStream:
         ends = np.cumsum([int(self._plan.lengths[batch].sum()) for batch in self._plan.batches])
         self._batch_ends = ends
         self._on_progress = on_progress
+        self._on_done = on_done
+        self._done_delivered = False
         self._lock = threading.Condition()
         self._published = 0  # rows of `arrival` written so far
         self._events: list = []
@@ -222,16 +227,14 @@ class ExtractionStream:
                 self._lock.wait(remaining)
             ready = self._published >= n_rows or self._result is not None
             events, self._events = self._events, []
-        self._deliver(events)
+            finished = self._result
+        self._deliver(events, finished)
         return ready
 
     def result(self) -> ExtractionResult:
         """Wait for the whole extraction; the complete file is then at out_path."""
         self._thread.join()
         self.wait(0)
-        with self._lock:
-            events, self._events = self._events, []
-        self._deliver(events)
         return self._result
 
     @property
@@ -245,10 +248,14 @@ class ExtractionStream:
         self._stop.set()
         self._thread.join()
 
-    def _deliver(self, events):
+    def _deliver(self, events, finished):
         if self._on_progress is not None:
             for event in events:
                 self._on_progress(*event)
+        if finished is not None and not self._done_delivered:
+            self._done_delivered = True
+            if self._on_done is not None:
+                self._on_done(finished)
 
 
 def _side_stream(device):

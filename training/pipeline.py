@@ -364,7 +364,12 @@ def _extract_and_train(job, loaded, texts, device, paths, should_stop, report):
     from engine.activations import ExtractionStream
 
     extraction_report = _ExtractionReport(job, report)
-    stream = ExtractionStream(loaded, texts, on_progress=extraction_report, **_extract_options(job, paths["activations_path"]))
+    stream = ExtractionStream(
+        loaded, texts, on_progress=extraction_report,
+        # Recorded as soon as the cache is complete: a worker killed in a later epoch resumes from it.
+        on_done=lambda done: services.job_update_progress(job.id, activations_path=str(done.path)),
+        **_extract_options(job, paths["activations_path"]),
+    )
     try:
         result = _train(job, stream, device, paths, should_stop, report, extraction_report=extraction_report)
         if result.stopped_reason == "cancelled":

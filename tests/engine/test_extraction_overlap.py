@@ -165,3 +165,13 @@ def test_a_buffer_smaller_than_a_batch_and_one_larger_than_the_rows_both_work(gp
         result = train_sae(stream, config(max_epochs=1, shuffle_buffer_tokens=buffer))
         assert stream.result().path.is_file()
         assert result.total_epochs == 1 and np.isfinite(result.final_loss)
+
+
+def test_on_done_comes_once_in_the_consumers_thread_with_the_finished_file(gpt2, sample_texts, tmp_path):
+    seen = []
+    stream = ExtractionStream(gpt2, texts(sample_texts), **extract(gpt2, None, tmp_path / "e.npy"),
+                              on_done=lambda result: seen.append((threading.current_thread(), result.path.is_file())))
+    train_sae(stream, config(max_epochs=2))  # the second epoch needs the finished file
+    assert seen == [(threading.main_thread(), True)]
+    stream.result()
+    assert len(seen) == 1

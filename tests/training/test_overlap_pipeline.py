@@ -50,3 +50,24 @@ def test_out_of_memory_in_an_overlapped_job_names_the_part_that_ran_out(alice, h
     assert f"Out of memory during {phase}" in job.message, job.message
     # Nothing half-written is left as the job's cache.
     assert not list((settings.DATA_DIR / "activations").glob("*.partial"))
+
+
+def test_the_cache_is_recorded_on_the_job_before_training_ends(alice, hub_models, settings, monkeypatch):
+    """A worker killed in a later epoch resumes from the cache instead of extracting again."""
+    from engine.trainer import _Run
+    from training.models import TrainingJob
+
+    settings.OVERLAP_EXTRACTION = "on"
+    settings.SHUFFLE_BUFFER_TOKENS = 512
+    recorded = []
+    step = _Run.step
+
+    def watching(self, x):
+        recorded.append((self.state.epochs_done, TrainingJob.objects.values_list("activations_path", flat=True).get()))
+        return step(self, x)
+
+    monkeypatch.setattr(_Run, "step", watching)
+    job = run(alice, **FIELDS)
+    assert job.status == "completed", job.message
+    second_epoch = [path for epochs_done, path in recorded if epochs_done == 1]
+    assert second_epoch and all(path == job.activations_path for path in second_epoch)
