@@ -280,7 +280,7 @@ def _run(job, report, should_stop):
             else:
                 extraction = _extract(job, loaded, texts, paths["activations_path"], should_stop, report)
                 activations_path = extraction.path
-            if extraction is not None:
+                # (An overlapped run recorded it already, as soon as the file was complete.)
                 services.job_update_progress(job.id, activations_path=str(activations_path))
         if not job.model_info.get("is_causal_lm"):
             loaded = None  # only next-token evaluation needs the model again: free it now
