@@ -54,6 +54,8 @@ _GEOMETRIC_MEDIAN_ITERATIONS = 20
 # Bricken et al. 2023 resample dead neurons with encoder rows at 0.2x the mean live encoder norm.
 _RESAMPLE_ENCODER_SCALE = 0.2
 _DECODE_PATHS = ("dense", "sparse")
+# sparsity_coeff × this = λ in the summed-squared-error convention (see _sparsity_weight).
+_LAMBDA_PER_SPARSITY_COEFF = 2000.0
 
 
 @dataclass
@@ -87,6 +89,12 @@ class TrainConfig:
     # gives a handful of steps per epoch, and an SAE barely leaves its initialisation in a hundred
     # Adam steps, so the batch shrinks (sae_batch_tokens is then a maximum) until the run has them.
     min_steps: int = 0
+    # With min_steps on, a run also takes at least min_update_travel / learning_rate steps. An Adam
+    # step moves each parameter by about the learning rate, and in the scaled input space (norm
+    # sqrt(d_in)) pre-activations are O(1), so the encoder biases a ReLU SAE needs to turn sparse
+    # (and JumpReLU's thresholds) must travel ~0.5: at the seed's 1e-4 that is 5,000 steps, where a
+    # thousand left the bundled model's relu SAE dense (L0 395 of 1024; README, "Architectures").
+    min_update_travel: float = 0.5
     # Activations larger than this are streamed from their memory-mapped cache instead of loaded
     # into RAM; None loads them whole.
     ram_budget_bytes: int | None = None
@@ -469,7 +477,7 @@ class _Run:
         pre, f, recon, fired, fired_per_token = forward(x, self.state.decode_path)
         mse = F.mse_loss(recon, x)
         sparsity = sae.sparsity_loss(pre, f, target_l0=config.target_l0)
-        loss = mse + _sparsity_weight(config) * self._sparsity_warmup() * sparsity
+        loss = mse + _sparsity_weight(config, sae.d_in) * self._sparsity_warmup() * sparsity
         if sae.architecture in ("topk", "batchtopk") and config.aux_k_coeff > 0:
             loss = loss + config.aux_k_coeff * self._aux_k_loss(x, recon, pre)
         # Distributed: the whole batch's numbers, reduced before backward so every rank sees the same loss.
@@ -835,6 +843,8 @@ def _check_config(config: TrainConfig) -> None:
         problems.append("max_epochs must be at least 1")
     if not config.learning_rate > 0:
         problems.append("learning_rate must be positive")
+    if not config.min_update_travel >= 0:
+        problems.append("min_update_travel must be zero or positive")
     if not config.sparsity_coeff >= 0:
         problems.append("sparsity_coeff must be zero or positive")
     if config.architecture not in ARCHITECTURES:
@@ -862,13 +872,25 @@ def _check_activations(activations) -> tuple[int, int]:
     return shape
 
 
-def _sparsity_weight(config: TrainConfig) -> float:
-    """A target L0 is a constraint, not a trade-off: its penalty (L0/target - 1)^2 has a fixed
-    weight of 1 (it held L0 near the target on MiniLM and the synthetic tests), so sparsity_coeff (whose seed default
-    suits a penalty on L0 itself) does not apply to it."""
+def _sparsity_weight(config: TrainConfig, d_in: int) -> float:
+    """The weight of the architecture's sparsity term beside the MSE (a mean over elements).
+
+    `sparsity_coeff` is λ/2000 in the loss of Anthropic's April 2024 update, ||x - x̂||² summed over
+    the d_in dimensions + λ Σ_i f_i ||W_dec,i|| (JumpReLU: + λ L0), with inputs at mean norm
+    sqrt(d_in). The trainer minimises that loss divided by d_in, so the reported loss (and min_loss)
+    stays a per-element MSE: the weight here is λ / d_in. In that convention one λ asks layers and
+    models of every width for about the same trade-off, which is what the input normalisation is
+    for. The factor puts the seed's default 0.001 at λ = 2: on the bundled model (d_in 384) λ = 1
+    left hundreds of features firing on more than 10% of tokens, λ = 2 a few dozen at L0 ~30-40
+    (README, "Architectures"); Anthropic's λ = 5 is for runs of ~100k steps. Before this
+    convention sparsity_coeff was the per-element weight itself, 5.2x weaker at d_in 384.
+
+    A target L0 is a constraint, not a trade-off: its penalty (L0/target - 1)^2 has a fixed weight
+    of 1 (it held L0 near the target on MiniLM and the synthetic tests), and sparsity_coeff does
+    not apply to it."""
     if config.architecture == "jumprelu" and config.target_l0:
         return 1.0
-    return config.sparsity_coeff
+    return config.sparsity_coeff * _LAMBDA_PER_SPARSITY_COEFF / d_in
 
 
 def _param_groups(sae, config: TrainConfig, total_steps: int) -> list[dict]:
@@ -884,10 +906,18 @@ def _param_groups(sae, config: TrainConfig, total_steps: int) -> list[dict]:
     return groups
 
 
+def min_steps_for(config: TrainConfig) -> int:
+    """The fewest optimizer steps the run should take (TrainConfig.min_steps, min_update_travel); 0 = off."""
+    if config.min_steps <= 0:
+        return 0
+    return max(config.min_steps, math.ceil(config.min_update_travel / config.learning_rate))
+
+
 def _batch_tokens(config: TrainConfig, n_tokens: int) -> int:
     batch = min(config.sae_batch_tokens, n_tokens)
-    if config.min_steps > 0:
-        steps_per_epoch = math.ceil(config.min_steps / config.max_epochs)
+    min_steps = min_steps_for(config)
+    if min_steps > 0:
+        steps_per_epoch = math.ceil(min_steps / config.max_epochs)
         batch = min(batch, max(_MIN_BATCH_TOKENS, n_tokens // steps_per_epoch))
     return max(1, batch)
 

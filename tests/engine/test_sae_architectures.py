@@ -8,8 +8,10 @@ from engine.trainer import TrainConfig, train_sae
 from tests.engine.test_sae_training import sparse_data
 
 
+# sparse_data has d_in 32: sparsity_coeff 1.6e-5 is λ = 0.032, a per-element weight of 1e-3
+# (engine.trainer._sparsity_weight), the weight these runs were sized at.
 def config(**overrides) -> TrainConfig:
-    values = dict(hidden_dim=128, sparsity_coeff=1e-3, learning_rate=1e-2, sae_batch_tokens=512, max_epochs=10,
+    values = dict(hidden_dim=128, sparsity_coeff=1.6e-5, learning_rate=1e-2, sae_batch_tokens=512, max_epochs=10,
                   min_loss=0.0, checkpoint_every_epochs=0, checkpoint_interval_s=1e9, progress_interval_s=0.0)
     values.update(overrides)
     return TrainConfig(**values)
@@ -71,8 +73,8 @@ def test_trained_topk_and_batchtopk_reach_the_target_l0():
 
 def test_jumprelu_thresholds_move_and_a_larger_penalty_lowers_l0():
     data = sparse_data()
-    weak = train_sae(data, config(architecture="jumprelu", sparsity_coeff=1e-3))
-    strong = train_sae(data, config(architecture="jumprelu", sparsity_coeff=1e-1))
+    weak = train_sae(data, config(architecture="jumprelu", sparsity_coeff=1.6e-5))
+    strong = train_sae(data, config(architecture="jumprelu", sparsity_coeff=1.6e-3))
     initial = torch.full((128,), 0.1)
     assert (weak.sae.threshold - initial).abs().max() > 0.01
     assert (strong.sae.threshold - initial).abs().mean() > 0.05
@@ -81,7 +83,7 @@ def test_jumprelu_thresholds_move_and_a_larger_penalty_lowers_l0():
 
 def test_jumprelu_target_l0_pulls_l0_towards_the_target_whatever_the_sparsity_coeff():
     data = sparse_data()
-    result = train_sae(data, config(architecture="jumprelu", sparsity_coeff=1e-3, target_l0=10, max_epochs=20))
+    result = train_sae(data, config(architecture="jumprelu", sparsity_coeff=1.6e-5, target_l0=10, max_epochs=20))
     assert 5 < l0_of(result, data) < 25  # unpenalised runs sit near 44
 
 
@@ -109,7 +111,7 @@ def test_training_reports_dead_feature_counters_and_the_held_out_rows():
 def test_relu_resamples_features_that_stay_dead():
     data = sparse_data(n_tokens=2048)
     # A penalty strong enough, early enough, to kill features in the first half of training.
-    harsh = dict(hidden_dim=256, sparsity_coeff=1.0, dead_window_tokens=256, sparsity_warmup_fraction=0,
+    harsh = dict(hidden_dim=256, sparsity_coeff=0.016, dead_window_tokens=256, sparsity_warmup_fraction=0,
                  learning_rate=3e-2)
     result = train_sae(data, config(**harsh))
     assert result.resampled_features > 0

@@ -63,7 +63,8 @@ def test_topk_at_the_true_k_recovers_the_planted_features(train_on_planted, plan
 
 
 def test_relu_at_a_tuned_penalty_recovers_the_planted_features(train_on_planted, planted):
-    result = train_on_planted("--architecture", "relu", "--sparsity-coeff", "0.03",
+    # λ = 1 (the seed's default 0.001 is λ = 2: it recovers the directions too, at EV ~0.85).
+    result = train_on_planted("--architecture", "relu", "--sparsity-coeff", "0.0005",
                               "--max-epochs", "20", "--sae-batch-tokens", "256")
     assert recovery(result, planted[1]) >= 0.9
     assert result["evaluation"]["explained_variance"] >= 0.9
@@ -75,7 +76,7 @@ def test_a_higher_jumprelu_penalty_gives_fewer_active_features(train_on_planted)
                                   "--max-epochs", "3", "--sae-batch-tokens", "512")
         return result["evaluation"]["l0"]
 
-    assert l0("0.1") < 0.75 * l0("0.001")
+    assert l0("0.0016") < 0.75 * l0("0.000016")
 
 
 def test_batchtopk_at_the_true_k_recovers_the_planted_features(train_on_planted, planted):
