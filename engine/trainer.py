@@ -193,7 +193,10 @@ def train_sae(
     n_rows, d_in = _check_activations(activations)
     n_eval = _eval_rows(n_rows, config.eval_fraction)
     n_tokens = n_rows - n_eval  # rows [0, n_tokens) train; the tail is held out
-    batch_tokens = _batch_tokens(config, n_tokens)
+    # A resumed run keeps the batch and penalty weight its checkpoint was trained with, even when
+    # it was written by an older version that chose them by other rules.
+    batch_tokens, sparsity_weight = _run_constants(config, n_tokens, d_in, resume_from)
+    run_batch_tokens = batch_tokens  # before a data-parallel group rounds it; what a checkpoint keeps
     steps_per_epoch = math.ceil(n_tokens / batch_tokens)
     parallel = None
     if distributed:
@@ -217,7 +220,7 @@ def train_sae(
         config.architecture, d_in, config.hidden_dim, k=config.k,
         jumprelu_initial_threshold=config.jumprelu_initial_threshold, jumprelu_bandwidth=config.jumprelu_bandwidth,
     )
-    state = _RunState()
+    state = _RunState(batch_tokens=run_batch_tokens, sparsity_weight=sparsity_weight)
     state.tokens_since_fired = torch.zeros(config.hidden_dim, dtype=torch.int64)
     if resume_from is None:
         # The input scale is a fixed preprocessing constant, shared by training and evaluation, so
@@ -425,6 +428,8 @@ class _RunState:
     resampled_features: int = 0
     decode_path: str | None = None  # chosen on the first step, kept by checkpoints for an exact resume
     first_epoch_mixed: bool = False  # the first epoch followed the extraction order (see _Mixing)
+    batch_tokens: int = 0  # tokens per step (_batch_tokens), fixed for the run
+    sparsity_weight: float = 0.0  # the sparsity term's weight (_sparsity_weight), fixed for the run
 
 
 class _Run:
@@ -477,7 +482,7 @@ class _Run:
         pre, f, recon, fired, fired_per_token = forward(x, self.state.decode_path)
         mse = F.mse_loss(recon, x)
         sparsity = sae.sparsity_loss(pre, f, target_l0=config.target_l0)
-        loss = mse + _sparsity_weight(config, sae.d_in) * self._sparsity_warmup() * sparsity
+        loss = mse + self.state.sparsity_weight * self._sparsity_warmup() * sparsity
         if sae.architecture in ("topk", "batchtopk") and config.aux_k_coeff > 0:
             loss = loss + config.aux_k_coeff * self._aux_k_loss(x, recon, pre)
         # Distributed: the whole batch's numbers, reduced before backward so every rank sees the same loss.
@@ -720,6 +725,8 @@ class _Run:
             "resampled_features": state.resampled_features,
             "decode_path": state.decode_path,
             "first_epoch_mixed": state.first_epoch_mixed,
+            "batch_tokens": state.batch_tokens,
+            "sparsity_weight": state.sparsity_weight,
         }
         partial = path.with_name(path.name + ".partial")
         torch.save(payload, partial)
@@ -870,6 +877,20 @@ def _check_activations(activations) -> tuple[int, int]:
     if len(shape) != 2 or shape[0] < 2 or shape[1] < 1:
         raise ActivationsError(f"Activations have shape {shape}: expected 2-D [tokens, d_model] with at least 2 tokens")
     return shape
+
+
+def _run_constants(config: TrainConfig, n_tokens: int, d_in: int, resume_from) -> tuple[int, float]:
+    """The run's batch size and sparsity weight: a checkpoint's own, or this version's rules.
+    Checkpoints from before the rules changed (no such keys) get the rules they were written
+    under: the batch from min_steps alone, and sparsity_coeff as the per-element weight."""
+    if resume_from is not None and Path(resume_from).is_file():
+        saved = torch.load(resume_from, map_location="cpu", weights_only=True, mmap=True)
+        if "batch_tokens" in saved:
+            return int(saved["batch_tokens"]), float(saved["sparsity_weight"])
+        old = TrainConfig(**{**asdict(config), "min_update_travel": 0.0})
+        weight = _sparsity_weight(config, d_in) if config.architecture == "jumprelu" and config.target_l0 else config.sparsity_coeff
+        return _batch_tokens(old, n_tokens), weight
+    return _batch_tokens(config, n_tokens), _sparsity_weight(config, d_in)
 
 
 def _sparsity_weight(config: TrainConfig, d_in: int) -> float:

@@ -117,3 +117,19 @@ def test_the_step_floor_follows_the_learning_rate_only_while_min_steps_is_on():
     assert min_steps_for(TrainConfig(min_steps=1000, learning_rate=1e-3)) == 1000
     assert min_steps_for(TrainConfig(min_steps=1000, learning_rate=1e-5)) == 50_000
     assert min_steps_for(TrainConfig(min_steps=0)) == 0  # off: batches as asked
+
+
+@pytest.mark.parametrize("architecture,d_in", [("relu", 32), ("relu", 96), ("jumprelu", 32)])
+def test_the_loss_is_the_mse_plus_lambda_over_d_in_times_the_penalty(architecture, d_in):
+    """sparsity_coeff means λ / 2000 in the summed-squared-error loss; the trainer reports that loss
+    divided by d_in (README, "The SAE"), so each step's loss = MSE + (2000 × coeff / d_in) × penalty."""
+    reports = []
+    coeff = 0.003
+    train_sae(sparse_data(n_tokens=600, d_in=d_in),
+              config(architecture=architecture, sparsity_coeff=coeff, sparsity_warmup_fraction=0, max_epochs=1,
+                     sae_batch_tokens=128, eval_fraction=0.0),
+              on_progress=reports.append)
+    assert len(reports) >= 4  # one a step (progress_interval_s 0)
+    for report in reports:
+        assert report.l1 > 0
+        assert report.loss == pytest.approx(report.mse + 2000 * coeff / d_in * report.l1, rel=1e-5)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from engine.trainer import TrainConfig, train_sae
@@ -69,3 +70,29 @@ def test_resuming_from_an_end_of_epoch_checkpoint_matches_an_uninterrupted_one(t
     np.testing.assert_allclose(resumed.loss_history, uninterrupted.loss_history, rtol=1e-6)
     for name, value in uninterrupted.sae.state_dict().items():
         torch.testing.assert_close(resumed.sae.state_dict()[name], value)
+
+
+def test_a_checkpoint_keeps_its_batch_and_penalty_weight_across_a_change_of_rules(tmp_path):
+    # A job checkpointed by a version with other rules (before min_update_travel, and when
+    # sparsity_coeff was the per-element weight; no batch_tokens/sparsity_weight keys) and resumed
+    # after an upgrade ends as it would have: the same batch, the same penalty.
+    legacy = config(architecture="relu", sparsity_coeff=0.05, learning_rate=1e-4, min_steps=40, max_epochs=4,
+                    sparsity_warmup_fraction=0)
+    cancelled = train_sae(data(), legacy, checkpoint_dir=tmp_path, should_stop=stop_after(30))
+    assert cancelled.sae_batch_tokens == 64  # today's rules: 0.5 / 1e-4 steps -> the 64-token floor
+    path = cancelled.checkpoints[-1].path
+    saved = torch.load(path, weights_only=True)
+    assert saved["batch_tokens"] == 64 and saved["sparsity_weight"] == 0.05 * 2000 / 16
+    del saved["batch_tokens"], saved["sparsity_weight"]
+    saved["epoch_step"] = 0  # written at an epoch's end, as a killed worker's newest checkpoint is
+    saved["epoch_sums"] = [0.0, 0.0, 0.0, 0]
+    torch.save(saved, path)
+
+    reports = []
+    resumed = train_sae(data(), legacy, resume_from=path, on_progress=reports.append)
+    # The old rule: 950 rows over 4 epochs, 10 steps an epoch -> 95 tokens a step.
+    assert resumed.sae_batch_tokens == 95
+    assert reports and all(r.l1 > 0 and r.loss == pytest.approx(r.mse + 0.05 * r.l1, rel=1e-5) for r in reports)
+    # Resumed with the keys, a checkpoint of today's rules keeps today's batch.
+    again = train_sae(data(), legacy, checkpoint_dir=tmp_path / "new", should_stop=stop_after(30))
+    assert train_sae(data(), legacy, resume_from=again.checkpoints[-1].path).sae_batch_tokens == 64
