@@ -28,7 +28,7 @@ With `distributed=True` every process of a torch.distributed group trains its sh
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -195,7 +195,8 @@ def train_sae(
     n_tokens = n_rows - n_eval  # rows [0, n_tokens) train; the tail is held out
     # A resumed run keeps the batch and penalty weight its checkpoint was trained with, even when
     # it was written by an older version that chose them by other rules.
-    batch_tokens, sparsity_weight = _run_constants(config, n_tokens, d_in, resume_from)
+    saved = _load_checkpoint(Path(resume_from)) if resume_from is not None else None
+    batch_tokens, sparsity_weight = _run_constants(config, n_tokens, d_in, saved)
     run_batch_tokens = batch_tokens  # before a data-parallel group rounds it; what a checkpoint keeps
     steps_per_epoch = math.ceil(n_tokens / batch_tokens)
     parallel = None
@@ -250,7 +251,8 @@ def train_sae(
                                  fused=True)
     state.first_epoch_mixed = mixing is not None
     if resume_from is not None:
-        _restore(Path(resume_from), sae, optimizer, state, d_in=d_in, config=config)
+        _restore(saved, Path(resume_from).name, sae, optimizer, state, d_in=d_in, config=config)
+        del saved  # the SAE and optimizer hold what they need of it; drop the rest for the run
         state.tokens_since_fired = state.tokens_since_fired.to(device)
         # The checkpoint says how its first epoch drew rows; a resume repeats that.
         if state.epochs_done == 0 and state.first_epoch_mixed and mixing is None:
@@ -807,20 +809,23 @@ def _convergence_epoch(history: list[float]) -> int | None:
     return len(history)
 
 
-def _restore(path: Path, sae, optimizer, state: _RunState, *, d_in: int, config: TrainConfig) -> None:
+def _load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise EngineError(f"Checkpoint '{path.name}' does not exist")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _restore(saved: dict, name: str, sae, optimizer, state: _RunState, *, d_in: int, config: TrainConfig) -> None:
     shape = tuple(saved["sae"]["W_enc"].shape)
     if shape != (d_in, config.hidden_dim):
         raise EngineError(
-            f"Checkpoint '{path.name}' is for an SAE of shape {shape}, not ({d_in}, {config.hidden_dim}): "
+            f"Checkpoint '{name}' is for an SAE of shape {shape}, not ({d_in}, {config.hidden_dim}): "
             "resume with the same activations and hidden_dim"
         )
     saved_architecture = saved.get("config", {}).get("architecture", "relu")
     if saved_architecture != config.architecture:
         raise EngineError(
-            f"Checkpoint '{path.name}' is for architecture '{saved_architecture}', not '{config.architecture}'"
+            f"Checkpoint '{name}' is for architecture '{saved_architecture}', not '{config.architecture}'"
         )
     sae.load_state_dict(saved["sae"])
     optimizer.load_state_dict(saved["optimizer"])
@@ -879,18 +884,18 @@ def _check_activations(activations) -> tuple[int, int]:
     return shape
 
 
-def _run_constants(config: TrainConfig, n_tokens: int, d_in: int, resume_from) -> tuple[int, float]:
-    """The run's batch size and sparsity weight: a checkpoint's own, or this version's rules.
+def _run_constants(config: TrainConfig, n_tokens: int, d_in: int, saved: dict | None) -> tuple[int, float]:
+    """The run's batch size and sparsity weight: a loaded checkpoint's own, or this version's rules.
     Checkpoints from before the rules changed (no such keys) get the rules they were written
     under: the batch from min_steps alone, and sparsity_coeff as the per-element weight."""
-    if resume_from is not None and Path(resume_from).is_file():
-        saved = torch.load(resume_from, map_location="cpu", weights_only=True, mmap=True)
-        if "batch_tokens" in saved:
-            return int(saved["batch_tokens"]), float(saved["sparsity_weight"])
-        old = TrainConfig(**{**asdict(config), "min_update_travel": 0.0})
-        weight = _sparsity_weight(config, d_in) if config.architecture == "jumprelu" and config.target_l0 else config.sparsity_coeff
-        return _batch_tokens(old, n_tokens), weight
-    return _batch_tokens(config, n_tokens), _sparsity_weight(config, d_in)
+    if saved is None:
+        return _batch_tokens(config, n_tokens), _sparsity_weight(config, d_in)
+    if "batch_tokens" in saved:
+        return int(saved["batch_tokens"]), float(saved["sparsity_weight"])
+    weight = _sparsity_weight(config, d_in)
+    if not (config.architecture == "jumprelu" and config.target_l0):
+        weight = config.sparsity_coeff
+    return _batch_tokens(replace(config, min_update_travel=0.0), n_tokens), weight
 
 
 def _sparsity_weight(config: TrainConfig, d_in: int) -> float:
