@@ -49,6 +49,10 @@ def worker_register() -> Worker:
                   "gpu_name": name, "memory_total": memory, "fake": settings.FAKE_GPU and settings.WORKER_GPU is not None,
                   "started_at": now, "last_seen_at": now},
     )
+    # A worker that comes back after a SIGKILL or a reboot finds the lease its dead run never
+    # released: free it now, or the slot looks busy to the orphan sweep for good.
+    if _lease_release_if_stale(worker):
+        worker.refresh_from_db()
     return worker
 
 
@@ -94,8 +98,8 @@ class SeenThread(threading.Thread):
 
 
 def _watchdog():
-    """What every live worker does now and then, idle or not: resume jobs whose worker died, and
-    queue again jobs whose task was lost."""
+    """What every live worker does now and then, idle or not: resume jobs whose worker died, free
+    the slots they leased, and queue again jobs whose task was lost."""
     from training.services import jobs_recover_stale, jobs_requeue_orphans
 
     jobs_recover_stale()
@@ -104,18 +108,17 @@ def _watchdog():
 
 def lease_acquire(job) -> bool:
     """Take this worker's slot for `job`: a compare-and-swap on the slot's own `job` column, so of
-    two workers racing for one slot exactly one wins. A slot held by a job that is no longer
-    running (its worker died mid-job) is free. False when a running job holds it."""
-    from training.models import TrainingJob
-
+    two workers racing for one slot exactly one wins. A slot whose lease is stale (lease_live) is
+    free. False when a live lease of another job holds it."""
     slot = Worker.objects.filter(host=settings.HOST_NAME, device=this_device()).select_related("job").first()
     if slot is None:
         slot = worker_register()
-    holder = slot.job
-    if (holder is not None and holder.pk != job.pk and holder.status == TrainingJob.Status.RUNNING
-            and holder.worker_host == slot.host and pid_alive(holder.worker_pid)):
+    if slot.job_id is not None and slot.job_id != job.pk and lease_live(slot):
         return False
     now = timezone.now()
+    # The caller claimed `job`: a lease on it elsewhere is its earlier run's, on a slot it left
+    # when its worker died (a job holds one slot at most).
+    Worker.objects.filter(job=job).exclude(pk=slot.pk).update(job=None, leased_at=None)
     return bool(Worker.objects.filter(pk=slot.pk, job_id=slot.job_id).update(
         job=job, leased_at=now, last_seen_at=now, pid=os.getpid()))
 
@@ -139,6 +142,44 @@ def lease_wait(job, *, should_stop, on_busy=None) -> bool:
             return False
         time.sleep(interval_s)
     return True
+
+
+def worker_gone(host: str, pid, heartbeat_at) -> bool:
+    """Whether the process that claimed a job is gone: its pid no longer exists on this host, or
+    it has not written a heartbeat for HEARTBEAT_STALE_S (on any host). The crash-recovery sweep
+    and the lease sweep judge by this one rule."""
+    if host == settings.HOST_NAME and not pid_alive(pid):
+        return True
+    return heartbeat_at is None or heartbeat_at < timezone.now() - timedelta(seconds=settings.HEARTBEAT_STALE_S)
+
+
+def lease_live(slot: Worker) -> bool:
+    """Whether a slot's lease is held: its job is running, claimed on the slot's host, by a worker
+    that is not gone. A lease is stale once its job ended, went back to the queue, or lost its
+    worker (SIGKILL, OOM kill, reboot), because only a finishing run releases its own."""
+    from training.models import TrainingJob
+
+    holder = slot.job
+    return (holder is not None and holder.status == TrainingJob.Status.RUNNING and holder.worker_host == slot.host
+            and not worker_gone(holder.worker_host, holder.worker_pid, holder.heartbeat_at))
+
+
+def _lease_release_if_stale(slot: Worker) -> bool:
+    # Conditional on the lease we judged (job and when it was taken): a worker that took the slot
+    # again in between, even for the same job, keeps it.
+    if slot.job_id is None or lease_live(slot):
+        return False
+    return bool(Worker.objects.filter(pk=slot.pk, job_id=slot.job_id, leased_at=slot.leased_at).update(
+        job=None, leased_at=None))
+
+
+def leases_release_stale() -> list[str]:
+    """Free every slot whose lease is stale (lease_live), on any host; the slots freed."""
+    freed = [str(slot) for slot in Worker.objects.filter(job__isnull=False).select_related("job")
+             if _lease_release_if_stale(slot)]
+    if freed:
+        logger.warning("Released the leases of slots whose job or worker is gone: %s", ", ".join(freed))
+    return freed
 
 
 def pid_alive(pid) -> bool:

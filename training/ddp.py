@@ -59,7 +59,7 @@ def worker_device(job, select_device) -> str:
 def train(job, activations_path, device, paths, should_stop, report):
     """Rank 0's TrainResult; None when the job was cancelled before rank 0 could hand one back."""
     from engine.distributed import load_result
-    from training.pipeline import train_start
+    from training.pipeline import first_epoch_in_arrival_order, train_start
 
     cuda = str(device).startswith("cuda")
     count = len(job.gpu_ids)
@@ -75,7 +75,7 @@ def train(job, activations_path, device, paths, should_stop, report):
         # The ranks start after extraction, but their first epoch follows the extraction order as a
         # one-process job's does when it trains while extracting, so both give the same SAE. A resume
         # follows whatever its checkpoint's run did (the trainer checks).
-        "arrival_order": not job.activations_file and (resume_from is not None or settings.OVERLAP_EXTRACTION == "on"),
+        "arrival_order": not job.activations_file and (resume_from is not None or first_epoch_in_arrival_order(job)),
         "checkpoint_dir": str(paths["checkpoint_dir"]),
         "resume_from": str(resume_from) if resume_from else None,
         "result_path": str(files["result"]),

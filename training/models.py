@@ -97,6 +97,12 @@ class TrainingJob(models.Model):
     worker_host = models.CharField(max_length=255, blank=True)
     worker_pid = models.IntegerField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # One entry per run (attempt): who ran it, when, how it ended, and the seconds it spent
+    # extracting and training (written with its progress, so a killed run still counts).
+    runs = models.JSONField(default=list, blank=True)
+    # Whether the first epoch follows the extraction order (a run that trains while extracting),
+    # decided once, by the job's first run: a rerun with no checkpoint trains the same epoch.
+    first_epoch_in_arrival_order = models.BooleanField(null=True, blank=True)
 
     # Results.
     model_info = models.JSONField(null=True, blank=True)
@@ -111,6 +117,8 @@ class TrainingJob(models.Model):
     features = models.JSONField(null=True, blank=True)
     model_path = models.CharField(max_length=1024, blank=True)
     activations_path = models.CharField(max_length=1024, blank=True)
+    # What the run that extracted activations_path measured (kept for the result of a resumed run).
+    extraction_stats = models.JSONField(null=True, blank=True)
     metadata_path = models.CharField(max_length=1024, blank=True)
     error = models.TextField(blank=True)
 

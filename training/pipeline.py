@@ -281,7 +281,7 @@ def _run(job, report, should_stop):
                 extraction = _extract(job, loaded, texts, paths["activations_path"], should_stop, report)
                 activations_path = extraction.path
                 # (An overlapped run recorded it already, as soon as the file was complete.)
-                services.job_update_progress(job.id, activations_path=str(activations_path))
+                _extracted(job, extraction)
         if not job.model_info.get("is_causal_lm"):
             loaded = None  # only next-token evaluation needs the model again: free it now
         if result is None or result.stopped_reason != "cancelled":
@@ -307,17 +307,28 @@ def _run(job, report, should_stop):
             current_loss=result.final_loss if result else None,
         )
         return
-    _finish(job, result, activations, activations_path, extraction, device, paths, report, loaded, texts, should_stop)
+    _finish(job, result, activations, activations_path, device, paths, report, loaded, texts, should_stop)
 
 
 def _overlaps(job):
-    """Whether this run trains while it extracts: a fresh one-process job, unless
-    MISTUDIO_OVERLAP_EXTRACTION is off. A multi-GPU job extracts in the worker before its ranks
-    start; a resume extracts first, then follows whatever order its checkpoint's run used."""
+    """Whether this run trains while it extracts: a one-process job with no checkpoint yet whose
+    first epoch follows the extraction order. A multi-GPU job extracts in the worker before its
+    ranks start; a resume extracts first, then follows whatever order its checkpoint's run used."""
     last = job.last_checkpoint
     if job.gpu_ids or (last is not None and Path(last.path).is_file()):
         return False
-    return settings.OVERLAP_EXTRACTION == "on"
+    return first_epoch_in_arrival_order(job)
+
+
+def first_epoch_in_arrival_order(job) -> bool:
+    """Whether the job's first epoch follows the extraction order, as a run that trains while
+    extracting must (MISTUDIO_OVERLAP_EXTRACTION). Decided by the job's first run and kept on its
+    row: a rerun without a checkpoint (its worker killed after the cache was complete) trains the
+    first epoch its first run trained, whatever the setting is by then."""
+    if job.first_epoch_in_arrival_order is None:
+        job.first_epoch_in_arrival_order = not job.activations_file and settings.OVERLAP_EXTRACTION == "on"
+        services.job_update_progress(job.id, first_epoch_in_arrival_order=job.first_epoch_in_arrival_order)
+    return job.first_epoch_in_arrival_order
 
 
 class _ExtractionReport:
@@ -342,8 +353,29 @@ class _ExtractionReport:
         eta = int((total - done) * elapsed / done) if done else None
         message = f"Extracting activations - {done}/{total} sequences ({rate:.0f} tokens/s)"
         services.job_update_progress(self.job.id, eta_s=eta, message=message, tokens_per_s=round(rate, 1),
-                                     phase=TrainingJob.Phase.EXTRACTING)
+                                     phase=TrainingJob.Phase.EXTRACTING, spent={"extraction_seconds": elapsed})
         self.report({"phase": "extracting", "done": done, "total": total, "message": message})
+
+
+def _extracted(job, extraction):
+    """The cache is complete: the row keeps where it is and what extracting it measured, so a rerun
+    reuses it and its result still reports the extraction."""
+    services.job_update_progress(job.id, activations_path=str(extraction.path),
+                                 extraction_stats=extraction_stats(extraction),
+                                 spent={"extraction_seconds": extraction.seconds})
+
+
+def extraction_stats(extraction) -> dict:
+    return {
+        "sequences": extraction.n_sequences,
+        "tokens": extraction.n_tokens,
+        "seconds": round(extraction.seconds, 3),
+        "tokens_per_s": round(extraction.tokens_per_s, 1),
+        "real_token_share": round(extraction.real_token_share, 4),
+        "dtype": extraction.dtype,
+        # True: training stepped on the rows while they were extracted (MISTUDIO_OVERLAP_EXTRACTION).
+        "overlapped_with_training": extraction.overlapped,
+    }
 
 
 def _extract_options(job, out_path):
@@ -367,7 +399,7 @@ def _extract_and_train(job, loaded, texts, device, paths, should_stop, report):
     stream = ExtractionStream(
         loaded, texts, on_progress=extraction_report,
         # Recorded as soon as the cache is complete: a worker killed in a later epoch resumes from it.
-        on_done=lambda done: services.job_update_progress(job.id, activations_path=str(done.path)),
+        on_done=lambda done: _extracted(job, done),
         **_extract_options(job, paths["activations_path"]),
     )
     try:
@@ -451,6 +483,7 @@ def train_callbacks(job, report, extraction_report=None):
             message=message,
             tokens_per_s=round(p.tokens_per_s, 1),
             training_curve=curve.points,
+            spent={"training_seconds": p.elapsed_s},
             **phase,
         )
         report({"phase": "training", "progress": p.progress, "epoch": p.epoch, "loss": p.loss,
@@ -466,14 +499,15 @@ def train_callbacks(job, report, extraction_report=None):
 
 
 def _train(job, activations, device, paths, should_stop, report, *, extracted_to=None, extraction_report=None):
-    """`extracted_to`: the cache this job extracted; a resume reads its arrival order, which the
-    trainer uses if the checkpoint's run trained while extracting."""
+    """`extracted_to`: the finished cache this job extracted. A resume reads its arrival order,
+    which the trainer uses if the checkpoint's run trained while extracting; a fresh run uses it
+    when the job's first epoch follows the extraction order (its first run overlapped)."""
     from engine.activations import load_arrival_rows
     from engine.trainer import train_sae
 
     config, resume_from = train_start(job, device, overlapped=extraction_report is not None)
     first_epoch_rows = None
-    if resume_from is not None and extracted_to is not None:
+    if extracted_to is not None and (resume_from is not None or first_epoch_in_arrival_order(job)):
         first_epoch_rows = load_arrival_rows(extracted_to, activations.shape[0])
     on_progress, on_checkpoint = train_callbacks(job, report, extraction_report)
     return train_sae(
@@ -532,7 +566,7 @@ def _ce_loss(job, result, device, loaded, texts, *, heldout_start):
     return ce  # its ce_loss_reason says why ce_loss_recovered is None, when it is
 
 
-def _finish(job, result, activations, activations_path, extraction, device, paths, report, loaded, texts, should_stop):
+def _finish(job, result, activations, activations_path, device, paths, report, loaded, texts, should_stop):
     from engine.export import save_sae, write_metadata
     from engine.export_saelens import export_saelens
     from engine.stats import feature_statistics
@@ -559,7 +593,6 @@ def _finish(job, result, activations, activations_path, extraction, device, path
         "final_loss": result.final_loss,
         "final_mse": result.final_mse,
         "total_epochs": result.total_epochs,
-        "training_time_seconds": round(result.training_time_seconds, 3),
         "convergence_epoch": result.convergence_epoch,
         "stopped_reason": result.stopped_reason,
         "loss_history": result.loss_history,
@@ -572,18 +605,13 @@ def _finish(job, result, activations, activations_path, extraction, device, path
         "decode_path": result.decode_path,
         "compute_dtype": result.compute_dtype,
     }
-    if extraction is not None:
-        training_stats["extraction"] = {
-            "sequences": extraction.n_sequences,
-            "tokens": extraction.n_tokens,
-            "seconds": round(extraction.seconds, 3),
-            "tokens_per_s": round(extraction.tokens_per_s, 1),
-            "real_token_share": round(extraction.real_token_share, 4),
-            "dtype": extraction.dtype,
-            # True: training stepped on the rows while they were extracted (MISTUDIO_OVERLAP_EXTRACTION).
-            "overlapped_with_training": extraction.overlapped,
-        }
+    # This run's training time joins its entry in `runs`; the result adds up every run's.
+    services.job_update_progress(job.id, spent={"training_seconds": result.training_time_seconds})
     job.refresh_from_db()
+    training_stats.update(services.job_runs_summary(job.runs))
+    # The run that extracted the activations recorded what it measured (maybe an earlier run).
+    if job.extraction_stats:
+        training_stats["extraction"] = job.extraction_stats
     write_metadata(
         paths["metadata_path"],
         {

@@ -75,10 +75,19 @@ class FeatureStatisticsSerializer(serializers.Serializer):
     l0 = serializers.FloatField()
 
 
+class RunSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(help_text="1 for the first run; a resumed job has more")
+    started_at = serializers.DateTimeField()
+    ended_at = serializers.DateTimeField(allow_null=True)
+    ended = serializers.CharField(allow_null=True, help_text="completed, cancelled, failed, or 'worker lost' (killed; the next run resumed it)")
+    extraction_seconds = serializers.FloatField(allow_null=True, help_text="Seconds this run spent extracting activations (null: it reused a cache)")
+    training_seconds = serializers.FloatField(allow_null=True, help_text="Seconds this run spent training, up to its last progress report for a run that was killed")
+
+
 class TrainingStatsSerializer(serializers.Serializer):
     final_loss = serializers.FloatField()
     total_epochs = serializers.IntegerField()
-    training_time_seconds = serializers.FloatField()
+    training_time_seconds = serializers.FloatField(help_text="Seconds spent training, every run of the job added up (a resumed job's too)")
     convergence_epoch = serializers.IntegerField(allow_null=True)
     feature_statistics = FeatureStatisticsSerializer()
     final_mse = serializers.FloatField(help_text="Reconstruction MSE of the last epoch (scaled inputs)")
@@ -91,7 +100,8 @@ class TrainingStatsSerializer(serializers.Serializer):
     resampled_features = serializers.IntegerField(help_text="relu: dead features resampled during training")
     decode_path = serializers.ChoiceField(choices=["dense", "sparse"], help_text="topk: how the decoder ran, chosen by timing both on the first batch")
     compute_dtype = serializers.ChoiceField(choices=["float32", "bfloat16"], required=False, help_text="What the SAE's matmuls computed in: bfloat16 on a GPU, and on a CPU per MISTUDIO_CPU_BF16")
-    extraction = serializers.DictField(required=False, help_text="Sequences, tokens, seconds, tokens/s, real-token share and model dtype of activation extraction")
+    extraction = serializers.DictField(required=False, help_text="Sequences, tokens, seconds, tokens/s, real-token share and model dtype of activation extraction, as the run that extracted measured them")
+    runs = RunSerializer(many=True, required=False, help_text="One entry per run of the job: a job whose worker died is resumed by another run (absent for jobs finished before runs were kept)")
 
 
 class DensityHistogramSerializer(serializers.Serializer):

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from corpora.services import corpus_for_user
 from engine.devices import cpu_uses_bf16
-from gpus.services import pid_alive
+from gpus.services import worker_gone
 from mistudio import crypto
 from mistudio.errors import Conflict, NotFound, ServiceError
 from training import modelcheck
@@ -213,28 +213,58 @@ def job_cancel(job: TrainingJob) -> TrainingJob:
 
 
 def job_claim(job_id: str) -> TrainingJob | None:
-    """Atomically move a queued job to running in this process; None when another worker has it
-    or it was cancelled. The one conditional UPDATE is what keeps a job from running twice."""
+    """Atomically move a queued job to running in this process, opening this run's entry in its
+    `runs`; None when another worker has it or it was cancelled. The one conditional UPDATE is what
+    keeps a job from running twice; the row lock keeps `runs` and `attempts` in step (a worker
+    killed right after its claim still leaves its run recorded)."""
     now = timezone.now()
-    claimed = TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.QUEUED).update(
-        status=TrainingJob.Status.RUNNING,
-        phase=TrainingJob.Phase.LOADING,
-        started_at=Coalesce(F("started_at"), Value(now)),
-        message="Starting",
-        updated_at=now,
-        attempts=F("attempts") + 1,
-        worker_host=settings.HOST_NAME,
-        worker_pid=os.getpid(),
-        heartbeat_at=now,
-    )
+    with transaction.atomic():
+        queued = TrainingJob.objects.select_for_update().filter(pk=job_id, status=TrainingJob.Status.QUEUED)
+        job = queued.first()
+        if job is None:
+            return None
+        run = {"attempt": job.attempts + 1, "host": settings.HOST_NAME, "pid": os.getpid(),
+               "started_at": now.isoformat(), "ended_at": None, "ended": None,
+               "extraction_seconds": None, "training_seconds": None}
+        claimed = queued.update(
+            status=TrainingJob.Status.RUNNING,
+            phase=TrainingJob.Phase.LOADING,
+            started_at=Coalesce(F("started_at"), Value(now)),
+            message="Starting",
+            updated_at=now,
+            attempts=F("attempts") + 1,
+            worker_host=settings.HOST_NAME,
+            worker_pid=os.getpid(),
+            heartbeat_at=now,
+            runs=[*job.runs, run],
+        )
     return TrainingJob.objects.get(pk=job_id) if claimed else None
+
+
+def _runs_closed(runs: list, *, ended: str, at) -> list:
+    """`runs` with its last entry closed, if it is still open: how and when that run ended."""
+    runs = [dict(run) for run in runs or []]
+    if runs and runs[-1].get("ended") is None:
+        runs[-1].update(ended=ended, ended_at=at.isoformat())
+    return runs
+
+
+def job_runs_summary(runs: list) -> dict:
+    """What a job's result says of its runs: the seconds they spent training and extracting in
+    all, and each run's own (a resumed job counts every run, not only its last)."""
+    return {
+        "training_time_seconds": round(sum(run.get("training_seconds") or 0.0 for run in runs), 3),
+        "runs": [{key: run.get(key) for key in ("attempt", "started_at", "ended_at", "ended",
+                                                "extraction_seconds", "training_seconds")} for run in runs],
+    }
 
 
 def job_requeue(job: TrainingJob, message: str) -> None:
     """Hand a claimed job back to the queue untouched (its attempt not counted)."""
+    runs = TrainingJob.objects.filter(pk=job.pk).values_list("runs", flat=True).first() or []
     updated = TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING).update(
         status=TrainingJob.Status.QUEUED, phase=TrainingJob.Phase.WAITING, message=message,
-        attempts=F("attempts") - 1, updated_at=timezone.now())
+        attempts=F("attempts") - 1, updated_at=timezone.now(), runs=runs[:-1])
     if updated:
         transaction.on_commit(lambda: _enqueue(job.pk))
 
@@ -253,19 +283,18 @@ def jobs_recover_stale() -> list[str]:
     older than HEARTBEAT_STALE_S anywhere — and queue them again to resume from their last
     checkpoint, failing them after MAX_JOB_ATTEMPTS runs. Runs whenever a worker process starts."""
     now = timezone.now()
-    stale_before = now - timedelta(seconds=settings.HEARTBEAT_STALE_S)
-    host = settings.HOST_NAME
     recovered = []
     for job in TrainingJob.objects.filter(status=TrainingJob.Status.RUNNING):
-        dead_here = job.worker_host == host and not pid_alive(job.worker_pid)
-        if not dead_here and job.heartbeat_at and job.heartbeat_at >= stale_before:
+        if not worker_gone(job.worker_host, job.worker_pid, job.heartbeat_at):
             continue
         # Conditional on the heartbeat we saw: if the worker beat in between, it is alive.
         still_lost = TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING, heartbeat_at=job.heartbeat_at)
         lost = f"its worker (pid {job.worker_pid} on {job.worker_host}) stopped during run {job.attempts}"
+        # The run ended when its worker last said it was alive.
+        runs = _runs_closed(job.runs, ended="worker lost", at=job.heartbeat_at or now)
         if job.cancel_requested_at:
             done = still_lost.update(status=TrainingJob.Status.CANCELLED, phase=TrainingJob.Phase.DONE,
-                                     completed_at=now, updated_at=now, encrypted_hf_token="",
+                                     completed_at=now, updated_at=now, encrypted_hf_token="", runs=runs,
                                      message=f"Cancelled; {lost}")
         elif job.attempts >= settings.MAX_JOB_ATTEMPTS:
             reason = (f"{lost}, the last of {settings.MAX_JOB_ATTEMPTS} allowed runs "
@@ -273,10 +302,10 @@ def jobs_recover_stale() -> list[str]:
                       "out-of-memory kill; a smaller batch_size or hidden_dim needs less memory.")
             done = still_lost.update(status=TrainingJob.Status.FAILED, phase=TrainingJob.Phase.DONE,
                                      completed_at=now, updated_at=now, encrypted_hf_token="", error=reason,
-                                     message=f"Training failed: {reason}")
+                                     runs=runs, message=f"Training failed: {reason}")
         else:
             done = still_lost.update(status=TrainingJob.Status.QUEUED, phase=TrainingJob.Phase.WAITING,
-                                     updated_at=now, eta_s=None,
+                                     updated_at=now, eta_s=None, runs=runs,
                                      message=f"Re-queued: {lost}; it resumes from its last checkpoint")
             if done:
                 transaction.on_commit(lambda job_id=job.pk: _enqueue(job_id))
@@ -290,9 +319,11 @@ def jobs_requeue_orphans() -> list[str]:
     """Queued jobs whose task went missing: still queued QUEUE_STALE_S after their task was put on
     a queue while a live worker that could run them is idle (a worker buffers tasks while it
     trains and a killed one takes them along; Redis loses them, the ORM broker holds them for
-    `retry`). Each gets a fresh task; a duplicate task is harmless, as a job is claimed once."""
-    from gpus.services import live_workers
+    `retry`). Each gets a fresh task; a duplicate task is harmless, as a job is claimed once.
+    Stale leases are released first: a slot leased to a job that ended or lost its worker is idle."""
+    from gpus.services import leases_release_stale, live_workers
 
+    leases_release_stale()
     stale_before = timezone.now() - timedelta(seconds=settings.QUEUE_STALE_S)
     idle = list(live_workers().filter(job__isnull=True).values_list("gpu_index", flat=True))
     if not idle:
@@ -316,9 +347,17 @@ def jobs_requeue_orphans() -> list[str]:
     return requeued
 
 
-def job_update_progress(job_id: str, **fields) -> None:
+def job_update_progress(job_id: str, *, spent: dict | None = None, **fields) -> None:
+    """`spent`: seconds this run has spent so far (extraction_seconds, training_seconds), kept in
+    its entry of `runs`."""
     fields["updated_at"] = timezone.now()
-    TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.RUNNING).update(**fields)
+    with transaction.atomic():
+        if spent:
+            runs = TrainingJob.objects.filter(pk=job_id).values_list("runs", flat=True).first()
+            if runs:
+                runs[-1].update({name: round(seconds, 3) for name, seconds in spent.items()})
+                fields["runs"] = runs
+        TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.RUNNING).update(**fields)
 
 
 def job_cancel_requested(job_id: str) -> bool:
@@ -330,9 +369,15 @@ def job_token(job: TrainingJob) -> str | None:
 
 
 def job_finish(job: TrainingJob, *, status: str, message: str, **fields) -> None:
-    """Every ending goes through here, and every ending wipes the token."""
+    """Every ending goes through here, and every ending wipes the token. A result's
+    training_stats get the job's runs, this one closed with its ending."""
     now = timezone.now()
+    runs = _runs_closed(TrainingJob.objects.filter(pk=job.pk).values_list("runs", flat=True).first(),
+                        ended=status, at=now)
+    if fields.get("training_stats") is not None:
+        fields["training_stats"] = {**fields["training_stats"], **job_runs_summary(runs)}
     TrainingJob.objects.filter(pk=job.pk).update(
+        runs=runs,
         status=status,
         phase=TrainingJob.Phase.DONE,
         message=message,

@@ -55,7 +55,7 @@ def stop_cluster(process):
 
 @pytest.fixture
 def worker(settings, hub_models, tmp_path, worker_env):
-    env = worker_process_env(settings, MISTUDIO_CHECKPOINT_EVERY_EPOCHS="1", **worker_env)
+    env = worker_process_env(settings, **{"MISTUDIO_CHECKPOINT_EVERY_EPOCHS": "1", **worker_env})
     process = start_cluster(["qcluster"], env, tmp_path / "qcluster.log")
     yield process
     stop_cluster(process)

@@ -118,8 +118,9 @@ def test_a_job_whose_task_was_lost_is_queued_again_once_a_worker_that_can_run_it
 
     settings.QUEUE_STALE_S = 60
     busy_0, busy_1 = job_for(), job_for()
-    for busy in (busy_0, busy_1):
+    for busy, host in ((busy_0, "host-c"), (busy_1, "host-a")):
         services.job_claim(busy.pk)
+        TrainingJob.objects.filter(pk=busy.pk).update(worker_host=host)  # claimed by that host's worker
     gpu_0 = slot("host-c", 0, job=busy_0)
     slot("host-a", 1, job=busy_1)  # both GPUs train: nothing idle yet
     lost, pinned, fresh = job_for(), job_for(gpu_id=0), job_for()
