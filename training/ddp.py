@@ -160,17 +160,21 @@ def _wait(job, process, should_stop, report) -> bool:
     while True:
         try:
             process.wait(timeout=_POLL_S)
-            return False
+            exited = True
         except subprocess.TimeoutExpired:
-            pass
-        if should_stop():
+            exited = False
+        if not exited and should_stop():
             _stop(process, grace_s=STOP_GRACE_S)
             return True
-        # Rank 0 writes progress to the job row; a terminal's progress bar follows it from there.
+        # Rank 0 writes progress to the job row; a terminal's progress bar follows it from there,
+        # up to rank 0's last report (read once more after torchrun exits: a short run may end
+        # between two polls).
         row = TrainingJob.objects.filter(pk=job.pk).values("progress", "current_epoch", "current_loss", "message").first()
         if row and row["current_loss"] is not None:
             report({"phase": "training", "progress": row["progress"], "epoch": max(1, row["current_epoch"]),
                     "loss": row["current_loss"], "total_epochs": job.max_epochs, "message": row["message"]})
+        if exited:
+            return False
 
 
 def _stop(process, *, grace_s: float) -> None:

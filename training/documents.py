@@ -1,4 +1,6 @@
 """The seed's response documents, built from a job row. The API, the CLI and the admin show these."""
+import math
+
 from training.models import TrainingJob
 
 # The seed's training_stats keys come first; miStudio's additions follow them.
@@ -13,7 +15,8 @@ def status_document(job: TrainingJob) -> dict:
         "phase": job.phase,
         "progress": job.progress,
         "current_epoch": job.current_epoch,
-        "current_loss": job.current_loss,
+        # PostgreSQL keeps a NaN that JSON cannot carry (an early cancel's loss): it reads as null.
+        "current_loss": job.current_loss if job.current_loss is None or math.isfinite(job.current_loss) else None,
         "estimated_time_remaining": job.eta_s,
         "message": job.message,
         "device": job.device,

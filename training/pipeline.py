@@ -474,11 +474,14 @@ def train_callbacks(job, report, extraction_report=None):
                 message += f"; {extraction_report.note}"
         curve.add({"step": p.step, "epoch": p.epoch, "loss": p.loss, "mse": p.mse, "l0": p.l0,
                    "explained_variance": p.explained_variance, "tokens_per_s": round(p.tokens_per_s, 1)})
+        # A run resumed from its final checkpoint takes no step: its one report has no loss (NaN),
+        # and the row keeps the last one measured.
+        loss = {"current_loss": float(p.loss)} if math.isfinite(p.loss) else {}
         services.job_update_progress(
             job.id,
             progress=round(min(p.progress, 1.0), 4),
             current_epoch=p.epoch,
-            current_loss=float(p.loss),
+            **loss,
             eta_s=None if p.eta_s is None else int(p.eta_s),
             message=message,
             tokens_per_s=round(p.tokens_per_s, 1),
