@@ -84,6 +84,16 @@ def data_dir(settings, tmp_path):
 
 
 @pytest.fixture
+def dead_pid():
+    """A pid no process has any more (one that ran and exited): a worker that died."""
+    import subprocess
+
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture
 def alice(django_user_model):
     return django_user_model.objects.create_user("alice", password="alice-password-1")
 

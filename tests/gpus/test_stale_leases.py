@@ -1,7 +1,6 @@
 """A slot's lease outlives the run that took it only until a sweep or the slot's next worker sees
 that its job or worker is gone: a SIGKILLed worker never releases its own."""
 import os
-import subprocess
 from datetime import timedelta
 
 import pytest
@@ -14,13 +13,6 @@ from training import services
 from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def dead_pid():
-    process = subprocess.Popen(["true"])
-    process.wait()
-    return process.pid
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """The sweep every starting worker runs: which running jobs lost their worker, and what happens."""
 import os
 import socket
-import subprocess
 from datetime import timedelta
 
 import pytest
@@ -12,13 +11,6 @@ from training import services
 from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def dead_pid():
-    process = subprocess.Popen(["true"])
-    process.wait()
-    return process.pid
 
 
 def running(alice, **fields):

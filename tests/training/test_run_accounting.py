@@ -1,6 +1,5 @@
 """A job's runs: each attempt is recorded, a killed one closed by the recovery sweep, and a
 resumed job's result adds up what every run spent and keeps what the extracting run measured."""
-import subprocess
 import time
 
 import pytest
@@ -15,13 +14,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 FIELDS = dict(model_name="tiny/gpt2", layer_number=1, hidden_dim=32, max_epochs=30, min_loss=0,
               max_sequence_length=16, architecture="topk", k=4)
-
-
-@pytest.fixture
-def dead_pid():
-    process = subprocess.Popen(["true"])
-    process.wait()
-    return process.pid
 
 
 def test_each_claim_opens_a_run_that_the_sweep_closes_when_its_worker_is_lost(alice, dead_pid):
