@@ -3,6 +3,7 @@ resumed job's result adds up what every run spent and keeps what the extracting 
 import time
 
 import pytest
+import torch
 
 from engine.trainer import _Run
 from tests.training.test_clear_failures import run
@@ -58,11 +59,17 @@ class Killed(BaseException):
 
 
 def test_a_rerun_that_finds_the_cache_complete_and_no_checkpoint_ends_as_an_uninterrupted_run(
-        alice, hub_models, settings, monkeypatch, dead_pid):
+        alice, hub_models, settings, monkeypatch, dead_pid, request):
     settings.OVERLAP_EXTRACTION = "on"  # the first epoch follows the extraction order
     settings.SHUFFLE_BUFFER_TOKENS = 512
     settings.MIN_SAE_STEPS = 3000  # epochs long enough to be killed in
     settings.CHECKPOINT_EVERY_EPOCHS = 1000  # no checkpoint before the end
+    # Deterministic arithmetic: a timed decode choice or a multi-threaded reduction could differ
+    # between the two jobs under load.
+    settings.TOPK_DECODE = "dense"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     reference = run(alice, **FIELDS)
     assert reference.status == "completed", reference.message
 
@@ -87,8 +94,9 @@ def test_a_rerun_that_finds_the_cache_complete_and_no_checkpoint_ends_as_an_unin
     settings.OVERLAP_EXTRACTION = "off"  # the rerun follows its first run's order, not today's setting
     rerun = job_run(killed.pk)
     assert rerun.status == "completed", rerun.message
-    assert rerun.training_stats["final_loss"] == reference.training_stats["final_loss"]
-    assert rerun.evaluation["explained_variance"] == reference.evaluation["explained_variance"]
+    # (Drawn in another order, the first epoch ends ~0.5% off.)
+    assert rerun.training_stats["final_loss"] == pytest.approx(reference.training_stats["final_loss"], rel=1e-6)
+    assert rerun.evaluation["explained_variance"] == pytest.approx(reference.evaluation["explained_variance"], rel=1e-6)
 
     stats = rerun.training_stats
     first, second = stats["runs"]
