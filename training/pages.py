@@ -1,6 +1,8 @@
 """Pages for people: the job list, a job's page (curves, evaluation, features) and a feature's
 page (top contexts, activation histogram, logit effect). Owners and staff only; anyone else's job
 answers 404, as in the API."""
+from datetime import datetime
+
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import render
@@ -31,6 +33,7 @@ def job_page(request, job_id):
         "parameters": services.job_parameters(job),
         "evaluation": _evaluation_rows(job.evaluation),
         "artifacts": services.job_artifacts(job),
+        "runs": _run_rows(job.runs),
     })
 
 
@@ -54,4 +57,14 @@ def _evaluation_rows(evaluation: dict | None) -> list[tuple[str, str]]:
         if isinstance(value, float):
             value = f"{value:.4g}"
         rows.append((key.replace("_", " "), value))
+    return rows
+
+
+def _run_rows(runs: list) -> list[dict]:
+    """The job's runs as the page shows them: a resumed job has one per worker that ran it."""
+    rows = []
+    for run in services.job_runs_summary(runs)["runs"]:
+        started, ended = run["started_at"], run["ended_at"]
+        rows.append({**run, "started_at": datetime.fromisoformat(started) if started else None,
+                     "ended_at": datetime.fromisoformat(ended) if ended else None})
     return rows

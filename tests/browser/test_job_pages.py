@@ -24,6 +24,10 @@ def test_an_owner_browses_curves_features_and_a_features_contexts(browser, live_
         assert int(line.get_attribute("data-points")) >= 2, chart
         assert line.get_attribute("d").count("L") >= 1
     assert browser.find_elements(By.CSS_SELECTOR, "#density rect.bin")
+    runs = browser.find_elements(By.CSS_SELECTOR, "#runs tr.run-row")
+    assert len(runs) == 1 and "completed" in runs[0].text  # one run, not resumed
+    browser.execute_script("document.getElementById('runs').scrollIntoView()")
+    screenshot("job-page-runs")
     wait_for(browser, "#feature-table tr.feature-row")
     rows = browser.find_elements(By.CSS_SELECTOR, "#feature-table tr.feature-row")
     assert 1 <= len(rows) <= 48

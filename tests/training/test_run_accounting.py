@@ -59,7 +59,7 @@ class Killed(BaseException):
 
 
 def test_a_rerun_that_finds_the_cache_complete_and_no_checkpoint_ends_as_an_uninterrupted_run(
-        alice, hub_models, settings, monkeypatch, dead_pid, request):
+        alice, hub_models, settings, monkeypatch, dead_pid, request, client):
     settings.OVERLAP_EXTRACTION = "on"  # the first epoch follows the extraction order
     settings.SHUFFLE_BUFFER_TOKENS = 512
     settings.MIN_SAE_STEPS = 3000  # epochs long enough to be killed in
@@ -107,3 +107,9 @@ def test_a_rerun_that_finds_the_cache_complete_and_no_checkpoint_ends_as_an_unin
     assert first["extraction_seconds"] > 0 and second["extraction_seconds"] is None
     assert stats["extraction"]["overlapped_with_training"] is True
     assert stats["extraction"]["tokens"] == reference.training_stats["extraction"]["tokens"]
+
+    # The job's page lists both runs, the lost one first.
+    client.force_login(alice)
+    page = client.get(f"/jobs/{rerun.pk}/").content.decode()
+    rows = page.split('class="run-row"')[1:]
+    assert len(rows) == 2 and "worker lost" in rows[0] and "completed" in rows[1]
