@@ -34,6 +34,7 @@ demo: migrate
 	$(PY) manage.py demo --base-url http://$(HOST):$(PORT)
 
 test: install
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q --durations=10
 
 # The same suite on PostgreSQL (pytest-django makes a test database per run beside it) and the Redis

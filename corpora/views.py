@@ -5,8 +5,7 @@ from rest_framework.views import APIView
 from corpora.parsers import CorpusUploadParser
 from corpora.serializers import UploadRequestSerializer, UploadResponseSerializer
 from corpora.services import corpus_add
-from mistudio.errors import ServiceError
-from training.serializers import ErrorSerializer
+from mistudio.errors import ErrorSerializer, ServiceError
 
 
 class UploadView(APIView):

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from engine.errors import ActivationsError, EngineError
 from engine.sae import sae_from_state_dict
-from engine.trainer import CheckpointInfo, TrainResult
+from engine.results import CheckpointInfo, TrainResult
 
 
 @dataclass

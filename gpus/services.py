@@ -97,13 +97,22 @@ class SeenThread(threading.Thread):
                 connection.close()
 
 
-def _watchdog():
-    """What every live worker does now and then, idle or not: resume jobs whose worker died, free
-    the slots they leased, and queue again jobs whose task was lost."""
-    from training.services import jobs_recover_stale, jobs_requeue_orphans
+# What every live worker runs now and then, idle or not, in this order: dotted paths of
+# functions, registered by the apps whose work they sweep (training: resume jobs whose worker
+# died, free the slots they leased, queue again jobs whose task was lost). gpus knows no job.
+_WATCHDOG_SWEEPS: list[str] = []
 
-    jobs_recover_stale()
-    jobs_requeue_orphans()
+
+def watchdog_register(dotted_path: str) -> None:
+    if dotted_path not in _WATCHDOG_SWEEPS:
+        _WATCHDOG_SWEEPS.append(dotted_path)
+
+
+def _watchdog():
+    from django.utils.module_loading import import_string
+
+    for dotted_path in _WATCHDOG_SWEEPS:
+        import_string(dotted_path)()
 
 
 def lease_acquire(job) -> bool:
@@ -157,10 +166,8 @@ def lease_live(slot: Worker) -> bool:
     """Whether a slot's lease is held: its job is running, claimed on the slot's host, by a worker
     that is not gone. A lease is stale once its job ended, went back to the queue, or lost its
     worker (SIGKILL, OOM kill, reboot), because only a finishing run releases its own."""
-    from training.models import TrainingJob
-
     holder = slot.job
-    return (holder is not None and holder.status == TrainingJob.Status.RUNNING and holder.worker_host == slot.host
+    return (holder is not None and holder.is_running and holder.worker_host == slot.host
             and not worker_gone(holder.worker_host, holder.worker_pid, holder.heartbeat_at))
 
 
@@ -210,11 +217,9 @@ def queue_for(job) -> str:
         return gpu_queue(job.gpu_id) if gpu_workers.filter(gpu_index=job.gpu_id).exists() else DEFAULT_QUEUE
     if not gpu_workers.exists():
         return DEFAULT_QUEUE
-    from training.models import TrainingJob
-
     slots = {}
     for worker in gpu_workers:
-        free = worker.job_id is None or worker.job is None or worker.job.status != TrainingJob.Status.RUNNING
+        free = worker.job_id is None or worker.job is None or not worker.job.is_running
         total, idle = slots.get(worker.gpu_index, (0, 0))
         slots[worker.gpu_index] = (total + 1, idle + int(free))
     from django_q.brokers import get_broker
@@ -237,19 +242,7 @@ def gpu_index_served(index: int) -> bool:
 def workers_document(user=None) -> list[dict]:
     """Every registered worker, for /health, /gpu/status and the GPU page. `job_visible` says
     whether `user` (None: an anonymous caller) may see the job a worker holds."""
-    from training.services import jobs_visible_to
-
-    workers = _workers()
-    held = [w["job_id"] for w in workers if w["job_id"]]
-    visible = set()
-    if user is not None and user.is_authenticated and held:
-        visible = set(jobs_visible_to(user).filter(pk__in=held).values_list("pk", flat=True))
-    for worker in workers:
-        worker["job_visible"] = worker["job_id"] in visible
-    return workers
-
-
-def _workers() -> list[dict]:
+    signed_in = user is not None and user.is_authenticated
     stale_before = timezone.now() - timedelta(seconds=settings.HEARTBEAT_STALE_S)
     return [
         {
@@ -263,6 +256,8 @@ def _workers() -> list[dict]:
             "last_seen_at": w.last_seen_at,
             "alive": w.last_seen_at >= stale_before,
             "job_id": w.job_id,
+            "job_visible": bool(w.job_id and signed_in and w.job.visible_to(user)),
         }
         for w in Worker.objects.select_related("job").all()
     ]
+

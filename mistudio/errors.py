@@ -4,11 +4,17 @@ import logging
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 
-from rest_framework import exceptions, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 logger = logging.getLogger("mistudio")
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The error shape, for the schema of every app's views."""
+
+    detail = serializers.CharField()
 
 
 class ServiceError(Exception):

@@ -5,7 +5,6 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from corpora.views import UploadView
-from gpus.pages import gpu_page
 from gpus.views import GpuStatusView, HealthView
 from training import pages, views
 
@@ -33,5 +32,5 @@ urlpatterns = [
     path("jobs/", pages.jobs_page, name="jobs-page"),
     path("jobs/<str:job_id>/", pages.job_page, name="job-page"),
     path("jobs/<str:job_id>/features/<int:index>/", pages.feature_page, name="feature-page"),
-    path("gpus/", gpu_page, name="gpu-page"),
+    path("gpus/", pages.gpu_page, name="gpu-page"),
 ]

@@ -5,10 +5,10 @@ The worker (training.pipeline) extracts activations as for any job, then `train(
 for it, watching for cancellation. Each rank runs `main()`: Django (for the database), a process
 group (nccl on GPUs, gloo on the CPU), and engine.trainer.train_sae(distributed=True). Rank 0
 writes progress, the training curve and checkpoint rows with the callbacks of a one-process job
-(pipeline.train_callbacks) and hands its TrainResult back in a file (engine.distributed.save_result);
+(job_training.train_callbacks) and hands its TrainResult back in a file (engine.distributed.save_result);
 the worker loads it and evaluates, exports and analyses the SAE as for any job.
 
-The ranks train with the TrainConfig their worker built (pipeline.train_config), read from
+The ranks train with the TrainConfig their worker built (job_training.train_config), read from
 <models>/<job>_ddp_launch.json with the paths they need; the command line carries the job id only and
 the environment the database URL. On cancel the worker sends SIGTERM to torchrun and to every rank:
 the ranks stop after the same step, rank 0 writes a checkpoint, and SIGKILL follows STOP_GRACE_S
@@ -59,7 +59,7 @@ def worker_device(job, select_device) -> str:
 def train(job, activations_path, device, paths, should_stop, report):
     """Rank 0's TrainResult; None when the job was cancelled before rank 0 could hand one back."""
     from engine.distributed import load_result
-    from training.pipeline import first_epoch_in_arrival_order, train_start
+    from training.job_training import first_epoch_in_arrival_order, train_start
 
     cuda = str(device).startswith("cuda")
     count = len(job.gpu_ids)
@@ -259,7 +259,7 @@ def main(job_id: str) -> None:
     from engine.distributed import save_result
     from engine.trainer import TrainConfig, train_sae
     from training.models import TrainingJob
-    from training.pipeline import train_callbacks
+    from training.job_training import train_callbacks
 
     # SIGTERM (a cancel, from the worker or from torchrun) stops training after the current step.
     stopping = threading.Event()

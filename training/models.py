@@ -11,6 +11,12 @@ def new_job_id():
     return f"train_{now:%Y%m%d_%H%M%S}_{random.randint(0, 9999):04d}"
 
 
+class TrainingJobQuerySet(models.QuerySet):
+    def visible_to(self, user):
+        """A user sees their own jobs; staff see everyone's (TrainingJob.visible_to: one job)."""
+        return self if user.is_staff else self.filter(owner=user)
+
+
 class TrainingJob(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -127,6 +133,8 @@ class TrainingJob(models.Model):
     completed_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = TrainingJobQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at"]
 
@@ -136,6 +144,14 @@ class TrainingJob(models.Model):
     @property
     def is_finished(self):
         return self.status in self.FINISHED
+
+    @property
+    def is_running(self):
+        return self.status == self.Status.RUNNING
+
+    def visible_to(self, user) -> bool:
+        """The rule of TrainingJobQuerySet.visible_to, for one job."""
+        return user.is_staff or self.owner_id == user.pk
 
     @property
     def source_description(self):

@@ -1,7 +1,6 @@
 """One training run, from a claimed job to its artifacts. Runs in a worker process or in
 `manage.py train`; the engine does the work, this module keeps the job row up to date."""
 import logging
-import math
 import os
 import threading
 import time
@@ -13,7 +12,8 @@ from django.conf import settings
 from engine.errors import AnalysisCancelled, EngineError, ExtractionCancelled
 from mistudio.errors import ServiceError
 from training import services
-from training.models import Checkpoint, TrainingJob
+from training.job_training import first_epoch_in_arrival_order, train_callbacks, train_start
+from training.models import TrainingJob
 
 logger = logging.getLogger("training")
 
@@ -49,38 +49,6 @@ def _device(job, select_device):
 
         return ddp.worker_device(job, select_device)
     return select_device(job.gpu_id)
-
-
-class _Curve:
-    """The training curve a job's page draws: one point per progress report, thinned to at most
-    MAX_POINTS by dropping every other point (and sampling half as often) whenever it fills up, so
-    a week-long job costs the same to store and draw as a minute-long one. A resumed run continues
-    the curve its earlier run wrote."""
-
-    MAX_POINTS = 400
-
-    def __init__(self, points):
-        self.points = [p for p in (points or []) if isinstance(p, dict)]
-        self.stride = 1
-        while len(self.points) > self.MAX_POINTS:
-            self._thin()
-        self.skipped = 0
-
-    def _thin(self):
-        self.points = self.points[::2]
-        self.stride *= 2
-
-    def add(self, point):
-        if self.points and point["step"] <= self.points[-1]["step"]:
-            return  # a resumed run re-reports steps its earlier run already drew
-        self.skipped += 1
-        if self.skipped < self.stride:
-            return
-        self.skipped = 0
-        # JSON has no NaN: a metric not measured yet is null.
-        self.points.append({k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in point.items()})
-        if len(self.points) > self.MAX_POINTS:
-            self._thin()
 
 
 class JobLost(Exception):
@@ -320,17 +288,6 @@ def _overlaps(job):
     return first_epoch_in_arrival_order(job)
 
 
-def first_epoch_in_arrival_order(job) -> bool:
-    """Whether the job's first epoch follows the extraction order, as a run that trains while
-    extracting must (MISTUDIO_OVERLAP_EXTRACTION). Decided by the job's first run and kept on its
-    row: a rerun without a checkpoint (its worker killed after the cache was complete) trains the
-    first epoch its first run trained, whatever the setting is by then."""
-    if job.first_epoch_in_arrival_order is None:
-        job.first_epoch_in_arrival_order = not job.activations_file and settings.OVERLAP_EXTRACTION == "on"
-        services.job_update_progress(job.id, first_epoch_in_arrival_order=job.first_epoch_in_arrival_order)
-    return job.first_epoch_in_arrival_order
-
-
 class _ExtractionReport:
     """Extraction progress on the job row. While training runs beside it (an overlapped run) the
     training reports own the message and the progress bar; extraction's share is appended to it."""
@@ -414,91 +371,6 @@ def _extract_and_train(job, loaded, texts, device, paths, should_stop, report):
         raise
     finally:
         stream.close()  # stops the extraction if training ended early (a cancel, an error)
-
-
-def train_config(job):
-    """The job's TrainConfig: its row plus this installation's settings. A multi-GPU job's ranks
-    get the one their worker built (training.ddp)."""
-    from engine.trainer import TrainConfig
-
-    return TrainConfig(
-        architecture=job.architecture,
-        k=job.k,
-        target_l0=job.target_l0,
-        hidden_dim=job.hidden_dim,
-        sparsity_coeff=job.sparsity_coeff,
-        learning_rate=job.learning_rate,
-        sae_batch_tokens=job.sae_batch_tokens,
-        max_epochs=job.max_epochs,
-        min_loss=job.min_loss,
-        seed=settings.TRAINING_SEED,
-        min_steps=settings.MIN_SAE_STEPS,
-        ram_budget_bytes=settings.ACTIVATIONS_RAM_BUDGET_BYTES,
-        shuffle_buffer_tokens=settings.SHUFFLE_BUFFER_TOKENS,
-        decode_path=settings.TOPK_DECODE,
-        cpu_bf16=settings.CPU_BF16,
-        checkpoint_every_epochs=settings.CHECKPOINT_EVERY_EPOCHS,
-        checkpoint_interval_s=settings.CHECKPOINT_INTERVAL_S,
-        progress_interval_s=settings.PROGRESS_INTERVAL_S,
-    )
-
-
-def train_start(job, where, *, overlapped=False):
-    """The job enters training: its TrainConfig, and the checkpoint to resume from (or None).
-    `overlapped`: extraction is still running, and stays the phase until the first training report."""
-    config = train_config(job)
-    if not overlapped:
-        services.job_update_progress(
-            job.id, phase=TrainingJob.Phase.TRAINING, message=f"Training on {where} - Epoch 1/{job.max_epochs}"
-        )
-    last = job.last_checkpoint
-    resume_from = Path(last.path) if last and Path(last.path).is_file() else None
-    if resume_from is not None:
-        services.job_update_progress(job.id, message=f"Resuming from {resume_from.name}")
-    return config, resume_from
-
-
-def train_callbacks(job, report, extraction_report=None):
-    """on_progress and on_checkpoint: what training writes to the job row (progress, the curve)
-    and its checkpoint rows; in one process or in rank 0 of a multi-GPU job alike."""
-    curve = _Curve(job.training_curve)
-
-    def on_progress(p):
-        message = f"Training in progress - Epoch {p.epoch}/{p.total_epochs}"
-        phase = {}
-        if extraction_report is not None:
-            if not extraction_report.training:
-                extraction_report.training = True
-                phase = {"phase": TrainingJob.Phase.TRAINING}
-            if extraction_report.note:
-                message += f"; {extraction_report.note}"
-        curve.add({"step": p.step, "epoch": p.epoch, "loss": p.loss, "mse": p.mse, "l0": p.l0,
-                   "explained_variance": p.explained_variance, "tokens_per_s": round(p.tokens_per_s, 1)})
-        # A run resumed from its final checkpoint takes no step: its one report has no loss (NaN),
-        # and the row keeps the last one measured.
-        loss = {"current_loss": float(p.loss)} if math.isfinite(p.loss) else {}
-        services.job_update_progress(
-            job.id,
-            progress=round(min(p.progress, 1.0), 4),
-            current_epoch=p.epoch,
-            **loss,
-            eta_s=None if p.eta_s is None else int(p.eta_s),
-            message=message,
-            tokens_per_s=round(p.tokens_per_s, 1),
-            training_curve=curve.points,
-            spent={"training_seconds": p.elapsed_s},
-            **phase,
-        )
-        report({"phase": "training", "progress": p.progress, "epoch": p.epoch, "loss": p.loss,
-                "total_epochs": p.total_epochs, "message": message})
-
-    def on_checkpoint(info):
-        # A cancel mid-epoch rewrites the file of the last completed epoch: one row per file.
-        Checkpoint.objects.update_or_create(
-            job_id=job.id, path=str(info.path), defaults={"epoch": info.epoch, "step": info.step}
-        )
-
-    return on_progress, on_checkpoint
 
 
 def _train(job, activations, device, paths, should_stop, report, *, extracted_to=None, extraction_report=None):

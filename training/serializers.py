@@ -1,6 +1,7 @@
 """The seed's request and response documents, as DRF serializers (they also make the schema)."""
 from rest_framework import serializers
 
+from mistudio.errors import ErrorSerializer  # noqa: F401 (the views' error shape)
 from training.models import TrainingJob
 
 
@@ -200,10 +201,6 @@ class CheckMemoryResponseSerializer(serializers.Serializer):
     optimization_suggestions = serializers.DictField()
     gpu_compatibility = serializers.DictField()
     parameter_count = serializers.IntegerField()
-
-
-class ErrorSerializer(serializers.Serializer):
-    detail = serializers.CharField()
 
 
 class FeatureSummarySerializer(serializers.Serializer):

@@ -177,8 +177,7 @@ def optimizations_applied(job: TrainingJob) -> str:
 
 def jobs_visible_to(user):
     """A user sees their own jobs; staff see everyone's."""
-    jobs = TrainingJob.objects.all()
-    return jobs if user.is_staff else jobs.filter(owner=user)
+    return TrainingJob.objects.visible_to(user)
 
 
 def job_get(*, user, job_id: str) -> TrainingJob:

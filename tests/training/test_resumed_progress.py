@@ -7,7 +7,7 @@ import pytest
 from engine.trainer import TrainProgress
 from training import services
 from training.models import TrainingJob
-from training.pipeline import train_callbacks
+from training.job_training import train_callbacks
 
 pytestmark = pytest.mark.django_db
 
