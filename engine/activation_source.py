@@ -83,6 +83,15 @@ def _pread_rows(fd, offset, row_bytes, dtype, d_model, picked: np.ndarray) -> np
     return out
 
 
+def float_tensor(rows, device: str) -> torch.Tensor:
+    """Rows (an array, a slice of a memmap, or a tensor) as a float32 tensor on `device`. A view
+    torch may not write (a read-only memmap's slice) is copied first: torch.from_numpy over it
+    warns "The given NumPy array is not writable"."""
+    if isinstance(rows, torch.Tensor):
+        return rows.to(device, torch.float32)
+    return torch.from_numpy(np.require(rows, dtype=np.float32, requirements=["C", "W"])).to(device)
+
+
 def read_rows(activations, indices: np.ndarray) -> np.ndarray:
     """Rows of an array or a memmap; from a memmap by pread, which maps nothing into this process."""
     offset = _file_offset(activations)

@@ -9,6 +9,8 @@ Cross-entropy metrics need the language model and live elsewhere.
 import numpy as np
 import torch
 
+from engine.activation_source import float_tensor
+
 # log10 feature density bins; a feature that never fires on the evaluation tokens has no log.
 _DENSITY_BIN_EDGES = np.arange(-7.0, 0.01, 0.5)
 _DENSE_FRACTION = 0.1
@@ -38,9 +40,7 @@ def evaluate_sae(
     x_sum = torch.zeros(d_in, dtype=torch.float64, device=device)
     for start in range(0, n_tokens, batch_tokens):
         chunk = activations[start : start + batch_tokens]
-        x = chunk.to(device, torch.float32) if isinstance(chunk, torch.Tensor) else torch.from_numpy(
-            np.asarray(chunk, dtype=np.float32)
-        ).to(device)
+        x = float_tensor(chunk, device)
         f = sae.encode(x * s)
         x_hat = sae.decode(f) / s
         active = f > 0

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.activation_source import read_rows
+from engine.activation_source import float_tensor, read_rows
 from engine.errors import AnalysisCancelled, EngineError
 
 # Histogram of log10(activation), the same edges for every feature so histograms compare:
@@ -262,7 +262,7 @@ def _read_chunk(activations, lo: int, hi: int, device: str) -> torch.Tensor:
         rows = read_rows(activations, np.arange(lo, hi))
     else:
         rows = activations[lo:hi]
-    return torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(device)
+    return float_tensor(rows, device)
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from engine.devices import CPU_BF16_CHOICES, cpu_uses_bf16
 from engine.errors import ActivationsError, EngineError, ExtractionCancelled, TrainingDiverged
-from engine.activation_source import ActivationSource, read_rows
+from engine.activation_source import ActivationSource, float_tensor, read_rows
 from engine.results import CheckpointInfo, TrainProgress, TrainResult
 from engine.sae import ARCHITECTURES, build_sae
 
@@ -939,9 +939,7 @@ def _read_rows(activations, indices: torch.Tensor, device: str, *, mapped: bool 
     if isinstance(activations, torch.Tensor):
         return activations[indices.to(activations.device)].to(device, torch.float32)
     if mapped:
-        rows = activations[np.sort(indices.numpy())]
-        return torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(device)
+        return float_tensor(activations[np.sort(indices.numpy())], device)
     # Sorted indices turn a memmap gather into one forward sweep over the file; the order of
     # rows inside a minibatch does not matter to the loss.
-    rows = read_rows(activations, np.sort(indices.numpy()))
-    return torch.from_numpy(np.asarray(rows, dtype=np.float32)).to(device)
+    return float_tensor(read_rows(activations, np.sort(indices.numpy())), device)

@@ -450,10 +450,6 @@ def _finish(job, result, activations, activations_path, device, paths, report, l
         job.id, phase=TrainingJob.Phase.EVALUATING, progress=1.0, message="Evaluating on held-out tokens"
     )
     report({"phase": "evaluating"})
-    features = feature_statistics(
-        result.sae, activations, scaling_factor=result.scaling_factor, device=device,
-        batch_tokens=job.sae_batch_tokens,
-    )
     evaluation, feature_density = _evaluate(job, result, activations, device, loaded, texts)
     saved_weights = save_sae(paths["model_path"], result.sae, result.scaling_factor)
     saelens = export_saelens(
@@ -464,7 +460,49 @@ def _finish(job, result, activations, activations_path, device, paths, report, l
         context_size=None if job.activations_file else job.max_sequence_length,
         feature_density=feature_density,
     )
-    training_stats = {
+    try:
+        # One pass over the activations after training: the analysis counts what the feature
+        # statistics need too.
+        features_dir, features_info, features = _analyze(job, result, activations, activations_path, device, paths,
+                                                         report, loaded, should_stop)
+    except AnalysisCancelled:
+        features_dir = features_info = None
+        # The result stays complete: the statistics then take a pass of their own.
+        features = feature_statistics(result.sae, activations, scaling_factor=result.scaling_factor, device=device,
+                                      batch_tokens=job.sae_batch_tokens)
+    training_stats = _training_stats(job, result, activations, features)
+    write_metadata(paths["metadata_path"], _metadata(job, result, activations, activations_path, device,
+                                                     saved_weights, training_stats, evaluation, saelens))
+    outputs = dict(
+        training_stats=training_stats,
+        model_path=str(paths["model_path"]),
+        activations_path=str(activations_path),
+        metadata_path=str(paths["metadata_path"]),
+        evaluation=evaluation,
+        exports={"saelens": str(saelens)},
+        progress=1.0,
+        current_epoch=result.total_epochs,
+        current_loss=result.final_loss,
+    )
+    if features_dir is None:
+        services.job_finish(
+            job, status=TrainingJob.Status.CANCELLED,
+            message=f"Cancelled during the feature analysis; the trained SAE was saved to {paths['model_path']}",
+            **outputs,
+        )
+        return
+    services.job_finish(
+        job,
+        status=TrainingJob.Status.COMPLETED,
+        message=f"Training completed: {result.total_epochs} epochs, final loss {result.final_loss:.6g} ({result.stopped_reason})",
+        features_dir=str(features_dir),
+        features=features_info,
+        **outputs,
+    )
+
+
+def _training_stats(job, result, activations, features) -> dict:
+    stats = {
         "final_loss": result.final_loss,
         "final_mse": result.final_mse,
         "total_epochs": result.total_epochs,
@@ -483,84 +521,59 @@ def _finish(job, result, activations, activations_path, device, paths, report, l
     # This run's training time joins its entry in `runs`; the result adds up every run's.
     services.job_update_progress(job.id, spent={"training_seconds": result.training_time_seconds})
     job.refresh_from_db()
-    training_stats.update(services.job_runs_summary(job.runs))
+    stats.update(services.job_runs_summary(job.runs))
     # The run that extracted the activations recorded what it measured (maybe an earlier run).
     if job.extraction_stats:
-        training_stats["extraction"] = job.extraction_stats
-    write_metadata(
-        paths["metadata_path"],
-        {
-            "job_id": job.id,
-            "model_name": job.model_name or None,
-            "model_info": job.model_info,
-            "layer_number": job.layer_number if not job.activations_file else None,
-            "corpus": job.corpus.name if job.corpus_id else None,
-            "activations_path": str(activations_path),
-            "activations_shape": list(activations.shape),
-            "activations_dtype": str(activations.dtype),
-            "sae": {
-                "architecture": job.architecture,
-                "k": job.k,
-                "d_in": int(activations.shape[1]),
-                "d_sae": job.hidden_dim,
-                "state_dict_keys": sorted(saved_weights),
-                "decode": "f @ W_dec + b_dec",
-                "input_scaling_folded_into_weights": result.scaling_factor,
-            },
-            "training": {
-                "sparsity_coeff": job.sparsity_coeff,
-                "learning_rate": job.learning_rate,
-                "batch_size": job.batch_size,
-                "sae_batch_tokens": job.sae_batch_tokens,
-                "max_epochs": job.max_epochs,
-                "min_loss": job.min_loss,
-                "max_sequence_length": job.max_sequence_length,
-                "device": device,
-                "seed": settings.TRAINING_SEED,
-            },
-            "training_stats": training_stats,
-            "evaluation": evaluation,
-            "exports": {"saelens": str(saelens)},
+        stats["extraction"] = job.extraction_stats
+    return stats
+
+
+def _metadata(job, result, activations, activations_path, device, saved_weights, training_stats, evaluation,
+              saelens) -> dict:
+    return {
+        "job_id": job.id,
+        "model_name": job.model_name or None,
+        "model_info": job.model_info,
+        "layer_number": job.layer_number if not job.activations_file else None,
+        "corpus": job.corpus.name if job.corpus_id else None,
+        "activations_path": str(activations_path),
+        "activations_shape": list(activations.shape),
+        "activations_dtype": str(activations.dtype),
+        "sae": {
+            "architecture": job.architecture,
+            "k": job.k,
+            "d_in": int(activations.shape[1]),
+            "d_sae": job.hidden_dim,
+            "state_dict_keys": sorted(saved_weights),
+            "decode": "f @ W_dec + b_dec",
+            "input_scaling_folded_into_weights": result.scaling_factor,
         },
-    )
-    outputs = dict(
-        training_stats=training_stats,
-        model_path=str(paths["model_path"]),
-        activations_path=str(activations_path),
-        metadata_path=str(paths["metadata_path"]),
-        evaluation=evaluation,
-        exports={"saelens": str(saelens)},
-    )
-    try:
-        features_dir, features_info = _analyze(job, result, activations, activations_path, device, paths, report,
-                                               loaded, should_stop)
-    except AnalysisCancelled:
-        services.job_finish(
-            job, status=TrainingJob.Status.CANCELLED,
-            message=f"Cancelled during the feature analysis; the trained SAE was saved to {paths['model_path']}",
-            progress=1.0, current_epoch=result.total_epochs, current_loss=result.final_loss, **outputs,
-        )
-        return
-    services.job_finish(
-        job,
-        status=TrainingJob.Status.COMPLETED,
-        message=f"Training completed: {result.total_epochs} epochs, final loss {result.final_loss:.6g} ({result.stopped_reason})",
-        progress=1.0,
-        features_dir=str(features_dir),
-        features=features_info,
-        current_epoch=result.total_epochs,
-        current_loss=result.final_loss,
-        **outputs,
-    )
+        "training": {
+            "sparsity_coeff": job.sparsity_coeff,
+            "learning_rate": job.learning_rate,
+            "batch_size": job.batch_size,
+            "sae_batch_tokens": job.sae_batch_tokens,
+            "max_epochs": job.max_epochs,
+            "min_loss": job.min_loss,
+            "max_sequence_length": job.max_sequence_length,
+            "device": device,
+            "seed": settings.TRAINING_SEED,
+        },
+        "training_stats": training_stats,
+        "evaluation": evaluation,
+        "exports": {"saelens": str(saelens)},
+    }
 
 
 def _analyze(job, result, activations, activations_path, device, paths, report, loaded, should_stop):
     """The feature analysis (engine.features): top contexts, statistics and histograms of every
-    feature in one pass over the job's activations, and for causal LMs the logit effect."""
+    feature in one pass over the job's activations, and for causal LMs the logit effect. Returns
+    its folder, what the result says of it, and the job's feature_statistics from its counts."""
     import json
 
     from engine.activations import load_token_index
     from engine.features import analyze_features, logit_effects, save_analysis
+    from engine.stats import statistics_from_analysis
     from engine.tokens import token_texts
 
     services.job_update_progress(job.id, phase=TrainingJob.Phase.ANALYZING, message="Analyzing features")
@@ -606,7 +619,7 @@ def _analyze(job, result, activations, activations_path, device, paths, report, 
         partial.write_text(json.dumps(strings, ensure_ascii=False), encoding="utf-8")
         partial.replace(folder / "tokens.json")
     info["seconds"] = round(time.monotonic() - started, 3)
-    return folder, info
+    return folder, info, statistics_from_analysis(analysis)
 
 
 def _add_logit_effects(job, analysis, sae, scaling_factor, loaded, logit_effects) -> str | None:

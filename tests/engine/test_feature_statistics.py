@@ -32,3 +32,18 @@ def test_the_scaling_factor_is_applied_before_encoding():
     activations = torch.tensor([[1.0, 0, 0], [2.0, 0, 0]])
     stats = feature_statistics(hand_made_sae(), activations, scaling_factor=10.0)
     assert stats["mean_activation"] == pytest.approx((10 + 20) / 8)
+
+
+def test_the_feature_analysis_gives_the_same_statistics():
+    from engine.features import analyze_features
+    from engine.stats import statistics_from_analysis
+
+    activations = np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32) * 3
+    separate = feature_statistics(hand_made_sae(), activations, scaling_factor=0.5, batch_tokens=64)
+    analysis = analyze_features(hand_made_sae(), 0.5, activations, chunk_rows=64)
+    ours = statistics_from_analysis(analysis)
+    assert {k: ours[k] for k in ("total_features", "active_features", "dead_features")} == {
+        k: separate[k] for k in ("total_features", "active_features", "dead_features")}
+    for key in ("mean_activation", "sparsity_achieved", "l0"):
+        assert ours[key] == pytest.approx(separate[key], rel=1e-6), key
+    assert all(type(v) in (int, float) for v in ours.values())

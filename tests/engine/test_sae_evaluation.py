@@ -4,7 +4,7 @@ import torch
 
 from engine.evaluate import evaluate_sae
 from engine.export import export_state_dict
-from engine.sae import SparseAutoencoder, sae_from_state_dict
+from engine.sae import SparseAutoencoder, build_sae, sae_from_state_dict
 from engine.trainer import TrainConfig, train_sae
 from tests.engine.test_feature_statistics import hand_made_sae
 from tests.engine.test_sae_training import sparse_data
@@ -50,3 +50,19 @@ def test_metrics_on_held_out_rows_match_the_exported_sae_in_raw_space():
     for key in ("l0", "explained_variance", "mse", "cosine_similarity"):
         assert scaled[key] == pytest.approx(raw[key], rel=1e-4)
     assert 0.5 < scaled["explained_variance"] <= 1.0
+
+
+def test_evaluating_a_float32_cache_read_from_disk_warns_of_nothing(tmp_path):
+    import warnings
+
+    from engine.stats import feature_statistics
+
+    path = tmp_path / "acts.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32))
+    cache = np.load(path, mmap_mode="r")  # read-only slices, as a job's cache is read
+    sae = build_sae("relu", 8, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "The given NumPy array is not writable" fails the test
+        evaluation = evaluate_sae(sae, cache, scaling_factor=1.0, device="cpu", batch_tokens=64)
+        stats = feature_statistics(sae, cache, scaling_factor=1.0, device="cpu", batch_tokens=64)
+    assert evaluation["eval_tokens"] == 300 and stats["total_features"] == 16
