@@ -260,4 +260,3 @@ def workers_document(user=None) -> list[dict]:
         }
         for w in Worker.objects.select_related("job").all()
     ]
-
