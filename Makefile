@@ -33,9 +33,11 @@ demo serve: export MISTUDIO_DEBUG ?= 1
 demo: migrate
 	$(PY) manage.py demo --base-url http://$(HOST):$(PORT)
 
+# The engine's tests run with no Django at all (-p no:django); the rest on the embedded setup.
 test: install
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -p no:django -W ignore::pytest.PytestConfigWarning tests/engine
+	$(PY) -m pytest -q --durations=10 --ignore=tests/engine
 
 # The same suite on PostgreSQL (pytest-django makes a test database per run beside it) and the Redis
 # broker. Fails at once, saying which, when either service does not answer.
@@ -43,7 +45,7 @@ test-scaleout: export DATABASE_URL = $(SCALEOUT_DATABASE_URL)
 test-scaleout: export REDIS_URL = $(SCALEOUT_REDIS_URL)
 test-scaleout: install
 	$(PY) scripts/check_services.py
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q --durations=10 --ignore=tests/engine  # the engine touches no database or broker
 
 # Web on $(HOST):$(PORT) plus one worker; Ctrl-C stops both.
 serve: migrate

@@ -4,8 +4,8 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import pytest
-from rest_framework.test import APIClient
 
+# Nothing Django at import time: tests/engine runs with no Django at all (its own conftest).
 pytest_plugins = ["tests.model_fixtures"]
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "samples" / "demo_corpus.txt"
@@ -115,6 +115,7 @@ def charlie(django_user_model):
 
 def _client_for(user):
     from knox.models import AuthToken
+    from rest_framework.test import APIClient
 
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {AuthToken.objects.create(user=user)[1]}")

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -28,3 +30,9 @@ def test_the_gpu_inventory_does_not_import_torch():
         "assert 'torch' not in sys.modules"
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_engine_tests_run_without_django(request):
+    if request.config.pluginmanager.has_plugin("django"):
+        pytest.skip("checked where the engine's tests run with -p no:django, as `make test` runs them")
+    assert not [name for name in sys.modules if name == "django" or name.startswith("django.")]
