@@ -17,5 +17,5 @@ class TrainingConfig(AppConfig):
         # worker died, then queue again those whose task was lost (freeing stale leases first).
         from gpus.services import watchdog_register
 
-        watchdog_register("training.services.jobs_recover_stale")
-        watchdog_register("training.services.jobs_requeue_orphans")
+        watchdog_register("training.recovery.jobs_recover_stale")
+        watchdog_register("training.recovery.jobs_requeue_orphans")

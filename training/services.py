@@ -5,7 +5,6 @@ Every interface (API, admin, CLI, worker task) calls these; none re-implements a
 import logging
 import os
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -16,7 +15,6 @@ from django.utils import timezone
 
 from corpora.services import corpus_for_user
 from engine.devices import cpu_uses_bf16
-from gpus.services import worker_gone
 from mistudio import crypto
 from mistudio.errors import Conflict, NotFound, ServiceError
 from training import modelcheck
@@ -122,7 +120,7 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
             message="Waiting for a worker",
         )
         if enqueue:
-            transaction.on_commit(lambda: _enqueue(job.id))
+            transaction.on_commit(lambda: job_enqueue(job.id))
     return job
 
 
@@ -153,7 +151,7 @@ def _check_gpu_ids(request: JobRequest) -> None:
         raise ServiceError(f"gpu_ids: {list(ids)} has a negative index; GPUs are numbered from 0.")
 
 
-def _enqueue(job_id: str) -> None:
+def job_enqueue(job_id: str) -> None:
     from django_q.tasks import async_task
 
     TrainingJob.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
@@ -240,7 +238,7 @@ def job_claim(job_id: str) -> TrainingJob | None:
     return TrainingJob.objects.get(pk=job_id) if claimed else None
 
 
-def _runs_closed(runs: list, *, ended: str, at) -> list:
+def job_runs_closed(runs: list, *, ended: str, at) -> list:
     """`runs` with its last entry closed, if it is still open: how and when that run ended."""
     runs = [dict(run) for run in runs or []]
     if runs and runs[-1].get("ended") is None:
@@ -265,7 +263,7 @@ def job_requeue(job: TrainingJob, message: str) -> None:
         status=TrainingJob.Status.QUEUED, phase=TrainingJob.Phase.WAITING, message=message,
         attempts=F("attempts") - 1, updated_at=timezone.now(), runs=runs[:-1])
     if updated:
-        transaction.on_commit(lambda: _enqueue(job.pk))
+        transaction.on_commit(lambda: job_enqueue(job.pk))
 
 
 def job_heartbeat(job: TrainingJob) -> bool:
@@ -275,75 +273,6 @@ def job_heartbeat(job: TrainingJob) -> bool:
             pk=job.pk, status=TrainingJob.Status.RUNNING, worker_host=job.worker_host, worker_pid=job.worker_pid
         ).update(heartbeat_at=timezone.now())
     )
-
-
-def jobs_recover_stale() -> list[str]:
-    """Find running jobs whose worker died — its pid is gone on this host, or its heartbeat is
-    older than HEARTBEAT_STALE_S anywhere — and queue them again to resume from their last
-    checkpoint, failing them after MAX_JOB_ATTEMPTS runs. Runs whenever a worker process starts."""
-    now = timezone.now()
-    recovered = []
-    for job in TrainingJob.objects.filter(status=TrainingJob.Status.RUNNING):
-        if not worker_gone(job.worker_host, job.worker_pid, job.heartbeat_at):
-            continue
-        # Conditional on the heartbeat we saw: if the worker beat in between, it is alive.
-        still_lost = TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING, heartbeat_at=job.heartbeat_at)
-        lost = f"its worker (pid {job.worker_pid} on {job.worker_host}) stopped during run {job.attempts}"
-        # The run ended when its worker last said it was alive.
-        runs = _runs_closed(job.runs, ended="worker lost", at=job.heartbeat_at or now)
-        if job.cancel_requested_at:
-            done = still_lost.update(status=TrainingJob.Status.CANCELLED, phase=TrainingJob.Phase.DONE,
-                                     completed_at=now, updated_at=now, encrypted_hf_token="", runs=runs,
-                                     message=f"Cancelled; {lost}")
-        elif job.attempts >= settings.MAX_JOB_ATTEMPTS:
-            reason = (f"{lost}, the last of {settings.MAX_JOB_ATTEMPTS} allowed runs "
-                      "(MISTUDIO_MAX_JOB_ATTEMPTS). Check the worker's log and the kernel log for an "
-                      "out-of-memory kill; a smaller batch_size or hidden_dim needs less memory.")
-            done = still_lost.update(status=TrainingJob.Status.FAILED, phase=TrainingJob.Phase.DONE,
-                                     completed_at=now, updated_at=now, encrypted_hf_token="", error=reason,
-                                     runs=runs, message=f"Training failed: {reason}")
-        else:
-            done = still_lost.update(status=TrainingJob.Status.QUEUED, phase=TrainingJob.Phase.WAITING,
-                                     updated_at=now, eta_s=None, runs=runs,
-                                     message=f"Re-queued: {lost}; it resumes from its last checkpoint")
-            if done:
-                transaction.on_commit(lambda job_id=job.pk: _enqueue(job_id))
-        if done:
-            logger.warning("Recovered job %s: %s", job.pk, lost)
-            recovered.append(job.pk)
-    return recovered
-
-
-def jobs_requeue_orphans() -> list[str]:
-    """Queued jobs whose task went missing: still queued QUEUE_STALE_S after their task was put on
-    a queue while a live worker that could run them is idle (a worker buffers tasks while it
-    trains and a killed one takes them along; Redis loses them, the ORM broker holds them for
-    `retry`). Each gets a fresh task; a duplicate task is harmless, as a job is claimed once.
-    Stale leases are released first: a slot leased to a job that ended or lost its worker is idle."""
-    from gpus.services import leases_release_stale, live_workers
-
-    leases_release_stale()
-    stale_before = timezone.now() - timedelta(seconds=settings.QUEUE_STALE_S)
-    idle = list(live_workers().filter(job__isnull=True).values_list("gpu_index", flat=True))
-    if not idle:
-        return []
-    requeued = []
-    waiting = TrainingJob.objects.filter(status=TrainingJob.Status.QUEUED, enqueued_at__lt=stale_before)
-    for job in waiting.order_by("created_at"):
-        if job.gpu_ids:
-            can_run = None in idle
-        elif job.gpu_id is not None:
-            can_run = job.gpu_id in idle or None in idle
-        else:
-            can_run = True
-        # Conditional on the timestamp we read: of two sweeps at once, one re-queues.
-        if can_run and TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.QUEUED,
-                                                  enqueued_at=job.enqueued_at).update(enqueued_at=timezone.now()):
-            transaction.on_commit(lambda job_id=job.pk: _enqueue(job_id))
-            requeued.append(job.pk)
-    if requeued:
-        logger.warning("Re-queued jobs whose tasks were lost: %s", ", ".join(requeued))
-    return requeued
 
 
 def job_update_progress(job_id: str, *, spent: dict | None = None, **fields) -> None:
@@ -371,7 +300,7 @@ def job_finish(job: TrainingJob, *, status: str, message: str, **fields) -> None
     """Every ending goes through here, and every ending wipes the token. A result's
     training_stats get the job's runs, this one closed with its ending."""
     now = timezone.now()
-    runs = _runs_closed(TrainingJob.objects.filter(pk=job.pk).values_list("runs", flat=True).first(),
+    runs = job_runs_closed(TrainingJob.objects.filter(pk=job.pk).values_list("runs", flat=True).first(),
                         ended=status, at=now)
     if fields.get("training_stats") is not None:
         fields["training_stats"] = {**fields["training_stats"], **job_runs_summary(runs)}

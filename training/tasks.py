@@ -12,7 +12,7 @@ def run_training_job(job_id: str) -> str | None:
 
 
 def recover_on_worker_start(sender, proc_name=None, **kwargs):
-    from training.services import jobs_recover_stale
+    from training.recovery import jobs_recover_stale
 
     try:
         jobs_recover_stale()

@@ -9,7 +9,7 @@ from django.utils import timezone
 from gpus import services as workers
 from gpus.models import Worker
 from tests.conftest import queued_tasks
-from training import services
+from training import recovery, services
 from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -97,7 +97,7 @@ def test_the_lost_tasks_run_once_a_slot_leased_to_a_failed_job_is_freed(alice, h
     settings.QUEUE_STALE_S = 60
     lost = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2",
                                       enqueued_at=timezone.now() - timedelta(seconds=600))
-    assert services.jobs_requeue_orphans() == [lost.pk]
+    assert recovery.jobs_requeue_orphans() == [lost.pk]
     assert [task["args"] for task in queued_tasks()] == [(lost.pk,)]
 
 

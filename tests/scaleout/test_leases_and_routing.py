@@ -7,7 +7,7 @@ from django.utils import timezone
 from gpus import services as workers
 from gpus.models import Worker
 from tests.conftest import SAMPLE_CORPUS
-from training import services
+from training import recovery, services
 from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db
@@ -127,15 +127,15 @@ def test_a_job_whose_task_was_lost_is_queued_again_once_a_worker_that_can_run_it
     long_ago = timezone.now() - timedelta(seconds=600)
     TrainingJob.objects.filter(pk__in=[lost.pk, pinned.pk]).update(enqueued_at=long_ago)
     TrainingJob.objects.filter(pk=fresh.pk).update(enqueued_at=timezone.now())
-    assert services.jobs_requeue_orphans() == []
+    assert recovery.jobs_requeue_orphans() == []
 
     slot("host-b", 1)  # an idle GPU-1 worker: the lost job may run there, the one pinned to GPU 0 may not
-    assert services.jobs_requeue_orphans() == [lost.pk]
+    assert recovery.jobs_requeue_orphans() == [lost.pk]
     tasks = queued_tasks()
     assert [t["args"] for t in tasks] == [(lost.pk,)] and tasks[0]["cluster"] == "mistudio-gpu1"
-    assert services.jobs_requeue_orphans() == []  # not again until it has waited QUEUE_STALE_S more
+    assert recovery.jobs_requeue_orphans() == []  # not again until it has waited QUEUE_STALE_S more
     Worker.objects.filter(pk=gpu_0.pk).update(job=None)  # GPU 0 is free now
-    assert services.jobs_requeue_orphans() == [pinned.pk]
+    assert recovery.jobs_requeue_orphans() == [pinned.pk]
 
 
 def test_workers_show_a_held_jobs_id_only_to_who_may_see_the_job(job_for, alice_api, bob_api, client):

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from tests.conftest import queued_tasks
-from training import services
+from training import recovery, services
 from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,7 +22,7 @@ def running(alice, **fields):
 
 def test_a_job_whose_worker_pid_is_gone_is_queued_again(alice, dead_pid):
     job = running(alice, worker_pid=dead_pid)
-    assert services.jobs_recover_stale() == [job.id]
+    assert recovery.jobs_recover_stale() == [job.id]
     job.refresh_from_db()
     assert job.status == "queued" and "resumes from its last checkpoint" in job.message
     assert [task["args"] for task in queued_tasks()] == [(job.id,)]
@@ -30,7 +30,7 @@ def test_a_job_whose_worker_pid_is_gone_is_queued_again(alice, dead_pid):
 
 def test_a_live_worker_with_a_fresh_heartbeat_is_left_alone(alice):
     job = running(alice)
-    assert services.jobs_recover_stale() == []
+    assert recovery.jobs_recover_stale() == []
     job.refresh_from_db()
     assert job.status == "running"
 
@@ -38,16 +38,16 @@ def test_a_live_worker_with_a_fresh_heartbeat_is_left_alone(alice):
 def test_a_silent_worker_on_another_host_is_presumed_dead(alice, settings):
     job = running(alice, worker_host="gpu-host-7", worker_pid=1,
                   heartbeat_at=timezone.now() - timedelta(seconds=settings.HEARTBEAT_STALE_S + 1))
-    assert services.jobs_recover_stale() == [job.id]
+    assert recovery.jobs_recover_stale() == [job.id]
     fresh = running(alice, worker_host="gpu-host-7", worker_pid=1)
-    assert services.jobs_recover_stale() == []
+    assert recovery.jobs_recover_stale() == []
     fresh.refresh_from_db()
     assert fresh.status == "running"
 
 
 def test_a_job_out_of_attempts_fails_with_a_clear_message(alice, dead_pid, settings):
     job = running(alice, worker_pid=dead_pid, attempts=settings.MAX_JOB_ATTEMPTS, encrypted_hf_token="x")
-    services.jobs_recover_stale()
+    recovery.jobs_recover_stale()
     job.refresh_from_db()
     assert job.status == "failed" and job.encrypted_hf_token == ""
     assert "MISTUDIO_MAX_JOB_ATTEMPTS" in job.message and "out-of-memory" in job.message
@@ -56,7 +56,7 @@ def test_a_job_out_of_attempts_fails_with_a_clear_message(alice, dead_pid, setti
 
 def test_a_lost_job_that_was_being_cancelled_ends_cancelled(alice, dead_pid):
     job = running(alice, worker_pid=dead_pid, cancel_requested_at=timezone.now())
-    services.jobs_recover_stale()
+    recovery.jobs_recover_stale()
     job.refresh_from_db()
     assert job.status == "cancelled"
 

@@ -7,7 +7,7 @@ import torch
 
 from engine.trainer import _Run
 from tests.training.test_clear_failures import run
-from training import services
+from training import recovery, services
 from training.models import TrainingJob
 from training.pipeline import job_run
 
@@ -23,7 +23,7 @@ def test_each_claim_opens_a_run_that_the_sweep_closes_when_its_worker_is_lost(al
     services.job_update_progress(job.pk, spent={"extraction_seconds": 1.25})
     services.job_update_progress(job.pk, spent={"training_seconds": 2.5})
     TrainingJob.objects.filter(pk=job.pk).update(worker_pid=dead_pid)
-    assert services.jobs_recover_stale() == [job.pk]
+    assert recovery.jobs_recover_stale() == [job.pk]
     services.job_claim(job.pk)
     runs = TrainingJob.objects.get(pk=job.pk).runs
     assert [(r["attempt"], r["ended"]) for r in runs] == [(1, "worker lost"), (2, None)]
@@ -44,7 +44,7 @@ def test_the_result_adds_up_every_runs_training_time(alice, dead_pid):
         services.job_claim(job.pk)
         services.job_update_progress(job.pk, spent={"training_seconds": seconds})
         TrainingJob.objects.filter(pk=job.pk).update(worker_pid=dead_pid)
-        services.jobs_recover_stale()
+        recovery.jobs_recover_stale()
     job = services.job_claim(job.pk)
     services.job_update_progress(job.pk, spent={"training_seconds": 0.5})
     services.job_finish(job, status="completed", message="done", training_stats={"final_loss": 1.0})
@@ -89,7 +89,7 @@ def test_a_rerun_that_finds_the_cache_complete_and_no_checkpoint_ends_as_an_unin
     killed = TrainingJob.objects.exclude(pk=reference.pk).get()
     assert killed.status == "running" and killed.activations_path and not killed.checkpoints.exists()
     TrainingJob.objects.filter(pk=killed.pk).update(worker_pid=dead_pid)
-    assert services.jobs_recover_stale() == [killed.pk]
+    assert recovery.jobs_recover_stale() == [killed.pk]
 
     settings.OVERLAP_EXTRACTION = "off"  # the rerun follows its first run's order, not today's setting
     rerun = job_run(killed.pk)

@@ -42,7 +42,7 @@ lease_release(holder)
 
 # What every live worker's watchdog runs now and then (gpus.services._watchdog).
 WATCHDOG = """
-from training.services import jobs_recover_stale, jobs_requeue_orphans
+from training.recovery import jobs_recover_stale, jobs_requeue_orphans
 print(jobs_recover_stale() + jobs_requeue_orphans())
 """
 

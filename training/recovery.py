@@ -1,0 +1,84 @@
+"""The sweeps that keep jobs moving when workers die: every worker process runs the first when it
+starts, and every live worker runs both now and then (its watchdog, gpus.services); crash
+recovery in the README says what they guarantee."""
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from gpus.services import worker_gone
+from training import services
+from training.models import TrainingJob
+
+logger = logging.getLogger("training")
+
+
+def jobs_recover_stale() -> list[str]:
+    """Find running jobs whose worker died — its pid is gone on this host, or its heartbeat is
+    older than HEARTBEAT_STALE_S anywhere — and queue them again to resume from their last
+    checkpoint, failing them after MAX_JOB_ATTEMPTS runs. Runs whenever a worker process starts."""
+    now = timezone.now()
+    recovered = []
+    for job in TrainingJob.objects.filter(status=TrainingJob.Status.RUNNING):
+        if not worker_gone(job.worker_host, job.worker_pid, job.heartbeat_at):
+            continue
+        # Conditional on the heartbeat we saw: if the worker beat in between, it is alive.
+        still_lost = TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING, heartbeat_at=job.heartbeat_at)
+        lost = f"its worker (pid {job.worker_pid} on {job.worker_host}) stopped during run {job.attempts}"
+        # The run ended when its worker last said it was alive.
+        runs = services.job_runs_closed(job.runs, ended="worker lost", at=job.heartbeat_at or now)
+        if job.cancel_requested_at:
+            done = still_lost.update(status=TrainingJob.Status.CANCELLED, phase=TrainingJob.Phase.DONE,
+                                     completed_at=now, updated_at=now, encrypted_hf_token="", runs=runs,
+                                     message=f"Cancelled; {lost}")
+        elif job.attempts >= settings.MAX_JOB_ATTEMPTS:
+            reason = (f"{lost}, the last of {settings.MAX_JOB_ATTEMPTS} allowed runs "
+                      "(MISTUDIO_MAX_JOB_ATTEMPTS). Check the worker's log and the kernel log for an "
+                      "out-of-memory kill; a smaller batch_size or hidden_dim needs less memory.")
+            done = still_lost.update(status=TrainingJob.Status.FAILED, phase=TrainingJob.Phase.DONE,
+                                     completed_at=now, updated_at=now, encrypted_hf_token="", error=reason,
+                                     runs=runs, message=f"Training failed: {reason}")
+        else:
+            done = still_lost.update(status=TrainingJob.Status.QUEUED, phase=TrainingJob.Phase.WAITING,
+                                     updated_at=now, eta_s=None, runs=runs,
+                                     message=f"Re-queued: {lost}; it resumes from its last checkpoint")
+            if done:
+                transaction.on_commit(lambda job_id=job.pk: services.job_enqueue(job_id))
+        if done:
+            logger.warning("Recovered job %s: %s", job.pk, lost)
+            recovered.append(job.pk)
+    return recovered
+
+
+def jobs_requeue_orphans() -> list[str]:
+    """Queued jobs whose task went missing: still queued QUEUE_STALE_S after their task was put on
+    a queue while a live worker that could run them is idle (a worker buffers tasks while it
+    trains and a killed one takes them along; Redis loses them, the ORM broker holds them for
+    `retry`). Each gets a fresh task; a duplicate task is harmless, as a job is claimed once.
+    Stale leases are released first: a slot leased to a job that ended or lost its worker is idle."""
+    from gpus.services import leases_release_stale, live_workers
+
+    leases_release_stale()
+    stale_before = timezone.now() - timedelta(seconds=settings.QUEUE_STALE_S)
+    idle = list(live_workers().filter(job__isnull=True).values_list("gpu_index", flat=True))
+    if not idle:
+        return []
+    requeued = []
+    waiting = TrainingJob.objects.filter(status=TrainingJob.Status.QUEUED, enqueued_at__lt=stale_before)
+    for job in waiting.order_by("created_at"):
+        if job.gpu_ids:
+            can_run = None in idle
+        elif job.gpu_id is not None:
+            can_run = job.gpu_id in idle or None in idle
+        else:
+            can_run = True
+        # Conditional on the timestamp we read: of two sweeps at once, one re-queues.
+        if can_run and TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.QUEUED,
+                                                  enqueued_at=job.enqueued_at).update(enqueued_at=timezone.now()):
+            transaction.on_commit(lambda job_id=job.pk: services.job_enqueue(job_id))
+            requeued.append(job.pk)
+    if requeued:
+        logger.warning("Re-queued jobs whose tasks were lost: %s", ", ".join(requeued))
+    return requeued
