@@ -123,7 +123,7 @@ def plan(rng: random.Random, n_jobs: int, *, restarts: int, cancels: int) -> dic
         for phase in sorted(rng.sample(PHASES, rng.choice([0, 1, 1, 2, 3])), key=PHASES.index):
             events[i].append(("kill", phase))
     for i in rng.sample(range(n_jobs), restarts):
-        events[i].insert(rng.randrange(len(events[i]) + 1), ("restart", rng.choice(PHASES)))
+        events[i].append(("restart", rng.choice(PHASES)))
     for i in rng.sample(range(n_jobs), cancels):
         events[i].append(("cancel", rng.choice(["waiting", *PHASES])))
     for i in events:  # each job's events in the order of the phases they wait for
@@ -187,7 +187,10 @@ def main() -> None:
                     if api.call("GET", "/health")[0] == 200:
                         break
                 except OSError:
-                    time.sleep(0.2)
+                    pass
+                time.sleep(0.2)
+            else:
+                raise SystemExit(f"the web server never answered /health (its log: {folder / 'web.log'})")
             assert api.upload(REPO / "samples" / "demo_corpus.txt")[0] == 200
             reference = api.submit()
             reference_job = wait_finished(TrainingJob, [reference], deadline=time.monotonic() + 600)[0]

@@ -318,11 +318,11 @@ def _extracted(job, extraction):
     """The cache is complete: the row keeps where it is and what extracting it measured, so a rerun
     reuses it and its result still reports the extraction."""
     services.job_update_progress(job.id, activations_path=str(extraction.path),
-                                 extraction_stats=extraction_stats(extraction),
+                                 extraction_stats=_extraction_stats(extraction),
                                  spent={"extraction_seconds": extraction.seconds})
 
 
-def extraction_stats(extraction) -> dict:
+def _extraction_stats(extraction) -> dict:
     return {
         "sequences": extraction.n_sequences,
         "tokens": extraction.n_tokens,

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from gpus.services import worker_gone
+from gpus.services import leases_release_stale, live_workers, worker_gone
 from training import services
 from training.models import TrainingJob
 
@@ -58,8 +58,6 @@ def jobs_requeue_orphans() -> list[str]:
     trains and a killed one takes them along; Redis loses them, the ORM broker holds them for
     `retry`). Each gets a fresh task; a duplicate task is harmless, as a job is claimed once.
     Stale leases are released first: a slot leased to a job that ended or lost its worker is idle."""
-    from gpus.services import leases_release_stale, live_workers
-
     leases_release_stale()
     stale_before = timezone.now() - timedelta(seconds=settings.QUEUE_STALE_S)
     idle = list(live_workers().filter(job__isnull=True).values_list("gpu_index", flat=True))

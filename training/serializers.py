@@ -1,7 +1,6 @@
 """The seed's request and response documents, as DRF serializers (they also make the schema)."""
 from rest_framework import serializers
 
-from mistudio.errors import ErrorSerializer  # noqa: F401 (the views' error shape)
 from training.models import TrainingJob
 
 

@@ -2,10 +2,10 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from mistudio.errors import Conflict, ServiceError
+from mistudio.errors import Conflict, ErrorSerializer, ServiceError
 from training import documents, features, modelcheck, serializers, services
 
-ERRORS = {400: serializers.ErrorSerializer, 404: serializers.ErrorSerializer}
+ERRORS = {400: ErrorSerializer, 404: ErrorSerializer}
 
 
 class TrainView(APIView):
@@ -34,7 +34,7 @@ class JobStatusView(APIView):
 
 
 class JobResultView(APIView):
-    @extend_schema(responses={200: serializers.ResultSerializer, 409: serializers.ErrorSerializer, **ERRORS},
+    @extend_schema(responses={200: serializers.ResultSerializer, 409: ErrorSerializer, **ERRORS},
                    summary="Final results and artifacts of a finished job")
     def get(self, request, job_id):
         job = services.job_get(user=request.user, job_id=job_id)
@@ -47,7 +47,7 @@ class JobResultView(APIView):
 
 
 class JobCancelView(APIView):
-    @extend_schema(request=None, responses={200: serializers.StatusSerializer, 409: serializers.ErrorSerializer, **ERRORS},
+    @extend_schema(request=None, responses={200: serializers.StatusSerializer, 409: ErrorSerializer, **ERRORS},
                    summary="Cancel a queued or running job")
     def post(self, request, job_id):
         job = services.job_cancel(services.job_get(user=request.user, job_id=job_id))
@@ -63,7 +63,7 @@ class JobListView(APIView):
 
 class ValidateModelView(APIView):
     @extend_schema(request=serializers.ValidateModelRequestSerializer,
-                   responses={200: serializers.ValidateModelResponseSerializer, 400: serializers.ErrorSerializer},
+                   responses={200: serializers.ValidateModelResponseSerializer, 400: ErrorSerializer},
                    summary="Check that a model resolves, without loading its weights")
     def post(self, request):
         form = serializers.ValidateModelRequestSerializer(data=request.data)
@@ -74,7 +74,7 @@ class ValidateModelView(APIView):
 class CheckMemoryView(APIView):
     @extend_schema(parameters=[serializers.CheckMemoryQuerySerializer,
                                OpenApiParameter("model_name", str, OpenApiParameter.PATH, description="Model id, URL-encoded or not")],
-                   responses={200: serializers.CheckMemoryResponseSerializer, 400: serializers.ErrorSerializer},
+                   responses={200: serializers.CheckMemoryResponseSerializer, 400: ErrorSerializer},
                    summary="Estimate memory needs and GPU compatibility for a model")
     def get(self, request, model_name):
         query = serializers.CheckMemoryQuerySerializer(data=request.query_params)
@@ -105,7 +105,7 @@ class FeatureListView(APIView):
             OpenApiParameter("page", int, default=1),
             OpenApiParameter("page_size", int, default=50, description=f"1 to {features.MAX_PAGE_SIZE}"),
         ],
-        responses={200: serializers.FeatureListSerializer, 409: serializers.ErrorSerializer, **ERRORS},
+        responses={200: serializers.FeatureListSerializer, 409: ErrorSerializer, **ERRORS},
         summary="The job's features with their activation statistics (paged)",
         operation_id="api_v1_train_features_list",
     )
@@ -128,7 +128,7 @@ class FeatureListView(APIView):
 
 class FeatureDetailView(APIView):
     @extend_schema(parameters=[OpenApiParameter("index", int, OpenApiParameter.PATH, description="0 to hidden_dim - 1")],
-                   responses={200: serializers.FeatureDetailSerializer, 409: serializers.ErrorSerializer, **ERRORS},
+                   responses={200: serializers.FeatureDetailSerializer, 409: ErrorSerializer, **ERRORS},
                    summary="One feature: top activating contexts, activation histogram and logit effect",
                    operation_id="api_v1_train_feature_retrieve")
     def get(self, request, job_id, index: str):
