@@ -15,6 +15,8 @@ jumprelu without target_l0). BatchTopK keeps the k*B largest activations of each
 target-L0 penalty squares each shard's L0, so those train slightly differently from one process;
 relu resampling picks its inputs from rank 0's shard.
 """
+import os
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -117,3 +119,13 @@ def load_result(path: Path) -> TrainResult:
         tokens_since_fired=None if counters is None else np.asarray(counters.numpy(), dtype=np.int64),
         heldout_rows=None if saved["heldout_rows"] is None else tuple(saved["heldout_rows"]),
     )
+
+
+def exit_rank() -> None:
+    """End a rank whose work is done and saved and whose group is destroyed, without the
+    interpreter's teardown: under CPU load a gloo rank was seen aborting there ("terminate called
+    without an active exception", SIGABRT) after a finished run, which failed the job (torchrun
+    ranks) or the spawning test (torch.multiprocessing.spawn ranks)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -311,10 +311,7 @@ def _stop_check(stopping, worker_pid):
 
 
 if __name__ == "__main__":
+    from engine.distributed import exit_rank
+
     main(sys.argv[1])
-    # The rank's work is done and saved, its group destroyed and its connection closed. Leave without
-    # the interpreter's teardown: under CPU load a gloo rank was seen aborting there ("terminate
-    # called without an active exception", SIGABRT) after a finished run, which failed the job.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_rank()  # the rank's work is saved, its group destroyed and its connection closed

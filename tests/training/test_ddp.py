@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from engine.distributed import load_result, save_result
+from engine.distributed import exit_rank, load_result, save_result
 from engine.trainer import TrainConfig, train_sae
 from tests.training.test_train_command import last_json, run_train  # noqa: F401 (fixture)
 
@@ -51,6 +51,7 @@ def _rank(rank, rendezvous, out_dir, runs):
             save_result(result, Path(out_dir) / f"{name}_rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    exit_rank()  # CI saw a finished gloo rank abort in the interpreter's teardown (SIGABRT)
 
 
 @pytest.fixture(scope="module")
