@@ -24,7 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.sae import build_sae  # noqa: E402
-from engine.trainer import TrainConfig, _Run, _RunState, train_sae  # noqa: E402
+from engine.sae import get as architecture_of  # noqa: E402
+from engine.trainer import TrainConfig, train_sae  # noqa: E402
+from engine.trainer.checkpoint import RunState  # noqa: E402
+from engine.trainer.step import Run  # noqa: E402
 
 
 def sync(device):
@@ -76,17 +79,16 @@ def plain_step(d_in, d_sae, batch, device):
 
 
 def our_step(architecture, d_in, d_sae, batch, device, k=64):
-    config = TrainConfig(architecture=architecture, k=k if architecture == "topk" else None, hidden_dim=d_sae)
+    kind = architecture_of(architecture)
+    takes_k = "k" in {field.name for field in kind.request_fields}
+    config = TrainConfig(architecture=architecture, k=k if takes_k else None, hidden_dim=d_sae)
     sae = build_sae(architecture, d_in, d_sae, k=config.k).to(device)
-    from engine.trainer import _param_groups
-
-    optimizer = torch.optim.Adam(_param_groups(sae, config, 1000), lr=1e-4,
+    optimizer = torch.optim.Adam(kind.param_groups(sae, config, 1000), lr=1e-4,
                                  fused=True if device.startswith("cuda") else None)
-    state = _RunState()
+    state = RunState()
     state.tokens_since_fired = torch.zeros(d_sae, dtype=torch.int64, device=device)
-    run = _Run(config=config, sae=sae, optimizer=optimizer, state=state, device=device, checkpoint_dir=None,
-               checkpoint_prefix="bench", on_checkpoint=None, total_steps=1000, dead_window_tokens=10**9,
-               heldout_rows=None, batch_tokens=batch)
+    run = Run(config=config, sae=sae, optimizer=optimizer, state=state, device=device, total_steps=1000,
+              dead_window_tokens=10**9, batch_tokens=batch)
     x = torch.randn(batch, d_in, device=device)
     return (lambda: run.step(x)), run
 
@@ -162,9 +164,7 @@ def bf16_matches_fp32(device, small):
     if device.startswith("cuda"):
         # The same run with autocast off: fp32 throughout (TF32 off too).
         torch.backends.cuda.matmul.allow_tf32 = False
-        import engine.trainer as trainer
-
-        original = trainer._Run._forward
+        original = Run._forward
 
         def fp32_forward(self, x, path):
             self.autocast = False  # what _forward reads: no bf16 autocast for this run
@@ -173,9 +173,9 @@ def bf16_matches_fp32(device, small):
             finally:
                 self.autocast = True
 
-        trainer._Run._forward = fp32_forward
+        Run._forward = fp32_forward
         fp32 = train_sae(acts, config, device=device).final_loss
-        trainer._Run._forward = original
+        Run._forward = original
     else:
         fp32 = bf16
     return bf16, fp32

@@ -13,7 +13,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.trainer import TrainConfig, _Run, _RunState  # noqa: E402
+from engine.trainer import TrainConfig  # noqa: E402
+from engine.trainer.checkpoint import RunState  # noqa: E402
+from engine.trainer.step import Run  # noqa: E402
 from engine.sae import build_sae  # noqa: E402
 
 
@@ -30,16 +32,15 @@ def main():
     sae = build_sae("topk", args.d_in, args.d_sae, k=args.k).to(args.device)
     config = TrainConfig(architecture="topk", k=args.k, hidden_dim=args.d_sae)
     optimizer = torch.optim.Adam(sae.parameters())
-    run = _Run(config=config, sae=sae, optimizer=optimizer, state=_RunState(), device=args.device, checkpoint_dir=None,
-               checkpoint_prefix="bench", on_checkpoint=None, total_steps=1, dead_window_tokens=1, heldout_rows=None,
-               batch_tokens=args.batch)
+    run = Run(config=config, sae=sae, optimizer=optimizer, state=RunState(), device=args.device, total_steps=1,
+              dead_window_tokens=1, batch_tokens=args.batch)
     x = torch.randn(args.batch, args.d_in, device=args.device)
     results = {}
     for path in ("dense", "sparse"):
         for i in range(args.repeats + 1):
             if i == 1:
                 started = time.perf_counter()
-            _, _, recon, _ = run._forward(x, path)
+            _, _, recon, _, _ = run._forward(x, path)
             torch.nn.functional.mse_loss(recon, x).backward()
             optimizer.zero_grad(set_to_none=True)
         if args.device.startswith("cuda"):

@@ -103,3 +103,15 @@ def read_rows(activations, indices: np.ndarray) -> np.ndarray:
         return _pread_rows(fd, offset, row_bytes, activations.dtype, activations.shape[1], indices)
     finally:
         os.close(fd)
+
+
+def rows_tensor(activations, indices, device: str, *, mapped: bool = False) -> torch.Tensor:
+    """Rows `indices` (numpy or torch) of a tensor, an array or a memmap, as float32 on `device`.
+    From an array the rows come in sorted order, which turns a memmap gather into one forward sweep
+    over the file (the order of rows inside a minibatch does not matter to the loss); `mapped`
+    reads through the array's own mapping, not by its file name (a file still being written is
+    renamed when it is finished)."""
+    if isinstance(activations, torch.Tensor):
+        return activations[torch.as_tensor(indices).to(activations.device)].to(device, torch.float32)
+    picked = np.sort(indices.numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices))
+    return float_tensor(activations[picked] if mapped else read_rows(activations, picked), device)

@@ -1,7 +1,7 @@
 """Data-parallel SAE training over several processes (torch.distributed, DistributedDataParallel),
 and the hand-off of a run's result from rank 0 to the process that finishes the job.
 
-`train_sae(..., distributed=True)` runs in every process of an initialised process group. Every
+`engine.trainer.train_sae(..., distributed=True)` runs in every process of an initialised process group. Every
 rank draws the same epoch order (the same seeded generator) and takes rows r::world of each
 batch, so together they train on exactly the batch one process would. Each rank's loss is a mean
 over its shard, and DistributedDataParallel averages the gradients over ranks: with shards of equal
@@ -96,7 +96,7 @@ def save_result(result: TrainResult, path: Path) -> None:
     payload = {
         "fields": {f.name: getattr(result, f.name) for f in fields(result) if f.name not in special},
         "sae": {k: v.detach().cpu() for k, v in result.sae.state_dict().items()},
-        "k": getattr(result.sae, "k", None),
+        "options": result.sae.kind.options(result.sae),  # what rebuilds its architecture (k, ...)
         "checkpoints": [[str(c.path), c.epoch, c.step] for c in result.checkpoints],
         "tokens_since_fired": None if result.tokens_since_fired is None else torch.from_numpy(result.tokens_since_fired),
         "heldout_rows": None if result.heldout_rows is None else list(result.heldout_rows),
@@ -110,7 +110,7 @@ def save_result(result: TrainResult, path: Path) -> None:
 def load_result(path: Path) -> TrainResult:
     saved = torch.load(Path(path), map_location="cpu", weights_only=True)
     values = saved["fields"]
-    sae = sae_from_state_dict(saved["sae"], architecture=values["architecture"], k=saved["k"]).eval()
+    sae = sae_from_state_dict(saved["sae"], architecture=values["architecture"], **saved["options"]).eval()
     counters = saved["tokens_since_fired"]
     return TrainResult(
         **values,

@@ -1,9 +1,9 @@
 """Writing a trained SAE as a SAELens folder (cfg.json, sae_weights.safetensors, sparsity.safetensors).
 
 The input scaling is folded into the weights (engine.export), so the folder runs on raw
-activations with normalize_activations "none". Architecture names follow SAELens 6: relu is
-"standard"; batchtopk is saved as "jumprelu" with its inference threshold, which is exactly how
-it encodes outside training.
+activations with normalize_activations "none". Each architecture says its SAELens 6 name and any
+cfg entries of its own (engine.sae): relu is "standard"; batchtopk is saved as "jumprelu" with its
+inference threshold, which is exactly how it encodes outside training.
 """
 
 import json
@@ -16,7 +16,6 @@ from safetensors.torch import save_file
 from engine.errors import EngineError
 from engine.export import export_state_dict
 
-_SAELENS_ARCHITECTURE = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SAE_LENS_VERSION = "6.0.0"
 
@@ -38,7 +37,7 @@ def export_saelens(
         raise EngineError(f"dtype must be one of {', '.join(_DTYPES)}, not '{dtype}'")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    architecture = _SAELENS_ARCHITECTURE[sae.architecture]
+    architecture = sae.kind.saelens_name
     weights = {name: t.to(_DTYPES[dtype]).contiguous() for name, t in export_state_dict(sae, scaling_factor).items()}
     cfg = {
         "architecture": architecture,
@@ -57,8 +56,7 @@ def export_saelens(
             "trained_architecture": sae.architecture,
         },
     }
-    if architecture == "topk":
-        cfg["k"] = int(sae.k)
+    cfg.update(sae.kind.saelens_config(sae))
     save_file(weights, str(folder / "sae_weights.safetensors"))
     if feature_density is not None:
         density = torch.as_tensor(np.asarray(feature_density), dtype=torch.float32)

@@ -36,3 +36,12 @@ def test_the_engine_tests_run_without_django(request):
     if request.config.pluginmanager.has_plugin("django"):
         pytest.skip("checked where the engine's tests run with -p no:django, as `make test` runs them")
     assert not [name for name in sys.modules if name == "django" or name.startswith("django.")]
+
+
+def test_the_architecture_registry_lists_and_checks_requests_without_torch():
+    result = run_python(
+        "import engine.sae as a, sys; assert a.names() == ('relu', 'topk', 'batchtopk', 'jumprelu'), a.names(); "
+        "assert a.check_request('topk', {'k': None, 'target_l0': None}, hidden_dim=8).startswith('k: required'); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    assert result.returncode == 0, result.stderr

@@ -9,7 +9,7 @@ from tests.engine.test_sae_training import sparse_data
 
 
 # sparse_data has d_in 32: sparsity_coeff 1.6e-5 is λ = 0.032, a per-element weight of 1e-3
-# (engine.trainer._sparsity_weight), the weight these runs were sized at.
+# (engine.sae.registry.Architecture.sparsity_weight), the weight these runs were sized at.
 def config(**overrides) -> TrainConfig:
     values = dict(hidden_dim=128, sparsity_coeff=1.6e-5, learning_rate=1e-2, sae_batch_tokens=512, max_epochs=10,
                   min_loss=0.0, checkpoint_every_epochs=0, checkpoint_interval_s=1e9, progress_interval_s=0.0)
@@ -76,8 +76,8 @@ def test_jumprelu_thresholds_move_and_a_larger_penalty_lowers_l0():
     weak = train_sae(data, config(architecture="jumprelu", sparsity_coeff=1.6e-5))
     strong = train_sae(data, config(architecture="jumprelu", sparsity_coeff=1.6e-3))
     initial = torch.full((128,), 0.1)
-    assert (weak.sae.threshold - initial).abs().max() > 0.01
-    assert (strong.sae.threshold - initial).abs().mean() > 0.05
+    assert (weak.sae.log_threshold.exp() - initial).abs().max() > 0.01
+    assert (strong.sae.log_threshold.exp() - initial).abs().mean() > 0.05
     assert l0_of(strong, data) < 0.8 * l0_of(weak, data)
 
 
@@ -93,7 +93,7 @@ def test_every_architecture_round_trips_through_its_state_dict(architecture):
     result = train_sae(sparse_data(n_tokens=1024), config(architecture=architecture, k=k, max_epochs=2))
     named = architecture if architecture == "topk" else None  # the others are recognised by their keys
     restored = sae_from_state_dict(result.sae.state_dict(), architecture=named, k=k).eval()
-    assert type(restored) is type(result.sae)
+    assert restored.architecture == result.sae.architecture
     x = torch.from_numpy(sparse_data(n_tokens=64, seed=5)) * result.scaling_factor
     with torch.no_grad():
         torch.testing.assert_close(restored(x)[0], result.sae(x)[0])

@@ -42,7 +42,7 @@ def test_out_of_memory_in_an_overlapped_job_names_the_part_that_ran_out(alice, h
 
     settings.OVERLAP_EXTRACTION = "on"
     settings.SHUFFLE_BUFFER_TOKENS = 512
-    monkeypatch.setattr("engine.activations._run_batches" if where == "extraction" else "engine.trainer._Run.step",
+    monkeypatch.setattr("engine.activations._run_batches" if where == "extraction" else "engine.trainer.step.Run.step",
                         exhausted)
     job = run(alice, **FIELDS)
     assert job.status == "failed"
@@ -54,19 +54,19 @@ def test_out_of_memory_in_an_overlapped_job_names_the_part_that_ran_out(alice, h
 
 def test_the_cache_is_recorded_on_the_job_before_training_ends(alice, hub_models, settings, monkeypatch):
     """A worker killed in a later epoch resumes from the cache instead of extracting again."""
-    from engine.trainer import _Run
+    from engine.trainer.step import Run
     from training.models import TrainingJob
 
     settings.OVERLAP_EXTRACTION = "on"
     settings.SHUFFLE_BUFFER_TOKENS = 512
     recorded = []
-    step = _Run.step
+    step = Run.step
 
     def watching(self, x):
         recorded.append((self.state.epochs_done, TrainingJob.objects.values_list("activations_path", flat=True).get()))
         return step(self, x)
 
-    monkeypatch.setattr(_Run, "step", watching)
+    monkeypatch.setattr(Run, "step", watching)
     job = run(alice, **FIELDS)
     assert job.status == "completed", job.message
     second_epoch = [path for epochs_done, path in recorded if epochs_done == 1]

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from engine.trainer import TrainProgress
+from engine.results import TrainProgress
 from training import services
 from training.models import TrainingJob
 from training.job_training import train_callbacks

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from engine.trainer import _Run
+from engine.trainer.step import Run
 from tests.training.test_clear_failures import run
 from training import recovery, services
 from training.models import TrainingJob
@@ -73,7 +73,7 @@ def test_a_rerun_that_finds_the_cache_complete_and_no_checkpoint_ends_as_an_unin
     reference = run(alice, **FIELDS)
     assert reference.status == "completed", reference.message
 
-    step = _Run.step
+    step = Run.step
 
     def dying(self, x):
         # In the second epoch: the cache is complete and recorded, no checkpoint exists yet, and
@@ -82,7 +82,7 @@ def test_a_rerun_that_finds_the_cache_complete_and_no_checkpoint_ends_as_an_unin
             raise Killed
         return step(self, x)
 
-    monkeypatch.setattr(_Run, "step", dying)
+    monkeypatch.setattr(Run, "step", dying)
     with pytest.raises(Killed):
         run(alice, **FIELDS)
     monkeypatch.undo()

@@ -1,0 +1,134 @@
+"""The SAE as a torch module: the four weights every architecture shares, with SAELens' names and
+shapes (W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]),
+
+    pre = (x - b_dec) @ W_enc + b_enc,   x_hat = f @ W_dec + b_dec,
+
+and its architecture (`kind`, from engine.sae.registry), which takes the code f from the
+pre-activations and adds what else it keeps (a threshold, k).
+"""
+import torch
+from torch import nn
+
+from engine.errors import EngineError
+from engine.sae import registry
+
+
+class SparseAutoencoder(nn.Module):
+    def __init__(self, d_in: int, d_sae: int, *, architecture: str = "relu", **options):
+        super().__init__()
+        self.kind = registry.get(architecture)
+        self.d_in = d_in
+        self.d_sae = d_sae
+        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.kind.setup(self, options)
+
+    @property
+    def architecture(self) -> str:
+        return self.kind.name
+
+    @property
+    def unit_norm_decoder(self) -> bool:
+        return self.kind.unit_norm_decoder
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        return self.kind.activate(self, pre)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kind.encode(self, x)
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.encode(x)
+        return self.decode(f), f
+
+    def decoder_norms(self) -> torch.Tensor:
+        return self.W_dec.norm(dim=1)
+
+    def weighted_l1(self, f: torch.Tensor) -> torch.Tensor:
+        """Mean over tokens of sum_i f_i * ||W_dec,i||.
+
+        Weighting by decoder norms makes the penalty invariant to rescaling a feature (shrinking
+        f_i while growing its decoder row no longer lowers the loss), which replaces the unit-norm
+        decoder constraint (Anthropic, "Circuits Updates - April 2024").
+        """
+        return (f * self.decoder_norms()).sum(dim=-1).mean()
+
+    def extra_state_for_export(self) -> dict[str, torch.Tensor]:
+        return self.kind.export_tensors(self)
+
+    @torch.no_grad()
+    def initialize_(self, sample: torch.Tensor, generator: torch.Generator | None = None, *, b_dec: torch.Tensor | None = None) -> None:
+        """Random unit-norm decoder rows, encoder = decoder transpose, b_dec = given centre or data mean.
+
+        Tied initialisation of W_enc as W_dec.T starts every feature as a matched
+        detector/writer pair (Anthropic, "Circuits Updates - April 2024"; Gao et al. 2024).
+        The trainer passes the geometric median as b_dec (Bricken et al. 2023, "Towards
+        Monosemanticity"); the mean is the fallback.
+        """
+        directions = torch.randn(self.d_sae, self.d_in, generator=generator, device="cpu")
+        directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.W_dec.copy_(directions.to(self.W_dec.device))
+        self.W_enc.copy_(self.W_dec.T * self.kind.encoder_init_scale)
+        self.b_enc.zero_()
+        centre = b_dec if b_dec is not None else sample.to(torch.float32).mean(dim=0)
+        self.b_dec.copy_(centre.to(self.b_dec.device, torch.float32))
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale decoder rows to unit norm (for the constrained-decoder recipe)."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def remove_parallel_grad_(self) -> None:
+        """Drop the gradient component parallel to each decoder row.
+
+        With unit-norm decoder rows this keeps Adam from fighting the renormalisation after every
+        step (Bricken et al. 2023, "Towards Monosemanticity").
+        """
+        if self.W_dec.grad is None:
+            return
+        unit = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        parallel = (self.W_dec.grad * unit).sum(dim=1, keepdim=True)
+        self.W_dec.grad -= parallel * unit
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict, **kwargs) -> "SparseAutoencoder":
+        """A relu SAE (or `architecture=...`) from a state dict, ignoring keys it does not keep."""
+        d_in, d_sae = state_dict["W_enc"].shape
+        sae = cls(d_in, d_sae, **kwargs)
+        names = set(sae.state_dict())
+        sae.load_state_dict({k: v.to(torch.float32) for k, v in state_dict.items() if k in names})
+        return sae
+
+
+def build_sae(architecture: str, d_in: int, d_sae: int, **options) -> SparseAutoencoder:
+    """A new SAE of a registered architecture; `options` are TrainConfig-named (k=..., ...)."""
+    problems = [field.problem(options.get(field.name), architecture)
+                for field in registry.get(architecture).request_fields]
+    if any(problems):
+        raise EngineError("; ".join(p for p in problems if p))
+    return SparseAutoencoder(d_in, d_sae, architecture=architecture, **options)
+
+
+def sae_from_state_dict(state_dict: dict, *, architecture: str | None = None, **options) -> SparseAutoencoder:
+    """Rebuild any architecture from its state dict. Without `architecture` it is recognised by
+    the keys beyond the four weights (log_threshold: jumprelu, threshold: batchtopk, none: relu);
+    an architecture with another's keys (topk) must be named."""
+    if architecture is None:
+        extra = frozenset(state_dict) - {"W_enc", "b_enc", "W_dec", "b_dec"}
+        matches = [a.name for a in registry.all_architectures() if a.recognized_by_keys and a.state_keys == extra]
+        if len(matches) != 1:
+            raise EngineError(f"Cannot tell the architecture from the keys {sorted(state_dict)}: name it")
+        architecture = matches[0]
+    d_in, d_sae = state_dict["W_enc"].shape
+    sae = build_sae(architecture, int(d_in), int(d_sae), **options)
+    sae.load_state_dict({name: v.to(torch.float32) for name, v in state_dict.items()})
+    return sae

@@ -1,0 +1,218 @@
+"""The registry of SAE architectures, and what an architecture is.
+
+An architecture is a class with a `name`, registered with `@register`, in a module of its own under
+engine/sae/. It owns everything that differs between architectures: the request fields it takes
+(and their rules), how a code is taken from the pre-activations, its sparsity and auxiliary losses,
+what it does after a step (resampling), its parameter groups, whether the decoder may run as a
+sparse gather, and how it is exported. The trainer, request validation, the CLI, the demo and the
+export ask the registry; nothing outside engine/sae/ compares architecture names.
+
+This module, and the architecture modules, import no torch at import time: the web process lists
+architectures and checks requests without it. The torch side (engine.sae.module) calls the
+methods below with the SAE and tensors; an architecture imports torch inside them where it needs to.
+"""
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from engine.errors import EngineError
+
+# sparsity_coeff x this = lambda in the summed-squared-error convention (Architecture.sparsity_weight).
+LAMBDA_PER_SPARSITY_COEFF = 2000.0
+
+
+@dataclass(frozen=True)
+class RequestField:
+    """An option of a training request (and a TrainConfig field of the same name) that one or
+    more architectures take. Registered fields become API fields, CLI options and job columns."""
+
+    name: str
+    type: type  # int or float
+    help: str  # what it is, as the API's schema and the CLI say it
+    about: str  # a short phrase for error messages ("active features per token")
+    required: bool = False  # the architecture cannot train without it
+    api_minimum: float | None = None  # the smallest value a request may give
+
+    def problem(self, value, architecture: str) -> str | None:
+        """The engine's check of a value (None: fine)."""
+        if value is None and not self.required:
+            return None
+        if value is None or value <= 0 or (self.type is int and int(value) != value):
+            must_be = "a positive integer" if self.type is int else "positive"
+            where = f" for the {architecture} architecture" if self.required else ""
+            return f"{self.name} must be {must_be}{where}"
+        return None
+
+
+class Architecture:
+    """The default behaviour is the ReLU SAE's; an architecture overrides what differs.
+
+    Every architecture shares pre = (x - b_dec) @ W_enc + b_enc and x_hat = f @ W_dec + b_dec
+    (engine.sae.module), with SAELens' names and shapes."""
+
+    name: str = ""
+    saelens_name: str = "standard"  # cfg.json's "architecture" in an SAELens export
+    request_fields: tuple[RequestField, ...] = ()
+    # Whether the trainer keeps decoder rows at unit norm (and drops the gradient parallel to them).
+    unit_norm_decoder = False
+    # W_enc starts at this multiple of W_dec.T.
+    encoder_init_scale = 1.0
+    # Codes have a fixed number of non-zeros per token (sparse_code): the trainer may then decode
+    # by gathering those decoder rows instead of a dense matmul, timing both on the first batch.
+    sparse_decode = False
+    # Tensors of its state dict besides the four weights; sae_from_state_dict recognises an
+    # architecture by them when `recognized_by_keys` (topk has relu's keys, so it must be named).
+    state_keys: frozenset[str] = frozenset()
+    recognized_by_keys = True
+
+    # -- requests (no torch) --
+
+    def check_request(self, values: Mapping, *, hidden_dim: int) -> str | None:
+        """A rule between this architecture's fields and the rest of a request, beyond a field
+        being present: the first problem, in the API's words, or None."""
+        return None
+
+    # -- the model --
+
+    def setup(self, sae, options: Mapping) -> None:
+        """Add what this architecture keeps beyond the four weights (parameters, buffers,
+        attributes) to a new SAE; `options` holds TrainConfig-named values (k, ...)."""
+
+    def options(self, sae) -> dict:
+        """What build_sae needs besides the shape to rebuild this SAE (e.g. {"k": 4})."""
+        return {}
+
+    def encode(self, sae, x):
+        return self.activate(sae, sae.pre_activations(x))
+
+    def activate(self, sae, pre):
+        return pre.relu()
+
+    def sparse_code(self, sae, pre):
+        """(values, indices) of each token's non-zero codes, for architectures with sparse_decode."""
+        raise NotImplementedError(f"{self.name} codes are not a fixed number of features per token")
+
+    # -- training --
+
+    def sparsity_loss(self, sae, pre, f, config):
+        """The term the trainer weighs by sparsity_weight: the decoder-norm-weighted L1."""
+        return sae.weighted_l1(f)
+
+    def sparsity_weight(self, config, d_in: int, *, legacy: bool = False) -> float:
+        """The weight of the sparsity term beside the MSE (a mean over elements).
+
+        `sparsity_coeff` is lambda/2000 in the loss of Anthropic's April 2024 update, ||x - x_hat||^2
+        summed over the d_in dimensions + lambda sum_i f_i ||W_dec,i|| (JumpReLU: + lambda L0), with
+        inputs at mean norm sqrt(d_in). The trainer minimises that loss divided by d_in, so the
+        reported loss (and min_loss) stays a per-element MSE: the weight here is lambda / d_in. In
+        that convention one lambda asks layers and models of every width for about the same
+        trade-off, which is what the input normalisation is for. The factor puts the seed's default
+        0.001 at lambda = 2: on the bundled model (d_in 384) lambda = 1 left hundreds of features firing
+        on more than 10% of tokens, lambda = 2 a few dozen at L0 ~30-40 (README, "Architectures");
+        Anthropic's lambda = 5 is for runs of ~100k steps. `legacy`: the rule of checkpoints written
+        before this convention, where sparsity_coeff was the per-element weight itself (5.2x weaker
+        at d_in 384)."""
+        if legacy:
+            return config.sparsity_coeff
+        return config.sparsity_coeff * LAMBDA_PER_SPARSITY_COEFF / d_in
+
+    def aux_loss(self, sae, x, recon, pre, trainer):
+        """An auxiliary loss added to the step's loss (already weighted), or None.
+        `trainer` gives config, dead_mask(), optimizer, parallel, state and total_steps."""
+        return None
+
+    def after_step(self, sae, x, recon, trainer) -> None:
+        """Anything after the optimizer step (relu resamples dead features)."""
+
+    def param_groups(self, sae, config, total_steps: int) -> list[dict]:
+        """Adam's parameter groups, each with its `base_lr` (the schedule scales it)."""
+        return [{"params": list(sae.parameters()), "base_lr": config.learning_rate}]
+
+    # -- export --
+
+    def export_tensors(self, sae) -> dict:
+        """Tensors besides the four weights an exported SAE needs (SAELens names)."""
+        return {}
+
+    def saelens_config(self, sae) -> dict:
+        """Entries of an SAELens cfg.json beyond the shared ones."""
+        return {}
+
+
+_ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register(cls: type[Architecture]) -> type[Architecture]:
+    """Class decorator: make an architecture available by its name. Registering a name twice is
+    a mistake (two modules would answer for it)."""
+    if not cls.name:
+        raise EngineError(f"{cls.__name__} has no name")
+    if cls.name in _ARCHITECTURES and type(_ARCHITECTURES[cls.name]) is not cls:
+        raise EngineError(f"architecture '{cls.name}' is registered already, by {type(_ARCHITECTURES[cls.name]).__name__}")
+    _ARCHITECTURES[cls.name] = cls()
+    return cls
+
+
+def unregister(name: str) -> None:
+    """For tests that register an architecture of their own."""
+    _ARCHITECTURES.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_ARCHITECTURES)
+
+
+def get(name: str) -> Architecture:
+    try:
+        return _ARCHITECTURES[name]
+    except (KeyError, TypeError):
+        raise EngineError(f"architecture must be one of {', '.join(names())}, not '{name}'") from None
+
+
+def all_architectures() -> Iterable[Architecture]:
+    return tuple(_ARCHITECTURES.values())
+
+
+def request_fields() -> tuple[RequestField, ...]:
+    """Every architecture's request fields, each once, in registration order."""
+    fields = {}
+    for architecture in _ARCHITECTURES.values():
+        for field in architecture.request_fields:
+            fields.setdefault(field.name, field)
+    return tuple(fields.values())
+
+
+def taking(field_name: str) -> tuple[str, ...]:
+    """The architectures that take a request field."""
+    return tuple(a.name for a in _ARCHITECTURES.values() if field_name in {f.name for f in a.request_fields})
+
+
+def describe_field(field: RequestField) -> str:
+    """The field's help with the architectures it applies to, as the API's schema says it."""
+    users = " and ".join(taking(field.name))
+    return f"{field.help}; required for {users}" if field.required else f"{users} only: {field.help}"
+
+
+def check_request(name: str, values: Mapping, *, hidden_dim: int) -> str | None:
+    """The first problem of a request's architecture and its fields, in the API's words, or None.
+    `values` maps every registered request field to the request's value (None: not given)."""
+    if name not in _ARCHITECTURES:
+        return f"architecture: must be one of {', '.join(names())}, not '{name}'."
+    architecture = _ARCHITECTURES[name]
+    own = {f.name: f for f in architecture.request_fields}
+    for field in request_fields():
+        value = values.get(field.name)
+        if field.name not in own:
+            if value is not None:
+                return f"{field.name}: only applies to {' and '.join(taking(field.name))}, not '{name}'."
+        elif value is None and field.required:
+            return f"{field.name}: required when architecture is '{name}' ({field.about})."
+    return architecture.check_request(values, hidden_dim=hidden_dim)
+
+
+def check_config(config) -> list[str]:
+    """The engine's check of a TrainConfig's architecture and the fields it takes."""
+    if config.architecture not in _ARCHITECTURES:
+        return [f"architecture must be one of {', '.join(names())}"]
+    architecture = _ARCHITECTURES[config.architecture]
+    problems = [field.problem(getattr(config, field.name, None), architecture.name) for field in architecture.request_fields]
+    return [p for p in problems if p]

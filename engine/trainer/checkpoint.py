@@ -1,0 +1,166 @@
+"""The run state a checkpoint holds, and the checkpoint file format.
+
+A checkpoint is a torch file of plain tensors, numbers, strings, lists and dicts (torch.load with
+weights_only=True reads it). Its `format_version` says how to read it:
+- 1 (no `format_version` key): written before versions were kept. Its later keys came in over
+  time and are optional: tokens_since_fired, resampled_features, decode_path, first_epoch_mixed,
+  then batch_tokens and sparsity_weight (without them the run's rules of then apply,
+  engine.trainer.plan.run_constants); epoch_sums is a list [loss, mse, sparsity, tokens].
+- 2: every key below, always; epoch_sums is a dict named like RunState.epoch_sums.
+Every checkpoint of format 1 still resumes as it would have.
+"""
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.errors import EngineError
+from engine.results import CheckpointInfo
+
+FORMAT_VERSION = 2
+_SUMS = ("loss", "mse", "sparsity", "tokens")
+
+
+def empty_sums() -> dict:
+    return {"loss": 0.0, "mse": 0.0, "sparsity": 0.0, "tokens": 0}
+
+
+@dataclass
+class RunState:
+    """Everything a checkpoint must hold to continue exactly where training stopped."""
+
+    scaling_factor: float = 1.0
+    step: int = 0
+    epochs_done: int = 0
+    epoch_step: int = 0  # steps done in the epoch in progress
+    epoch_sums: dict = field(default_factory=empty_sums)  # token-weighted sums of the epoch in progress, and its tokens
+    epoch_rng_state: torch.Tensor | None = None  # generator state before the permutation of the epoch in progress (or next)
+    loss_history: list = field(default_factory=list)
+    last_epoch_mse: float | None = None
+    tokens_since_fired: torch.Tensor | None = None  # [d_sae] int64, per feature
+    resampled_features: int = 0
+    decode_path: str | None = None  # chosen on the first step, kept by checkpoints for an exact resume
+    first_epoch_mixed: bool = False  # the first epoch followed the extraction order (engine.trainer.ordering)
+    batch_tokens: int = 0  # tokens per step (engine.trainer.plan), fixed for the run
+    sparsity_weight: float = 0.0  # the sparsity term's weight, fixed for the run
+
+
+@dataclass
+class Saved:
+    """A checkpoint as read, whatever its format."""
+
+    name: str
+    payload: dict
+    batch_tokens: int | None  # None: written before checkpoints kept the run's batch and weight
+    sparsity_weight: float | None
+
+
+def write(path: Path, *, sae, optimizer, state: RunState, config, mid_epoch: bool) -> CheckpointInfo:
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "epoch": state.epochs_done,
+        "epoch_step": state.epoch_step if mid_epoch else 0,
+        "step": state.step,
+        "scaling_factor": state.scaling_factor,
+        "config": asdict(config),
+        "loss_history": list(state.loss_history),
+        "last_epoch_mse": state.last_epoch_mse,
+        "epoch_sums": dict(state.epoch_sums),
+        "epoch_rng_state": state.epoch_rng_state,
+        # Numpy's RNG is only used before the first step (the scaling sample), so it needs no state.
+        "torch_rng_state": torch.get_rng_state(),
+        "tokens_since_fired": state.tokens_since_fired.detach().cpu(),
+        "resampled_features": state.resampled_features,
+        "decode_path": state.decode_path,
+        "first_epoch_mixed": state.first_epoch_mixed,
+        "batch_tokens": state.batch_tokens,
+        "sparsity_weight": state.sparsity_weight,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    partial.replace(path)
+    return CheckpointInfo(path=path, epoch=state.epochs_done, step=state.step)
+
+
+def file_name(prefix: str, state: RunState, *, mid_epoch: bool) -> str:
+    """<prefix>_checkpoint_<epochs done>.pt at an epoch's end; a cancel inside an epoch adds the
+    step it stopped after: <prefix>_checkpoint_<epochs done>_step_<step>.pt."""
+    if mid_epoch:
+        return f"{prefix}_checkpoint_{state.epochs_done}_step_{state.step}.pt"
+    return f"{prefix}_checkpoint_{state.epochs_done}.pt"
+
+
+def load(path: Path) -> Saved:
+    path = Path(path)
+    if not path.is_file():
+        raise EngineError(f"Checkpoint '{path.name}' does not exist")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    version = int(payload.get("format_version", 1))
+    if version == 1:
+        has_rules = "batch_tokens" in payload
+        sums = payload["epoch_sums"]
+        payload["epoch_sums"] = dict(zip(_SUMS, sums)) if isinstance(sums, list) else sums
+        return Saved(path.name, payload, int(payload["batch_tokens"]) if has_rules else None,
+                     float(payload["sparsity_weight"]) if has_rules else None)
+    if version == FORMAT_VERSION:
+        return Saved(path.name, payload, int(payload["batch_tokens"]), float(payload["sparsity_weight"]))
+    raise EngineError(f"Checkpoint '{path.name}' has format {version}, newer than this miStudio reads ({FORMAT_VERSION}): upgrade it")
+
+
+def restore(saved: Saved, sae, optimizer, state: RunState, *, d_in: int, config) -> None:
+    payload, name = saved.payload, saved.name
+    shape = tuple(payload["sae"]["W_enc"].shape)
+    if shape != (d_in, config.hidden_dim):
+        raise EngineError(
+            f"Checkpoint '{name}' is for an SAE of shape {shape}, not ({d_in}, {config.hidden_dim}): "
+            "resume with the same activations and hidden_dim"
+        )
+    saved_architecture = payload["config"].get("architecture", "relu")  # format 1 before architectures
+    if saved_architecture != config.architecture:
+        raise EngineError(f"Checkpoint '{name}' is for architecture '{saved_architecture}', not '{config.architecture}'")
+    sae.load_state_dict(payload["sae"])
+    optimizer.load_state_dict(payload["optimizer"])
+    state.scaling_factor = float(payload["scaling_factor"])
+    state.step = int(payload["step"])
+    state.epochs_done = int(payload["epoch"])
+    state.epoch_step = int(payload["epoch_step"])
+    state.epoch_sums = dict(payload["epoch_sums"])
+    state.epoch_rng_state = payload["epoch_rng_state"]
+    state.loss_history = [float(v) for v in payload["loss_history"]]
+    state.last_epoch_mse = payload["last_epoch_mse"]
+    torch.set_rng_state(payload["torch_rng_state"])
+    if "tokens_since_fired" in payload:
+        state.tokens_since_fired = payload["tokens_since_fired"].to(torch.int64)
+    state.resampled_features = int(payload.get("resampled_features", 0))
+    state.decode_path = payload.get("decode_path")
+    state.first_epoch_mixed = bool(payload.get("first_epoch_mixed", False))
+
+
+class Writer:
+    """Where and when a run writes its checkpoints (rank 0 only, in a data-parallel group)."""
+
+    def __init__(self, folder: Path | None, prefix: str, on_checkpoint, *, enabled: bool = True):
+        self.folder = Path(folder) if folder is not None and enabled else None
+        self.prefix = prefix
+        self.on_checkpoint = on_checkpoint
+        self.written: list[CheckpointInfo] = []
+        self.last_at = time.monotonic()
+
+    def due(self, config, epochs_done: int) -> bool:
+        """At an epoch's end: every checkpoint_every_epochs epochs, or checkpoint_interval_s since the last."""
+        every = config.checkpoint_every_epochs
+        return bool(every and epochs_done % every == 0) or time.monotonic() - self.last_at >= config.checkpoint_interval_s
+
+    def write(self, *, sae, optimizer, state: RunState, config, mid_epoch: bool) -> None:
+        if self.folder is None:
+            return
+        path = self.folder / file_name(self.prefix, state, mid_epoch=mid_epoch)
+        info = write(path, sae=sae, optimizer=optimizer, state=state, config=config, mid_epoch=mid_epoch)
+        self.last_at = time.monotonic()
+        self.written.append(info)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(info)

@@ -1,0 +1,309 @@
+"""train_sae: a run from its plan and start (or checkpoint) through its epochs to a TrainResult."""
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.activation_source import ActivationSource, rows_tensor
+from engine.errors import EngineError, ExtractionCancelled
+from engine.results import CheckpointInfo, TrainProgress, TrainResult
+from engine.sae import build_sae
+from engine.sae import get as architecture
+from engine.trainer import checkpoint, init, plan
+from engine.trainer.config import TrainConfig, check_activations, check_config
+from engine.trainer.ordering import Mixing, RowsReady, finished
+from engine.trainer.step import Run
+
+_CONVERGENCE_TOLERANCE = 0.01
+
+
+def train_sae(
+    activations: np.ndarray | torch.Tensor,
+    config: TrainConfig,
+    *,
+    device: str = "cpu",
+    checkpoint_dir: Path | None = None,
+    checkpoint_prefix: str = "sae",
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_checkpoint: Callable[[CheckpointInfo], None] | None = None,
+    resume_from: Path | None = None,
+    distributed: bool = False,
+    first_epoch_rows: np.ndarray | None = None,
+) -> TrainResult:
+    """`activations`: an array or tensor [rows, d_in], or an engine.activations.ExtractionStream
+    still being written, whose rows the first epoch consumes as they arrive.
+
+    `first_epoch_rows`: the order in which the rows were extracted (an ExtractionStream's
+    `arrival`, or engine.activations.load_arrival_rows of its finished file). The first epoch then
+    draws them through a shuffle buffer in that order, which a run overlapping extraction must do;
+    giving the same order for the finished file repeats that run exactly. When resuming, the
+    checkpoint decides: the order is used if its run used one (and then must be given).
+
+    With `distributed`, call this in every rank of an initialised process group with the same
+    activations and config; only rank 0 writes checkpoints, so give callbacks to rank 0 alone
+    (should_stop may be given to any rank: all stop after the same step)."""
+    check_config(config)
+    stream = None
+    if hasattr(activations, "wait") and hasattr(activations, "arrival"):
+        stream, activations = activations, activations.array
+        first_epoch_rows = stream.arrival
+        if resume_from is not None or distributed:
+            raise EngineError("Resume or distributed training reads a finished activations file, not an extraction in progress")
+    saved = checkpoint.load(resume_from) if resume_from is not None else None
+    layout = _layout(config, activations, saved, device=device, distributed=distributed, first_epoch_rows=first_epoch_rows)
+    rows_ready = RowsReady(stream, should_stop, config.stop_check_interval_s)
+    run, generator = _start(config, layout, activations, stream, saved, rows_ready, device=device)
+    writer = checkpoint.Writer(checkpoint_dir, checkpoint_prefix, on_checkpoint,
+                               enabled=layout.parallel is None or layout.parallel.rank == 0)
+    loop = _Loop(run, writer, layout, activations, stream, generator, rows_ready, should_stop, on_progress)
+    try:
+        stopped_reason = loop.epochs()
+    finally:
+        loop.close()
+    return _result(run, writer, layout, stopped_reason)
+
+
+@dataclass
+class _Layout:
+    """Rows, batches and steps of the run, fixed before its first step."""
+
+    n_rows: int
+    n_train: int  # rows [0, n_train) train; the tail is held out
+    d_in: int
+    run_batch_tokens: int  # what a checkpoint keeps
+    batch_tokens: int  # per step, after a data-parallel group rounds it
+    sparsity_weight: float
+    steps_per_epoch: int
+    total_steps: int
+    parallel: object | None  # engine.distributed.DataParallel
+    mixing: Mixing | None  # the first epoch follows the extraction order
+
+
+def _layout(config, activations, saved, *, device, distributed, first_epoch_rows) -> _Layout:
+    n_rows, d_in = check_activations(activations)
+    n_train = n_rows - plan.eval_rows(n_rows, config.eval_fraction)
+    # A resumed run keeps the batch and penalty weight its checkpoint was trained with, even when
+    # it was written by an older version that chose them by other rules.
+    run_batch_tokens, sparsity_weight = plan.run_constants(config, n_train, d_in, saved)
+    batch_tokens, steps_per_epoch, parallel = run_batch_tokens, math.ceil(n_train / run_batch_tokens), None
+    if distributed:
+        from engine.distributed import DataParallel
+
+        parallel = DataParallel.current(device)
+        batch_tokens = parallel.batch_tokens(run_batch_tokens, n_train)
+        steps_per_epoch = parallel.steps_per_epoch(n_train, batch_tokens)
+    mixing = None
+    if first_epoch_rows is not None:
+        mixing = Mixing(np.asarray(first_epoch_rows, dtype=np.int64), n_rows=n_rows, n_train=n_train,
+                        buffer_rows=config.shuffle_buffer_tokens, batch_tokens=batch_tokens)
+    return _Layout(n_rows, n_train, d_in, run_batch_tokens, batch_tokens, sparsity_weight, steps_per_epoch,
+                   steps_per_epoch * config.max_epochs, parallel, mixing)
+
+
+def _start(config, layout: _Layout, activations, stream, saved, rows_ready, *, device):
+    """The SAE, its optimizer and the run state: initialised from a sample, or restored."""
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    # A private generator drives init and shuffling, so a checkpoint can restore it exactly.
+    generator = torch.Generator().manual_seed(config.seed)
+    sae = build_sae(config.architecture, layout.d_in, config.hidden_dim, k=config.k,
+                    jumprelu_initial_threshold=config.jumprelu_initial_threshold,
+                    jumprelu_bandwidth=config.jumprelu_bandwidth)
+    state = checkpoint.RunState(batch_tokens=layout.run_batch_tokens, sparsity_weight=layout.sparsity_weight)
+    state.tokens_since_fired = torch.zeros(config.hidden_dim, dtype=torch.int64)
+    if saved is None:
+        _initialize(sae, state, config, layout, activations, stream, rows_ready, generator)
+    sae.to(device).train()
+    if str(device).startswith("cuda"):
+        # TF32 matmuls for whatever runs outside autocast (ample for SAE training; Ampere and later).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    # The fused kernel does Adam's whole update in one launch on CUDA; the CPU keeps the default.
+    optimizer = torch.optim.Adam(architecture(config.architecture).param_groups(sae, config, layout.total_steps),
+                                 lr=config.learning_rate, fused=True)
+    state.first_epoch_mixed = layout.mixing is not None
+    if saved is not None:
+        checkpoint.restore(saved, sae, optimizer, state, d_in=layout.d_in, config=config)
+        # The checkpoint says how its first epoch drew rows; a resume repeats that.
+        if state.epochs_done == 0 and state.first_epoch_mixed and layout.mixing is None:
+            raise EngineError(
+                "This checkpoint's first epoch followed the extraction order, which these activations do not "
+                "have (their _arrival.npy is missing): resume from the activations it was trained on"
+            )
+        if not state.first_epoch_mixed:
+            layout.mixing = None
+    state.tokens_since_fired = state.tokens_since_fired.to(device)
+    if layout.parallel is not None:
+        # Every rank computed the same scale from the same seeded sample; rank 0's makes sure of it
+        # (DistributedDataParallel does the same for the weights).
+        state.scaling_factor = layout.parallel.broadcast_float(state.scaling_factor)
+    run = Run(config=config, sae=sae, optimizer=optimizer, state=state, device=device,
+              total_steps=layout.total_steps, dead_window_tokens=plan.dead_window_tokens(config, layout.n_train),
+              batch_tokens=layout.batch_tokens, parallel=layout.parallel)
+    return run, generator
+
+
+def _initialize(sae, state, config, layout: _Layout, activations, stream, rows_ready, generator) -> None:
+    """The input scale is a fixed preprocessing constant, shared by training and evaluation, so it
+    comes from all rows; weights only ever see the training rows. b_dec starts at the sample's
+    geometric median, W_enc at W_dec.T (engine.sae.module)."""
+    if layout.mixing is None:
+        sample = init.sample_rows(activations, layout.n_rows, np.random.default_rng(config.seed))
+    else:
+        # The rows the first step waits for anyway: the buffer's first fill.
+        window = layout.mixing.arrival[: layout.mixing.first_fill]
+        if not rows_ready(len(window)):
+            raise ExtractionCancelled("Activation extraction was cancelled")
+        sample = rows_tensor(activations, init.sample_of(window, config.seed), "cpu", mapped=stream is not None)
+    state.scaling_factor = init.scaling_factor(sample)
+    scaled = sample * state.scaling_factor
+    sae.initialize_(scaled, generator, b_dec=init.geometric_median(scaled))
+    state.epoch_rng_state = generator.get_state()
+
+
+class _Loop:
+    """The epochs of a run: each a pass over the training rows in a fresh random order (the first
+    one, when it follows the extraction order, through the shuffle buffer of engine.trainer.ordering)."""
+
+    def __init__(self, run: Run, writer, layout: _Layout, activations, stream, generator, rows_ready, should_stop,
+                 on_progress):
+        self.run, self.writer, self.layout = run, writer, layout
+        self.activations, self.stream, self.generator = activations, stream, generator
+        self.rows_ready, self.should_stop, self.on_progress = rows_ready, should_stop, on_progress
+        self.last_stop_check = -math.inf
+        self.source = None if stream is not None else self._source(activations)
+
+    def _source(self, activations) -> ActivationSource:
+        config = self.run.config
+        return ActivationSource(activations, self.layout.n_train, ram_budget_bytes=config.ram_budget_bytes,
+                                device=self.run.device)
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+
+    def epochs(self) -> str:
+        run, state, config = self.run, self.run.state, self.run.config
+        stopped_reason = "max_epochs"
+        while state.epochs_done < config.max_epochs:
+            if not self.epoch():
+                stopped_reason = "cancelled"
+                self.writer.write(sae=run.sae, optimizer=run.optimizer, state=state, config=config, mid_epoch=True)
+                break
+            epoch_loss = self._end_epoch()
+            if epoch_loss < config.min_loss:
+                stopped_reason = "min_loss"
+                break
+        run.progress.maybe_report(self.on_progress, epoch=min(state.epochs_done + 1, config.max_epochs),
+                                  step=state.step, force=True)
+        return stopped_reason
+
+    def epoch(self) -> bool:
+        """The epoch in progress, from where it stands; False when the run is to stop."""
+        run, state, layout = self.run, self.run.state, self.layout
+        # epoch_rng_state is the generator's state before this epoch's permutation, so a run
+        # resumed from any checkpoint (an epoch's end or mid-epoch) redraws the same order.
+        self.generator.set_state(state.epoch_rng_state)
+        if state.epoch_step == 0:
+            state.epoch_sums = checkpoint.empty_sums()
+        mixed = layout.mixing is not None and state.epochs_done == 0
+        if mixed:
+            order = torch.from_numpy(layout.mixing.order(self.generator))
+        else:
+            if self.source is None:
+                # Every later epoch reads the finished file (in RAM when it fits the budget).
+                self.activations = finished(self.stream)
+                self.source = self._source(self.activations)
+            order = torch.randperm(layout.n_train, generator=self.generator)
+        for batch_index in range(state.epoch_step, layout.steps_per_epoch):
+            if self._stop_asked():
+                return False
+            indices = order[batch_index * layout.batch_tokens : (batch_index + 1) * layout.batch_tokens]
+            if mixed:
+                # Sorted, so the rows come in one order however they are read.
+                indices = indices.sort().values
+                if not self.rows_ready(layout.mixing.needed(batch_index)):
+                    return False
+            if layout.parallel is not None:
+                indices = layout.parallel.shard(indices)
+            if self.source is None:
+                x = rows_tensor(self.activations, indices, run.device, mapped=True) * state.scaling_factor
+            else:
+                x = self.source.read(indices) * state.scaling_factor
+            run.step(x)
+            state.epoch_step = batch_index + 1
+            run.progress.maybe_report(self.on_progress, epoch=state.epochs_done + 1, step=state.step)
+        return True
+
+    def _stop_asked(self) -> bool:
+        """should_stop, at most every stop_check_interval_s; in a data-parallel group every rank stops
+        after the same step (the wish travels with the next step's reduction)."""
+        run, now = self.run, time.monotonic()
+        if self.should_stop is not None and now - self.last_stop_check >= run.config.stop_check_interval_s:
+            self.last_stop_check = now
+            if self.should_stop():
+                if run.parallel is None:
+                    return True
+                run.stop_wanted = True
+        return run.stop_agreed
+
+    def _end_epoch(self) -> float:
+        run, state, config = self.run, self.run.state, self.run.config
+        sums = state.epoch_sums
+        epoch_loss = sums["loss"] / sums["tokens"]
+        state.loss_history.append(epoch_loss)
+        state.last_epoch_mse = sums["mse"] / sums["tokens"]
+        state.epochs_done += 1
+        state.epoch_step = 0
+        state.epoch_rng_state = self.generator.get_state()  # the next epoch's order starts here
+        if self.writer.due(config, state.epochs_done):
+            self.writer.write(sae=run.sae, optimizer=run.optimizer, state=state, config=config, mid_epoch=False)
+        return epoch_loss
+
+
+def _result(run: Run, writer, layout: _Layout, stopped_reason: str) -> TrainResult:
+    state = run.state
+    history = state.loss_history
+    if history:
+        final_loss, final_mse = history[-1], state.last_epoch_mse
+    else:  # cancelled inside the first epoch: report what the partial epoch saw
+        sums = state.epoch_sums
+        final_loss = sums["loss"] / sums["tokens"] if sums["tokens"] else math.nan
+        final_mse = sums["mse"] / sums["tokens"] if sums["tokens"] else math.nan
+    return TrainResult(
+        sae=run.sae.cpu().eval(),
+        scaling_factor=state.scaling_factor,
+        final_loss=float(final_loss),
+        final_mse=float(final_mse),
+        total_epochs=state.epochs_done,
+        convergence_epoch=convergence_epoch(history),
+        training_time_seconds=time.monotonic() - run.started_at,
+        stopped_reason=stopped_reason,
+        loss_history=list(history),
+        checkpoints=writer.written,
+        architecture=run.sae.architecture,
+        dead_window_tokens=run.dead_window_tokens,
+        tokens_since_fired=state.tokens_since_fired.cpu().numpy().copy(),
+        heldout_rows=(layout.n_train, layout.n_rows) if layout.n_train < layout.n_rows else None,
+        resampled_features=state.resampled_features,
+        sae_batch_tokens=layout.batch_tokens,
+        decode_path=state.decode_path or "dense",
+        compute_dtype="bfloat16" if run.autocast else "float32",
+    )
+
+
+def convergence_epoch(history: list[float]) -> int | None:
+    """First epoch (1-based) whose mean loss is within 1% of the last epoch's: the point after
+    which more training stopped paying off."""
+    if not history:
+        return None
+    final = history[-1]
+    for epoch, loss in enumerate(history, start=1):
+        if abs(loss - final) <= _CONVERGENCE_TOLERANCE * abs(final):
+            return epoch
+    return len(history)

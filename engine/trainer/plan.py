@@ -1,0 +1,55 @@
+"""The run's plan, fixed before its first step: which rows are held out, tokens per step (with the
+step floor), the sparsity term's weight, and the dead-feature window."""
+import math
+from dataclasses import replace
+
+from engine import sae as architectures
+from engine.trainer.config import TrainConfig
+
+_MAX_EVAL_ROWS = 100_000
+# A feature silent for this many tokens is dead (Gao et al. 2024 use 10M tokens); shorter runs use
+# one pass over the training rows instead.
+_DEFAULT_DEAD_WINDOW_TOKENS = 10_000_000
+# The smallest SAE batch that min_steps may shrink to: below this a step is mostly noise.
+_MIN_BATCH_TOKENS = 64
+
+
+def eval_rows(n_rows: int, eval_fraction: float) -> int:
+    """How many rows the held-out tail has: at least 1 (when asked for), at most 100k."""
+    if eval_fraction <= 0:
+        return 0
+    return min(max(1, round(n_rows * eval_fraction)), _MAX_EVAL_ROWS, n_rows - 1)
+
+
+def dead_window_tokens(config: TrainConfig, n_tokens: int) -> int:
+    return int(config.dead_window_tokens or min(_DEFAULT_DEAD_WINDOW_TOKENS, n_tokens))
+
+
+def min_steps_for(config: TrainConfig) -> int:
+    """The fewest optimizer steps the run should take (TrainConfig.min_steps, min_update_travel); 0 = off."""
+    if config.min_steps <= 0:
+        return 0
+    return max(config.min_steps, math.ceil(config.min_update_travel / config.learning_rate))
+
+
+def batch_tokens(config: TrainConfig, n_tokens: int) -> int:
+    batch = min(config.sae_batch_tokens, n_tokens)
+    min_steps = min_steps_for(config)
+    if min_steps > 0:
+        steps_per_epoch = math.ceil(min_steps / config.max_epochs)
+        batch = min(batch, max(_MIN_BATCH_TOKENS, n_tokens // steps_per_epoch))
+    return max(1, batch)
+
+
+def run_constants(config: TrainConfig, n_tokens: int, d_in: int, saved) -> tuple[int, float]:
+    """The run's batch size and sparsity weight: a resumed checkpoint's own (engine.trainer.checkpoint
+    reads them, whatever rules wrote it), or this version's rules for a new run."""
+    architecture = architectures.get(config.architecture)
+    if saved is None:
+        return batch_tokens(config, n_tokens), architecture.sparsity_weight(config, d_in)
+    if saved.batch_tokens is not None:
+        return saved.batch_tokens, saved.sparsity_weight
+    # Written before checkpoints kept them: the rules of then, the batch from min_steps alone and
+    # sparsity_coeff as the per-element weight.
+    return (batch_tokens(replace(config, min_update_travel=0.0), n_tokens),
+            architecture.sparsity_weight(config, d_in, legacy=True))
