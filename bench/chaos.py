@@ -150,6 +150,8 @@ def missing_artifacts(job) -> list[str]:
 
 
 def main() -> None:
+    # One experiment, read top to bottom: its steps share the temporary folder and the timed closures
+    # (a script's main, not library code; over 60 lines on purpose).
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)

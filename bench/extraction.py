@@ -67,6 +67,8 @@ def sorted_padding(loaded, texts, *, batch_size, max_length) -> int:
 
 
 def main():
+    # One experiment, read top to bottom: its steps share the temporary folder and the timed closures
+    # (a script's main, not library code; over 60 lines on purpose).
     parser = argparse.ArgumentParser()
     parser.add_argument("--texts", type=int, default=1000)
     parser.add_argument("--layer", type=int, default=None, help="default: mid-depth, num_layers // 2")

@@ -137,6 +137,8 @@ def saelens_from_activations(args, acts: torch.Tensor):
 
 
 def main():
+    # One experiment, read top to bottom: its steps share the temporary folder and the timed closures
+    # (a script's main, not library code; over 60 lines on purpose).
     parser = argparse.ArgumentParser()
     parser.add_argument("--train-texts", type=int, default=600, help="sequences of 128 tokens")
     parser.add_argument("--heldout-texts", type=int, default=100)

@@ -167,38 +167,11 @@ def memory_report(described, *, batch_size, hidden_dim, max_sequence_length, sae
         cpu_bf16=_cpu_bf16(),
         **sizes,
     )
-    compatibility = {}
-    for gpu in inventory.gpus:
-        sufficient = requested.total_bytes <= gpu.memory_free
-        compatibility[f"gpu_{gpu.index}"] = {
-            "compatible": smallest.total_bytes <= gpu.memory_total,
-            "memory_sufficient": sufficient,
-            "recommended": sufficient and gpu.memory_free == available,
-        }
-    # "Large" follows the seed's own best practices: 7B+ parameters.
-    is_large = info.parameter_count >= 7_000_000_000
     return {
         "model_name": info.model_name,
         "device": device_kind,
-        "memory_check": {
-            "sufficient": requested.total_bytes <= available,
-            "required_gb": round(requested.total_bytes / GB, 2),
-            "available_gb": round(available / GB, 2),
-            "available_on": where,
-            "breakdown_gb": {
-                "model_weights": round(requested.weights_bytes / GB, 3),
-                "forward_pass": round(requested.forward_bytes / GB, 3),
-                "sae_training": round(requested.sae_bytes / GB, 3),
-            },
-            "recommendations": {
-                "min_gpu_memory_gb": round(smallest.total_bytes / GB, 2),
-                # 20% headroom over the estimate for the allocator and CUDA context.
-                "recommended_gpu_memory_gb": round(requested.total_bytes * 1.2 / GB, 2),
-                "is_large_model": is_large,
-                "use_4bit_quantization": bool(suggestions.get("enable_4bit")),
-                "use_gradient_checkpointing": bool(suggestions.get("enable_checkpointing")),
-            },
-        },
+        "memory_check": _memory_check(requested, smallest, available, where, suggestions,
+                                      parameter_count=info.parameter_count),
         "optimization_suggestions": {
             "batch_size": suggestions["batch_size"],
             "max_sequence_length": suggestions["max_sequence_length"],
@@ -206,8 +179,43 @@ def memory_report(described, *, batch_size, hidden_dim, max_sequence_length, sae
             "enable_checkpointing": bool(suggestions.get("enable_checkpointing")),
             "quantization": suggestions.get("quantization") or "none",
         },
-        "gpu_compatibility": compatibility,
+        "gpu_compatibility": _gpu_compatibility(inventory.gpus, requested, smallest, available),
         "parameter_count": info.parameter_count,
+    }
+
+
+def _gpu_compatibility(gpus, requested, smallest, available) -> dict:
+    compatibility = {}
+    for gpu in gpus:
+        sufficient = requested.total_bytes <= gpu.memory_free
+        compatibility[f"gpu_{gpu.index}"] = {
+            "compatible": smallest.total_bytes <= gpu.memory_total,
+            "memory_sufficient": sufficient,
+            "recommended": sufficient and gpu.memory_free == available,
+        }
+    return compatibility
+
+
+def _memory_check(requested, smallest, available, where, suggestions, *, parameter_count) -> dict:
+    return {
+        "sufficient": requested.total_bytes <= available,
+        "required_gb": round(requested.total_bytes / GB, 2),
+        "available_gb": round(available / GB, 2),
+        "available_on": where,
+        "breakdown_gb": {
+            "model_weights": round(requested.weights_bytes / GB, 3),
+            "forward_pass": round(requested.forward_bytes / GB, 3),
+            "sae_training": round(requested.sae_bytes / GB, 3),
+        },
+        "recommendations": {
+            "min_gpu_memory_gb": round(smallest.total_bytes / GB, 2),
+            # 20% headroom over the estimate for the allocator and CUDA context.
+            "recommended_gpu_memory_gb": round(requested.total_bytes * 1.2 / GB, 2),
+            # "Large" follows the seed's own best practices: 7B+ parameters.
+            "is_large_model": parameter_count >= 7_000_000_000,
+            "use_4bit_quantization": bool(suggestions.get("enable_4bit")),
+            "use_gradient_checkpointing": bool(suggestions.get("enable_checkpointing")),
+        },
     }
 
 
