@@ -45,7 +45,7 @@ def describe(model_name: str, *, token: str | None = None, any_local_path: bool 
 
 
 def check_gpu_request(gpu_id: int | None, quantization: str, *, gpu_ids: list[int] | None = None) -> None:
-    from gpus.services import gpu_index_served, live_workers
+    from gpus.selectors import gpu_index_served, live_workers
 
     inventory = gpu_inventory()
     count = len(inventory.gpus)
@@ -105,7 +105,7 @@ def _cpu_bf16() -> bool:
 
 def memory_verdict(described, *, quantization, gpu_id, **sizes) -> str:
     """'passed', or a warning with the numbers: an estimate should inform, not refuse."""
-    from gpus.services import live_workers
+    from gpus.selectors import live_workers
 
     inventory = gpu_inventory()
     local = {g.index: g for g in inventory.gpus}
