@@ -9,6 +9,7 @@ from django.conf import settings
 from engine.devices import cpu_uses_bf16, gpu_inventory, system_memory
 from engine.errors import EngineError, ModelResolutionError
 from mistudio.errors import ServiceError
+from training.defaults import DEFAULTS
 
 GB = 1024**3
 
@@ -237,8 +238,9 @@ def validation_report(*, model_name: str, huggingface_token: str | None = None) 
         }
     described = DescribedModel(resolved=resolved, config=config, info=info)
     report = memory_report(
-        described, batch_size=16, hidden_dim=1024, max_sequence_length=512, sae_batch_tokens=4096,
-        layer_number=info.total_layers // 2, quantization="none",
+        described, batch_size=DEFAULTS.batch_size, hidden_dim=DEFAULTS.hidden_dim,
+        max_sequence_length=DEFAULTS.max_sequence_length, sae_batch_tokens=DEFAULTS.sae_batch_tokens,
+        layer_number=info.total_layers // 2, quantization=DEFAULTS.quantization,
     )
     recommendations = report["memory_check"]["recommendations"]
     return {
@@ -259,6 +261,7 @@ def validation_report(*, model_name: str, huggingface_token: str | None = None) 
         "memory_requirements": {
             "minimum_gb": recommendations["min_gpu_memory_gb"],
             "recommended_gb": recommendations["recommended_gpu_memory_gb"],
-            "estimated_for": "default training settings (batch_size 16, hidden_dim 1024, max_sequence_length 512, middle layer)",
+            "estimated_for": f"default training settings (batch_size {DEFAULTS.batch_size}, hidden_dim "
+                             f"{DEFAULTS.hidden_dim}, max_sequence_length {DEFAULTS.max_sequence_length}, middle layer)",
         },
     }

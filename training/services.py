@@ -17,6 +17,7 @@ from corpora.selectors import corpus_for_user
 from mistudio import crypto
 from mistudio.errors import Conflict, ServiceError
 from training import modelcheck, selectors
+from training.defaults import DEFAULTS
 from training.models import TrainingJob
 
 logger = logging.getLogger("training")
@@ -31,22 +32,22 @@ class JobRequest:
     model_name: str = ""
     corpus_file: str = ""
     activations_file: str = ""
-    layer_number: int = 12
+    layer_number: int = DEFAULTS.layer_number
     huggingface_token: str | None = None
-    hidden_dim: int = 1024
-    sparsity_coeff: float = 1e-3
-    learning_rate: float = 1e-4
-    batch_size: int = 16
-    max_epochs: int = 50
-    min_loss: float = 0.01
+    hidden_dim: int = DEFAULTS.hidden_dim
+    sparsity_coeff: float = DEFAULTS.sparsity_coeff
+    learning_rate: float = DEFAULTS.learning_rate
+    batch_size: int = DEFAULTS.batch_size
+    max_epochs: int = DEFAULTS.max_epochs
+    min_loss: float = DEFAULTS.min_loss
     gpu_id: int | None = None
     gpu_ids: list[int] | None = None  # several GPUs of one host training together (DDP)
-    max_sequence_length: int = 512
-    sae_batch_tokens: int = 4096
-    quantization: str = TrainingJob.Quantization.NONE
-    architecture: str = TrainingJob.Architecture.RELU
-    k: int | None = None
-    target_l0: float | None = None
+    max_sequence_length: int = DEFAULTS.max_sequence_length
+    sae_batch_tokens: int = DEFAULTS.sae_batch_tokens
+    quantization: str = DEFAULTS.quantization
+    architecture: str = DEFAULTS.architecture
+    k: int | None = DEFAULTS.k
+    target_l0: float | None = DEFAULTS.target_l0
 
 
 def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_path: bool = False) -> TrainingJob:
