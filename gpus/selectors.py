@@ -7,13 +7,13 @@ A GPU worker is one `qcluster` started by `manage.py gpu_worker --gpu N`: it see
 worker shares. A host's plain `manage.py qcluster` serves the default queue `mistudio` (the CPU,
 or whichever of its GPUs has the most free memory; also multi-GPU `gpu_ids` jobs).
 """
-import os
 from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
 from gpus.models import Worker
+from mistudio.processes import pid_alive
 
 DEFAULT_QUEUE = "mistudio"
 
@@ -50,19 +50,6 @@ def lease_live(slot: Worker) -> bool:
     holder = slot.job
     return (holder is not None and holder.is_running and holder.worker_host == slot.host
             and not worker_gone(holder.worker_host, holder.worker_pid, holder.heartbeat_at))
-
-
-def pid_alive(pid) -> bool:
-    """Whether a process with this pid lives on this host."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def queue_for(job) -> str:
