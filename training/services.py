@@ -1,6 +1,7 @@
 """Workflows on training jobs: create, cancel, and the state changes a run goes through.
 
-Every interface (API, admin, CLI, worker task) calls these; none re-implements a step.
+Every interface (API, admin, CLI, worker task) calls these; none re-implements a step. The reads
+(a user's jobs, one job, what a job says of itself) are training.selectors.
 """
 import logging
 import os
