@@ -111,15 +111,6 @@ def corpus_add_from_path(*, owner, path: Path, name: str | None = None) -> Corpu
     return corpus_add(owner=owner, name=name or path.name, chunks=chunks())
 
 
-def corpus_for_user(*, user, name: str) -> Corpus:
-    """`corpus_file` in a train request names one of the requester's own corpora, staff included:
-    a name never reaches someone else's data."""
-    found = Corpus.objects.filter(name=name, owner=user).first()
-    if found is None:
-        raise ServiceError(f"Corpus file '{name}' not found. Please upload it with POST /api/v1/upload first.")
-    return found
-
-
 def corpus_delete(corpus: Corpus) -> None:
     if corpus.jobs.exists():
         raise Conflict(f"Corpus {corpus.name!r} is used by training jobs and cannot be deleted.")

@@ -7,7 +7,6 @@ the chosen block copies its output and stops the forward there.
 """
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ActivationsError, EngineError, ExtractionCancelled
+from engine.files import AtomicFile
 from engine.loading import LoadedModel
 from engine.model_info import hidden_size, num_layers
 
@@ -134,13 +134,13 @@ def extract_activations(
     plan = _plan(loaded, texts, layer_number=layer_number, batch_size=batch_size,
                  max_sequence_length=max_sequence_length, seed=seed)
     out_path = Path(out_path)
-    rows, partial = _open_partial(out_path, plan)
+    rows, file = _open_partial(out_path, plan)
     try:
         positions = _run_batches(loaded, plan, rows, layer_number=layer_number, on_progress=on_progress,
                                  should_stop=should_stop)
-        return _finish(plan, rows, partial, out_path, loaded, started, positions)
+        return _finish(plan, rows, file, loaded, started, positions)
     except BaseException:
-        partial.unlink(missing_ok=True)
+        file.discard()
         raise
 
 
@@ -166,7 +166,7 @@ class ExtractionStream:
         self._plan = _plan(loaded, texts, layer_number=layer_number, batch_size=batch_size,
                            max_sequence_length=max_sequence_length, seed=seed)
         self.out_path = Path(out_path)
-        self.array, self._partial = _open_partial(self.out_path, self._plan)
+        self.array, self._file = _open_partial(self.out_path, self._plan)
         self.shape = self.array.shape
         self.arrival = self._plan.arrival_rows()
         ends = np.cumsum([int(self._plan.lengths[batch].sum()) for batch in self._plan.batches])
@@ -200,13 +200,12 @@ class ExtractionStream:
             with _side_stream(loaded.device):
                 positions = _run_batches(loaded, self._plan, self.array, layer_number=layer_number,
                                          on_progress=on_progress, should_stop=self._stop.is_set)
-            result = _finish(self._plan, self.array, self._partial, self.out_path, loaded, self._started, positions,
-                             overlapped=True)
+            result = _finish(self._plan, self.array, self._file, loaded, self._started, positions, overlapped=True)
             with self._lock:
                 self._result = result
                 self._lock.notify_all()
         except BaseException as err:  # handed to the consumer, which re-raises it
-            self._partial.unlink(missing_ok=True)
+            self._file.discard()
             with self._lock:
                 self._error = err
                 self._lock.notify_all()
@@ -274,9 +273,9 @@ def _side_stream(device):
 def _open_partial(out_path: Path, plan: _Plan):
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # Written under a temporary name and renamed at the end, so a file at out_path is always complete.
-    partial = out_path.with_name(out_path.name + ".partial")
-    rows = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(plan.n_tokens, plan.d_model))
-    return rows, partial
+    file = AtomicFile(out_path)
+    rows = np.lib.format.open_memmap(file.partial, mode="w+", dtype=np.float16, shape=(plan.n_tokens, plan.d_model))
+    return rows, file
 
 
 def _run_batches(loaded, plan: _Plan, rows, *, layer_number, on_progress, should_stop) -> int:
@@ -328,8 +327,9 @@ def _run_batches(loaded, plan: _Plan, rows, *, layer_number, on_progress, should
     return positions_computed
 
 
-def _finish(plan: _Plan, rows, partial: Path, out_path: Path, loaded, started: float, positions_computed: int,
+def _finish(plan: _Plan, rows, file: AtomicFile, loaded, started: float, positions_computed: int,
             *, overlapped: bool = False) -> ExtractionResult:
+    out_path = file.path
     rows.flush()
     # The token index and the batch order first: a complete activations file always has them beside it.
     tokens_path, starts_path = token_index_paths(out_path)
@@ -337,7 +337,7 @@ def _finish(plan: _Plan, rows, partial: Path, out_path: Path, loaded, started: f
     np.save(tokens_path, np.fromiter((t for seq in plan.ids for t in seq), dtype=np.int32, count=plan.n_tokens))
     np.save(starts_path, plan.offsets[real].astype(np.int64))
     np.save(arrival_path(out_path), plan.arrival_sequences())
-    os.replace(partial, out_path)
+    file.commit()
     seconds = time.monotonic() - started
     return ExtractionResult(
         path=out_path,

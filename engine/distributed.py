@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from engine.errors import ActivationsError, EngineError
+from engine.files import AtomicFile
 from engine.sae import sae_from_state_dict
 from engine.results import CheckpointInfo, TrainResult
 
@@ -101,10 +102,8 @@ def save_result(result: TrainResult, path: Path) -> None:
         "tokens_since_fired": None if result.tokens_since_fired is None else torch.from_numpy(result.tokens_since_fired),
         "heldout_rows": None if result.heldout_rows is None else list(result.heldout_rows),
     }
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    partial.replace(path)
+    with AtomicFile(path) as partial:
+        torch.save(payload, partial)
 
 
 def load_result(path: Path) -> TrainResult:

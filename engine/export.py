@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from engine.files import AtomicFile
 from engine.sae import SparseAutoencoder
 
 
@@ -32,10 +33,9 @@ def save_sae(path: Path, sae: SparseAutoencoder, scaling_factor: float) -> dict[
     """Write the folded state dict atomically and return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     state_dict = export_state_dict(sae, scaling_factor)
-    torch.save(state_dict, partial)
-    partial.replace(path)
+    with AtomicFile(path) as partial:
+        torch.save(state_dict, partial)
     return state_dict
 
 

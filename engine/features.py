@@ -17,7 +17,6 @@ float32 (plus what sae.encode needs to compute them), so chunk_rows is the memor
 import json
 import math
 import mmap
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 
 from engine.activation_source import float_tensor, read_rows
 from engine.errors import AnalysisCancelled, EngineError
+from engine.files import AtomicFolder
 
 # Histogram of log10(activation), the same edges for every feature so histograms compare:
 # 48 bins of 1/6 decade from 1e-4 to 1e4. Scaled-space activations of trained SAEs sit around
@@ -304,28 +304,13 @@ def save_analysis(analysis: FeatureAnalysis, folder: Path) -> None:
     """One <field>.npy per array (None fields are left out) and meta.json. Written into
     <folder>.partial and renamed, so a folder that exists is complete; an older analysis there is
     replaced."""
-    folder = Path(folder)
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    with AtomicFolder(folder) as partial:
         for name in _REQUIRED_ARRAYS + _OPTIONAL_ARRAYS:
             array = getattr(analysis, name)
             if array is not None:
                 np.save(partial / f"{name}.npy", np.asarray(array), allow_pickle=False)
         meta = {"n_rows": analysis.n_rows, "d_sae": analysis.d_sae, "top_n": analysis.top_n, "window": analysis.window}
         (partial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if folder.exists():
-            old = folder.with_name(folder.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            partial.rename(folder)
-            shutil.rmtree(old)
-        else:
-            partial.rename(folder)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
 
 
 def load_analysis(folder: Path, *, mmap: bool = True) -> FeatureAnalysis:

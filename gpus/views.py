@@ -6,7 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from engine.devices import gpu_inventory
-from gpus.services import workers_document
+from gpus.selectors import workers_document
 
 GB = 1024**3
 

@@ -6,9 +6,9 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from mistudio.database import database_settings
 from mistudio.env import env_bool, env_float, env_int, env_list, env_path, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -123,25 +123,10 @@ TEMPLATES = [
 ]
 
 
-def _database(url):
-    """The embedded SQLite file, or PostgreSQL for several hosts; anything else is refused at start-up
-    rather than met later as a half-working backend."""
-    scheme, separator, _ = url.partition("://")
-    if not separator or scheme not in ("sqlite", "postgres", "postgresql", "pgsql"):
-        raise ImproperlyConfigured(
-            f"DATABASE_URL={url!r} is neither SQLite nor PostgreSQL: use sqlite:////absolute/path/db.sqlite3 "
-            "or postgres://USER:PASSWORD@HOST:5432/NAME"
-        )
-    database = dj_database_url.parse(url, conn_max_age=0)
-    if not database["NAME"]:
-        raise ImproperlyConfigured(f"DATABASE_URL={url!r} names no database (the path after the host)")
-    return database
-
-
 # The embedded default is one SQLite file shared by the web process and the worker: WAL lets
 # readers run beside the writer, the busy timeout and IMMEDIATE transactions keep progress writes
 # from meeting "database is locked". Several hosts share one PostgreSQL instead.
-DATABASES = {"default": _database(env_str("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'db.sqlite3'}")}
+DATABASES = {"default": database_settings(env_str("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",

@@ -7,11 +7,16 @@ service is one clear line instead of a suite of connection errors.
 """
 import os
 import sys
+from pathlib import Path
 
-import dj_database_url
 import psycopg
 import redis
+from django.core.exceptions import ImproperlyConfigured
 from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repository's packages
+
+from mistudio.database import database_settings  # noqa: E402
 
 
 def fail(message):
@@ -20,7 +25,10 @@ def fail(message):
 
 
 def ensure_database(url):
-    database = dj_database_url.parse(url)
+    try:
+        database = database_settings(url)
+    except ImproperlyConfigured as error:
+        fail(str(error))
     if database["ENGINE"] != "django.db.backends.postgresql":
         fail(f"DATABASE_URL={url!r} is not a PostgreSQL URL (postgres://USER:PASSWORD@HOST:5432/NAME)")
     where = f"{database['HOST'] or 'the local socket'}:{database['PORT'] or 5432}"

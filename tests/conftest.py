@@ -1,7 +1,6 @@
 import os
 import shutil
 from pathlib import Path
-from urllib.parse import quote, urlencode
 
 import pytest
 
@@ -9,20 +8,6 @@ import pytest
 pytest_plugins = ["tests.model_fixtures"]
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "samples" / "demo_corpus.txt"
-
-
-def database_url(settings_dict):
-    """The URL of a database as Django's settings describe it: the processes a test starts (a
-    worker, a command) get the test database, on SQLite or PostgreSQL alike."""
-    if settings_dict["ENGINE"] == "django.db.backends.sqlite3":
-        return f"sqlite:///{settings_dict['NAME']}"
-    user = quote(settings_dict["USER"] or "", safe="")
-    if settings_dict["PASSWORD"]:
-        user += ":" + quote(settings_dict["PASSWORD"], safe="")
-    host = quote(settings_dict["HOST"] or "", safe="")  # a socket folder has slashes
-    port = f":{settings_dict['PORT']}" if settings_dict["PORT"] else ""
-    options = f"?{urlencode(settings_dict['OPTIONS'])}" if settings_dict.get("OPTIONS") else ""
-    return f"postgres://{user}@{host}{port}/{quote(settings_dict['NAME'], safe='')}{options}"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -88,8 +73,11 @@ def dead_pid():
     """A pid no process has any more (one that ran and exited): a worker that died."""
     import subprocess
 
+    from mistudio.processes import pid_alive
+
     process = subprocess.Popen(["true"])
     process.wait()
+    assert not pid_alive(process.pid)
     return process.pid
 
 

@@ -24,11 +24,12 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from urllib.parse import quote, urlencode
 
 from django.conf import settings
 
 from engine.errors import DeviceError, EngineError
+from mistudio.database import database_url
+from mistudio.processes import pid_alive
 
 logger = logging.getLogger("training")
 
@@ -130,7 +131,7 @@ def _environment(job, cuda: bool) -> dict[str, str]:
     env = {
         "DJANGO_SETTINGS_MODULE": "mistudio.settings",
         **os.environ,
-        "DATABASE_URL": _database_url(connection.settings_dict),
+        "DATABASE_URL": database_url(connection.settings_dict),
         "MISTUDIO_DATA_DIR": str(settings.DATA_DIR),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(settings.BASE_DIR), os.environ.get("PYTHONPATH")])),
     }
@@ -140,17 +141,6 @@ def _environment(job, cuda: bool) -> dict[str, str]:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, job.gpu_ids))
     return env
-
-
-def _database_url(db) -> str:
-    if db["ENGINE"] == "django.db.backends.sqlite3":
-        return f"sqlite:///{db['NAME']}"
-    user = quote(db["USER"] or "", safe="")
-    if db["PASSWORD"]:
-        user += ":" + quote(db["PASSWORD"], safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    options = f"?{urlencode(db['OPTIONS'])}" if db.get("OPTIONS") else ""
-    return f"postgres://{user}@{quote(db['HOST'] or '', safe='')}{port}/{quote(db['NAME'], safe='')}{options}"
 
 
 def _wait(job, process, should_stop, report) -> bool:
@@ -184,10 +174,10 @@ def _stop(process, *, grace_s: float) -> None:
     if grace_s > 0:
         _signal(pids, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+        while time.monotonic() < deadline and any(pid_alive(pid, zombie_counts=False) for pid in pids):
             process.poll()  # reap torchrun as soon as it exits
             time.sleep(0.1)
-    _signal({pid for pid in pids if _running(pid)}, signal.SIGKILL)
+    _signal({pid for pid in pids if pid_alive(pid, zombie_counts=False)}, signal.SIGKILL)
     process.wait()
 
 
@@ -200,21 +190,6 @@ def _signal(pids, signum) -> None:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie waiting to be reaped."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rpartition(b")")[2].split()[0] not in (b"Z", b"X")
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: ask the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
 
 
 def _descendants(pid: int) -> set[int]:
@@ -302,7 +277,7 @@ def main(job_id: str) -> None:
 
 def _stop_check(stopping, worker_pid):
     def should_stop():
-        if worker_pid is not None and not _running(worker_pid):
+        if worker_pid is not None and not pid_alive(worker_pid, zombie_counts=False):
             # The worker died: its job will resume elsewhere from the last checkpoint, so write nothing more.
             raise DistributedTrainingFailed(f"the worker (pid {worker_pid}) that started this run is gone")
         return stopping.is_set()

@@ -9,6 +9,7 @@ from django.conf import settings
 from engine.devices import cpu_uses_bf16, gpu_inventory, system_memory
 from engine.errors import EngineError, ModelResolutionError
 from mistudio.errors import ServiceError
+from training.defaults import DEFAULTS
 
 GB = 1024**3
 
@@ -45,7 +46,7 @@ def describe(model_name: str, *, token: str | None = None, any_local_path: bool 
 
 
 def check_gpu_request(gpu_id: int | None, quantization: str, *, gpu_ids: list[int] | None = None) -> None:
-    from gpus.services import gpu_index_served, live_workers
+    from gpus.selectors import gpu_index_served, live_workers
 
     inventory = gpu_inventory()
     count = len(inventory.gpus)
@@ -105,7 +106,7 @@ def _cpu_bf16() -> bool:
 
 def memory_verdict(described, *, quantization, gpu_id, **sizes) -> str:
     """'passed', or a warning with the numbers: an estimate should inform, not refuse."""
-    from gpus.services import live_workers
+    from gpus.selectors import live_workers
 
     inventory = gpu_inventory()
     local = {g.index: g for g in inventory.gpus}
@@ -245,8 +246,9 @@ def validation_report(*, model_name: str, huggingface_token: str | None = None) 
         }
     described = DescribedModel(resolved=resolved, config=config, info=info)
     report = memory_report(
-        described, batch_size=16, hidden_dim=1024, max_sequence_length=512, sae_batch_tokens=4096,
-        layer_number=info.total_layers // 2, quantization="none",
+        described, batch_size=DEFAULTS.batch_size, hidden_dim=DEFAULTS.hidden_dim,
+        max_sequence_length=DEFAULTS.max_sequence_length, sae_batch_tokens=DEFAULTS.sae_batch_tokens,
+        layer_number=info.total_layers // 2, quantization=DEFAULTS.quantization,
     )
     recommendations = report["memory_check"]["recommendations"]
     return {
@@ -267,6 +269,7 @@ def validation_report(*, model_name: str, huggingface_token: str | None = None) 
         "memory_requirements": {
             "minimum_gb": recommendations["min_gpu_memory_gb"],
             "recommended_gb": recommendations["recommended_gpu_memory_gb"],
-            "estimated_for": "default training settings (batch_size 16, hidden_dim 1024, max_sequence_length 512, middle layer)",
+            "estimated_for": f"default training settings (batch_size {DEFAULTS.batch_size}, hidden_dim "
+                             f"{DEFAULTS.hidden_dim}, max_sequence_length {DEFAULTS.max_sequence_length}, middle layer)",
         },
     }

@@ -4,6 +4,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from training.defaults import DEFAULTS
+
 
 def new_job_id():
     """The seed's id format: train_<UTC date>_<UTC time>_<4 random digits>."""
@@ -63,19 +65,19 @@ class TrainingJob(models.Model):
     activations_file = models.CharField(max_length=1024, blank=True)
 
     # The seed's training parameters.
-    layer_number = models.IntegerField(default=12)
-    hidden_dim = models.IntegerField(default=1024)
-    sparsity_coeff = models.FloatField(default=1e-3)
-    learning_rate = models.FloatField(default=1e-4)
-    batch_size = models.IntegerField(default=16, help_text="Sequences per forward pass of the language model.")
-    max_epochs = models.IntegerField(default=50)
-    min_loss = models.FloatField(default=0.01)
+    layer_number = models.IntegerField(default=DEFAULTS.layer_number)
+    hidden_dim = models.IntegerField(default=DEFAULTS.hidden_dim)
+    sparsity_coeff = models.FloatField(default=DEFAULTS.sparsity_coeff)
+    learning_rate = models.FloatField(default=DEFAULTS.learning_rate)
+    batch_size = models.IntegerField(default=DEFAULTS.batch_size, help_text="Sequences per forward pass of the language model.")
+    max_epochs = models.IntegerField(default=DEFAULTS.max_epochs)
+    min_loss = models.FloatField(default=DEFAULTS.min_loss)
     gpu_id = models.IntegerField(null=True, blank=True)
     gpu_ids = models.JSONField(null=True, blank=True, help_text="GPUs of one host that train the SAE together (DDP), instead of gpu_id.")
-    max_sequence_length = models.IntegerField(default=512)
-    sae_batch_tokens = models.IntegerField(default=4096, help_text="Tokens per SAE optimizer step.")
-    quantization = models.CharField(max_length=8, choices=Quantization.choices, default=Quantization.NONE)
-    architecture = models.CharField(max_length=16, choices=Architecture.choices, default=Architecture.RELU)
+    max_sequence_length = models.IntegerField(default=DEFAULTS.max_sequence_length)
+    sae_batch_tokens = models.IntegerField(default=DEFAULTS.sae_batch_tokens, help_text="Tokens per SAE optimizer step.")
+    quantization = models.CharField(max_length=8, choices=Quantization.choices, default=DEFAULTS.quantization)
+    architecture = models.CharField(max_length=16, choices=Architecture.choices, default=DEFAULTS.architecture)
     k = models.IntegerField(null=True, blank=True, help_text="Active features per token (topk, batchtopk).")
     target_l0 = models.FloatField(null=True, blank=True, help_text="jumprelu: penalise L0 towards this target.")
 

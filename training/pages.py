@@ -10,23 +10,23 @@ from django.http import Http404
 from django.shortcuts import render
 
 from engine.devices import gpu_inventory, system_memory
-from gpus.services import workers_document
+from gpus.selectors import workers_document
 from mistudio.errors import NotFound
 from training import features as feature_store
-from training import services
+from training import selectors
 from training.models import TrainingJob
 
 
 def _job(request, job_id):
     try:
-        return services.job_get(user=request.user, job_id=job_id)
+        return selectors.job_get(user=request.user, job_id=job_id)
     except NotFound:
         raise Http404(f"Job {job_id} not found") from None
 
 
 @login_required
 def jobs_page(request):
-    jobs = services.jobs_visible_to(request.user).select_related("corpus", "owner")[:200]
+    jobs = selectors.jobs_visible_to(request.user).select_related("corpus", "owner")[:200]
     return render(request, "training/jobs_page.html", {"jobs": jobs})
 
 
@@ -35,9 +35,9 @@ def job_page(request, job_id):
     job = _job(request, job_id)
     return render(request, "training/job_page.html", {
         "job": job,
-        "parameters": services.job_parameters(job),
+        "parameters": selectors.job_parameters(job),
         "evaluation": _evaluation_rows(job.evaluation),
-        "artifacts": services.job_artifacts(job),
+        "artifacts": selectors.job_artifacts(job),
         "runs": _run_rows(job.runs),
     })
 
@@ -68,7 +68,7 @@ def _evaluation_rows(evaluation: dict | None) -> list[tuple[str, str]]:
 def _run_rows(runs: list) -> list[dict]:
     """The job's runs as the page shows them: a resumed job has one per worker that ran it."""
     rows = []
-    for run in services.job_runs_summary(runs)["runs"]:
+    for run in selectors.job_runs_summary(runs)["runs"]:
         started, ended = run["started_at"], run["ended_at"]
         rows.append({**run, "started_at": datetime.fromisoformat(started) if started else None,
                      "ended_at": datetime.fromisoformat(ended) if ended else None})
@@ -83,7 +83,7 @@ def gpu_page(request):
     inventory = gpu_inventory()  # NVML only: the web process never creates a CUDA context
     host = settings.HOST_NAME
     running = TrainingJob.objects.filter(status=TrainingJob.Status.RUNNING)
-    visible = set(services.jobs_visible_to(request.user).filter(status=TrainingJob.Status.RUNNING).values_list("id", flat=True))
+    visible = set(selectors.jobs_visible_to(request.user).filter(status=TrainingJob.Status.RUNNING).values_list("id", flat=True))
     gpus = []
     for gpu in inventory.gpus:
         holders = [job for job in running if job.gpu_id == gpu.index and job.worker_host in ("", host)]

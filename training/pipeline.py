@@ -11,7 +11,7 @@ from django.conf import settings
 
 from engine.errors import AnalysisCancelled, EngineError, ExtractionCancelled
 from mistudio.errors import ServiceError
-from training import services
+from training import selectors, services
 from training.job_training import first_epoch_in_arrival_order, train_callbacks, train_start
 from training.models import TrainingJob
 
@@ -34,7 +34,7 @@ class _Throttle:
 
 
 def _slot():
-    from gpus.services import this_device
+    from gpus.selectors import this_device
 
     return this_device()
 
@@ -89,7 +89,7 @@ def _cancel_check(job_id, heartbeat):
         if heartbeat.lost:
             raise JobLost(job_id)
         if not state["stop"] and throttle():
-            state["stop"] = services.job_cancel_requested(job_id)
+            state["stop"] = selectors.job_cancel_requested(job_id)
         return state["stop"]
 
     return should_stop
@@ -224,7 +224,7 @@ def _run(job, report, should_stop):
         from engine.loading import load_model
         from engine.resolve import ResolvedModel
 
-        token = services.job_token(job)
+        token = selectors.job_token(job)
         resolved = ResolvedModel(name=job.model_name, location=job.model_location, source=job.model_source)
         loaded = load_model(
             resolved,
@@ -521,7 +521,7 @@ def _training_stats(job, result, activations, features) -> dict:
     # This run's training time joins its entry in `runs`; the result adds up every run's.
     services.job_update_progress(job.id, spent={"training_seconds": result.training_time_seconds})
     job.refresh_from_db()
-    stats.update(services.job_runs_summary(job.runs))
+    stats.update(selectors.job_runs_summary(job.runs))
     # The run that extracted the activations recorded what it measured (maybe an earlier run).
     if job.extraction_stats:
         stats["extraction"] = job.extraction_stats
@@ -657,7 +657,7 @@ def _tokenizer(job, loaded):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(job.model_location, token=services.job_token(job))
+        return AutoTokenizer.from_pretrained(job.model_location, token=selectors.job_token(job))
     except (OSError, ValueError) as err:
         logger.warning("job %s: no tokenizer for feature contexts: %s", job.id, err)
         return None

@@ -8,7 +8,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from gpus.services import leases_release_stale, live_workers, worker_gone
+from gpus.selectors import live_workers, worker_gone
+from gpus.services import leases_release_stale
 from training import services
 from training.models import TrainingJob
 

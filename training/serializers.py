@@ -1,28 +1,29 @@
 """The seed's request and response documents, as DRF serializers (they also make the schema)."""
 from rest_framework import serializers
 
+from training.defaults import DEFAULTS
 from training.models import TrainingJob
 
 
 class TrainRequestSerializer(serializers.Serializer):
     model_name = serializers.CharField(max_length=500, help_text="Hugging Face model id, a folder under the models directory, or a local path")
     corpus_file = serializers.CharField(max_length=200, help_text="Name of an uploaded corpus")
-    layer_number = serializers.IntegerField(default=12, min_value=0, help_text="Block whose residual-stream output is used (0-based; must be below the model's layer count)")
+    layer_number = serializers.IntegerField(default=DEFAULTS.layer_number, min_value=0, help_text="Block whose residual-stream output is used (0-based; must be below the model's layer count)")
     huggingface_token = serializers.CharField(required=False, allow_null=True, allow_blank=True, write_only=True, trim_whitespace=True)
-    hidden_dim = serializers.IntegerField(default=1024, min_value=1, max_value=1_048_576, help_text="Number of SAE features")
-    sparsity_coeff = serializers.FloatField(default=0.001, min_value=0.0, max_value=1000.0, help_text="L1 sparsity coefficient (jumprelu: the L0 penalty's). The loss is (||x - x_hat||^2 + lambda * penalty) / d_model with lambda = 2000 x this, inputs scaled to mean norm sqrt(d_model): the default 0.001 suits models of any width")
-    learning_rate = serializers.FloatField(default=0.0001, min_value=1e-9, max_value=1.0)
-    batch_size = serializers.IntegerField(default=16, min_value=1, max_value=128, help_text="Sequences per forward pass of the language model")
-    max_epochs = serializers.IntegerField(default=50, min_value=1, max_value=100_000, help_text="Passes over all of the job's activations")
-    min_loss = serializers.FloatField(default=0.01, min_value=0.0, help_text="Stop once an epoch's mean loss is below this")
+    hidden_dim = serializers.IntegerField(default=DEFAULTS.hidden_dim, min_value=1, max_value=1_048_576, help_text="Number of SAE features")
+    sparsity_coeff = serializers.FloatField(default=DEFAULTS.sparsity_coeff, min_value=0.0, max_value=1000.0, help_text=f"L1 sparsity coefficient (jumprelu: the L0 penalty's). The loss is (||x - x_hat||^2 + lambda * penalty) / d_model with lambda = 2000 x this, inputs scaled to mean norm sqrt(d_model): the default {DEFAULTS.sparsity_coeff} suits models of any width")
+    learning_rate = serializers.FloatField(default=DEFAULTS.learning_rate, min_value=1e-9, max_value=1.0)
+    batch_size = serializers.IntegerField(default=DEFAULTS.batch_size, min_value=1, max_value=128, help_text="Sequences per forward pass of the language model")
+    max_epochs = serializers.IntegerField(default=DEFAULTS.max_epochs, min_value=1, max_value=100_000, help_text="Passes over all of the job's activations")
+    min_loss = serializers.FloatField(default=DEFAULTS.min_loss, min_value=0.0, help_text="Stop once an epoch's mean loss is below this")
     gpu_id = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=0, help_text="GPU to use; null picks the one with the most free memory")
     gpu_ids = serializers.ListField(child=serializers.IntegerField(min_value=0), required=False, allow_null=True, default=None, min_length=2, max_length=64, help_text="Train on these GPUs of one host together (one process per GPU, DDP): at least 2, distinct; instead of gpu_id")
-    max_sequence_length = serializers.IntegerField(default=512, min_value=1, max_value=131_072)
-    sae_batch_tokens = serializers.IntegerField(default=4096, min_value=1, max_value=1_048_576, help_text="Tokens per SAE optimizer step")
-    quantization = serializers.ChoiceField(choices=TrainingJob.Quantization.values, default="none", help_text="Load the model in 8-bit or 4-bit (CUDA only)")
-    architecture = serializers.ChoiceField(choices=TrainingJob.Architecture.values, default="relu", help_text="relu (L1), topk, batchtopk or jumprelu")
-    k = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1, help_text="Active features per token; required for topk and batchtopk")
-    target_l0 = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0.01, help_text="jumprelu only: penalise L0 towards this target instead of penalising L0 itself")
+    max_sequence_length = serializers.IntegerField(default=DEFAULTS.max_sequence_length, min_value=1, max_value=131_072)
+    sae_batch_tokens = serializers.IntegerField(default=DEFAULTS.sae_batch_tokens, min_value=1, max_value=1_048_576, help_text="Tokens per SAE optimizer step")
+    quantization = serializers.ChoiceField(choices=TrainingJob.Quantization.values, default=DEFAULTS.quantization, help_text="Load the model in 8-bit or 4-bit (CUDA only)")
+    architecture = serializers.ChoiceField(choices=TrainingJob.Architecture.values, default=DEFAULTS.architecture, help_text="relu (L1), topk, batchtopk or jumprelu")
+    k = serializers.IntegerField(required=False, allow_null=True, default=DEFAULTS.k, min_value=1, help_text="Active features per token; required for topk and batchtopk")
+    target_l0 = serializers.FloatField(required=False, allow_null=True, default=DEFAULTS.target_l0, min_value=0.01, help_text="jumprelu only: penalise L0 towards this target instead of penalising L0 itself")
 
 
 class TrainResponseSerializer(serializers.Serializer):
@@ -185,12 +186,12 @@ class ValidateModelResponseSerializer(serializers.Serializer):
 
 
 class CheckMemoryQuerySerializer(serializers.Serializer):
-    batch_size = serializers.IntegerField(default=16, min_value=1, max_value=128)
-    hidden_dim = serializers.IntegerField(default=1024, min_value=1, max_value=1_048_576)
-    max_sequence_length = serializers.IntegerField(default=512, min_value=1, max_value=131_072)
-    sae_batch_tokens = serializers.IntegerField(default=4096, min_value=1, max_value=1_048_576)
+    batch_size = serializers.IntegerField(default=DEFAULTS.batch_size, min_value=1, max_value=128)
+    hidden_dim = serializers.IntegerField(default=DEFAULTS.hidden_dim, min_value=1, max_value=1_048_576)
+    max_sequence_length = serializers.IntegerField(default=DEFAULTS.max_sequence_length, min_value=1, max_value=131_072)
+    sae_batch_tokens = serializers.IntegerField(default=DEFAULTS.sae_batch_tokens, min_value=1, max_value=1_048_576)
     layer_number = serializers.IntegerField(default=None, allow_null=True, min_value=0, help_text="Defaults to the middle layer")
-    quantization = serializers.ChoiceField(choices=TrainingJob.Quantization.values, default="none")
+    quantization = serializers.ChoiceField(choices=TrainingJob.Quantization.values, default=DEFAULTS.quantization)
 
 
 class CheckMemoryResponseSerializer(serializers.Serializer):

@@ -1,6 +1,7 @@
 """Workflows on training jobs: create, cancel, and the state changes a run goes through.
 
-Every interface (API, admin, CLI, worker task) calls these; none re-implements a step.
+Every interface (API, admin, CLI, worker task) calls these; none re-implements a step. The reads
+(a user's jobs, one job, what a job says of itself) are training.selectors.
 """
 import logging
 import os
@@ -13,11 +14,11 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from corpora.services import corpus_for_user
-from engine.devices import cpu_uses_bf16
+from corpora.selectors import corpus_for_user
 from mistudio import crypto
-from mistudio.errors import Conflict, NotFound, ServiceError
-from training import modelcheck
+from mistudio.errors import Conflict, ServiceError
+from training import modelcheck, selectors
+from training.defaults import DEFAULTS
 from training.models import TrainingJob
 
 logger = logging.getLogger("training")
@@ -32,22 +33,22 @@ class JobRequest:
     model_name: str = ""
     corpus_file: str = ""
     activations_file: str = ""
-    layer_number: int = 12
+    layer_number: int = DEFAULTS.layer_number
     huggingface_token: str | None = None
-    hidden_dim: int = 1024
-    sparsity_coeff: float = 1e-3
-    learning_rate: float = 1e-4
-    batch_size: int = 16
-    max_epochs: int = 50
-    min_loss: float = 0.01
+    hidden_dim: int = DEFAULTS.hidden_dim
+    sparsity_coeff: float = DEFAULTS.sparsity_coeff
+    learning_rate: float = DEFAULTS.learning_rate
+    batch_size: int = DEFAULTS.batch_size
+    max_epochs: int = DEFAULTS.max_epochs
+    min_loss: float = DEFAULTS.min_loss
     gpu_id: int | None = None
     gpu_ids: list[int] | None = None  # several GPUs of one host training together (DDP)
-    max_sequence_length: int = 512
-    sae_batch_tokens: int = 4096
-    quantization: str = TrainingJob.Quantization.NONE
-    architecture: str = TrainingJob.Architecture.RELU
-    k: int | None = None
-    target_l0: float | None = None
+    max_sequence_length: int = DEFAULTS.max_sequence_length
+    sae_batch_tokens: int = DEFAULTS.sae_batch_tokens
+    quantization: str = DEFAULTS.quantization
+    architecture: str = DEFAULTS.architecture
+    k: int | None = DEFAULTS.k
+    target_l0: float | None = DEFAULTS.target_l0
 
 
 def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_path: bool = False) -> TrainingJob:
@@ -155,35 +156,11 @@ def job_enqueue(job_id: str) -> None:
     from django_q.tasks import async_task
 
     TrainingJob.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
-    from gpus.services import queue_for
+    from gpus.selectors import queue_for
 
     # The task gets the job id and nothing else: django-q2 pickles arguments into its tables. The
     # queue (django-q2's cluster name) routes it to a worker that has the GPU it needs.
     async_task(TASK_PATH, job_id, task_name=job_id, cluster=queue_for(TrainingJob.objects.get(pk=job_id)))
-
-
-def optimizations_applied(job: TrainingJob) -> str:
-    """What this job will do to save time and memory, in the seed's words."""
-    applied = [
-        f"extraction stops after block {job.layer_number} under inference mode",
-        f"bf16 weights on GPU, {'bf16' if cpu_uses_bf16(settings.CPU_BF16) else 'fp32'} on CPU (MISTUDIO_CPU_BF16)",
-    ]
-    if job.quantization != TrainingJob.Quantization.NONE:
-        applied.append(f"{job.quantization} quantization")
-    return f"Applied optimizations for {job.source_description}: " + "; ".join(applied)
-
-
-def jobs_visible_to(user):
-    """A user sees their own jobs; staff see everyone's."""
-    return TrainingJob.objects.visible_to(user)
-
-
-def job_get(*, user, job_id: str) -> TrainingJob:
-    # Someone else's job answers exactly like a missing one: its id tells nothing.
-    job = jobs_visible_to(user).filter(pk=job_id).first()
-    if job is None:
-        raise NotFound(f"Job {job_id} not found")
-    return job
 
 
 def job_cancel(job: TrainingJob) -> TrainingJob:
@@ -246,16 +223,6 @@ def job_runs_closed(runs: list, *, ended: str, at) -> list:
     return runs
 
 
-def job_runs_summary(runs: list) -> dict:
-    """What a job's result says of its runs: the seconds they spent training and extracting in
-    all, and each run's own (a resumed job counts every run, not only its last)."""
-    return {
-        "training_time_seconds": round(sum(run.get("training_seconds") or 0.0 for run in runs), 3),
-        "runs": [{key: run.get(key) for key in ("attempt", "started_at", "ended_at", "ended",
-                                                "extraction_seconds", "training_seconds")} for run in runs],
-    }
-
-
 def job_requeue(job: TrainingJob, message: str) -> None:
     """Hand a claimed job back to the queue untouched (its attempt not counted)."""
     runs = TrainingJob.objects.filter(pk=job.pk).values_list("runs", flat=True).first() or []
@@ -288,14 +255,6 @@ def job_update_progress(job_id: str, *, spent: dict | None = None, **fields) -> 
         TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.RUNNING).update(**fields)
 
 
-def job_cancel_requested(job_id: str) -> bool:
-    return TrainingJob.objects.filter(pk=job_id, cancel_requested_at__isnull=False).exists()
-
-
-def job_token(job: TrainingJob) -> str | None:
-    return crypto.decrypt(job.encrypted_hf_token)
-
-
 def job_finish(job: TrainingJob, *, status: str, message: str, **fields) -> None:
     """Every ending goes through here, and every ending wipes the token. A result's
     training_stats get the job's runs, this one closed with its ending."""
@@ -303,7 +262,7 @@ def job_finish(job: TrainingJob, *, status: str, message: str, **fields) -> None
     runs = job_runs_closed(TrainingJob.objects.filter(pk=job.pk).values_list("runs", flat=True).first(),
                         ended=status, at=now)
     if fields.get("training_stats") is not None:
-        fields["training_stats"] = {**fields["training_stats"], **job_runs_summary(runs)}
+        fields["training_stats"] = {**fields["training_stats"], **selectors.job_runs_summary(runs)}
     TrainingJob.objects.filter(pk=job.pk).update(
         runs=runs,
         status=status,
@@ -335,40 +294,3 @@ def job_artifact_paths(job: TrainingJob) -> dict[str, Path]:
         "saelens_dir": models_dir / f"{job.id}_saelens",
         "features_dir": models_dir / f"{job.id}_features",
     }
-
-
-def job_parameters(job: TrainingJob) -> list[tuple[str, object]]:
-    """What the job was asked to do, for people to read."""
-    rows = [
-        ("Source", job.source_description),
-        ("Corpus", job.corpus.name if job.corpus_id else None),
-        ("Layer", None if job.activations_file else job.layer_number),
-        ("Architecture", job.architecture),
-        ("k", job.k),
-        ("Target L0", job.target_l0),
-        ("Features (hidden_dim)", job.hidden_dim),
-        ("Sparsity coefficient", job.sparsity_coeff),
-        ("Learning rate", job.learning_rate),
-        ("Sequences per forward (batch_size)", None if job.activations_file else job.batch_size),
-        ("Tokens per SAE step (sae_batch_tokens)", job.sae_batch_tokens),
-        ("Max epochs", job.max_epochs),
-        ("Min loss", job.min_loss),
-        ("Max sequence length", None if job.activations_file else job.max_sequence_length),
-        ("Quantization", job.quantization),
-        ("GPUs (gpu_ids, DDP)", ", ".join(map(str, job.gpu_ids)) if job.gpu_ids else None),
-        ("Device", job.device or None),
-        ("Attempts", job.attempts),
-    ]
-    return [(name, value) for name, value in rows if value not in (None, "")]
-
-
-def job_artifacts(job: TrainingJob) -> list[tuple[str, str]]:
-    rows = [
-        ("SAE weights", job.model_path),
-        ("Activations cache", job.activations_path),
-        ("Metadata", job.metadata_path),
-        ("SAELens folder", (job.exports or {}).get("saelens")),
-        ("Feature analysis", job.features_dir),
-    ]
-    rows += [(f"Checkpoint, epoch {c.epoch}", c.path) for c in job.checkpoints.all()]
-    return [(name, path) for name, path in rows if path]

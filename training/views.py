@@ -3,7 +3,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mistudio.errors import Conflict, ErrorSerializer, ServiceError
-from training import documents, features, modelcheck, serializers, services
+from training import documents, features, modelcheck, selectors, serializers, services
 
 ERRORS = {400: ErrorSerializer, 404: ErrorSerializer}
 
@@ -22,14 +22,14 @@ class TrainView(APIView):
             "model_name": job.model_name,
             "requires_token": job.requires_token,
             "memory_check": job.memory_check,
-            "optimizations_applied": services.optimizations_applied(job),
+            "optimizations_applied": selectors.optimizations_applied(job),
         })
 
 
 class JobStatusView(APIView):
     @extend_schema(responses={200: serializers.StatusSerializer, **ERRORS}, summary="Training job status")
     def get(self, request, job_id):
-        job = services.job_get(user=request.user, job_id=job_id)
+        job = selectors.job_get(user=request.user, job_id=job_id)
         return Response(serializers.StatusSerializer(documents.status_document(job)).data)
 
 
@@ -37,7 +37,7 @@ class JobResultView(APIView):
     @extend_schema(responses={200: serializers.ResultSerializer, 409: ErrorSerializer, **ERRORS},
                    summary="Final results and artifacts of a finished job")
     def get(self, request, job_id):
-        job = services.job_get(user=request.user, job_id=job_id)
+        job = selectors.job_get(user=request.user, job_id=job_id)
         if not job.is_finished:
             raise Conflict(
                 f"Job {job.id} is {job.status} ({job.progress:.0%} done); its result is available once it finishes. "
@@ -50,14 +50,14 @@ class JobCancelView(APIView):
     @extend_schema(request=None, responses={200: serializers.StatusSerializer, 409: ErrorSerializer, **ERRORS},
                    summary="Cancel a queued or running job")
     def post(self, request, job_id):
-        job = services.job_cancel(services.job_get(user=request.user, job_id=job_id))
+        job = services.job_cancel(selectors.job_get(user=request.user, job_id=job_id))
         return Response(serializers.StatusSerializer(documents.status_document(job)).data)
 
 
 class JobListView(APIView):
     @extend_schema(responses={200: serializers.JobListSerializer}, summary="List training jobs")
     def get(self, request):
-        jobs = services.jobs_visible_to(request.user)
+        jobs = selectors.jobs_visible_to(request.user)
         return Response({"total_jobs": jobs.count(), "jobs": [documents.summary_document(j) for j in jobs]})
 
 
@@ -110,7 +110,7 @@ class FeatureListView(APIView):
         operation_id="api_v1_train_features_list",
     )
     def get(self, request, job_id):
-        job = services.job_get(user=request.user, job_id=job_id)
+        job = selectors.job_get(user=request.user, job_id=job_id)
         params = request.query_params
         order = params.get("order", "desc")
         if order not in ("asc", "desc"):
@@ -132,7 +132,7 @@ class FeatureDetailView(APIView):
                    summary="One feature: top activating contexts, activation histogram and logit effect",
                    operation_id="api_v1_train_feature_retrieve")
     def get(self, request, job_id, index: str):
-        job = services.job_get(user=request.user, job_id=job_id)
+        job = selectors.job_get(user=request.user, job_id=job_id)
         if not index.isdecimal():
             raise ServiceError(f"The feature index must be a non-negative integer, not {index!r}")
         return Response(features.feature_detail(job, int(index)))
@@ -152,5 +152,5 @@ class JobCurvesView(APIView):
     @extend_schema(responses={200: serializers.CurvesSerializer, **ERRORS},
                    summary="Training curves: loss, MSE, L0 and explained variance over steps (grows while the job runs)")
     def get(self, request, job_id):
-        job = services.job_get(user=request.user, job_id=job_id)
+        job = selectors.job_get(user=request.user, job_id=job_id)
         return Response(documents.curves_document(job))

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from tests.conftest import SAMPLE_CORPUS, database_url
+from mistudio.database import database_url
+from tests.conftest import SAMPLE_CORPUS
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.django_db(transaction=True)

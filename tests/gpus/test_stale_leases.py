@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from gpus import services as workers
 from gpus.models import Worker
+from gpus.selectors import DEFAULT_QUEUE
 from tests.conftest import queued_tasks
 from training import recovery, services
 from training.models import TrainingJob
@@ -30,7 +31,7 @@ def job(alice, **fields):
 
 def slot(host="host-a", *, holder=None, device="default"):
     now = timezone.now()
-    return Worker.objects.create(host=host, device=device, queue=workers.DEFAULT_QUEUE, started_at=now,
+    return Worker.objects.create(host=host, device=device, queue=DEFAULT_QUEUE, started_at=now,
                                  last_seen_at=now, job=holder, leased_at=now if holder else None)
 
 

@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from gpus import services as workers
 from gpus.models import Worker
+from gpus.selectors import DEFAULT_QUEUE, gpu_queue, queue_for
 from tests.conftest import SAMPLE_CORPUS
 from training import recovery, services
 from training.models import TrainingJob
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.django_db
 def slot(host, gpu, *, seen_s_ago=0, job=None):
     now = timezone.now()
     return Worker.objects.create(host=host, device=f"gpu{gpu}" if gpu is not None else "default", gpu_index=gpu,
-                                 queue=workers.gpu_queue(gpu) if gpu is not None else workers.DEFAULT_QUEUE,
+                                 queue=gpu_queue(gpu) if gpu is not None else DEFAULT_QUEUE,
                                  started_at=now, last_seen_at=now - timedelta(seconds=seen_s_ago), job=job)
 
 
@@ -62,17 +63,17 @@ def test_the_compare_and_swap_refuses_a_slot_taken_in_between(settings, job_for)
 
 def test_jobs_go_to_a_queue_that_has_a_live_worker_for_them(job_for):
     plain, pinned = job_for(), job_for()
-    assert workers.queue_for(plain) == "mistudio"  # no GPU workers: the embedded default
+    assert queue_for(plain) == "mistudio"  # no GPU workers: the embedded default
     slot("host-a", 0)
     slot("host-b", 1)
     slot("host-c", 2, seen_s_ago=10_000)  # gone: never routed to
-    assert workers.queue_for(plain) in ("mistudio-gpu0", "mistudio-gpu1")
+    assert queue_for(plain) in ("mistudio-gpu0", "mistudio-gpu1")
     TrainingJob.objects.filter(pk=pinned.pk).update(gpu_id=1)
     pinned.refresh_from_db()
-    assert workers.queue_for(pinned) == "mistudio-gpu1"
+    assert queue_for(pinned) == "mistudio-gpu1"
     TrainingJob.objects.filter(pk=pinned.pk).update(gpu_id=2)  # only a dead worker has GPU 2
     pinned.refresh_from_db()
-    assert workers.queue_for(pinned) == "mistudio"
+    assert queue_for(pinned) == "mistudio"
 
 
 def test_a_busy_gpu_sends_new_jobs_to_the_free_one(job_for):
@@ -80,7 +81,7 @@ def test_a_busy_gpu_sends_new_jobs_to_the_free_one(job_for):
     services.job_claim(busy.pk)
     slot("host-a", 0, job=busy)
     slot("host-b", 1)
-    assert workers.queue_for(job_for()) == "mistudio-gpu1"
+    assert queue_for(job_for()) == "mistudio-gpu1"
 
 
 def test_a_gpu_id_that_only_a_registered_worker_has_is_accepted(job_for):

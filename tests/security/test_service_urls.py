@@ -42,3 +42,16 @@ def test_postgresql_test_runs_each_get_their_own_test_database(tmp_path):
     names = first.stdout.split("\n")[-2], second.stdout.split("\n")[-2]
     assert all(name.startswith("test_mistudio_") for name in names), (first.stderr, second.stderr)
     assert names[0] != names[1]
+
+
+@pytest.mark.parametrize("url", [
+    "sqlite:////srv/mistudio/db.sqlite3",
+    "postgres://mistudio:p%40ss%2Fw%3Ard@db.example.org:5433/mistudio?sslmode=require",
+    "postgres://postgres@%2Fvar%2Frun%2Fpostgresql/mistudio",  # a socket folder
+])
+def test_the_database_url_a_process_hands_its_children_names_the_database_it_uses(url):
+    """DDP ranks and a test's worker get DATABASE_URL built back from the parent's settings."""
+    from mistudio.database import database_settings, database_url
+
+    settings_dict = database_settings(url)
+    assert database_settings(database_url(settings_dict)) == settings_dict

@@ -10,7 +10,7 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from gpus.services import gpu_queue
+from gpus.selectors import gpu_queue
 
 
 class Command(BaseCommand):

@@ -1,0 +1,19 @@
+"""A training request's defaults, written once: the SAE's are the engine's (engine.defaults, the
+values TrainConfig has), the job's own are here. JobRequest, the TrainingJob fields and the API
+serializers (so the OpenAPI schema and `manage.py train` as well) all read DEFAULTS. The values
+are the seed's contract; tests/training/test_defaults.py checks that every place says the same."""
+from dataclasses import dataclass
+
+from engine.defaults import SaeDefaults
+
+
+@dataclass(frozen=True)
+class JobDefaults(SaeDefaults):
+    # The job's own: which block's output is kept, and how the corpus goes through the model.
+    layer_number: int = 12
+    batch_size: int = 16  # sequences per forward pass of the language model
+    max_sequence_length: int = 512
+    quantization: str = "none"  # TrainingJob.Quantization.NONE
+
+
+DEFAULTS = JobDefaults()
