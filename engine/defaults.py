@@ -1,10 +1,9 @@
-"""The SAE's training defaults, the seed's (miStudioTrain API), in a module free of torch.
+"""The SAE's training defaults, the seed's (miStudioTrain API), written once, in a module free of torch.
 
-engine.trainer.TrainConfig starts from the same values. They stand here as well because
-engine.trainer imports torch and the service reads its defaults when Django starts (the
-TrainingJob fields, the API serializer and so its schema), where torch must never be imported
-(the web process and the queue's parent fork workers). tests/training/test_defaults.py keeps
-TrainConfig and every field of the service equal to these.
+engine.trainer.TrainConfig takes its defaults from here, and so does the service, which reads them
+when Django starts (the TrainingJob fields, the API serializer and so its schema), where torch must
+never be imported (the web process and the queue's parent fork workers).
+tests/training/test_defaults.py checks that every place says the same.
 """
 from dataclasses import dataclass
 

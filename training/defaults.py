@@ -1,5 +1,5 @@
-"""A training request's defaults, written once: the SAE's are the engine's (engine.defaults, the
-values TrainConfig has), the job's own are here. JobRequest, the TrainingJob fields and the API
+"""A training request's defaults, written once: the SAE's are the engine's (engine.defaults, which
+TrainConfig reads too), the job's own are here. JobRequest, the TrainingJob fields and the API
 serializers (so the OpenAPI schema and `manage.py train` as well) all read DEFAULTS. The values
 are the seed's contract; tests/training/test_defaults.py checks that every place says the same."""
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from engine import sae as architectures
 from training.defaults import DEFAULTS
 
 
@@ -11,6 +12,11 @@ def new_job_id():
     """The seed's id format: train_<UTC date>_<UTC time>_<4 random digits>."""
     now = timezone.now()
     return f"train_{now:%Y%m%d_%H%M%S}_{random.randint(0, 9999):04d}"
+
+
+def architecture_choices():
+    """The registered SAE architectures (engine.sae), read when asked: a test may register one."""
+    return [(name, name) for name in architectures.names()]
 
 
 class TrainingJobQuerySet(models.QuerySet):
@@ -41,14 +47,7 @@ class TrainingJob(models.Model):
         EIGHT_BIT = "8bit"
         FOUR_BIT = "4bit"
 
-    class Architecture(models.TextChoices):
-        RELU = "relu"
-        TOPK = "topk"
-        BATCHTOPK = "batchtopk"
-        JUMPRELU = "jumprelu"
-
     FINISHED = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
-    K_ARCHITECTURES = (Architecture.TOPK, Architecture.BATCHTOPK)
 
     id = models.CharField(primary_key=True, max_length=64, default=new_job_id, editable=False)
     owner = models.ForeignKey(
@@ -77,7 +76,8 @@ class TrainingJob(models.Model):
     max_sequence_length = models.IntegerField(default=DEFAULTS.max_sequence_length)
     sae_batch_tokens = models.IntegerField(default=DEFAULTS.sae_batch_tokens, help_text="Tokens per SAE optimizer step.")
     quantization = models.CharField(max_length=8, choices=Quantization.choices, default=DEFAULTS.quantization)
-    architecture = models.CharField(max_length=16, choices=Architecture.choices, default=DEFAULTS.architecture)
+    # Registered architectures (engine.sae); k and target_l0 are the request fields they take.
+    architecture = models.CharField(max_length=architectures.MAX_NAME_LENGTH, choices=architecture_choices, default=DEFAULTS.architecture)
     k = models.IntegerField(null=True, blank=True, help_text="Active features per token (topk, batchtopk).")
     target_l0 = models.FloatField(null=True, blank=True, help_text="jumprelu: penalise L0 towards this target.")
 

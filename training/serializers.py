@@ -1,6 +1,8 @@
 """The seed's request and response documents, as DRF serializers (they also make the schema)."""
 from rest_framework import serializers
 
+from engine import sae as architectures
+
 from training.defaults import DEFAULTS
 from training.models import TrainingJob
 
@@ -21,9 +23,23 @@ class TrainRequestSerializer(serializers.Serializer):
     max_sequence_length = serializers.IntegerField(default=DEFAULTS.max_sequence_length, min_value=1, max_value=131_072)
     sae_batch_tokens = serializers.IntegerField(default=DEFAULTS.sae_batch_tokens, min_value=1, max_value=1_048_576, help_text="Tokens per SAE optimizer step")
     quantization = serializers.ChoiceField(choices=TrainingJob.Quantization.values, default=DEFAULTS.quantization, help_text="Load the model in 8-bit or 4-bit (CUDA only)")
-    architecture = serializers.ChoiceField(choices=TrainingJob.Architecture.values, default=DEFAULTS.architecture, help_text="relu (L1), topk, batchtopk or jumprelu")
-    k = serializers.IntegerField(required=False, allow_null=True, default=DEFAULTS.k, min_value=1, help_text="Active features per token; required for topk and batchtopk")
-    target_l0 = serializers.FloatField(required=False, allow_null=True, default=DEFAULTS.target_l0, min_value=0.01, help_text="jumprelu only: penalise L0 towards this target instead of penalising L0 itself")
+
+    def get_fields(self):
+        # The registered architectures (engine.sae) and the request fields they take (k, target_l0).
+        return {**super().get_fields(), **architecture_fields()}
+
+
+def architecture_fields() -> dict:
+    """`architecture`, then one optional field per request field of the registered architectures,
+    read from the registry when a serializer is made (a test may register an architecture)."""
+    names = architectures.names()
+    fields = {"architecture": serializers.ChoiceField(choices=names, default=DEFAULTS.architecture,
+                                                      help_text=f"SAE architecture: {', '.join(names)}")}
+    kinds = {int: serializers.IntegerField, float: serializers.FloatField}
+    for field in architectures.request_fields():
+        fields[field.name] = kinds[field.type](required=False, allow_null=True, default=getattr(DEFAULTS, field.name, None),
+                                               min_value=field.api_minimum, help_text=architectures.describe_field(field))
+    return fields
 
 
 class TrainResponseSerializer(serializers.Serializer):
@@ -149,7 +165,7 @@ class ResultSerializer(serializers.Serializer):
     ready_for_find_service = serializers.BooleanField()
     checkpoints = serializers.ListField(child=serializers.CharField())
     error = serializers.CharField(allow_null=True)
-    architecture = serializers.ChoiceField(choices=TrainingJob.Architecture.values)
+    architecture = serializers.ChoiceField(choices=architectures.names())
     k = serializers.IntegerField(allow_null=True)
     gpu_ids = serializers.ListField(child=serializers.IntegerField(), allow_null=True, help_text="The GPUs that trained the SAE together (DDP); null for a one-device job")
     evaluation = EvaluationSerializer(allow_null=True)

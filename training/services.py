@@ -15,6 +15,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from corpora.selectors import corpus_for_user
+from engine import sae as architectures
 from mistudio import crypto
 from mistudio.errors import Conflict, ServiceError
 from training import modelcheck, selectors
@@ -126,16 +127,11 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
 
 
 def _check_architecture(request: JobRequest) -> None:
-    architecture = request.architecture
-    if architecture in TrainingJob.K_ARCHITECTURES:
-        if request.k is None:
-            raise ServiceError(f"k: required when architecture is '{architecture}' (active features per token).")
-        if request.k > request.hidden_dim:
-            raise ServiceError(f"k: {request.k} is more than hidden_dim ({request.hidden_dim}).")
-    elif request.k is not None:
-        raise ServiceError(f"k: only applies to topk and batchtopk, not '{architecture}'.")
-    if request.target_l0 is not None and architecture != TrainingJob.Architecture.JUMPRELU:
-        raise ServiceError(f"target_l0: only applies to jumprelu, not '{architecture}'.")
+    """The architecture's own rules for the fields it takes (engine.sae)."""
+    values = {field.name: getattr(request, field.name) for field in architectures.request_fields()}
+    problem = architectures.check_request(request.architecture, values, hidden_dim=request.hidden_dim)
+    if problem:
+        raise ServiceError(problem)
 
 
 def _check_gpu_ids(request: JobRequest) -> None:

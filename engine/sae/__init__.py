@@ -15,7 +15,7 @@ from engine.sae import topk  # noqa: F401
 from engine.sae import batchtopk  # noqa: F401
 from engine.sae import jumprelu  # noqa: F401
 from engine.sae.registry import (  # noqa: F401 (the registry's API)
-    Architecture, RequestField, check_config, check_request, describe_field, get, names, register,
+    MAX_NAME_LENGTH, Architecture, RequestField, check_config, check_request, describe_field, get, names, register,
     request_fields, taking, unregister,
 )
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from engine.errors import EngineError
 
+# Names are kept in 16 characters (a job row's column is that wide).
+MAX_NAME_LENGTH = 16
 # sparsity_coeff x this = lambda in the summed-squared-error convention (Architecture.sparsity_weight).
 LAMBDA_PER_SPARSITY_COEFF = 2000.0
 
@@ -144,8 +146,8 @@ _ARCHITECTURES: dict[str, Architecture] = {}
 def register(cls: type[Architecture]) -> type[Architecture]:
     """Class decorator: make an architecture available by its name. Registering a name twice is
     a mistake (two modules would answer for it)."""
-    if not cls.name:
-        raise EngineError(f"{cls.__name__} has no name")
+    if not cls.name or len(cls.name) > MAX_NAME_LENGTH:
+        raise EngineError(f"{cls.__name__} needs a name of 1 to {MAX_NAME_LENGTH} characters, not '{cls.name}'")
     if cls.name in _ARCHITECTURES and type(_ARCHITECTURES[cls.name]) is not cls:
         raise EngineError(f"architecture '{cls.name}' is registered already, by {type(_ARCHITECTURES[cls.name]).__name__}")
     _ARCHITECTURES[cls.name] = cls()

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import EngineError
+from engine.files import AtomicFile
 from engine.results import CheckpointInfo
 
 FORMAT_VERSION = 2
@@ -80,9 +81,8 @@ def write(path: Path, *, sae, optimizer, state: RunState, config, mid_epoch: boo
         "sparsity_weight": state.sparsity_weight,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    partial.replace(path)
+    with AtomicFile(path) as partial:
+        torch.save(payload, partial)
     return CheckpointInfo(path=path, epoch=state.epochs_done, step=state.step)
 
 

@@ -3,6 +3,7 @@ activations it is given."""
 from dataclasses import dataclass
 
 from engine import sae as architectures
+from engine.defaults import SAE_DEFAULTS as DEFAULT
 from engine.devices import CPU_BF16_CHOICES
 from engine.errors import ActivationsError, EngineError
 from engine.sae import jumprelu
@@ -10,12 +11,13 @@ from engine.sae import jumprelu
 
 @dataclass
 class TrainConfig:
-    hidden_dim: int = 1024
-    sparsity_coeff: float = 1e-3
-    learning_rate: float = 1e-4
-    sae_batch_tokens: int = 4096
-    max_epochs: int = 50
-    min_loss: float = 0.01
+    # The seed's defaults (engine.defaults, which the service's request fields read too).
+    hidden_dim: int = DEFAULT.hidden_dim
+    sparsity_coeff: float = DEFAULT.sparsity_coeff
+    learning_rate: float = DEFAULT.learning_rate
+    sae_batch_tokens: int = DEFAULT.sae_batch_tokens
+    max_epochs: int = DEFAULT.max_epochs
+    min_loss: float = DEFAULT.min_loss
     seed: int = 0
     checkpoint_every_epochs: int = 10
     # Checked at the end of each epoch: a checkpoint is written there when this long has passed
@@ -24,9 +26,9 @@ class TrainConfig:
     progress_interval_s: float = 1.0
     # should_stop() may query a database, so it is called at most this often (and on the first step).
     stop_check_interval_s: float = 0.5
-    architecture: str = "relu"  # a registered architecture (engine.sae.names())
-    k: int | None = None  # active features per token, topk and batchtopk only
-    target_l0: float | None = None  # jumprelu: penalise (L0/target - 1)^2 instead of L0
+    architecture: str = DEFAULT.architecture  # a registered architecture (engine.sae.names())
+    k: int | None = DEFAULT.k  # active features per token, topk and batchtopk only
+    target_l0: float | None = DEFAULT.target_l0  # jumprelu: penalise (L0/target - 1)^2 instead of L0
     jumprelu_bandwidth: float = jumprelu.BANDWIDTH  # STE rectangle kernel width, in scaled-input units
     jumprelu_initial_threshold: float = jumprelu.INITIAL_THRESHOLD
     lr_warmup_fraction: float = 0.01  # of all steps, linear warm-up from 0

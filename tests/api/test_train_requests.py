@@ -4,6 +4,7 @@ import pytest
 
 from tests.conftest import queued_tasks
 from training.models import TrainingJob
+from training.serializers import TrainRequestSerializer
 from training.tasks import run_training_job
 
 pytestmark = pytest.mark.django_db
@@ -189,3 +190,30 @@ def test_a_model_name_too_long_for_the_filesystem_is_a_400(alice_api, corpus):
     response = train(alice_api, model_name="0" * 400, corpus_file=corpus)
     assert response.status_code == 400
     assert "too long" in response.json()["detail"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_architecture_registered_in_a_test_module_trains_through_the_api_and_the_worker_task(
+        alice_api, upload, sample_corpus_bytes, hub_models):
+    """The API's choices, fields and checks, the job row, the worker's run and the export all ask
+    the registry: an architecture no module of the service names trains like the built-in ones."""
+    from engine import sae as architectures
+    from tests.engine.test_toy_architecture import NAME, GainReLU
+
+    architectures.register(GainReLU)
+    try:
+        assert upload("reviews-head.txt", b"\n".join(sample_corpus_bytes.splitlines()[:60])).status_code == 200
+        response = train(alice_api, model_name="tiny/gpt2", corpus_file="reviews-head.txt", layer_number=0,
+                         hidden_dim=16, max_epochs=1, min_loss=0, max_sequence_length=8, architecture=NAME)
+        assert response.status_code == 200, response.json()
+        refused = train(alice_api, model_name="tiny/gpt2", corpus_file="reviews-head.txt", layer_number=0,
+                        architecture=NAME, k=4)
+        assert "k: only applies to topk and batchtopk, not 'gainrelu_test'" in refused.json()["detail"]
+        [queued] = queued_tasks()
+        run_training_job(*queued["args"])
+        result = alice_api.get(f"/api/v1/train/{response.json()['job_id']}/result").json()
+        assert result["status"] == "completed", result["message"]
+        assert result["architecture"] == NAME
+    finally:
+        architectures.unregister(NAME)
+    assert "gainrelu_test" not in TrainRequestSerializer().fields["architecture"].choices

@@ -12,7 +12,7 @@ from engine.export_saelens import export_saelens
 from engine.sae import Architecture, register, sae_from_state_dict
 from engine.trainer import TrainConfig, train_sae
 
-NAME = "gain_relu_for_this_test"
+NAME = "gainrelu_test"
 
 
 class GainReLU(Architecture):

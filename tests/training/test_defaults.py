@@ -9,6 +9,7 @@ from drf_spectacular.generators import SchemaGenerator
 
 from engine.defaults import SaeDefaults
 from engine.trainer import TrainConfig
+from engine import sae as architectures
 from training.defaults import DEFAULTS, JobDefaults
 from training.management.commands.train import TrainOptions
 from training.models import TrainingJob
@@ -61,4 +62,4 @@ def test_the_memory_check_estimates_for_the_same_defaults():
 
 def test_the_default_choices_are_valid_choices():
     assert DEFAULTS.quantization in TrainingJob.Quantization.values
-    assert DEFAULTS.architecture in TrainingJob.Architecture.values
+    assert DEFAULTS.architecture in architectures.names()

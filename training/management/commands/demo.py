@@ -15,6 +15,7 @@ from rest_framework.utils.encoders import JSONEncoder
 from corpora.models import Corpus
 from mistudio.accounts import user_issue_token
 from corpora.services import corpus_add_from_path
+from engine import sae as architectures
 from engine.resolve import BUNDLED_MODEL_NAME
 from training import documents, serializers, services
 from training.models import TrainingJob
@@ -50,7 +51,7 @@ class Command(BaseCommand):
                 hidden_dim=hidden_dim,
                 max_epochs=max_epochs,
                 architecture=architecture,
-                k=k if architecture in ("topk", "batchtopk") else None,
+                k=k if architecture in architectures.taking("k") else None,
                 max_sequence_length=128,
             ),
         )

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from rest_framework.utils.encoders import JSONEncoder
 
 from corpora.models import Corpus
+from engine import sae as architectures
 from corpora.services import corpus_add_from_path
 from mistudio.errors import ServiceError
 from training import documents, serializers, services
@@ -41,9 +42,9 @@ OPTIONS = [
     ("--sae-batch-tokens", "sae_batch_tokens", int),
     ("--quantization", "quantization", str),
     ("--architecture", "architecture", str),
-    ("--k", "k", int),
-    ("--target-l0", "target_l0", float),
     ("--huggingface-token", "huggingface_token", str),
+    # The request fields the registered architectures take (engine.sae): --k, --target-l0, ...
+    *((f"--{field.name.replace('_', '-')}", field.name, field.type) for field in architectures.request_fields()),
 ]
 
 
