@@ -5,7 +5,7 @@ Every interface (API, admin, CLI, worker task) calls these; none re-implements a
 """
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -59,27 +59,12 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
     _check_architecture(request)
     _check_gpu_ids(request)
     modelcheck.check_gpu_request(request.gpu_id, quantization, gpu_ids=request.gpu_ids)
-    corpus = None
-    model_info = None
+    corpus = described = None
     memory_check = ""
     if request.activations_file:
         modelcheck.check_activations_file(request.activations_file)
     else:
-        if not request.model_name:
-            raise ServiceError("model_name: this field is required.")
-        if not request.corpus_file:
-            raise ServiceError("corpus_file: this field is required.")
-        corpus = corpus_for_user(user=owner, name=request.corpus_file)
-        described = modelcheck.describe(request.model_name, token=request.huggingface_token,
-                                        any_local_path=any_local_path)
-        total = described.info.total_layers
-        if not 0 <= request.layer_number < total:
-            raise ServiceError(
-                f"layer_number {request.layer_number} is out of range: {request.model_name} has "
-                f"{total} layers, so choose 0 to {total - 1}."
-            )
-        described.info.selected_layer = request.layer_number
-        model_info = described.info.to_dict()
+        corpus, described = _checked_model_and_corpus(owner, request, any_local_path=any_local_path)
         memory_check = modelcheck.memory_verdict(
             described,
             quantization=quantization,
@@ -91,39 +76,45 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
             # A gpu_ids job extracts on its first GPU.
             gpu_id=request.gpu_id if request.gpu_ids is None else request.gpu_ids[0],
         )
+    # The request's fields are the job's columns, but for the corpus (a row) and the token (encrypted).
+    columns = {name: value for name, value in asdict(request).items() if name not in ("corpus_file", "huggingface_token")}
+    columns["quantization"] = quantization
+    model_info = described.info.to_dict() if described is not None else None
     with transaction.atomic():
         job = TrainingJob.objects.create(
+            **columns,
             owner=owner,
-            model_name=request.model_name,
             corpus=corpus,
-            activations_file=request.activations_file,
-            layer_number=request.layer_number,
-            hidden_dim=request.hidden_dim,
-            sparsity_coeff=request.sparsity_coeff,
-            learning_rate=request.learning_rate,
-            batch_size=request.batch_size,
-            max_epochs=request.max_epochs,
-            min_loss=request.min_loss,
-            gpu_id=request.gpu_id,
-            gpu_ids=request.gpu_ids,
-            max_sequence_length=request.max_sequence_length,
-            sae_batch_tokens=request.sae_batch_tokens,
-            quantization=quantization,
-            architecture=request.architecture,
-            k=request.k,
-            target_l0=request.target_l0,
             encrypted_hf_token=crypto.encrypt(request.huggingface_token or ""),
             requires_token=bool(model_info and model_info.get("requires_token")),
             memory_check=memory_check,
             model_info=model_info,
             # The worker loads what was checked here, never a fresh reading of a client's name.
-            model_location=described.resolved.location if model_info else "",
-            model_source=described.resolved.source if model_info else "",
+            model_location=described.resolved.location if described is not None else "",
+            model_source=described.resolved.source if described is not None else "",
             message="Waiting for a worker",
         )
         if enqueue:
             transaction.on_commit(lambda: job_enqueue(job.id))
     return job
+
+
+def _checked_model_and_corpus(owner, request: JobRequest, *, any_local_path: bool):
+    """The owner's corpus and the described model, with the layer checked against it."""
+    if not request.model_name:
+        raise ServiceError("model_name: this field is required.")
+    if not request.corpus_file:
+        raise ServiceError("corpus_file: this field is required.")
+    corpus = corpus_for_user(user=owner, name=request.corpus_file)
+    described = modelcheck.describe(request.model_name, token=request.huggingface_token, any_local_path=any_local_path)
+    total = described.info.total_layers
+    if not 0 <= request.layer_number < total:
+        raise ServiceError(
+            f"layer_number {request.layer_number} is out of range: {request.model_name} has "
+            f"{total} layers, so choose 0 to {total - 1}."
+        )
+    described.info.selected_layer = request.layer_number
+    return corpus, described
 
 
 def _check_architecture(request: JobRequest) -> None:
