@@ -55,6 +55,18 @@ def evaluate_sae(
     # sum ||x - mean||^2 = sum ||x||^2 - n ||mean||^2
     total_var = sq_sum - (x_sum**2).sum().item() / n_tokens if n_tokens else 0.0
     density = (fire_counts / max(n_tokens, 1)).cpu().numpy()
+    return {
+        "l0": active_sum / n_tokens if n_tokens else 0.0,
+        "explained_variance": 1.0 - sq_err / total_var if total_var > 0 else float("nan"),
+        "mse": sq_err / (n_tokens * d_in) if n_tokens else float("nan"),
+        "cosine_similarity": cos_sum / n_tokens if n_tokens else float("nan"),
+        **_features(density, n_tokens, dead_counts, dead_window_tokens),
+        "eval_tokens": n_tokens,
+    }
+
+
+def _features(density: np.ndarray, n_tokens: int, dead_counts, dead_window_tokens) -> dict:
+    """Dead and dense features, and the histogram of log10 feature density."""
     if dead_counts is not None:
         window = int(dead_window_tokens) if dead_window_tokens else n_tokens
         dead = np.asarray(dead_counts) >= window
@@ -65,10 +77,6 @@ def evaluate_sae(
     log_density = np.clip(np.log10(density[fired]), _DENSITY_BIN_EDGES[0], _DENSITY_BIN_EDGES[-1])
     counts, _ = np.histogram(log_density, bins=_DENSITY_BIN_EDGES)
     return {
-        "l0": active_sum / n_tokens if n_tokens else 0.0,
-        "explained_variance": 1.0 - sq_err / total_var if total_var > 0 else float("nan"),
-        "mse": sq_err / (n_tokens * d_in) if n_tokens else float("nan"),
-        "cosine_similarity": cos_sum / n_tokens if n_tokens else float("nan"),
         "dead_features": int(dead.sum()),
         "dead_window_tokens": int(window),
         "dense_features": int((density > _DENSE_FRACTION).sum()),
@@ -78,5 +86,4 @@ def evaluate_sae(
             "never_fired": int((~fired).sum()),  # on these tokens; not binned (log10 0 = -inf)
         },
         "feature_density": [float(d) for d in density],
-        "eval_tokens": n_tokens,
     }

@@ -102,12 +102,7 @@ def analyze_features(
     d_sae = int(sae.d_sae)
     s = float(scaling_factor)
 
-    fire_counts = torch.zeros(d_sae, dtype=torch.int64, device=device)
-    sums = torch.zeros(d_sae, dtype=torch.float64, device=device)
-    maxima = torch.zeros(d_sae, dtype=torch.float32, device=device)
-    n_bins = len(HIST_EDGES) - 1
-    hist = torch.zeros(d_sae * n_bins, dtype=torch.int64, device=device)
-    inner_edges = torch.from_numpy(HIST_EDGES[1:-1]).to(device)
+    counts = _Counts(d_sae, device)
     top = _RunningTop(d_sae, top_n, w if with_windows else None, device)
 
     for start in range(0, n_rows, chunk_rows):
@@ -117,27 +112,10 @@ def analyze_features(
         # W rows of overlap on each side, so every window of a row in [start, stop) was encoded.
         lo, hi = max(0, start - w), min(n_rows, stop + w)
         codes = sae.encode(_read_chunk(activations, lo, hi, device) * s)
-        own = codes[start - lo : stop - lo]
-        # Everything below works on the firing entries only (a sparse SAE's codes are mostly
-        # zeros), in row slices that bound the index tensors when a chunk is dense.
-        pieces = max(1, math.ceil(int(torch.count_nonzero(own > 0)) / _ENTRIES_PER_PASS))
-        piece_start = start
-        for part in own.chunk(pieces):
-            row, feature = (part > 0).nonzero(as_tuple=True)  # row-major: rows ascending
-            values = part[row, feature]
-            fire_counts += torch.bincount(feature, minlength=d_sae)
-            sums.index_add_(0, feature, values.double())
-            maxima.scatter_reduce_(0, feature, values, reduce="amax")
-            # right=True: bin j holds [edge j, edge j+1); below the range -> 0, above -> n_bins - 1.
-            bins = torch.bucketize(values.log10(), inner_edges, right=True)
-            hist += torch.bincount(feature * n_bins + bins, minlength=hist.numel())
-            top.merge(row + piece_start, feature, values, codes, lo)
-            piece_start += part.shape[0]
+        _count_chunk(codes, start - lo, stop - lo, lo, counts, top)
         if on_progress is not None:
             on_progress(stop, n_rows)
 
-    counts = fire_counts.cpu().numpy()
-    mean = np.where(counts > 0, sums.cpu().numpy() / np.maximum(counts, 1), 0.0).astype(np.float32)
     top_values, top_rows, window_values = top.result()
     window_tokens = None
     if with_windows:
@@ -147,16 +125,60 @@ def analyze_features(
         d_sae=d_sae,
         top_n=int(top_n),
         window=int(window),
-        frequency=counts.astype(np.float64) / n_rows,
-        mean_activation=mean,
-        max_activation=maxima.cpu().numpy(),
-        hist_edges=HIST_EDGES.copy(),
-        hist_counts=hist.view(d_sae, n_bins).cpu().numpy(),
+        **counts.result(n_rows),
         top_values=top_values,
         top_rows=top_rows,
         window_values=window_values,
         window_tokens=window_tokens,
     )
+
+
+def _count_chunk(codes, own_start: int, own_stop: int, lo: int, counts, top) -> None:
+    """Counts the firing entries of codes[own_start:own_stop] (rows lo + i of the activations;
+    the rest of `codes` is the windows' overlap). It works on the firing entries only (a sparse
+    SAE's codes are mostly zeros), in row slices that bound the index tensors when a chunk is dense."""
+    own = codes[own_start:own_stop]
+    pieces = max(1, math.ceil(int(torch.count_nonzero(own > 0)) / _ENTRIES_PER_PASS))
+    piece_start = lo + own_start
+    for part in own.chunk(pieces):
+        row, feature = (part > 0).nonzero(as_tuple=True)  # row-major: rows ascending
+        values = part[row, feature]
+        counts.add(feature, values)
+        top.merge(row + piece_start, feature, values, codes, lo)
+        piece_start += part.shape[0]
+
+
+class _Counts:
+    """Per feature: how often it fired, the sum and maximum of its activations, and a histogram of
+    their log10 (HIST_EDGES)."""
+
+    def __init__(self, d_sae: int, device: str):
+        self.d_sae = d_sae
+        self.fires = torch.zeros(d_sae, dtype=torch.int64, device=device)
+        self.sums = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.maxima = torch.zeros(d_sae, dtype=torch.float32, device=device)
+        self.n_bins = len(HIST_EDGES) - 1
+        self.hist = torch.zeros(d_sae * self.n_bins, dtype=torch.int64, device=device)
+        self.inner_edges = torch.from_numpy(HIST_EDGES[1:-1]).to(device)
+
+    def add(self, feature: torch.Tensor, values: torch.Tensor) -> None:
+        """Firing entries: which feature, and its activation."""
+        self.fires += torch.bincount(feature, minlength=self.d_sae)
+        self.sums.index_add_(0, feature, values.double())
+        self.maxima.scatter_reduce_(0, feature, values, reduce="amax")
+        # right=True: bin j holds [edge j, edge j+1); below the range -> 0, above -> n_bins - 1.
+        bins = torch.bucketize(values.log10(), self.inner_edges, right=True)
+        self.hist += torch.bincount(feature * self.n_bins + bins, minlength=self.hist.numel())
+
+    def result(self, n_rows: int) -> dict:
+        counts = self.fires.cpu().numpy()
+        return {
+            "frequency": counts.astype(np.float64) / n_rows,
+            "mean_activation": np.where(counts > 0, self.sums.cpu().numpy() / np.maximum(counts, 1), 0.0).astype(np.float32),
+            "max_activation": self.maxima.cpu().numpy(),
+            "hist_edges": HIST_EDGES.copy(),
+            "hist_counts": self.hist.view(self.d_sae, self.n_bins).cpu().numpy(),
+        }
 
 
 class _RunningTop:

@@ -29,16 +29,7 @@ def ce_loss_evaluation(
 
     if getattr(loaded.model, "get_output_embeddings", lambda: None)() is None:
         raise EngineError("The model was loaded without its LM head: load it with with_lm_head=True")
-    encoded = loaded.tokenizer(list(texts), truncation=True, max_length=max_sequence_length, padding=False)
-    sequences = [ids for ids in encoded["input_ids"] if len(ids) >= 2]
-    kept, budget = [], max_tokens
-    for ids in sequences:
-        if budget <= 0:
-            break
-        kept.append(ids)
-        budget -= len(ids)
-    if not kept:
-        raise EngineError("No held-out sequence has two or more tokens to measure next-token loss on")
+    kept = _sequences(loaded, texts, max_sequence_length=max_sequence_length, max_tokens=max_tokens)
 
     mode = {"value": "clean"}
 
@@ -59,14 +50,7 @@ def ce_loss_evaluation(
     try:
         with torch.inference_mode():
             for start in range(0, len(kept), batch_size):
-                batch = kept[start : start + batch_size]
-                width = max(len(ids) for ids in batch)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, ids in enumerate(batch):
-                    input_ids[row, : len(ids)] = torch.tensor(ids)
-                    mask[row, : len(ids)] = 1
-                input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
+                input_ids, mask = _padded(kept[start : start + batch_size], pad_id, loaded.device)
                 targets = input_ids[:, 1:]
                 predicted = mask[:, 1:].bool()
                 n_predicted += int(predicted.sum())
@@ -80,6 +64,36 @@ def ce_loss_evaluation(
     finally:
         handle.remove()
 
+    return _summary(totals, n_predicted, layer_number)
+
+
+def _sequences(loaded, texts, *, max_sequence_length: int, max_tokens: int) -> list[list[int]]:
+    """The held-out sequences of two or more tokens, up to about max_tokens of them."""
+    encoded = loaded.tokenizer(list(texts), truncation=True, max_length=max_sequence_length, padding=False)
+    kept, budget = [], max_tokens
+    for ids in (ids for ids in encoded["input_ids"] if len(ids) >= 2):
+        if budget <= 0:
+            break
+        kept.append(ids)
+        budget -= len(ids)
+    if not kept:
+        raise EngineError("No held-out sequence has two or more tokens to measure next-token loss on")
+    return kept
+
+
+def _padded(batch: list[list[int]], pad_id, device):
+    import torch
+
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+def _summary(totals: dict, n_predicted: int, layer_number: int) -> dict:
     clean, with_sae, zero = (totals[k] / n_predicted for k in ("clean", "sae", "zero"))
     denominator = zero - clean
     # Undefined when ablating the layer costs nothing: say so rather than divide by ~0.
