@@ -40,7 +40,8 @@ _setup.set_threads()
 
 import torch  # noqa: E402
 
-from engine.activations import ExtractionStream, extract_activations, load_activations  # noqa: E402
+from engine.activations import ExtractionStream, extract_activations  # noqa: E402
+from engine.cache import load_activations  # noqa: E402
 from engine.loading import load_model  # noqa: E402
 from engine.resolve import resolve_model  # noqa: E402
 from engine.trainer import TrainConfig, train_sae  # noqa: E402

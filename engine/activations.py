@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ActivationsError, EngineError, ExtractionCancelled
+from engine.cache import arrival_path, concat_ranges, token_index_paths
 from engine.files import AtomicFile
 from engine.loading import LoadedModel
 from engine.model_info import hidden_size, num_layers
 
-_FINITE_CHECK_ROWS = 65536
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -36,24 +36,6 @@ class ExtractionResult:
     tokens_path: Path | None = None  # token id of every row (int32), see token_index_paths
     sequence_starts_path: Path | None = None  # first row of every non-empty sequence (int64)
     overlapped: bool = False  # ran in an ExtractionStream, beside a trainer
-
-
-def token_index_paths(activations_path: Path) -> tuple[Path, Path]:
-    """Where extraction keeps, beside the activations, the token id of each row and the row at
-    which each sequence starts: what the feature analysis needs to show text around a token."""
-    activations_path = Path(activations_path)
-    stem = activations_path.name.removesuffix(".npy")
-    return (activations_path.with_name(f"{stem}_tokens.npy"),
-            activations_path.with_name(f"{stem}_sequence_starts.npy"))
-
-
-def load_token_index(activations_path: Path):
-    """(token_ids [n_rows] int32, sequence_starts [n_sequences] int64) written by
-    extract_activations, or None when the activations came from elsewhere."""
-    tokens_path, starts_path = token_index_paths(activations_path)
-    if not (tokens_path.is_file() and starts_path.is_file()):
-        return None
-    return np.load(tokens_path, mmap_mode="r"), np.load(starts_path)
 
 
 class _StopForward(Exception):
@@ -76,7 +58,7 @@ class _Plan:
     def arrival_rows(self) -> np.ndarray:
         """Row numbers in the order extraction writes them (batch after batch)."""
         order = np.fromiter((i for batch in self.batches for i in batch), dtype=np.int64)
-        return _concat_ranges(self.offsets[order], self.lengths[order])
+        return concat_ranges(self.offsets[order], self.lengths[order])
 
     def arrival_sequences(self) -> np.ndarray:
         """The batches' order as positions among the non-empty sequences (the sequence-starts file)."""
@@ -107,13 +89,6 @@ def _plan(loaded: LoadedModel, texts, *, layer_number: int, batch_size: int, max
     batches = [batches[0]] + [batches[i] for i in rest]
     return _Plan(ids=ids, lengths=lengths, offsets=offsets, batches=batches, n_tokens=n_tokens,
                  d_model=hidden_size(loaded.config), n_texts=len(texts))
-
-
-def _concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """[s0, s0+1, ..., s0+l0-1, s1, ...] without a Python loop."""
-    total = int(lengths.sum())
-    ends = np.cumsum(lengths)
-    return np.repeat(starts - (ends - lengths), lengths) + np.arange(total, dtype=np.int64)
 
 
 def extract_activations(
@@ -354,24 +329,6 @@ def _finish(plan: _Plan, rows, file: AtomicFile, loaded, started: float, positio
     )
 
 
-def arrival_path(activations_path: Path) -> Path:
-    activations_path = Path(activations_path)
-    return activations_path.with_name(f"{activations_path.name.removesuffix('.npy')}_arrival.npy")
-
-
-def load_arrival_rows(activations_path: Path, n_rows: int) -> np.ndarray | None:
-    """The row numbers in the order extract_activations wrote them (what the trainer's first epoch
-    follows), or None for activations from elsewhere or from before the order was kept."""
-    index = load_token_index(activations_path)
-    path = arrival_path(activations_path)
-    if index is None or not path.is_file():
-        return None
-    starts = np.asarray(index[1], dtype=np.int64)
-    lengths = np.diff(np.append(starts, n_rows))
-    order = np.load(path)
-    return _concat_ranges(starts[order], lengths[order])
-
-
 def _pad(sequences: list[list[int]], pad_id: int, device: str):
     """Right-pad a batch. Left padding would shift absolute positions in models that derive
     position ids from the cache position rather than the mask (Llama, Mistral, ...)."""
@@ -384,51 +341,3 @@ def _pad(sequences: list[list[int]], pad_id: int, device: str):
         input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention_mask[row, : len(seq)] = 1
     return input_ids.to(device), attention_mask.to(device)
-
-
-def load_activations(path: Path) -> np.ndarray:
-    """A [tokens, d_model] float array; .npy files are memory-mapped, not read into RAM."""
-    path = Path(path)
-    if not path.is_file():
-        raise ActivationsError(f"Activations file '{path.name}' does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise ActivationsError(f"'{path.name}' is not a readable .npy array: {exc}") from None
-    elif suffix == ".safetensors":
-        array = _load_safetensors(path)
-    else:
-        raise ActivationsError(f"Activations file '{path.name}' must be .npy or .safetensors, not '{suffix or 'no extension'}'")
-
-    if array.ndim != 2 or array.shape[0] < 2:
-        raise ActivationsError(
-            f"Activations in '{path.name}' have shape {tuple(array.shape)}: expected 2-D [tokens, d_model] with at least 2 tokens"
-        )
-    if not np.issubdtype(array.dtype, np.floating):
-        raise ActivationsError(f"Activations in '{path.name}' are {array.dtype}: expected a float dtype")
-    for start in range(0, array.shape[0], _FINITE_CHECK_ROWS):
-        if not np.isfinite(array[start : start + _FINITE_CHECK_ROWS]).all():
-            raise ActivationsError(f"Activations in '{path.name}' contain NaN or infinite values (near row {start})")
-    return array
-
-
-def _load_safetensors(path: Path) -> np.ndarray:
-    import torch
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        # Through torch so bfloat16 files load too (numpy has no bfloat16).
-        with safe_open(str(path), framework="pt") as handle:
-            keys = list(handle.keys())
-            if "activations" not in keys:
-                raise ActivationsError(
-                    f"'{path.name}' has no 'activations' tensor (found: {', '.join(keys) or 'none'}): save it under the key 'activations'"
-                )
-            tensor = handle.get_tensor("activations")
-    except SafetensorError as exc:
-        raise ActivationsError(f"'{path.name}' is not a readable safetensors file: {exc}") from None
-    if tensor.dtype == torch.bfloat16:
-        tensor = tensor.float()
-    return tensor.numpy()

@@ -1,16 +1,17 @@
 """A `gpu_ids` job's SAE training: one torchrun run of DistributedDataParallel, one process per GPU.
 
-The worker (training.pipeline) extracts activations as for any job, then `train()` starts
+The worker runs the job's engine run (training.pipeline) as for any job, with `train()` plugged in
+as its training step: the run extracts, then `train()` starts
 `python -m torch.distributed.run --standalone --nproc_per_node=N -m training.ddp <job id>` and waits
 for it, watching for cancellation. Each rank runs `main()`: Django (for the database), a process
-group (nccl on GPUs, gloo on the CPU), and engine.trainer.train_sae(distributed=True). Rank 0
+group (nccl on GPUs, gloo on the CPU), and engine.run.training.train_step(distributed=True). Rank 0
 writes progress, the training curve and checkpoint rows with the callbacks of a one-process job
 (job_training.train_callbacks) and hands its TrainResult back in a file (engine.distributed.save_result);
-the worker loads it and evaluates, exports and analyses the SAE as for any job.
+the worker loads it, and the run evaluates, exports and analyses the SAE as for any job.
 
-The ranks train with the TrainConfig their worker built (job_training.train_config), read from
-<models>/<job>_ddp_launch.json with the paths they need; the command line carries the job id only and
-the environment the database URL. On cancel the worker sends SIGTERM to torchrun and to every rank:
+The ranks train the step the run handed the worker (engine.run.training.TrainStep: the file, the
+TrainConfig, the checkpoint to resume), read from <models>/<job>_ddp_launch.json; the command line
+carries the job id only and the environment the database URL. On cancel the worker sends SIGTERM to torchrun and to every rank:
 the ranks stop after the same step, rank 0 writes a checkpoint, and SIGKILL follows STOP_GRACE_S
 later for whatever still runs.
 """
@@ -22,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from django.conf import settings
@@ -57,30 +57,32 @@ def worker_device(job, select_device) -> str:
     raise DeviceError(f"gpu_ids {job.gpu_ids} were requested but this worker has no CUDA device")
 
 
-def train(job, activations_path, device, paths, should_stop, report):
-    """Rank 0's TrainResult; None when the job was cancelled before rank 0 could hand one back."""
-    from engine.distributed import load_result
-    from training.job_training import first_epoch_in_arrival_order, train_start
+def torchrun_step(job, report):
+    """The training step a gpu_ids job's engine run takes (engine.run.run's `train`): torchrun
+    ranks train on the finished file, rank 0 writing progress and checkpoints to the row."""
 
-    cuda = str(device).startswith("cuda")
+    def step_under_torchrun(step, activations, callbacks):
+        return train(job, step, callbacks.should_stop, report)
+
+    return step_under_torchrun
+
+
+def train(job, step, should_stop, report):
+    """The engine run's training step (engine.run.training.TrainStep) under torchrun: rank 0's
+    TrainResult; None when the job was cancelled before rank 0 could hand one back."""
+    from engine.distributed import load_result
+    from training.job_training import training_place
+
+    cuda = str(step.device).startswith("cuda")
     count = len(job.gpu_ids)
-    where = f"GPUs {', '.join(map(str, job.gpu_ids))} (DDP)" if cuda else f"{count} CPU processes (DDP)"
-    config, resume_from = train_start(job, where)
+    where = training_place(job, step.device)
     files = _files(job)
     files["result"].unlink(missing_ok=True)
     files["log"].unlink(missing_ok=True)
-    files["launch"].write_text(json.dumps({
-        "config": asdict(config),
-        "cuda": cuda,
-        "activations_path": str(activations_path),
-        # The ranks start after extraction, but their first epoch follows the extraction order as a
-        # one-process job's does when it trains while extracting, so both give the same SAE. A resume
-        # follows whatever its checkpoint's run did (the trainer checks).
-        "arrival_order": not job.activations_file and (resume_from is not None or first_epoch_in_arrival_order(job)),
-        "checkpoint_dir": str(paths["checkpoint_dir"]),
-        "resume_from": str(resume_from) if resume_from else None,
-        "result_path": str(files["result"]),
-    }))
+    # The ranks start after extraction, but their first epoch follows the extraction order as a
+    # one-process job's does when it trains while extracting (the step's arrival_order), so both
+    # give the same SAE.
+    files["launch"].write_text(json.dumps({"step": step.to_dict(), "cuda": cuda, "result_path": str(files["result"])}))
     if cuda:
         import torch
 
@@ -225,16 +227,14 @@ def main(job_id: str) -> None:
 
     django.setup()
 
-    import numpy as np
     import torch
     import torch.distributed as dist
     from django.db import connection
 
-    from engine.activations import load_activations, load_arrival_rows
     from engine.distributed import save_result
-    from engine.trainer import TrainConfig, train_sae
-    from training.models import TrainingJob
+    from engine.run.training import TrainStep, train_step
     from training.job_training import train_callbacks
+    from training.models import TrainingJob
 
     # SIGTERM (a cancel, from the worker or from torchrun) stops training after the current step.
     stopping = threading.Event()
@@ -249,20 +249,11 @@ def main(job_id: str) -> None:
         dist.init_process_group("gloo")
     rank = dist.get_rank()
     try:
-        config = TrainConfig(**launch["config"])
-        if config.ram_budget_bytes is not None:
-            config.ram_budget_bytes //= dist.get_world_size()  # the budget is the host's, and every rank loads a copy
-        path = Path(launch["activations_path"])
-        # The worker checked the cache already; a .npy is mapped, not read.
-        activations = np.load(path, mmap_mode="r") if path.suffix == ".npy" else load_activations(path)
+        # The RAM budget is the host's, and every rank loads a copy.
+        step = TrainStep.from_dict(launch["step"]).on_device(device, ram_share=dist.get_world_size())
         on_progress, on_checkpoint = train_callbacks(job, lambda event: None) if rank == 0 else (None, None)
-        result = train_sae(
-            activations, config, device=device, checkpoint_dir=Path(launch["checkpoint_dir"]),
-            checkpoint_prefix=job.id, on_progress=on_progress, on_checkpoint=on_checkpoint,
-            should_stop=_stop_check(stopping, job.worker_pid if rank == 0 else None),
-            resume_from=launch["resume_from"], distributed=True,
-            first_epoch_rows=load_arrival_rows(path, activations.shape[0]) if launch.get("arrival_order") else None,
-        )
+        result = train_step(step, distributed=True, on_progress=on_progress, on_checkpoint=on_checkpoint,
+                            should_stop=_stop_check(stopping, job.worker_pid if rank == 0 else None))
         if rank == 0:
             save_result(result, Path(launch["result_path"]))
     except Exception as err:

@@ -1,6 +1,7 @@
-"""A job's training as its row sees it, in the worker (training.pipeline) and in rank 0 of a
+"""A job's training as its row sees it, in the worker (training.engine_run) and in rank 0 of a
 multi-GPU job (training.ddp) alike: its TrainConfig, the checkpoint it resumes from, the order of
-its first epoch, and the callbacks that write training's progress, curve and checkpoints to the row."""
+its first epoch, where it trains, and the callbacks that write training's progress, curve and
+checkpoints to the row."""
 import math
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def first_epoch_in_arrival_order(job) -> bool:
 
 def train_config(job):
     """The job's TrainConfig: its row plus this installation's settings. A multi-GPU job's ranks
-    get the one their worker built (training.ddp)."""
+    get the one their worker built, in the training step it hands them (training.ddp)."""
     from engine.trainer import TrainConfig
 
     return TrainConfig(
@@ -80,19 +81,19 @@ def train_config(job):
     )
 
 
-def train_start(job, where, *, overlapped=False):
-    """The job enters training: its TrainConfig, and the checkpoint to resume from (or None).
-    `overlapped`: extraction is still running, and stays the phase until the first training report."""
-    config = train_config(job)
-    if not overlapped:
-        services.job_update_progress(
-            job.id, phase=TrainingJob.Phase.TRAINING, message=f"Training on {where} - Epoch 1/{job.max_epochs}"
-        )
+def resume_checkpoint(job) -> Path | None:
+    """The checkpoint a run of the job resumes from: its last one, where the file is still there."""
     last = job.last_checkpoint
-    resume_from = Path(last.path) if last and Path(last.path).is_file() else None
-    if resume_from is not None:
-        services.job_update_progress(job.id, message=f"Resuming from {resume_from.name}")
-    return config, resume_from
+    return Path(last.path) if last and Path(last.path).is_file() else None
+
+
+def training_place(job, device: str) -> str:
+    """Where the job trains, as its messages say: a device, or a multi-GPU job's processes."""
+    if not job.gpu_ids:
+        return device
+    if str(device).startswith("cuda"):
+        return f"GPUs {', '.join(map(str, job.gpu_ids))} (DDP)"
+    return f"{len(job.gpu_ids)} CPU processes (DDP)"
 
 
 def train_callbacks(job, report, extraction_report=None):

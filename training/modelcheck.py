@@ -73,7 +73,7 @@ def check_gpu_request(gpu_id: int | None, quantization: str, *, gpu_ids: list[in
 
 
 def check_activations_file(path: str) -> None:
-    from engine.activations import load_activations
+    from engine.cache import load_activations
 
     try:
         load_activations(Path(path))

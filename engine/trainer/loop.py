@@ -39,7 +39,7 @@ def train_sae(
     still being written, whose rows the first epoch consumes as they arrive.
 
     `first_epoch_rows`: the order in which the rows were extracted (an ExtractionStream's
-    `arrival`, or engine.activations.load_arrival_rows of its finished file). The first epoch then
+    `arrival`, or engine.cache.load_arrival_rows of its finished file). The first epoch then
     draws them through a shuffle buffer in that order, which a run overlapping extraction must do;
     giving the same order for the finished file repeats that run exactly. When resuming, the
     checkpoint decides: the order is used if its run used one (and then must be given).

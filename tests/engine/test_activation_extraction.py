@@ -82,7 +82,7 @@ def test_a_layer_outside_the_model_is_rejected(loaded, sample_texts, tmp_path):
 
 
 def test_the_token_of_every_row_and_the_start_of_every_sequence_are_kept_beside_it(loaded, sample_texts, tmp_path):
-    from engine.activations import load_token_index
+    from engine.cache import load_token_index
 
     texts = ["", *sample_texts[:5]]  # an empty text gives no rows and no sequence start
     result = extract_activations(loaded, texts, layer_number=0, batch_size=2, max_sequence_length=MAX_LEN,

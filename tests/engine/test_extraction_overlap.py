@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.activations import ExtractionStream, extract_activations, load_arrival_rows
+from engine.activations import ExtractionStream, extract_activations
+from engine.cache import load_arrival_rows
 from engine.errors import ActivationsError, EngineError, ExtractionCancelled
 from engine.loading import load_model
 from engine.resolve import resolve_model

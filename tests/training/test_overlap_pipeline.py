@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from engine.activations import arrival_path
+from engine.cache import arrival_path
 from tests.training.test_clear_failures import run
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -1,0 +1,101 @@
+"""A run's feature analysis (engine.features): top contexts, statistics and histograms of every
+feature in one pass over the run's activations, for causal LMs the logit effect, and the text of
+every token the analysis shows (tokens.json)."""
+import json
+import logging
+import time
+
+import numpy as np
+
+from engine.files import AtomicFile
+from engine.cache import load_token_index
+from engine.stats import statistics_from_analysis
+from engine.tokens import token_texts
+
+logger = logging.getLogger(__name__)
+
+
+def analyze(spec, result, activations, activations_path, *, model, loaded, on_progress=None, should_stop=None):
+    """(what the outcome says of the analysis, the feature_statistics from its counts); the
+    analysis is saved to spec.paths.features_dir. `model`: the ResolvedModel (None for an
+    activations file); `loaded`: the causal LM, or None. Raises AnalysisCancelled."""
+    from engine.features import analyze_features, save_analysis
+
+    started = time.monotonic()
+    index = None if spec.activations_file is not None else load_token_index(activations_path)
+    token_ids, starts = index if index is not None else (None, None)
+    sae = result.sae.to(spec.device).eval()
+    analysis = analyze_features(
+        sae, result.scaling_factor, activations, token_ids=token_ids, sequence_starts=starts,
+        top_n=spec.features.top_n, window=spec.features.window, chunk_rows=max(256, spec.config.sae_batch_tokens),
+        device=spec.device, on_progress=on_progress, should_stop=should_stop,
+    )
+    info = {"top_n": analysis.top_n, "window": analysis.window, "analyzed_tokens": analysis.n_rows,
+            "contexts": token_ids is not None, "logit_effect": False, "logit_effect_reason": None,
+            "seconds": None}
+    if token_ids is None:
+        info["contexts_reason"] = ("trained from an activations file: there are no tokens" if spec.activations_file is not None
+                                   else "the activations were extracted before token indexes were kept")
+    info["logit_effect_reason"] = _add_logit_effects(analysis, sae, result.scaling_factor, spec, model, loaded)
+    info["logit_effect"] = info["logit_effect_reason"] is None
+    folder = spec.paths.features_dir
+    save_analysis(analysis, folder)
+    tokenizer = _tokenizer(spec, model, loaded)
+    if tokenizer is not None:
+        _write_token_texts(analysis, tokenizer, folder)
+    info["seconds"] = round(time.monotonic() - started, 3)
+    return info, statistics_from_analysis(analysis)
+
+
+def _add_logit_effects(analysis, sae, scaling_factor, spec, model, loaded) -> str | None:
+    """Fills the analysis' logit arrays; returns why not, or None when it did."""
+    from engine.features import logit_effects
+
+    if spec.activations_file is not None:
+        return "trained from an activations file: there is no unembedding"
+    if loaded is None:
+        return f"{model.name} is not a causal language model: it has no unembedding to read tokens through"
+    lm = loaded.model
+    output = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if output is None or getattr(output, "weight", None) is None:
+        return f"{model.name} exposes no output embedding"
+    base = getattr(lm, "base_model", lm)
+    norm = next((getattr(base, name) for name in ("norm", "ln_f", "final_layernorm", "final_layer_norm")
+                 if getattr(base, name, None) is not None), None)
+    norm_weight = getattr(norm, "weight", None)
+    try:
+        unembedding = output.weight.detach().float()
+    except (RuntimeError, TypeError) as err:  # a quantized head that cannot be dequantized this way
+        return f"the output embedding could not be read as floats: {err}"
+    top_ids, top_values, bottom_ids, bottom_values = logit_effects(
+        sae, scaling_factor, unembedding, norm_weight=None if norm_weight is None else norm_weight.detach().float(),
+        n=spec.features.logit_tokens,
+    )
+    analysis.logit_top_ids, analysis.logit_top_values = top_ids, top_values
+    analysis.logit_bottom_ids, analysis.logit_bottom_values = bottom_ids, bottom_values
+    return None
+
+
+def _tokenizer(spec, model, loaded):
+    if loaded is not None:
+        return loaded.tokenizer
+    if spec.activations_file is not None or model is None or not model.location:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model.location, token=spec.token)
+    except (OSError, ValueError) as err:
+        logger.warning("run %s: no tokenizer for feature contexts: %s", spec.run_id or spec.checkpoint_prefix, err)
+        return None
+
+
+def _write_token_texts(analysis, tokenizer, folder) -> None:
+    """tokens.json: the text of every token a context window or a logit list shows."""
+    used = set()
+    for array in (analysis.window_tokens, analysis.logit_top_ids, analysis.logit_bottom_ids):
+        if array is not None:
+            used.update(int(t) for t in np.unique(np.asarray(array)) if t >= 0)
+    strings = {str(t): text for t, text in token_texts(tokenizer, sorted(used)).items()}
+    with AtomicFile(folder / "tokens.json") as partial:
+        partial.write_text(json.dumps(strings, ensure_ascii=False), encoding="utf-8")

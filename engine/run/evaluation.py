@@ -1,0 +1,44 @@
+"""A run's evaluation: metrics on the held-out tail of the activations, which training never saw;
+for causal LMs, next-token loss on the held-out sequences with the SAE spliced in."""
+from engine.evaluate import evaluate_sae
+
+_NO_CE_LOSS = {"ce_loss_clean": None, "ce_loss_with_sae": None, "ce_loss_zero_ablation": None,
+               "ce_loss_recovered": None}
+
+
+def evaluate(spec, result, activations, *, model_name, loaded, texts) -> tuple[dict, object]:
+    """(the evaluation, each feature's firing density for the SAELens export, or None).
+    `loaded` and `texts`: the causal LM and its corpus; None when there is none."""
+    start, stop = result.heldout_rows or (0, int(activations.shape[0]))
+    evaluation = evaluate_sae(
+        result.sae, activations[start:stop], scaling_factor=result.scaling_factor, device=spec.device,
+        batch_tokens=spec.config.sae_batch_tokens, dead_counts=result.tokens_since_fired,
+        dead_window_tokens=result.dead_window_tokens,
+    )
+    feature_density = evaluation.pop("feature_density", None)
+    evaluation.update(_ce_loss(spec, result, model_name=model_name, loaded=loaded, texts=texts, heldout_start=start))
+    return evaluation, feature_density
+
+
+def _ce_loss(spec, result, *, model_name, loaded, texts, heldout_start) -> dict:
+    if spec.activations_file is not None:
+        return {**_NO_CE_LOSS, "ce_loss_reason": "trained from an activations file: there is no language model to splice the SAE into"}
+    if loaded is None:
+        return {**_NO_CE_LOSS, "ce_loss_reason": f"{model_name} is not a causal language model: next-token loss does not apply"}
+    from engine.lm_eval import ce_loss_evaluation
+
+    # The held-out rows are the corpus's last sequences (rows are stored in corpus order).
+    lengths = [len(ids) for ids in loaded.tokenizer(texts, truncation=True, max_length=spec.max_sequence_length)["input_ids"]]
+    offset, heldout_texts = 0, []
+    for text, length in zip(texts, lengths):
+        if offset >= heldout_start:
+            heldout_texts.append(text)
+        offset += length
+    sae, s = result.sae.to(spec.device).eval(), result.scaling_factor
+
+    def reconstruct(x):
+        return sae.decode(sae.encode(x * s)) / s
+
+    # Its ce_loss_reason says why ce_loss_recovered is None, when it is.
+    return ce_loss_evaluation(loaded, heldout_texts, layer_number=spec.layer_number, reconstruct=reconstruct,
+                              max_sequence_length=spec.max_sequence_length, batch_size=spec.batch_size)

@@ -1,0 +1,79 @@
+"""What a run reports of itself: its extraction's measurements, its training stats and the
+metadata file written beside the activations."""
+
+
+def extraction_stats(extraction) -> dict:
+    return {
+        "sequences": extraction.n_sequences,
+        "tokens": extraction.n_tokens,
+        "seconds": round(extraction.seconds, 3),
+        "tokens_per_s": round(extraction.tokens_per_s, 1),
+        "real_token_share": round(extraction.real_token_share, 4),
+        "dtype": extraction.dtype,
+        # True: training stepped on the rows while they were extracted (the spec's first_epoch_in_arrival_order).
+        "overlapped_with_training": extraction.overlapped,
+    }
+
+
+def training_stats(result, activations, features: dict, *, extra: dict, extraction=None) -> dict:
+    """`features`: the feature_statistics; `extra`: what the caller adds (RunCallbacks.extra_training_stats);
+    `extraction`: this run's, when it extracted and the caller did not say otherwise."""
+    stats = {
+        "final_loss": result.final_loss,
+        "final_mse": result.final_mse,
+        "total_epochs": result.total_epochs,
+        "convergence_epoch": result.convergence_epoch,
+        "stopped_reason": result.stopped_reason,
+        "loss_history": result.loss_history,
+        "feature_statistics": features,
+        "tokens": int(activations.shape[0]),
+        "input_scaling_factor": result.scaling_factor,
+        "training_tokens": result.heldout_rows[0] if result.heldout_rows else int(activations.shape[0]),
+        "resampled_features": result.resampled_features,
+        "sae_batch_tokens_used": result.sae_batch_tokens,
+        "decode_path": result.decode_path,
+        "compute_dtype": result.compute_dtype,
+        **extra,
+    }
+    if "extraction" not in stats and extraction is not None:
+        stats["extraction"] = extraction_stats(extraction)
+    return stats
+
+
+def metadata(spec, result, activations, activations_path, *, model_name, model_info, corpus_name, saved_weights,
+             training_stats, evaluation, saelens) -> dict:
+    config = spec.config
+    from_file = spec.activations_file is not None
+    return {
+        "job_id": spec.run_id,
+        "model_name": model_name,
+        "model_info": model_info,
+        "layer_number": None if from_file else spec.layer_number,
+        "corpus": corpus_name,
+        "activations_path": str(activations_path),
+        "activations_shape": list(activations.shape),
+        "activations_dtype": str(activations.dtype),
+        "sae": {
+            "architecture": config.architecture,
+            "k": config.k,
+            "d_in": int(activations.shape[1]),
+            "d_sae": config.hidden_dim,
+            "state_dict_keys": sorted(saved_weights),
+            "decode": "f @ W_dec + b_dec",
+            "input_scaling_folded_into_weights": result.scaling_factor,
+        },
+        "training": {
+            "sparsity_coeff": config.sparsity_coeff,
+            "learning_rate": config.learning_rate,
+            "batch_size": spec.batch_size,
+            "sae_batch_tokens": config.sae_batch_tokens,
+            "max_epochs": config.max_epochs,
+            "min_loss": config.min_loss,
+            "max_sequence_length": spec.max_sequence_length,
+            "device": spec.device,
+            "seed": config.seed,
+        },
+        "training_stats": training_stats,
+        "evaluation": evaluation,
+        "exports": {"saelens": str(saelens)},
+    }

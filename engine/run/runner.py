@@ -1,0 +1,207 @@
+"""One run, from a spec to its artifacts, in this order: resolve and load the model, extract the
+layer's activations (training on them as they arrive where it can), train, evaluate, save and
+export the SAE, analyse its features, write the metadata."""
+from pathlib import Path
+
+from engine.activations import ExtractionStream, extract_activations
+from engine.cache import load_activations
+from engine.corpus import read_corpus
+from engine.errors import AnalysisCancelled, EngineError, ExtractionCancelled
+from engine.export import save_sae, write_metadata
+from engine.export_saelens import export_saelens
+from engine.resolve import ResolvedModel
+from engine.run import records
+from engine.run.analysis import analyze
+from engine.run.evaluation import evaluate
+from engine.run.spec import ANALYZING, EVALUATING, EXTRACTING, LOADING, TRAINING, RunCallbacks, RunOutcome, RunSpec
+from engine.run.training import TrainFunction, TrainStep, train_in_process
+
+
+def run(spec: RunSpec, callbacks: RunCallbacks | None = None, *, train: TrainFunction | None = None) -> RunOutcome:
+    """Run the spec to its outcome: completed, or cancelled (callbacks.should_stop) and where.
+    Failures raise (engine.errors.EngineError for what the spec or its inputs got wrong), after
+    callbacks.on_error has named the phase.
+
+    `train(step, activations, callbacks)`: the training step, engine.run.training.train_in_process
+    by default. Only that one trains while the model extracts; a run given another extracts first
+    and hands it the finished file (torchrun ranks, say, that read it themselves)."""
+    return _Run(spec, callbacks or RunCallbacks(), train).outcome()
+
+
+class _Run:
+    def __init__(self, spec: RunSpec, callbacks: RunCallbacks, train: TrainFunction | None):
+        if (spec.activations_file is None) == (spec.model is None) or (spec.model is not None and spec.corpus is None):
+            raise EngineError("A run takes a model and a corpus, or an activations file (not both)")
+        self.spec, self.callbacks = spec, callbacks
+        self.train, self.may_overlap = train or train_in_process, train is None
+        self.phase = LOADING
+        self.model = None  # the ResolvedModel
+        self.model_info = spec.model_info
+        self.loaded = self.texts = self.extraction = None
+
+    def outcome(self) -> RunOutcome:
+        try:
+            return self._run()
+        except ExtractionCancelled:
+            return RunOutcome(paths=self.spec.paths, cancelled_in="extraction")
+        except Exception as err:
+            self._call("on_error", self.phase, err)
+            raise
+
+    def _call(self, name: str, *args, **kwargs):
+        callback = getattr(self.callbacks, name)
+        return None if callback is None else callback(*args, **kwargs)
+
+    def _enter(self, phase: str, **details) -> None:
+        self.phase = phase
+        self._call("on_phase", phase, **details)
+
+    def _run(self) -> RunOutcome:
+        spec = self.spec
+        self._enter(LOADING, device=spec.device)
+        activations, path, result = self._activations()
+        if result is None:
+            result = self._train(activations, path)
+        if result is None or result.stopped_reason == "cancelled":
+            # A run cancelled while still extracting keeps no partial file.
+            kept = path if Path(path).is_file() else None
+            return RunOutcome(paths=spec.paths, cancelled_in="training", result=result, activations_path=kept,
+                              extraction=self.extraction)
+        return self._finish(result, activations, path)
+
+    def _activations(self):
+        """(the rows, their file, and the training result when training ran while extracting)."""
+        spec = self.spec
+        if spec.activations_file is not None:
+            path = Path(spec.activations_file)
+            return load_activations(path), path, None
+        self.model = self._resolve()
+        causal = bool(self._model_info().get("is_causal_lm"))
+        cache = Path(spec.cache) if spec.cache is not None and Path(spec.cache).is_file() else None
+        if cache is not None and not causal:
+            return load_activations(cache), cache, None
+        from engine.loading import load_model
+
+        self.loaded = load_model(self.model, device=spec.device, quantization=spec.quantization, token=spec.token,
+                                 with_lm_head=True, cpu_bf16=spec.cpu_bf16)
+        self.texts = read_corpus(Path(spec.corpus))
+        result, path = None, cache
+        if cache is None:
+            self._enter(EXTRACTING, device=spec.device)
+            if spec.first_epoch_in_arrival_order and spec.resume_from is None and self.may_overlap:
+                result, path = self._extract_and_train()
+            else:
+                self.extraction = extract_activations(self.loaded, self.texts, on_progress=self.callbacks.on_extraction_progress,
+                                                      should_stop=self.callbacks.should_stop, **self._extract_options())
+                path = self.extraction.path
+                self._call("on_cache_complete", self.extraction)
+        if not causal:
+            self.loaded = None  # only next-token evaluation needs the model again: free it now
+        if result is not None and result.stopped_reason == "cancelled":
+            return None, path, result
+        return load_activations(path), path, result
+
+    def _resolve(self) -> ResolvedModel:
+        if isinstance(self.spec.model, ResolvedModel):
+            return self.spec.model
+        from engine.resolve import resolve_model
+
+        return resolve_model(str(self.spec.model), models_dir=None, token=self.spec.token)
+
+    def _model_info(self) -> dict:
+        if self.model_info is None:
+            from engine.model_info import describe_model
+            from engine.resolve import load_config
+
+            config = load_config(self.model, self.spec.token)
+            self.model_info = describe_model(self.model, config, selected_layer=self.spec.layer_number).to_dict()
+        return self.model_info
+
+    def _extract_options(self) -> dict:
+        spec = self.spec
+        return dict(layer_number=spec.layer_number, batch_size=spec.batch_size, max_sequence_length=spec.max_sequence_length,
+                    out_path=spec.paths.activations, seed=spec.config.seed)
+
+    def _extract_and_train(self):
+        """Extraction in a background thread, training on its rows as they arrive: (the training
+        result, the finished file or where it would have been)."""
+        stream = ExtractionStream(
+            self.loaded, self.texts, on_progress=self.callbacks.on_extraction_progress,
+            # Told as soon as the cache is complete: a run killed in a later epoch can reuse it.
+            on_done=self.callbacks.on_cache_complete, **self._extract_options(),
+        )
+        try:
+            self._enter(TRAINING, overlapped=True, resume_from=None)
+            result = train_in_process(self._step(self.spec.paths.activations, arrival_order=False), stream, self.callbacks)
+            if result.stopped_reason == "cancelled":
+                return result, self.spec.paths.activations
+            self.extraction = stream.result()
+            return result, self.extraction.path
+        except BaseException as err:
+            # Both ran at once: the phase says which one failed (an out-of-memory message names it).
+            self.phase = EXTRACTING if stream.error is err else TRAINING
+            raise
+        finally:
+            stream.close()  # stops the extraction if training ended early (a cancel, an error)
+
+    def _step(self, path: Path, *, arrival_order: bool) -> TrainStep:
+        spec = self.spec
+        return TrainStep(activations_path=Path(path), config=spec.config, device=spec.device,
+                         checkpoint_dir=spec.paths.checkpoint_dir, checkpoint_prefix=spec.checkpoint_prefix,
+                         resume_from=spec.resume_from, arrival_order=arrival_order)
+
+    def _train(self, activations, path):
+        """The training step on the finished file; a rerun of a run that trained while extracting
+        follows its order again, a resume the order its checkpoint's run used."""
+        spec = self.spec
+        extracted = spec.activations_file is None
+        step = self._step(path, arrival_order=extracted and (spec.resume_from is not None or spec.first_epoch_in_arrival_order))
+        self._enter(TRAINING, overlapped=False, resume_from=spec.resume_from)
+        return self.train(step, activations, self.callbacks)
+
+    def _finish(self, result, activations, path) -> RunOutcome:
+        spec = self.spec
+        from_file = spec.activations_file is not None
+        model_name = self.model.name if self.model is not None else None
+        self._enter(EVALUATING)
+        evaluation, feature_density = evaluate(spec, result, activations, model_name=model_name, loaded=self.loaded,
+                                               texts=self.texts)
+        saved_weights = save_sae(spec.paths.model, result.sae, result.scaling_factor)
+        saelens = export_saelens(
+            spec.paths.saelens_dir, result.sae, result.scaling_factor, model_name=model_name or None,
+            # TransformerLens' name for the residual stream after block L: what our layer output is.
+            hook_name=None if from_file else f"blocks.{spec.layer_number}.hook_resid_post",
+            context_size=None if from_file else spec.max_sequence_length, feature_density=feature_density,
+        )
+        # One pass over the activations after training: the analysis counts what the feature
+        # statistics need too.
+        features_dir, features_info, features = self._analyze(result, activations, path)
+        stats = records.training_stats(result, activations, features, extra=self._call("extra_training_stats", result) or {},
+                                       extraction=self.extraction)
+        corpus_name = spec.corpus_name or (Path(spec.corpus).name if spec.corpus is not None else None)
+        metadata = records.metadata(
+            spec, result, activations, path, model_name=model_name or None,
+            model_info=self.model_info, corpus_name=corpus_name, saved_weights=saved_weights,
+            training_stats=stats, evaluation=evaluation, saelens=saelens,
+        )
+        write_metadata(spec.paths.metadata, metadata)
+        return RunOutcome(
+            paths=spec.paths, cancelled_in=None if features_dir is not None else "analysis", result=result,
+            activations_path=Path(path), extraction=self.extraction, evaluation=evaluation, training_stats=stats,
+            exports={"saelens": saelens}, features_dir=features_dir, features=features_info, metadata=metadata,
+        )
+
+    def _analyze(self, result, activations, path):
+        """(the analysis' folder, what it did, the feature_statistics); no folder when cancelled."""
+        spec = self.spec
+        self._enter(ANALYZING)
+        try:
+            info, features = analyze(spec, result, activations, path, model=self.model, loaded=self.loaded,
+                                     on_progress=self.callbacks.on_analysis_progress, should_stop=self.callbacks.should_stop)
+            return spec.paths.features_dir, info, features
+        except AnalysisCancelled:
+            from engine.stats import feature_statistics
+
+            # The result stays complete: the statistics then take a pass of their own.
+            return None, None, feature_statistics(result.sae, activations, scaling_factor=result.scaling_factor,
+                                                  device=spec.device, batch_tokens=spec.config.sae_batch_tokens)

@@ -1,0 +1,126 @@
+"""What one run is given and what it hands back: the spec, the callbacks and the outcome. Plain
+records: a worker builds them from a job row, a notebook by hand."""
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.activations import ExtractionResult
+from engine.resolve import ResolvedModel
+from engine.results import CheckpointInfo, TrainProgress, TrainResult
+from engine.trainer import TrainConfig
+
+# The phases a run goes through, in order (on_phase names them).
+LOADING, EXTRACTING, TRAINING, EVALUATING, ANALYZING = "loading", "extracting", "training", "evaluating", "analyzing"
+
+
+@dataclass
+class RunPaths:
+    """Where a run writes. Checkpoints go to checkpoint_dir as <checkpoint_prefix>_checkpoint_<epoch>.pt."""
+
+    activations: Path  # the extracted .npy; its token index and arrival order go beside it
+    model: Path  # the SAE's state dict, input scale folded in (engine.export.save_sae)
+    metadata: Path
+    saelens_dir: Path
+    features_dir: Path
+    checkpoint_dir: Path
+
+    @classmethod
+    def in_folder(cls, folder: Path, name: str = "sae") -> "RunPaths":
+        """Every file of a run in one folder, named after `name`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return cls(activations=folder / f"{name}_activations.npy", model=folder / f"{name}_sae.pt",
+                   metadata=folder / f"{name}_metadata.json", saelens_dir=folder / f"{name}_saelens",
+                   features_dir=folder / f"{name}_features", checkpoint_dir=folder)
+
+
+@dataclass
+class FeatureSettings:
+    """The feature analysis (engine.features): top contexts per feature, tokens either side of
+    each, and the tokens each feature promotes and suppresses most."""
+
+    top_n: int = 20
+    window: int = 12
+    logit_tokens: int = 10
+
+
+@dataclass
+class RunSpec:
+    """One SAE trained on one layer of a model over a corpus, or on a file of activations.
+
+    Give `model` (a ResolvedModel, or a name engine.resolve.resolve_model finds offline first)
+    with `corpus`, or `activations_file` alone. `config.seed` seeds the extraction's batch order as
+    well as training."""
+
+    paths: RunPaths
+    config: TrainConfig = field(default_factory=TrainConfig)
+    model: ResolvedModel | str | None = None
+    corpus: Path | None = None  # text, one sequence per non-empty line (engine.corpus)
+    activations_file: Path | None = None  # .npy or .safetensors [tokens, d_model]: no model, no extraction
+    layer_number: int = 0  # 0-based block whose output is the SAE's input
+    max_sequence_length: int = 512
+    batch_size: int = 16  # sequences per forward pass of the model
+    quantization: str | None = None  # "8bit" | "4bit" (CUDA only)
+    token: str | None = field(default=None, repr=False)  # a Hugging Face token; never shown
+    device: str = "cpu"
+    cpu_bf16: str = "off"  # the model's weights on the CPU (engine.loading.load_model)
+    checkpoint_prefix: str = "sae"
+    resume_from: Path | None = None  # a checkpoint of an earlier run of this spec
+    # Activations an earlier run of this spec extracted completely: used instead of extracting again.
+    cache: Path | None = None
+    # The first epoch follows the order extraction writes rows in (a shuffle buffer; engine.trainer).
+    # A fresh run that trains in this process then trains while it extracts; a run from the
+    # finished cache, or a resume, repeats that order.
+    first_epoch_in_arrival_order: bool = False
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+    # What the metadata file names: the run (a job's id), the model as described when asked for
+    # (engine.model_info.describe_model; read from the model's config when None) and the corpus
+    # (its file's name when None).
+    run_id: str | None = None
+    model_info: dict | None = None
+    corpus_name: str | None = None
+
+
+@dataclass
+class RunCallbacks:
+    """What a run tells its caller, all optional. They run in the caller's thread (an overlapped
+    extraction reports from inside the trainer's waits), so they may use a database connection."""
+
+    # A phase begins (LOADING ... ANALYZING), with details: device (loading, extracting),
+    # overlapped and resume_from (training).
+    on_phase: Callable[..., None] | None = None
+    on_extraction_progress: Callable[[int, int, int], None] | None = None  # sequences done, of, tokens
+    on_cache_complete: Callable[[ExtractionResult], None] | None = None  # the finished file is in place
+    on_train_progress: Callable[[TrainProgress], None] | None = None
+    on_checkpoint: Callable[[CheckpointInfo], None] | None = None
+    on_analysis_progress: Callable[[int, int], None] | None = None  # rows done, of
+    # The run failed in this phase (while extraction and training run at once, the one that failed).
+    on_error: Callable[[str, BaseException], None] | None = None
+    # Asked between steps; True cancels the run (training keeps a checkpoint).
+    should_stop: Callable[[], bool] | None = None
+    # What the caller adds to the training stats of the outcome and the metadata (a service: what
+    # every run of a job spent). Called once training ended, with its result.
+    extra_training_stats: Callable[[TrainResult], dict] | None = None
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended. `cancelled_in` is None for a completed run, else "extraction" (nothing
+    trained), "training" (checkpoints kept; `result` is None when the training step handed none
+    back) or "analysis" (everything but the feature analysis is written)."""
+
+    paths: RunPaths
+    cancelled_in: str | None = None
+    result: TrainResult | None = None
+    activations_path: Path | None = None  # what training read; None when no complete file is left
+    extraction: ExtractionResult | None = None  # when this run extracted
+    evaluation: dict | None = None
+    training_stats: dict | None = None
+    exports: dict[str, Path] = field(default_factory=dict)  # {"saelens": folder}
+    features_dir: Path | None = None
+    features: dict | None = None  # what the feature analysis did, and why not where it did not
+    metadata: dict | None = None
+
+    @property
+    def status(self) -> str:
+        return "completed" if self.cancelled_in is None else "cancelled"

@@ -1,0 +1,186 @@
+"""A job as the engine runs it (engine.run): the spec its row maps to, and the callbacks that write
+what the run says back to the row (progress, messages, the cache, what the run spent) and to a
+terminal's progress bar (`report`). The engine is imported inside functions: the web process and
+the queue's parent never load torch."""
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+from training import selectors, services
+from training.job_training import (
+    first_epoch_in_arrival_order,
+    resume_checkpoint,
+    train_callbacks,
+    train_config,
+    training_place,
+)
+from training.models import TrainingJob
+
+# The engine's phases, as the job row names them.
+PHASES = {"loading": TrainingJob.Phase.LOADING, "extracting": TrainingJob.Phase.EXTRACTING,
+          "training": TrainingJob.Phase.TRAINING, "evaluating": TrainingJob.Phase.EVALUATING,
+          "analyzing": TrainingJob.Phase.ANALYZING}
+
+
+class JobLost(Exception):
+    """The job was recovered elsewhere while this worker still ran it: stop and write nothing."""
+
+
+class Throttle:
+    """True at most once per interval: progress writes and cancel checks must not hammer the DB."""
+
+    def __init__(self, interval_s):
+        self.interval_s = interval_s
+        self.last = 0.0
+
+    def __call__(self):
+        now = time.monotonic()
+        if now - self.last >= self.interval_s:
+            self.last = now
+            return True
+        return False
+
+
+def job_spec(job: TrainingJob, device: str):
+    """The run the job asks for, on `device`: its model and corpus (or activations file), its
+    TrainConfig, its files, the cache and checkpoint an earlier run left, and this installation's
+    settings."""
+    from engine.resolve import ResolvedModel
+    from engine.run import FeatureSettings, RunPaths, RunSpec
+
+    paths = services.job_artifact_paths(job)
+    on_model = not job.activations_file
+    return RunSpec(
+        paths=RunPaths(activations=paths["activations_path"], model=paths["model_path"], metadata=paths["metadata_path"],
+                       saelens_dir=paths["saelens_dir"], features_dir=paths["features_dir"],
+                       checkpoint_dir=paths["checkpoint_dir"]),
+        config=train_config(job),
+        model=ResolvedModel(name=job.model_name, location=job.model_location, source=job.model_source) if on_model else None,
+        corpus=Path(job.corpus.path) if job.corpus_id else None,
+        activations_file=None if on_model else Path(job.activations_file),
+        layer_number=job.layer_number,
+        max_sequence_length=job.max_sequence_length,
+        batch_size=job.batch_size,
+        quantization=None if job.quantization == TrainingJob.Quantization.NONE else job.quantization,
+        token=selectors.job_token(job) if on_model else None,
+        device=device,
+        cpu_bf16=settings.CPU_BF16,
+        checkpoint_prefix=job.id,
+        resume_from=resume_checkpoint(job),
+        # A resumed run reuses what its earlier run extracted (the file appears complete or not at all).
+        cache=Path(job.activations_path) if on_model and job.activations_path else None,
+        first_epoch_in_arrival_order=on_model and first_epoch_in_arrival_order(job),
+        features=FeatureSettings(top_n=settings.FEATURE_TOP_N, window=settings.FEATURE_CONTEXT_WINDOW,
+                                 logit_tokens=settings.FEATURE_LOGIT_TOKENS),
+        run_id=job.id,
+        model_info=job.model_info,
+        corpus_name=job.corpus.name if job.corpus_id else None,
+    )
+
+
+def job_callbacks(job: TrainingJob, device: str, report, should_stop):
+    """The run's callbacks for this job; `report(dict)` follows the run in a terminal."""
+    from engine.run import RunCallbacks
+
+    row = _JobRow(job, device, report)
+    on_progress, on_checkpoint = train_callbacks(job, report, row.extraction)
+    return RunCallbacks(
+        on_phase=row.phase, on_extraction_progress=row.extraction, on_cache_complete=row.cache_complete,
+        on_train_progress=on_progress, on_checkpoint=on_checkpoint, on_analysis_progress=row.analysis_progress,
+        on_error=row.failed, should_stop=should_stop, extra_training_stats=row.training_stats,
+    )
+
+
+class _ExtractionReport:
+    """Extraction progress on the job row. While training runs beside it (an overlapped run) the
+    training reports own the message and the progress bar; extraction's share is appended to it."""
+
+    def __init__(self, job, report):
+        self.job, self.report = job, report
+        self.throttle = Throttle(settings.PROGRESS_INTERVAL_S)
+        self.started = time.monotonic()
+        self.training = False
+        self.note = None  # "extracting 120/400 sequences (9000 tokens/s)" while both run
+
+    def __call__(self, done, total, tokens):
+        if not (self.throttle() or done == total):
+            return
+        elapsed = time.monotonic() - self.started
+        rate = tokens / elapsed if elapsed > 0 else 0.0
+        self.note = None if done == total else f"extracting {done}/{total} sequences ({rate:.0f} tokens/s)"
+        if self.training:
+            return
+        eta = int((total - done) * elapsed / done) if done else None
+        message = f"Extracting activations - {done}/{total} sequences ({rate:.0f} tokens/s)"
+        services.job_update_progress(self.job.id, eta_s=eta, message=message, tokens_per_s=round(rate, 1),
+                                     phase=TrainingJob.Phase.EXTRACTING, spent={"extraction_seconds": elapsed})
+        self.report({"phase": "extracting", "done": done, "total": total, "message": message})
+
+
+class _JobRow:
+    """What the run's phases, cache, analysis, failure and stats write to the job row."""
+
+    def __init__(self, job, device, report):
+        self.job, self.device, self.report = job, device, report
+        self.extraction = _ExtractionReport(job, report)
+        self.analysis_throttle = Throttle(settings.PROGRESS_INTERVAL_S)
+        self.analysis_started = time.monotonic()
+
+    def phase(self, phase, *, device=None, overlapped=False, resume_from=None):
+        job, update = self.job, services.job_update_progress
+        if phase == "loading":
+            update(job.id, device=device, message=f"Loading on {device}")
+            self.report({"phase": "loading", "device": device})
+        elif phase == "extracting":
+            self.extraction.started = time.monotonic()
+            update(job.id, phase=TrainingJob.Phase.EXTRACTING, message=f"Extracting activations on {device}")
+        elif phase == "training":
+            # While extraction still runs, it stays the phase until the first training report.
+            self.extraction.training = not overlapped
+            if not overlapped:
+                update(job.id, phase=TrainingJob.Phase.TRAINING,
+                       message=f"Training on {training_place(job, self.device)} - Epoch 1/{job.max_epochs}")
+            if resume_from is not None:
+                update(job.id, message=f"Resuming from {Path(resume_from).name}")
+        elif phase == "evaluating":
+            update(job.id, phase=TrainingJob.Phase.EVALUATING, progress=1.0, message="Evaluating on held-out tokens")
+            self.report({"phase": "evaluating"})
+        elif phase == "analyzing":
+            self.analysis_started = time.monotonic()
+            update(job.id, phase=TrainingJob.Phase.ANALYZING, message="Analyzing features")
+            self.report({"phase": "analyzing"})
+
+    def cache_complete(self, extraction):
+        """The row keeps where the cache is and what extracting it measured, so a rerun reuses it
+        and its result still reports the extraction."""
+        from engine.run.records import extraction_stats
+
+        services.job_update_progress(self.job.id, activations_path=str(extraction.path),
+                                     extraction_stats=extraction_stats(extraction),
+                                     spent={"extraction_seconds": extraction.seconds})
+
+    def analysis_progress(self, done, total):
+        if self.analysis_throttle() or done == total:
+            elapsed = time.monotonic() - self.analysis_started
+            rate = done / elapsed if elapsed > 0 else 0.0
+            message = f"Analyzing features - {done}/{total} tokens"
+            services.job_update_progress(self.job.id, message=message, tokens_per_s=round(rate, 1),
+                                         eta_s=int((total - done) / rate) if rate > 0 else None)
+            self.report({"phase": "analyzing", "done": done, "total": total, "message": message})
+
+    def failed(self, phase, err):
+        # The phase a failure happened in (an out-of-memory message names it); a job another
+        # worker has taken over is not this run's to write.
+        if not isinstance(err, JobLost):
+            services.job_update_progress(self.job.id, phase=PHASES[phase])
+
+    def training_stats(self, result) -> dict:
+        """What every run of the job spent (this one's training time joins its entry in `runs`),
+        and the extraction the run that extracted the activations measured (maybe an earlier run)."""
+        services.job_update_progress(self.job.id, spent={"training_seconds": result.training_time_seconds})
+        self.job.refresh_from_db()
+        extra = selectors.job_runs_summary(self.job.runs)
+        if self.job.extraction_stats:
+            extra["extraction"] = self.job.extraction_stats
+        return extra
