@@ -15,7 +15,7 @@ LOADING, EXTRACTING, TRAINING, EVALUATING, ANALYZING = "loading", "extracting", 
 
 @dataclass
 class RunPaths:
-    """Where a run writes. Checkpoints go to checkpoint_dir as <checkpoint_prefix>_checkpoint_<epoch>.pt."""
+    """Where a run writes. Checkpoints go to checkpoint_dir (engine.trainer.checkpoint.file_name)."""
 
     activations: Path  # the extracted .npy; its token index and arrival order go beside it
     model: Path  # the SAE's state dict, input scale folded in (engine.export.save_sae)
