@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Value
+from django.db.models import Case, F, TextField, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -233,6 +233,9 @@ def job_update_progress(job_id: str, *, spent: dict | None = None, **fields) -> 
     """`spent`: seconds this run has spent so far (extraction_seconds, training_seconds), kept in
     its entry of `runs`."""
     fields["updated_at"] = timezone.now()
+    if "message" in fields:  # a job asked to stop says so until it has stopped
+        fields["message"] = Case(When(cancel_requested_at__isnull=False, then=F("message")),
+                                 default=Value(fields["message"]), output_field=TextField())
     with transaction.atomic():
         if spent:
             runs = TrainingJob.objects.filter(pk=job_id).values_list("runs", flat=True).first()
