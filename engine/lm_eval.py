@@ -4,6 +4,10 @@ The standard downstream check of an SAE (SAELens' evals; Bricken et al. 2023): t
 cross-entropy clean, with the layer's output replaced by the SAE's reconstruction, and with the
 layer's output zero-ablated; `ce_loss_recovered` = (zero − sae) / (zero − clean), 1 being perfect,
 or None with `ce_loss_reason` saying why when zero-ablation leaves the loss where it was.
+
+Beside it, as SAELens names them: `kl_div_with_sae` and `kl_div_with_ablation`, the mean over
+predicted tokens of KL(clean || spliced) between the next-token distributions, in nats, and
+`kl_div_score` = (ablation − sae) / ablation, 1 being perfect.
 """
 from collections.abc import Callable
 
@@ -44,6 +48,7 @@ def ce_loss_evaluation(
         return (replaced, *output[1:]) if isinstance(output, tuple) else replaced
 
     totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    kl_totals = {"sae": 0.0, "zero": 0.0}
     n_predicted = 0
     handle = loaded.blocks[layer_number].register_forward_hook(splice)
     pad_id = loaded.tokenizer.pad_token_id
@@ -54,17 +59,20 @@ def ce_loss_evaluation(
                 targets = input_ids[:, 1:]
                 predicted = mask[:, 1:].bool()
                 n_predicted += int(predicted.sum())
-                for name in totals:
+                for name in totals:  # clean first: the spliced distributions are compared with it
                     mode["value"] = name
                     logits = loaded.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-                    losses = torch.nn.functional.cross_entropy(
-                        logits[:, :-1].float().transpose(1, 2), targets, reduction="none"
-                    )
-                    totals[name] += float(losses[predicted].double().sum())
+                    log_probs = torch.log_softmax(logits[:, :-1][predicted].float(), dim=-1)
+                    totals[name] += float(-log_probs.gather(1, targets[predicted][:, None]).double().sum())
+                    if name == "clean":
+                        clean_log_probs = log_probs
+                    else:
+                        kl = torch.nn.functional.kl_div(log_probs, clean_log_probs, log_target=True, reduction="none")
+                        kl_totals[name] += float(kl.sum(dim=-1).double().sum())
     finally:
         handle.remove()
 
-    return _summary(totals, n_predicted, layer_number)
+    return {**_summary(totals, n_predicted, layer_number), **_kl_summary(kl_totals, n_predicted, layer_number)}
 
 
 def _sequences(loaded, texts, *, max_sequence_length: int, max_tokens: int) -> list[list[int]]:
@@ -108,4 +116,18 @@ def _summary(totals: dict, n_predicted: int, layer_number: int) -> dict:
             "token: recovery is undefined"
         ),
         "ce_eval_tokens": n_predicted,
+    }
+
+
+def _kl_summary(kl_totals: dict, n_predicted: int, layer_number: int) -> dict:
+    with_sae, ablation = (kl_totals[k] / n_predicted for k in ("sae", "zero"))
+    defined = ablation > MIN_ABLATION_EFFECT
+    return {
+        "kl_div_with_sae": with_sae,
+        "kl_div_with_ablation": ablation,
+        "kl_div_score": (ablation - with_sae) / ablation if defined else None,
+        "kl_div_reason": None if defined else (
+            f"zero-ablating layer {layer_number} moves the next-token distribution by less than "
+            f"{MIN_ABLATION_EFFECT:g} nats: the KL score is undefined"
+        ),
     }

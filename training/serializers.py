@@ -144,7 +144,15 @@ class EvaluationSerializer(serializers.Serializer):
     ce_loss_with_sae = serializers.FloatField(allow_null=True)
     ce_loss_zero_ablation = serializers.FloatField(allow_null=True)
     ce_loss_recovered = serializers.FloatField(allow_null=True)
-    ce_loss_reason = serializers.CharField(allow_null=True, required=False, help_text="Why the CE metrics are null, or why ce_loss_recovered alone is")
+    ce_loss_reason = serializers.CharField(allow_null=True, required=False, help_text="Why the CE and KL metrics are null, or why ce_loss_recovered alone is")
+    kl_div_with_sae = serializers.FloatField(
+        allow_null=True, required=False,
+        help_text="Mean KL divergence (nats) from the clean next-token distribution to the one with the SAE spliced in")
+    kl_div_with_ablation = serializers.FloatField(
+        allow_null=True, required=False, help_text="The same with the hook point zero-ablated")
+    kl_div_score = serializers.FloatField(
+        allow_null=True, required=False, help_text="(kl_div_with_ablation - kl_div_with_sae) / kl_div_with_ablation; 1 is perfect")
+    kl_div_reason = serializers.CharField(allow_null=True, required=False, help_text="Why kl_div_score alone is null")
     eval_tokens = serializers.IntegerField()
 
 

@@ -3,7 +3,8 @@ for causal LMs, next-token loss on the held-out sequences with the SAE spliced i
 from engine.evaluate import evaluate_sae
 
 _NO_CE_LOSS = {"ce_loss_clean": None, "ce_loss_with_sae": None, "ce_loss_zero_ablation": None,
-               "ce_loss_recovered": None}
+               "ce_loss_recovered": None, "kl_div_with_sae": None, "kl_div_with_ablation": None,
+               "kl_div_score": None}
 
 
 def evaluate(spec, result, activations, *, model_name, loaded, texts) -> tuple[dict, object]:

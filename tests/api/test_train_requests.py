@@ -147,7 +147,7 @@ def test_each_architecture_trains_from_the_api_and_its_result_says_so(alice_api,
     assert (result["architecture"], result["k"]) == (architecture, k)
     evaluation = result["evaluation"]
     for key in ("l0", "explained_variance", "mse", "cosine_similarity", "ce_loss_clean", "ce_loss_with_sae",
-                "ce_loss_zero_ablation", "ce_loss_recovered"):
+                "ce_loss_zero_ablation", "ce_loss_recovered", "kl_div_with_sae", "kl_div_with_ablation", "kl_div_score"):
         assert isinstance(evaluation[key], float), key  # tiny/gpt2 is a causal LM: every metric applies
     assert evaluation["ce_loss_reason"] is None
     assert evaluation["eval_tokens"] > 0 and evaluation["dead_window_tokens"] > 0

@@ -53,7 +53,8 @@ def test_it_trains_an_sae_on_per_token_activations_of_a_causal_lm(alice, hub_mod
     evaluation = job.evaluation
     assert evaluation["eval_tokens"] == activations.shape[0] - stats["training_tokens"] > 0
     assert 0 < evaluation["l0"] <= 64 and evaluation["explained_variance"] <= 1
-    for key in ("ce_loss_clean", "ce_loss_with_sae", "ce_loss_zero_ablation", "ce_loss_recovered"):
+    for key in ("ce_loss_clean", "ce_loss_with_sae", "ce_loss_zero_ablation", "ce_loss_recovered", "kl_div_with_sae",
+                "kl_div_with_ablation", "kl_div_score"):
         assert isinstance(evaluation[key], float), key
     assert evaluation["ce_loss_reason"] is None
     cfg = json.loads((Path(job.exports["saelens"]) / "cfg.json").read_text())
@@ -72,7 +73,7 @@ def test_it_trains_on_the_bundled_minilm(alice):
     assert job.status == TrainingJob.Status.COMPLETED, job.message
     assert job.model_info["architecture"] == "bert" and job.model_info["selected_layer"] == 5
     assert np.load(job.activations_path, mmap_mode="r").shape[1] == 384
-    assert job.evaluation["ce_loss_clean"] is None
+    assert job.evaluation["ce_loss_clean"] is None and job.evaluation["kl_div_score"] is None
     assert "not a causal language model" in job.evaluation["ce_loss_reason"]
     assert job.evaluation["explained_variance"] > 0
 
