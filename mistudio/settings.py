@@ -24,6 +24,8 @@ MODELS_DIR = env_path("MISTUDIO_MODELS_DIR", DATA_DIR / "hub-models")
 # A local model path in an API request must lie inside MODELS_DIR or one of these (the CLI, run
 # by someone on the machine, may name any path).
 EXTRA_LOCAL_MODEL_ROOTS = [Path(root).expanduser().resolve() for root in env_list("MISTUDIO_LOCAL_MODEL_ROOTS", [])]
+# A GGUF model is converted once into a safetensors folder here, by the first worker that loads it.
+MODELS_CACHE_DIR = env_path("MISTUDIO_MODELS_CACHE_DIR", DATA_DIR / "converted")
 
 
 def _secret_key():

@@ -60,6 +60,10 @@ def data_dir(settings, tmp_path):
     """Each test writes corpora, activations and SAEs into its own folder."""
     settings.DATA_DIR = tmp_path / "data"
     settings.MODELS_DIR = tmp_path / "hub-models"
+    # GGUF conversions are shared across tests (and runs): each is keyed by its file's identity.
+    from tests.model_fixtures import TEST_MODELS_CACHE
+
+    settings.MODELS_CACHE_DIR = TEST_MODELS_CACHE
     settings.DATA_DIR.mkdir()
     settings.MODELS_DIR.mkdir()
     # Short intervals so progress, checkpoints and cancellation show within a test's time.

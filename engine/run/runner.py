@@ -83,7 +83,7 @@ class _Run:
         from engine.loading import load_model
 
         self.loaded = load_model(self.model, device=spec.device, quantization=spec.quantization, token=spec.token,
-                                 with_lm_head=True, cpu_bf16=spec.cpu_bf16)
+                                 with_lm_head=True, cpu_bf16=spec.cpu_bf16, models_cache_dir=spec.models_cache_dir)
         self.texts = read_corpus(Path(spec.corpus))
         result, path = None, cache
         if cache is None:

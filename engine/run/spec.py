@@ -64,6 +64,7 @@ class RunSpec:
     token: str | None = field(default=None, repr=False)  # a Hugging Face token; never shown
     device: str = "cpu"
     cpu_bf16: str = "off"  # the model's weights on the CPU (engine.loading.load_model)
+    models_cache_dir: Path | None = None  # where a GGUF model is converted once (engine.gguf)
     checkpoint_prefix: str = "sae"
     resume_from: Path | None = None  # a checkpoint of an earlier run of this spec
     # Activations an earlier run of this spec extracted completely: used instead of extracting again.
