@@ -35,7 +35,7 @@ demo serve: export MISTUDIO_DEBUG ?= 1
 
 # Trains one SAE on the bundled MiniLM through the real queue and a real worker process.
 demo: migrate
-	$(PY) manage.py demo --base-url http://$(HOST):$(PORT)
+	$(PY) manage.py demo --base-url http://$(HOST):$(PORT) $(ARGS)
 
 # The engine's tests run with no Django at all (-p no:django); the rest on the embedded setup.
 test: install

@@ -16,18 +16,24 @@ from corpora.models import Corpus
 from mistudio.accounts import user_issue_token
 from corpora.services import corpus_add_from_path
 from engine import sae as architectures
-from engine.resolve import BUNDLED_MODEL_NAME
-from training import documents, serializers, services
+from engine.resolve import BUNDLED_CAUSAL_LM_NAME
+from mistudio.errors import ServiceError
+from training import documents, modelcheck, serializers, services
 from training.models import TrainingJob
 
 SAMPLE_CORPUS = settings.BASE_DIR / "samples" / "demo_corpus.txt"
 
 
 class Command(BaseCommand):
-    help = "Train one SAE on the bundled MiniLM through the real queue and a real worker process."
+    help = ("Train one SAE on a bundled model (SmolLM2-135M-Instruct unless --model says otherwise) through the "
+            "real queue and a real worker process.")
 
     def add_arguments(self, parser):
-        parser.add_argument("--layer-number", type=int, default=3)
+        parser.add_argument("--model", default=BUNDLED_CAUSAL_LM_NAME,
+                            help="a model name as the API takes it, e.g. sentence-transformers/all-MiniLM-L6-v2 "
+                                 "(bundled too) or a folder in the models folder")
+        parser.add_argument("--layer-number", type=int, default=None,
+                            help="0-based layer; by default the middle one (SmolLM2: 15 of 30, MiniLM: 3 of 6)")
         parser.add_argument("--hidden-dim", type=int, default=1536)
         parser.add_argument("--max-epochs", type=int, default=50)
         parser.add_argument("--architecture", default="topk")
@@ -36,7 +42,13 @@ class Command(BaseCommand):
         parser.add_argument("--base-url", default="http://127.0.0.1:8001",
                             help="where `make serve` answers: the job page's URL is printed under it")
 
-    def handle(self, *args, layer_number, hidden_dim, max_epochs, architecture, k, timeout_s, base_url, **options):
+    def handle(self, *args, model, layer_number, hidden_dim, max_epochs, architecture, k, timeout_s, base_url,
+               **options):
+        if layer_number is None:
+            try:
+                layer_number = modelcheck.describe(model).info.total_layers // 2
+            except ServiceError as err:
+                raise CommandError(str(err)) from None
         user, _ = get_user_model().objects.get_or_create(username="demo", defaults={"is_staff": True})
         corpus = Corpus.objects.filter(owner=user, name=SAMPLE_CORPUS.name).first() or corpus_add_from_path(
             owner=user, path=SAMPLE_CORPUS
@@ -45,7 +57,7 @@ class Command(BaseCommand):
         job = services.job_create(
             owner=user,
             request=services.JobRequest(
-                model_name=BUNDLED_MODEL_NAME,
+                model_name=model,
                 corpus_file=corpus.name,
                 layer_number=layer_number,
                 hidden_dim=hidden_dim,
@@ -55,7 +67,7 @@ class Command(BaseCommand):
                 max_sequence_length=128,
             ),
         )
-        self.stdout.write(f"Queued {job.id}; starting a worker (manage.py qcluster)")
+        self.stdout.write(f"Queued {job.id} ({model}, layer {layer_number}); starting a worker (manage.py qcluster)")
         worker = subprocess.Popen(
             [sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"],
             env={**os.environ, "PYTORCH_NVML_BASED_CUDA_CHECK": "1"},
