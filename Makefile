@@ -33,7 +33,8 @@ migrate: install
 # folder). Target-specific, so the migrate step they depend on gets it too; the environment wins.
 demo serve: export MISTUDIO_DEBUG ?= 1
 
-# Trains one SAE on the bundled MiniLM through the real queue and a real worker process.
+# Trains one SAE on the bundled SmolLM2 through the real queue and a real worker process
+# (ARGS="--model sentence-transformers/all-MiniLM-L6-v2" for the bundled MiniLM).
 demo: migrate
 	$(PY) manage.py demo --base-url http://$(HOST):$(PORT) $(ARGS)
 
