@@ -95,3 +95,11 @@ def test_a_job_on_an_activations_file_records_no_hook_point(alice, tmp_path):
     document = result_document(job)
     assert (document["hook_point"], document["exclude_special_tokens"], document["prepend_bos"]) == (None, None, None)
     assert job_spec(job, "cpu").activations_file == path
+
+
+def test_the_job_page_shows_the_hook_point_and_special_token_settings(client, alice):
+    job = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2", hook_point="attn_out", prepend_bos=False)
+    client.force_login(alice)
+    page = client.get(f"/jobs/{job.id}/").content.decode()
+    assert "Hook point" in page and "attn_out" in page
+    assert "Special tokens excluded" in page and "BOS prepended (causal LMs)" in page
