@@ -204,11 +204,12 @@ class _Run:
         from engine.hooks import transformerlens_name
         from engine.sequences import effective_prepend_bos
 
-        # Only a causal LM prepends a BOS, and a causal LM is always loaded (evaluation needs it).
+        # Only a causal LM gets a BOS put in front, and a causal LM stays loaded (evaluation needs
+        # it); an encoder's may be gone by now, and needs none.
         causal = bool(self._model_info().get("is_causal_lm"))
         tokenizer = self.loaded.tokenizer if self.loaded is not None else None
         return {"hook_point": spec.hook_point, "hook_name": transformerlens_name(spec.hook_point, spec.layer_number),
-                "prepend_bos": causal and tokenizer is not None and effective_prepend_bos(
+                "prepend_bos": tokenizer is not None and effective_prepend_bos(
                     tokenizer, causal=causal, prepend_bos=spec.prepend_bos),
                 "exclude_special_tokens": spec.exclude_special_tokens, "reason": None}
 
