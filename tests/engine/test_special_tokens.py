@@ -107,3 +107,22 @@ def test_the_special_ids_include_the_padding_engine_loading_gives_a_tokenizer(gp
     assert gpt2.tokenizer.pad_token_id in special_token_ids(gpt2.tokenizer)
     ids = special_token_ids(bert.tokenizer)
     assert {bert.tokenizer.cls_token_id, bert.tokenizer.sep_token_id, bert.tokenizer.pad_token_id} <= ids
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_the_ce_splice_leaves_a_special_tokens_position_as_it_was_when_excluding(tiny_gpt2_dir, sample_texts, exclude):
+    # Block 2 reads block 1's output: at the BOS (position 0) it must be the clean value under the
+    # SAE splice and the zero-ablation when special tokens are excluded, and not otherwise.
+    from engine.lm_eval import ce_loss_evaluation
+
+    loaded = load_model(resolve_model(str(tiny_gpt2_dir), models_dir=None), device="cpu", with_lm_head=True)
+    seen = []
+    handle = loaded.blocks[2].register_forward_pre_hook(lambda _m, args: seen.append(args[0][:, 0].clone()))
+    try:
+        result = ce_loss_evaluation(loaded, sample_texts[:4], layer_number=1, reconstruct=lambda x: x * 0 + 3.0,
+                                    max_sequence_length=MAX_LEN, batch_size=4, exclude_special_tokens=exclude)
+    finally:
+        handle.remove()
+    clean, with_sae, zero = seen  # one batch: the clean, SAE and zero-ablated passes
+    assert clean.equal(with_sae) is exclude and clean.equal(zero) is exclude
+    assert result["ce_loss_with_sae"] != result["ce_loss_clean"]  # the text positions were replaced
