@@ -1,9 +1,11 @@
-"""Per-token activations of one transformer block, streamed to a float16 .npy file.
+"""Per-token activations at one hook point of one transformer block, streamed to a float16 .npy file.
 
-Rows are the non-padding tokens of every sequence, in corpus order (sequence 0's tokens, then
-sequence 1's, ...); batches run in another order (by length, see _plan), which is kept beside
-the file (`<stem>_arrival.npy`) because a trainer overlapping extraction sees rows in that order. Only blocks 0..layer_number run: a hook on
-the chosen block copies its output and stops the forward there.
+Rows are the tokens of every sequence (engine.sequences: a BOS put in front of a causal LM's
+sequences, special tokens' positions no rows by default), in corpus order (sequence 0's tokens,
+then sequence 1's, ...); batches run in another order (by length, see _plan), which is kept beside
+the file (`<stem>_arrival.npy`) because a trainer overlapping extraction sees rows in that order.
+Only what the hook point needs runs: a hook copies the point's value (engine.hooks) and stops the
+forward there (resid_pre before block L runs, mlp_out and attn_out after that module).
 """
 
 import math
@@ -17,8 +19,10 @@ import numpy as np
 from engine.errors import ActivationsError, EngineError, ExtractionCancelled
 from engine.cache import arrival_path, concat_ranges, token_index_paths
 from engine.files import AtomicFile
+from engine.hooks import DEFAULT_HOOK_POINT, available_hook_points, check_hook_point, register_reader
 from engine.loading import LoadedModel
-from engine.model_info import hidden_size, num_layers
+from engine.model_info import hidden_size, is_causal_lm, num_layers
+from engine.sequences import encode
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -36,6 +40,9 @@ class ExtractionResult:
     tokens_path: Path | None = None  # token id of every row (int32), see token_index_paths
     sequence_starts_path: Path | None = None  # first row of every non-empty sequence (int64)
     overlapped: bool = False  # ran in an ExtractionStream, beside a trainer
+    hook_point: str = DEFAULT_HOOK_POINT
+    prepend_bos: bool = False  # effective: a BOS was put in front of every sequence (engine.sequences)
+    exclude_special_tokens: bool = False  # special tokens' positions are no rows
 
 
 class _StopForward(Exception):
@@ -44,16 +51,21 @@ class _StopForward(Exception):
 
 @dataclass
 class _Plan:
-    """What an extraction will compute, known before the model runs: the token ids, where each
-    sequence's rows go in the file, and the batches in the order they run."""
+    """What an extraction will compute, known before the model runs: the token ids, which
+    positions are rows, where each sequence's rows go in the file, and the batches in the order
+    they run."""
 
     ids: list
-    lengths: np.ndarray
+    keep: list  # per sequence, a bool array: the positions that are rows
+    lengths: np.ndarray  # rows of each sequence
     offsets: np.ndarray
     batches: list  # lists of sequence numbers, in the order they run
     n_tokens: int
     d_model: int
     n_texts: int
+    hook_point: str
+    prepend_bos: bool
+    exclude_special_tokens: bool
 
     def arrival_rows(self) -> np.ndarray:
         """Row numbers in the order extraction writes them (batch after batch)."""
@@ -66,15 +78,21 @@ class _Plan:
         return np.fromiter((position[i] for batch in self.batches for i in batch), dtype=np.int64)
 
 
-def _plan(loaded: LoadedModel, texts, *, layer_number: int, batch_size: int, max_sequence_length: int, seed: int) -> _Plan:
+def _plan(loaded: LoadedModel, texts, *, layer_number: int, batch_size: int, max_sequence_length: int, seed: int,
+          hook_point: str, prepend_bos: bool, exclude_special_tokens: bool) -> _Plan:
     total_layers = num_layers(loaded.config)
     if not 0 <= layer_number < total_layers:
         raise EngineError(f"Layer {layer_number} does not exist: this model has layers 0 to {total_layers - 1}")
     if batch_size < 1 or max_sequence_length < 1:
         raise EngineError("batch_size and max_sequence_length must be at least 1")
-    encoded = loaded.tokenizer(list(texts), truncation=True, max_length=max_sequence_length, padding=False)
-    ids = encoded["input_ids"]
-    lengths = np.array([len(seq) for seq in ids], dtype=np.int64)
+    check_hook_point(hook_point)
+    points = available_hook_points(loaded.model)
+    if hook_point not in points:
+        raise EngineError(f"This model has no {hook_point} hook point: it has {', '.join(points)}")
+    sequences = encode(loaded.tokenizer, texts, max_sequence_length=max_sequence_length,
+                       causal=is_causal_lm(loaded.config), prepend_bos=prepend_bos,
+                       exclude_special_tokens=exclude_special_tokens)
+    lengths = sequences.rows
     n_tokens = int(lengths.sum())
     if n_tokens == 0:
         raise EngineError("The corpus produced no tokens: give it some text")
@@ -82,13 +100,16 @@ def _plan(loaded: LoadedModel, texts, *, layer_number: int, batch_size: int, max
     # Sorting by length puts similar lengths in one batch, so little compute goes to padding. The
     # longest batch runs first (a batch too large for memory fails at once); the others run in a
     # seeded random order, so rows reach a trainer that starts before extraction ends (the first
-    # epoch of an overlapped run) as a mix of the whole corpus, not longest first.
-    order = [i for i in np.argsort(-lengths, kind="stable") if lengths[i] > 0]
+    # epoch of an overlapped run) as a mix of the whole corpus, not longest first. A sequence
+    # with no rows (nothing but special tokens) does not run.
+    input_lengths = sequences.input_lengths
+    order = [i for i in np.argsort(-input_lengths, kind="stable") if lengths[i] > 0]
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rest = np.random.default_rng(seed).permutation(len(batches) - 1) + 1
     batches = [batches[0]] + [batches[i] for i in rest]
-    return _Plan(ids=ids, lengths=lengths, offsets=offsets, batches=batches, n_tokens=n_tokens,
-                 d_model=hidden_size(loaded.config), n_texts=len(texts))
+    return _Plan(ids=sequences.ids, keep=sequences.keep, lengths=lengths, offsets=offsets, batches=batches,
+                 n_tokens=n_tokens, d_model=hidden_size(loaded.config), n_texts=len(texts), hook_point=hook_point,
+                 prepend_bos=sequences.prepend_bos, exclude_special_tokens=exclude_special_tokens)
 
 
 def extract_activations(
@@ -102,12 +123,17 @@ def extract_activations(
     on_progress: Callable[[int, int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     seed: int = 0,
+    hook_point: str = DEFAULT_HOOK_POINT,
+    prepend_bos: bool = True,
+    exclude_special_tokens: bool = True,
 ) -> ExtractionResult:
     """Extract every row to out_path, then return. See ExtractionStream for the same work in a
-    background thread while a trainer consumes the rows."""
+    background thread while a trainer consumes the rows. hook_point: engine.hooks; prepend_bos
+    and exclude_special_tokens: engine.sequences."""
     started = time.monotonic()
     plan = _plan(loaded, texts, layer_number=layer_number, batch_size=batch_size,
-                 max_sequence_length=max_sequence_length, seed=seed)
+                 max_sequence_length=max_sequence_length, seed=seed, hook_point=hook_point,
+                 prepend_bos=prepend_bos, exclude_special_tokens=exclude_special_tokens)
     out_path = Path(out_path)
     rows, file = _open_partial(out_path, plan)
     try:
@@ -132,14 +158,16 @@ class ExtractionStream:
     def __init__(self, loaded: LoadedModel, texts: list[str], *, layer_number: int, batch_size: int,
                  max_sequence_length: int, out_path: Path,
                  on_progress: Callable[[int, int, int], None] | None = None,
-                 on_done: Callable[[ExtractionResult], None] | None = None, seed: int = 0):
+                 on_done: Callable[[ExtractionResult], None] | None = None, seed: int = 0,
+                 hook_point: str = DEFAULT_HOOK_POINT, prepend_bos: bool = True, exclude_special_tokens: bool = True):
         """`on_done(result)`: once, in the consumer's thread, when the finished file is in place
         (a caller records where the cache is, so a crash later in training need not redo it)."""
         import threading
 
         self._started = time.monotonic()
         self._plan = _plan(loaded, texts, layer_number=layer_number, batch_size=batch_size,
-                           max_sequence_length=max_sequence_length, seed=seed)
+                           max_sequence_length=max_sequence_length, seed=seed, hook_point=hook_point,
+                           prepend_bos=prepend_bos, exclude_special_tokens=exclude_special_tokens)
         self.out_path = Path(out_path)
         self.array, self._file = _open_partial(self.out_path, self._plan)
         self.shape = self.array.shape
@@ -260,11 +288,11 @@ def _run_batches(loaded, plan: _Plan, rows, *, layer_number, on_progress, should
 
     captured: list = []
 
-    def capture(_module, _inputs, output):
-        captured.append(output[0] if isinstance(output, tuple) else output)
+    def capture(hidden):
+        captured.append(hidden)
         raise _StopForward
 
-    handle = loaded.blocks[layer_number].register_forward_hook(capture)
+    handle = register_reader(loaded.blocks[layer_number], plan.hook_point, capture)
     sequences_done = tokens_done = positions_computed = 0
     lengths, offsets = plan.lengths, plan.offsets
     try:
@@ -284,8 +312,9 @@ def _run_batches(loaded, plan: _Plan, rows, *, layer_number, on_progress, should
                 hidden = captured[0].float().cpu().numpy()
                 for row, index in enumerate(batch):
                     n = lengths[index]
-                    # Right padding: the real tokens are the first n positions of the row.
-                    values = hidden[row, :n]
+                    # Right padding: the real tokens are the first positions of the row.
+                    keep = plan.keep[index]
+                    values = hidden[row, : len(keep)][keep]
                     # Written as float16 to halve the disk and page-cache footprint; the check
                     # also catches NaN, which fails every comparison.
                     if not (np.abs(values) <= _FLOAT16_MAX).all():
@@ -309,7 +338,8 @@ def _finish(plan: _Plan, rows, file: AtomicFile, loaded, started: float, positio
     # The token index and the batch order first: a complete activations file always has them beside it.
     tokens_path, starts_path = token_index_paths(out_path)
     real = plan.lengths > 0
-    np.save(tokens_path, np.fromiter((t for seq in plan.ids for t in seq), dtype=np.int32, count=plan.n_tokens))
+    np.save(tokens_path, np.fromiter((t for seq, keep in zip(plan.ids, plan.keep) for t, kept in zip(seq, keep) if kept),
+                                     dtype=np.int32, count=plan.n_tokens))
     np.save(starts_path, plan.offsets[real].astype(np.int64))
     np.save(arrival_path(out_path), plan.arrival_sequences())
     file.commit()
@@ -321,12 +351,20 @@ def _finish(plan: _Plan, rows, file: AtomicFile, loaded, started: float, positio
         n_sequences=plan.n_texts,
         seconds=seconds,
         tokens_per_s=plan.n_tokens / seconds if seconds > 0 else math.inf,
-        real_token_share=plan.n_tokens / positions_computed if positions_computed else 1.0,
+        # The model computed special tokens' positions too: they are real tokens, not padding.
+        real_token_share=_real_positions(plan) / positions_computed if positions_computed else 1.0,
         dtype=str(loaded.dtype).removeprefix("torch."),
         tokens_path=tokens_path,
         sequence_starts_path=starts_path,
         overlapped=overlapped,
+        hook_point=plan.hook_point,
+        prepend_bos=plan.prepend_bos,
+        exclude_special_tokens=plan.exclude_special_tokens,
     )
+
+
+def _real_positions(plan: _Plan) -> int:
+    return sum(len(plan.ids[i]) for batch in plan.batches for i in batch)
 
 
 def _pad(sequences: list[list[int]], pad_id: int, device: str):

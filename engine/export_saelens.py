@@ -28,11 +28,15 @@ def export_saelens(
     model_name: str | None,
     hook_name: str | None,
     context_size: int | None,
+    prepend_bos: bool | None = None,
+    exclude_special_tokens: bool | None = None,
     dtype: str = "float32",
     feature_density: np.ndarray | None = None,
 ) -> Path:
     """`feature_density` is the fraction of tokens each feature fires on ([d_sae]); without it no
-    sparsity.safetensors is written."""
+    sparsity.safetensors is written. `context_size` counts the BOS, as SAELens' does;
+    `prepend_bos` and `exclude_special_tokens` are what SAELens' ActivationsStore.from_sae and its
+    evals read (None when trained from an activations file)."""
     if dtype not in _DTYPES:
         raise EngineError(f"dtype must be one of {', '.join(_DTYPES)}, not '{dtype}'")
     folder = Path(folder)
@@ -53,6 +57,8 @@ def export_saelens(
             "hook_name": hook_name,
             # None when trained from an activations file: there were no sequences.
             "context_size": None if context_size is None else int(context_size),
+            "prepend_bos": prepend_bos,
+            "exclude_special_tokens": exclude_special_tokens,
             "trained_architecture": sae.architecture,
         },
     }

@@ -1,18 +1,31 @@
-"""Next-token loss of a causal LM with an SAE spliced in at one layer.
+"""Next-token loss of a causal LM with an SAE spliced in at one hook point of one layer.
 
 The standard downstream check of an SAE (SAELens' evals; Bricken et al. 2023): the LM's
-cross-entropy clean, with the layer's output replaced by the SAE's reconstruction, and with the
-layer's output zero-ablated; `ce_loss_recovered` = (zero − sae) / (zero − clean), 1 being perfect,
-or None with `ce_loss_reason` saying why when zero-ablation leaves the loss where it was.
+cross-entropy clean, with the hook point's value (engine.hooks: block L's output, its input, its
+attention's or MLP's output) replaced by the SAE's reconstruction, and with it zero-ablated;
+`ce_loss_recovered` = (zero − sae) / (zero − clean), 1 being perfect, or None with
+`ce_loss_reason` saying why when zero-ablation leaves the loss where it was.
 
-Beside it, as SAELens names them: `kl_div_with_sae` and `kl_div_with_ablation`, the mean over
-predicted tokens of KL(clean || spliced) between the next-token distributions, in nats, and
+The sequences are the ones extraction feeds the model (engine.sequences: the BOS put in front
+exactly as there). With exclude_special_tokens, as in SAELens' get_recons_loss:
+- no splice at a special token's position: the original value stays there, for the SAE and for
+  the zero-ablation alike (SAELens keeps it for the SAE and zeroes every position when ablating;
+  keeping it in both compares the SAE with an ablation of the same positions it replaces, and
+  ablating the BOS, an attention sink, would inflate the recovered share);
+- no loss on a prediction made from a special token's position (the prediction at the BOS of the
+  first text token): `ce_eval_tokens` counts the predictions that are measured.
+
+Beside it, as SAELens names them: `kl_div_with_sae` and `kl_div_with_ablation`, the mean over the
+measured predictions of KL(clean || spliced) between the next-token distributions, in nats, and
 `kl_div_score` = (ablation − sae) / ablation, 1 being perfect.
 """
 from collections.abc import Callable
 
 from engine.errors import EngineError
+from engine.hooks import DEFAULT_HOOK_POINT, register_writer
 from engine.loading import LoadedModel
+from engine.model_info import is_causal_lm
+from engine.sequences import encode
 
 # Below this change of mean loss (nats per predicted token) from zero-ablating the layer, the
 # recovered fraction divides by ~0 and means nothing.
@@ -28,36 +41,43 @@ def ce_loss_evaluation(
     max_sequence_length: int,
     batch_size: int,
     max_tokens: int = 20_000,
+    hook_point: str = DEFAULT_HOOK_POINT,
+    prepend_bos: bool = True,
+    exclude_special_tokens: bool = True,
 ) -> dict:
     import torch
 
     if getattr(loaded.model, "get_output_embeddings", lambda: None)() is None:
         raise EngineError("The model was loaded without its LM head: load it with with_lm_head=True")
-    kept = _sequences(loaded, texts, max_sequence_length=max_sequence_length, max_tokens=max_tokens)
+    kept = _sequences(loaded, texts, max_sequence_length=max_sequence_length, max_tokens=max_tokens,
+                      prepend_bos=prepend_bos, exclude_special_tokens=exclude_special_tokens)
 
-    mode = {"value": "clean"}
+    mode = {"value": "clean", "rows": None}  # rows: the batch's positions that are rows [batch, positions]
 
-    def splice(_module, _inputs, output):
+    def splice(hidden):
         if mode["value"] == "clean":
             return None
-        hidden = output[0] if isinstance(output, tuple) else output
         if mode["value"] == "sae":
             replaced = reconstruct(hidden.float()).to(hidden.dtype)
         else:
             replaced = torch.zeros_like(hidden)
-        return (replaced, *output[1:]) if isinstance(output, tuple) else replaced
+        # Special tokens' positions keep their value (see the module's docstring).
+        return torch.where(mode["rows"][..., None], replaced, hidden)
 
     totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     kl_totals = {"sae": 0.0, "zero": 0.0}
     n_predicted = 0
-    handle = loaded.blocks[layer_number].register_forward_hook(splice)
+    handle = register_writer(loaded.blocks[layer_number], hook_point, splice)
     pad_id = loaded.tokenizer.pad_token_id
     try:
         with torch.inference_mode():
             for start in range(0, len(kept), batch_size):
-                input_ids, mask = _padded(kept[start : start + batch_size], pad_id, loaded.device)
+                batch = kept[start : start + batch_size]
+                input_ids, mask = _padded([ids for ids, _ in batch], pad_id, loaded.device)
+                mode["rows"] = _padded_rows([rows for _, rows in batch], input_ids.shape, loaded.device)
                 targets = input_ids[:, 1:]
-                predicted = mask[:, 1:].bool()
+                # A prediction is measured where there is a next token and it is made from a row.
+                predicted = mask[:, 1:].bool() & mode["rows"][:, :-1]
                 n_predicted += int(predicted.sum())
                 for name in totals:  # clean first: the spliced distributions are compared with it
                     mode["value"] = name
@@ -75,14 +95,20 @@ def ce_loss_evaluation(
     return {**_summary(totals, n_predicted, layer_number), **_kl_summary(kl_totals, n_predicted, layer_number)}
 
 
-def _sequences(loaded, texts, *, max_sequence_length: int, max_tokens: int) -> list[list[int]]:
-    """The held-out sequences of two or more tokens, up to about max_tokens of them."""
-    encoded = loaded.tokenizer(list(texts), truncation=True, max_length=max_sequence_length, padding=False)
+def _sequences(loaded, texts, *, max_sequence_length: int, max_tokens: int, prepend_bos: bool,
+               exclude_special_tokens: bool) -> list:
+    """(token ids, which positions are rows) of the held-out sequences with a prediction to
+    measure (a row followed by a token), up to about max_tokens tokens of them."""
+    sequences = encode(loaded.tokenizer, texts, max_sequence_length=max_sequence_length,
+                       causal=is_causal_lm(loaded.config), prepend_bos=prepend_bos,
+                       exclude_special_tokens=exclude_special_tokens)
     kept, budget = [], max_tokens
-    for ids in (ids for ids in encoded["input_ids"] if len(ids) >= 2):
+    for ids, rows in zip(sequences.ids, sequences.keep):
+        if len(ids) < 2 or not rows[:-1].any():
+            continue
         if budget <= 0:
             break
-        kept.append(ids)
+        kept.append((ids, rows))
         budget -= len(ids)
     if not kept:
         raise EngineError("No held-out sequence has two or more tokens to measure next-token loss on")
@@ -99,6 +125,15 @@ def _padded(batch: list[list[int]], pad_id, device):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         mask[row, : len(ids)] = 1
     return input_ids.to(device), mask.to(device)
+
+
+def _padded_rows(rows: list, shape, device):
+    import torch
+
+    padded = torch.zeros(shape, dtype=torch.bool)
+    for row, kept in enumerate(rows):
+        padded[row, : len(kept)] = torch.from_numpy(kept)
+    return padded.to(device)
 
 
 def _summary(totals: dict, n_predicted: int, layer_number: int) -> dict:

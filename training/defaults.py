@@ -5,6 +5,7 @@ are the seed's contract; tests/training/test_defaults.py checks that every place
 from dataclasses import dataclass
 
 from engine.defaults import SaeDefaults
+from engine.hooks import DEFAULT_HOOK_POINT
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,10 @@ class JobDefaults(SaeDefaults):
     batch_size: int = 16  # sequences per forward pass of the language model
     max_sequence_length: int = 512
     quantization: str = "none"  # TrainingJob.Quantization.NONE
+    # Where in the block the SAE reads (engine.hooks), and how sequences are made (engine.sequences).
+    hook_point: str = DEFAULT_HOOK_POINT
+    exclude_special_tokens: bool = True
+    prepend_bos: bool = True
 
 
 DEFAULTS = JobDefaults()

@@ -21,6 +21,7 @@ def status_document(job: TrainingJob) -> dict:
         "message": job.message,
         "device": job.device,
         "tokens_per_s": job.tokens_per_s,
+        "hook_point": job.hook_point or None,
         "model_info": job.model_info,
         "last_checkpoint": last.path if last else None,
         "created_at": job.created_at,
@@ -50,6 +51,9 @@ def result_document(job: TrainingJob) -> dict:
         "architecture": job.architecture,
         "k": job.k,
         "gpu_ids": job.gpu_ids,
+        "hook_point": job.hook_point or None,
+        "exclude_special_tokens": job.exclude_special_tokens,
+        "prepend_bos": job.prepend_bos,
         "evaluation": job.evaluation,
         "exports": job.exports,
     }

@@ -60,6 +60,10 @@ def job_spec(job: TrainingJob, device: str):
         corpus=Path(job.corpus.path) if job.corpus_id else None,
         activations_file=None if on_model else Path(job.activations_file),
         layer_number=job.layer_number,
+        # An activations file's job records none of these (blank/null): the engine ignores them there.
+        hook_point=job.hook_point or "resid_post",
+        exclude_special_tokens=bool(job.exclude_special_tokens),
+        prepend_bos=bool(job.prepend_bos),
         max_sequence_length=job.max_sequence_length,
         batch_size=job.batch_size,
         quantization=None if job.quantization == TrainingJob.Quantization.NONE else job.quantization,

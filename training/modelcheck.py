@@ -72,6 +72,40 @@ def check_gpu_request(gpu_id: int | None, quantization: str, *, gpu_ids: list[in
         )
 
 
+def check_hook_point_name(hook_point: str) -> None:
+    from engine.hooks import HOOK_POINTS
+
+    if hook_point not in HOOK_POINTS:
+        raise ServiceError(f"hook_point {hook_point!r} is not a hook point: choose one of {', '.join(HOOK_POINTS)}.")
+
+
+def check_hook_point(described, hook_point: str, *, model_name: str) -> None:
+    """A hook point the model has (engine.hooks, read from a model built on the meta device: no
+    weights, no CUDA). Every model has its blocks' input and output, so those are not built for."""
+    from engine.hooks import RESIDUAL_POINTS
+
+    check_hook_point_name(hook_point)
+    if hook_point in RESIDUAL_POINTS:
+        return
+    points = hook_points(described)
+    if points is None:
+        raise ServiceError(f"hook_point {hook_point!r}: the blocks of {model_name} could not be read to find it; "
+                           "use resid_post or resid_pre.")
+    if hook_point not in points:
+        raise ServiceError(f"hook_point {hook_point!r}: {model_name} has no {hook_point} that can be found; "
+                           f"its hook points are {', '.join(points)}.")
+
+
+def hook_points(described) -> tuple[str, ...] | None:
+    """The model's hook points, or None when its architecture cannot be built to look."""
+    from engine.hooks import available_hook_points_for_config
+
+    try:
+        return available_hook_points_for_config(described.config)
+    except Exception:  # noqa: BLE001 - transformers raises many types for configs it cannot build
+        return None
+
+
 def check_activations_file(path: str) -> None:
     from engine.cache import load_activations
 
@@ -265,6 +299,8 @@ def validation_report(*, model_name: str, huggingface_token: str | None = None) 
             "parameter_count": info.parameter_count,
             "is_causal_lm": info.is_causal_lm,
             "source": resolved.source,
+            # What a job's hook_point may be (engine.hooks); null when the blocks cannot be read.
+            "hook_points": list(points) if (points := hook_points(described)) is not None else None,
         },
         "memory_requirements": {
             "minimum_gb": recommendations["min_gpu_memory_gb"],

@@ -5,6 +5,7 @@ from django.db import models
 from django.utils import timezone
 
 from engine import sae as architectures
+from engine.hooks import HOOK_POINTS
 from training.defaults import DEFAULTS
 
 
@@ -80,6 +81,15 @@ class TrainingJob(models.Model):
     architecture = models.CharField(max_length=architectures.MAX_NAME_LENGTH, choices=architecture_choices, default=DEFAULTS.architecture)
     k = models.IntegerField(null=True, blank=True, help_text="Active features per token (topk, batchtopk).")
     target_l0 = models.FloatField(null=True, blank=True, help_text="jumprelu: penalise L0 towards this target.")
+    # Where in block layer_number the SAE reads (engine.hooks) and how the corpus's sequences are
+    # made (engine.sequences). Blank and null for a job on an activations file: its rows came from
+    # elsewhere.
+    hook_point = models.CharField(max_length=16, choices=[(p, p) for p in HOOK_POINTS], default=DEFAULTS.hook_point,
+                                  blank=True, help_text="resid_post, resid_pre, mlp_out or attn_out of block layer_number.")
+    exclude_special_tokens = models.BooleanField(null=True, blank=True, default=DEFAULTS.exclude_special_tokens,
+                                                 help_text="No activation rows at BOS/CLS/SEP/EOS/padding positions.")
+    prepend_bos = models.BooleanField(null=True, blank=True, default=DEFAULTS.prepend_bos,
+                                      help_text="A causal LM's sequences start with its tokenizer's BOS.")
 
     # The Hugging Face token, Fernet-encrypted, kept only while the job may still need it.
     encrypted_hf_token = models.TextField(blank=True, editable=False)

@@ -11,7 +11,7 @@ from training.models import TrainingJob
 def optimizations_applied(job: TrainingJob) -> str:
     """What this job will do to save time and memory, in the seed's words."""
     applied = [
-        f"extraction stops after block {job.layer_number} under inference mode",
+        f"extraction stops once it has blocks.{job.layer_number}.hook_{job.hook_point or 'resid_post'}, under inference mode",
         f"bf16 weights on GPU, {'bf16' if cpu_uses_bf16(settings.CPU_BF16) else 'fp32'} on CPU (MISTUDIO_CPU_BF16)",
     ]
     if job.quantization != TrainingJob.Quantization.NONE:
@@ -56,6 +56,9 @@ def job_parameters(job: TrainingJob) -> list[tuple[str, object]]:
         ("Source", job.source_description),
         ("Corpus", job.corpus.name if job.corpus_id else None),
         ("Layer", None if job.activations_file else job.layer_number),
+        ("Hook point", job.hook_point or None),
+        ("Special tokens excluded", job.exclude_special_tokens),
+        ("BOS prepended (causal LMs)", job.prepend_bos),
         ("Architecture", job.architecture),
         ("k", job.k),
         ("Target L0", job.target_l0),

@@ -2,6 +2,7 @@
 from rest_framework import serializers
 
 from engine import sae as architectures
+from engine.hooks import HOOK_POINTS
 
 from training.defaults import DEFAULTS
 from training.models import TrainingJob
@@ -23,6 +24,14 @@ class TrainRequestSerializer(serializers.Serializer):
     max_sequence_length = serializers.IntegerField(default=DEFAULTS.max_sequence_length, min_value=1, max_value=131_072)
     sae_batch_tokens = serializers.IntegerField(default=DEFAULTS.sae_batch_tokens, min_value=1, max_value=1_048_576, help_text="Tokens per SAE optimizer step")
     quantization = serializers.ChoiceField(choices=TrainingJob.Quantization.values, default=DEFAULTS.quantization, help_text="Load the model in 8-bit or 4-bit (CUDA only)")
+    hook_point = serializers.ChoiceField(
+        choices=list(HOOK_POINTS), default=DEFAULTS.hook_point,
+        error_messages={"invalid_choice": f'"{{input}}" is not a hook point: choose one of {", ".join(HOOK_POINTS)}.'},
+        help_text="Where in block layer_number the SAE reads: resid_post (the block's output), resid_pre (its input), "
+                  "mlp_out or attn_out (the MLP's or attention's output as added to the residual stream); "
+                  "TransformerLens' blocks.L.hook_<point>")
+    exclude_special_tokens = serializers.BooleanField(default=DEFAULTS.exclude_special_tokens, help_text="Leave positions holding a special token (BOS, CLS, SEP, EOS, padding) out of training and evaluation; the model still sees them")
+    prepend_bos = serializers.BooleanField(default=DEFAULTS.prepend_bos, help_text="Start a causal LM's sequences with its tokenizer's BOS (once, whether or not the tokenizer adds one itself), as TransformerLens and SAELens do; encoders add their own CLS and SEP")
 
     def get_fields(self):
         # The registered architectures (engine.sae) and the request fields they take (k, target_l0).
@@ -76,6 +85,7 @@ class StatusSerializer(serializers.Serializer):
     message = serializers.CharField()
     device = serializers.CharField(allow_blank=True)
     tokens_per_s = serializers.FloatField(allow_null=True, help_text="Tokens per second of the current phase (extraction or training)")
+    hook_point = serializers.CharField(allow_null=True, required=False, help_text="Where in the layer the SAE reads; null for a job on an activations file")
     model_info = ModelInfoSerializer(allow_null=True)
     last_checkpoint = serializers.CharField(allow_null=True)
     created_at = serializers.DateTimeField()
@@ -176,6 +186,9 @@ class ResultSerializer(serializers.Serializer):
     architecture = serializers.ChoiceField(choices=architectures.names())
     k = serializers.IntegerField(allow_null=True)
     gpu_ids = serializers.ListField(child=serializers.IntegerField(), allow_null=True, help_text="The GPUs that trained the SAE together (DDP); null for a one-device job")
+    hook_point = serializers.CharField(allow_null=True, help_text="Where in the layer the SAE read (TransformerLens' blocks.L.hook_<point>); null for a job on an activations file")
+    exclude_special_tokens = serializers.BooleanField(allow_null=True, help_text="Special tokens' positions were no rows; null for a job on an activations file")
+    prepend_bos = serializers.BooleanField(allow_null=True, help_text="As asked; the metadata file and the SAELens cfg say whether a BOS was put in front (never for an encoder); null for a job on an activations file")
     evaluation = EvaluationSerializer(allow_null=True)
     exports = ExportsSerializer(allow_null=True)
 

@@ -50,12 +50,16 @@ class JobRequest:
     architecture: str = DEFAULTS.architecture
     k: int | None = DEFAULTS.k
     target_l0: float | None = DEFAULTS.target_l0
+    hook_point: str = DEFAULTS.hook_point
+    exclude_special_tokens: bool = DEFAULTS.exclude_special_tokens
+    prepend_bos: bool = DEFAULTS.prepend_bos
 
 
 def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_path: bool = False) -> TrainingJob:
     """Validate a request against the real corpus, model and machine, save the job, and queue it
     once the transaction commits (the worker must find the row it is handed)."""
     quantization = request.quantization or TrainingJob.Quantization.NONE
+    modelcheck.check_hook_point_name(request.hook_point)
     _check_architecture(request)
     _check_gpu_ids(request)
     modelcheck.check_gpu_request(request.gpu_id, quantization, gpu_ids=request.gpu_ids)
@@ -79,6 +83,9 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
     # The request's fields are the job's columns, but for the corpus (a row) and the token (encrypted).
     columns = {name: value for name, value in asdict(request).items() if name not in ("corpus_file", "huggingface_token")}
     columns["quantization"] = quantization
+    if request.activations_file:
+        # Rows from elsewhere: no hook point or tokenization of ours applies, so none is recorded.
+        columns.update(hook_point="", exclude_special_tokens=None, prepend_bos=None)
     model_info = described.info.to_dict() if described is not None else None
     with transaction.atomic():
         job = TrainingJob.objects.create(
@@ -114,6 +121,7 @@ def _checked_model_and_corpus(owner, request: JobRequest, *, any_local_path: boo
             f"{total} layers, so choose 0 to {total - 1}."
         )
     described.info.selected_layer = request.layer_number
+    modelcheck.check_hook_point(described, request.hook_point, model_name=request.model_name)
     return corpus, described
 
 

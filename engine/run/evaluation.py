@@ -28,8 +28,13 @@ def _ce_loss(spec, result, *, model_name, loaded, texts, heldout_start) -> dict:
         return {**_NO_CE_LOSS, "ce_loss_reason": f"{model_name} is not a causal language model: next-token loss does not apply"}
     from engine.lm_eval import ce_loss_evaluation
 
+    from engine.model_info import is_causal_lm
+    from engine.sequences import encode
+
     # The held-out rows are the corpus's last sequences (rows are stored in corpus order).
-    lengths = [len(ids) for ids in loaded.tokenizer(texts, truncation=True, max_length=spec.max_sequence_length)["input_ids"]]
+    lengths = encode(loaded.tokenizer, texts, max_sequence_length=spec.max_sequence_length,
+                     causal=is_causal_lm(loaded.config), prepend_bos=spec.prepend_bos,
+                     exclude_special_tokens=spec.exclude_special_tokens).rows
     offset, heldout_texts = 0, []
     for text, length in zip(texts, lengths):
         if offset >= heldout_start:
@@ -42,4 +47,6 @@ def _ce_loss(spec, result, *, model_name, loaded, texts, heldout_start) -> dict:
 
     # Its ce_loss_reason says why ce_loss_recovered is None, when it is.
     return ce_loss_evaluation(loaded, heldout_texts, layer_number=spec.layer_number, reconstruct=reconstruct,
-                              max_sequence_length=spec.max_sequence_length, batch_size=spec.batch_size)
+                              max_sequence_length=spec.max_sequence_length, batch_size=spec.batch_size,
+                              hook_point=spec.hook_point, prepend_bos=spec.prepend_bos,
+                              exclude_special_tokens=spec.exclude_special_tokens)

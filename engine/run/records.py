@@ -41,7 +41,8 @@ def training_stats(result, activations, features: dict, *, extra: dict, extracti
 
 
 def metadata(spec, result, activations, activations_path, *, model_name, model_info, corpus_name, saved_weights,
-             training_stats, evaluation, saelens) -> dict:
+             training_stats, evaluation, saelens, tokens) -> dict:
+    """`tokens`: the hook point and how sequences were made (the runner's _tokens)."""
     config = spec.config
     from_file = spec.activations_file is not None
     return {
@@ -49,6 +50,12 @@ def metadata(spec, result, activations, activations_path, *, model_name, model_i
         "model_name": model_name,
         "model_info": model_info,
         "layer_number": None if from_file else spec.layer_number,
+        "hook_point": tokens["hook_point"],
+        "hook_name": tokens["hook_name"],
+        # Effective: whether a BOS was put in front of every sequence (engine.sequences).
+        "prepend_bos": tokens["prepend_bos"],
+        "exclude_special_tokens": tokens["exclude_special_tokens"],
+        "hook_point_reason": tokens["reason"],
         "corpus": corpus_name,
         "activations_path": str(activations_path),
         "activations_shape": list(activations.shape),

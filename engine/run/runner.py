@@ -120,7 +120,8 @@ class _Run:
     def _extract_options(self) -> dict:
         spec = self.spec
         return dict(layer_number=spec.layer_number, batch_size=spec.batch_size, max_sequence_length=spec.max_sequence_length,
-                    out_path=spec.paths.activations, seed=spec.config.seed)
+                    out_path=spec.paths.activations, seed=spec.config.seed, hook_point=spec.hook_point,
+                    prepend_bos=spec.prepend_bos, exclude_special_tokens=spec.exclude_special_tokens)
 
     def _extract_and_train(self):
         """Extraction in a background thread, training on its rows as they arrive: (the training
@@ -167,11 +168,12 @@ class _Run:
         evaluation, feature_density = evaluate(spec, result, activations, model_name=model_name, loaded=self.loaded,
                                                texts=self.texts)
         saved_weights = save_sae(spec.paths.model, result.sae, result.scaling_factor)
+        tokens = self._tokens()
         saelens = export_saelens(
             spec.paths.saelens_dir, result.sae, result.scaling_factor, model_name=model_name or None,
-            # TransformerLens' name for the residual stream after block L: what our layer output is.
-            hook_name=None if from_file else f"blocks.{spec.layer_number}.hook_resid_post",
-            context_size=None if from_file else spec.max_sequence_length, feature_density=feature_density,
+            hook_name=tokens["hook_name"], context_size=None if from_file else spec.max_sequence_length,
+            prepend_bos=tokens["prepend_bos"], exclude_special_tokens=tokens["exclude_special_tokens"],
+            feature_density=feature_density,
         )
         # One pass over the activations after training: the analysis counts what the feature
         # statistics need too.
@@ -182,7 +184,7 @@ class _Run:
         metadata = records.metadata(
             spec, result, activations, path, model_name=model_name or None,
             model_info=self.model_info, corpus_name=corpus_name, saved_weights=saved_weights,
-            training_stats=stats, evaluation=evaluation, saelens=saelens,
+            training_stats=stats, evaluation=evaluation, saelens=saelens, tokens=tokens,
         )
         write_metadata(spec.paths.metadata, metadata)
         return RunOutcome(
@@ -190,6 +192,26 @@ class _Run:
             activations_path=Path(path), extraction=self.extraction, evaluation=evaluation, training_stats=stats,
             exports={"saelens": saelens}, features_dir=features_dir, features=features_info, metadata=metadata,
         )
+
+    def _tokens(self) -> dict:
+        """Where the rows were read and how their sequences were made, as they were (the effective
+        prepend_bos: engine.sequences); None with the reason for an activations file."""
+        spec = self.spec
+        if spec.activations_file is not None:
+            return {"hook_point": None, "hook_name": None, "prepend_bos": None, "exclude_special_tokens": None,
+                    "reason": "trained from an activations file: its rows came from elsewhere, so no hook point or "
+                              "tokenization is known"}
+        from engine.hooks import transformerlens_name
+        from engine.sequences import effective_prepend_bos
+
+        # Only a causal LM gets a BOS put in front, and a causal LM stays loaded (evaluation needs
+        # it); an encoder's may be gone by now, and needs none.
+        causal = bool(self._model_info().get("is_causal_lm"))
+        tokenizer = self.loaded.tokenizer if self.loaded is not None else None
+        return {"hook_point": spec.hook_point, "hook_name": transformerlens_name(spec.hook_point, spec.layer_number),
+                "prepend_bos": tokenizer is not None and effective_prepend_bos(
+                    tokenizer, causal=causal, prepend_bos=spec.prepend_bos),
+                "exclude_special_tokens": spec.exclude_special_tokens, "reason": None}
 
     def _analyze(self, result, activations, path):
         """(the analysis' folder, what it did, the feature_statistics); no folder when cancelled."""

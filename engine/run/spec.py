@@ -57,7 +57,13 @@ class RunSpec:
     model: ResolvedModel | str | None = None
     corpus: Path | None = None  # text, one sequence per non-empty line (engine.corpus)
     activations_file: Path | None = None  # .npy or .safetensors [tokens, d_model]: no model, no extraction
-    layer_number: int = 0  # 0-based block whose output is the SAE's input
+    layer_number: int = 0  # 0-based block the SAE reads at
+    # Where in block layer_number (engine.hooks): "resid_post" (its output), "resid_pre" (its
+    # input), "mlp_out", "attn_out". The next two: engine.sequences. All three are ignored for an
+    # activations_file (its metadata records them as absent).
+    hook_point: str = "resid_post"
+    exclude_special_tokens: bool = True
+    prepend_bos: bool = True
     max_sequence_length: int = 512
     batch_size: int = 16  # sequences per forward pass of the model
     quantization: str | None = None  # "8bit" | "4bit" (CUDA only)

@@ -176,3 +176,12 @@ def test_an_oversized_admin_upload_is_refused_with_a_message(staff_client, setti
     assert response.status_code == 200
     assert "MISTUDIO_CORPUS_MAX_BYTES" in response.content.decode()
     assert not Corpus.objects.exists()
+
+
+def test_a_job_page_shows_its_hook_point_and_special_token_settings(staff_client, alice):
+    job = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2", hook_point="mlp_out", prepend_bos=False)
+    page = staff_client.get(reverse("admin:training_trainingjob_change", args=[quote(job.id)])).content.decode()
+    assert "Hook point" in page and "mlp_out" in page
+    assert "Exclude special tokens" in page and "Prepend bos" in page
+    filtered = staff_client.get("/admin/training/trainingjob/?hook_point__exact=mlp_out").content.decode()
+    assert job.id in filtered

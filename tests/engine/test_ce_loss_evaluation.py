@@ -52,15 +52,33 @@ def test_when_ablation_leaves_the_loss_unchanged_recovery_is_null_and_says_why(t
     assert result["kl_div_score"] is None and "KL score is undefined" in result["kl_div_reason"]
 
 
-def test_the_clean_loss_is_the_models_own_loss(gpt2_with_head, sample_texts):
+def test_the_clean_loss_is_the_models_own_loss_after_a_bos_not_counting_the_prediction_at_the_bos(gpt2_with_head, sample_texts):
+    # The defaults: a BOS in front (GPT-2's tokenizer adds none), and no loss on the prediction
+    # made from the BOS, a special token (label -100 is what the model's own loss skips).
+    import torch
+
+    tok = gpt2_with_head.tokenizer
+    ids = torch.tensor([[tok.bos_token_id, *tok(sample_texts[0])["input_ids"]]])
+    labels = ids.clone()
+    labels[0, 1] = -100
+    with torch.inference_mode():
+        expected = gpt2_with_head.model(input_ids=ids, labels=labels).loss.item()
+    result = evaluate(gpt2_with_head, sample_texts[:1], lambda x: x)
+    assert result["ce_loss_clean"] == pytest.approx(expected, rel=1e-4)
+    assert result["ce_eval_tokens"] == ids.shape[1] - 2
+
+
+def test_without_a_bos_or_exclusions_the_clean_loss_is_the_models_own_loss(gpt2_with_head, sample_texts):
     import torch
 
     tok = gpt2_with_head.tokenizer
     ids = tok(sample_texts[0], return_tensors="pt").input_ids
     with torch.inference_mode():
         expected = gpt2_with_head.model(input_ids=ids, labels=ids).loss.item()
-    result = evaluate(gpt2_with_head, sample_texts[:1], lambda x: x)
+    result = ce_loss_evaluation(gpt2_with_head, sample_texts[:1], layer_number=1, reconstruct=lambda x: x,
+                                max_sequence_length=24, batch_size=4, prepend_bos=False, exclude_special_tokens=False)
     assert result["ce_loss_clean"] == pytest.approx(expected, rel=1e-4)
+    assert result["ce_eval_tokens"] == ids.shape[1] - 1
 
 
 def test_a_model_without_its_head_is_refused(tiny_gpt2_dir, sample_texts):
@@ -75,7 +93,10 @@ def test_the_kl_divergence_is_the_mean_over_predicted_tokens_of_the_clean_to_spl
     loaded = load_model(resolve_model(str(tiny_gpt2_dir), models_dir=None), device="cpu", with_lm_head=True)
     with torch.no_grad():  # a sharp final norm: peaked distributions, so KL's two directions differ
         loaded.model.transformer.ln_f.weight.mul_(40)
-    flipped = evaluate(loaded, sample_texts[:1], lambda x: -x)
+    # No BOS and every position spliced: the plain per-token KL, computed below by hand.
+    flipped = ce_loss_evaluation(loaded, sample_texts[:1], layer_number=1, reconstruct=lambda x: -x,
+                                 max_sequence_length=24, batch_size=4, prepend_bos=False,
+                                 exclude_special_tokens=False)
     ids = loaded.tokenizer(sample_texts[0], return_tensors="pt").input_ids
     with torch.inference_mode():
         clean = torch.log_softmax(loaded.model(input_ids=ids).logits[0, :-1].double(), dim=-1)

@@ -82,9 +82,28 @@ def test_a_run_trains_evaluates_exports_and_analyses_an_sae_on_a_causal_lm(tmp_p
     assert metadata["layer_number"] == 1 and metadata["training"]["seed"] == 0
     cfg = json.loads((outcome.exports["saelens"] / "cfg.json").read_text())
     assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post" and cfg["metadata"]["context_size"] == 16
+    assert cfg["metadata"]["prepend_bos"] is True and cfg["metadata"]["exclude_special_tokens"] is True
+    assert (metadata["hook_point"], metadata["hook_name"], metadata["prepend_bos"], metadata["exclude_special_tokens"]) == (
+        "resid_post", "blocks.1.hook_resid_post", True, True)
     assert outcome.features_dir == paths.features_dir
     assert outcome.features["contexts"] is True and outcome.features["logit_effect"] is True
     assert (paths.features_dir / "tokens.json").is_file()
+
+
+def test_a_run_at_another_hook_point_names_it_in_its_files_as_it_ran(tmp_path, minilm_dir, tiny_llama_dir, corpus):
+    outcome = run(model_spec(tmp_path / "llama", tiny_llama_dir, corpus, hook_point="mlp_out", prepend_bos=False,
+                             exclude_special_tokens=False))
+    cfg = json.loads((outcome.exports["saelens"] / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.1.hook_mlp_out"
+    assert (cfg["metadata"]["prepend_bos"], cfg["metadata"]["exclude_special_tokens"]) == (False, False)
+    assert (outcome.metadata["hook_point"], outcome.metadata["hook_name"]) == ("mlp_out", "blocks.1.hook_mlp_out")
+    assert outcome.extraction.hook_point == "mlp_out" and outcome.evaluation["ce_loss_reason"] is None
+
+    # An encoder's sequences get no BOS however prepend_bos is set: the effective value is recorded.
+    encoder = run(model_spec(tmp_path / "bert", minilm_dir, corpus, hook_point="attn_out"))
+    cfg = json.loads((encoder.exports["saelens"] / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.1.hook_attn_out" and cfg["metadata"]["prepend_bos"] is False
+    assert encoder.metadata["prepend_bos"] is False and encoder.metadata["exclude_special_tokens"] is True
 
 
 def test_a_run_whose_first_epoch_follows_the_extraction_order_trains_while_it_extracts(tmp_path, tiny_gpt2_dir, corpus):
@@ -131,6 +150,8 @@ def test_a_run_on_an_activations_file_needs_no_model(tmp_path):
     assert not (outcome.features_dir / "tokens.json").exists()
     metadata = json.loads((tmp_path / "out" / "mine_metadata.json").read_text())
     assert metadata["layer_number"] is None and metadata["model_name"] is None and metadata["activations_shape"] == [800, 16]
+    assert metadata["hook_point"] is None and metadata["prepend_bos"] is None and metadata["exclude_special_tokens"] is None
+    assert "activations file" in metadata["hook_point_reason"]
     assert (tmp_path / "out" / "mine_sae.pt").is_file() and (tmp_path / "out" / "mine_saelens" / "cfg.json").is_file()
 
 

@@ -120,9 +120,10 @@ def test_the_ranks_agree_on_a_timed_decode_path(runs):
 # A job over gpu_ids=[0, 1] on this CPU machine: the worker (job_run, in this process) runs real
 # torchrun with two gloo processes.
 
-# Sequences of at most 14 tokens give 5442 training rows: even, so two ranks split every batch
-# (the last one of an epoch too) exactly as one process trains it.
-JOB = dict(model_name="tiny/gpt2", layer_number=1, hidden_dim=64, max_sequence_length=14, learning_rate=1e-3,
+# Sequences of at most 15 tokens (the BOS put in front counts in them and is no row: 14 text
+# tokens) give 5442 training rows: even, so two ranks split every batch (the last one of an epoch
+# too) exactly as one process trains it.
+JOB = dict(model_name="tiny/gpt2", layer_number=1, hidden_dim=64, max_sequence_length=15, learning_rate=1e-3,
            architecture="topk", k=8, min_loss=0, sae_batch_tokens=512)
 
 

@@ -8,8 +8,10 @@ import pytest
 from drf_spectacular.generators import SchemaGenerator
 
 from engine.defaults import SaeDefaults
+from engine.run import RunSpec
 from engine.trainer import TrainConfig
 from engine import sae as architectures
+from engine.hooks import HOOK_POINTS
 from training.defaults import DEFAULTS, JobDefaults
 from training.management.commands.train import TrainOptions
 from training.models import TrainingJob
@@ -19,7 +21,8 @@ from training.services import JobRequest
 # /work/shared/seed/miStudioTrain-API.md, TrainingRequest, and miStudio's additions.
 SEED = {"layer_number": 12, "hidden_dim": 1024, "sparsity_coeff": 0.001, "learning_rate": 0.0001,
         "batch_size": 16, "max_epochs": 50, "min_loss": 0.01, "max_sequence_length": 512}
-MISTUDIO = {"sae_batch_tokens": 4096, "quantization": "none", "architecture": "relu", "k": None, "target_l0": None}
+MISTUDIO = {"sae_batch_tokens": 4096, "quantization": "none", "architecture": "relu", "k": None, "target_l0": None,
+            "hook_point": "resid_post", "exclude_special_tokens": True, "prepend_bos": True}
 FIELDS = [field.name for field in dataclasses.fields(JobDefaults)]
 
 
@@ -51,6 +54,8 @@ def test_every_place_that_states_a_default_states_the_same_one(name, schema_defa
     }
     if name in TrainConfig.__dataclass_fields__:
         places["TrainConfig"] = TrainConfig.__dataclass_fields__[name].default
+    if name in ("hook_point", "exclude_special_tokens", "prepend_bos"):  # what a notebook's run gets too
+        places["RunSpec"] = RunSpec.__dataclass_fields__[name].default
     assert places == dict.fromkeys(places, getattr(DEFAULTS, name))
 
 
@@ -63,3 +68,4 @@ def test_the_memory_check_estimates_for_the_same_defaults():
 def test_the_default_choices_are_valid_choices():
     assert DEFAULTS.quantization in TrainingJob.Quantization.values
     assert DEFAULTS.architecture in architectures.names()
+    assert DEFAULTS.hook_point in HOOK_POINTS

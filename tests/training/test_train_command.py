@@ -54,6 +54,19 @@ def test_it_trains_from_a_model_and_a_corpus_path_and_prints_the_result_last(run
     assert result["training_stats"]["extraction"]["dtype"] == "float32"
 
 
+def test_it_takes_a_hook_point_and_the_special_token_switches(run_train, tiny_llama_dir):
+    done = run_train("--model", str(tiny_llama_dir), "--corpus", str(SAMPLE_CORPUS), "--layer-number", "1",
+                     "--hook-point", "attn_out", "--no-exclude-special-tokens", "--no-prepend-bos",
+                     "--hidden-dim", "16", "--max-epochs", "1", "--min-loss", "0", "--max-sequence-length", "16",
+                     "--sae-batch-tokens", "256", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    result = last_json(done.stdout)
+    assert (result["hook_point"], result["exclude_special_tokens"], result["prepend_bos"]) == ("attn_out", False, False)
+    cfg = json.loads((Path(result["exports"]["saelens"]) / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == "blocks.1.hook_attn_out"
+    assert (cfg["metadata"]["prepend_bos"], cfg["metadata"]["exclude_special_tokens"]) == (False, False)
+
+
 def test_with_cpu_bf16_on_the_model_and_the_sae_compute_in_bfloat16(run_train, tiny_llama_dir):
     args = ["--model", str(tiny_llama_dir), "--corpus", str(SAMPLE_CORPUS), "--layer-number", "1",
             "--hidden-dim", "64", "--max-epochs", "3", "--min-loss", "0", "--batch-size", "8",
@@ -92,6 +105,7 @@ def test_it_trains_on_activations_someone_already_has(run_train, tmp_path):
         (("--model", "x"), "--corpus"),
         (("--batch-size", "500", "--activations", "ACTS"), "batch_size"),
         (("--activations", "BAD"), "shape"),
+        (("--hook-point", "resid_mid", "--activations", "ACTS"), "choose one of resid_post, resid_pre, mlp_out, attn_out"),
     ],
 )
 def test_bad_options_get_a_clear_error(run_train, tmp_path, args, needle):

@@ -1,3 +1,4 @@
+import argparse
 import filecmp
 import json
 import sys
@@ -42,9 +43,15 @@ OPTIONS = [
     ("--sae-batch-tokens", "sae_batch_tokens", int),
     ("--quantization", "quantization", str),
     ("--architecture", "architecture", str),
+    ("--hook-point", "hook_point", str),
     ("--huggingface-token", "huggingface_token", str),
     # The request fields the registered architectures take (engine.sae): --k, --target-l0, ...
     *((f"--{field.name.replace('_', '-')}", field.name, field.type) for field in architectures.request_fields()),
+]
+# Switches with a --no- form: --exclude-special-tokens / --no-exclude-special-tokens.
+SWITCHES = [
+    ("--exclude-special-tokens", "exclude_special_tokens"),
+    ("--prepend-bos", "prepend_bos"),
 ]
 
 
@@ -66,10 +73,15 @@ class Command(BaseCommand):
             default = getattr(field, "default", None)
             parser.add_argument(option, dest=name, type=kind, default=None,
                                 help=f"{field.help_text or name} (default: {default})")
+        for option, name in SWITCHES:
+            field = fields[name]
+            parser.add_argument(option, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{field.help_text} (default: {'on' if field.default else 'off'})")
 
     def handle(self, *args, **options):
         owner, _ = get_user_model().objects.get_or_create(username=options["user"])
-        data = {name: options[name] for _, name, _ in OPTIONS if options[name] is not None}
+        names = [name for _, name, _ in OPTIONS] + [name for _, name in SWITCHES]
+        data = {name: options[name] for name in names if options[name] is not None}
         if options["activations"]:
             if options["model"] or options["corpus"]:
                 raise CommandError("Give either --activations or --model with --corpus, not both.")
