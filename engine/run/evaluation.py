@@ -1,5 +1,7 @@
 """A run's evaluation: metrics on the held-out tail of the activations, which training never saw;
 for causal LMs, next-token loss on the held-out sequences with the SAE spliced in."""
+import numpy as np
+
 from engine.evaluate import evaluate_sae
 
 _NO_CE_LOSS = {"ce_loss_clean": None, "ce_loss_with_sae": None, "ce_loss_zero_ablation": None,
@@ -35,11 +37,7 @@ def _ce_loss(spec, result, *, model_name, loaded, texts, heldout_start) -> dict:
     lengths = encode(loaded.tokenizer, texts, max_sequence_length=spec.max_sequence_length,
                      causal=is_causal_lm(loaded.config), prepend_bos=spec.prepend_bos,
                      exclude_special_tokens=spec.exclude_special_tokens).rows
-    offset, heldout_texts = 0, []
-    for text, length in zip(texts, lengths):
-        if offset >= heldout_start:
-            heldout_texts.append(text)
-        offset += length
+    heldout_texts = _heldout_texts(texts, lengths, heldout_start)
     sae, s = result.sae.to(spec.device).eval(), result.scaling_factor
 
     def reconstruct(x):
@@ -50,3 +48,14 @@ def _ce_loss(spec, result, *, model_name, loaded, texts, heldout_start) -> dict:
                               max_sequence_length=spec.max_sequence_length, batch_size=spec.batch_size,
                               hook_point=spec.hook_point, prepend_bos=spec.prepend_bos,
                               exclude_special_tokens=spec.exclude_special_tokens)
+
+
+def _heldout_texts(texts, rows, heldout_start: int) -> list:
+    """The texts whose rows all lie in the held-out tail. When the tail is shorter than the last
+    text, that text alone: its later rows are held out, its first ones were trained on."""
+    starts = np.concatenate([[0], np.cumsum(rows)[:-1]]) if len(rows) else np.zeros(0, dtype=np.int64)
+    whole = [text for text, start, n in zip(texts, starts, rows) if start >= heldout_start and n > 0]
+    if whole:
+        return whole
+    straddling = [text for text, start, n in zip(texts, starts, rows) if start < heldout_start < start + n]
+    return straddling[-1:]

@@ -205,3 +205,15 @@ def test_a_run_works_where_django_is_not_installed(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr
+
+
+def test_a_held_out_tail_inside_the_last_sequence_is_measured_on_that_sequence(tmp_path, tiny_gpt2_dir, sample_texts):
+    corpus = tmp_path / "two-long-lines.txt"
+    corpus.write_text(" ".join(sample_texts[:10]) + "\n" + " ".join(sample_texts[10:20]) + "\n")
+    outcome = run(model_spec(tmp_path / "out", tiny_gpt2_dir, corpus, max_sequence_length=64))
+    start, stop = outcome.result.heldout_rows
+    rows_of_last = 63  # 64 positions, the BOS first, which is no row
+    assert stop - rows_of_last < start < stop  # the tail starts inside the last line
+    evaluation = outcome.evaluation
+    assert evaluation["ce_loss_reason"] is None and isinstance(evaluation["ce_loss_recovered"], float)
+    assert evaluation["ce_eval_tokens"] == rows_of_last - 1  # that line's predictions made from a row
