@@ -27,7 +27,10 @@ training_tokens), layer, hook (block output = resid_post), d_sae, k, SAE batch i
 learning rate with 1% warm-up and linear decay to 0 over the last 20%, one pass, sequences of at
 most --context tokens (ours: one corpus line per sequence, truncated; SAELens: the lines
 tokenized and packed into contexts, its standard text path), BOS prepended and special tokens left
-out of training (both defaults), input scaling to mean norm sqrt(d_model), a shuffle buffer of 65,536 activations, 2 torch threads.
+out of training (both defaults; ours' with its prepend_bos / exclude_special_tokens job fields: a
+checkout without them trains on the tokenizer's own ids, and SmolLM2's adds no BOS), input scaling to mean norm sqrt(d_model), a shuffle buffer of 65,536 activations (SAELens fills its mixing buffer before the first step and
+holds part of it at the end, so it extracts up to that many more tokens than it trains on: a
+fixed cost that weighs on small --tokens), 2 torch threads.
 JumpReLU: ours' sparsity_coeff c is SAELens' l0_coefficient 2000 c (ours' loss is
 (||x - x_hat||^2 + 2000 c L0) / d_model, SAELens' ||x - x_hat||^2 + l0_coefficient L0), initial
 threshold 0.1 and bandwidth 0.05 on both, the penalty warmed up over the first 5% of steps on both.
@@ -176,7 +179,7 @@ def ours_cli_args(args, architecture: str) -> list[str]:
         options += ["--k", str(args.k)]
     else:
         options += ["--sparsity-coeff", str(args.sparsity_coeff)]
-    help_text = ours_help(args.app_python)
+    help_text = ours_help(args)
     if "--hook-point" in help_text:
         options += ["--hook-point", args.hook_point]
     elif args.hook_point != "resid_post":
@@ -187,11 +190,12 @@ def ours_cli_args(args, architecture: str) -> list[str]:
 _HELP: dict = {}
 
 
-def ours_help(app_python: Path) -> str:
-    if app_python not in _HELP:
-        _HELP[app_python] = subprocess.run([str(app_python), "manage.py", "train", "--help"], cwd=REPO, capture_output=True,
-                                           text=True, env={**os.environ, "MISTUDIO_DEBUG": "1"}).stdout
-    return _HELP[app_python]
+def ours_help(args) -> str:
+    key = (args.app_repo, args.app_python)
+    if key not in _HELP:
+        _HELP[key] = subprocess.run([str(args.app_python), "manage.py", "train", "--help"], cwd=args.app_repo,
+                                    capture_output=True, text=True, env={**os.environ, "MISTUDIO_DEBUG": "1"}).stdout
+    return _HELP[key]
 
 
 def ours_run(args, folder: Path, corpus_file: Path, architecture: str) -> dict:
@@ -202,7 +206,7 @@ def ours_run(args, folder: Path, corpus_file: Path, architecture: str) -> dict:
     command = [str(args.app_python), "manage.py", "train", "--model", args.ours_model, "--corpus", str(corpus_file),
                "--no-progress", *ours_cli_args(args, architecture)]
     started = time.monotonic()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=args.app_repo, env=env, capture_output=True, text=True)
     wall = time.monotonic() - started
     if done.returncode != 0:
         raise SystemExit(f"manage.py train ({architecture}) failed:\n{done.stderr[-3000:]}")
@@ -218,12 +222,12 @@ def ours_run(args, folder: Path, corpus_file: Path, architecture: str) -> dict:
 
 def ours_prepare(args, folder: Path, warmup_corpus: Path) -> None:
     env = ours_env(folder)
-    subprocess.run([str(args.app_python), "manage.py", "migrate", "-v0"], cwd=REPO, env=env, check=True)
+    subprocess.run([str(args.app_python), "manage.py", "migrate", "-v0"], cwd=args.app_repo, env=env, check=True)
     # Untimed: the first job on the model's name converts the bundled GGUF into the app's cache.
     done = subprocess.run([str(args.app_python), "manage.py", "train", "--model", args.ours_model, "--corpus", str(warmup_corpus),
                     "--no-progress", "--layer-number", str(args.layer), "--architecture", "topk", "--k", "4",
                     "--hidden-dim", "64", "--max-epochs", "1", "--max-sequence-length", "32"],
-                   cwd=REPO, env=env, capture_output=True, text=True)
+                   cwd=args.app_repo, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"the warm-up job failed:\n{done.stderr[-6000:]}")
 
@@ -527,7 +531,8 @@ def parse_args():
     parser.add_argument("--heldout-lines", type=int, default=80, help="of heldout.txt, for the shared scoring")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mistudio-bench")
     parser.add_argument("--out", type=Path, default=None, help="default: CACHE/results")
-    parser.add_argument("--app-python", type=Path, default=REPO / ".venv" / "bin" / "python")
+    parser.add_argument("--app-repo", type=Path, default=REPO, help="the checkout whose manage.py trains ours (default this one)")
+    parser.add_argument("--app-python", type=Path, default=None, help="default: APP_REPO/.venv/bin/python")
     parser.add_argument("--ours-model", default=MODEL_NAME, help="what `manage.py train --model` gets (a folder works too)")
     parser.add_argument("--splice-convention", default="auto", choices=["auto", "plain", "special"])
     parser.add_argument("--tolerance", type=float, default=1e-3, help="nats: splice check against ours' ce_loss_with_sae")
@@ -552,6 +557,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     args.out = args.out or args.cache / "results"
+    args.app_repo = args.app_repo.resolve()
+    args.app_python = args.app_python or args.app_repo / ".venv" / "bin" / "python"
     architectures = [a.strip() for a in args.architectures.split(",") if a.strip()]
     args.cache.mkdir(parents=True, exist_ok=True)
     model_folder = converted_model(args.cache)
