@@ -182,6 +182,8 @@ def ours_cli_args(args, architecture: str) -> list[str]:
     help_text = ours_help(args)
     if "--hook-point" in help_text:
         options += ["--hook-point", args.hook_point]
+    if "--prepend-bos" in help_text:
+        options += ["--prepend-bos", "--exclude-special-tokens"]  # the defaults, said: as SAELens here
     elif args.hook_point != "resid_post":
         raise SystemExit("this checkout's manage.py train has no --hook-point: only resid_post (a block's output) runs")
     return options
@@ -391,18 +393,33 @@ def torch_where(condition, a, b):
     return torch.where(condition, a, b)
 
 
+def special_token_ids(tokenizer) -> set[int]:
+    """As engine/sequences.py (main, 2026-12-01): the tokenizer's special ids, padding included."""
+    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "cls_token_id", "sep_token_id", "unk_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            ids.add(value)
+    return ids
+
+
 def encode_sequences(tokenizer, texts: list[str], *, convention: str, context: int, max_tokens: int | None):
-    """Token ids per text. plain: the tokenizer's own (as engine/lm_eval.py before prepend_bos);
-    special: BOS, then the text's tokens, truncated to `context` in all. Sequences under two
-    tokens are dropped; with max_tokens, sequences are kept until that many tokens are reached
-    (engine/lm_eval.py's _sequences)."""
+    """Token ids per text, as the app's evaluation makes them (engine/lm_eval.py's _sequences).
+    plain: the tokenizer's own ids, truncated to `context` (before prepend_bos); special: BOS,
+    then the text's tokens without the tokenizer's own special tokens, `context` in all (an empty
+    text stays empty), and only sequences with a prediction made from a non-special position.
+    Sequences under two tokens are dropped; with max_tokens, kept until that many tokens."""
+    special = special_token_ids(tokenizer)
     if convention == "plain":
         encoded = tokenizer(texts, truncation=True, max_length=context)["input_ids"]
     else:
-        bos = tokenizer.bos_token_id
-        encoded = [([bos] + tokenizer(t, add_special_tokens=False)["input_ids"])[:context] for t in texts]
+        room = context - 1
+        texts_ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max(room, 1))["input_ids"]
+        encoded = [[tokenizer.bos_token_id, *ids[:room]] if ids else [] for ids in texts_ids]
     kept, budget = [], max_tokens
-    for ids in (ids for ids in encoded if len(ids) >= 2):
+    for ids in encoded:
+        if len(ids) < 2 or (convention == "special" and all(t in special for t in ids[:-1])):
+            continue
         if budget is not None:
             if budget <= 0:
                 break
@@ -420,7 +437,7 @@ def score(model, tokenizer, sequences, *, module_name: str, saes: dict, conventi
     import torch
     import torch.nn.functional as F
 
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    special = torch.tensor(sorted(special_token_ids(tokenizer)))
     splice = Splice(model.get_submodule(module_name))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     sums = {name: {"ce": 0.0, "kl": 0.0, "res": 0.0, "l0": 0.0, "fired": None} for name in saes}
