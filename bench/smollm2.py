@@ -57,10 +57,11 @@ whole process, training tokens per wall second, EV, L0, CE recovered, KL score, 
 from the shared scoring; each side's own reported metrics beside them; the ratio SAELens wall /
 ours wall. Goal: ours at least 1.5x SAELens' speed at equal or better CE recovered.
 
-Run in the bench venv, from the repository root (the app's .venv must exist too):
+Run in the bench venv, from the repository root (the app's .venv must exist too; --app-repo
+names another checkout, whose .venv/bin/python runs its manage.py):
     python3 bench/english_corpus.py --out ~/.cache/mistudio-bench/corpus    # optional: done if missing
-    .venv-bench/bin/python bench/smollm2.py --tokens 20000                  # a quick try, ~10 min
-    .venv-bench/bin/python bench/smollm2.py                                 # full size
+    .venv-bench/bin/python bench/smollm2.py --tokens 20000                  # a quick try, ~13 min on 2 cores
+    .venv-bench/bin/python bench/smollm2.py                                 # full size, 200k tokens
 """
 
 import argparse
