@@ -700,7 +700,7 @@ def report(args, runs, scores, checks) -> None:
         print(f"{row['side']:8s} {row['architecture']:9s} {row['tokens']:7d} {row['wall_s_median']:7.0f} {row['tokens_per_s']:6.0f} "
               f"{sc['ev']:6.3f} {sc['l0']:6.1f} {sc['ce_loss_recovered']:7.3f} {sc['kl_div_score']:6.3f} {sc['dead']:5d} | own: {own_text}")
     ratios = {}
-    for architecture in {r["architecture"] for r in rows}:
+    for architecture in dict.fromkeys(r["architecture"] for r in rows):  # in the order they ran
         by_side = {r["side"]: r for r in rows if r["architecture"] == architecture}
         if {"ours", "saelens"} <= set(by_side):
             ratio = by_side["saelens"]["wall_s_median"] / by_side["ours"]["wall_s_median"]
