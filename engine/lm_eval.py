@@ -30,6 +30,8 @@ from engine.sequences import encode
 # Below this change of mean loss (nats per predicted token) from zero-ablating the layer, the
 # recovered fraction divides by ~0 and means nothing.
 MIN_ABLATION_EFFECT = 1e-9
+# Held-out tokens measured at most (about: whole sequences are kept until it is reached).
+DEFAULT_MAX_TOKENS = 20_000
 
 
 def ce_loss_evaluation(
@@ -40,7 +42,7 @@ def ce_loss_evaluation(
     reconstruct: Callable,  # raw activations [..., d] -> reconstruction [..., d], on loaded.device
     max_sequence_length: int,
     batch_size: int,
-    max_tokens: int = 20_000,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     hook_point: str = DEFAULT_HOOK_POINT,
     prepend_bos: bool = True,
     exclude_special_tokens: bool = True,
