@@ -55,7 +55,12 @@ class RunSpec:
     paths: RunPaths
     config: TrainConfig = field(default_factory=TrainConfig)
     model: ResolvedModel | str | None = None
-    corpus: Path | None = None  # text, one sequence per non-empty line (engine.corpus)
+    corpus: Path | None = None  # a corpus file or dataset folder (engine.corpus)
+    text_field: str = "text"  # the column holding the text, for the dataset formats
+    packing: str | None = None  # engine.packing.PACKINGS; None: the corpus format's default
+    # Tokens the SAE trains on (a hard cap; max_epochs still caps the passes); None: max_epochs passes.
+    training_tokens: int | None = None
+    cache_activations: str = "auto"  # engine.disk.CACHE_MODES
     activations_file: Path | None = None  # .npy or .safetensors [tokens, d_model]: no model, no extraction
     layer_number: int = 0  # 0-based block the SAE reads at
     # Where in block layer_number (engine.hooks): "resid_post" (its output), "resid_pre" (its

@@ -1,0 +1,159 @@
+"""What a run will write to disk, known before it writes: the activation cache (one pass of rows,
+float16, with its int32 token index) and its checkpoints, against the free space of the data
+folder; and whether the run caches at all (`cache_activations`).
+
+A run needs its activations once when it makes a single pass over them (max_epochs 1, or a
+training_tokens budget within one pass): then they stream from the model to the SAE and no cache
+is written. `auto` also streams a run of several passes whose cache would not fit the disk (each
+pass then runs the model again); `always` caches (and is refused when the cache cannot fit);
+`never` streams every pass.
+"""
+import math
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine.errors import EngineError
+
+CACHE_MODES = ("auto", "always", "never")
+# Free space a run leaves untouched: the disk is shared with checkpoints' temporary copies, logs
+# and other jobs, so a cache that would fill it to the last byte does not "fit".
+FREE_SPACE_MARGIN = 0.05
+# Checkpoints of one run kept on disk at once, at most (the newest and the one being written).
+CHECKPOINTS_ON_DISK = 2
+
+
+def cache_bytes(rows: int, d_model: int) -> int:
+    """A cache of `rows`: the float16 rows, the int32 token id of each, the .npy headers."""
+    return int(rows) * (int(d_model) * 2 + 4) + 4096
+
+
+def checkpoint_bytes(d_in: int, d_sae: int) -> int:
+    """One checkpoint: the SAE's float32 weights (both matrices, both biases, a threshold per
+    feature) and Adam's two moments of each."""
+    params = 2 * int(d_in) * int(d_sae) + 2 * int(d_sae) + int(d_in)
+    return params * 4 * 3
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space of the file system holding `folder` (its nearest existing parent when it is
+    still to be made)."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def bytes_per_token(tokenizer, texts) -> float | None:
+    """UTF-8 bytes per token of `texts` under `tokenizer` (a sample of a corpus); None for no text."""
+    texts = [t for t in texts if t]
+    if not texts:
+        return None
+    tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    return sum(len(t.encode("utf-8")) for t in texts) / tokens if tokens else None
+
+
+def estimate_rows_per_pass(*, text_bytes: int, bytes_per_token: float, documents: int, lines: int, packing: str,
+                           max_sequence_length: int) -> int:
+    """Rows one pass over a corpus gives, from its size in text and a sample's bytes per token:
+    every token for concat; lines and documents are cut at max_sequence_length each."""
+    tokens = math.ceil(text_bytes / bytes_per_token)
+    if packing == "concat":
+        return tokens
+    units = lines if packing == "lines" else documents
+    return min(tokens, units * max_sequence_length)
+
+
+def passes_needed(*, rows_per_pass: int, eval_fraction: float, max_epochs: int, training_tokens: int | None) -> int:
+    """How many passes over the corpus the run makes: max_epochs, or fewer when a training_tokens
+    budget ends sooner."""
+    from engine.trainer.plan import eval_rows
+
+    train_rows = max(1, rows_per_pass - eval_rows(rows_per_pass, eval_fraction))
+    if training_tokens is None:
+        return max_epochs
+    return max(1, min(max_epochs, math.ceil(training_tokens / train_rows)))
+
+
+@dataclass
+class DiskPlan:
+    cache: bool  # the run writes an activation cache
+    passes: int  # over the corpus
+    rows_per_pass: int
+    cache_bytes: int  # what the cache would take (0 when not caching)
+    checkpoint_bytes: int  # the checkpoints kept at once
+    needed_bytes: int  # what the run writes in all
+    free_bytes: int
+    reason: str  # why it caches or streams
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_disk(*, cache_activations: str, rows_per_pass: int, d_model: int, d_sae: int, max_epochs: int,
+              eval_fraction: float, training_tokens: int | None, free: int) -> DiskPlan:
+    """Whether the run caches, and what it needs; raises DiskFull (a message that says how large
+    and what to change) when it cannot fit."""
+    if cache_activations not in CACHE_MODES:
+        raise ValueError(f"cache_activations must be one of {', '.join(CACHE_MODES)}")
+    passes = passes_needed(rows_per_pass=rows_per_pass, eval_fraction=eval_fraction, max_epochs=max_epochs,
+                           training_tokens=training_tokens)
+    # A budget within one pass reads only the rows it trains on (and the held-out tail).
+    rows = rows_per_pass if training_tokens is None or passes > 1 else min(rows_per_pass, _rows_for(training_tokens, eval_fraction))
+    checkpoints = CHECKPOINTS_ON_DISK * checkpoint_bytes(d_model, d_sae)
+    cached = cache_bytes(rows, d_model)
+    usable = int(free * (1 - FREE_SPACE_MARGIN))
+    fits = cached + checkpoints <= usable
+    if cache_activations == "always":
+        cache, reason = True, "cache_activations is always"
+    elif cache_activations == "never":
+        cache, reason = False, "cache_activations is never: every pass runs the model"
+    elif passes == 1:
+        cache, reason = False, "the run reads its activations once: they stream to the SAE"
+    elif fits:
+        cache, reason = True, f"{passes} passes over the activations, and the cache fits the disk"
+    else:
+        cache, reason = False, (f"the cache ({_size(cached)}) would not fit the free disk ({_size(free)}): every one of "
+                                f"the {passes} passes runs the model")
+    needed = checkpoints + (cached if cache else 0)
+    plan = DiskPlan(cache=cache, passes=passes, rows_per_pass=rows_per_pass, cache_bytes=cached if cache else 0,
+                    checkpoint_bytes=checkpoints, needed_bytes=needed, free_bytes=free, reason=reason)
+    if needed > usable:
+        raise DiskFull(plan, _advice(plan, cache_activations))
+    return plan
+
+
+def _rows_for(training_tokens: int, eval_fraction: float) -> int:
+    """Rows a budget's single pass reads: the training tokens and the held-out share beside them."""
+    return math.ceil(training_tokens / (1 - eval_fraction)) if eval_fraction < 1 else training_tokens
+
+
+def _advice(plan: DiskPlan, mode: str) -> str:
+    parts = [f"This run needs {_size(plan.needed_bytes)} of disk"]
+    if plan.cache:
+        parts.append(f" (an activation cache of {_size(plan.cache_bytes)} for {plan.rows_per_pass:,} tokens and "
+                     f"checkpoints of {_size(plan.checkpoint_bytes)})")
+    else:
+        parts.append(f" (checkpoints of {_size(plan.checkpoint_bytes)})")
+    parts.append(f" but the data folder has {_size(plan.free_bytes)} free. ")
+    if plan.cache and mode == "always":
+        parts.append("Set cache_activations to auto or never (the activations then stream from the model), lower "
+                     "training_tokens or use a smaller corpus, or free disk space.")
+    else:
+        parts.append("Lower hidden_dim or free disk space.")
+    return "".join(parts)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+class DiskFull(EngineError):
+    """The run cannot fit the disk; `plan` says what it would need."""
+
+    def __init__(self, plan: DiskPlan, message: str):
+        super().__init__(message)
+        self.plan = plan
