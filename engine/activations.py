@@ -22,7 +22,7 @@ from engine.files import AtomicFile
 from engine.hooks import DEFAULT_HOOK_POINT, available_hook_points, check_hook_point, register_reader
 from engine.loading import LoadedModel
 from engine.model_info import hidden_size, is_causal_lm, num_layers
-from engine.sequences import encode
+from engine.sequences import Sequences, encode
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -89,9 +89,12 @@ def _plan(loaded: LoadedModel, texts, *, layer_number: int, batch_size: int, max
     points = available_hook_points(loaded.model)
     if hook_point not in points:
         raise EngineError(f"This model has no {hook_point} hook point: it has {', '.join(points)}")
-    sequences = encode(loaded.tokenizer, texts, max_sequence_length=max_sequence_length,
-                       causal=is_causal_lm(loaded.config), prepend_bos=prepend_bos,
-                       exclude_special_tokens=exclude_special_tokens)
+    if isinstance(texts, Sequences):  # packed already (engine.packing)
+        sequences = texts
+    else:
+        sequences = encode(loaded.tokenizer, texts, max_sequence_length=max_sequence_length,
+                           causal=is_causal_lm(loaded.config), prepend_bos=prepend_bos,
+                           exclude_special_tokens=exclude_special_tokens)
     lengths = sequences.rows
     n_tokens = int(lengths.sum())
     if n_tokens == 0:
@@ -108,7 +111,7 @@ def _plan(loaded: LoadedModel, texts, *, layer_number: int, batch_size: int, max
     rest = np.random.default_rng(seed).permutation(len(batches) - 1) + 1
     batches = [batches[0]] + [batches[i] for i in rest]
     return _Plan(ids=sequences.ids, keep=sequences.keep, lengths=lengths, offsets=offsets, batches=batches,
-                 n_tokens=n_tokens, d_model=hidden_size(loaded.config), n_texts=len(texts), hook_point=hook_point,
+                 n_tokens=n_tokens, d_model=hidden_size(loaded.config), n_texts=len(sequences.ids), hook_point=hook_point,
                  prepend_bos=sequences.prepend_bos, exclude_special_tokens=exclude_special_tokens)
 
 

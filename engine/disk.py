@@ -99,7 +99,7 @@ def plan_disk(*, cache_activations: str, rows_per_pass: int, d_model: int, d_sae
     passes = passes_needed(rows_per_pass=rows_per_pass, eval_fraction=eval_fraction, max_epochs=max_epochs,
                            training_tokens=training_tokens)
     # A budget within one pass reads only the rows it trains on (and the held-out tail).
-    rows = rows_per_pass if training_tokens is None or passes > 1 else min(rows_per_pass, _rows_for(training_tokens, eval_fraction))
+    rows = rows_per_pass if training_tokens is None or passes > 1 else min(rows_per_pass, rows_for_budget(training_tokens, eval_fraction))
     checkpoints = CHECKPOINTS_ON_DISK * checkpoint_bytes(d_model, d_sae)
     cached = cache_bytes(rows, d_model)
     usable = int(free * (1 - FREE_SPACE_MARGIN))
@@ -123,9 +123,14 @@ def plan_disk(*, cache_activations: str, rows_per_pass: int, d_model: int, d_sae
     return plan
 
 
-def _rows_for(training_tokens: int, eval_fraction: float) -> int:
-    """Rows a budget's single pass reads: the training tokens and the held-out share beside them."""
-    return math.ceil(training_tokens / (1 - eval_fraction)) if eval_fraction < 1 else training_tokens
+def rows_for_budget(training_tokens: int, eval_fraction: float) -> int:
+    """Rows a budget's single pass reads: the training tokens and the held-out tail after them
+    (engine.trainer.plan.eval_rows of these rows leaves training_tokens to train on)."""
+    from engine.trainer.plan import eval_rows
+
+    if eval_fraction <= 0:
+        return training_tokens
+    return training_tokens + eval_rows(math.ceil(training_tokens / (1 - eval_fraction)), eval_fraction)
 
 
 def _advice(plan: DiskPlan, mode: str) -> str:

@@ -275,6 +275,8 @@ def _check_sequences(token_ids, sequence_starts, n_rows: int) -> np.ndarray | No
 
 
 def _read_chunk(activations, lo: int, hi: int, device: str) -> torch.Tensor:
+    if hasattr(activations, "read_with_tokens"):  # rows streamed from the model (engine.stream.SequentialRows)
+        return float_tensor(activations.read(lo, hi), device)
     if isinstance(activations, torch.Tensor):
         return activations[lo:hi].to(device, torch.float32)
     # pread maps nothing into this process, so a pass over a large cache leaves no resident pages.

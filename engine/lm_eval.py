@@ -25,7 +25,7 @@ from engine.errors import EngineError
 from engine.hooks import DEFAULT_HOOK_POINT, register_writer
 from engine.loading import LoadedModel
 from engine.model_info import is_causal_lm
-from engine.sequences import encode
+from engine.sequences import Sequences, encode
 
 # Below this change of mean loss (nats per predicted token) from zero-ablating the layer, the
 # recovered fraction divides by ~0 and means nothing.
@@ -100,10 +100,14 @@ def ce_loss_evaluation(
 def _sequences(loaded, texts, *, max_sequence_length: int, max_tokens: int, prepend_bos: bool,
                exclude_special_tokens: bool) -> list:
     """(token ids, which positions are rows) of the held-out sequences with a prediction to
-    measure (a row followed by a token), up to about max_tokens tokens of them."""
-    sequences = encode(loaded.tokenizer, texts, max_sequence_length=max_sequence_length,
-                       causal=is_causal_lm(loaded.config), prepend_bos=prepend_bos,
-                       exclude_special_tokens=exclude_special_tokens)
+    measure (a row followed by a token), up to about max_tokens tokens of them. `texts` may be
+    sequences packed already (engine.packing), as a run's are."""
+    if isinstance(texts, Sequences):
+        sequences = texts
+    else:
+        sequences = encode(loaded.tokenizer, texts, max_sequence_length=max_sequence_length,
+                           causal=is_causal_lm(loaded.config), prepend_bos=prepend_bos,
+                           exclude_special_tokens=exclude_special_tokens)
     kept, budget = [], max_tokens
     for ids, rows in zip(sequences.ids, sequences.keep):
         if len(ids) < 2 or not rows[:-1].any():

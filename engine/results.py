@@ -26,6 +26,8 @@ class TrainProgress:
     elapsed_s: float
     l0: float = math.nan  # mean active features per token since the previous report
     explained_variance: float = math.nan  # of the training batches since the previous report (scaled inputs)
+    tokens_done: int | None = None  # rows trained on so far, over all epochs
+    total_tokens: int | None = None  # what the run will train on (its budget, or max_epochs passes)
 
 
 @dataclass
@@ -44,7 +46,7 @@ class TrainResult:
     total_epochs: int  # completed
     convergence_epoch: int | None
     training_time_seconds: float
-    stopped_reason: str  # "max_epochs" | "min_loss" | "cancelled"
+    stopped_reason: str  # "max_epochs" | "min_loss" | "training_tokens" (its budget) | "cancelled"
     loss_history: list[float] = field(default_factory=list)  # mean loss per completed epoch
     checkpoints: list[CheckpointInfo] = field(default_factory=list)
     architecture: str = "relu"
@@ -56,3 +58,6 @@ class TrainResult:
     sae_batch_tokens: int = 0  # tokens per optimizer step actually used (see TrainConfig.min_steps)
     decode_path: str = "dense"  # how the decoder ran: "dense" matmul or "sparse" gather (topk)
     compute_dtype: str = "float32"  # "bfloat16" where the SAE's matmuls ran under bf16 autocast
+    tokens_trained: int = 0  # rows stepped on, over all epochs (the training_tokens budget caps it)
+    training_rows: int = 0  # rows of one pass (an epoch) that train
+    streamed: bool = False  # the rows streamed from the model, no cache (engine.stream)

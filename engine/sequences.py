@@ -67,10 +67,21 @@ def encode(tokenizer, texts, *, max_sequence_length: int, causal: bool, prepend_
     else:
         ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_sequence_length,
                         padding=False)["input_ids"]
-    ids = [list(seq) for seq in ids]
+    return sequences_of(tokenizer, [list(seq) for seq in ids], prepend_bos=bos, exclude_special_tokens=exclude_special_tokens)
+
+
+def sequences_of(tokenizer, ids: list, *, prepend_bos: bool, exclude_special_tokens: bool) -> Sequences:
+    """Sequences of token ids made elsewhere (engine.packing), with their rows marked."""
     special = np.fromiter(special_token_ids(tokenizer), dtype=np.int64)
     if exclude_special_tokens:
         keep = [~np.isin(np.asarray(seq, dtype=np.int64), special) for seq in ids]
     else:
         keep = [np.ones(len(seq), dtype=bool) for seq in ids]
-    return Sequences(ids=ids, keep=keep, prepend_bos=bos)
+    return Sequences(ids=ids, keep=keep, prepend_bos=prepend_bos)
+
+
+def concatenate(parts) -> Sequences:
+    """One Sequences of several, in order."""
+    parts = list(parts)
+    return Sequences(ids=[i for p in parts for i in p.ids], keep=[k for p in parts for k in p.keep],
+                     prepend_bos=bool(parts and parts[0].prepend_bos))

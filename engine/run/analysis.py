@@ -8,7 +8,8 @@ import time
 import numpy as np
 
 from engine.files import AtomicFile
-from engine.cache import load_token_index
+from engine.cache import load_token_index, token_index_paths
+from engine.stream import ActivationStream
 from engine.stats import statistics_from_analysis
 from engine.tokens import token_texts
 
@@ -22,8 +23,16 @@ def analyze(spec, result, activations, activations_path, *, model, loaded, on_pr
     from engine.features import analyze_features, save_analysis
 
     started = time.monotonic()
-    index = None if spec.activations_file is not None else load_token_index(activations_path)
-    token_ids, starts = index if index is not None else (None, None)
+    if isinstance(activations, ActivationStream):
+        activations, token_ids, starts = _streamed(activations, spec, should_stop)
+    else:
+        index = None if spec.activations_file is not None else load_token_index(activations_path)
+        token_ids, starts = index if index is not None else (None, None)
+        limit = spec.features.max_tokens
+        if limit is not None and limit < activations.shape[0]:
+            activations = activations[:limit]
+            if token_ids is not None:
+                token_ids, starts = token_ids[:limit], starts[starts < limit]
     sae = result.sae.to(spec.device).eval()
     analysis = analyze_features(
         sae, result.scaling_factor, activations, token_ids=token_ids, sequence_starts=starts,
@@ -45,6 +54,26 @@ def analyze(spec, result, activations, activations_path, *, model, loaded, on_pr
         _write_token_texts(analysis, tokenizer, folder)
     info["seconds"] = round(time.monotonic() - started, 3)
     return info, statistics_from_analysis(analysis)
+
+
+def _streamed(stream, spec, should_stop):
+    """The rows of a streamed run, computed again front to back for the analysis (at most
+    features.max_tokens of them), and their token index, written beside where a cache would be as
+    the rows arrive (4 bytes a row, where a cache takes 2 x d_model)."""
+    n = stream.n_rows if spec.features.max_tokens is None else min(stream.n_rows, spec.features.max_tokens)
+    reader = stream.reader(0, n, should_stop=should_stop)
+    tokens_path, starts_path = token_index_paths(spec.paths.activations)
+    tokens_path.parent.mkdir(parents=True, exist_ok=True)
+    token_ids = np.lib.format.open_memmap(tokens_path, mode="w+", dtype=np.int32, shape=(n,))
+
+    def keep(first_row, ids):
+        token_ids[first_row : first_row + len(ids)] = ids
+
+    reader.on_tokens = keep
+    starts = stream.sequence_starts()
+    starts = starts[starts < n]
+    np.save(starts_path, starts)
+    return reader, token_ids, starts
 
 
 def _add_logit_effects(analysis, sae, scaling_factor, spec, model, loaded) -> str | None:

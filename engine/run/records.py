@@ -15,9 +15,10 @@ def extraction_stats(extraction) -> dict:
     }
 
 
-def training_stats(result, activations, features: dict, *, extra: dict, extraction=None) -> dict:
+def training_stats(result, activations, features: dict, *, extra: dict, extraction=None, disk=None) -> dict:
     """`features`: the feature_statistics; `extra`: what the caller adds (RunCallbacks.extra_training_stats);
-    `extraction`: this run's, when it extracted and the caller did not say otherwise."""
+    `extraction`: this run's, when it extracted and the caller did not say otherwise; `disk`: the
+    run's engine.disk.DiskPlan, when it read a corpus."""
     stats = {
         "final_loss": result.final_loss,
         "final_mse": result.final_mse,
@@ -33,6 +34,12 @@ def training_stats(result, activations, features: dict, *, extra: dict, extracti
         "sae_batch_tokens_used": result.sae_batch_tokens,
         "decode_path": result.decode_path,
         "compute_dtype": result.compute_dtype,
+        # Rows the SAE stepped on over all epochs (a training_tokens budget caps it), and as passes.
+        "tokens_trained": result.tokens_trained,
+        "passes": round(result.tokens_trained / result.training_rows, 4) if result.training_rows else None,
+        # Whether the rows streamed from the model with no cache (engine.disk says why).
+        "activations_cached": not result.streamed,
+        "cache_decision": None if disk is None else disk.reason,
         **extra,
     }
     if "extraction" not in stats and extraction is not None:
@@ -57,7 +64,7 @@ def metadata(spec, result, activations, activations_path, *, model_name, model_i
         "exclude_special_tokens": tokens["exclude_special_tokens"],
         "hook_point_reason": tokens["reason"],
         "corpus": corpus_name,
-        "activations_path": str(activations_path),
+        "activations_path": None if activations_path is None else str(activations_path),
         "activations_shape": list(activations.shape),
         "activations_dtype": str(activations.dtype),
         "sae": {

@@ -1,20 +1,21 @@
 """One run, from a spec to its artifacts, in this order: resolve and load the model, extract the
 layer's activations (training on them as they arrive where it can), train, evaluate, save and
 export the SAE, analyse its features, write the metadata."""
+from dataclasses import replace
 from pathlib import Path
 
 from engine.activations import ExtractionStream, extract_activations
 from engine.cache import load_activations
-from engine.corpus import read_corpus
 from engine.errors import AnalysisCancelled, EngineError, ExtractionCancelled
 from engine.export import save_sae, write_metadata
 from engine.export_saelens import export_saelens
 from engine.resolve import ResolvedModel
-from engine.run import records
+from engine.run import records, sources
 from engine.run.analysis import analyze
 from engine.run.evaluation import evaluate
 from engine.run.spec import ANALYZING, EVALUATING, EXTRACTING, LOADING, TRAINING, RunCallbacks, RunOutcome, RunSpec
 from engine.run.training import TrainFunction, TrainStep, train_in_process
+from engine.stream import ActivationStream
 
 
 def run(spec: RunSpec, callbacks: RunCallbacks | None = None, *, train: TrainFunction | None = None) -> RunOutcome:
@@ -37,7 +38,10 @@ class _Run:
         self.phase = LOADING
         self.model = None  # the ResolvedModel
         self.model_info = spec.model_info
-        self.loaded = self.texts = self.extraction = None
+        self.loaded = self.sequences = self.extraction = None
+        self.source = self.stream = self.disk = None  # the corpus as sequences; the rows when streamed; engine.disk's plan
+        # The spec's budget is the trainer's (a TrainConfig given one keeps it).
+        self.config = replace(spec.config, training_tokens=sources.budget(spec))
 
     def outcome(self) -> RunOutcome:
         try:
@@ -63,8 +67,8 @@ class _Run:
         if result is None:
             result = self._train(activations, path)
         if result is None or result.stopped_reason == "cancelled":
-            # A run cancelled while still extracting keeps no partial file.
-            kept = path if Path(path).is_file() else None
+            # A run cancelled while still extracting keeps no partial file (and a streamed one has none).
+            kept = path if path is not None and Path(path).is_file() else None
             return RunOutcome(paths=spec.paths, cancelled_in="training", result=result, activations_path=kept,
                               extraction=self.extraction)
         return self._finish(result, activations, path)
@@ -84,14 +88,28 @@ class _Run:
 
         self.loaded = load_model(self.model, device=spec.device, quantization=spec.quantization, token=spec.token,
                                  with_lm_head=True, cpu_bf16=spec.cpu_bf16, models_cache_dir=spec.models_cache_dir)
-        self.texts = read_corpus(Path(spec.corpus))
+        self.source = sources.sequence_source(spec, self.loaded)
+        if cache is not None:
+            # The sequences the cache holds: the held-out ones are measured by next-token loss.
+            activations = load_activations(cache)
+            self.sequences = self.source.read(int(activations.shape[0]))
+            return activations, cache, None
+        rows = self.source.rows_per_sequence()  # the tokenizer's pass: what one pass over the corpus gives
+        streamed = spec.resume_from is not None and sources.checkpoint_streamed(spec.resume_from)
+        self.disk = sources.disk_plan(spec, self.loaded, int(rows.sum()), must_cache=not (self.may_overlap or streamed))
+        if streamed or not self.disk.cache:
+            self.stream = ActivationStream(self.loaded, self.source, rows, layer_number=spec.layer_number,
+                                           batch_size=spec.batch_size, hook_point=spec.hook_point,
+                                           n_rows=sources.rows_to_read(spec, int(rows.sum())))
+            return self.stream, None, None
+        self.sequences = self.source.read(sources.rows_to_read(spec, int(rows.sum())))
         result, path = None, cache
         if cache is None:
             self._enter(EXTRACTING, device=spec.device)
             if spec.first_epoch_in_arrival_order and spec.resume_from is None and self.may_overlap:
                 result, path = self._extract_and_train()
             else:
-                self.extraction = extract_activations(self.loaded, self.texts, on_progress=self.callbacks.on_extraction_progress,
+                self.extraction = extract_activations(self.loaded, self.sequences, on_progress=self.callbacks.on_extraction_progress,
                                                       should_stop=self.callbacks.should_stop, **self._extract_options())
                 path = self.extraction.path
                 self._call("on_cache_complete", self.extraction)
@@ -127,7 +145,7 @@ class _Run:
         """Extraction in a background thread, training on its rows as they arrive: (the training
         result, the finished file or where it would have been)."""
         stream = ExtractionStream(
-            self.loaded, self.texts, on_progress=self.callbacks.on_extraction_progress,
+            self.loaded, self.sequences, on_progress=self.callbacks.on_extraction_progress,
             # Told as soon as the cache is complete: a run killed in a later epoch can reuse it.
             on_done=self.callbacks.on_cache_complete, **self._extract_options(),
         )
@@ -147,7 +165,7 @@ class _Run:
 
     def _step(self, path: Path, *, arrival_order: bool) -> TrainStep:
         spec = self.spec
-        return TrainStep(activations_path=Path(path), config=spec.config, device=spec.device,
+        return TrainStep(activations_path=Path(path), config=self.config, device=spec.device,
                          checkpoint_dir=spec.paths.checkpoint_dir, checkpoint_prefix=spec.checkpoint_prefix,
                          resume_from=spec.resume_from, arrival_order=arrival_order)
 
@@ -155,6 +173,15 @@ class _Run:
         """The training step on the finished file; a rerun of a run that trained while extracting
         follows its order again, a resume the order its checkpoint's run used."""
         spec = self.spec
+        if self.stream is not None:
+            from engine.trainer.streamed import train_streamed
+
+            self._enter(TRAINING, overlapped=False, resume_from=spec.resume_from)
+            callbacks = self.callbacks
+            return train_streamed(self.stream, self.config, device=spec.device, checkpoint_dir=spec.paths.checkpoint_dir,
+                                  checkpoint_prefix=spec.checkpoint_prefix, on_progress=callbacks.on_train_progress,
+                                  should_stop=callbacks.should_stop, on_checkpoint=callbacks.on_checkpoint,
+                                  resume_from=spec.resume_from)
         extracted = spec.activations_file is None
         step = self._step(path, arrival_order=extracted and (spec.resume_from is not None or spec.first_epoch_in_arrival_order))
         self._enter(TRAINING, overlapped=False, resume_from=spec.resume_from)
@@ -166,7 +193,7 @@ class _Run:
         model_name = self.model.name if self.model is not None else None
         self._enter(EVALUATING)
         evaluation, feature_density = evaluate(spec, result, activations, model_name=model_name, loaded=self.loaded,
-                                               texts=self.texts)
+                                               sequences=self.sequences)
         saved_weights = save_sae(spec.paths.model, result.sae, result.scaling_factor)
         tokens = self._tokens()
         saelens = export_saelens(
@@ -179,7 +206,7 @@ class _Run:
         # statistics need too.
         features_dir, features_info, features = self._analyze(result, activations, path)
         stats = records.training_stats(result, activations, features, extra=self._call("extra_training_stats", result) or {},
-                                       extraction=self.extraction)
+                                       extraction=self.extraction, disk=self.disk)
         corpus_name = spec.corpus_name or (Path(spec.corpus).name if spec.corpus is not None else None)
         metadata = records.metadata(
             spec, result, activations, path, model_name=model_name or None,
@@ -189,7 +216,7 @@ class _Run:
         write_metadata(spec.paths.metadata, metadata)
         return RunOutcome(
             paths=spec.paths, cancelled_in=None if features_dir is not None else "analysis", result=result,
-            activations_path=Path(path), extraction=self.extraction, evaluation=evaluation, training_stats=stats,
+            activations_path=None if path is None else Path(path), extraction=self.extraction, evaluation=evaluation, training_stats=stats,
             exports={"saelens": saelens}, features_dir=features_dir, features=features_info, metadata=metadata,
         )
 
@@ -225,5 +252,7 @@ class _Run:
             from engine.stats import feature_statistics
 
             # The result stays complete: the statistics then take a pass of their own.
+            if self.stream is not None:  # no cache to count over: the held-out rows
+                activations = self.stream.read(*(result.heldout_rows or (0, self.stream.n_rows)))
             return None, None, feature_statistics(result.sae, activations, scaling_factor=result.scaling_factor,
                                                   device=spec.device, batch_tokens=spec.config.sae_batch_tokens)

@@ -42,6 +42,8 @@ class FeatureSettings:
     top_n: int = 20
     window: int = 12
     logit_tokens: int = 10
+    # Rows analysed, the first ones (None: all). A streamed run's analysis runs the model over them again.
+    max_tokens: int | None = None
 
 
 @dataclass

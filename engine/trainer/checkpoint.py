@@ -6,8 +6,10 @@ weights_only=True reads it). Its `format_version` says how to read it:
   time and are optional: tokens_since_fired, resampled_features, decode_path, first_epoch_mixed,
   then batch_tokens and sparsity_weight (without them the run's rules of then apply,
   engine.trainer.plan.run_constants); epoch_sums is a list [loss, mse, sparsity, tokens].
-- 2: every key below, always; epoch_sums is a dict named like RunState.epoch_sums.
-Every checkpoint of format 1 still resumes as it would have.
+- 2: every key but tokens_trained, always; epoch_sums is a dict named like RunState.epoch_sums.
+- 3: every key below, always (tokens_trained and streamed came with budgets and streaming).
+Every checkpoint of formats 1 and 2 still resumes as it would have (its tokens trained counted
+from its epochs and steps).
 """
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,7 +21,7 @@ from engine.errors import EngineError
 from engine.files import AtomicFile
 from engine.results import CheckpointInfo
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _SUMS = ("loss", "mse", "sparsity", "tokens")
 
 
@@ -45,6 +47,8 @@ class RunState:
     first_epoch_mixed: bool = False  # the first epoch followed the extraction order (engine.trainer.ordering)
     batch_tokens: int = 0  # tokens per step (engine.trainer.plan), fixed for the run
     sparsity_weight: float = 0.0  # the sparsity term's weight, fixed for the run
+    tokens_trained: int = 0  # rows the SAE has stepped on, over all epochs
+    streamed: bool = False  # the rows streamed from the model (engine.trainer.streamed), no cache
 
 
 @dataclass
@@ -79,6 +83,8 @@ def write(path: Path, *, sae, optimizer, state: RunState, config, mid_epoch: boo
         "first_epoch_mixed": state.first_epoch_mixed,
         "batch_tokens": state.batch_tokens,
         "sparsity_weight": state.sparsity_weight,
+        "tokens_trained": state.tokens_trained,
+        "streamed": state.streamed,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     with AtomicFile(path) as partial:
@@ -106,12 +112,12 @@ def load(path: Path) -> Saved:
         payload["epoch_sums"] = dict(zip(_SUMS, sums)) if isinstance(sums, list) else sums
         return Saved(path.name, payload, int(payload["batch_tokens"]) if has_rules else None,
                      float(payload["sparsity_weight"]) if has_rules else None)
-    if version == FORMAT_VERSION:
+    if version in (2, FORMAT_VERSION):
         return Saved(path.name, payload, int(payload["batch_tokens"]), float(payload["sparsity_weight"]))
     raise EngineError(f"Checkpoint '{path.name}' has format {version}, newer than this miStudio reads ({FORMAT_VERSION}): upgrade it")
 
 
-def restore(saved: Saved, sae, optimizer, state: RunState, *, d_in: int, config) -> None:
+def restore(saved: Saved, sae, optimizer, state: RunState, *, d_in: int, config, n_train: int) -> None:
     payload, name = saved.payload, saved.name
     shape = tuple(payload["sae"]["W_enc"].shape)
     if shape != (d_in, config.hidden_dim):
@@ -138,6 +144,11 @@ def restore(saved: Saved, sae, optimizer, state: RunState, *, d_in: int, config)
     state.resampled_features = int(payload.get("resampled_features", 0))
     state.decode_path = payload.get("decode_path")
     state.first_epoch_mixed = bool(payload.get("first_epoch_mixed", False))
+    if "tokens_trained" in payload:
+        state.tokens_trained = int(payload["tokens_trained"])
+    else:  # before budgets: whole epochs, and the steps of the one in progress (full batches but the last)
+        batch = int(payload.get("batch_tokens") or state.batch_tokens or 1)
+        state.tokens_trained = state.epochs_done * n_train + min(n_train, state.epoch_step * batch)
 
 
 class Writer:

@@ -17,6 +17,9 @@ class TrainConfig:
     learning_rate: float = DEFAULT.learning_rate
     sae_batch_tokens: int = DEFAULT.sae_batch_tokens
     max_epochs: int = DEFAULT.max_epochs
+    # Tokens the SAE trains on in all (SAELens' training_tokens): a hard cap, reached part-way through
+    # an epoch or after several; max_epochs still caps the passes. None: max_epochs passes.
+    training_tokens: int | None = None
     min_loss: float = DEFAULT.min_loss
     seed: int = 0
     checkpoint_every_epochs: int = 10
@@ -76,6 +79,8 @@ def check_config(config: TrainConfig) -> None:
         problems.append("sae_batch_tokens must be at least 1")
     if config.max_epochs < 1:
         problems.append("max_epochs must be at least 1")
+    if config.training_tokens is not None and config.training_tokens < 1:
+        problems.append("training_tokens must be at least 1")
     if not config.learning_rate > 0:
         problems.append("learning_rate must be positive")
     if not config.min_update_travel >= 0:

@@ -55,6 +55,9 @@ def train_sae(
         if resume_from is not None or distributed:
             raise EngineError("Resume or distributed training reads a finished activations file, not an extraction in progress")
     saved = checkpoint.load(resume_from) if resume_from is not None else None
+    if saved is not None and saved.payload.get("streamed", False):
+        raise EngineError(f"Checkpoint '{saved.name}' was trained on rows streamed from the model, not a cache: "
+                          "resume it the same way (cache_activations never)")
     layout = _layout(config, activations, saved, device=device, distributed=distributed, first_epoch_rows=first_epoch_rows)
     rows_ready = RowsReady(stream, should_stop, config.stop_check_interval_s)
     run, generator = _start(config, layout, activations, stream, saved, rows_ready, device=device)
@@ -82,6 +85,10 @@ class _Layout:
     total_steps: int
     parallel: object | None  # engine.distributed.DataParallel
     mixing: Mixing | None  # the first epoch follows the extraction order
+    budget: int | None = None  # tokens the run trains on, when training_tokens ends it before max_epochs
+
+    def budget_left(self, state) -> int | None:
+        return None if self.budget is None else self.budget - state.tokens_trained
 
 
 def _layout(config, activations, saved, *, device, distributed, first_epoch_rows) -> _Layout:
@@ -102,11 +109,13 @@ def _layout(config, activations, saved, *, device, distributed, first_epoch_rows
         mixing = Mixing(np.asarray(first_epoch_rows, dtype=np.int64), n_rows=n_rows, n_train=n_train,
                         buffer_rows=config.shuffle_buffer_tokens, batch_tokens=batch_tokens)
     return _Layout(n_rows, n_train, d_in, run_batch_tokens, batch_tokens, sparsity_weight, steps_per_epoch,
-                   steps_per_epoch * config.max_epochs, parallel, mixing)
+                   plan.total_steps(config, n_train, batch_tokens, steps_per_epoch), parallel, mixing,
+                   plan.token_budget(config, n_train))
 
 
-def _start(config, layout: _Layout, activations, stream, saved, rows_ready, *, device):
-    """The SAE, its optimizer and the run state: initialised from a sample, or restored."""
+def _start(config, layout: _Layout, activations, stream, saved, rows_ready, *, device, sample=None):
+    """The SAE, its optimizer and the run state: initialised from a sample (`sample`, or rows the
+    activations give), or restored."""
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     # A private generator drives init and shuffling, so a checkpoint can restore it exactly.
@@ -117,7 +126,7 @@ def _start(config, layout: _Layout, activations, stream, saved, rows_ready, *, d
     state = checkpoint.RunState(batch_tokens=layout.run_batch_tokens, sparsity_weight=layout.sparsity_weight)
     state.tokens_since_fired = torch.zeros(config.hidden_dim, dtype=torch.int64)
     if saved is None:
-        _initialize(sae, state, config, layout, activations, stream, rows_ready, generator)
+        _initialize(sae, state, config, layout, activations, stream, rows_ready, generator, sample)
     sae.to(device).train()
     if str(device).startswith("cuda"):
         # TF32 matmuls for whatever runs outside autocast (ample for SAE training; Ampere and later).
@@ -128,7 +137,7 @@ def _start(config, layout: _Layout, activations, stream, saved, rows_ready, *, d
                                  lr=config.learning_rate, fused=True)
     state.first_epoch_mixed = layout.mixing is not None
     if saved is not None:
-        checkpoint.restore(saved, sae, optimizer, state, d_in=layout.d_in, config=config)
+        checkpoint.restore(saved, sae, optimizer, state, d_in=layout.d_in, config=config, n_train=layout.n_train)
         # The checkpoint says how its first epoch drew rows; a resume repeats that.
         if state.epochs_done == 0 and state.first_epoch_mixed and layout.mixing is None:
             raise EngineError(
@@ -143,16 +152,19 @@ def _start(config, layout: _Layout, activations, stream, saved, rows_ready, *, d
         # (DistributedDataParallel does the same for the weights).
         state.scaling_factor = layout.parallel.broadcast_float(state.scaling_factor)
     run = Run(config=config, sae=sae, optimizer=optimizer, state=state, device=device,
-              total_steps=layout.total_steps, dead_window_tokens=plan.dead_window_tokens(config, layout.n_train),
+              total_steps=layout.total_steps, total_tokens=layout.budget or layout.n_train * config.max_epochs,
+              dead_window_tokens=plan.dead_window_tokens(config, layout.n_train),
               batch_tokens=layout.batch_tokens, parallel=layout.parallel)
     return run, generator
 
 
-def _initialize(sae, state, config, layout: _Layout, activations, stream, rows_ready, generator) -> None:
+def _initialize(sae, state, config, layout: _Layout, activations, stream, rows_ready, generator, sample) -> None:
     """The input scale is a fixed preprocessing constant, shared by training and evaluation, so it
     comes from all rows; weights only ever see the training rows. b_dec starts at the sample's
     geometric median, W_enc at W_dec.T (engine.sae.module)."""
-    if layout.mixing is None:
+    if sample is not None:
+        pass
+    elif layout.mixing is None:
         sample = init.sample_rows(activations, layout.n_rows, np.random.default_rng(config.seed))
     else:
         # The rows the first step waits for anyway: the buffer's first fill.
@@ -195,12 +207,17 @@ class _Loop:
                 stopped_reason = "cancelled"
                 self.writer.write(sae=run.sae, optimizer=run.optimizer, state=state, config=config, mid_epoch=True)
                 break
-            epoch_loss = self._end_epoch()
+            # The budget may end the run part-way through an epoch: that epoch then ends there.
+            budget_spent = self.layout.budget_left(state) == 0
+            epoch_loss = end_epoch(run, self.writer, self.generator, force_checkpoint=budget_spent)
+            if budget_spent:
+                stopped_reason = "training_tokens"
+                break
             if epoch_loss < config.min_loss:
                 stopped_reason = "min_loss"
                 break
         run.progress.maybe_report(self.on_progress, epoch=min(state.epochs_done + 1, config.max_epochs),
-                                  step=state.step, force=True)
+                                  step=state.step, tokens_done=state.tokens_trained, force=True)
         return stopped_reason
 
     def epoch(self) -> bool:
@@ -221,9 +238,12 @@ class _Loop:
                 self.source = self._source(self.activations)
             order = torch.randperm(layout.n_train, generator=self.generator)
         for batch_index in range(state.epoch_step, layout.steps_per_epoch):
+            if layout.budget_left(state) == 0:
+                return True
             if self._stop_asked():
                 return False
             indices = order[batch_index * layout.batch_tokens : (batch_index + 1) * layout.batch_tokens]
+            indices = cut_to_budget(indices, layout, state)
             if mixed:
                 # Sorted, so the rows come in one order however they are read.
                 indices = indices.sort().values
@@ -236,8 +256,10 @@ class _Loop:
             else:
                 x = self.source.read(indices) * state.scaling_factor
             run.step(x)
+            state.tokens_trained += len(indices) if layout.parallel is None else len(indices) * layout.parallel.world
             state.epoch_step = batch_index + 1
-            run.progress.maybe_report(self.on_progress, epoch=state.epochs_done + 1, step=state.step)
+            run.progress.maybe_report(self.on_progress, epoch=state.epochs_done + 1, step=state.step,
+                                      tokens_done=state.tokens_trained)
         return True
 
     def _stop_asked(self) -> bool:
@@ -252,18 +274,32 @@ class _Loop:
                 run.stop_wanted = True
         return run.stop_agreed
 
-    def _end_epoch(self) -> float:
-        run, state, config = self.run, self.run.state, self.run.config
-        sums = state.epoch_sums
-        epoch_loss = sums["loss"] / sums["tokens"]
-        state.loss_history.append(epoch_loss)
-        state.last_epoch_mse = sums["mse"] / sums["tokens"]
-        state.epochs_done += 1
-        state.epoch_step = 0
-        state.epoch_rng_state = self.generator.get_state()  # the next epoch's order starts here
-        if self.writer.due(config, state.epochs_done):
-            self.writer.write(sae=run.sae, optimizer=run.optimizer, state=state, config=config, mid_epoch=False)
-        return epoch_loss
+
+
+def cut_to_budget(indices, layout: _Layout, state):
+    """The batch's rows, the last batch cut where the budget ends (a data-parallel group's to a
+    whole share per rank)."""
+    left = layout.budget_left(state)
+    if left is None or len(indices) <= left:
+        return indices
+    if layout.parallel is not None:
+        left -= left % layout.parallel.world
+    return indices[:left]
+
+
+def end_epoch(run: Run, writer, generator, *, force_checkpoint: bool = False) -> float:
+    """The epoch's mean loss into the history; a checkpoint when one is due (or the run ends here)."""
+    state, config = run.state, run.config
+    sums = state.epoch_sums
+    epoch_loss = sums["loss"] / sums["tokens"]
+    state.loss_history.append(epoch_loss)
+    state.last_epoch_mse = sums["mse"] / sums["tokens"]
+    state.epochs_done += 1
+    state.epoch_step = 0
+    state.epoch_rng_state = generator.get_state()  # the next epoch's order starts here
+    if force_checkpoint or writer.due(config, state.epochs_done):
+        writer.write(sae=run.sae, optimizer=run.optimizer, state=state, config=config, mid_epoch=False)
+    return epoch_loss
 
 
 def _result(run: Run, writer, layout: _Layout, stopped_reason: str) -> TrainResult:
@@ -294,6 +330,8 @@ def _result(run: Run, writer, layout: _Layout, stopped_reason: str) -> TrainResu
         sae_batch_tokens=layout.batch_tokens,
         decode_path=state.decode_path or "dense",
         compute_dtype="bfloat16" if run.autocast else "float32",
+        tokens_trained=int(state.tokens_trained),
+        training_rows=layout.n_train,
     )
 
 

@@ -32,13 +32,34 @@ def min_steps_for(config: TrainConfig) -> int:
     return max(config.min_steps, math.ceil(config.min_update_travel / config.learning_rate))
 
 
+def token_budget(config: TrainConfig, n_tokens: int) -> int | None:
+    """Tokens the run trains on when a training_tokens budget ends it before max_epochs passes over
+    its n_tokens training rows; None when the passes end it."""
+    if config.training_tokens is None or config.training_tokens >= n_tokens * config.max_epochs:
+        return None
+    return int(config.training_tokens)
+
+
 def batch_tokens(config: TrainConfig, n_tokens: int) -> int:
     batch = min(config.sae_batch_tokens, n_tokens)
     min_steps = min_steps_for(config)
-    if min_steps > 0:
+    budget = token_budget(config, n_tokens)
+    if min_steps > 0 and budget is not None:
+        # The step floor shrinks batches to reach its steps within the budget; it never adds tokens.
+        batch = min(batch, max(_MIN_BATCH_TOKENS, budget // min_steps))
+    elif min_steps > 0:
         steps_per_epoch = math.ceil(min_steps / config.max_epochs)
         batch = min(batch, max(_MIN_BATCH_TOKENS, n_tokens // steps_per_epoch))
     return max(1, batch)
+
+
+def total_steps(config: TrainConfig, n_tokens: int, batch: int, steps_per_epoch: int) -> int:
+    """Steps of the whole run: max_epochs epochs, or up to where the budget ends it."""
+    budget = token_budget(config, n_tokens)
+    if budget is None:
+        return steps_per_epoch * config.max_epochs
+    epochs, rest = divmod(budget, n_tokens)
+    return epochs * steps_per_epoch + math.ceil(rest / batch)
 
 
 def run_constants(config: TrainConfig, n_tokens: int, d_in: int, saved) -> tuple[int, float]:

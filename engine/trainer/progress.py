@@ -11,9 +11,10 @@ def _empty() -> dict:
 
 
 class Progress:
-    def __init__(self, config, total_steps: int):
+    def __init__(self, config, total_steps: int, total_tokens: int | None = None):
         self.config = config
         self.total_steps = total_steps
+        self.total_tokens = total_tokens  # progress and the ETA follow tokens when known
         self.started_at = time.monotonic()
         self.last_report_at = self.started_at
         self.steps_this_run = 0
@@ -34,7 +35,8 @@ class Progress:
         self.steps_this_run += 1
         self.tokens_this_run += tokens
 
-    def maybe_report(self, on_progress, *, epoch: int, step: int, force: bool = False) -> None:
+    def maybe_report(self, on_progress, *, epoch: int, step: int, tokens_done: int | None = None,
+                     force: bool = False) -> None:
         now = time.monotonic()
         if on_progress is None or (not force and now - self.last_report_at < self.config.progress_interval_s):
             return
@@ -46,7 +48,12 @@ class Progress:
         self.recent = _empty()
         self.last_report_at = now
         elapsed = now - self.started_at
-        remaining = self.total_steps - step
+        if self.total_tokens is not None and tokens_done is not None:
+            done, left = tokens_done / self.total_tokens, self.total_tokens - tokens_done
+            eta = elapsed / self.tokens_this_run * left if self.tokens_this_run else None
+        else:
+            done = step / self.total_steps
+            eta = elapsed / self.steps_this_run * (self.total_steps - step) if self.steps_this_run else None
         on_progress(
             TrainProgress(
                 epoch=epoch,
@@ -56,11 +63,13 @@ class Progress:
                 loss=self.means["loss"],
                 mse=self.means["mse"],
                 l1=self.means["sparsity"],
-                progress=min(1.0, step / self.total_steps),
-                eta_s=elapsed / self.steps_this_run * remaining if self.steps_this_run else None,
+                progress=min(1.0, done),
+                eta_s=eta,
                 tokens_per_s=self.tokens_this_run / elapsed if elapsed > 0 else 0.0,
                 elapsed_s=elapsed,
                 l0=self.means["l0"],
                 explained_variance=self.means["explained_variance"],
+                tokens_done=tokens_done,
+                total_tokens=self.total_tokens,
             )
         )

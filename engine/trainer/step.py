@@ -21,7 +21,7 @@ class Run:
     this as `trainer`: config, dead_mask(), optimizer, parallel, state and total_steps."""
 
     def __init__(self, *, config, sae, optimizer, state, device, total_steps, dead_window_tokens, batch_tokens,
-                 parallel=None):
+                 parallel=None, total_tokens=None):
         self.config = config
         self.sae = sae
         self.kind = sae.kind
@@ -36,7 +36,7 @@ class Run:
         self.autocast_device = "cuda" if self.on_cuda else "cpu"
         self.autocast = self.on_cuda or cpu_uses_bf16(config.cpu_bf16)
         self.decode_timings_s = {}
-        self.progress = Progress(config, total_steps)
+        self.progress = Progress(config, total_steps, total_tokens)
         self.parallel = parallel
         # Gradients are averaged over ranks only for what runs inside DistributedDataParallel's forward.
         self.ddp = parallel.wrap(TrainingForward(sae, self._forward)) if parallel is not None else None

@@ -1,0 +1,46 @@
+"""Where a run's rows come from when it reads a corpus: the corpus as sequences (engine.packing),
+how many rows one pass gives, whether they are cached or streamed (engine.disk), and how many of
+them a training_tokens budget reads."""
+from pathlib import Path
+
+from engine.disk import free_bytes, plan_disk, rows_for_budget
+from engine.model_info import hidden_size, is_causal_lm
+from engine.packing import SequenceSource
+
+
+def sequence_source(spec, loaded) -> SequenceSource:
+    return SequenceSource(Path(spec.corpus), loaded.tokenizer, max_sequence_length=spec.max_sequence_length,
+                          causal=is_causal_lm(loaded.config), prepend_bos=spec.prepend_bos,
+                          exclude_special_tokens=spec.exclude_special_tokens, packing=spec.packing,
+                          text_field=spec.text_field)
+
+
+def budget(spec) -> int | None:
+    """The run's training_tokens: the spec's, or its TrainConfig's."""
+    return spec.training_tokens if spec.training_tokens is not None else spec.config.training_tokens
+
+
+def disk_plan(spec, loaded, rows_per_pass: int, *, must_cache: bool):
+    """engine.disk.plan_disk for this run on the data folder it writes to (raises DiskFull).
+    `must_cache`: the training step reads a file (a multi-process one), so streaming is no option."""
+    mode = "always" if must_cache else spec.cache_activations
+    return plan_disk(cache_activations=mode, rows_per_pass=rows_per_pass, d_model=hidden_size(loaded.config),
+                     d_sae=spec.config.hidden_dim, max_epochs=spec.config.max_epochs,
+                     eval_fraction=spec.config.eval_fraction, training_tokens=budget(spec),
+                     free=free_bytes(spec.paths.activations.parent))
+
+
+def rows_to_read(spec, rows_per_pass: int) -> int | None:
+    """Rows of the corpus the run reads: all of one pass, or fewer when its budget ends within it."""
+    tokens = budget(spec)
+    if tokens is None:
+        return None
+    needed = rows_for_budget(tokens, spec.config.eval_fraction)
+    return needed if needed < rows_per_pass else None
+
+
+def checkpoint_streamed(path) -> bool:
+    """Whether the checkpoint's run streamed its rows (it resumes the same way)."""
+    from engine.trainer import checkpoint
+
+    return bool(checkpoint.load(Path(path)).payload.get("streamed", False))

@@ -1,0 +1,180 @@
+"""A pass over a corpus's activations without a cache: rows computed by the model when they are
+read, in corpus order, and never written to disk.
+
+Sequences run in fixed groups (`group_sequences` consecutive ones, sorted by length inside the group
+so little compute goes to padding), whatever row a read starts at: a read from the middle of the
+pass (a resumed run) computes exactly the rows an uninterrupted one did. Skipping to a row
+tokenizes the corpus up to it; the model runs only from the group that holds it.
+"""
+from collections.abc import Iterator
+
+import numpy as np
+
+from engine.activations import _Plan, _run_batches
+from engine.errors import EngineError
+from engine.hooks import DEFAULT_HOOK_POINT, available_hook_points, check_hook_point
+from engine.loading import LoadedModel
+from engine.model_info import hidden_size, num_layers
+from engine.packing import SequenceSource
+from engine.sequences import Sequences, concatenate
+
+# Forward batches a group of sequences spans.
+_GROUP_BATCHES = 8
+
+
+class ActivationStream:
+    """Rows [0, n_rows) of one pass over `source`: whole sequences, the first ones giving at least
+    `n_rows` rows (all of the corpus when None). `rows_per_sequence`: source.rows_per_sequence()."""
+
+    dtype = np.dtype(np.float16)  # as a cache stores them, so a streamed run trains on the same values
+
+    def __init__(self, loaded: LoadedModel, source: SequenceSource, rows_per_sequence: np.ndarray, *, layer_number: int,
+                 batch_size: int, hook_point: str = DEFAULT_HOOK_POINT, n_rows: int | None = None):
+        total_layers = num_layers(loaded.config)
+        if not 0 <= layer_number < total_layers:
+            raise EngineError(f"Layer {layer_number} does not exist: this model has layers 0 to {total_layers - 1}")
+        check_hook_point(hook_point)
+        points = available_hook_points(loaded.model)
+        if hook_point not in points:
+            raise EngineError(f"This model has no {hook_point} hook point: it has {', '.join(points)}")
+        if batch_size < 1:
+            raise EngineError("batch_size must be at least 1")
+        self.loaded, self.source = loaded, source
+        self.layer_number, self.hook_point, self.batch_size = layer_number, hook_point, batch_size
+        ends = np.cumsum(np.asarray(rows_per_sequence, dtype=np.int64))
+        if len(ends) == 0 or ends[-1] == 0:
+            raise EngineError("The corpus produced no tokens: give it some text")
+        wanted = int(ends[-1]) if n_rows is None else min(int(n_rows), int(ends[-1]))
+        self.n_sequences = int(np.searchsorted(ends, wanted, side="left")) + 1
+        self.ends = ends[: self.n_sequences]
+        self.n_rows = int(self.ends[-1])
+        self.d_model = hidden_size(loaded.config)
+        self.shape = (self.n_rows, self.d_model)
+        self.group_sequences = batch_size * _GROUP_BATCHES
+
+    def sequence_starts(self) -> np.ndarray:
+        """The first row of every sequence with rows (int64), as engine.cache keeps them."""
+        starts = np.concatenate([[0], self.ends[:-1]])
+        return starts[np.diff(np.concatenate([[0], self.ends])) > 0].astype(np.int64)
+
+    def pieces(self, start: int = 0, stop: int | None = None, *, should_stop=None) -> Iterator[tuple]:
+        """(first row, rows [n, d_model] float16, their token ids [n] int32), covering rows
+        [start, stop) in order, a group of sequences at a time."""
+        stop = self.n_rows if stop is None else min(stop, self.n_rows)
+        if start >= stop:
+            return
+        first_group = int(np.searchsorted(self.ends, start, side="right")) // self.group_sequences
+        skip = first_group * self.group_sequences
+        index, pending = 0, []
+        for chunk in self.source.chunks():
+            for ids, keep in zip(chunk.ids, chunk.keep):
+                if index >= self.n_sequences:
+                    break
+                index += 1
+                if index <= skip:
+                    continue
+                pending.append((ids, keep))
+                if len(pending) == self.group_sequences or index == self.n_sequences:
+                    first_sequence = index - len(pending)
+                    row = int(self.ends[first_sequence - 1]) if first_sequence else 0
+                    rows, tokens = self._forward(pending, first_sequence, should_stop)
+                    pending = []
+                    lo, hi = max(start, row), min(stop, row + len(rows))
+                    if lo < hi:
+                        yield lo, rows[lo - row : hi - row], tokens[lo - row : hi - row]
+                    if row + len(rows) >= stop:
+                        return
+            if index >= self.n_sequences:
+                break
+        if index < self.n_sequences:
+            raise EngineError(f"Corpus '{self.source.path.name}' ended early: it changed while the run read it")
+
+    def sequences_from(self, row: int) -> tuple:
+        """(the sequences from the one holding `row` to the pass's last, the row the first starts
+        at): a tokenizing pass, the model does not run."""
+        first = int(np.searchsorted(self.ends, row, side="right"))
+        parts, index = [], 0
+        for chunk in self.source.chunks():
+            n = len(chunk.ids)
+            lo, hi = max(first - index, 0), min(n, self.n_sequences - index)
+            if lo < hi:
+                parts.append(Sequences(ids=chunk.ids[lo:hi], keep=chunk.keep[lo:hi], prepend_bos=chunk.prepend_bos))
+            index += n
+            if index >= self.n_sequences:
+                break
+        return concatenate(parts), int(self.ends[first - 1]) if first else 0
+
+    def reader(self, start: int = 0, stop: int | None = None, *, should_stop=None) -> "SequentialRows":
+        return SequentialRows(self, start, stop, should_stop=should_stop)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) in one array (a fresh pass from the corpus's start)."""
+        return self.reader(start, stop).read(start, stop)
+
+    def _forward(self, group: list, first_sequence: int, should_stop) -> tuple[np.ndarray, np.ndarray]:
+        ids = [g[0] for g in group]
+        keep = [g[1] for g in group]
+        lengths = np.array([int(k.sum()) for k in keep], dtype=np.int64)
+        expected = np.diff(np.concatenate([[self.ends[first_sequence - 1] if first_sequence else 0],
+                                           self.ends[first_sequence : first_sequence + len(group)]]))
+        if not np.array_equal(lengths, expected):
+            raise EngineError(f"Corpus '{self.source.path.name}' changed while the run read it: its sequences "
+                              "no longer give the rows they gave when the run started")
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        input_lengths = np.array([len(seq) for seq in ids])
+        order = [i for i in np.argsort(-input_lengths, kind="stable") if lengths[i] > 0]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        n = int(lengths.sum())
+        plan = _Plan(ids=ids, keep=keep, lengths=lengths, offsets=offsets, batches=batches, n_tokens=n,
+                     d_model=self.d_model, n_texts=len(ids), hook_point=self.hook_point, prepend_bos=False,
+                     exclude_special_tokens=False)
+        rows = np.empty((n, self.d_model), dtype=np.float16)
+        if n:
+            _run_batches(self.loaded, plan, rows, layer_number=self.layer_number, on_progress=None,
+                         should_stop=should_stop)
+        tokens = np.fromiter((t for seq, k in zip(ids, keep) for t, kept in zip(seq, k) if kept), dtype=np.int32, count=n)
+        return rows, tokens
+
+
+class SequentialRows:
+    """Rows of a stream read front to back (each read starts at or after the previous one's
+    start): what the trainer's blocks and the feature analysis' chunks do. Holds only the rows
+    from the last read's start on."""
+
+    def __init__(self, stream: ActivationStream, start: int, stop: int | None, *, should_stop=None):
+        self.stream = stream
+        self.shape = (stream.n_rows if stop is None else min(stop, stream.n_rows), stream.d_model)
+        self.dtype = stream.dtype
+        self._pieces = stream.pieces(start, stop, should_stop=should_stop)
+        self._first = start  # the row _buffer[0] holds
+        self._buffer = np.zeros((0, stream.d_model), dtype=np.float16)
+        self._tokens = np.zeros(0, dtype=np.int32)
+        self.on_tokens = None  # called with (first row, token ids) of every piece as it arrives
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        rows, _ = self.read_with_tokens(lo, hi)
+        return rows
+
+    def read_with_tokens(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        if lo < self._first:
+            raise EngineError(f"Rows are read front to back: row {lo} is behind row {self._first}")
+        drop = min(lo - self._first, len(self._buffer))
+        self._buffer, self._tokens = self._buffer[drop:], self._tokens[drop:]
+        self._first += drop
+        parts, tokens = [self._buffer], [self._tokens]
+        have = self._first + len(self._buffer)
+        while have < hi:
+            try:
+                row, rows, ids = next(self._pieces)
+            except StopIteration:
+                break
+            if self.on_tokens is not None:
+                self.on_tokens(row, ids)
+            parts.append(rows)
+            tokens.append(ids)
+            have = row + len(rows)
+        self._buffer = np.concatenate(parts) if len(parts) > 1 else self._buffer
+        self._tokens = np.concatenate(tokens) if len(tokens) > 1 else self._tokens
+        if have < hi:
+            raise EngineError(f"The stream ended at row {have}, before row {hi}")
+        return self._buffer[lo - self._first : hi - self._first], self._tokens[lo - self._first : hi - self._first]

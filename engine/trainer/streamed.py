@@ -1,0 +1,177 @@
+"""train_streamed: a run whose rows stream from the model (engine.stream.ActivationStream), with
+no cache to draw random batches from.
+
+Each epoch reads the training rows front to back in blocks of `shuffle_buffer_tokens` (rounded
+down to whole batches); a block's rows are shuffled and stepped on in batches, so a batch mixes a
+block's worth of the corpus (as SAELens' mixing buffer does). A block's order comes from a
+generator seeded by (seed, epoch, block), so a run resumed at any step recomputes its block from
+the corpus and takes the same batches: the checkpoint's epoch and step are its position in the
+corpus. The next block is computed in a background thread while the SAE steps on this one.
+"""
+import math
+import queue
+import threading
+import time
+
+import numpy as np
+import torch
+
+from engine.errors import EngineError, ExtractionCancelled
+from engine.trainer import checkpoint, init
+from engine.trainer.config import check_config
+from engine.trainer.loop import _layout, _result, _start, cut_to_budget, end_epoch
+
+
+def block_rows(config, batch_tokens: int) -> int:
+    """Rows of a shuffle block: the buffer, in whole batches (one batch at least)."""
+    return batch_tokens * max(1, config.shuffle_buffer_tokens // batch_tokens)
+
+
+def block_seed(seed: int, epoch: int, block: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, block]).generate_state(1)[0])
+
+
+def train_streamed(stream, config, *, device: str = "cpu", checkpoint_dir=None, checkpoint_prefix: str = "sae",
+                   on_progress=None, should_stop=None, on_checkpoint=None, resume_from=None):
+    """Train on `stream` (an ActivationStream: its shape, and rows read front to back); the last
+    eval_fraction of its rows are held out as from a cache. Returns a TrainResult (streamed=True)."""
+    check_config(config)
+    saved = checkpoint.load(resume_from) if resume_from is not None else None
+    if saved is not None and not saved.payload.get("streamed", False):
+        raise EngineError(f"Checkpoint '{saved.name}' was trained from an activation cache: resume it from that cache")
+    layout = _layout(config, stream, saved, device=device, distributed=False, first_epoch_rows=None)
+    block = block_rows(config, layout.batch_tokens)
+    first_block = sample = None
+    if saved is None:
+        # The first block gives the input scale and b_dec's start (and is the first block trained on).
+        first_block = stream.read(0, min(block, layout.n_train))
+        picked = np.sort(init.sample_of(np.arange(len(first_block)), config.seed))
+        sample = torch.from_numpy(first_block[picked].astype(np.float32))
+    run, _ = _start(config, layout, stream, None, saved, None, device=device, sample=sample)
+    run.state.streamed = True
+    writer = checkpoint.Writer(checkpoint_dir, checkpoint_prefix, on_checkpoint)
+    loop = _StreamLoop(run, writer, layout, stream, block, first_block, should_stop, on_progress)
+    stopped_reason = loop.epochs()
+    result = _result(run, writer, layout, stopped_reason)
+    result.streamed = True
+    return result
+
+
+class _StreamLoop:
+    def __init__(self, run, writer, layout, stream, block: int, first_block, should_stop, on_progress):
+        self.run, self.writer, self.layout, self.stream = run, writer, layout, stream
+        self.block, self.first_block = block, first_block
+        self.should_stop, self.on_progress = should_stop, on_progress
+        self.generator = torch.Generator().manual_seed(run.config.seed)
+        self.generator.set_state(run.state.epoch_rng_state)
+        self.last_stop_check = -math.inf
+
+    def epochs(self) -> str:
+        run, state, config = self.run, self.run.state, self.run.config
+        stopped_reason = "max_epochs"
+        while state.epochs_done < config.max_epochs:
+            if not self.epoch():
+                stopped_reason = "cancelled"
+                self.writer.write(sae=run.sae, optimizer=run.optimizer, state=state, config=config, mid_epoch=True)
+                break
+            budget_spent = self.layout.budget_left(state) == 0
+            epoch_loss = end_epoch(run, self.writer, self.generator, force_checkpoint=budget_spent)
+            if budget_spent:
+                stopped_reason = "training_tokens"
+                break
+            if epoch_loss < config.min_loss:
+                stopped_reason = "min_loss"
+                break
+        run.progress.maybe_report(self.on_progress, epoch=min(state.epochs_done + 1, config.max_epochs),
+                                  step=state.step, tokens_done=state.tokens_trained, force=True)
+        return stopped_reason
+
+    def epoch(self) -> bool:
+        run, state, layout, batch = self.run, self.run.state, self.layout, self.layout.batch_tokens
+        if state.epoch_step == 0:
+            state.epoch_sums = checkpoint.empty_sums()
+        steps_per_block = self.block // batch
+        n_blocks = math.ceil(layout.n_train / self.block)
+        first = state.epoch_step // steps_per_block
+        prefetched = self.first_block if state.epochs_done == 0 and first == 0 else None
+        self.first_block = None
+        blocks = _Blocks(self.stream, self.block, layout.n_train, first, n_blocks, skip_first=prefetched is not None)
+        try:
+            for b in range(first, n_blocks):
+                rows = prefetched if b == first and prefetched is not None else blocks.next()
+                order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(
+                    block_seed(run.config.seed, state.epochs_done, b)))
+                first_step = b * steps_per_block
+                for s in range(state.epoch_step - first_step, math.ceil(len(rows) / batch)):
+                    if layout.budget_left(state) == 0:
+                        return True
+                    if self._stop_asked():
+                        return False
+                    indices = cut_to_budget(order[s * batch : (s + 1) * batch], layout, state)
+                    picked = np.sort(indices.numpy())
+                    x = torch.from_numpy(rows[picked]).to(run.device, torch.float32) * state.scaling_factor
+                    run.step(x)
+                    state.tokens_trained += len(picked)
+                    state.epoch_step = first_step + s + 1
+                    run.progress.maybe_report(self.on_progress, epoch=state.epochs_done + 1, step=state.step,
+                                              tokens_done=state.tokens_trained)
+        finally:
+            blocks.close()
+        return True
+
+    def _stop_asked(self) -> bool:
+        now = time.monotonic()
+        if self.should_stop is not None and now - self.last_stop_check >= self.run.config.stop_check_interval_s:
+            self.last_stop_check = now
+            return bool(self.should_stop())
+        return False
+
+
+class _Blocks:
+    """The epoch's blocks [first, n_blocks), computed one ahead in a background thread."""
+
+    def __init__(self, stream, block: int, n_train: int, first: int, n_blocks: int, *, skip_first: bool):
+        self._queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        start = (first + (1 if skip_first else 0)) * block
+        self._ranges = [(b * block, min((b + 1) * block, n_train)) for b in range(first, n_blocks)]
+        if skip_first:
+            self._ranges = self._ranges[1:]
+        self._thread = None
+        if self._ranges:
+            reader = stream.reader(start, n_train, should_stop=self._stop.is_set)
+            self._thread = threading.Thread(target=self._produce, args=(reader,), name="activation-stream", daemon=True)
+            self._thread.start()
+
+    def _produce(self, reader):
+        try:
+            for lo, hi in self._ranges:
+                rows = reader.read(lo, hi).copy()
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(("rows", rows), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except ExtractionCancelled:
+            return
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            self._queue.put(("error", err))
+
+    def next(self) -> np.ndarray:
+        kind, value = self._queue.get()
+        if kind == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            while self._thread.is_alive():
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+                self._thread.join(timeout=0.1)
