@@ -27,7 +27,13 @@ def disk_plan(spec, loaded, rows_per_pass: int, *, must_cache: bool):
     return plan_disk(cache_activations=mode, rows_per_pass=rows_per_pass, d_model=hidden_size(loaded.config),
                      d_sae=spec.config.hidden_dim, max_epochs=spec.config.max_epochs,
                      eval_fraction=spec.config.eval_fraction, training_tokens=budget(spec),
-                     free=free_bytes(spec.paths.activations.parent))
+                     free=free_space(spec))
+
+
+def free_space(spec) -> int:
+    """What the run may write: the free space of its folder, or its disk budget when smaller."""
+    free = free_bytes(spec.paths.activations.parent)
+    return free if spec.disk_budget_bytes is None else min(free, spec.disk_budget_bytes)
 
 
 def rows_to_read(spec, rows_per_pass: int) -> int | None:

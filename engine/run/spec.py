@@ -63,6 +63,8 @@ class RunSpec:
     # Tokens the SAE trains on (a hard cap; max_epochs still caps the passes); None: max_epochs passes.
     training_tokens: int | None = None
     cache_activations: str = "auto"  # engine.disk.CACHE_MODES
+    # The most disk the run may write (its cache and checkpoints), below the data folder's free space; None: the free space.
+    disk_budget_bytes: int | None = None
     activations_file: Path | None = None  # .npy or .safetensors [tokens, d_model]: no model, no extraction
     layer_number: int = 0  # 0-based block the SAE reads at
     # Where in block layer_number (engine.hooks): "resid_post" (its output), "resid_pre" (its

@@ -1,0 +1,55 @@
+"""Whether a run caches its activations, and what it needs of the disk (engine.disk)."""
+import pytest
+
+from engine.disk import DiskFull, cache_bytes, plan_disk, rows_for_budget
+from engine.trainer.plan import eval_rows
+
+GB = 10**9
+
+
+def plan(**overrides):
+    values = dict(cache_activations="auto", rows_per_pass=1_000_000, d_model=1024, d_sae=4096, max_epochs=3,
+                  eval_fraction=0.05, training_tokens=None, free=100 * GB)
+    values.update(overrides)
+    return plan_disk(**values)
+
+
+def test_a_cache_is_two_bytes_a_value_and_four_a_token_id():
+    assert cache_bytes(1000, 512) == 1000 * (512 * 2 + 4) + 4096
+
+
+def test_several_passes_cache_when_the_cache_fits():
+    verdict = plan()
+    assert verdict.cache and verdict.passes == 3 and verdict.cache_bytes == cache_bytes(1_000_000, 1024)
+
+
+def test_one_pass_streams_whatever_the_disk():
+    assert not plan(max_epochs=1).cache
+    assert not plan(training_tokens=500_000).cache
+
+
+def test_auto_streams_several_passes_whose_cache_would_not_fit():
+    verdict = plan(free=1 * GB)
+    assert not verdict.cache and "would not fit" in verdict.reason
+
+
+def test_always_refuses_a_cache_that_cannot_fit_and_says_how_large_and_what_to_change():
+    with pytest.raises(DiskFull, match=r"needs 2\.\d GB.*Set cache_activations to auto or never") as err:
+        plan(cache_activations="always", free=1 * GB)
+    assert err.value.plan.cache_bytes == cache_bytes(1_000_000, 1024)
+
+
+def test_a_budget_within_one_pass_caches_only_the_rows_it_reads():
+    verdict = plan(cache_activations="always", training_tokens=100_000)
+    assert verdict.cache_bytes == cache_bytes(rows_for_budget(100_000, 0.05), 1024)
+
+
+def test_the_rows_a_budget_reads_leave_exactly_the_budget_to_train_on():
+    for budget in (1, 99, 100_000, 10_000_000):
+        rows = rows_for_budget(budget, 0.05)
+        assert budget <= rows - eval_rows(rows, 0.05) <= budget + 1
+
+
+def test_checkpoints_that_cannot_fit_are_refused_even_when_streaming():
+    with pytest.raises(DiskFull, match="Lower hidden_dim or free disk space"):
+        plan(cache_activations="never", free=10**6)
