@@ -23,16 +23,12 @@ def analyze(spec, result, activations, activations_path, *, model, loaded, on_pr
     from engine.features import analyze_features, save_analysis
 
     started = time.monotonic()
+    rows_of_run = int(activations.shape[0])
     if isinstance(activations, ActivationStream):
         activations, token_ids, starts = _streamed(activations, spec, should_stop)
     else:
         index = None if spec.activations_file is not None else load_token_index(activations_path)
         token_ids, starts = index if index is not None else (None, None)
-        limit = spec.features.max_tokens
-        if limit is not None and limit < activations.shape[0]:
-            activations = activations[:limit]
-            if token_ids is not None:
-                token_ids, starts = token_ids[:limit], starts[starts < limit]
     sae = result.sae.to(spec.device).eval()
     analysis = analyze_features(
         sae, result.scaling_factor, activations, token_ids=token_ids, sequence_starts=starts,
@@ -42,6 +38,10 @@ def analyze(spec, result, activations, activations_path, *, model, loaded, on_pr
     info = {"top_n": analysis.top_n, "window": analysis.window, "analyzed_tokens": analysis.n_rows,
             "contexts": token_ids is not None, "logit_effect": False, "logit_effect_reason": None,
             "seconds": None}
+    if analysis.n_rows < rows_of_run:
+        info["analyzed_tokens_reason"] = (
+            f"the rows streamed (no cache): the analysis ran the model again over the first {analysis.n_rows:,} of "
+            f"{rows_of_run:,} (MISTUDIO_STREAMED_ANALYSIS_TOKENS)")
     if token_ids is None:
         info["contexts_reason"] = ("trained from an activations file: there are no tokens" if spec.activations_file is not None
                                    else "the activations were extracted before token indexes were kept")
@@ -58,9 +58,10 @@ def analyze(spec, result, activations, activations_path, *, model, loaded, on_pr
 
 def _streamed(stream, spec, should_stop):
     """The rows of a streamed run, computed again front to back for the analysis (at most
-    features.max_tokens of them), and their token index, written beside where a cache would be as
+    features.streamed_max_tokens of them), and their token index, written beside where a cache would be as
     the rows arrive (4 bytes a row, where a cache takes 2 x d_model)."""
-    n = stream.n_rows if spec.features.max_tokens is None else min(stream.n_rows, spec.features.max_tokens)
+    limit = spec.features.streamed_max_tokens
+    n = stream.n_rows if limit is None else min(stream.n_rows, limit)
     reader = stream.reader(0, n, should_stop=should_stop)
     tokens_path, starts_path = token_index_paths(spec.paths.activations)
     tokens_path.parent.mkdir(parents=True, exist_ok=True)

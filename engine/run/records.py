@@ -64,6 +64,9 @@ def metadata(spec, result, activations, activations_path, *, model_name, model_i
         "exclude_special_tokens": tokens["exclude_special_tokens"],
         "hook_point_reason": tokens["reason"],
         "corpus": corpus_name,
+        # How the corpus became sequences (engine.packing), the effective packing; None for an activations file.
+        "packing": tokens.get("packing"),
+        "text_field": tokens.get("text_field"),
         "activations_path": None if activations_path is None else str(activations_path),
         "activations_shape": list(activations.shape),
         "activations_dtype": str(activations.dtype),
@@ -82,6 +85,8 @@ def metadata(spec, result, activations, activations_path, *, model_name, model_i
             "batch_size": spec.batch_size,
             "sae_batch_tokens": config.sae_batch_tokens,
             "max_epochs": config.max_epochs,
+            "training_tokens": spec.training_tokens if spec.training_tokens is not None else config.training_tokens,
+            "cache_activations": None if from_file else spec.cache_activations,
             "min_loss": config.min_loss,
             "max_sequence_length": spec.max_sequence_length,
             "device": spec.device,

@@ -235,7 +235,10 @@ class _Run:
         # it); an encoder's may be gone by now, and needs none.
         causal = bool(self._model_info().get("is_causal_lm"))
         tokenizer = self.loaded.tokenizer if self.loaded is not None else None
-        return {"hook_point": spec.hook_point, "hook_name": transformerlens_name(spec.hook_point, spec.layer_number),
+        from engine.corpus import corpus_format, default_packing
+
+        packing = spec.packing or default_packing(corpus_format(Path(spec.corpus)))
+        return {"packing": packing, "text_field": spec.text_field, "hook_point": spec.hook_point, "hook_name": transformerlens_name(spec.hook_point, spec.layer_number),
                 "prepend_bos": tokenizer is not None and effective_prepend_bos(
                     tokenizer, causal=causal, prepend_bos=spec.prepend_bos),
                 "exclude_special_tokens": spec.exclude_special_tokens, "reason": None}

@@ -42,8 +42,10 @@ class FeatureSettings:
     top_n: int = 20
     window: int = 12
     logit_tokens: int = 10
-    # Rows analysed, the first ones (None: all). A streamed run's analysis runs the model over them again.
-    max_tokens: int | None = None
+    # A streamed run has no cache to read again: its analysis runs the model over the pass's first
+    # this many rows (None: all of them, which costs as much model time as the training pass did).
+    # A cached run's analysis reads every row of its cache.
+    streamed_max_tokens: int | None = 1_000_000
 
 
 @dataclass
