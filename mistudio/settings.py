@@ -232,6 +232,13 @@ if TOPK_DECODE not in ("auto", "dense", "sparse"):
 FEATURE_TOP_N = env_int("MISTUDIO_FEATURE_TOP_N", 20, minimum=1)
 FEATURE_CONTEXT_WINDOW = env_int("MISTUDIO_FEATURE_CONTEXT_WINDOW", 12, minimum=0)
 FEATURE_LOGIT_TOKENS = env_int("MISTUDIO_FEATURE_LOGIT_TOKENS", 10, minimum=1)
+# A job whose activations streamed (no cache) has its features analysed by running the model again
+# over the pass's first this many tokens; 0 = all of them (as much model time as training took).
+STREAMED_ANALYSIS_TOKENS = env_int("MISTUDIO_STREAMED_ANALYSIS_TOKENS", 1_000_000, minimum=0)
+# The most disk one job may write (its activation cache and checkpoints), below the data folder's
+# free space; unset: the free space. A job that needs more streams its activations (cache_activations
+# auto) or is refused with what it would need.
+DISK_BUDGET_BYTES = env_int("MISTUDIO_DISK_BUDGET_BYTES", 0, minimum=0) or None
 # CPU precision: "auto" computes in bfloat16 (model weights, SAE matmuls under autocast with float32
 # master weights) where the CPU has hardware bf16 matmuls (Intel AMX), float32 elsewhere; "on" or
 # "off" pins it. GPUs always compute in bf16 (fp16 where a card lacks it).

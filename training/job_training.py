@@ -103,6 +103,8 @@ def train_callbacks(job, report, extraction_report=None):
 
     def on_progress(p):
         message = f"Training in progress - Epoch {p.epoch}/{p.total_epochs}"
+        if p.tokens_done is not None and p.total_tokens:
+            message += f" - {p.tokens_done:,}/{p.total_tokens:,} tokens"
         phase = {}
         if extraction_report is not None:
             if not extraction_report.training:

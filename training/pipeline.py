@@ -212,7 +212,7 @@ def _finish(job, outcome):
     outputs = dict(
         training_stats=outcome.training_stats,
         model_path=str(outcome.paths.model),
-        activations_path=str(outcome.activations_path),
+        activations_path=str(outcome.activations_path or ""),  # none when the rows streamed
         metadata_path=str(outcome.paths.metadata),
         evaluation=outcome.evaluation,
         exports={name: str(path) for name, path in outcome.exports.items()},
