@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from engine.activations import _Plan, _run_batches
+from engine import activations as extraction
+from engine.activations import _Plan
 from engine.errors import EngineError
 from engine.hooks import DEFAULT_HOOK_POINT, available_hook_points, check_hook_point
 from engine.loading import LoadedModel
@@ -51,6 +52,7 @@ class ActivationStream:
         self.d_model = hidden_size(loaded.config)
         self.shape = (self.n_rows, self.d_model)
         self.group_sequences = batch_size * _GROUP_BATCHES
+        self.error: BaseException | None = None  # what last stopped the model's forward
 
     def sequence_starts(self) -> np.ndarray:
         """The first row of every sequence with rows (int64), as engine.cache keeps them."""
@@ -130,8 +132,12 @@ class ActivationStream:
                      exclude_special_tokens=False)
         rows = np.empty((n, self.d_model), dtype=np.float16)
         if n:
-            _run_batches(self.loaded, plan, rows, layer_number=self.layer_number, on_progress=None,
-                         should_stop=should_stop)
+            try:
+                extraction._run_batches(self.loaded, plan, rows, layer_number=self.layer_number, on_progress=None,
+                                        should_stop=should_stop)
+            except BaseException as err:
+                self.error = err  # the caller names the model's forward as where a run failed
+                raise
         tokens = np.fromiter((t for seq, k in zip(ids, keep) for t, kept in zip(seq, k) if kept), dtype=np.int32, count=n)
         return rows, tokens
 

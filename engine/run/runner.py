@@ -178,10 +178,15 @@ class _Run:
 
             self._enter(TRAINING, overlapped=False, resume_from=spec.resume_from)
             callbacks = self.callbacks
-            return train_streamed(self.stream, self.config, device=spec.device, checkpoint_dir=spec.paths.checkpoint_dir,
-                                  checkpoint_prefix=spec.checkpoint_prefix, on_progress=callbacks.on_train_progress,
-                                  should_stop=callbacks.should_stop, on_checkpoint=callbacks.on_checkpoint,
-                                  resume_from=spec.resume_from)
+            try:
+                return train_streamed(self.stream, self.config, device=spec.device,
+                                      checkpoint_dir=spec.paths.checkpoint_dir, checkpoint_prefix=spec.checkpoint_prefix,
+                                      on_progress=callbacks.on_train_progress, should_stop=callbacks.should_stop,
+                                      on_checkpoint=callbacks.on_checkpoint, resume_from=spec.resume_from)
+            except BaseException as err:
+                if self.stream.error is err:  # the model's forward failed (out of memory, a NaN layer)
+                    self.phase = EXTRACTING
+                raise
         extracted = spec.activations_file is None
         step = self._step(path, arrival_order=extracted and (spec.resume_from is not None or spec.first_epoch_in_arrival_order))
         self._enter(TRAINING, overlapped=False, resume_from=spec.resume_from)

@@ -132,6 +132,7 @@ class _Blocks:
 
     def __init__(self, stream, block: int, n_train: int, first: int, n_blocks: int, *, skip_first: bool):
         self._queue = queue.Queue(maxsize=1)
+        self._device = stream.loaded.device
         self._stop = threading.Event()
         start = (first + (1 if skip_first else 0)) * block
         self._ranges = [(b * block, min((b + 1) * block, n_train)) for b in range(first, n_blocks)]
@@ -144,21 +145,27 @@ class _Blocks:
             self._thread.start()
 
     def _produce(self, reader):
+        from engine.activations import _side_stream
+
         try:
-            for lo, hi in self._ranges:
-                rows = reader.read(lo, hi).copy()
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(("rows", rows), timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
+            with _side_stream(self._device):
+                self._produce_blocks(reader)
         except ExtractionCancelled:
             return
         except BaseException as err:  # handed to the consumer, which re-raises it
             self._queue.put(("error", err))
+
+    def _produce_blocks(self, reader):
+        for lo, hi in self._ranges:
+            rows = reader.read(lo, hi).copy()
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(("rows", rows), timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            if self._stop.is_set():
+                return
 
     def next(self) -> np.ndarray:
         kind, value = self._queue.get()
