@@ -93,3 +93,14 @@ def test_the_job_page_shows_the_packing_the_budget_and_the_cache_mode(client, al
     assert "Packing" in page and "concat" in page
     assert "Token budget (training_tokens)" in page and "1,000,000" in page
     assert "Cache activations" in page and "never" in page
+
+
+def test_the_job_page_shows_the_disk_plan_in_a_line(client, alice):
+    plan = {"cache": True, "passes": 5, "rows_per_pass": 7000, "cache_bytes": 3 * 1024**3, "checkpoint_bytes": 1,
+            "needed_bytes": 3 * 1024**3 + 1, "free_bytes": 100 * 1024**3, "reason": "5 passes, and the cache fits",
+            "bytes_per_token": 4.0, "tokens_estimated_from": "measured"}
+    job = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2", packing="lines", disk_plan=plan)
+    client.force_login(alice)
+    page = client.get(f"/jobs/{job.id}/").content.decode()
+    assert "Disk plan" in page
+    assert "cache of 3.00 GB, 5 pass(es) of about 7,000 tokens; needs 3.00 GB of 100.0 GB free" in page
