@@ -53,9 +53,10 @@ class CorpusFacts:
         if self.format == "txt":
             with open(self.path, "rb") as handle:
                 head = handle.read(max_bytes + 1)
+            cut, head = len(head) > max_bytes, head[:max_bytes]
             lines = head.decode("utf-8", errors="ignore").splitlines()
-            if len(head) > max_bytes:
-                lines = lines[:-1]  # cut mid-line
+            if cut and len(lines) > 1:
+                lines = lines[:-1]  # cut mid-line (a single line longer than the sample is kept as cut)
             return [line.strip() for line in lines if line.strip()]
         from engine.corpus import iter_documents
 
@@ -156,7 +157,10 @@ def _bytes_per_token(described, facts: CorpusFacts, token) -> tuple[float, str]:
     if described.resolved.gguf_file is not None:
         # Its tokenizer is inside the GGUF file, which the worker converts: not read at submission.
         return 1.0, "1 byte per token (an upper bound): a GGUF model's tokenizer is not read at submission"
-    texts = facts.sample()
+    try:
+        texts = facts.sample()
+    except Exception as err:  # noqa: BLE001 - a file gone or unreadable: the run will say so; this is an estimate
+        return 1.0, f"1 byte per token (an upper bound): the corpus could not be read ({type(err).__name__})"
     try:
         from engine.loading import load_tokenizer
 

@@ -128,3 +128,29 @@ def test_check_memory_answers_400_for_a_corpus_that_is_not_the_users_or_a_bad_mo
     assert response.status_code == 400
     assert response.json()["detail"] == (
         'cache_activations: "sometimes" is not a cache mode: choose one of auto, always, never.')
+
+
+def test_a_corpus_file_that_cannot_be_read_is_estimated_at_a_byte_per_token_and_left_to_the_run(
+        alice_api, corpus, hub_models):
+    from pathlib import Path
+
+    from corpora.models import Corpus
+
+    Path(Corpus.objects.get(name=corpus).path).unlink()
+    response = train(alice_api)
+    assert response.status_code == 200, response.json()
+    plan = TrainingJob.objects.get(pk=response.json()["job_id"]).disk_plan
+    assert "1 byte per token (an upper bound): the corpus could not be read (FileNotFoundError)" in plan["reason"]
+
+
+def test_the_sample_of_a_txt_corpus_is_its_first_whole_lines(tmp_path):
+    from training.runplan import CorpusFacts
+
+    path = tmp_path / "c.txt"
+    path.write_text("first line\n\n  second line  \nthird line that is cut\n", encoding="utf-8")
+    facts = CorpusFacts(path=path, format="txt", text_field="text", default_packing="lines", text_bytes=60,
+                        documents=3, lines=3)
+    assert facts.sample(max_bytes=30) == ["first line", "second line"]
+    assert facts.sample() == ["first line", "second line", "third line that is cut"]
+    path.write_text("x" * 100, encoding="utf-8")
+    assert facts.sample(max_bytes=10) == ["x" * 10]
