@@ -119,7 +119,7 @@ def plan_disk(*, cache_activations: str, rows_per_pass: int, d_model: int, d_sae
     plan = DiskPlan(cache=cache, passes=passes, rows_per_pass=rows_per_pass, cache_bytes=cached if cache else 0,
                     checkpoint_bytes=checkpoints, needed_bytes=needed, free_bytes=free, reason=reason)
     if needed > usable:
-        raise DiskFull(plan, _advice(plan, cache_activations))
+        raise DiskFull(plan, _advice(plan, cache_activations, cache_rows=rows))
     return plan
 
 
@@ -133,10 +133,11 @@ def rows_for_budget(training_tokens: int, eval_fraction: float) -> int:
     return training_tokens + eval_rows(math.ceil(training_tokens / (1 - eval_fraction)), eval_fraction)
 
 
-def _advice(plan: DiskPlan, mode: str) -> str:
+def _advice(plan: DiskPlan, mode: str, *, cache_rows: int) -> str:
     parts = [f"This run needs {_size(plan.needed_bytes)} of disk"]
     if plan.cache:
-        parts.append(f" (an activation cache of {_size(plan.cache_bytes)} for {plan.rows_per_pass:,} tokens and "
+        # The rows cached, fewer than a pass's when a budget ends within one pass.
+        parts.append(f" (an activation cache of {_size(plan.cache_bytes)} for {cache_rows:,} tokens and "
                      f"checkpoints of {_size(plan.checkpoint_bytes)})")
     else:
         parts.append(f" (checkpoints of {_size(plan.checkpoint_bytes)})")
@@ -162,3 +163,7 @@ class DiskFull(EngineError):
     def __init__(self, plan: DiskPlan, message: str):
         super().__init__(message)
         self.plan = plan
+
+    def __reduce__(self):
+        # Both arguments: an error that crosses a process (a queue's result, a DDP rank) unpickles.
+        return type(self), (self.plan, str(self))

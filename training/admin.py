@@ -42,7 +42,7 @@ class CheckpointInline(admin.TabularInline):
 class TrainingJobAdmin(admin.ModelAdmin):
     list_display = ("id", "page_link", "status_badge", "progress_bar", "model_name", "layer_number",
                     "current_loss", "owner", "worker_host", "created_at", "completed_at")
-    list_filter = ("status", "architecture", "hook_point", "phase", "quantization", "worker_host", "created_at")
+    list_filter = ("status", "architecture", "hook_point", "packing", "cache_activations", "phase", "quantization", "worker_host", "created_at")
     search_fields = ("id", "model_name", "corpus__name", "owner__username", "message")
     date_hierarchy = "created_at"
     actions = ["cancel_jobs"]
@@ -54,9 +54,9 @@ class TrainingJobAdmin(admin.ModelAdmin):
                                    "sparsity_coeff", "learning_rate", "batch_size", "sae_batch_tokens",
                                    "max_epochs", "min_loss", "gpu_id", "max_sequence_length", "quantization",
                                    "architecture", "k", "target_l0", "hook_point", "exclude_special_tokens",
-                                   "prepend_bos")}),
+                                   "prepend_bos", "packing", "training_tokens", "cache_activations")}),
         ("Metrics", {"fields": ("current_epoch", "current_loss", "eta_s", "pretty_evaluation",
-                                "pretty_training_stats", "pretty_model_info", "memory_check")}),
+                                "pretty_training_stats", "pretty_model_info", "memory_check", "pretty_disk_plan")}),
         ("Artifacts", {"fields": ("model_path", "activations_path", "metadata_path", "pretty_exports")}),
         ("Times", {"fields": ("created_at", "started_at", "completed_at", "cancel_requested_at")}),
     )
@@ -98,6 +98,10 @@ class TrainingJobAdmin(admin.ModelAdmin):
     @admin.display(description="evaluation")
     def pretty_evaluation(self, job):
         return _pretty(job.evaluation)
+
+    @admin.display(description="disk plan")
+    def pretty_disk_plan(self, job):
+        return _pretty(job.disk_plan)
 
     @admin.display(description="exports")
     def pretty_exports(self, job):

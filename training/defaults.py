@@ -19,6 +19,11 @@ class JobDefaults(SaeDefaults):
     hook_point: str = DEFAULT_HOOK_POINT
     exclude_special_tokens: bool = True
     prepend_bos: bool = True
+    # How documents become sequences (engine.packing); None: the corpus format's default, which
+    # job_create records on the job (training.runplan.corpus_facts).
+    packing: str | None = None
+    training_tokens: int | None = None  # a hard cap on the tokens the SAE trains on; None: max_epochs passes
+    cache_activations: str = "auto"  # engine.disk.CACHE_MODES
 
 
 DEFAULTS = JobDefaults()

@@ -22,6 +22,7 @@ def status_document(job: TrainingJob) -> dict:
         "device": job.device,
         "tokens_per_s": job.tokens_per_s,
         "hook_point": job.hook_point or None,
+        **_corpus_reading(job),
         "model_info": job.model_info,
         "last_checkpoint": last.path if last else None,
         "created_at": job.created_at,
@@ -54,8 +55,20 @@ def result_document(job: TrainingJob) -> dict:
         "hook_point": job.hook_point or None,
         "exclude_special_tokens": job.exclude_special_tokens,
         "prepend_bos": job.prepend_bos,
+        **_corpus_reading(job),
         "evaluation": job.evaluation,
         "exports": job.exports,
+    }
+
+
+def _corpus_reading(job: TrainingJob) -> dict:
+    """How the job reads its corpus and what it writes to disk; null where an activations file's
+    job has none."""
+    return {
+        "packing": job.packing or None,
+        "training_tokens": job.training_tokens,
+        "cache_activations": job.cache_activations or None,
+        "disk_plan": job.disk_plan,
     }
 
 

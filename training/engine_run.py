@@ -7,7 +7,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from training import selectors, services
+from training import runplan, selectors, services
 from training.job_training import (
     first_epoch_in_arrival_order,
     resume_checkpoint,
@@ -51,13 +51,19 @@ def job_spec(job: TrainingJob, device: str):
 
     paths = services.job_artifact_paths(job)
     on_model = not job.activations_file
+    corpus = runplan.corpus_facts(job.corpus) if job.corpus_id else None
     return RunSpec(
         paths=RunPaths(activations=paths["activations_path"], model=paths["model_path"], metadata=paths["metadata_path"],
                        saelens_dir=paths["saelens_dir"], features_dir=paths["features_dir"],
                        checkpoint_dir=paths["checkpoint_dir"]),
         config=train_config(job),
         model=ResolvedModel(name=job.model_name, location=job.model_location, source=job.model_source) if on_model else None,
-        corpus=Path(job.corpus.path) if job.corpus_id else None,
+        corpus=corpus.path if corpus else None,
+        text_field=corpus.text_field if corpus else "text",
+        # Jobs record the packing they resolved; None (an activations file's) leaves the engine's default.
+        packing=job.packing or None,
+        training_tokens=job.training_tokens,
+        cache_activations=job.cache_activations or "auto",
         activations_file=None if on_model else Path(job.activations_file),
         layer_number=job.layer_number,
         # An activations file's job records none of these (blank/null): the engine ignores them there.

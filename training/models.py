@@ -5,7 +5,9 @@ from django.db import models
 from django.utils import timezone
 
 from engine import sae as architectures
+from engine.disk import CACHE_MODES
 from engine.hooks import HOOK_POINTS
+from engine.packing import PACKINGS
 from training.defaults import DEFAULTS
 
 
@@ -90,11 +92,25 @@ class TrainingJob(models.Model):
                                                  help_text="No activation rows at BOS/CLS/SEP/EOS/padding positions.")
     prepend_bos = models.BooleanField(null=True, blank=True, default=DEFAULTS.prepend_bos,
                                       help_text="A causal LM's sequences start with its tokenizer's BOS.")
+    # How the corpus's documents become sequences (engine.packing), the tokens the SAE trains on
+    # at most, and whether the activations are cached (engine.disk). job_create records the
+    # packing it resolved (the corpus format's default when none was asked for). A job on an
+    # activations file has no packing and no cache mode (null and blank); its budget applies.
+    packing = models.CharField(max_length=16, choices=[(p, p) for p in PACKINGS], null=True, blank=True,
+                               default=DEFAULTS.packing, help_text="lines, documents or concat (engine.packing).")
+    training_tokens = models.BigIntegerField(null=True, blank=True, default=DEFAULTS.training_tokens,
+                                             help_text="Tokens the SAE trains on at most; null: max_epochs passes.")
+    cache_activations = models.CharField(max_length=8, choices=[(m, m) for m in CACHE_MODES], blank=True,
+                                         default=DEFAULTS.cache_activations,
+                                         help_text="auto, always or never: whether the activations are cached on disk.")
 
     # The Hugging Face token, Fernet-encrypted, kept only while the job may still need it.
     encrypted_hf_token = models.TextField(blank=True, editable=False)
     requires_token = models.BooleanField(default=False)
     memory_check = models.CharField(max_length=500, blank=True)
+    # What the run will write to disk, as job_create planned it (engine.disk.DiskPlan, with how
+    # the corpus's tokens were estimated); null for a job on an activations file.
+    disk_plan = models.JSONField(null=True, blank=True)
 
     # Live state, written by the worker.
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)

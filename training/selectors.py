@@ -59,6 +59,10 @@ def job_parameters(job: TrainingJob) -> list[tuple[str, object]]:
         ("Hook point", job.hook_point or None),
         ("Special tokens excluded", job.exclude_special_tokens),
         ("BOS prepended (causal LMs)", job.prepend_bos),
+        ("Packing", job.packing),
+        ("Token budget (training_tokens)", f"{job.training_tokens:,}" if job.training_tokens else None),
+        ("Cache activations", job.cache_activations),
+        ("Disk plan", job_disk_summary(job)),
         ("Architecture", job.architecture),
         ("k", job.k),
         ("Target L0", job.target_l0),
@@ -76,6 +80,17 @@ def job_parameters(job: TrainingJob) -> list[tuple[str, object]]:
         ("Attempts", job.attempts),
     ]
     return [(name, value) for name, value in rows if value not in (None, "")]
+
+
+def job_disk_summary(job: TrainingJob) -> str | None:
+    """The disk plan in a line: cache or stream, the sizes, and why."""
+    plan = job.disk_plan
+    if not plan:
+        return None
+    gb = 1024**3
+    what = f"cache of {plan['cache_bytes'] / gb:.2f} GB" if plan["cache"] else "streams (no cache)"
+    return (f"{what}, {plan['passes']} pass(es) of about {plan['rows_per_pass']:,} tokens; needs "
+            f"{plan['needed_bytes'] / gb:.2f} GB of {plan['free_bytes'] / gb:.1f} GB free: {plan['reason']}")
 
 
 def job_artifacts(job: TrainingJob) -> list[tuple[str, str]]:

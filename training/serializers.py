@@ -2,10 +2,39 @@
 from rest_framework import serializers
 
 from engine import sae as architectures
+from engine.disk import CACHE_MODES
 from engine.hooks import HOOK_POINTS
+from engine.packing import PACKINGS
 
 from training.defaults import DEFAULTS
 from training.models import TrainingJob
+
+
+def packing_field():
+    return serializers.ChoiceField(
+        choices=list(PACKINGS), required=False, allow_null=True, default=DEFAULTS.packing,
+        error_messages={"invalid_choice": f'"{{input}}" is not a packing: choose one of {", ".join(PACKINGS)}.'},
+        help_text="How the corpus's documents become sequences: lines (every non-empty line is one, cut at "
+                  "max_sequence_length), documents (every document is one, cut there) or concat (documents joined "
+                  "with EOS and cut into windows of exactly max_sequence_length tokens, as SAELens does); null: the "
+                  "corpus format's default (lines for a .txt corpus, concat for the dataset formats)")
+
+
+def training_tokens_field():
+    return serializers.IntegerField(
+        required=False, allow_null=True, default=DEFAULTS.training_tokens, min_value=1,
+        error_messages={"min_value": "a budget is at least 1 token; leave it null to train max_epochs passes."},
+        help_text="Tokens the SAE trains on, at most (a hard cap; max_epochs still caps the passes over the corpus); "
+                  "null: max_epochs passes")
+
+
+def cache_activations_field():
+    return serializers.ChoiceField(
+        choices=list(CACHE_MODES), default=DEFAULTS.cache_activations,
+        error_messages={"invalid_choice": f'"{{input}}" is not a cache mode: choose one of {", ".join(CACHE_MODES)}.'},
+        help_text="auto: cache the activations on disk when the run passes over them more than once and the cache "
+                  "fits the free disk, else stream them from the model (each pass runs the model again); always: "
+                  "cache (refused with a 400 when the cache cannot fit); never: stream every pass")
 
 
 class TrainRequestSerializer(serializers.Serializer):
@@ -32,6 +61,9 @@ class TrainRequestSerializer(serializers.Serializer):
                   "TransformerLens' blocks.L.hook_<point>")
     exclude_special_tokens = serializers.BooleanField(default=DEFAULTS.exclude_special_tokens, help_text="Leave positions holding a special token (BOS, CLS, SEP, EOS, padding) out of training and evaluation; the model still sees them")
     prepend_bos = serializers.BooleanField(default=DEFAULTS.prepend_bos, help_text="Start a causal LM's sequences with its tokenizer's BOS (once, whether or not the tokenizer adds one itself), as TransformerLens and SAELens do; encoders add their own CLS and SEP")
+    packing = packing_field()
+    training_tokens = training_tokens_field()
+    cache_activations = cache_activations_field()
 
     def get_fields(self):
         # The registered architectures (engine.sae) and the request fields they take (k, target_l0).
@@ -74,6 +106,19 @@ class ModelInfoSerializer(serializers.Serializer):
     is_causal_lm = serializers.BooleanField(required=False)
 
 
+class DiskPlanSerializer(serializers.Serializer):
+    cache = serializers.BooleanField(help_text="The run writes an activation cache; false: the activations stream from the model to the SAE")
+    passes = serializers.IntegerField(help_text="Passes over the corpus the run makes")
+    rows_per_pass = serializers.IntegerField(help_text="Activation rows (tokens) one pass over the corpus gives, estimated")
+    cache_bytes = serializers.IntegerField(help_text="What the cache takes (0 when not caching)")
+    checkpoint_bytes = serializers.IntegerField(help_text="The checkpoints kept on disk at once")
+    needed_bytes = serializers.IntegerField()
+    free_bytes = serializers.IntegerField(help_text="Free space of the data folder when the job was made")
+    reason = serializers.CharField(help_text="Why it caches or streams, and how the tokens were estimated")
+    bytes_per_token = serializers.FloatField(help_text="Of the corpus's first documents under the model's tokenizer; 1 where it could not be read at submission (an upper bound on the tokens)")
+    tokens_estimated_from = serializers.CharField()
+
+
 class StatusSerializer(serializers.Serializer):
     job_id = serializers.CharField()
     status = serializers.ChoiceField(choices=TrainingJob.Status.values)
@@ -86,6 +131,10 @@ class StatusSerializer(serializers.Serializer):
     device = serializers.CharField(allow_blank=True)
     tokens_per_s = serializers.FloatField(allow_null=True, help_text="Tokens per second of the current phase (extraction or training)")
     hook_point = serializers.CharField(allow_null=True, required=False, help_text="Where in the layer the SAE reads; null for a job on an activations file")
+    packing = serializers.CharField(allow_null=True, required=False, help_text="How the corpus's documents became sequences (the corpus format's default when none was asked for); null for a job on an activations file")
+    training_tokens = serializers.IntegerField(allow_null=True, required=False, help_text="The job's token budget; null: max_epochs passes")
+    cache_activations = serializers.CharField(allow_null=True, required=False, help_text="auto, always or never, as asked; null for a job on an activations file")
+    disk_plan = DiskPlanSerializer(allow_null=True, required=False, help_text="What the run writes to disk, as planned when the job was made; null for a job on an activations file or one made before disk plans")
     model_info = ModelInfoSerializer(allow_null=True)
     last_checkpoint = serializers.CharField(allow_null=True)
     created_at = serializers.DateTimeField()
@@ -189,6 +238,10 @@ class ResultSerializer(serializers.Serializer):
     hook_point = serializers.CharField(allow_null=True, help_text="Where in the layer the SAE read (TransformerLens' blocks.L.hook_<point>); null for a job on an activations file")
     exclude_special_tokens = serializers.BooleanField(allow_null=True, help_text="Special tokens' positions were no rows; null for a job on an activations file")
     prepend_bos = serializers.BooleanField(allow_null=True, help_text="As asked; the metadata file and the SAELens cfg say whether a BOS was put in front (never for an encoder); null for a job on an activations file")
+    packing = serializers.CharField(allow_null=True, required=False, help_text="How the corpus's documents became sequences; null for a job on an activations file")
+    training_tokens = serializers.IntegerField(allow_null=True, required=False, help_text="The job's token budget as asked (training_stats.training_tokens counts the rows trained on); null: max_epochs passes")
+    cache_activations = serializers.CharField(allow_null=True, required=False, help_text="auto, always or never, as asked; null for a job on an activations file")
+    disk_plan = DiskPlanSerializer(allow_null=True, required=False, help_text="What the run was planned to write to disk")
     evaluation = EvaluationSerializer(allow_null=True)
     exports = ExportsSerializer(allow_null=True)
 
@@ -229,12 +282,33 @@ class CheckMemoryQuerySerializer(serializers.Serializer):
     sae_batch_tokens = serializers.IntegerField(default=DEFAULTS.sae_batch_tokens, min_value=1, max_value=1_048_576)
     layer_number = serializers.IntegerField(default=None, allow_null=True, min_value=0, help_text="Defaults to the middle layer")
     quantization = serializers.ChoiceField(choices=TrainingJob.Quantization.values, default=DEFAULTS.quantization)
+    # For the disk check: the run's corpus and what decides its passes and cache.
+    corpus_file = serializers.CharField(required=False, allow_blank=True, default="", max_length=200,
+                                        help_text="Name of an uploaded corpus: estimate the disk a run on it needs")
+    packing = packing_field()
+    training_tokens = training_tokens_field()
+    max_epochs = serializers.IntegerField(default=DEFAULTS.max_epochs, min_value=1, max_value=100_000)
+    cache_activations = cache_activations_field()
+
+
+class DiskCheckSerializer(serializers.Serializer):
+    cache = serializers.BooleanField(required=False, help_text="The run would write an activation cache")
+    passes = serializers.IntegerField(required=False)
+    estimated_tokens_per_pass = serializers.IntegerField(required=False)
+    cache_gb = serializers.FloatField(required=False)
+    checkpoints_gb = serializers.FloatField(required=False)
+    needed_gb = serializers.FloatField(required=False)
+    free_gb = serializers.FloatField(required=False, help_text="Free space of the data folder")
+    sufficient = serializers.BooleanField(allow_null=True, help_text="null without corpus_file: nothing to estimate")
+    reason = serializers.CharField(help_text="Why it caches or streams, how the tokens were estimated, or what to change")
+    bytes_per_token = serializers.FloatField(required=False)
 
 
 class CheckMemoryResponseSerializer(serializers.Serializer):
     model_name = serializers.CharField()
     device = serializers.CharField()
     memory_check = serializers.DictField()
+    disk_check = DiskCheckSerializer()
     optimization_suggestions = serializers.DictField()
     gpu_compatibility = serializers.DictField()
     parameter_count = serializers.IntegerField()

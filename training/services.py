@@ -18,7 +18,7 @@ from corpora.selectors import corpus_for_user
 from engine import sae as architectures
 from mistudio import crypto
 from mistudio.errors import Conflict, ServiceError
-from training import modelcheck, selectors
+from training import modelcheck, runplan, selectors
 from training.defaults import DEFAULTS
 from training.models import TrainingJob
 
@@ -53,6 +53,9 @@ class JobRequest:
     hook_point: str = DEFAULTS.hook_point
     exclude_special_tokens: bool = DEFAULTS.exclude_special_tokens
     prepend_bos: bool = DEFAULTS.prepend_bos
+    packing: str | None = DEFAULTS.packing  # None: the corpus format's default
+    training_tokens: int | None = DEFAULTS.training_tokens
+    cache_activations: str = DEFAULTS.cache_activations
 
 
 def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_path: bool = False) -> TrainingJob:
@@ -60,11 +63,14 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
     once the transaction commits (the worker must find the row it is handed)."""
     quantization = request.quantization or TrainingJob.Quantization.NONE
     modelcheck.check_hook_point_name(request.hook_point)
+    runplan.check_choices(packing=request.packing, cache_activations=request.cache_activations,
+                          training_tokens=request.training_tokens)
     _check_architecture(request)
     _check_gpu_ids(request)
     modelcheck.check_gpu_request(request.gpu_id, quantization, gpu_ids=request.gpu_ids)
-    corpus = described = None
+    corpus = described = disk_plan = None
     memory_check = ""
+    packing = request.packing
     if request.activations_file:
         modelcheck.check_activations_file(request.activations_file)
     else:
@@ -80,12 +86,19 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
             # A gpu_ids job extracts on its first GPU.
             gpu_id=request.gpu_id if request.gpu_ids is None else request.gpu_ids[0],
         )
+        packing = runplan.job_packing(corpus, request.packing)
+        # Refused here (a 400 saying how large and what to change) rather than by a full disk mid-run.
+        disk_plan = runplan.disk_plan(corpus=corpus, described=described, packing=packing,
+                                      max_sequence_length=request.max_sequence_length, hidden_dim=request.hidden_dim,
+                                      max_epochs=request.max_epochs, training_tokens=request.training_tokens,
+                                      cache_activations=request.cache_activations, token=request.huggingface_token)
     # The request's fields are the job's columns, but for the corpus (a row) and the token (encrypted).
     columns = {name: value for name, value in asdict(request).items() if name not in ("corpus_file", "huggingface_token")}
-    columns["quantization"] = quantization
+    columns.update(quantization=quantization, packing=packing)
     if request.activations_file:
-        # Rows from elsewhere: no hook point or tokenization of ours applies, so none is recorded.
-        columns.update(hook_point="", exclude_special_tokens=None, prepend_bos=None)
+        # Rows from elsewhere: no hook point, tokenization, packing or cache of ours applies, so
+        # none is recorded. A training_tokens budget still caps what the SAE trains on.
+        columns.update(hook_point="", exclude_special_tokens=None, prepend_bos=None, packing=None, cache_activations="")
     model_info = described.info.to_dict() if described is not None else None
     with transaction.atomic():
         job = TrainingJob.objects.create(
@@ -95,6 +108,7 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
             encrypted_hf_token=crypto.encrypt(request.huggingface_token or ""),
             requires_token=bool(model_info and model_info.get("requires_token")),
             memory_check=memory_check,
+            disk_plan=disk_plan,
             model_info=model_info,
             # The worker loads what was checked here, never a fresh reading of a client's name.
             model_location=described.resolved.location if described is not None else "",

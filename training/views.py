@@ -2,8 +2,9 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from corpora.selectors import corpus_for_user
 from mistudio.errors import Conflict, ErrorSerializer, ServiceError
-from training import documents, features, modelcheck, selectors, serializers, services
+from training import documents, features, modelcheck, runplan, selectors, serializers, services
 
 ERRORS = {400: ErrorSerializer, 404: ErrorSerializer}
 
@@ -75,11 +76,14 @@ class CheckMemoryView(APIView):
     @extend_schema(parameters=[serializers.CheckMemoryQuerySerializer,
                                OpenApiParameter("model_name", str, OpenApiParameter.PATH, description="Model id, URL-encoded or not")],
                    responses={200: serializers.CheckMemoryResponseSerializer, 400: ErrorSerializer},
-                   summary="Estimate memory needs and GPU compatibility for a model")
+                   summary="Estimate memory needs and GPU compatibility for a model, and the disk a run on a corpus needs")
     def get(self, request, model_name):
         query = serializers.CheckMemoryQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         params = dict(query.validated_data)
+        disk = {name: params.pop(name) for name in ("packing", "training_tokens", "max_epochs", "cache_activations")}
+        corpus_file = params.pop("corpus_file")
+        corpus = corpus_for_user(user=request.user, name=corpus_file) if corpus_file else None
         # What /train would refuse (4-bit or 8-bit with no CUDA GPU) is refused here too, not estimated.
         modelcheck.check_gpu_request(None, params["quantization"])
         described = modelcheck.describe(model_name)
@@ -88,7 +92,10 @@ class CheckMemoryView(APIView):
             params["layer_number"] = total // 2
         elif params["layer_number"] >= total:
             raise ServiceError(f"layer_number {params['layer_number']} is out of range: {model_name} has {total} layers.")
-        return Response(modelcheck.memory_report(described, **params))
+        report = modelcheck.memory_report(described, **params)
+        report["disk_check"] = runplan.disk_report(corpus=corpus, described=described, hidden_dim=params["hidden_dim"],
+                                                   max_sequence_length=params["max_sequence_length"], **disk)
+        return Response(report)
 
 
 class FeatureListView(APIView):

@@ -185,3 +185,16 @@ def test_a_job_page_shows_its_hook_point_and_special_token_settings(staff_client
     assert "Exclude special tokens" in page and "Prepend bos" in page
     filtered = staff_client.get("/admin/training/trainingjob/?hook_point__exact=mlp_out").content.decode()
     assert job.id in filtered
+
+
+def test_a_job_page_shows_its_packing_budget_cache_mode_and_disk_plan(staff_client, alice):
+    plan = {"cache": False, "passes": 3, "rows_per_pass": 1234, "cache_bytes": 0, "checkpoint_bytes": 99,
+            "needed_bytes": 99, "free_bytes": 10**9, "reason": "the cache would not fit", "bytes_per_token": 4.2,
+            "tokens_estimated_from": "measured"}
+    job = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2", packing="concat", training_tokens=777,
+                                     cache_activations="never", disk_plan=plan)
+    page = staff_client.get(reverse("admin:training_trainingjob_change", args=[quote(job.id)])).content.decode()
+    assert "Packing" in page and "concat" in page and "777" in page and "Cache activations" in page
+    assert "disk plan" in page.lower() and "the cache would not fit" in page
+    filtered = staff_client.get("/admin/training/trainingjob/?cache_activations__exact=never").content.decode()
+    assert job.id in filtered

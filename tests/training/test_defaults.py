@@ -22,7 +22,8 @@ from training.services import JobRequest
 SEED = {"layer_number": 12, "hidden_dim": 1024, "sparsity_coeff": 0.001, "learning_rate": 0.0001,
         "batch_size": 16, "max_epochs": 50, "min_loss": 0.01, "max_sequence_length": 512}
 MISTUDIO = {"sae_batch_tokens": 4096, "quantization": "none", "architecture": "relu", "k": None, "target_l0": None,
-            "hook_point": "resid_post", "exclude_special_tokens": True, "prepend_bos": True}
+            "hook_point": "resid_post", "exclude_special_tokens": True, "prepend_bos": True,
+            "packing": None, "training_tokens": None, "cache_activations": "auto"}
 FIELDS = [field.name for field in dataclasses.fields(JobDefaults)]
 
 
@@ -54,7 +55,8 @@ def test_every_place_that_states_a_default_states_the_same_one(name, schema_defa
     }
     if name in TrainConfig.__dataclass_fields__:
         places["TrainConfig"] = TrainConfig.__dataclass_fields__[name].default
-    if name in ("hook_point", "exclude_special_tokens", "prepend_bos"):  # what a notebook's run gets too
+    if name in ("hook_point", "exclude_special_tokens", "prepend_bos", "packing", "training_tokens",
+                "cache_activations"):  # what a notebook's run gets too
         places["RunSpec"] = RunSpec.__dataclass_fields__[name].default
     assert places == dict.fromkeys(places, getattr(DEFAULTS, name))
 

@@ -44,6 +44,9 @@ OPTIONS = [
     ("--quantization", "quantization", str),
     ("--architecture", "architecture", str),
     ("--hook-point", "hook_point", str),
+    ("--packing", "packing", str),
+    ("--training-tokens", "training_tokens", int),
+    ("--cache-activations", "cache_activations", str),
     ("--huggingface-token", "huggingface_token", str),
     # The request fields the registered architectures take (engine.sae): --k, --target-l0, ...
     *((f"--{field.name.replace('_', '-')}", field.name, field.type) for field in architectures.request_fields()),

@@ -1,0 +1,182 @@
+"""How a job's corpus becomes rows and what its run will write to disk, known at submission: the
+packing and cache mode it asks for (checked), the packing its corpus's format gets when it asks
+for none, and the disk plan (engine.disk) from an estimate of the tokens one pass over the corpus
+gives. The web process reads the model's tokenizer for that estimate, never its weights, and
+creates no CUDA context; the engine is imported inside functions."""
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from engine import disk
+from engine.packing import PACKINGS
+from mistudio.errors import ServiceError
+
+# The corpus text the tokenizer measures bytes per token on: its first documents, this much at most.
+SAMPLE_BYTES = 256 * 1024
+GB = 1024**3  # as the memory check next to the disk check counts
+
+
+def check_choices(*, packing: str | None, cache_activations: str, training_tokens: int | None) -> None:
+    """The names engine.packing and engine.disk know, and a budget of at least one token (the API's
+    serializer says the same; the CLI and direct callers come through here)."""
+    if packing is not None and packing not in PACKINGS:
+        raise ServiceError(f"packing {packing!r} is not a packing: choose one of {', '.join(PACKINGS)}.")
+    if cache_activations not in disk.CACHE_MODES:
+        raise ServiceError(f"cache_activations {cache_activations!r} is not a cache mode: choose one of "
+                           f"{', '.join(disk.CACHE_MODES)}.")
+    if training_tokens is not None and training_tokens < 1:
+        raise ServiceError(f"training_tokens {training_tokens}: a budget is at least 1 token; leave it null to "
+                           "train max_epochs passes.")
+
+
+# ---------------------------------------------------------------------------------------------
+# MERGE POINT (issue 15): what the job side reads of a corpus. On this branch a corpus is a .txt
+# file (corpora.models.Corpus: size_bytes, lines_count). The corpus formats' branch adds
+# Corpus.format, .text_field, .documents_count, .text_bytes, engine.corpus.iter_documents and
+# engine.corpus.default_packing: they are read through getattr here, and the non-txt branch below
+# already calls them. At merge: take default_packing(fmt) for every format, count a .txt's
+# documents as its branch does, and sample a .txt through iter_documents too if it is cheap
+# (it must not read a whole large file). Nothing else in training/ reads those names.
+@dataclass
+class CorpusFacts:
+    path: Path
+    format: str  # "txt", "jsonl", "parquet", ...
+    text_field: str  # the column holding the text, for the dataset formats
+    default_packing: str  # what a job asking for no packing gets
+    text_bytes: int  # UTF-8 bytes of text in all
+    documents: int
+    lines: int  # non-empty lines
+
+    def sample(self, max_bytes: int = SAMPLE_BYTES) -> list[str]:
+        """The corpus's first documents, about max_bytes of text, read without reading it all."""
+        if self.format == "txt":
+            with open(self.path, "rb") as handle:
+                head = handle.read(max_bytes + 1)
+            cut, head = len(head) > max_bytes, head[:max_bytes]
+            lines = head.decode("utf-8", errors="ignore").splitlines()
+            if cut and len(lines) > 1:
+                lines = lines[:-1]  # cut mid-line (a single line longer than the sample is kept as cut)
+            return [line.strip() for line in lines if line.strip()]
+        from engine.corpus import iter_documents
+
+        texts, size = [], 0
+        for text in iter_documents(self.path, text_field=self.text_field):
+            texts.append(text)
+            size += len(text.encode("utf-8"))
+            if size >= max_bytes:
+                break
+        return texts
+
+
+def corpus_facts(corpus) -> CorpusFacts:
+    """What a job needs to know of a corpus row: its format, text column, default packing, size."""
+    fmt = getattr(corpus, "format", "txt") or "txt"
+    if fmt == "txt":
+        default_packing = "lines"  # a .txt corpus's behaviour since the seed: a line is a sequence
+    else:
+        from engine.corpus import default_packing as format_default
+
+        default_packing = format_default(fmt)
+    lines = corpus.lines_count
+    return CorpusFacts(
+        path=Path(corpus.path), format=fmt, text_field=getattr(corpus, "text_field", "text") or "text",
+        default_packing=default_packing,
+        text_bytes=getattr(corpus, "text_bytes", None) or corpus.size_bytes,
+        documents=getattr(corpus, "documents_count", None) or lines, lines=lines,
+    )
+# END MERGE POINT
+# ---------------------------------------------------------------------------------------------
+
+
+def job_packing(corpus, packing: str | None) -> str:
+    """The packing a job records: the one asked for, else its corpus format's default."""
+    return packing or corpus_facts(corpus).default_packing
+
+
+def disk_plan(*, corpus, described, packing: str, max_sequence_length: int, hidden_dim: int, max_epochs: int,
+              training_tokens: int | None, cache_activations: str, token: str | None = None) -> dict:
+    """engine.disk's plan for the run (DiskPlan.to_dict(), with how its tokens were estimated:
+    `bytes_per_token` and `tokens_estimated_from`); a ServiceError with DiskFull's message when
+    the run cannot fit the data folder's free disk."""
+    plan, estimate = _plan(corpus=corpus, described=described, packing=packing, max_sequence_length=max_sequence_length,
+                           hidden_dim=hidden_dim, max_epochs=max_epochs, training_tokens=training_tokens,
+                           cache_activations=cache_activations, token=token)
+    if isinstance(plan, disk.DiskFull):
+        raise ServiceError(str(plan))
+    return {**plan.to_dict(), **estimate, "reason": _reason(plan.reason, estimate)}
+
+
+def disk_report(*, corpus, described, **sizes) -> dict:
+    """The check-memory document's disk_check: the plan in GB, or why there is none."""
+    if corpus is None:
+        return {"sufficient": None, "reason": "give corpus_file to estimate the disk a run needs"}
+    plan, estimate = _plan(corpus=corpus, described=described, **sizes)
+    full = isinstance(plan, disk.DiskFull)
+    verdict = plan.plan if full else plan
+    return {
+        "cache": verdict.cache,
+        "passes": verdict.passes,
+        "estimated_tokens_per_pass": verdict.rows_per_pass,
+        "cache_gb": _gb(verdict.cache_bytes),
+        "checkpoints_gb": _gb(verdict.checkpoint_bytes),
+        "needed_gb": _gb(verdict.needed_bytes),
+        "free_gb": _gb(verdict.free_bytes),
+        "sufficient": not full,
+        "reason": _reason(str(plan) if full else plan.reason, estimate),
+        "bytes_per_token": estimate["bytes_per_token"],
+    }
+
+
+def _plan(*, corpus, described, packing, max_sequence_length, hidden_dim, max_epochs, training_tokens,
+          cache_activations, token=None):
+    """(the DiskPlan, or the DiskFull that refuses it; how the tokens were estimated)."""
+    from engine.trainer import TrainConfig
+
+    facts = corpus_facts(corpus)
+    bytes_per_token, estimated_from = _bytes_per_token(described, facts, token)
+    rows = disk.estimate_rows_per_pass(text_bytes=facts.text_bytes, bytes_per_token=bytes_per_token,
+                                       documents=facts.documents, lines=facts.lines,
+                                       packing=packing or facts.default_packing, max_sequence_length=max_sequence_length)
+    estimate = {"bytes_per_token": round(bytes_per_token, 3), "tokens_estimated_from": estimated_from}
+    try:
+        plan = disk.plan_disk(cache_activations=cache_activations, rows_per_pass=rows, d_model=described.info.hidden_size,
+                              d_sae=hidden_dim, max_epochs=max_epochs,
+                              # The trainer holds this share out (train_config leaves it at its default).
+                              eval_fraction=TrainConfig.__dataclass_fields__["eval_fraction"].default,
+                              training_tokens=training_tokens, free=disk.free_bytes(settings.DATA_DIR))
+    except disk.DiskFull as full:
+        return full, estimate
+    return plan, estimate
+
+
+def _bytes_per_token(described, facts: CorpusFacts, token) -> tuple[float, str]:
+    """Bytes per token of the corpus's first documents under the model's tokenizer, and what the
+    number came from; 1 byte per token (about an upper bound on the tokens: a token is rarely
+    less than a byte) where the tokenizer cannot be read cheaply."""
+    if described.resolved.gguf_file is not None:
+        # Its tokenizer is inside the GGUF file, which the worker converts: not read at submission.
+        return 1.0, "1 byte per token (an upper bound): a GGUF model's tokenizer is not read at submission"
+    try:
+        texts = facts.sample()
+    except Exception as err:  # noqa: BLE001 - a file gone or unreadable: the run will say so; this is an estimate
+        return 1.0, f"1 byte per token (an upper bound): the corpus could not be read ({type(err).__name__})"
+    try:
+        from engine.loading import load_tokenizer
+
+        measured = disk.bytes_per_token(load_tokenizer(described.resolved, token=token), texts)
+    except Exception as err:  # noqa: BLE001 - transformers raises many types for a tokenizer it cannot read
+        return 1.0, f"1 byte per token (an upper bound): the tokenizer could not be read ({type(err).__name__})"
+    if measured is None:
+        return 1.0, "1 byte per token (an upper bound): the corpus's first documents gave no tokens"
+    size = sum(len(text.encode("utf-8")) for text in texts)
+    return measured, (f"{measured:.2f} bytes per token, measured with the model's tokenizer on the corpus's first "
+                      f"{len(texts):,} documents ({size / 1024:.0f} KiB)")
+
+
+def _gb(n: int) -> float:
+    return round(n / GB, 6)  # to the kB: a small corpus's cache is well under a GB
+
+
+def _reason(reason: str, estimate: dict) -> str:
+    return f"{reason}; tokens estimated at {estimate['tokens_estimated_from']}"
