@@ -64,6 +64,7 @@ def job_spec(job: TrainingJob, device: str):
         packing=job.packing or None,
         training_tokens=job.training_tokens,
         cache_activations=job.cache_activations or "auto",
+        disk_budget_bytes=settings.DISK_BUDGET_BYTES,
         activations_file=None if on_model else Path(job.activations_file),
         layer_number=job.layer_number,
         # An activations file's job records none of these (blank/null): the engine ignores them there.
@@ -83,6 +84,7 @@ def job_spec(job: TrainingJob, device: str):
         cache=Path(job.activations_path) if on_model and job.activations_path else None,
         first_epoch_in_arrival_order=on_model and first_epoch_in_arrival_order(job),
         features=FeatureSettings(top_n=settings.FEATURE_TOP_N, window=settings.FEATURE_CONTEXT_WINDOW,
+                                 streamed_max_tokens=settings.STREAMED_ANALYSIS_TOKENS or None,
                                  logit_tokens=settings.FEATURE_LOGIT_TOKENS),
         run_id=job.id,
         model_info=job.model_info,

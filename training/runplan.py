@@ -89,6 +89,13 @@ def corpus_facts(corpus) -> CorpusFacts:
 # ---------------------------------------------------------------------------------------------
 
 
+def free_space() -> int:
+    """What a job may write: the data folder's free space, or MISTUDIO_DISK_BUDGET_BYTES when smaller
+    (the worker's run applies the same, engine.run.sources.free_space)."""
+    free = disk.free_bytes(settings.DATA_DIR)
+    return free if settings.DISK_BUDGET_BYTES is None else min(free, settings.DISK_BUDGET_BYTES)
+
+
 def job_packing(corpus, packing: str | None) -> str:
     """The packing a job records: the one asked for, else its corpus format's default."""
     return packing or corpus_facts(corpus).default_packing
@@ -144,7 +151,7 @@ def _plan(*, corpus, described, packing, max_sequence_length, hidden_dim, max_ep
                               d_sae=hidden_dim, max_epochs=max_epochs,
                               # The trainer holds this share out (train_config leaves it at its default).
                               eval_fraction=TrainConfig.__dataclass_fields__["eval_fraction"].default,
-                              training_tokens=training_tokens, free=disk.free_bytes(settings.DATA_DIR))
+                              training_tokens=training_tokens, free=free_space())
     except disk.DiskFull as full:
         return full, estimate
     return plan, estimate

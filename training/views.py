@@ -4,7 +4,7 @@ from rest_framework.views import APIView
 
 from corpora.selectors import corpus_for_user
 from mistudio.errors import Conflict, ErrorSerializer, ServiceError
-from training import documents, features, modelcheck, runplan, selectors, serializers, services
+from training import documents, feature_serializers, features, modelcheck, runplan, selectors, serializers, services
 
 ERRORS = {400: ErrorSerializer, 404: ErrorSerializer}
 
@@ -112,7 +112,7 @@ class FeatureListView(APIView):
             OpenApiParameter("page", int, default=1),
             OpenApiParameter("page_size", int, default=50, description=f"1 to {features.MAX_PAGE_SIZE}"),
         ],
-        responses={200: serializers.FeatureListSerializer, 409: ErrorSerializer, **ERRORS},
+        responses={200: feature_serializers.FeatureListSerializer, 409: ErrorSerializer, **ERRORS},
         summary="The job's features with their activation statistics (paged)",
         operation_id="api_v1_train_features_list",
     )
@@ -135,7 +135,7 @@ class FeatureListView(APIView):
 
 class FeatureDetailView(APIView):
     @extend_schema(parameters=[OpenApiParameter("index", int, OpenApiParameter.PATH, description="0 to hidden_dim - 1")],
-                   responses={200: serializers.FeatureDetailSerializer, 409: ErrorSerializer, **ERRORS},
+                   responses={200: feature_serializers.FeatureDetailSerializer, 409: ErrorSerializer, **ERRORS},
                    summary="One feature: top activating contexts, activation histogram and logit effect",
                    operation_id="api_v1_train_feature_retrieve")
     def get(self, request, job_id, index: str):
@@ -156,7 +156,7 @@ def _int_param(params, name, default):
 
 
 class JobCurvesView(APIView):
-    @extend_schema(responses={200: serializers.CurvesSerializer, **ERRORS},
+    @extend_schema(responses={200: feature_serializers.CurvesSerializer, **ERRORS},
                    summary="Training curves: loss, MSE, L0 and explained variance over steps (grows while the job runs)")
     def get(self, request, job_id):
         job = selectors.job_get(user=request.user, job_id=job_id)
