@@ -161,17 +161,12 @@ def _bytes_per_token(described, facts: CorpusFacts, token) -> tuple[float, str]:
     """Bytes per token of the corpus's first documents under the model's tokenizer, and what the
     number came from; 1 byte per token (about an upper bound on the tokens: a token is rarely
     less than a byte) where the tokenizer cannot be read cheaply."""
-    if described.resolved.gguf_file is not None:
-        # Its tokenizer is inside the GGUF file, which the worker converts: not read at submission.
-        return 1.0, "1 byte per token (an upper bound): a GGUF model's tokenizer is not read at submission"
     try:
         texts = facts.sample()
     except Exception as err:  # noqa: BLE001 - a file gone or unreadable: the run will say so; this is an estimate
         return 1.0, f"1 byte per token (an upper bound): the corpus could not be read ({type(err).__name__})"
     try:
-        from engine.loading import load_tokenizer
-
-        measured = disk.bytes_per_token(load_tokenizer(described.resolved, token=token), texts)
+        measured = disk.bytes_per_token(_tokenizer(described.resolved, token), texts)
     except Exception as err:  # noqa: BLE001 - transformers raises many types for a tokenizer it cannot read
         return 1.0, f"1 byte per token (an upper bound): the tokenizer could not be read ({type(err).__name__})"
     if measured is None:
@@ -179,6 +174,22 @@ def _bytes_per_token(described, facts: CorpusFacts, token) -> tuple[float, str]:
     size = sum(len(text.encode("utf-8")) for text in texts)
     return measured, (f"{measured:.2f} bytes per token, measured with the model's tokenizer on the corpus's first "
                       f"{len(texts):,} documents ({size / 1024:.0f} KiB)")
+
+
+def _tokenizer(resolved, token):
+    """The model's tokenizer, no weights: a GGUF's from the folder a worker converted it into, or
+    read from the file itself (seconds) before any worker has (the web process converts nothing)."""
+    from engine.loading import load_tokenizer
+
+    if resolved.gguf_file is not None:
+        from engine.gguf import gguf_identity
+
+        converted = settings.MODELS_CACHE_DIR / gguf_identity(resolved.gguf_file)
+        if converted.is_dir():
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(converted)
+    return load_tokenizer(resolved, token=token)
 
 
 def _gb(n: int) -> float:
