@@ -220,11 +220,16 @@ def _check_column(name: str, schema, text_field: str) -> None:
         raise CorpusError(f"Column '{text_field}' in {name} is not text: its type is {arrow_type}{hint}")
 
 
-def _batch_documents(batches, text_field: str) -> Iterator[str]:
-    for batch in batches:
-        for value in batch.column(text_field).to_pylist():
-            if value is not None and value.strip():
-                yield value
+def _batch_documents(batches, text_field: str, name: str | None = None) -> Iterator[str]:
+    try:
+        for batch in batches:
+            for value in batch.column(text_field).to_pylist():
+                if value is not None and value.strip():
+                    yield value
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        if name is None:  # CSV: its reader's own message (_csv_documents)
+            raise
+        raise CorpusError(f"'{name}' is damaged: {exc}") from None
 
 
 def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
@@ -236,7 +241,8 @@ def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
         raise CorpusError(f"'{path.name}' is not a Parquet file ({exc})") from None
     with parquet:
         _check_column(path.name, parquet.schema_arrow, text_field)
-        yield from _batch_documents(parquet.iter_batches(batch_size=_BATCH_ROWS, columns=[text_field]), text_field)
+        batches = parquet.iter_batches(batch_size=_BATCH_ROWS, columns=[text_field])
+        yield from _batch_documents(batches, text_field, path.name)
 
 
 def _arrow_documents(path: Path, text_field: str, name: str | None = None) -> Iterator[str]:
@@ -259,7 +265,7 @@ def _arrow_documents(path: Path, text_field: str, name: str | None = None) -> It
                 raise CorpusError(f"'{path.name}' is not an Arrow IPC file or stream ({exc})") from None
             schema, batches = reader.schema, reader
         _check_column(name or path.name, schema, text_field)
-        yield from _batch_documents(batches, text_field)
+        yield from _batch_documents(batches, text_field, name or path.name)
 
 
 def _csv_documents(path: Path, text_field: str) -> Iterator[str]:

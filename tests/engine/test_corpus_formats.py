@@ -234,3 +234,10 @@ def test_invalid_utf8_names_the_byte_offset(tmp_path, name, content):
 def test_a_missing_file_says_so(tmp_path):
     with pytest.raises(CorpusError, match="Corpus file 'gone.parquet' does not exist"):
         scan_corpus(tmp_path / "gone.parquet")
+
+
+def test_a_truncated_arrow_stream_is_refused_as_damaged(tmp_path):
+    path = write_arrow_stream(tmp_path / "cut.arrow", rows=[{"id": i, "body": "text " * 50} for i in range(40)])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CorpusError, match="'cut.arrow' is damaged"):
+        scan_corpus(path, text_field="body")
