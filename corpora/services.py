@@ -53,6 +53,8 @@ def corpus_add(*, owner, name: str, chunks=None, folder: Path | None = None, tex
     size limit and what the format's bytes must look like) or a dataset `folder` (copied). Stored
     under a partial name, it is read through once by engine.corpus.scan_corpus; nothing is kept
     unless every check passes. The stored file keeps its suffix: the engine reads the format by it."""
+    if (chunks is None) == (folder is None):
+        raise TypeError("corpus_add takes chunks or a folder, one of the two")
     name = validate_corpus_name(name)
     text_field = validate_text_field(text_field)
     if Corpus.objects.filter(owner=owner, name=name).exists():
