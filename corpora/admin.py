@@ -11,7 +11,10 @@ from mistudio.errors import ServiceError
 
 
 class CorpusUploadForm(forms.ModelForm):
-    file = forms.FileField(help_text="UTF-8 text, one training sequence per line.")
+    file = forms.FileField(help_text="UTF-8 text (.txt, one training sequence per line), or a dataset: "
+                                     ".jsonl, .parquet, .csv or .arrow with one document a row.")
+    text_field = forms.CharField(initial="text", required=False, max_length=200,
+                                 help_text="The column holding the text (not used for .txt).")
 
     class Meta:
         model = Corpus
@@ -23,7 +26,8 @@ class CorpusUploadForm(forms.ModelForm):
         if upload is not None:
             # The same service as the API: same checks, same messages.
             try:
-                self.corpus = corpus_add(owner=self.owner, name=upload.name, chunks=upload.chunks())
+                self.corpus = corpus_add(owner=self.owner, name=upload.name, chunks=upload.chunks(),
+                                         text_field=cleaned.get("text_field") or "text")
             except ServiceError as err:
                 raise forms.ValidationError(err.message) from None
         return cleaned
@@ -31,9 +35,11 @@ class CorpusUploadForm(forms.ModelForm):
 
 @admin.register(Corpus)
 class CorpusAdmin(admin.ModelAdmin):
-    list_display = ("name", "owner", "size_bytes", "lines_count", "created_at")
+    list_display = ("name", "owner", "format", "documents_count", "size_bytes", "lines_count", "created_at")
+    list_filter = ("format",)
     search_fields = ("name", "owner__username")
-    readonly_fields = ("name", "owner", "path", "size_bytes", "lines_count", "created_at")
+    readonly_fields = ("name", "owner", "path", "format", "text_field", "size_bytes", "documents_count",
+                       "lines_count", "text_bytes", "created_at")
 
     # Django strips '../../x.txt' down to 'x.txt' while it parses the body, before the form sees the
     # name; the API's parser refuses such names, so this view parses with it. The CSRF middleware
@@ -56,7 +62,7 @@ class CorpusAdmin(admin.ModelAdmin):
         return super().get_form(request, obj, **kwargs)
 
     def get_fields(self, request, obj=None):
-        return ["file"] if obj is None else list(self.readonly_fields)
+        return ["file", "text_field"] if obj is None else list(self.readonly_fields)
 
     def get_readonly_fields(self, request, obj=None):
         return () if obj is None else self.readonly_fields

@@ -1,6 +1,6 @@
 """Adding corpora: the one path the API, the admin and the CLI all take."""
-import codecs
 import re
+import shutil
 import uuid
 from pathlib import Path
 
@@ -8,9 +8,13 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from corpora.models import Corpus
+from corpora.upload_checks import byte_check
+from engine.corpus import SUFFIXES, corpus_format, scan_corpus
+from engine.errors import CorpusError
 from mistudio.errors import Conflict, ServiceError
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,199}$")
+_SAFE_FIELD = re.compile(r"^[^\x00-\x1f]{1,200}$")
 
 
 def corpora_dir() -> Path:
@@ -37,69 +41,105 @@ def validate_corpus_name(name: str) -> str:
     return name
 
 
-def corpus_add(*, owner, name: str, chunks) -> Corpus:
-    """Stream `chunks` (bytes) into the corpus folder, checking as it goes that the text is UTF-8,
-    not binary and under the size limit; nothing is kept unless every check passes."""
+def validate_text_field(text_field: str | None) -> str:
+    text_field = "text" if text_field is None or text_field == "" else text_field
+    if not (isinstance(text_field, str) and _SAFE_FIELD.match(text_field) and text_field.strip()):
+        raise ServiceError("text_field: name the column that holds the text, at most 200 characters.")
+    return text_field
+
+
+def corpus_add(*, owner, name: str, chunks=None, folder: Path | None = None, text_field: str = "text") -> Corpus:
+    """Store a corpus and record it: `chunks` (bytes, streamed in and checked as they arrive: the
+    size limit and what the format's bytes must look like) or a dataset `folder` (copied). Stored
+    under a partial name, it is read through once by engine.corpus.scan_corpus; nothing is kept
+    unless every check passes. The stored file keeps its suffix: the engine reads the format by it."""
+    if (chunks is None) == (folder is None):
+        raise TypeError("corpus_add takes chunks or a folder, one of the two")
     name = validate_corpus_name(name)
+    text_field = validate_text_field(text_field)
     if Corpus.objects.filter(owner=owner, name=name).exists():
         raise Conflict(
             f"A corpus named {name!r} already exists: delete it in the admin or upload under another name."
         )
-    storage = corpora_dir() / f"{uuid.uuid4().hex}.txt"
-    partial = storage.with_suffix(".part")
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    size = lines = 0
-    has_text = False
-    last_byte = b""
+    stem = uuid.uuid4().hex
+    suffix = "" if folder is not None else Path(name).suffix.lower()
+    if folder is None and suffix not in SUFFIXES:
+        raise ServiceError(
+            f"{name!r} is not a corpus format miStudio reads: upload .txt, .jsonl (or .ndjson), .parquet, "
+            ".csv or .arrow (a datasets save_to_disk folder: manage.py add_corpus)."
+        )
+    storage = corpora_dir() / f"{stem}{suffix}"
+    partial = corpora_dir() / f"{stem}.part{suffix}"
     try:
-        with open(partial, "wb") as out:
-            for chunk in chunks:
-                if not chunk:
-                    continue
-                size += len(chunk)
-                if size > settings.CORPUS_MAX_BYTES:
-                    raise ServiceError(
-                        f"{name!r} is larger than the limit of {settings.CORPUS_MAX_BYTES} bytes "
-                        "(MISTUDIO_CORPUS_MAX_BYTES)."
-                    )
-                if b"\x00" in chunk:
-                    raise ServiceError(f"{name!r} looks binary (it contains NUL bytes): upload a UTF-8 text file.")
-                try:
-                    text = decoder.decode(chunk)
-                except UnicodeDecodeError as err:
-                    raise ServiceError(
-                        f"{name!r} is not valid UTF-8 (byte offset {size - len(chunk) + err.start}): "
-                        "save it as UTF-8 text and upload again."
-                    ) from None
-                has_text = has_text or bool(text.strip())
-                lines += chunk.count(b"\n")
-                last_byte = chunk[-1:]
-                out.write(chunk)
+        size = _copy_folder(folder, partial, name) if folder is not None else _store_chunks(chunks, partial, name)
         try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            raise ServiceError(f"{name!r} ends in the middle of a UTF-8 character: it is truncated or not UTF-8.") from None
-        if size == 0:
-            raise ServiceError(f"{name!r} is empty: upload a text file with one training sequence per line.")
-        if not has_text:
-            raise ServiceError(f"{name!r} holds only whitespace: upload a text file with one training sequence per line.")
-        if last_byte != b"\n":
-            lines += 1
+            scan = scan_corpus(partial, text_field=text_field)
+        except CorpusError as err:
+            # The engine names the file it read: the user knows it by their name for it.
+            raise ServiceError(str(err).replace(partial.name, name)) from None
         partial.rename(storage)
         try:
             with transaction.atomic():
                 return Corpus.objects.create(
-                    owner=owner, name=name, path=str(storage), size_bytes=size, lines_count=lines
+                    owner=owner, name=name, path=str(storage), format=scan.format, text_field=text_field,
+                    size_bytes=size, lines_count=scan.lines, documents_count=scan.documents,
+                    text_bytes=scan.text_bytes,
                 )
         except IntegrityError:
-            storage.unlink(missing_ok=True)
+            _remove(storage)
             raise Conflict(f"A corpus named {name!r} already exists: upload under another name.") from None
     finally:
-        partial.unlink(missing_ok=True)
+        _remove(partial)
 
 
-def corpus_add_from_path(*, owner, path: Path, name: str | None = None) -> Corpus:
+def _too_large(name: str) -> ServiceError:
+    return ServiceError(
+        f"{name!r} is larger than the limit of {settings.CORPUS_MAX_BYTES} bytes (MISTUDIO_CORPUS_MAX_BYTES)."
+    )
+
+
+def _store_chunks(chunks, partial: Path, name: str) -> int:
+    check = byte_check(name, corpus_format(partial))
+    size = 0
+    with open(partial, "wb") as out:
+        for chunk in chunks:
+            if not chunk:
+                continue
+            if size + len(chunk) > settings.CORPUS_MAX_BYTES:
+                raise _too_large(name)
+            check.feed(chunk, size)
+            size += len(chunk)
+            out.write(chunk)
+    if size == 0:
+        raise ServiceError(f"{name!r} is empty: upload a corpus with text in it.")
+    check.finish()
+    return size
+
+
+def _copy_folder(folder: Path, partial: Path, name: str) -> int:
+    try:
+        corpus_format(folder)  # a saved dataset, not a DatasetDict or any folder: before copying it
+    except CorpusError as err:
+        raise ServiceError(str(err)) from None
+    size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+    if size > settings.CORPUS_MAX_BYTES:
+        raise _too_large(name)
+    shutil.copytree(folder, partial)
+    return size
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def corpus_add_from_path(*, owner, path: Path, name: str | None = None, text_field: str = "text") -> Corpus:
+    """A file, or a folder written by `datasets.Dataset.save_to_disk` (copied as a folder)."""
     path = Path(path)
+    if path.is_dir():
+        return corpus_add(owner=owner, name=name or path.name, folder=path, text_field=text_field)
     if not path.is_file():
         raise ServiceError(f"Corpus file {str(path)!r} does not exist.")
 
@@ -108,11 +148,11 @@ def corpus_add_from_path(*, owner, path: Path, name: str | None = None) -> Corpu
             while chunk := handle.read(1 << 20):
                 yield chunk
 
-    return corpus_add(owner=owner, name=name or path.name, chunks=chunks())
+    return corpus_add(owner=owner, name=name or path.name, chunks=chunks(), text_field=text_field)
 
 
 def corpus_delete(corpus: Corpus) -> None:
     if corpus.jobs.exists():
         raise Conflict(f"Corpus {corpus.name!r} is used by training jobs and cannot be deleted.")
-    Path(corpus.path).unlink(missing_ok=True)
+    _remove(Path(corpus.path))
     corpus.delete()

@@ -1,8 +1,30 @@
-"""Reading a text corpus: one sequence per non-empty line."""
+"""Reading a corpus: a text file (one sequence per non-empty line) or a dataset whose `text_field`
+column holds one document per row (JSON lines, Parquet, CSV, Arrow IPC, a `datasets` folder).
 
+`iter_documents` streams documents, never holding the corpus in memory; `scan_corpus` reads it
+once, counts it, and raises CorpusError with what to fix. The format is decided by the file's
+suffix (`corpus_format`), or a folder is a dataset written by `datasets.Dataset.save_to_disk`."""
+
+import codecs
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.ipc as pa_ipc
+import pyarrow.parquet as pq
+
 from engine.errors import CorpusError
+
+FORMATS = ("txt", "jsonl", "parquet", "csv", "arrow", "dataset")
+SUFFIXES = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv",
+            ".arrow": "arrow"}
+_ACCEPTED = ".txt, .jsonl (or .ndjson), .parquet, .csv, .arrow, or a folder written by datasets' save_to_disk"
+_BATCH_ROWS = 1024  # rows per Arrow batch: a few MB of text at most, whatever the corpus's size
+_READ_BYTES = 1 << 20
 
 
 def read_corpus(path: Path) -> list[str]:
@@ -22,29 +44,257 @@ def read_corpus(path: Path) -> list[str]:
     return lines
 
 
-def iter_documents(path: Path, *, text_field: str = "text", start: int = 0):
-    """TEMPORARY (replaced by the corpus-formats branch at merge): txt lines and JSONL only."""
-    import json
-    import itertools
-
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        def gen():
-            with open(path, encoding="utf-8") as handle:
-                for line in handle:
-                    if line.strip():
-                        value = json.loads(line).get(text_field)
-                        if value and value.strip():
-                            yield value
-    else:
-        def gen():
-            yield from read_corpus(path)
-    return itertools.islice(gen(), start, None)
-
-
-def default_packing(fmt: str) -> str:
-    return "lines" if fmt == "txt" else "concat"
+@dataclass(frozen=True)
+class CorpusScan:
+    format: str
+    text_field: str
+    documents: int
+    lines: int  # non-empty lines over all documents: the sequences of the "lines" packing
+    text_bytes: int  # UTF-8 bytes of all documents' text
 
 
 def corpus_format(path: Path) -> str:
-    return {".jsonl": "jsonl"}.get(Path(path).suffix, "txt")
+    path = Path(path)
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file():
+            splits = sorted(child.name for child in path.iterdir() if child.is_dir())
+            example = f", e.g. '{path.name}/{splits[0]}'" if splits else ""
+            raise CorpusError(
+                f"'{path.name}' holds a DatasetDict (splits: {', '.join(splits) or 'none'}): "
+                f"point at one split's folder{example}"
+            )
+        saved = (path / "state.json").is_file() or (path / "dataset_info.json").is_file()
+        if saved and any(path.glob("*.arrow")):
+            return "dataset"
+        raise CorpusError(
+            f"Folder '{path.name}' is not a dataset written by datasets' save_to_disk "
+            f"(no state.json and .arrow files): use {_ACCEPTED}"
+        )
+    fmt = SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise CorpusError(f"'{path.name}' is not a corpus format miStudio reads: use {_ACCEPTED}")
+    return fmt
+
+
+def default_packing(fmt: str) -> str:
+    """A text file's lines are its sequences, as since the seed; a dataset's documents are
+    concatenated into full windows (engine.packing)."""
+    if fmt not in FORMATS:
+        raise CorpusError(f"Unknown corpus format {fmt!r}: the formats are {', '.join(FORMATS)}")
+    return "lines" if fmt == "txt" else "concat"
+
+
+def iter_documents(path: Path, *, text_field: str = "text", start: int = 0) -> Iterator[str]:
+    """The corpus's documents in file order: a text file's non-empty lines, stripped; a dataset's
+    `text_field` values as stored, null and blank ones skipped. `start` documents are skipped first."""
+    path = Path(path)
+    documents = _READERS[corpus_format(path)](path, text_field)
+    return itertools.islice(documents, start, None) if start else documents
+
+
+def scan_corpus(path: Path, *, text_field: str = "text") -> CorpusScan:
+    path = Path(path)
+    fmt = corpus_format(path)
+    if fmt == "csv":  # pyarrow says "invalid UTF8" without saying where
+        _check_utf8(path)
+    documents = lines = text_bytes = 0
+    for document in iter_documents(path, text_field=text_field):
+        documents += 1
+        text_bytes += len(document.encode("utf-8", "surrogatepass"))
+        lines += sum(1 for line in document.splitlines() if line.strip())
+    if not documents:
+        if fmt == "txt":
+            raise CorpusError(f"Corpus '{path.name}' has no non-empty lines")
+        raise CorpusError(
+            f"'{path.name}' has no documents with text: every '{text_field}' value is null or blank"
+        )
+    return CorpusScan(format=fmt, text_field=text_field, documents=documents, lines=lines, text_bytes=text_bytes)
+
+
+def _open(path: Path):
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise CorpusError(f"Corpus file '{path.name}' does not exist") from None
+
+
+def _not_utf8(path: Path, offset: int) -> CorpusError:
+    return CorpusError(f"Corpus '{path.name}' is not valid UTF-8 (byte {offset}): save it as UTF-8 text")
+
+
+def _check_utf8(path: Path) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with _open(path) as handle:
+        while chunk := handle.read(_READ_BYTES):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, offset + exc.start) from None
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise CorpusError(f"Corpus '{path.name}' ends in the middle of a UTF-8 character: it is truncated") from None
+
+
+def _txt_documents(path: Path, text_field: str) -> Iterator[str]:
+    # Split at b"\n" (never inside a UTF-8 character), then as str.splitlines does: read_corpus's lines.
+    offset = 0
+    with _open(path) as handle:
+        for raw in handle:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, offset + exc.start) from None
+            offset += len(raw)
+            for line in text.splitlines():
+                if line := line.strip():
+                    yield line
+
+
+def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+    offset = 0
+    with _open(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, offset + exc.start) from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CorpusError(
+                    f"Bad JSON at line {number} of '{path.name}' ({exc.msg}, column {exc.colno}): "
+                    "each line must be one JSON object"
+                ) from None
+            if not isinstance(record, dict):
+                raise CorpusError(
+                    f"Line {number} of '{path.name}' is not a JSON object (it is {_json_kind(record)}): "
+                    f'each line must be one object, e.g. {{"{text_field}": "..."}}'
+                )
+            if text_field not in record:
+                texts = [key for key, value in record.items() if isinstance(value, str)]
+                raise _no_column(path.name, text_field, list(record), texts, kind="field", where=f" at line {number}")
+            value = record[text_field]
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise CorpusError(
+                    f"Field '{text_field}' at line {number} of '{path.name}' is not text: it is {_json_kind(value)}"
+                )
+            if value.strip():
+                yield value
+
+
+def _json_kind(value) -> str:
+    kinds = {bool: "a boolean", int: "a number", float: "a number", list: "an array", dict: "an object",
+             str: "a string", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _no_column(name: str, text_field, names, texts, *, kind="column", where="") -> CorpusError:
+    listed = ", ".join(f"'{name}'" for name in names) or "none"
+    hint = f"; send text_field={texts[0]}" if texts else ""
+    return CorpusError(f"No {kind} '{text_field}'{where} in {name}: its {kind}s are {listed}{hint}")
+
+
+def _is_text(arrow_type) -> bool:
+    types = pa.types
+    if types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return (types.is_string(arrow_type) or types.is_large_string(arrow_type) or types.is_string_view(arrow_type)
+            or types.is_null(arrow_type))  # a column of nulls only: no documents, said by scan_corpus
+
+
+def _check_column(name: str, schema, text_field: str) -> None:
+    texts = [field.name for field in schema if _is_text(field.type) and not pa.types.is_null(field.type)]
+    if text_field not in schema.names:
+        raise _no_column(name, text_field, schema.names, texts)
+    arrow_type = schema.field(text_field).type
+    if not _is_text(arrow_type):
+        hint = f"; send text_field={texts[0]}" if texts else ""
+        raise CorpusError(f"Column '{text_field}' in {name} is not text: its type is {arrow_type}{hint}")
+
+
+def _batch_documents(batches, text_field: str, name: str | None = None) -> Iterator[str]:
+    try:
+        for batch in batches:
+            for value in batch.column(text_field).to_pylist():
+                if value is not None and value.strip():
+                    yield value
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        if name is None:  # CSV: its reader's own message (_csv_documents)
+            raise
+        raise CorpusError(f"'{name}' is damaged: {exc}") from None
+
+
+def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
+    try:
+        parquet = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise CorpusError(f"Corpus file '{path.name}' does not exist") from None
+    except (pa.ArrowException, OSError) as exc:
+        raise CorpusError(f"'{path.name}' is not a Parquet file ({exc})") from None
+    with parquet:
+        _check_column(path.name, parquet.schema_arrow, text_field)
+        batches = parquet.iter_batches(batch_size=_BATCH_ROWS, columns=[text_field])
+        yield from _batch_documents(batches, text_field, path.name)
+
+
+def _arrow_documents(path: Path, text_field: str, name: str | None = None) -> Iterator[str]:
+    # Memory-mapped: a batch's other columns are never read. `datasets` writes the stream format.
+    try:
+        source = pa.memory_map(str(path))
+    except FileNotFoundError:
+        raise CorpusError(f"Corpus file '{path.name}' does not exist") from None
+    except (pa.ArrowException, OSError) as exc:
+        raise CorpusError(f"'{path.name}' is not an Arrow IPC file or stream ({exc})") from None
+    with source:
+        try:
+            reader = pa_ipc.open_file(source)
+            schema, batches = reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+        except pa.ArrowInvalid:
+            source.seek(0)
+            try:
+                reader = pa_ipc.open_stream(source)
+            except (pa.ArrowException, OSError) as exc:
+                raise CorpusError(f"'{path.name}' is not an Arrow IPC file or stream ({exc})") from None
+            schema, batches = reader.schema, reader
+        _check_column(name or path.name, schema, text_field)
+        yield from _batch_documents(batches, text_field, name or path.name)
+
+
+def _csv_documents(path: Path, text_field: str) -> Iterator[str]:
+    try:
+        with _open(path) as handle, pa_csv.open_csv(handle) as header:
+            names = header.schema.names
+        if text_field not in names:
+            raise _no_column(path.name, text_field, names, [])
+        # CSV has no types: the column is read as text, whatever it looks like.
+        options = pa_csv.ConvertOptions(include_columns=[text_field], column_types={text_field: pa.string()})
+        with _open(path) as handle, pa_csv.open_csv(handle, convert_options=options) as reader:
+            yield from _batch_documents(reader, text_field)
+    except pa.ArrowInvalid as exc:
+        raise CorpusError(f"'{path.name}' does not parse as CSV: {exc}") from None
+
+
+def _dataset_documents(path: Path, text_field: str) -> Iterator[str]:
+    for arrow_file in _dataset_files(path):
+        yield from _arrow_documents(arrow_file, text_field, name=path.name)
+
+
+def _dataset_files(path: Path) -> list[Path]:
+    """The shards in the order save_to_disk recorded (state.json); sorted by name without one."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        return [path / entry["filename"] for entry in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return sorted(path.glob("*.arrow"))
+
+
+_READERS = {"txt": _txt_documents, "jsonl": _jsonl_documents, "parquet": _parquet_documents,
+            "csv": _csv_documents, "arrow": _arrow_documents, "dataset": _dataset_documents}
