@@ -30,14 +30,6 @@ def check_choices(*, packing: str | None, cache_activations: str, training_token
                            "train max_epochs passes.")
 
 
-# ---------------------------------------------------------------------------------------------
-# MERGE POINT (issue 15): what the job side reads of a corpus. On this branch a corpus is a .txt
-# file (corpora.models.Corpus: size_bytes, lines_count). The corpus formats' branch adds
-# Corpus.format, .text_field, .documents_count, .text_bytes, engine.corpus.iter_documents and
-# engine.corpus.default_packing: they are read through getattr here, and the non-txt branch below
-# already calls them. At merge: take default_packing(fmt) for every format, count a .txt's
-# documents as its branch does, and sample a .txt through iter_documents too if it is cheap
-# (it must not read a whole large file). Nothing else in training/ reads those names.
 @dataclass
 class CorpusFacts:
     path: Path
@@ -71,22 +63,13 @@ class CorpusFacts:
 
 def corpus_facts(corpus) -> CorpusFacts:
     """What a job needs to know of a corpus row: its format, text column, default packing, size."""
-    fmt = getattr(corpus, "format", "txt") or "txt"
-    if fmt == "txt":
-        default_packing = "lines"  # a .txt corpus's behaviour since the seed: a line is a sequence
-    else:
-        from engine.corpus import default_packing as format_default
+    from engine.corpus import default_packing
 
-        default_packing = format_default(fmt)
-    lines = corpus.lines_count
     return CorpusFacts(
-        path=Path(corpus.path), format=fmt, text_field=getattr(corpus, "text_field", "text") or "text",
-        default_packing=default_packing,
-        text_bytes=getattr(corpus, "text_bytes", None) or corpus.size_bytes,
-        documents=getattr(corpus, "documents_count", None) or lines, lines=lines,
+        path=Path(corpus.path), format=corpus.format, text_field=corpus.text_field,
+        default_packing=default_packing(corpus.format), text_bytes=corpus.text_bytes,
+        documents=corpus.documents_count, lines=corpus.lines_count,
     )
-# END MERGE POINT
-# ---------------------------------------------------------------------------------------------
 
 
 def free_space() -> int:

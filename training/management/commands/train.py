@@ -66,7 +66,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--model", help="Model id, folder under the models directory, or local path")
-        parser.add_argument("--corpus", help="A text file path, or the name of an uploaded corpus")
+        parser.add_argument("--corpus", help="A corpus file (.txt, .jsonl, .parquet, .csv, .arrow) or datasets folder, "
+                                             "or the name of an uploaded corpus")
+        parser.add_argument("--text-field", default="text",
+                            help="The column holding the text, for a corpus path in a dataset format (default: text)")
         parser.add_argument("--activations", help="A .npy or .safetensors array [tokens, d_model] (key 'activations') to train on instead of a model and corpus")
         parser.add_argument("--user", default="cli", help="Owner of the job and corpus (created if needed)")
         parser.add_argument("--no-progress", action="store_true", help="No progress bar")
@@ -95,7 +98,7 @@ class Command(BaseCommand):
             if not options["model"] or not options["corpus"]:
                 raise CommandError("Give --model and --corpus (or --activations FILE).")
             data["model_name"] = options["model"]
-            data["corpus_file"] = self._corpus_name(owner, options["corpus"])
+            data["corpus_file"] = self._corpus_name(owner, options["corpus"], options["text_field"])
         form = TrainOptions(data=data)
         if not form.is_valid():
             raise CommandError("; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in form.errors.items()))
@@ -123,19 +126,19 @@ class Command(BaseCommand):
             return f"an SAE on the activations in {job.activations_file}"
         return f"{job.model_name} on layer {job.layer_number}"
 
-    def _corpus_name(self, owner, corpus):
+    def _corpus_name(self, owner, corpus, text_field):
         path = Path(corpus)
-        if not path.is_file():
+        if not path.exists():
             return corpus  # the name of an uploaded corpus; job_create checks it exists
-        existing = Corpus.objects.filter(owner=owner, name=path.name).first()
-        if existing and filecmp.cmp(existing.path, path, shallow=False):
+        existing = Corpus.objects.filter(owner=owner, name=path.name, text_field=text_field).first()
+        if existing and path.is_file() and Path(existing.path).is_file() and filecmp.cmp(existing.path, path, shallow=False):
             return existing.name
         name, n = path.name, 1
         while Corpus.objects.filter(owner=owner, name=name).exists():
             n += 1
             name = f"{path.stem}-{n}{path.suffix}"
         try:
-            return corpus_add_from_path(owner=owner, path=path, name=name).name
+            return corpus_add_from_path(owner=owner, path=path, name=name, text_field=text_field).name
         except ServiceError as err:
             raise CommandError(err.message) from None
 
