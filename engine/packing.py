@@ -95,6 +95,10 @@ class SequenceSource:
         return sequences
 
     def _no_rows_message(self) -> str:
+        if next(iter(iter_documents(self.path, text_field=self.text_field)), None) is None:
+            if corpus_format(self.path) == "txt":
+                return f"Corpus '{self.path.name}' has no non-empty lines"
+            return f"Corpus '{self.path.name}' has no documents with text in '{self.text_field}'"
         if self.packing == "concat":
             return (f"Corpus '{self.path.name}' gives no full window of {self.max_sequence_length} tokens with concat "
                     "packing: lower max_sequence_length or give it more text")

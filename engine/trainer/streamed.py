@@ -11,7 +11,6 @@ corpus. The next block is computed in a background thread while the SAE steps on
 import math
 import queue
 import threading
-import time
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ import torch
 from engine.errors import EngineError, ExtractionCancelled
 from engine.trainer import checkpoint, init
 from engine.trainer.config import check_config
-from engine.trainer.loop import _layout, _result, _start, cut_to_budget, end_epoch
+from engine.trainer.loop import _layout, _Loop, _result, _start, cut_to_budget
 
 
 def block_rows(config, batch_tokens: int) -> int:
@@ -57,7 +56,9 @@ def train_streamed(stream, config, *, device: str = "cpu", checkpoint_dir=None, 
     return result
 
 
-class _StreamLoop:
+class _StreamLoop(_Loop):
+    """_Loop's epochs, stop checks and ends; an epoch reads the stream's blocks."""
+
     def __init__(self, run, writer, layout, stream, block: int, first_block, should_stop, on_progress):
         self.run, self.writer, self.layout, self.stream = run, writer, layout, stream
         self.block, self.first_block = block, first_block
@@ -65,26 +66,7 @@ class _StreamLoop:
         self.generator = torch.Generator().manual_seed(run.config.seed)
         self.generator.set_state(run.state.epoch_rng_state)
         self.last_stop_check = -math.inf
-
-    def epochs(self) -> str:
-        run, state, config = self.run, self.run.state, self.run.config
-        stopped_reason = "max_epochs"
-        while state.epochs_done < config.max_epochs:
-            if not self.epoch():
-                stopped_reason = "cancelled"
-                self.writer.write(sae=run.sae, optimizer=run.optimizer, state=state, config=config, mid_epoch=True)
-                break
-            budget_spent = self.layout.budget_left(state) == 0
-            epoch_loss = end_epoch(run, self.writer, self.generator, force_checkpoint=budget_spent)
-            if budget_spent:
-                stopped_reason = "training_tokens"
-                break
-            if epoch_loss < config.min_loss:
-                stopped_reason = "min_loss"
-                break
-        run.progress.maybe_report(self.on_progress, epoch=min(state.epochs_done + 1, config.max_epochs),
-                                  step=state.step, tokens_done=state.tokens_trained, force=True)
-        return stopped_reason
+        self.source = None  # no cache to read
 
     def epoch(self) -> bool:
         run, state, layout, batch = self.run, self.run.state, self.layout, self.layout.batch_tokens
@@ -118,14 +100,6 @@ class _StreamLoop:
         finally:
             blocks.close()
         return True
-
-    def _stop_asked(self) -> bool:
-        now = time.monotonic()
-        if self.should_stop is not None and now - self.last_stop_check >= self.run.config.stop_check_interval_s:
-            self.last_stop_check = now
-            return bool(self.should_stop())
-        return False
-
 
 class _Blocks:
     """The epoch's blocks [first, n_blocks), computed one ahead in a background thread."""
