@@ -11,6 +11,7 @@ corpus. The next block is computed in a background thread while the SAE steps on
 import math
 import queue
 import threading
+import time
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ def train_streamed(stream, config, *, device: str = "cpu", checkpoint_dir=None, 
         raise EngineError(f"Checkpoint '{saved.name}' was trained from an activation cache: resume it from that cache")
     layout = _layout(config, stream, saved, device=device, distributed=False, first_epoch_rows=None)
     block = block_rows(config, layout.batch_tokens)
+    started = time.monotonic()
     first_block = sample = None
     if saved is None:
         # The first block gives the input scale and b_dec's start (and is the first block trained on).
@@ -47,6 +49,8 @@ def train_streamed(stream, config, *, device: str = "cpu", checkpoint_dir=None, 
         picked = np.sort(init.sample_of(np.arange(len(first_block)), config.seed))
         sample = torch.from_numpy(first_block[picked].astype(np.float32))
     run, _ = _start(config, layout, stream, None, saved, None, device=device, sample=sample)
+    # The first block's forward is training time too (its throughput and ETA count it).
+    run.progress.started_at = run.progress.last_report_at = started
     run.state.streamed = True
     writer = checkpoint.Writer(checkpoint_dir, checkpoint_prefix, on_checkpoint)
     loop = _StreamLoop(run, writer, layout, stream, block, first_block, should_stop, on_progress)
