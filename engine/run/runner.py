@@ -95,24 +95,26 @@ class _Run:
             self.sequences = self.source.read(int(activations.shape[0]))
             return activations, cache, None
         rows = self.source.rows_per_sequence()  # the tokenizer's pass: what one pass over the corpus gives
-        streamed = spec.resume_from is not None and sources.checkpoint_streamed(spec.resume_from)
-        self.disk = sources.disk_plan(spec, self.loaded, int(rows.sum()), must_cache=not (self.may_overlap or streamed))
-        if streamed or not self.disk.cache:
+        # A resume takes its batches as its checkpoint's run did: streamed, or from a cache made again.
+        resumed = spec.resume_from is not None
+        streamed = resumed and sources.checkpoint_streamed(spec.resume_from)
+        mode = "never" if streamed else "always" if resumed or not self.may_overlap else spec.cache_activations
+        self.disk = sources.disk_plan(spec, self.loaded, int(rows.sum()), mode=mode)
+        if not self.disk.cache:
             self.stream = ActivationStream(self.loaded, self.source, rows, layer_number=spec.layer_number,
                                            batch_size=spec.batch_size, hook_point=spec.hook_point,
                                            n_rows=sources.rows_to_read(spec, int(rows.sum())))
             return self.stream, None, None
         self.sequences = self.source.read(sources.rows_to_read(spec, int(rows.sum())))
-        result, path = None, cache
-        if cache is None:
-            self._enter(EXTRACTING, device=spec.device)
-            if spec.first_epoch_in_arrival_order and spec.resume_from is None and self.may_overlap:
-                result, path = self._extract_and_train()
-            else:
-                self.extraction = extract_activations(self.loaded, self.sequences, on_progress=self.callbacks.on_extraction_progress,
-                                                      should_stop=self.callbacks.should_stop, **self._extract_options())
-                path = self.extraction.path
-                self._call("on_cache_complete", self.extraction)
+        result = None
+        self._enter(EXTRACTING, device=spec.device)
+        if spec.first_epoch_in_arrival_order and spec.resume_from is None and self.may_overlap:
+            result, path = self._extract_and_train()
+        else:
+            self.extraction = extract_activations(self.loaded, self.sequences, on_progress=self.callbacks.on_extraction_progress,
+                                                  should_stop=self.callbacks.should_stop, **self._extract_options())
+            path = self.extraction.path
+            self._call("on_cache_complete", self.extraction)
         if not causal:
             self.loaded = None  # only next-token evaluation needs the model again: free it now
         if result is not None and result.stopped_reason == "cancelled":

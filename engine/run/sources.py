@@ -20,10 +20,10 @@ def budget(spec) -> int | None:
     return spec.training_tokens if spec.training_tokens is not None else spec.config.training_tokens
 
 
-def disk_plan(spec, loaded, rows_per_pass: int, *, must_cache: bool):
-    """engine.disk.plan_disk for this run on the data folder it writes to (raises DiskFull).
-    `must_cache`: the training step reads a file (a multi-process one), so streaming is no option."""
-    mode = "always" if must_cache else spec.cache_activations
+def disk_plan(spec, loaded, rows_per_pass: int, *, mode: str):
+    """engine.disk.plan_disk for this run on the data folder it writes to (raises DiskFull), in
+    cache `mode`: the spec's, or what the run must do (a multi-process training step reads a file;
+    a resume takes its batches the way its checkpoint's run did)."""
     return plan_disk(cache_activations=mode, rows_per_pass=rows_per_pass, d_model=hidden_size(loaded.config),
                      d_sae=spec.config.hidden_dim, max_epochs=spec.config.max_epochs,
                      eval_fraction=spec.config.eval_fraction, training_tokens=budget(spec),

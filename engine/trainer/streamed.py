@@ -85,6 +85,7 @@ class _StreamLoop(_Loop):
         try:
             for b in range(first, n_blocks):
                 rows = prefetched if b == first and prefetched is not None else blocks.next()
+                prefetched = None  # held no longer than its block: memory stays at the blocks in flight
                 order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(
                     block_seed(run.config.seed, state.epochs_done, b)))
                 first_step = b * steps_per_block
@@ -135,7 +136,7 @@ class _Blocks:
 
     def _produce_blocks(self, reader):
         for lo, hi in self._ranges:
-            rows = reader.read(lo, hi).copy()
+            rows = reader.read(lo, hi)  # a view of rows the reader never writes again
             while not self._stop.is_set():
                 try:
                     self._queue.put(("rows", rows), timeout=0.2)

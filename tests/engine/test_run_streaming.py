@@ -112,3 +112,16 @@ def test_a_streamed_run_killed_and_resumed_trains_on_the_same_tokens(tmp_path, t
     assert resumed.result.loss_history == pytest.approx(whole.result.loss_history, rel=1e-6)
     for name, value in whole.result.sae.state_dict().items():
         torch.testing.assert_close(resumed.result.sae.state_dict()[name], value, rtol=0, atol=1e-6)
+
+
+def test_a_cached_run_resumed_without_its_cache_extracts_again_rather_than_stream(tmp_path, tiny_gpt2_dir, corpus):
+    # Cancelled inside its one epoch, from a cache; the cache is gone by the resume, whose plan alone
+    # (one pass, auto) would stream: the checkpoint's batches came from a cache, so it caches again.
+    steps = []
+    first = run(spec(tmp_path / "out", tiny_gpt2_dir, corpus, cache_activations="always"),
+                RunCallbacks(on_train_progress=steps.append, should_stop=lambda: len(steps) >= 3))
+    assert first.cancelled_in == "training"
+    first.paths.activations.unlink()
+    checkpoint = first.result.checkpoints[-1].path
+    resumed = run(spec(tmp_path / "out", tiny_gpt2_dir, corpus, resume_from=checkpoint))
+    assert resumed.status == "completed" and resumed.training_stats["activations_cached"] is True
