@@ -58,6 +58,8 @@ def parse_args():
     parser.add_argument("--lr", type=float, default=1e-3, help="as bench/smollm2.py")
     parser.add_argument("--context", type=int, default=128, help="max_sequence_length")
     parser.add_argument("--analysis-tokens", type=int, default=50_000, help="FeatureSettings.streamed_max_tokens")
+    parser.add_argument("--buffer", type=int, default=65536,
+                        help="shuffle_buffer_tokens: a streamed run's blocks (smaller: many blocks at few tokens)")
     parser.add_argument("--ev-tolerance", type=float, default=0.01)
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mistudio-bench")
     parser.add_argument("--models-cache", type=Path, default=None, help="where the GGUF is converted once; default CACHE/models")
@@ -130,7 +132,7 @@ def run_spec(args, side: str, tokens: int, corpus: Path, folder: Path):
     from engine.trainer import TrainConfig
 
     config = TrainConfig(architecture="topk", k=args.k, hidden_dim=args.d_sae, sae_batch_tokens=args.batch,
-                         learning_rate=args.lr, max_epochs=1, seed=0)
+                         learning_rate=args.lr, max_epochs=1, seed=0, shuffle_buffer_tokens=args.buffer)
     streamed = side == "streamed"
     return RunSpec(paths=RunPaths.in_folder(folder), config=config, model=MODEL_NAME, corpus=corpus,
                    training_tokens=tokens, cache_activations="auto" if streamed else "always",
@@ -172,7 +174,8 @@ def run_side(args, side: str, tokens: int, corpus: Path, folder: Path) -> dict:
     command = [sys.executable, __file__, "--worker", side, str(tokens), str(corpus), str(folder),
                "--layer", str(args.layer), "--d-sae", str(args.d_sae), "--k", str(args.k), "--batch", str(args.batch),
                "--lr", str(args.lr), "--context", str(args.context), "--analysis-tokens", str(args.analysis_tokens),
-               "--disk-budget-mb", str(args.disk_budget_mb), "--models-cache", str(args.models_cache)]
+               "--disk-budget-mb", str(args.disk_budget_mb), "--models-cache", str(args.models_cache),
+               "--buffer", str(args.buffer)]
     started = time.monotonic()
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
     wall = time.monotonic() - started
@@ -226,7 +229,7 @@ def report(args, runs: dict, small: dict) -> bool:
     print(f"\nmachine: {_setup.machine()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"SmolLM2-135M-Instruct layer {args.layer} resid_post; fortunes as JSONL, {LINES_PER_DOCUMENT} lines a document, "
           f"concat packing, context {args.context}; topk k {args.k}, d_sae {args.d_sae}, batch {args.batch} tokens, "
-          f"lr {args.lr:g}, one pass, seed 0; {args.repeats} pair(s), alternated")
+          f"lr {args.lr:g}, one pass, seed 0, shuffle buffer {args.buffer} rows; {args.repeats} pair(s), alternated")
     cache_mb = args.tokens * (576 * 2 + 4) / 1e6
     print(f"streamed: cache_activations auto, disk budget {args.disk_budget_mb} MB (its cache: {cache_mb:.0f} MB for the "
           f"training tokens, more with the held-out tail); "
