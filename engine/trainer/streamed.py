@@ -106,6 +106,7 @@ class _StreamLoop(_Loop):
             blocks.close()
         return True
 
+
 class _Blocks:
     """The epoch's blocks [first, n_blocks), computed one ahead in a background thread."""
 
