@@ -237,3 +237,17 @@ def test_a_file_deleted_after_the_download_began_still_arrives_whole(alice, alic
     shutil.rmtree(job.exports["saelens"])  # the files are open already; none of them is read yet
     with zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))) as unpacked:
         assert {Path(n).name: unpacked.read(n) for n in unpacked.namelist()} == expected
+
+
+@pytest.mark.django_db
+def test_the_job_page_links_only_what_can_be_downloaded(client, alice):
+    job = finished_job(alice)
+    Path(job.metadata_path).unlink()
+    client.force_login(alice)
+    page = client.get(f"/jobs/{job.id}/").content.decode()
+    for artifact in ("saelens", "weights"):
+        assert f'href="/api/v1/train/{job.id}/download?artifact={artifact}"' in page
+    assert "artifact=metadata" not in page
+    queued = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2")
+    page = client.get(f"/jobs/{queued.id}/").content.decode()
+    assert 'id="downloads"' not in page and "/download?" not in page
