@@ -20,8 +20,8 @@ from tests.features.test_feature_browser import trained as finished_job  # noqa:
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_the_owner_follows_the_download_links_of_a_finished_job(browser, live_server, screenshot, finished_job,
-                                                                 tmp_path):
+def test_the_owner_follows_the_download_links_of_a_finished_job(browser, live_server, screenshot, tmp_path,
+                                                                 finished_job):  # noqa: F811 (the fixture)
     login(browser, live_server, "alice", "alice-password-1")
     browser.get(f"{live_server}/jobs/{finished_job.id}/")
     wait_for(browser, "#downloads a.download")
@@ -29,7 +29,7 @@ def test_the_owner_follows_the_download_links_of_a_finished_job(browser, live_se
     assert list(links) == ["saelens", "weights", "metadata"]
     for artifact, link in links.items():
         assert link.get_attribute("href") == f"{live_server}/api/v1/train/{finished_job.id}/download?artifact={artifact}"
-    browser.execute_script("document.getElementById('downloads').scrollIntoView()")
+    browser.execute_script("document.getElementById('downloads').scrollIntoView({block: 'center'})")
     screenshot("job-page-downloads")
 
     # Clicking a link downloads the file, named for the job.
