@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/v1/train/<str:job_id>/status", views.JobStatusView.as_view(), name="job-status"),
     path("api/v1/train/<str:job_id>/result", views.JobResultView.as_view(), name="job-result"),
     path("api/v1/train/<str:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
+    path("api/v1/train/<str:job_id>/download", views.JobDownloadView.as_view(), name="job-download"),
     path("api/v1/train/<str:job_id>/curves", views.JobCurvesView.as_view(), name="job-curves"),
     path("api/v1/train/<str:job_id>/features", views.FeatureListView.as_view(), name="job-features"),
     path("api/v1/train/<str:job_id>/features/<str:index>", views.FeatureDetailView.as_view(), name="job-feature"),
