@@ -11,21 +11,19 @@ forward there (resid_pre before block L runs, mlp_out and attn_out after that mo
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from engine.errors import ActivationsError, EngineError, ExtractionCancelled
+from engine.capture import capture_batches
+from engine.errors import EngineError
 from engine.cache import arrival_path, concat_ranges, token_index_paths
 from engine.files import AtomicFile
-from engine.hooks import DEFAULT_HOOK_POINT, available_hook_points, check_hook_point, register_reader
+from engine.hooks import DEFAULT_HOOK_POINT, available_hook_points, check_hook_point
 from engine.loading import LoadedModel
 from engine.model_info import hidden_size, is_causal_lm, num_layers
 from engine.sequences import Sequences, encode
-
-_FLOAT16_MAX = float(np.finfo(np.float16).max)
-
 
 @dataclass
 class ExtractionResult:
@@ -43,10 +41,6 @@ class ExtractionResult:
     hook_point: str = DEFAULT_HOOK_POINT
     prepend_bos: bool = False  # effective: a BOS was put in front of every sequence (engine.sequences)
     exclude_special_tokens: bool = False  # special tokens' positions are no rows
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook so blocks after the chosen layer never run."""
 
 
 @dataclass
@@ -80,15 +74,9 @@ class _Plan:
 
 def _plan(loaded: LoadedModel, texts, *, layer_number: int, batch_size: int, max_sequence_length: int, seed: int,
           hook_point: str, prepend_bos: bool, exclude_special_tokens: bool) -> _Plan:
-    total_layers = num_layers(loaded.config)
-    if not 0 <= layer_number < total_layers:
-        raise EngineError(f"Layer {layer_number} does not exist: this model has layers 0 to {total_layers - 1}")
+    _check_site(loaded, layer_number, hook_point)
     if batch_size < 1 or max_sequence_length < 1:
         raise EngineError("batch_size and max_sequence_length must be at least 1")
-    check_hook_point(hook_point)
-    points = available_hook_points(loaded.model)
-    if hook_point not in points:
-        raise EngineError(f"This model has no {hook_point} hook point: it has {', '.join(points)}")
     if isinstance(texts, Sequences):  # packed already (engine.packing)
         sequences = texts
     else:
@@ -113,6 +101,56 @@ def _plan(loaded: LoadedModel, texts, *, layer_number: int, batch_size: int, max
     return _Plan(ids=sequences.ids, keep=sequences.keep, lengths=lengths, offsets=offsets, batches=batches,
                  n_tokens=n_tokens, d_model=hidden_size(loaded.config), n_texts=len(sequences.ids), hook_point=hook_point,
                  prepend_bos=sequences.prepend_bos, exclude_special_tokens=exclude_special_tokens)
+
+
+def _check_site(loaded: LoadedModel, layer_number: int, hook_point: str) -> None:
+    total_layers = num_layers(loaded.config)
+    if not 0 <= layer_number < total_layers:
+        raise EngineError(f"Layer {layer_number} does not exist: this model has layers 0 to {total_layers - 1}")
+    check_hook_point(hook_point)
+    points = available_hook_points(loaded.model)
+    if hook_point not in points:
+        raise EngineError(f"This model has no {hook_point} hook point: it has {', '.join(points)}")
+
+
+@dataclass
+class SitesExtraction:
+    """What extract_sites did: one file per site, from `forward_batches` forward passes in all."""
+
+    results: dict  # (layer_number, hook_point) -> ExtractionResult
+    forward_batches: int
+    n_tokens: int  # rows of each file: every token was extracted once, for all sites at once
+    seconds: float
+
+
+def extract_sites(loaded: LoadedModel, texts, *, sites: dict, batch_size: int, max_sequence_length: int,
+                  on_progress: Callable[[int, int, int], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None, seed: int = 0, prepend_bos: bool = True,
+                  exclude_special_tokens: bool = True) -> SitesExtraction:
+    """extract_activations at several sites from the same forward passes: `sites` maps
+    (layer_number, hook_point) to the file its rows go to. Each batch runs through the model once
+    and stops after the deepest site; every file is what extract_activations would write for its
+    site alone (the same rows, order and side files), and appears complete or not at all."""
+    if not sites:
+        raise EngineError("extract_sites needs at least one (layer_number, hook_point) site")
+    started = time.monotonic()
+    (first_layer, first_point), *_ = sites
+    for layer_number, hook_point in sites:
+        _check_site(loaded, layer_number, hook_point)
+    plan = _plan(loaded, texts, layer_number=first_layer, batch_size=batch_size, max_sequence_length=max_sequence_length,
+                 seed=seed, hook_point=first_point, prepend_bos=prepend_bos, exclude_special_tokens=exclude_special_tokens)
+    opened = {site: _open_partial(Path(path), plan) for site, path in sites.items()}
+    try:
+        positions, forwards = capture_batches(loaded, plan, [(layer, point, opened[(layer, point)][0]) for layer, point in sites],
+                                              on_progress=on_progress, should_stop=should_stop)
+        results = {site: _finish(replace(plan, hook_point=site[1]), rows, file, loaded, started, positions)
+                   for site, (rows, file) in opened.items()}
+    except BaseException:
+        for _, file in opened.values():
+            file.discard()
+        raise
+    return SitesExtraction(results=results, forward_batches=forwards, n_tokens=plan.n_tokens,
+                           seconds=time.monotonic() - started)
 
 
 def extract_activations(
@@ -287,51 +325,9 @@ def _open_partial(out_path: Path, plan: _Plan):
 def _run_batches(loaded, plan: _Plan, rows, *, layer_number, on_progress, should_stop) -> int:
     """Run the plan's batches, writing each sequence's rows at its offset; the number of token
     positions computed (padding included)."""
-    import torch
-
-    captured: list = []
-
-    def capture(hidden):
-        captured.append(hidden)
-        raise _StopForward
-
-    handle = register_reader(loaded.blocks[layer_number], plan.hook_point, capture)
-    sequences_done = tokens_done = positions_computed = 0
-    lengths, offsets = plan.lengths, plan.offsets
-    try:
-        with torch.inference_mode():
-            for batch in plan.batches:
-                if should_stop is not None and should_stop():
-                    raise ExtractionCancelled("Activation extraction was cancelled")
-                input_ids, attention_mask = _pad([plan.ids[i] for i in batch], loaded.tokenizer.pad_token_id, loaded.device)
-                positions_computed += input_ids.numel()
-                captured.clear()
-                try:
-                    loaded.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-                except _StopForward:
-                    pass
-                if not captured:
-                    raise EngineError(f"Layer {layer_number} never ran during the forward pass: unsupported architecture")
-                hidden = captured[0].float().cpu().numpy()
-                for row, index in enumerate(batch):
-                    n = lengths[index]
-                    # Right padding: the real tokens are the first positions of the row.
-                    keep = plan.keep[index]
-                    values = hidden[row, : len(keep)][keep]
-                    # Written as float16 to halve the disk and page-cache footprint; the check
-                    # also catches NaN, which fails every comparison.
-                    if not (np.abs(values) <= _FLOAT16_MAX).all():
-                        raise ActivationsError(
-                            f"Layer {layer_number} produced NaN or values beyond the float16 range: pick another layer"
-                        )
-                    rows[offsets[index] : offsets[index] + n] = values
-                sequences_done += len(batch)
-                tokens_done += int(lengths[batch].sum())
-                if on_progress is not None:
-                    on_progress(sequences_done, plan.n_texts, tokens_done)
-    finally:
-        handle.remove()
-    return positions_computed
+    positions, _ = capture_batches(loaded, plan, [(layer_number, plan.hook_point, rows)],
+                                   on_progress=on_progress, should_stop=should_stop)
+    return positions
 
 
 def _finish(plan: _Plan, rows, file: AtomicFile, loaded, started: float, positions_computed: int,
@@ -368,17 +364,3 @@ def _finish(plan: _Plan, rows, file: AtomicFile, loaded, started: float, positio
 
 def _real_positions(plan: _Plan) -> int:
     return sum(len(plan.ids[i]) for batch in plan.batches for i in batch)
-
-
-def _pad(sequences: list[list[int]], pad_id: int, device: str):
-    """Right-pad a batch. Left padding would shift absolute positions in models that derive
-    position ids from the cache position rather than the mask (Llama, Mistral, ...)."""
-    import torch
-
-    width = max(len(seq) for seq in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, : len(seq)] = 1
-    return input_ids.to(device), attention_mask.to(device)

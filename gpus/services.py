@@ -150,5 +150,11 @@ def leases_release_stale() -> list[str]:
     return freed
 
 
+def lease_hand_over(job, to_job) -> None:
+    """Pass `job`'s slot to `to_job` of the same worker (a sweep's next member) without freeing it."""
+    now = timezone.now()
+    Worker.objects.filter(job=job).update(job=to_job, leased_at=now, last_seen_at=now)
+
+
 def lease_release(job) -> None:
     Worker.objects.filter(job=job).update(job=None, leased_at=None)

@@ -36,14 +36,14 @@ class Conflict(ServiceError):
     status_code = 409
 
 
-def _flatten(errors, prefix=""):
+def flatten_errors(errors, prefix=""):
     if isinstance(errors, dict):
         for key, value in errors.items():
             name = "" if key == "non_field_errors" else f"{prefix}{key}"
-            yield from _flatten(value, f"{name}." if name else "")
+            yield from flatten_errors(value, f"{name}." if name else "")
     elif isinstance(errors, list):
         for item in errors:
-            yield from _flatten(item, prefix)
+            yield from flatten_errors(item, prefix)
     else:
         field = prefix.rstrip(".")
         yield f"{field}: {errors}" if field else str(errors)
@@ -63,7 +63,7 @@ def exception_handler(exc, context):
     if isinstance(exc, exceptions.ValidationError) and not (
         isinstance(exc.detail, dict) and set(exc.detail) == {"detail"}
     ):
-        messages = list(_flatten(exc.detail))
+        messages = list(flatten_errors(exc.detail))
         return Response(
             {"detail": " ".join(messages) or "Invalid input.", "errors": exc.detail},
             status=status.HTTP_400_BAD_REQUEST,

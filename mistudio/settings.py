@@ -235,6 +235,9 @@ FEATURE_LOGIT_TOKENS = env_int("MISTUDIO_FEATURE_LOGIT_TOKENS", 10, minimum=1)
 # A job whose activations streamed (no cache) has its features analysed by running the model again
 # over the pass's first this many tokens; 0 = all of them (as much model time as training took).
 STREAMED_ANALYSIS_TOKENS = env_int("MISTUDIO_STREAMED_ANALYSIS_TOKENS", 1_000_000, minimum=0)
+# Members one sweep may have (layers x hook_points x members): each is a job with its own SAE,
+# checkpoints and artifacts, trained one after another by the sweep's one task.
+SWEEP_MAX_MEMBERS = env_int("MISTUDIO_SWEEP_MAX_MEMBERS", 64, minimum=1)
 # The most disk one job may write (its activation cache and checkpoints), below the data folder's
 # free space; unset: the free space. A job that needs more streams its activations (cache_activations
 # auto) or is refused with what it would need.

@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from corpora.views import UploadView
 from gpus.views import GpuStatusView, HealthView
-from training import pages, views
+from training import pages, sweep_views, views
 
 urlpatterns = [
     path("health", HealthView.as_view(), name="health"),
@@ -15,10 +15,14 @@ urlpatterns = [
     path("api/v1/train/<str:job_id>/status", views.JobStatusView.as_view(), name="job-status"),
     path("api/v1/train/<str:job_id>/result", views.JobResultView.as_view(), name="job-result"),
     path("api/v1/train/<str:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
+    path("api/v1/train/<str:job_id>/download", views.JobDownloadView.as_view(), name="job-download"),
     path("api/v1/train/<str:job_id>/curves", views.JobCurvesView.as_view(), name="job-curves"),
     path("api/v1/train/<str:job_id>/features", views.FeatureListView.as_view(), name="job-features"),
     path("api/v1/train/<str:job_id>/features/<str:index>", views.FeatureDetailView.as_view(), name="job-feature"),
     path("api/v1/jobs", views.JobListView.as_view(), name="jobs"),
+    path("api/v1/sweeps", sweep_views.SweepCreateView.as_view(), name="sweeps"),
+    path("api/v1/sweeps/<str:sweep_id>", sweep_views.SweepView.as_view(), name="sweep"),
+    path("api/v1/sweeps/<str:sweep_id>/cancel", sweep_views.SweepCancelView.as_view(), name="sweep-cancel"),
     # Model ids hold a slash; the WSGI server decodes %2F before routing, so both spellings land here.
     re_path(r"^api/v1/check-memory/(?P<model_name>[\s\S]+)$", views.CheckMemoryView.as_view(), name="check-memory"),
     path("api/v1/validate-model", views.ValidateModelView.as_view(), name="validate-model"),

@@ -22,6 +22,49 @@ def architecture_choices():
     return [(name, name) for name in architectures.names()]
 
 
+def new_sweep_id():
+    """As a job's id: sweep_<UTC date>_<UTC time>_<4 random digits>."""
+    now = timezone.now()
+    return f"sweep_{now:%Y%m%d_%H%M%S}_{random.randint(0, 9999):04d}"
+
+
+class SweepQuerySet(models.QuerySet):
+    def visible_to(self, user):
+        return self if user.is_staff else self.filter(owner=user)
+
+
+class Sweep(models.Model):
+    """A family of jobs on one model and corpus trained from one pass over it (engine.run.sweep):
+    every layer x hook point x member of its request, each a TrainingJob of its own."""
+
+    id = models.CharField(primary_key=True, max_length=64, default=new_sweep_id, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="sweeps")
+    model_name = models.CharField(max_length=500)
+    corpus = models.ForeignKey("corpora.Corpus", on_delete=models.PROTECT, related_name="sweeps")
+    layers = models.JSONField(help_text="Layer numbers the members read at.")
+    hook_points = models.JSONField(help_text="Hook points the members read at, in each layer.")
+    members = models.JSONField(help_text="Each member's overrides of the base's SAE fields.")
+    # What its one pass over the corpus did, written by the worker once the sites are extracted.
+    lm_forward_batches = models.IntegerField(null=True, blank=True, help_text="Forward passes of the language model.")
+    tokens_extracted = models.BigIntegerField(null=True, blank=True)
+    extraction_seconds = models.FloatField(null=True, blank=True)
+    disk_plan = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SweepQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return self.id
+
+    def visible_to(self, user) -> bool:
+        return user.is_staff or self.owner_id == user.pk
+
+
 class TrainingJobQuerySet(models.QuerySet):
     def visible_to(self, user):
         """A user sees their own jobs; staff see everyone's (TrainingJob.visible_to: one job)."""
@@ -65,6 +108,9 @@ class TrainingJob(models.Model):
         "corpora.Corpus", null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
     )
     activations_file = models.CharField(max_length=1024, blank=True)
+    # A sweep's member: its sweep, and the overrides of the sweep's base it trains with.
+    sweep = models.ForeignKey(Sweep, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
+    sweep_settings = models.JSONField(null=True, blank=True)
 
     # The seed's training parameters.
     layer_number = models.IntegerField(default=DEFAULTS.layer_number)

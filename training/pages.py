@@ -13,7 +13,7 @@ from engine.devices import gpu_inventory, system_memory
 from gpus.selectors import workers_document
 from mistudio.errors import NotFound
 from training import features as feature_store
-from training import selectors
+from training import downloads, selectors
 from training.models import TrainingJob
 
 
@@ -38,6 +38,7 @@ def job_page(request, job_id):
         "parameters": selectors.job_parameters(job),
         "evaluation": _evaluation_rows(job.evaluation),
         "artifacts": selectors.job_artifacts(job),
+        "downloads": downloads.available_artifacts(job),
         "runs": _run_rows(job.runs),
     })
 

@@ -24,7 +24,7 @@ def _slot():
     return this_device()
 
 
-def _device(job, select_device):
+def job_device(job, select_device):
     """A GPU worker sees only its own GPU (CUDA_VISIBLE_DEVICES), as cuda:0; a fake one (tests)
     trains on the CPU; the default worker picks as it always has."""
     if settings.WORKER_GPU is not None:
@@ -36,24 +36,25 @@ def _device(job, select_device):
     return select_device(job.gpu_id)
 
 
-class _Heartbeat(threading.Thread):
+class Heartbeat(threading.Thread):
     """Tells the database this worker is alive, independently of progress: loading a large model
-    or one long epoch must not look like a dead worker."""
+    or one long epoch must not look like a dead worker. One thread for every job the worker runs
+    (a sweep's members); `lost` holds those recovered elsewhere meanwhile."""
 
-    def __init__(self, job):
-        super().__init__(name=f"heartbeat-{job.pk}", daemon=True)
-        self.job = job
+    def __init__(self, *jobs):
+        super().__init__(name=f"heartbeat-{jobs[0].pk}", daemon=True)
+        self.jobs = list(jobs)
         self.stopped = threading.Event()
-        self.lost = False
+        self.lost: set[str] = set()
 
     def run(self):
         from django.db import connection
 
         try:
             while not self.stopped.wait(settings.HEARTBEAT_INTERVAL_S):
-                if not services.job_heartbeat(self.job):
-                    self.lost = True
-                    return
+                for job in self.jobs:
+                    if job.pk not in self.lost and not services.job_heartbeat(job):
+                        self.lost.add(job.pk)
         finally:
             connection.close()
 
@@ -62,12 +63,12 @@ class _Heartbeat(threading.Thread):
         self.join(timeout=10)
 
 
-def _cancel_check(job_id, heartbeat):
+def cancel_check(job_id, heartbeat):
     throttle = Throttle(0.5)
     state = {"stop": False}
 
     def should_stop():
-        if heartbeat.lost:
+        if job_id in heartbeat.lost:
             raise JobLost(job_id)
         if not state["stop"] and throttle():
             state["stop"] = selectors.job_cancel_requested(job_id)
@@ -94,9 +95,9 @@ def job_run(job_id: str, *, on_progress=None, wait_for_slot=False) -> TrainingJo
         return TrainingJob.objects.get(pk=job_id)
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     report = on_progress or (lambda update: None)
-    heartbeat = _Heartbeat(job)
+    heartbeat = Heartbeat(job)
     heartbeat.start()
-    should_stop = _cancel_check(job.id, heartbeat)
+    should_stop = cancel_check(job.id, heartbeat)
 
     def slot_busy(holder_id):
         message = f"Waiting for GPU slot {settings.HOST_NAME}/{_slot()}: job {holder_id} trains on it"
@@ -113,20 +114,8 @@ def job_run(job_id: str, *, on_progress=None, wait_for_slot=False) -> TrainingJo
             if wait_for_slot:
                 services.job_update_progress(job.id, phase=TrainingJob.Phase.LOADING)
             _run(job, report, should_stop)
-    except JobLost:
-        logger.warning("Job %s was recovered by another worker; this run stops", job_id)
-        return TrainingJob.objects.get(pk=job_id)
-    except (EngineError, ServiceError) as err:
-        services.job_fail(job, str(err))
-    except (MemoryError, RuntimeError) as err:
-        if not _is_out_of_memory(err):
-            logger.exception("Job %s crashed", job_id)
-            services.job_fail(job, f"{type(err).__name__}: {err}")
-        else:
-            services.job_fail(job, _describe_out_of_memory(TrainingJob.objects.get(pk=job_id), err))
     except Exception as err:  # noqa: BLE001 - any crash must end the job, not leave it running
-        logger.exception("Job %s crashed", job_id)
-        services.job_fail(job, f"{type(err).__name__}: {err}")
+        job_fail_with(job, err)
     finally:
         heartbeat.stop()
         lease_release(job)
@@ -135,6 +124,21 @@ def job_run(job_id: str, *, on_progress=None, wait_for_slot=False) -> TrainingJo
         TrainingJob.objects.filter(pk=job_id).exclude(status=TrainingJob.Status.QUEUED).exclude(
             encrypted_hf_token="").update(encrypted_hf_token="")
     return TrainingJob.objects.get(pk=job_id)
+
+
+def job_fail_with(job, err: BaseException) -> None:
+    """The job's ending for what its run raised: what the spec or its inputs got wrong as it was
+    said, an out-of-memory failure explained, any other crash named; nothing for a job another
+    worker took over (JobLost)."""
+    if isinstance(err, JobLost):
+        logger.warning("Job %s was recovered by another worker; this run stops", job.pk)
+    elif isinstance(err, (EngineError, ServiceError)):
+        services.job_fail(job, str(err))
+    elif isinstance(err, (MemoryError, RuntimeError)) and _is_out_of_memory(err):
+        services.job_fail(job, _describe_out_of_memory(TrainingJob.objects.get(pk=job.pk), err))
+    else:
+        logger.error("Job %s crashed", job.pk, exc_info=err)
+        services.job_fail(job, f"{type(err).__name__}: {err}")
 
 
 def _is_out_of_memory(err):
@@ -183,17 +187,17 @@ def _run(job, report, should_stop):
     from engine.devices import select_device
     from engine.run import run
 
-    device = _device(job, select_device)
+    device = job_device(job, select_device)
     train = None
     if job.gpu_ids:
         from training import ddp
 
         train = ddp.torchrun_step(job, report)
     outcome = run(job_spec(job, device), job_callbacks(job, device, report, should_stop), train=train)
-    _finish(job, outcome)
+    job_finish_outcome(job, outcome)
 
 
-def _finish(job, outcome):
+def job_finish_outcome(job, outcome):
     """The row's ending, from the run's outcome."""
     if outcome.cancelled_in == "extraction":
         services.job_finish(job, status=TrainingJob.Status.CANCELLED, message="Cancelled during extraction")

@@ -97,6 +97,36 @@ def disk_plan(*, corpus, described, packing: str, max_sequence_length: int, hidd
     return {**plan.to_dict(), **estimate, "reason": _reason(plan.reason, estimate)}
 
 
+def sweep_disk_plans(*, corpus, described, packing: str, max_sequence_length: int, training_tokens: int | None,
+                     sites: int, members: list[tuple[int, int]], token: str | None = None) -> dict:
+    """A sweep's disk: one cache per (layer, hook point) site, shared by its members, and every
+    member's checkpoints (`members`: each one's hidden_dim and max_epochs). {"sweep": the total,
+    "members": each member's own plan}; a ServiceError saying how large and what to change when the
+    whole sweep cannot fit."""
+    plans, estimate = [], None
+    for hidden_dim, max_epochs in members:
+        plan, estimate = _plan(corpus=corpus, described=described, packing=packing,
+                               max_sequence_length=max_sequence_length, hidden_dim=hidden_dim, max_epochs=max_epochs,
+                               training_tokens=training_tokens, cache_activations="always", token=token,
+                               estimate=estimate)
+        if isinstance(plan, disk.DiskFull):
+            raise ServiceError(f"A member of the sweep alone cannot fit: {plan}")
+        plans.append(plan)
+    cache_bytes = plans[0].cache_bytes
+    checkpoints = sum(plan.checkpoint_bytes for plan in plans)
+    needed, free = sites * cache_bytes + checkpoints, plans[0].free_bytes
+    if needed > free:
+        raise ServiceError(
+            f"The sweep needs {_gb(needed):.3f} GB of disk ({sites} site caches of {_gb(cache_bytes):.3f} GB and "
+            f"{len(plans)} members' checkpoints, {_gb(checkpoints):.3f} GB) but {_gb(free):.3f} GB is free: give fewer "
+            "layers or hook_points, a smaller training_tokens budget, or more disk (MISTUDIO_DISK_BUDGET_BYTES).")
+    total = {"sites": sites, "cache_bytes_per_site": cache_bytes, "checkpoint_bytes": checkpoints,
+             "needed_bytes": needed, "free_bytes": free, "rows_per_pass": plans[0].rows_per_pass, **estimate}
+    return {"sweep": total, "members": [{**plan.to_dict(), **estimate, "reason": _reason(
+        f"a sweep member: it reads its site's cache, shared with {len(plans) // sites - 1} other members", estimate)}
+        for plan in plans]}
+
+
 def disk_report(*, corpus, described, **sizes) -> dict:
     """The check-memory document's disk_check: the plan in GB, or why there is none."""
     if corpus is None:
@@ -119,12 +149,16 @@ def disk_report(*, corpus, described, **sizes) -> dict:
 
 
 def _plan(*, corpus, described, packing, max_sequence_length, hidden_dim, max_epochs, training_tokens,
-          cache_activations, token=None):
-    """(the DiskPlan, or the DiskFull that refuses it; how the tokens were estimated)."""
+          cache_activations, token=None, estimate=None):
+    """(the DiskPlan, or the DiskFull that refuses it; how the tokens were estimated). `estimate`:
+    that of an earlier call on the same model and corpus (reading the tokenizer takes seconds)."""
     from engine.trainer import TrainConfig
 
     facts = corpus_facts(corpus)
-    bytes_per_token, estimated_from = _bytes_per_token(described, facts, token)
+    if estimate is None:
+        bytes_per_token, estimated_from = _bytes_per_token(described, facts, token)
+    else:
+        bytes_per_token, estimated_from = estimate["bytes_per_token"], estimate["tokens_estimated_from"]
     rows = disk.estimate_rows_per_pass(text_bytes=facts.text_bytes, bytes_per_token=bytes_per_token,
                                        documents=facts.documents, lines=facts.lines,
                                        packing=packing or facts.default_packing, max_sequence_length=max_sequence_length)

@@ -61,6 +61,19 @@ class JobRequest:
 def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_path: bool = False) -> TrainingJob:
     """Validate a request against the real corpus, model and machine, save the job, and queue it
     once the transaction commits (the worker must find the row it is handed)."""
+    columns = job_columns(owner=owner, request=request, any_local_path=any_local_path)
+    with transaction.atomic():
+        job = TrainingJob.objects.create(**columns)
+        if enqueue:
+            transaction.on_commit(lambda: job_enqueue(job.id))
+    return job
+
+
+def job_columns(*, owner, request: JobRequest, any_local_path: bool = False, described=None,
+                plan_disk: bool = True) -> dict:
+    """The row a request makes, every check passed (ServiceError: what to fix). `described`: the
+    model, already described (a sweep describes it once for all its members); `plan_disk` False
+    leaves the disk plan to the caller (a sweep's members share their caches)."""
     quantization = request.quantization or TrainingJob.Quantization.NONE
     modelcheck.check_hook_point_name(request.hook_point)
     runplan.check_choices(packing=request.packing, cache_activations=request.cache_activations,
@@ -74,7 +87,8 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
     if request.activations_file:
         modelcheck.check_activations_file(request.activations_file)
     else:
-        corpus, described = _checked_model_and_corpus(owner, request, any_local_path=any_local_path)
+        corpus, described = _checked_model_and_corpus(owner, request, any_local_path=any_local_path,
+                                                      described=described)
         memory_check = modelcheck.memory_verdict(
             described,
             quantization=quantization,
@@ -88,7 +102,7 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
         )
         packing = runplan.job_packing(corpus, request.packing)
         # Refused here (a 400 saying how large and what to change) rather than by a full disk mid-run.
-        disk_plan = runplan.disk_plan(corpus=corpus, described=described, packing=packing,
+        disk_plan = None if not plan_disk else runplan.disk_plan(corpus=corpus, described=described, packing=packing,
                                       max_sequence_length=request.max_sequence_length, hidden_dim=request.hidden_dim,
                                       max_epochs=request.max_epochs, training_tokens=request.training_tokens,
                                       cache_activations=request.cache_activations, token=request.huggingface_token)
@@ -100,34 +114,37 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
         # none is recorded. A training_tokens budget still caps what the SAE trains on.
         columns.update(hook_point="", exclude_special_tokens=None, prepend_bos=None, packing=None, cache_activations="")
     model_info = described.info.to_dict() if described is not None else None
-    with transaction.atomic():
-        job = TrainingJob.objects.create(
-            **columns,
-            owner=owner,
-            corpus=corpus,
-            encrypted_hf_token=crypto.encrypt(request.huggingface_token or ""),
-            requires_token=bool(model_info and model_info.get("requires_token")),
-            memory_check=memory_check,
-            disk_plan=disk_plan,
-            model_info=model_info,
-            # The worker loads what was checked here, never a fresh reading of a client's name.
-            model_location=described.resolved.location if described is not None else "",
-            model_source=described.resolved.source if described is not None else "",
-            message="Waiting for a worker",
-        )
-        if enqueue:
-            transaction.on_commit(lambda: job_enqueue(job.id))
-    return job
+    return dict(
+        **columns,
+        owner=owner,
+        corpus=corpus,
+        encrypted_hf_token=crypto.encrypt(request.huggingface_token or ""),
+        requires_token=bool(model_info and model_info.get("requires_token")),
+        memory_check=memory_check,
+        disk_plan=disk_plan,
+        model_info=model_info,
+        # The worker loads what was checked here, never a fresh reading of a client's name.
+        model_location=described.resolved.location if described is not None else "",
+        model_source=described.resolved.source if described is not None else "",
+        message="Waiting for a worker",
+    )
 
 
-def _checked_model_and_corpus(owner, request: JobRequest, *, any_local_path: bool):
+def _checked_model_and_corpus(owner, request: JobRequest, *, any_local_path: bool, described=None):
     """The owner's corpus and the described model, with the layer checked against it."""
     if not request.model_name:
         raise ServiceError("model_name: this field is required.")
     if not request.corpus_file:
         raise ServiceError("corpus_file: this field is required.")
     corpus = corpus_for_user(user=owner, name=request.corpus_file)
-    described = modelcheck.describe(request.model_name, token=request.huggingface_token, any_local_path=any_local_path)
+    if described is None:
+        described = modelcheck.describe(request.model_name, token=request.huggingface_token,
+                                        any_local_path=any_local_path)
+    else:
+        import copy
+
+        described = copy.copy(described)  # its info gets this job's layer: the caller's stays as it was
+        described.info = copy.copy(described.info)
     total = described.info.total_layers
     if not 0 <= request.layer_number < total:
         raise ServiceError(
@@ -164,6 +181,13 @@ def _check_gpu_ids(request: JobRequest) -> None:
 def job_enqueue(job_id: str) -> None:
     from django_q.tasks import async_task
 
+    sweep_id = TrainingJob.objects.filter(pk=job_id).values_list("sweep_id", flat=True).first()
+    if sweep_id is not None:
+        # A sweep's member runs in its sweep's task, beside the other members (a recovered one too).
+        from training.sweeps import sweep_enqueue
+
+        sweep_enqueue(sweep_id)
+        return
     TrainingJob.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
     from gpus.selectors import queue_for
 
@@ -232,13 +256,14 @@ def job_runs_closed(runs: list, *, ended: str, at) -> list:
     return runs
 
 
-def job_requeue(job: TrainingJob, message: str) -> None:
-    """Hand a claimed job back to the queue untouched (its attempt not counted)."""
+def job_requeue(job: TrainingJob, message: str, *, enqueue: bool = True) -> None:
+    """Hand a claimed job back to the queue untouched (its attempt not counted); `enqueue` False
+    leaves the task to the caller (a sweep queues one for all its members)."""
     runs = TrainingJob.objects.filter(pk=job.pk).values_list("runs", flat=True).first() or []
     updated = TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING).update(
         status=TrainingJob.Status.QUEUED, phase=TrainingJob.Phase.WAITING, message=message,
         attempts=F("attempts") - 1, updated_at=timezone.now(), runs=runs[:-1])
-    if updated:
+    if updated and enqueue:
         transaction.on_commit(lambda: job_enqueue(job.pk))
 
 

@@ -18,3 +18,11 @@ def recover_on_worker_start(sender, proc_name=None, **kwargs):
         jobs_recover_stale()
     except Exception:  # noqa: BLE001 - a failed sweep must not keep the worker from starting
         logger.exception("Recovering stale jobs failed in %s", proc_name)
+
+
+def run_sweep(sweep_id: str) -> str | None:
+    """One task per sweep: every member trained from one pass over the corpus (training.sweep_run)."""
+    from training.sweep_run import sweep_run
+
+    sweep = sweep_run(sweep_id)
+    return sweep.pk if sweep else None

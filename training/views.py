@@ -1,10 +1,13 @@
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from django.http import FileResponse, StreamingHttpResponse
+from django.utils.http import content_disposition_header
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from corpora.selectors import corpus_for_user
 from mistudio.errors import Conflict, ErrorSerializer, ServiceError
-from training import documents, feature_serializers, features, modelcheck, runplan, selectors, serializers, services
+from training import documents, downloads, feature_serializers, features, modelcheck, runplan, selectors, serializers, services
 
 ERRORS = {400: ErrorSerializer, 404: ErrorSerializer}
 
@@ -161,3 +164,35 @@ class JobCurvesView(APIView):
     def get(self, request, job_id):
         job = selectors.job_get(user=request.user, job_id=job_id)
         return Response(documents.curves_document(job))
+
+
+class JobDownloadView(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter(
+            "artifact", str, enum=list(downloads.ARTIFACTS), default=downloads.DEFAULT_ARTIFACT,
+            description="saelens: the SAELens folder as one .zip (streamed, no Content-Length); weights: the SAE's "
+                        "state dict (.pt, torch.load); metadata: the job's metadata JSON")],
+        responses={
+            (200, "application/zip"): OpenApiResponse(
+                OpenApiTypes.BINARY, description="An attachment named for the job: application/zip for saelens, "
+                                                 "application/octet-stream for weights, application/json for metadata"),
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            (200, "application/json"): OpenApiTypes.OBJECT,
+            409: ErrorSerializer, 410: ErrorSerializer, **ERRORS,
+        },
+        summary="Download an artifact of a finished job (409 until it finishes, 410 once its file was deleted)",
+    )
+    def get(self, request, job_id):
+        job = selectors.job_get(user=request.user, job_id=job_id)
+        download = downloads.artifact_download(job, downloads.artifact_get(request.query_params.get("artifact")))
+        if download.file is not None:
+            return FileResponse(download.file, as_attachment=True, filename=download.filename,
+                                content_type=download.content_type)
+        response = StreamingHttpResponse(download.chunks, content_type=download.content_type)
+        response["Content-Disposition"] = content_disposition_header(True, download.filename)
+        return response
+
+    def perform_content_negotiation(self, request, force=False):
+        # Only the errors are rendered (as JSON); a client that asks for application/zip gets its
+        # zip, or its error as JSON, never a 406.
+        return super().perform_content_negotiation(request, force=True)

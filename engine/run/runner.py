@@ -18,19 +18,23 @@ from engine.run.training import TrainFunction, TrainStep, train_in_process
 from engine.stream import ActivationStream
 
 
-def run(spec: RunSpec, callbacks: RunCallbacks | None = None, *, train: TrainFunction | None = None) -> RunOutcome:
+def run(spec: RunSpec, callbacks: RunCallbacks | None = None, *, train: TrainFunction | None = None,
+        loaded=None) -> RunOutcome:
     """Run the spec to its outcome: completed, or cancelled (callbacks.should_stop) and where.
     Failures raise (engine.errors.EngineError for what the spec or its inputs got wrong), after
     callbacks.on_error has named the phase.
 
     `train(step, activations, callbacks)`: the training step, engine.run.training.train_in_process
     by default. Only that one trains while the model extracts; a run given another extracts first
-    and hands it the finished file (torchrun ranks, say, that read it themselves)."""
-    return _Run(spec, callbacks or RunCallbacks(), train).outcome()
+    and hands it the finished file (torchrun ranks, say, that read it themselves).
+
+    `loaded`: the spec's model already loaded (engine.loading.LoadedModel), as a sweep shares one
+    among its members (engine.run.sweep); the run then loads none."""
+    return _Run(spec, callbacks or RunCallbacks(), train, loaded).outcome()
 
 
 class _Run:
-    def __init__(self, spec: RunSpec, callbacks: RunCallbacks, train: TrainFunction | None):
+    def __init__(self, spec: RunSpec, callbacks: RunCallbacks, train: TrainFunction | None, loaded=None):
         if (spec.activations_file is None) == (spec.model is None) or (spec.model is not None and spec.corpus is None):
             raise EngineError("A run takes a model and a corpus, or an activations file (not both)")
         self.spec, self.callbacks = spec, callbacks
@@ -39,6 +43,7 @@ class _Run:
         self.model = None  # the ResolvedModel
         self.model_info = spec.model_info
         self.loaded = self.sequences = self.extraction = None
+        self.shared_model = loaded
         self.source = self.stream = self.disk = None  # the corpus as sequences; the rows when streamed; engine.disk's plan
         # The spec's budget is the trainer's (a TrainConfig given one keeps it).
         self.config = replace(spec.config, training_tokens=sources.budget(spec))
@@ -84,10 +89,7 @@ class _Run:
         cache = Path(spec.cache) if spec.cache is not None and Path(spec.cache).is_file() else None
         if cache is not None and not causal:
             return load_activations(cache), cache, None
-        from engine.loading import load_model
-
-        self.loaded = load_model(self.model, device=spec.device, quantization=spec.quantization, token=spec.token,
-                                 with_lm_head=True, cpu_bf16=spec.cpu_bf16, models_cache_dir=spec.models_cache_dir)
+        self.loaded = self.shared_model or self._load()
         self.source = sources.sequence_source(spec, self.loaded)
         if cache is not None:
             # The sequences the cache holds: the held-out ones are measured by next-token loss.
@@ -120,6 +122,13 @@ class _Run:
         if result is not None and result.stopped_reason == "cancelled":
             return None, path, result
         return load_activations(path), path, result
+
+    def _load(self):
+        from engine.loading import load_model
+
+        spec = self.spec
+        return load_model(self.model, device=spec.device, quantization=spec.quantization, token=spec.token,
+                          with_lm_head=True, cpu_bf16=spec.cpu_bf16, models_cache_dir=spec.models_cache_dir)
 
     def _resolve(self) -> ResolvedModel:
         if isinstance(self.spec.model, ResolvedModel):

@@ -7,13 +7,31 @@ from pathlib import Path
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from rest_framework.utils.encoders import JSONEncoder
+import yaml
 
 from corpora.models import Corpus
 from engine import sae as architectures
 from corpora.services import corpus_add_from_path
-from mistudio.errors import ServiceError
-from training import documents, serializers, services
+from mistudio.errors import ServiceError, flatten_errors
+from training import documents, serializers, services, sweeps
 from training.pipeline import job_run
+from training.sweep_run import sweep_run
+from training.sweep_serializers import SweepRequestSerializer
+
+
+def sweep_file(path: Path) -> dict:
+    """A sweep's request from a YAML or JSON file (JSON is YAML too, but its errors read better)."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise CommandError(f"--sweep {path}: {err.strerror or err}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except Exception as err:  # noqa: BLE001 - json and yaml raise their own kinds
+        raise CommandError(f"--sweep {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
+    if not isinstance(data, dict):
+        raise CommandError(f"--sweep {path}: the file holds one object (the body of POST /api/v1/sweeps).")
+    return data
 
 
 class TrainOptions(serializers.TrainRequestSerializer):
@@ -73,6 +91,9 @@ class Command(BaseCommand):
         parser.add_argument("--activations", help="A .npy or .safetensors array [tokens, d_model] (key 'activations') to train on instead of a model and corpus")
         parser.add_argument("--user", default="cli", help="Owner of the job and corpus (created if needed)")
         parser.add_argument("--no-progress", action="store_true", help="No progress bar")
+        parser.add_argument("--sweep", metavar="FILE",
+                            help="A sweep: a YAML or JSON file with the body of POST /api/v1/sweeps (corpus_file may be "
+                                 "a path; text_field names its column). Prints the sweep document last on stdout")
         fields = TrainOptions().fields
         for option, name, kind in OPTIONS:
             field = fields[name]
@@ -86,6 +107,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         owner, _ = get_user_model().objects.get_or_create(username=options["user"])
+        if options["sweep"]:
+            return self._sweep(owner, options)
         names = [name for _, name, _ in OPTIONS] + [name for _, name in SWITCHES]
         data = {name: options[name] for name in names if options[name] is not None}
         if options["activations"]:
@@ -119,6 +142,34 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps(document, indent=2, cls=JSONEncoder))
         if job.status != job.Status.COMPLETED:
             raise CommandError(job.message)
+
+    def _sweep(self, owner, options):
+        given = [option for option, name, _ in OPTIONS if options[name] is not None]
+        if given or options["model"] or options["corpus"] or options["activations"]:
+            raise CommandError(f"--sweep FILE holds the whole request: give {', '.join(given) or 'the model and corpus'} "
+                               "in the file instead.")
+        data = sweep_file(Path(options["sweep"]))
+        if data.get("corpus_file"):
+            data["corpus_file"] = self._corpus_name(owner, data["corpus_file"], data.pop("text_field", "text"))
+        form = SweepRequestSerializer(data=data)
+        if not form.is_valid():
+            raise CommandError(" ".join(flatten_errors(form.errors)))
+        try:
+            sweep = sweeps.sweep_create(owner=owner, request=form.to_request(), enqueue=False, any_local_path=True)
+        except ServiceError as err:
+            raise CommandError(err.message) from None
+        count = sweep.jobs.count()
+        self.stderr.write(f"Sweep {sweep.id}: {count} members of {sweep.model_name} from one pass over {sweep.corpus.name}")
+
+        def member_end(job):
+            self.stderr.write(f"  {job.id} (layer {job.layer_number}, {job.hook_point}, "
+                              f"{json.dumps(job.sweep_settings or {})}): {job.status} - {job.message}")
+
+        sweep = sweep_run(sweep.id, on_member_end=member_end, wait_for_slot=True)
+        document = sweeps.sweep_document(sweep)
+        self.stdout.write(json.dumps(document, indent=2, cls=JSONEncoder))
+        if document["status"] != "completed":
+            raise CommandError(f"Sweep {sweep.id} is {document['status']}: {document['members_by_status']}")
 
     @staticmethod
     def _describe(job):

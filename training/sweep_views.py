@@ -1,0 +1,47 @@
+"""The sweep endpoints: start one, its status with every member's, cancel it, list them. Thin:
+each validates its input and calls training.sweeps."""
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from mistudio.errors import ErrorSerializer
+from training import sweep_serializers as serializers
+from training import sweeps
+
+ERRORS = {400: ErrorSerializer, 404: ErrorSerializer}
+
+
+class SweepCreateView(APIView):
+    @extend_schema(request=serializers.SweepRequestSerializer, responses={201: serializers.SweepCreatedSerializer, **ERRORS},
+                   summary="Start a sweep: one job per layer x hook point x member, trained from one pass")
+    def post(self, request):
+        form = serializers.SweepRequestSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        sweep = sweeps.sweep_create(owner=request.user, request=form.to_request())
+        jobs = list(sweep.jobs.order_by("created_at", "pk"))
+        warnings = [job.memory_check for job in jobs if job.memory_check != "passed"]
+        return Response({
+            "sweep_id": sweep.id, "status": "queued", "job_ids": [job.id for job in jobs],
+            "message": f"Sweep started for {sweep.model_name}: {len(jobs)} members from one pass over {sweep.corpus.name}",
+            "memory_check": warnings[0] if warnings else "passed",
+        }, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={200: serializers.SweepListSerializer}, summary="List sweeps")
+    def get(self, request):
+        visible = sweeps.sweeps_visible_to(request.user).select_related("corpus")
+        return Response({"total_sweeps": visible.count(), "sweeps": [sweeps.sweep_document(s) for s in visible[:200]]})
+
+
+class SweepView(APIView):
+    @extend_schema(responses={200: serializers.SweepSerializer, **ERRORS}, summary="A sweep's status and its members'")
+    def get(self, request, sweep_id):
+        return Response(sweeps.sweep_document(sweeps.sweep_get(user=request.user, sweep_id=sweep_id)))
+
+
+class SweepCancelView(APIView):
+    @extend_schema(request=None, responses={200: serializers.SweepSerializer, 409: ErrorSerializer, **ERRORS},
+                   summary="Cancel every member of a sweep that has not ended")
+    def post(self, request, sweep_id):
+        sweep = sweeps.sweep_cancel(sweeps.sweep_get(user=request.user, sweep_id=sweep_id))
+        return Response(sweeps.sweep_document(sweep))

@@ -1,0 +1,218 @@
+"""Workflows on sweeps: create one (every member checked up front), queue it, cancel it; and the
+reads: a user's sweeps, one sweep, and the document its status endpoint and page show.
+
+A sweep is a family of TrainingJobs on one model and corpus, one per layer x hook point x member,
+trained from one pass over the corpus by one queue task (training.sweep_run). Each member is a job
+like any other (its status and result endpoints unchanged); what the members must share (the
+corpus, its tokenization and batches, the device) is the sweep's base.
+"""
+from dataclasses import dataclass, field, replace
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from engine import sae as architectures
+from mistudio.errors import Conflict, NotFound, ServiceError
+from training import modelcheck, runplan, services
+from training.models import Sweep, TrainingJob, new_job_id
+
+TASK_PATH = "training.tasks.run_sweep"
+
+# The SAE fields a member may set for itself; everything else is the base's, shared by all.
+SAE_FIELDS = ("architecture", "hidden_dim", "sparsity_coeff", "learning_rate", "sae_batch_tokens", "min_loss", "max_epochs")
+
+
+def member_fields() -> tuple[str, ...]:
+    """SAE_FIELDS and the request fields of the registered architectures (k, target_l0, ...)."""
+    return SAE_FIELDS + tuple(f.name for f in architectures.request_fields() if f.name not in SAE_FIELDS)
+
+
+@dataclass
+class SweepRequest:
+    """The base of every member (a job request: model, corpus, the shared and the default SAE
+    fields), the sites, and each member's overrides, already type-checked."""
+
+    base: services.JobRequest
+    layers: list[int] | None = None  # None: [base.layer_number]
+    hook_points: list[str] | None = None  # None: [base.hook_point]
+    members: list[dict] = field(default_factory=lambda: [{}])
+
+    def sites(self) -> list[tuple[int, str]]:
+        layers = self.layers if self.layers is not None else [self.base.layer_number]
+        points = self.hook_points if self.hook_points is not None else [self.base.hook_point]
+        return [(layer, point) for layer in layers for point in points]
+
+    def member_requests(self) -> list[tuple[int, str, dict, services.JobRequest]]:
+        """(layer, hook point, overrides, the member's whole request), in the order jobs are made."""
+        return [(layer, point, overrides, replace(self.base, layer_number=layer, hook_point=point, **overrides))
+                for layer, point in self.sites() for overrides in self.members]
+
+
+def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_local_path: bool = False) -> Sweep:
+    """Check every member against the real model, corpus and machine (memory for the model and each
+    SAE, disk for every site's cache and every member's checkpoints), then save the sweep and its
+    jobs and queue its one task once the transaction commits."""
+    base = request.base
+    _check_shape(request)
+    if not base.model_name:
+        raise ServiceError("model_name: this field is required.")
+    described = modelcheck.describe(base.model_name, token=base.huggingface_token, any_local_path=any_local_path)
+    rows = []
+    for number, (layer, point, overrides, member) in enumerate(request.member_requests()):
+        try:
+            columns = services.job_columns(owner=owner, request=member, any_local_path=any_local_path,
+                                           described=described, plan_disk=False)
+        except ServiceError as err:
+            raise ServiceError(f"members[{number % len(request.members)}] at layer {layer}, {point}: {err.message}") from None
+        rows.append((columns, overrides))
+    first = rows[0][0]
+    plans = runplan.sweep_disk_plans(
+        corpus=first["corpus"], described=described, packing=first["packing"],
+        max_sequence_length=base.max_sequence_length, training_tokens=base.training_tokens,
+        sites=len(request.sites()), members=[(c["hidden_dim"], c["max_epochs"]) for c, _ in rows],
+        token=base.huggingface_token)
+    with transaction.atomic():
+        sweep = Sweep.objects.create(owner=owner, model_name=base.model_name, corpus=first["corpus"],
+                                     layers=sorted({layer for layer, _ in request.sites()}),
+                                     hook_points=list(dict.fromkeys(point for _, point in request.sites())),
+                                     members=request.members, disk_plan=plans["sweep"])
+        for (columns, overrides), plan, job_id in zip(rows, plans["members"], _member_ids(len(rows))):
+            # Every member reads its site's cache, which the sweep writes once for all of them.
+            TrainingJob.objects.create(**{**columns, "cache_activations": "always", "disk_plan": plan,
+                                          "message": f"Waiting for a worker (sweep {sweep.id})"},
+                                       id=job_id, sweep=sweep, sweep_settings=overrides)
+        if enqueue:
+            transaction.on_commit(lambda: sweep_enqueue(sweep.id))
+    return sweep
+
+
+def _member_ids(count: int) -> list[str]:
+    """Job ids in the seed's format, distinct among themselves and from existing jobs: members made
+    in one second share the date and time, and 4 random digits would collide among a few dozen."""
+    ids: list[str] = []
+    while len(ids) < count:
+        job_id = new_job_id()
+        if job_id not in ids and not TrainingJob.objects.filter(pk=job_id).exists():
+            ids.append(job_id)
+    return ids
+
+
+def _check_shape(request: SweepRequest) -> None:
+    base = request.base
+    if base.activations_file:
+        raise ServiceError("activations_file: a sweep trains from a model and a corpus; train on a file with "
+                           "POST /api/v1/train.")
+    if base.gpu_ids is not None:
+        raise ServiceError("gpu_ids: a sweep trains on one device (its members one after another); give gpu_id.")
+    if base.cache_activations == "never":
+        raise ServiceError("cache_activations: a sweep caches each (layer, hook point)'s activations once for all "
+                           "its members; choose auto or always.")
+    for name, values in (("layers", request.layers), ("hook_points", request.hook_points)):
+        if values is not None and not values:
+            raise ServiceError(f"{name}: list at least one, or leave it out for the base's.")
+        if values is not None and len(set(values)) != len(values):
+            raise ServiceError(f"{name}: {list(values)} names one more than once.")
+    if not request.members:
+        raise ServiceError("members: list at least one member ({} trains the base's settings).")
+    allowed = member_fields()
+    for number, overrides in enumerate(request.members):
+        unknown = sorted(set(overrides) - set(allowed))
+        if unknown:
+            raise ServiceError(
+                f"members[{number}]: {', '.join(unknown)} cannot differ between members (one pass over the corpus "
+                f"feeds them all): set it on the sweep. A member may set {', '.join(allowed)}.")
+    count = len(request.sites()) * len(request.members)
+    if count > settings.SWEEP_MAX_MEMBERS:
+        raise ServiceError(f"The sweep has {count} members (layers x hook_points x members), more than "
+                           f"MISTUDIO_SWEEP_MAX_MEMBERS ({settings.SWEEP_MAX_MEMBERS}): split it into smaller sweeps.")
+
+
+def sweep_enqueue(sweep_id: str) -> None:
+    from django_q.tasks import async_task
+
+    from gpus.selectors import queue_for
+
+    now = timezone.now()
+    Sweep.objects.filter(pk=sweep_id).update(enqueued_at=now)
+    members = TrainingJob.objects.filter(sweep_id=sweep_id)
+    members.filter(status=TrainingJob.Status.QUEUED).update(enqueued_at=now)
+    # One task runs every member; like a job's, it gets the id and nothing else. A duplicate is
+    # harmless: each member is claimed once.
+    async_task(TASK_PATH, sweep_id, task_name=sweep_id, cluster=queue_for(members.order_by("pk").first()))
+
+
+def sweep_cancel(sweep: Sweep) -> Sweep:
+    """Cancel every member that has not ended: queued ones at once, running ones within seconds."""
+    unfinished = list(sweep.jobs.exclude(status__in=TrainingJob.FINISHED))
+    if not unfinished:
+        raise Conflict(f"Sweep {sweep.id} has ended: every member is completed, failed or cancelled.")
+    for job in unfinished:
+        try:
+            services.job_cancel(job)
+        except Conflict:
+            pass  # it ended meanwhile
+    return sweep
+
+
+def sweeps_visible_to(user):
+    return Sweep.objects.visible_to(user)
+
+
+def sweep_get(*, user, sweep_id: str) -> Sweep:
+    sweep = sweeps_visible_to(user).filter(pk=sweep_id).first()
+    if sweep is None:
+        raise NotFound(f"Sweep {sweep_id} not found")
+    return sweep
+
+
+def sweep_status(statuses: list[str]) -> str:
+    """The seed's status values, for the family: running while any member runs, queued while any
+    waits, and once all ended: completed when every one completed, else failed if any failed, else
+    cancelled."""
+    if TrainingJob.Status.RUNNING in statuses:
+        return TrainingJob.Status.RUNNING
+    if TrainingJob.Status.QUEUED in statuses:
+        return TrainingJob.Status.QUEUED
+    if all(status == TrainingJob.Status.COMPLETED for status in statuses):
+        return TrainingJob.Status.COMPLETED
+    return TrainingJob.Status.FAILED if TrainingJob.Status.FAILED in statuses else TrainingJob.Status.CANCELLED
+
+
+METRICS = ("explained_variance", "l0", "mse", "cosine_similarity", "dead_features", "ce_loss_recovered", "kl_div_score")
+
+
+def member_metrics(job: TrainingJob) -> dict | None:
+    """A finished member's headline metrics from its evaluation (None until it has one)."""
+    if not job.evaluation:
+        return None
+    return {name: job.evaluation.get(name) for name in METRICS}
+
+
+def sweep_document(sweep: Sweep) -> dict:
+    jobs = list(sweep.jobs.order_by("created_at", "pk"))
+    statuses = [job.status for job in jobs]
+    counts = {status: statuses.count(status) for status in TrainingJob.Status.values if status in statuses}
+    return {
+        "sweep_id": sweep.id,
+        "status": sweep_status(statuses),
+        "progress": round(sum(job.progress for job in jobs) / len(jobs), 4) if jobs else 0.0,
+        "model_name": sweep.model_name,
+        "corpus_file": sweep.corpus.name,
+        "layers": sweep.layers,
+        "hook_points": sweep.hook_points,
+        "members_count": len(jobs),
+        "members_by_status": counts,
+        # How the one pass was shared: the model's forward passes over the corpus and the tokens they
+        # extracted, for all members at once (null until the extraction is done).
+        "lm_forward_batches": sweep.lm_forward_batches,
+        "tokens_extracted": sweep.tokens_extracted,
+        "extraction_seconds": sweep.extraction_seconds,
+        "created_at": sweep.created_at,
+        "members": [{
+            "job_id": job.id, "layer_number": job.layer_number, "hook_point": job.hook_point,
+            "settings": job.sweep_settings or {}, "architecture": job.architecture, "hidden_dim": job.hidden_dim,
+            "status": job.status, "progress": job.progress, "message": job.message,
+            "metrics": member_metrics(job),
+        } for job in jobs],
+    }
