@@ -24,8 +24,8 @@ def member_name(layer: int, settings: dict) -> str:
 def app_env(args, folder: Path) -> dict:
     """The same MISTUDIO settings for every process of both sides; only the folders differ.
     MIN_SAE_STEPS 0: one pass, no floor of 1,000 steps repeating epochs (as bench/smollm2.py).
-    TOPK_DECODE pinned: "auto" times dense against sparse on each job's first batch, a choice the
-    shared cores' load can flip between two runs that should otherwise step alike."""
+    TOPK_DECODE: the app's "auto" by default (it times dense against sparse on each job's first
+    batch; the two decode alike up to rounding); --topk-decode dense pins it."""
     return {**os.environ, "MISTUDIO_SECRET_KEY": args.secret_key, "MISTUDIO_DATA_DIR": str(folder / "data"),
             "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}", "MISTUDIO_MODELS_CACHE_DIR": str(args.models_cache),
             "MISTUDIO_MIN_SAE_STEPS": "0", "MISTUDIO_TOPK_DECODE": args.topk_decode, "OMP_NUM_THREADS": "2"}

@@ -23,7 +23,7 @@ fortunes, bench/english_corpus.py, one line per sequence, context 128, LM batch 
   fresh forwards; lr and batch are the runner's, shared by its SAEs (ours' members may differ).
 
 A and B: the same MISTUDIO settings (bench/_sweep_sides.py app_env: a MISTUDIO_SECRET_KEY, one pass
-with MISTUDIO_MIN_SAE_STEPS=0, MISTUDIO_TOPK_DECODE pinned), each side its own MISTUDIO_DATA_DIR
+with MISTUDIO_MIN_SAE_STEPS=0, MISTUDIO_TOPK_DECODE --topk-decode), each side its own MISTUDIO_DATA_DIR
 and database in a temporary folder, one shared MISTUDIO_MODELS_CACHE_DIR into which an untimed
 warm-up job converts the GGUF once. Everything else is the app's default: a separate one-pass job
 streams its rows (cache_activations auto) and its feature analysis runs the model again; a sweep
@@ -43,7 +43,7 @@ when a member did not complete or a delta exceeds its tolerance.
 Run in the app's .venv from the repository root (python3 bench/english_corpus.py is run for the
 corpus when CACHE/corpus is missing; the bench venv of bench/README.md adds side C):
     .venv/bin/python bench/sweep.py --tokens 4000 --score-lines 8     # a try
-    .venv/bin/python bench/sweep.py                                    # 30,000 tokens per member
+    .venv/bin/python bench/sweep.py                                    # 20,000 tokens per member
 """
 
 import argparse
@@ -71,7 +71,7 @@ SETTINGS = {"topk16": {"architecture": "topk", "k": 16}, "topk32": {"architectur
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=30_000, help="training_tokens of every member, all sides")
+    parser.add_argument("--tokens", type=int, default=20_000, help="training_tokens of every member, all sides")
     parser.add_argument("--layers", default="10,20", help="of 30, resid_post")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"SAE settings of the members, of {', '.join(SETTINGS)}")
     parser.add_argument("--d-sae", type=int, default=4 * 576)
@@ -79,10 +79,11 @@ def parse_args():
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--context", type=int, default=128, help="max_sequence_length")
     parser.add_argument("--lm-batch", type=int, default=16, help="sequences per LM forward (batch_size)")
-    parser.add_argument("--topk-decode", default="sparse", choices=["dense", "sparse"], help="MISTUDIO_TOPK_DECODE, both sides")
+    parser.add_argument("--topk-decode", default="auto", choices=["auto", "dense", "sparse"],
+                        help="MISTUDIO_TOPK_DECODE, both sides (sparse refuses batchtopk)")
     parser.add_argument("--ev-tolerance", type=float, default=0.01, help="|EV sweep - EV separate| flagged beyond")
     parser.add_argument("--l0-tolerance", type=float, default=0.05, help="|L0 sweep - L0 separate| / L0 flagged beyond")
-    parser.add_argument("--score-lines", type=int, default=40, help="held-out lines for the shared scoring of B and C")
+    parser.add_argument("--score-lines", type=int, default=16, help="held-out lines for the shared scoring of B and C")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mistudio-bench")
     parser.add_argument("--models-cache", type=Path, default=None, help="MISTUDIO_MODELS_CACHE_DIR; default CACHE/models")
     parser.add_argument("--out", type=Path, default=None, help="default: CACHE/results")
@@ -290,7 +291,7 @@ def main() -> None:
             if run["returncode"] != 0 or run["document"].get("status") != "completed":
                 failed.append(f"separate {name}: {run['document'].get('status')} {run['document'].get('message')}")
             if member is None or member.get("status") != "completed":
-                failed.append(f"sweep {name}: {'missing' if member is None else member.get('status')}")
+                failed.append(f"sweep {name}: " + ("missing" if member is None else f"{member.get('status')} {member.get('message')}"))
                 continue
             rows.append(delta_row(name, metrics_of(run["document"]), metrics_of(member), args))
         scored = None
