@@ -193,6 +193,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # A job's hook_point and a sweep's hook_points choose from the same points: one enum.
+    "ENUM_NAME_OVERRIDES": {"HookPointEnum": "engine.hooks.HOOK_POINTS"},
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "mistudio.schema.declare_unauthorized",

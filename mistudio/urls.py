@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from corpora.views import UploadView
 from gpus.views import GpuStatusView, HealthView
-from training import pages, sweep_views, views
+from training import pages, sweep_pages, sweep_views, views
 
 urlpatterns = [
     path("health", HealthView.as_view(), name="health"),
@@ -36,5 +36,6 @@ urlpatterns = [
     path("jobs/", pages.jobs_page, name="jobs-page"),
     path("jobs/<str:job_id>/", pages.job_page, name="job-page"),
     path("jobs/<str:job_id>/features/<int:index>/", pages.feature_page, name="feature-page"),
+    path("sweeps/<str:sweep_id>/", sweep_pages.sweep_page, name="sweep-page"),
     path("gpus/", pages.gpu_page, name="gpu-page"),
 ]

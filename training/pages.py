@@ -26,8 +26,8 @@ def _job(request, job_id):
 
 @login_required
 def jobs_page(request):
-    jobs = selectors.jobs_visible_to(request.user).select_related("corpus", "owner")[:200]
-    return render(request, "training/jobs_page.html", {"jobs": jobs})
+    jobs = selectors.jobs_visible_to(request.user).select_related("corpus", "owner", "sweep")[:200]
+    return render(request, "training/jobs_page.html", {"groups": selectors.jobs_by_sweep(jobs)})
 
 
 @login_required
