@@ -123,16 +123,16 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
 def _checked_model_and_corpus(owner, request: JobRequest, *, any_local_path: bool):
     """The owner's corpus and the described model, with the layer checked against it."""
     if not request.model_name:
-        raise ServiceError("model_name: this field is required.")
+        raise ServiceError("model_name: this field is required.", field="model_name")
     if not request.corpus_file:
-        raise ServiceError("corpus_file: this field is required.")
+        raise ServiceError("corpus_file: this field is required.", field="corpus_file")
     corpus = corpus_for_user(user=owner, name=request.corpus_file)
     described = modelcheck.describe(request.model_name, token=request.huggingface_token, any_local_path=any_local_path)
     total = described.info.total_layers
     if not 0 <= request.layer_number < total:
         raise ServiceError(
             f"layer_number {request.layer_number} is out of range: {request.model_name} has "
-            f"{total} layers, so choose 0 to {total - 1}."
+            f"{total} layers, so choose 0 to {total - 1}.", field="layer_number",
         )
     described.info.selected_layer = request.layer_number
     modelcheck.check_hook_point(described, request.hook_point, model_name=request.model_name)
@@ -144,7 +144,9 @@ def _check_architecture(request: JobRequest) -> None:
     values = {field.name: getattr(request, field.name) for field in architectures.request_fields()}
     problem = architectures.check_request(request.architecture, values, hidden_dim=request.hidden_dim)
     if problem:
-        raise ServiceError(problem)
+        # The registry's problems start with the field they are about ("k: ..."), in the API's words.
+        named = problem.partition(":")[0]
+        raise ServiceError(problem, field=named if named in {"architecture", *values} else None)
 
 
 def _check_gpu_ids(request: JobRequest) -> None:
@@ -152,13 +154,13 @@ def _check_gpu_ids(request: JobRequest) -> None:
     if ids is None:
         return
     if request.gpu_id is not None:
-        raise ServiceError("gpu_ids: give gpu_id (one GPU) or gpu_ids (several GPUs), not both.")
+        raise ServiceError("gpu_ids: give gpu_id (one GPU) or gpu_ids (several GPUs), not both.", field="gpu_ids")
     if len(ids) < 2:
-        raise ServiceError("gpu_ids: list at least 2 GPUs; for one GPU use gpu_id.")
+        raise ServiceError("gpu_ids: list at least 2 GPUs; for one GPU use gpu_id.", field="gpu_ids")
     if len(set(ids)) != len(ids):
-        raise ServiceError(f"gpu_ids: {list(ids)} names a GPU more than once.")
+        raise ServiceError(f"gpu_ids: {list(ids)} names a GPU more than once.", field="gpu_ids")
     if min(ids) < 0:
-        raise ServiceError(f"gpu_ids: {list(ids)} has a negative index; GPUs are numbered from 0.")
+        raise ServiceError(f"gpu_ids: {list(ids)} has a negative index; GPUs are numbered from 0.", field="gpu_ids")
 
 
 def job_enqueue(job_id: str) -> None:
