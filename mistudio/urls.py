@@ -30,6 +30,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("jobs/", pages.jobs_page, name="jobs-page"),
+    path("jobs/new/", pages.new_job_page, name="new-job-page"),  # before jobs/<id>/, which "new" would match
     path("jobs/<str:job_id>/", pages.job_page, name="job-page"),
     path("jobs/<str:job_id>/features/<int:index>/", pages.feature_page, name="feature-page"),
     path("gpus/", pages.gpu_page, name="gpu-page"),
