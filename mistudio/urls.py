@@ -4,6 +4,7 @@ from django.urls import path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from corpora import pages as corpus_pages
 from corpora.views import UploadView
 from gpus.views import GpuStatusView, HealthView
 from training import pages, views
@@ -34,4 +35,5 @@ urlpatterns = [
     path("jobs/<str:job_id>/", pages.job_page, name="job-page"),
     path("jobs/<str:job_id>/features/<int:index>/", pages.feature_page, name="feature-page"),
     path("gpus/", pages.gpu_page, name="gpu-page"),
+    path("corpora/upload/", corpus_pages.corpus_upload_page, name="corpus-upload-page"),
 ]

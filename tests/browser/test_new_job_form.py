@@ -1,12 +1,12 @@
-"""The New job form in a real browser: a user logs in, follows "New job", fills the form in, sees a
-layer beyond the model refused next to its field with what was typed kept, checks the memory of
-the fixed request, and lands on the page of the job the form made."""
+"""The New job form in a real browser: a user logs in, follows "New job", uploads a corpus from the
+form, fills the form in, sees a layer beyond the model refused next to its field with what was
+typed kept, checks the memory of the fixed request, and lands on the page of the job it made."""
 import re
 
 import pytest
 
 from corpora.services import corpus_add
-from tests.browser.conftest import By, login, wait_for, wait_for_url
+from tests.browser.conftest import By, login, wait_for, wait_for_text, wait_for_url
 from tests.conftest import SAMPLE_CORPUS
 from training.models import TrainingJob
 
@@ -24,15 +24,25 @@ def fill(browser, name, value):
     field.send_keys(value)
 
 
-def test_a_user_fixes_a_refused_layer_checks_memory_and_starts_a_job(browser, live_server, screenshot, alice, hub_models):
+def test_a_user_uploads_a_corpus_then_fixes_a_refused_layer_checks_memory_and_starts_a_job(
+        browser, live_server, screenshot, alice, hub_models):
     corpus_add(owner=alice, name="reviews.txt", chunks=[SAMPLE_CORPUS.read_bytes()])
     login(browser, live_server, "alice", "alice-password-1")
     browser.find_element(By.ID, "nav-new-job").click()
     wait_for(browser, "#new-job-form")
     assert browser.find_element(By.ID, "id_layer_number").get_attribute("value") == "12"  # the seed's default
 
+    # A second corpus, uploaded from the form: the page comes back with it chosen.
+    browser.find_element(By.CSS_SELECTOR, "#upload summary").click()
+    browser.find_element(By.ID, "id_file").send_keys(str(SAMPLE_CORPUS))
+    browser.find_element(By.ID, "upload-corpus").click()
+    wait_for_text(browser, "#upload-messages", f"Uploaded {SAMPLE_CORPUS.name}")
+    corpus = Select(browser.find_element(By.ID, "id_corpus_file"))
+    assert corpus.first_selected_option.get_attribute("value") == SAMPLE_CORPUS.name
+    assert sorted(o.get_attribute("value") for o in corpus.options) == ["", SAMPLE_CORPUS.name, "reviews.txt"]
+
     fill(browser, "model_name", "tiny/gpt2")
-    Select(browser.find_element(By.ID, "id_corpus_file")).select_by_value("reviews.txt")
+    corpus.select_by_value("reviews.txt")
     fill(browser, "layer_number", "7")
     fill(browser, "hidden_dim", "16")
     fill(browser, "max_epochs", "2")
