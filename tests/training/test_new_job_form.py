@@ -168,14 +168,16 @@ def test_the_services_refusals_land_by_the_field_they_are_about(alice_browser, a
     assert response.context["top_errors"] == []
 
 
-def test_a_refusal_no_field_is_about_shows_above_the_form(alice_browser, alices_corpus, hub_models, monkeypatch):
+def test_a_refusal_no_field_is_about_shows_above_the_form(alice_browser, alice_api, alices_corpus, hub_models,
+                                                          monkeypatch):
     from engine import disk
 
     monkeypatch.setattr(disk, "free_bytes", lambda folder: 1000)  # not even the checkpoints fit
     response = alice_browser.post(URL, FIELDS)
     assert response.status_code == 400
     [message] = response.context["top_errors"]
-    assert "MISTUDIO_DATA_DIR" in message or "disk" in message
+    assert message == alice_api.post("/api/v1/train", FIELDS).json()["detail"]  # the API's words
+    assert "checkpoints" in message
     assert message in response.content.decode().split('id="form-errors"')[1].split("</ul>")[0]
     assert not any(row.errors for row in rows(response).values())
 
