@@ -4,6 +4,7 @@ from django.urls import path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from corpora import pages as corpus_pages
 from corpora.views import UploadView
 from gpus.views import GpuStatusView, HealthView
 from training import pages, sweep_pages, sweep_views, views
@@ -34,8 +35,10 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("jobs/", pages.jobs_page, name="jobs-page"),
+    path("jobs/new/", pages.new_job_page, name="new-job-page"),  # before jobs/<id>/, which "new" would match
     path("jobs/<str:job_id>/", pages.job_page, name="job-page"),
     path("jobs/<str:job_id>/features/<int:index>/", pages.feature_page, name="feature-page"),
     path("sweeps/<str:sweep_id>/", sweep_pages.sweep_page, name="sweep-page"),
     path("gpus/", pages.gpu_page, name="gpu-page"),
+    path("corpora/upload/", corpus_pages.corpus_upload_page, name="corpus-upload-page"),
 ]

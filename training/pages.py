@@ -1,4 +1,4 @@
-"""Pages for people: the job list, a job's page (curves, evaluation, features) and a feature's
+"""Pages for people: the job list, the New job form (training.job_form), a job's page (curves, evaluation, features) and a feature's
 page (top contexts, activation histogram, logit effect), and the GPU page (each GPU NVML sees, its
 memory and utilization, and the job that holds it). Owners and staff only; anyone else's job
 answers 404, as in the API, and shows as busy on the GPU page."""
@@ -7,13 +7,13 @@ from datetime import datetime
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 
 from engine.devices import gpu_inventory, system_memory
 from gpus.selectors import workers_document
 from mistudio.errors import NotFound
 from training import features as feature_store
-from training import downloads, selectors
+from training import downloads, job_form, selectors
 from training.models import TrainingJob
 
 
@@ -28,6 +28,26 @@ def _job(request, job_id):
 def jobs_page(request):
     jobs = selectors.jobs_visible_to(request.user).select_related("corpus", "owner", "sweep")[:200]
     return render(request, "training/jobs_page.html", {"groups": selectors.jobs_by_sweep(jobs)})
+
+
+@login_required
+def new_job_page(request):
+    """The form re-renders with what was sent, each error by its field, after a refused job (400)
+    and after "Check memory", which makes no job."""
+    data, errors, memory = None, {}, None
+    if request.method == "POST":
+        data = request.POST
+        if "check_memory" in data:
+            memory, errors = job_form.memory_check_submit(user=request.user, data=data)
+        else:
+            job, errors = job_form.job_submit(user=request.user, data=data)
+            if job is not None:
+                return redirect("job-page", job_id=job.id)
+    # ?corpus_file=... (and any other field) fills the form in, as a link to it may.
+    context = job_form.job_form_context(user=request.user, data=data, errors=errors, initial=request.GET.dict())
+    sizes = job_form.readable_sizes(memory) if memory else None
+    return render(request, "training/new_job_page.html", {**context, "memory": memory, "sizes": sizes},
+                  status=400 if errors else 200)
 
 
 @login_required

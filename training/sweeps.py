@@ -10,14 +10,11 @@ from dataclasses import dataclass, field, replace
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from engine import sae as architectures
 from mistudio.errors import Conflict, NotFound, ServiceError
 from training import modelcheck, runplan, services
 from training.models import Sweep, TrainingJob, new_job_id
-
-TASK_PATH = "training.tasks.run_sweep"
 
 # The SAE fields a member may set for itself; everything else is the base's, shared by all.
 SAE_FIELDS = ("architecture", "hidden_dim", "sparsity_coeff", "learning_rate", "sae_batch_tokens", "min_loss", "max_epochs")
@@ -83,7 +80,7 @@ def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_loca
                                           "message": f"Waiting for a worker (sweep {sweep.id})"},
                                        id=job_id, sweep=sweep, sweep_settings=overrides)
         if enqueue:
-            transaction.on_commit(lambda: sweep_enqueue(sweep.id))
+            transaction.on_commit(lambda: services.sweep_enqueue(sweep.id))
     return sweep
 
 
@@ -126,20 +123,6 @@ def _check_shape(request: SweepRequest) -> None:
     if count > settings.SWEEP_MAX_MEMBERS:
         raise ServiceError(f"The sweep has {count} members (layers x hook_points x members), more than "
                            f"MISTUDIO_SWEEP_MAX_MEMBERS ({settings.SWEEP_MAX_MEMBERS}): split it into smaller sweeps.")
-
-
-def sweep_enqueue(sweep_id: str) -> None:
-    from django_q.tasks import async_task
-
-    from gpus.selectors import queue_for
-
-    now = timezone.now()
-    Sweep.objects.filter(pk=sweep_id).update(enqueued_at=now)
-    members = TrainingJob.objects.filter(sweep_id=sweep_id)
-    members.filter(status=TrainingJob.Status.QUEUED).update(enqueued_at=now)
-    # One task runs every member; like a job's, it gets the id and nothing else. A duplicate is
-    # harmless: each member is claimed once.
-    async_task(TASK_PATH, sweep_id, task_name=sweep_id, cluster=queue_for(members.order_by("pk").first()))
 
 
 def sweep_cancel(sweep: Sweep) -> Sweep:
