@@ -38,6 +38,7 @@ urlpatterns = [
     path("jobs/new/", pages.new_job_page, name="new-job-page"),  # before jobs/<id>/, which "new" would match
     path("jobs/<str:job_id>/", pages.job_page, name="job-page"),
     path("jobs/<str:job_id>/features/<int:index>/", pages.feature_page, name="feature-page"),
+    path("sweeps/new/", sweep_pages.new_sweep_page, name="new-sweep-page"),  # before sweeps/<id>/
     path("sweeps/<str:sweep_id>/", sweep_pages.sweep_page, name="sweep-page"),
     path("gpus/", pages.gpu_page, name="gpu-page"),
     path("corpora/upload/", corpus_pages.corpus_upload_page, name="corpus-upload-page"),
