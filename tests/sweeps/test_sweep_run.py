@@ -83,4 +83,5 @@ def test_a_member_cancelled_before_its_turn_ends_cancelled_and_the_rest_complete
     sweep_run(sweep.id, on_member_end=cancel_second)
     statuses = [job.status for job in sweep.jobs.order_by("created_at", "pk")]
     assert statuses == ["completed", "cancelled", "completed"]
+    assert TrainingJob.objects.get(pk=second.pk).message == "Cancelled before its turn in the sweep; nothing was trained"
     assert sweeps.sweep_document(sweep)["status"] == "cancelled"
