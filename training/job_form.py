@@ -215,3 +215,25 @@ def _with_the_rest(named, serializer):
         title, names = named[-1]
         named = [*named[:-1], (title, names + rest)]
     return named
+
+
+def form_page(request, *, submit, context, template: str, page: str):
+    """A form page on these fields (New job, New sweep): re-rendered with what was sent and each
+    error by its field after a refusal (400) and after "Check memory", which makes nothing; on a
+    made job or sweep, its page. `submit(user=, data=)` and `context(user=, data=, errors=, initial=)`
+    are the form's own; `page` is the URL name of what it makes, taking its id. ?field=... (a
+    link's) fills the form in."""
+    from django.shortcuts import redirect, render
+
+    data, errors, memory = None, {}, None
+    if request.method == "POST":
+        data = request.POST
+        if "check_memory" in data:
+            memory, errors = memory_check_submit(user=request.user, data=data)
+        else:
+            made, errors = submit(user=request.user, data=data)
+            if made is not None:
+                return redirect(page, made.pk)
+    shown = context(user=request.user, data=data, errors=errors, initial=request.GET.dict())
+    sizes = readable_sizes(memory) if memory else None
+    return render(request, template, {**shown, "memory": memory, "sizes": sizes}, status=400 if errors else 200)

@@ -7,7 +7,7 @@ from datetime import datetime
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
-from django.shortcuts import redirect, render
+from django.shortcuts import render
 
 from engine.devices import gpu_inventory, system_memory
 from gpus.selectors import workers_document
@@ -32,22 +32,8 @@ def jobs_page(request):
 
 @login_required
 def new_job_page(request):
-    """The form re-renders with what was sent, each error by its field, after a refused job (400)
-    and after "Check memory", which makes no job."""
-    data, errors, memory = None, {}, None
-    if request.method == "POST":
-        data = request.POST
-        if "check_memory" in data:
-            memory, errors = job_form.memory_check_submit(user=request.user, data=data)
-        else:
-            job, errors = job_form.job_submit(user=request.user, data=data)
-            if job is not None:
-                return redirect("job-page", job_id=job.id)
-    # ?corpus_file=... (and any other field) fills the form in, as a link to it may.
-    context = job_form.job_form_context(user=request.user, data=data, errors=errors, initial=request.GET.dict())
-    sizes = job_form.readable_sizes(memory) if memory else None
-    return render(request, "training/new_job_page.html", {**context, "memory": memory, "sizes": sizes},
-                  status=400 if errors else 200)
+    return job_form.form_page(request, submit=job_form.job_submit, context=job_form.job_form_context,
+                              template="training/new_job_page.html", page="job-page")
 
 
 @login_required

@@ -3,6 +3,7 @@
 Every interface (API, admin, CLI, worker task) calls these; none re-implements a step. The reads
 (a user's jobs, one job, what a job says of itself) are training.selectors.
 """
+import copy
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -142,8 +143,6 @@ def _checked_model_and_corpus(owner, request: JobRequest, *, any_local_path: boo
         described = modelcheck.describe(request.model_name, token=request.huggingface_token,
                                         any_local_path=any_local_path)
     else:
-        import copy
-
         described = copy.copy(described)  # its info gets this job's layer: the caller's stays as it was
         described.info = copy.copy(described.info)
     total = described.info.total_layers

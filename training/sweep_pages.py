@@ -3,7 +3,7 @@ recovered for a causal LM), a table of the members with links to their job pages
 pass over the corpus did. The owner and staff only; anyone else's sweep answers 404, as in the API."""
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
-from django.shortcuts import redirect, render
+from django.shortcuts import render
 
 from mistudio.errors import NotFound
 from training import job_form, sweep_form, sweeps
@@ -11,21 +11,8 @@ from training import job_form, sweep_form, sweeps
 
 @login_required
 def new_sweep_page(request):
-    """As the New job page: re-rendered with what was sent and each error by its field after a
-    refused sweep (400) and after "Check memory" (for the base's fields), which makes nothing."""
-    data, errors, memory = None, {}, None
-    if request.method == "POST":
-        data = request.POST
-        if "check_memory" in data:
-            memory, errors = job_form.memory_check_submit(user=request.user, data=data)
-        else:
-            sweep, errors = sweep_form.sweep_submit(user=request.user, data=data)
-            if sweep is not None:
-                return redirect("sweep-page", sweep_id=sweep.id)
-    context = sweep_form.sweep_form_context(user=request.user, data=data, errors=errors, initial=request.GET.dict())
-    sizes = job_form.readable_sizes(memory) if memory else None
-    return render(request, "training/new_sweep_page.html", {**context, "memory": memory, "sizes": sizes},
-                  status=400 if errors else 200)
+    return job_form.form_page(request, submit=sweep_form.sweep_submit, context=sweep_form.sweep_form_context,
+                              template="training/new_sweep_page.html", page="sweep-page")
 
 
 @login_required
