@@ -316,7 +316,7 @@ if QUEUE_PREFIX and not QUEUE_PREFIX.replace("-", "").replace("_", "").isalnum()
 # `retry` is longer than `timeout` so a long job is never handed to a second worker while it runs,
 # and a failed task is acknowledged and never re-run by the queue (max_attempts=1). Redis has no
 # receipts (a task leaves Redis when a worker takes it): a job whose worker dies while training it
-# is re-queued from the database by the crash-recovery sweep, on either broker.
+# is re-queued from the database by the crash-recovery check, on either broker.
 Q_CLUSTER = {
     # Every queue's name starts with this: the GPU queues are "mistudio-gpu<N>".
     "name": "mistudio",
