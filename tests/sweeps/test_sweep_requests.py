@@ -106,7 +106,12 @@ def test_staff_see_a_sweep_and_its_members_in_the_admin_and_cancel_it_there(alic
                                                                           charlie):
     sweep_id = alice_api.post("/api/v1/sweeps", body(members=[{}, {"k": 8}]), format="json").json()["sweep_id"]
     client.force_login(charlie)
-    page = client.get(f"/admin/training/sweep/{sweep_id}/change/").content.decode()
+    from django.contrib.admin.utils import quote
+    from django.urls import reverse
+
+    response = client.get(reverse("admin:training_sweep_change", args=[quote(sweep_id)]))
+    page = response.content.decode()
+    assert response.status_code == 200, [str(m) for m in response.wsgi_request._messages]
     assert all(job.id in page for job in Sweep.objects.get(pk=sweep_id).jobs.all())
     client.post("/admin/training/sweep/", {"action": "cancel_sweeps", "_selected_action": [sweep_id]})
     assert set(TrainingJob.objects.filter(sweep_id=sweep_id).values_list("status", flat=True)) == {"cancelled"}
