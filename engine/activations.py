@@ -74,7 +74,7 @@ class _Plan:
 
 def _plan(loaded: LoadedModel, texts, *, layer_number: int, batch_size: int, max_sequence_length: int, seed: int,
           hook_point: str, prepend_bos: bool, exclude_special_tokens: bool) -> _Plan:
-    _check_site(loaded, layer_number, hook_point)
+    check_site(loaded, layer_number, hook_point)
     if batch_size < 1 or max_sequence_length < 1:
         raise EngineError("batch_size and max_sequence_length must be at least 1")
     if isinstance(texts, Sequences):  # packed already (engine.packing)
@@ -103,7 +103,8 @@ def _plan(loaded: LoadedModel, texts, *, layer_number: int, batch_size: int, max
                  prepend_bos=sequences.prepend_bos, exclude_special_tokens=exclude_special_tokens)
 
 
-def _check_site(loaded: LoadedModel, layer_number: int, hook_point: str) -> None:
+def check_site(loaded: LoadedModel, layer_number: int, hook_point: str) -> None:
+    """The layer exists in the loaded model and has the hook point (EngineError saying what it has)."""
     total_layers = num_layers(loaded.config)
     if not 0 <= layer_number < total_layers:
         raise EngineError(f"Layer {layer_number} does not exist: this model has layers 0 to {total_layers - 1}")
@@ -136,7 +137,7 @@ def extract_sites(loaded: LoadedModel, texts, *, sites: dict, batch_size: int, m
     started = time.monotonic()
     (first_layer, first_point), *_ = sites
     for layer_number, hook_point in sites:
-        _check_site(loaded, layer_number, hook_point)
+        check_site(loaded, layer_number, hook_point)
     plan = _plan(loaded, texts, layer_number=first_layer, batch_size=batch_size, max_sequence_length=max_sequence_length,
                  seed=seed, hook_point=first_point, prepend_bos=prepend_bos, exclude_special_tokens=exclude_special_tokens)
     opened = {site: _open_partial(Path(path), plan) for site, path in sites.items()}

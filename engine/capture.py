@@ -34,7 +34,7 @@ def capture_batches(loaded, plan, sites, *, on_progress, should_stop) -> tuple[i
     handles = [register_reader(loaded.blocks[layer], hook_point, reader(site))
                for site, (layer, hook_point, _) in enumerate(sites)]
     sequences_done = tokens_done = positions_computed = forwards = 0
-    lengths, offsets = plan.lengths, plan.offsets
+    lengths = plan.lengths
     try:
         with torch.inference_mode():
             for batch in plan.batches:

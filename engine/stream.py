@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import numpy as np
 
 from engine import activations as extraction
-from engine.activations import _Plan
+from engine.activations import _Plan, check_site
 from engine.errors import EngineError
-from engine.hooks import DEFAULT_HOOK_POINT, available_hook_points, check_hook_point
+from engine.hooks import DEFAULT_HOOK_POINT
 from engine.loading import LoadedModel
-from engine.model_info import hidden_size, num_layers
+from engine.model_info import hidden_size
 from engine.packing import SequenceSource
 from engine.sequences import Sequences, concatenate
 
@@ -31,13 +31,7 @@ class ActivationStream:
 
     def __init__(self, loaded: LoadedModel, source: SequenceSource, rows_per_sequence: np.ndarray, *, layer_number: int,
                  batch_size: int, hook_point: str = DEFAULT_HOOK_POINT, n_rows: int | None = None):
-        total_layers = num_layers(loaded.config)
-        if not 0 <= layer_number < total_layers:
-            raise EngineError(f"Layer {layer_number} does not exist: this model has layers 0 to {total_layers - 1}")
-        check_hook_point(hook_point)
-        points = available_hook_points(loaded.model)
-        if hook_point not in points:
-            raise EngineError(f"This model has no {hook_point} hook point: it has {', '.join(points)}")
+        check_site(loaded, layer_number, hook_point)
         if batch_size < 1:
             raise EngineError("batch_size must be at least 1")
         self.loaded, self.source = loaded, source

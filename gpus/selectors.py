@@ -36,8 +36,8 @@ def live_workers():
 
 def worker_gone(host: str, pid, heartbeat_at) -> bool:
     """Whether the process that claimed a job is gone: its pid no longer exists on this host, or
-    it has not written a heartbeat for HEARTBEAT_STALE_S (on any host). The crash-recovery sweep
-    and the lease sweep judge by this one rule."""
+    it has not written a heartbeat for HEARTBEAT_STALE_S (on any host). The crash-recovery check
+    and the lease check judge by this one rule."""
     if host == settings.HOST_NAME and not pid_alive(pid):
         return True
     return heartbeat_at is None or heartbeat_at < timezone.now() - timedelta(seconds=settings.HEARTBEAT_STALE_S)

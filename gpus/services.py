@@ -29,7 +29,7 @@ def worker_register() -> Worker:
                   "started_at": now, "last_seen_at": now},
     )
     # A worker that comes back after a SIGKILL or a reboot finds the lease its dead run never
-    # released: free it now, or the slot looks busy to the orphan sweep for good.
+    # released: free it now, or the slot looks busy to the orphan check for good.
     if _lease_release_if_stale(worker):
         worker.refresh_from_db()
     return worker
@@ -77,20 +77,20 @@ class SeenThread(threading.Thread):
 
 
 # What every live worker runs now and then, idle or not, in this order: dotted paths of
-# functions, registered by the apps whose work they sweep (training: resume jobs whose worker
+# functions, registered by the apps whose work they check (training: resume jobs whose worker
 # died, free the slots they leased, queue again jobs whose task was lost). gpus knows no job.
-_WATCHDOG_SWEEPS: list[str] = []
+_WATCHDOG_CHECKS: list[str] = []
 
 
 def watchdog_register(dotted_path: str) -> None:
-    if dotted_path not in _WATCHDOG_SWEEPS:
-        _WATCHDOG_SWEEPS.append(dotted_path)
+    if dotted_path not in _WATCHDOG_CHECKS:
+        _WATCHDOG_CHECKS.append(dotted_path)
 
 
 def _watchdog():
     from django.utils.module_loading import import_string
 
-    for dotted_path in _WATCHDOG_SWEEPS:
+    for dotted_path in _WATCHDOG_CHECKS:
         import_string(dotted_path)()
 
 

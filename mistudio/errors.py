@@ -19,13 +19,16 @@ class ErrorSerializer(serializers.Serializer):
 
 class ServiceError(Exception):
     """A request a service refuses, with a message that says what to fix. Interfaces show it as is:
-    the API as {"detail": message} with `status_code`, the admin as a message, the CLI as an error."""
+    the API as {"detail": message} with `status_code`, the admin as a message, the CLI as an error.
+    `field`: the request field the message is about, where there is one, so that a form can show it
+    next to that field (and the API adds it to `errors`, as a serializer's validation does)."""
 
     status_code = 400
 
-    def __init__(self, message):
+    def __init__(self, message, *, field: str | None = None):
         super().__init__(message)
         self.message = message
+        self.field = field
 
 
 class NotFound(ServiceError):
@@ -51,7 +54,10 @@ def flatten_errors(errors, prefix=""):
 
 def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
-        return Response({"detail": exc.message}, status=exc.status_code)
+        body = {"detail": exc.message}
+        if exc.field:
+            body["errors"] = {exc.field: [exc.message]}
+        return Response(body, status=exc.status_code)
     if isinstance(exc, RequestDataTooBig):
         return Response(
             {"detail": f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes "

@@ -193,6 +193,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # A job's hook_point and a sweep's hook_points choose from the same points: one enum.
+    "ENUM_NAME_OVERRIDES": {"HookPointEnum": "engine.hooks.HOOK_POINTS"},
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "mistudio.schema.declare_unauthorized",
@@ -314,7 +316,7 @@ if QUEUE_PREFIX and not QUEUE_PREFIX.replace("-", "").replace("_", "").isalnum()
 # `retry` is longer than `timeout` so a long job is never handed to a second worker while it runs,
 # and a failed task is acknowledged and never re-run by the queue (max_attempts=1). Redis has no
 # receipts (a task leaves Redis when a worker takes it): a job whose worker dies while training it
-# is re-queued from the database by the crash-recovery sweep, on either broker.
+# is re-queued from the database by the crash-recovery check, on either broker.
 Q_CLUSTER = {
     # Every queue's name starts with this: the GPU queues are "mistudio-gpu<N>".
     "name": "mistudio",

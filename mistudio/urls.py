@@ -4,9 +4,10 @@ from django.urls import path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from corpora import pages as corpus_pages
 from corpora.views import UploadView
 from gpus.views import GpuStatusView, HealthView
-from training import pages, sweep_views, views
+from training import pages, sweep_pages, sweep_views, views
 
 urlpatterns = [
     path("health", HealthView.as_view(), name="health"),
@@ -34,7 +35,11 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("jobs/", pages.jobs_page, name="jobs-page"),
+    path("jobs/new/", pages.new_job_page, name="new-job-page"),  # before jobs/<id>/, which "new" would match
     path("jobs/<str:job_id>/", pages.job_page, name="job-page"),
     path("jobs/<str:job_id>/features/<int:index>/", pages.feature_page, name="feature-page"),
+    path("sweeps/new/", sweep_pages.new_sweep_page, name="new-sweep-page"),  # before sweeps/<id>/
+    path("sweeps/<str:sweep_id>/", sweep_pages.sweep_page, name="sweep-page"),
     path("gpus/", pages.gpu_page, name="gpu-page"),
+    path("corpora/upload/", corpus_pages.corpus_upload_page, name="corpus-upload-page"),
 ]

@@ -5,8 +5,8 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from mistudio.errors import ServiceError
-from training import services
-from training.models import Checkpoint, TrainingJob
+from training import services, sweeps
+from training.models import Checkpoint, Sweep, TrainingJob
 
 
 # The admin does not load the site's stylesheet, so the bar and the badges carry their own styles.
@@ -42,14 +42,14 @@ class CheckpointInline(admin.TabularInline):
 class TrainingJobAdmin(admin.ModelAdmin):
     list_display = ("id", "page_link", "status_badge", "progress_bar", "model_name", "layer_number",
                     "current_loss", "owner", "worker_host", "created_at", "completed_at")
-    list_filter = ("status", "architecture", "hook_point", "packing", "cache_activations", "phase", "quantization", "worker_host", "created_at")
+    list_filter = ("status", "sweep", "architecture", "hook_point", "packing", "cache_activations", "phase", "quantization", "worker_host", "created_at")
     search_fields = ("id", "model_name", "corpus__name", "owner__username", "message")
     date_hierarchy = "created_at"
     actions = ["cancel_jobs"]
     inlines = [CheckpointInline]
     fieldsets = (
         (None, {"fields": ("id", "page_link", "owner", "status", "phase", "progress", "message", "error",
-                           "device")}),
+                           "device", "sweep", "sweep_settings")}),
         ("Parameters", {"fields": ("model_name", "corpus", "activations_file", "layer_number", "hidden_dim",
                                    "sparsity_coeff", "learning_rate", "batch_size", "sae_batch_tokens",
                                    "max_epochs", "min_loss", "gpu_id", "max_sequence_length", "quantization",
@@ -118,3 +118,49 @@ class TrainingJobAdmin(admin.ModelAdmin):
                 self.message_user(request, err.message, messages.WARNING)
         if done:
             self.message_user(request, f"Cancelled or asked to stop {done} job(s).", messages.SUCCESS)
+
+
+class MemberInline(admin.TabularInline):
+    model = TrainingJob
+    extra = 0
+    can_delete = False
+    fields = ("id", "layer_number", "hook_point", "sweep_settings", "status", "progress", "message")
+    readonly_fields = fields
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Sweep)
+class SweepAdmin(admin.ModelAdmin):
+    """Sweeps, read (they are made through the API, the form or the CLI), each with its members; the
+    action cancels every member that has not ended."""
+
+    list_display = ("id", "page_link", "model_name", "corpus", "layers", "hook_points", "owner", "created_at")
+    search_fields = ("id", "model_name", "corpus__name", "owner__username")
+    date_hierarchy = "created_at"
+    actions = ["cancel_sweeps"]
+    inlines = [MemberInline]
+    readonly_fields = ("id", "page_link", "owner", "model_name", "corpus", "layers", "hook_points", "members",
+                       "lm_forward_batches", "tokens_extracted", "extraction_seconds", "disk_plan", "created_at",
+                       "enqueued_at")
+    fields = readonly_fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return request.method in ("GET", "HEAD") and super().has_view_permission(request, obj)
+
+    @admin.display(description="page")
+    def page_link(self, sweep):
+        return format_html('<a class="sweep-page-link" href="{}">View</a>', reverse("sweep-page", args=[sweep.id]))
+
+    @admin.action(description="Cancel selected sweeps", permissions=["view"])
+    def cancel_sweeps(self, request, queryset):
+        for sweep in queryset:
+            try:
+                sweeps.sweep_cancel(sweep)
+            except ServiceError as err:
+                self.message_user(request, err.message, messages.WARNING)

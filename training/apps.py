@@ -13,7 +13,7 @@ class TrainingConfig(AppConfig):
         # Every worker process that starts (after a crash, a job, or a cluster start) first looks
         # for jobs whose worker died and queues them to resume.
         post_spawn.connect(recover_on_worker_start, dispatch_uid="training.recover_on_worker_start")
-        # And every live worker's watchdog (gpus) runs the sweeps over jobs: resume those whose
+        # And every live worker's watchdog (gpus) runs the recovery checks over jobs: resume those whose
         # worker died, then queue again those whose task was lost (freeing stale leases first).
         from gpus.services import watchdog_register
 

@@ -39,10 +39,34 @@ def describe(model_name: str, *, token: str | None = None, any_local_path: bool 
         config = load_config(resolved, token=token)
         info = describe_model(resolved, config)
     except ModelResolutionError as err:
-        raise ServiceError(str(err)) from None
+        raise ServiceError(str(err), field="model_name") from None
     except EngineError as err:
-        raise ServiceError(f"Model {model_name!r} could not be read: {err}") from None
+        raise ServiceError(f"Model {model_name!r} could not be read: {err}", field="model_name") from None
     return DescribedModel(resolved=resolved, config=config, info=info)
+
+
+def model_suggestions(limit: int = 50) -> list[str]:
+    """Names a person may give as model_name without knowing a hub id: the models bundled with the
+    package, then the models of the models folder (a Hugging Face folder or a GGUF, at `name` or at
+    a hub id's `namespace/name`), as resolve_model finds them there."""
+    from engine.gguf import find_gguf
+    from engine.resolve import BUNDLED_CAUSAL_LM_NAME, BUNDLED_MODEL_NAME
+
+    names = [BUNDLED_CAUSAL_LM_NAME, BUNDLED_MODEL_NAME]
+    root = Path(settings.MODELS_DIR)
+
+    def loadable(path: Path) -> bool:
+        try:
+            return (path / "config.json").is_file() or find_gguf(path) is not None
+        except (EngineError, OSError):  # a folder of several GGUFs names none of them
+            return False
+
+    for top in sorted(root.iterdir()) if root.is_dir() else ():
+        if loadable(top):
+            names.append(top.name)
+        elif top.is_dir():  # a hub id's namespace
+            names.extend(f"{top.name}/{inner.name}" for inner in sorted(top.iterdir()) if loadable(inner))
+    return names[:limit]
 
 
 def check_gpu_request(gpu_id: int | None, quantization: str, *, gpu_ids: list[int] | None = None) -> None:
@@ -56,19 +80,23 @@ def check_gpu_request(gpu_id: int | None, quantization: str, *, gpu_ids: list[in
         if count == 0:
             raise ServiceError(
                 f"gpu_ids {list(gpu_ids)} were requested but this server has no NVIDIA GPU: leave gpu_ids out to "
-                "train on the CPU."
+                "train on the CPU.", field="gpu_ids",
             )
-        raise ServiceError(f"gpu_ids: GPU {missing[0]} does not exist: this server has {count} GPU(s), 0 to {count - 1}.")
+        raise ServiceError(f"gpu_ids: GPU {missing[0]} does not exist: this server has {count} GPU(s), 0 to {count - 1}.",
+                           field="gpu_ids")
     # On many hosts the web server may have no GPU: a GPU is real when a live worker serves it.
     if gpu_id is not None and gpu_id >= count and not gpu_index_served(gpu_id):
         if count == 0:
             raise ServiceError(
-                f"gpu_id {gpu_id} was requested but this server has no NVIDIA GPU: leave gpu_id null to train on the CPU."
+                f"gpu_id {gpu_id} was requested but this server has no NVIDIA GPU: leave gpu_id null to train on the CPU.",
+                field="gpu_id",
             )
-        raise ServiceError(f"gpu_id {gpu_id} does not exist: this server has {count} GPU(s), 0 to {count - 1}.")
+        raise ServiceError(f"gpu_id {gpu_id} does not exist: this server has {count} GPU(s), 0 to {count - 1}.",
+                           field="gpu_id")
     if quantization not in ("", "none") and count == 0 and not live_workers().filter(gpu_index__isnull=False, fake=False).exists():
         raise ServiceError(
-            f"quantization {quantization!r} needs a CUDA GPU (bitsandbytes) and this server has none: use 'none'."
+            f"quantization {quantization!r} needs a CUDA GPU (bitsandbytes) and this server has none: use 'none'.",
+            field="quantization",
         )
 
 
@@ -76,7 +104,8 @@ def check_hook_point_name(hook_point: str) -> None:
     from engine.hooks import HOOK_POINTS
 
     if hook_point not in HOOK_POINTS:
-        raise ServiceError(f"hook_point {hook_point!r} is not a hook point: choose one of {', '.join(HOOK_POINTS)}.")
+        raise ServiceError(f"hook_point {hook_point!r} is not a hook point: choose one of {', '.join(HOOK_POINTS)}.",
+                           field="hook_point")
 
 
 def check_hook_point(described, hook_point: str, *, model_name: str) -> None:
@@ -90,10 +119,10 @@ def check_hook_point(described, hook_point: str, *, model_name: str) -> None:
     points = hook_points(described)
     if points is None:
         raise ServiceError(f"hook_point {hook_point!r}: the blocks of {model_name} could not be read to find it; "
-                           "use resid_post or resid_pre.")
+                           "use resid_post or resid_pre.", field="hook_point")
     if hook_point not in points:
         raise ServiceError(f"hook_point {hook_point!r}: {model_name} has no {hook_point} that can be found; "
-                           f"its hook points are {', '.join(points)}.")
+                           f"its hook points are {', '.join(points)}.", field="hook_point")
 
 
 def hook_points(described) -> tuple[str, ...] | None:
@@ -112,7 +141,7 @@ def check_activations_file(path: str) -> None:
     try:
         load_activations(Path(path))
     except EngineError as err:
-        raise ServiceError(str(err)) from None
+        raise ServiceError(str(err), field="activations_file") from None
 
 
 def estimate(described, *, device_kind, quantization, hidden_dim, batch_size, max_sequence_length,

@@ -1,4 +1,4 @@
-"""Pages for people: the job list, a job's page (curves, evaluation, features) and a feature's
+"""Pages for people: the job list, the New job form (training.job_form), a job's page (curves, evaluation, features) and a feature's
 page (top contexts, activation histogram, logit effect), and the GPU page (each GPU NVML sees, its
 memory and utilization, and the job that holds it). Owners and staff only; anyone else's job
 answers 404, as in the API, and shows as busy on the GPU page."""
@@ -13,7 +13,7 @@ from engine.devices import gpu_inventory, system_memory
 from gpus.selectors import workers_document
 from mistudio.errors import NotFound
 from training import features as feature_store
-from training import downloads, selectors
+from training import downloads, job_form, selectors
 from training.models import TrainingJob
 
 
@@ -26,8 +26,14 @@ def _job(request, job_id):
 
 @login_required
 def jobs_page(request):
-    jobs = selectors.jobs_visible_to(request.user).select_related("corpus", "owner")[:200]
-    return render(request, "training/jobs_page.html", {"jobs": jobs})
+    jobs = selectors.jobs_visible_to(request.user).select_related("corpus", "owner", "sweep")[:200]
+    return render(request, "training/jobs_page.html", {"groups": selectors.jobs_by_sweep(jobs)})
+
+
+@login_required
+def new_job_page(request):
+    return job_form.form_page(request, submit=job_form.job_submit, context=job_form.job_form_context,
+                              template="training/new_job_page.html", page="job-page")
 
 
 @login_required

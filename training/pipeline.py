@@ -199,8 +199,10 @@ def _run(job, report, should_stop):
 
 def job_finish_outcome(job, outcome):
     """The row's ending, from the run's outcome."""
-    if outcome.cancelled_in == "extraction":
-        services.job_finish(job, status=TrainingJob.Status.CANCELLED, message="Cancelled during extraction")
+    if outcome.cancelled_in in ("extraction", "waiting"):
+        message = "Cancelled during extraction" if outcome.cancelled_in == "extraction" else (
+            "Cancelled before its turn in the sweep; nothing was trained")
+        services.job_finish(job, status=TrainingJob.Status.CANCELLED, message=message)
         return
     result = outcome.result
     if outcome.cancelled_in == "training":

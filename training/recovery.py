@@ -1,4 +1,4 @@
-"""The sweeps that keep jobs moving when workers die: every worker process runs the first when it
+"""The recovery checks that keep jobs moving when workers die: every worker process runs the first when it
 starts, and every live worker runs both now and then (its watchdog, gpus.services); crash
 recovery in the README says what they guarantee."""
 import logging
@@ -73,7 +73,7 @@ def jobs_requeue_orphans() -> list[str]:
             can_run = job.gpu_id in idle or None in idle
         else:
             can_run = True
-        # Conditional on the timestamp we read: of two sweeps at once, one re-queues.
+        # Conditional on the timestamp we read: of two checks at once, one re-queues.
         if can_run and TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.QUEUED,
                                                   enqueued_at=job.enqueued_at).update(enqueued_at=timezone.now()):
             transaction.on_commit(lambda job_id=job.pk: services.job_enqueue(job_id))

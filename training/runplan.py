@@ -21,13 +21,13 @@ def check_choices(*, packing: str | None, cache_activations: str, training_token
     """The names engine.packing and engine.disk know, and a budget of at least one token (the API's
     serializer says the same; the CLI and direct callers come through here)."""
     if packing is not None and packing not in PACKINGS:
-        raise ServiceError(f"packing {packing!r} is not a packing: choose one of {', '.join(PACKINGS)}.")
+        raise ServiceError(f"packing {packing!r} is not a packing: choose one of {', '.join(PACKINGS)}.", field="packing")
     if cache_activations not in disk.CACHE_MODES:
         raise ServiceError(f"cache_activations {cache_activations!r} is not a cache mode: choose one of "
-                           f"{', '.join(disk.CACHE_MODES)}.")
+                           f"{', '.join(disk.CACHE_MODES)}.", field="cache_activations")
     if training_tokens is not None and training_tokens < 1:
         raise ServiceError(f"training_tokens {training_tokens}: a budget is at least 1 token; leave it null to "
-                           "train max_epochs passes.")
+                           "train max_epochs passes.", field="training_tokens")
 
 
 @dataclass

@@ -103,3 +103,20 @@ def job_artifacts(job: TrainingJob) -> list[tuple[str, str]]:
     ]
     rows += [(f"Checkpoint, epoch {c.epoch}", c.path) for c in job.checkpoints.all()]
     return [(name, path) for name, path in rows if path]
+
+
+def jobs_by_sweep(jobs) -> list[dict]:
+    """The job list as pages show it: a job of its own alone, a sweep's members together under it
+    (where its first member comes in `jobs`' order), each job with its headline metrics."""
+    groups, by_sweep = [], {}
+    for job in jobs:
+        evaluation = job.evaluation or {}
+        row = {"job": job, "explained_variance": evaluation.get("explained_variance"), "l0": evaluation.get("l0")}
+        if job.sweep_id is None:
+            groups.append({"sweep": None, "jobs": [row]})
+        elif job.sweep_id in by_sweep:
+            by_sweep[job.sweep_id]["jobs"].append(row)
+        else:
+            by_sweep[job.sweep_id] = {"sweep": job.sweep, "jobs": [row]}
+            groups.append(by_sweep[job.sweep_id])
+    return groups

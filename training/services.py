@@ -3,6 +3,7 @@
 Every interface (API, admin, CLI, worker task) calls these; none re-implements a step. The reads
 (a user's jobs, one job, what a job says of itself) are training.selectors.
 """
+import copy
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -20,11 +21,12 @@ from mistudio import crypto
 from mistudio.errors import Conflict, ServiceError
 from training import modelcheck, runplan, selectors
 from training.defaults import DEFAULTS
-from training.models import TrainingJob
+from training.models import Sweep, TrainingJob
 
 logger = logging.getLogger("training")
 
 TASK_PATH = "training.tasks.run_training_job"
+SWEEP_TASK_PATH = "training.tasks.run_sweep"
 
 
 @dataclass
@@ -133,23 +135,21 @@ def job_columns(*, owner, request: JobRequest, any_local_path: bool = False, des
 def _checked_model_and_corpus(owner, request: JobRequest, *, any_local_path: bool, described=None):
     """The owner's corpus and the described model, with the layer checked against it."""
     if not request.model_name:
-        raise ServiceError("model_name: this field is required.")
+        raise ServiceError("model_name: this field is required.", field="model_name")
     if not request.corpus_file:
-        raise ServiceError("corpus_file: this field is required.")
+        raise ServiceError("corpus_file: this field is required.", field="corpus_file")
     corpus = corpus_for_user(user=owner, name=request.corpus_file)
     if described is None:
         described = modelcheck.describe(request.model_name, token=request.huggingface_token,
                                         any_local_path=any_local_path)
     else:
-        import copy
-
         described = copy.copy(described)  # its info gets this job's layer: the caller's stays as it was
         described.info = copy.copy(described.info)
     total = described.info.total_layers
     if not 0 <= request.layer_number < total:
         raise ServiceError(
             f"layer_number {request.layer_number} is out of range: {request.model_name} has "
-            f"{total} layers, so choose 0 to {total - 1}."
+            f"{total} layers, so choose 0 to {total - 1}.", field="layer_number",
         )
     described.info.selected_layer = request.layer_number
     modelcheck.check_hook_point(described, request.hook_point, model_name=request.model_name)
@@ -161,7 +161,9 @@ def _check_architecture(request: JobRequest) -> None:
     values = {field.name: getattr(request, field.name) for field in architectures.request_fields()}
     problem = architectures.check_request(request.architecture, values, hidden_dim=request.hidden_dim)
     if problem:
-        raise ServiceError(problem)
+        # The registry's problems start with the field they are about ("k: ..."), in the API's words.
+        named = problem.partition(":")[0]
+        raise ServiceError(problem, field=named if named in {"architecture", *values} else None)
 
 
 def _check_gpu_ids(request: JobRequest) -> None:
@@ -169,13 +171,13 @@ def _check_gpu_ids(request: JobRequest) -> None:
     if ids is None:
         return
     if request.gpu_id is not None:
-        raise ServiceError("gpu_ids: give gpu_id (one GPU) or gpu_ids (several GPUs), not both.")
+        raise ServiceError("gpu_ids: give gpu_id (one GPU) or gpu_ids (several GPUs), not both.", field="gpu_ids")
     if len(ids) < 2:
-        raise ServiceError("gpu_ids: list at least 2 GPUs; for one GPU use gpu_id.")
+        raise ServiceError("gpu_ids: list at least 2 GPUs; for one GPU use gpu_id.", field="gpu_ids")
     if len(set(ids)) != len(ids):
-        raise ServiceError(f"gpu_ids: {list(ids)} names a GPU more than once.")
+        raise ServiceError(f"gpu_ids: {list(ids)} names a GPU more than once.", field="gpu_ids")
     if min(ids) < 0:
-        raise ServiceError(f"gpu_ids: {list(ids)} has a negative index; GPUs are numbered from 0.")
+        raise ServiceError(f"gpu_ids: {list(ids)} has a negative index; GPUs are numbered from 0.", field="gpu_ids")
 
 
 def job_enqueue(job_id: str) -> None:
@@ -184,8 +186,6 @@ def job_enqueue(job_id: str) -> None:
     sweep_id = TrainingJob.objects.filter(pk=job_id).values_list("sweep_id", flat=True).first()
     if sweep_id is not None:
         # A sweep's member runs in its sweep's task, beside the other members (a recovered one too).
-        from training.sweeps import sweep_enqueue
-
         sweep_enqueue(sweep_id)
         return
     TrainingJob.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
@@ -194,6 +194,21 @@ def job_enqueue(job_id: str) -> None:
     # The task gets the job id and nothing else: django-q2 pickles arguments into its tables. The
     # queue (django-q2's cluster name) routes it to a worker that has the GPU it needs.
     async_task(TASK_PATH, job_id, task_name=job_id, cluster=queue_for(TrainingJob.objects.get(pk=job_id)))
+
+
+def sweep_enqueue(sweep_id: str) -> None:
+    """Queue the one task that runs a sweep's queued members (training.sweep_run)."""
+    from django_q.tasks import async_task
+
+    from gpus.selectors import queue_for
+
+    now = timezone.now()
+    Sweep.objects.filter(pk=sweep_id).update(enqueued_at=now)
+    members = TrainingJob.objects.filter(sweep_id=sweep_id)
+    members.filter(status=TrainingJob.Status.QUEUED).update(enqueued_at=now)
+    # One task runs every member; like a job's, it gets the id and nothing else. A duplicate is
+    # harmless: each member is claimed once.
+    async_task(SWEEP_TASK_PATH, sweep_id, task_name=sweep_id, cluster=queue_for(members.order_by("pk").first()))
 
 
 def job_cancel(job: TrainingJob) -> TrainingJob:

@@ -27,7 +27,7 @@ class SweepCreateView(APIView):
             "memory_check": warnings[0] if warnings else "passed",
         }, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses={200: serializers.SweepListSerializer}, summary="List sweeps")
+    @extend_schema(responses={200: serializers.SweepListSerializer}, summary="List sweeps", operation_id="api_v1_sweeps_list")
     def get(self, request):
         visible = sweeps.sweeps_visible_to(request.user).select_related("corpus")
         return Response({"total_sweeps": visible.count(), "sweeps": [sweeps.sweep_document(s) for s in visible[:200]]})

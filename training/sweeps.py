@@ -10,14 +10,11 @@ from dataclasses import dataclass, field, replace
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from engine import sae as architectures
 from mistudio.errors import Conflict, NotFound, ServiceError
 from training import modelcheck, runplan, services
 from training.models import Sweep, TrainingJob, new_job_id
-
-TASK_PATH = "training.tasks.run_sweep"
 
 # The SAE fields a member may set for itself; everything else is the base's, shared by all.
 SAE_FIELDS = ("architecture", "hidden_dim", "sparsity_coeff", "learning_rate", "sae_batch_tokens", "min_loss", "max_epochs")
@@ -56,7 +53,7 @@ def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_loca
     base = request.base
     _check_shape(request)
     if not base.model_name:
-        raise ServiceError("model_name: this field is required.")
+        raise ServiceError("model_name: this field is required.", field="model_name")
     described = modelcheck.describe(base.model_name, token=base.huggingface_token, any_local_path=any_local_path)
     rows = []
     for number, (layer, point, overrides, member) in enumerate(request.member_requests()):
@@ -64,7 +61,10 @@ def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_loca
             columns = services.job_columns(owner=owner, request=member, any_local_path=any_local_path,
                                            described=described, plan_disk=False)
         except ServiceError as err:
-            raise ServiceError(f"members[{number % len(request.members)}] at layer {layer}, {point}: {err.message}") from None
+            # Next to what set it, on a form: the sites' lists, the member's overrides, or the base's field.
+            where = {"layer_number": "layers", "hook_point": "hook_points"}.get(err.field, err.field)
+            raise ServiceError(f"members[{number % len(request.members)}] at layer {layer}, {point}: {err.message}",
+                               field="members" if err.field in overrides else where) from None
         rows.append((columns, overrides))
     first = rows[0][0]
     plans = runplan.sweep_disk_plans(
@@ -83,7 +83,7 @@ def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_loca
                                           "message": f"Waiting for a worker (sweep {sweep.id})"},
                                        id=job_id, sweep=sweep, sweep_settings=overrides)
         if enqueue:
-            transaction.on_commit(lambda: sweep_enqueue(sweep.id))
+            transaction.on_commit(lambda: services.sweep_enqueue(sweep.id))
     return sweep
 
 
@@ -102,44 +102,32 @@ def _check_shape(request: SweepRequest) -> None:
     base = request.base
     if base.activations_file:
         raise ServiceError("activations_file: a sweep trains from a model and a corpus; train on a file with "
-                           "POST /api/v1/train.")
+                           "POST /api/v1/train.", field="activations_file")
     if base.gpu_ids is not None:
-        raise ServiceError("gpu_ids: a sweep trains on one device (its members one after another); give gpu_id.")
+        raise ServiceError("gpu_ids: a sweep trains on one device (its members one after another); give gpu_id.",
+                           field="gpu_ids")
     if base.cache_activations == "never":
         raise ServiceError("cache_activations: a sweep caches each (layer, hook point)'s activations once for all "
-                           "its members; choose auto or always.")
+                           "its members; choose auto or always.", field="cache_activations")
     for name, values in (("layers", request.layers), ("hook_points", request.hook_points)):
         if values is not None and not values:
-            raise ServiceError(f"{name}: list at least one, or leave it out for the base's.")
+            raise ServiceError(f"{name}: list at least one, or leave it out for the base's.", field=name)
         if values is not None and len(set(values)) != len(values):
-            raise ServiceError(f"{name}: {list(values)} names one more than once.")
+            raise ServiceError(f"{name}: {list(values)} names one more than once.", field=name)
     if not request.members:
-        raise ServiceError("members: list at least one member ({} trains the base's settings).")
+        raise ServiceError("members: list at least one member ({} trains the base's settings).", field="members")
     allowed = member_fields()
     for number, overrides in enumerate(request.members):
         unknown = sorted(set(overrides) - set(allowed))
         if unknown:
             raise ServiceError(
                 f"members[{number}]: {', '.join(unknown)} cannot differ between members (one pass over the corpus "
-                f"feeds them all): set it on the sweep. A member may set {', '.join(allowed)}.")
+                f"feeds them all): set it on the sweep. A member may set {', '.join(allowed)}.", field="members")
     count = len(request.sites()) * len(request.members)
     if count > settings.SWEEP_MAX_MEMBERS:
         raise ServiceError(f"The sweep has {count} members (layers x hook_points x members), more than "
-                           f"MISTUDIO_SWEEP_MAX_MEMBERS ({settings.SWEEP_MAX_MEMBERS}): split it into smaller sweeps.")
-
-
-def sweep_enqueue(sweep_id: str) -> None:
-    from django_q.tasks import async_task
-
-    from gpus.selectors import queue_for
-
-    now = timezone.now()
-    Sweep.objects.filter(pk=sweep_id).update(enqueued_at=now)
-    members = TrainingJob.objects.filter(sweep_id=sweep_id)
-    members.filter(status=TrainingJob.Status.QUEUED).update(enqueued_at=now)
-    # One task runs every member; like a job's, it gets the id and nothing else. A duplicate is
-    # harmless: each member is claimed once.
-    async_task(TASK_PATH, sweep_id, task_name=sweep_id, cluster=queue_for(members.order_by("pk").first()))
+                           f"MISTUDIO_SWEEP_MAX_MEMBERS ({settings.SWEEP_MAX_MEMBERS}): split it into smaller sweeps.",
+                           field="members")
 
 
 def sweep_cancel(sweep: Sweep) -> Sweep:

@@ -16,7 +16,7 @@ def recover_on_worker_start(sender, proc_name=None, **kwargs):
 
     try:
         jobs_recover_stale()
-    except Exception:  # noqa: BLE001 - a failed sweep must not keep the worker from starting
+    except Exception:  # noqa: BLE001 - a failed recovery check must not keep the worker from starting
         logger.exception("Recovering stale jobs failed in %s", proc_name)
 
 

@@ -5,9 +5,9 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from corpora.selectors import corpus_for_user
 from mistudio.errors import Conflict, ErrorSerializer, ServiceError
-from training import documents, downloads, feature_serializers, features, modelcheck, runplan, selectors, serializers, services
+from training import (documents, downloads, feature_serializers, features, memory_check, modelcheck, selectors,
+                      serializers, services)
 
 ERRORS = {400: ErrorSerializer, 404: ErrorSerializer}
 
@@ -83,22 +83,7 @@ class CheckMemoryView(APIView):
     def get(self, request, model_name):
         query = serializers.CheckMemoryQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        params = dict(query.validated_data)
-        disk = {name: params.pop(name) for name in ("packing", "training_tokens", "max_epochs", "cache_activations")}
-        corpus_file = params.pop("corpus_file")
-        corpus = corpus_for_user(user=request.user, name=corpus_file) if corpus_file else None
-        # What /train would refuse (4-bit or 8-bit with no CUDA GPU) is refused here too, not estimated.
-        modelcheck.check_gpu_request(None, params["quantization"])
-        described = modelcheck.describe(model_name)
-        total = described.info.total_layers
-        if params["layer_number"] is None:
-            params["layer_number"] = total // 2
-        elif params["layer_number"] >= total:
-            raise ServiceError(f"layer_number {params['layer_number']} is out of range: {model_name} has {total} layers.")
-        report = modelcheck.memory_report(described, **params)
-        report["disk_check"] = runplan.disk_report(corpus=corpus, described=described, hidden_dim=params["hidden_dim"],
-                                                   max_sequence_length=params["max_sequence_length"], **disk)
-        return Response(report)
+        return Response(memory_check.check_memory_report(user=request.user, model_name=model_name, **query.validated_data))
 
 
 class FeatureListView(APIView):

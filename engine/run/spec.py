@@ -125,7 +125,8 @@ class RunCallbacks:
 class RunOutcome:
     """How a run ended. `cancelled_in` is None for a completed run, else "extraction" (nothing
     trained), "training" (checkpoints kept; `result` is None when the training step handed none
-    back) or "analysis" (everything but the feature analysis is written)."""
+    back), "analysis" (everything but the feature analysis is written) or, for a sweep's member
+    (engine.run.sweep), "waiting" (cancelled before its turn: nothing trained)."""
 
     paths: RunPaths
     cancelled_in: str | None = None

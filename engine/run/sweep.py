@@ -85,6 +85,14 @@ def run_sweep(spec: SweepSpec, callbacks: SweepCallbacks) -> SweepOutcome:
             _end(callbacks, outcome, index, *failed[index])
             continue
         try:
+            cancelled = _call(member_callbacks[index].should_stop)
+        except Exception as err:  # noqa: BLE001 - what its should_stop raised (its job taken over) is its own
+            _end(callbacks, outcome, index, None, err)
+            continue
+        if cancelled:  # cancelled while it waited for its turn: nothing to train, nothing written
+            _end(callbacks, outcome, index, RunOutcome(paths=member.paths, cancelled_in="waiting"), None)
+            continue
+        try:
             ended = run(replace(member, cache=caches[index]), member_callbacks[index], loaded=loaded), None
         except Exception as err:  # noqa: BLE001 - one member's failure is its own: the rest go on
             ended = None, err

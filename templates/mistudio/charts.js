@@ -95,5 +95,30 @@
     return bars;
   }
 
-  window.miCharts = { lineChart: lineChart, histogram: histogram, fmt: fmt };
+  /* points: [{x, y, group, label, href}]; one dot per point, one colour per group (a sweep's
+     site), a link to each point's page. Returns the number of dots drawn. */
+  function scatter(svg, points, opts) {
+    opts = opts || {};
+    var f = frame(svg);
+    var shown = points.filter(function (p) { return isFinite(p.x) && isFinite(p.y) && p.x !== null && p.y !== null; });
+    if (!shown.length) {
+      el("text", { x: f.w / 2, y: f.h / 2, "text-anchor": "middle" }, svg).textContent = opts.empty || "no data yet";
+      return 0;
+    }
+    var xr = range(shown.map(function (p) { return p.x; }));
+    var yr = range(shown.map(function (p) { return p.y; }));
+    axes(svg, f, xr[0], xr[1], yr[0], yr[1], opts.xlabel);
+    var groups = [];
+    shown.forEach(function (p) {
+      if (groups.indexOf(p.group) < 0) groups.push(p.group);
+      var x = f.x0 + (f.x1 - f.x0) * (p.x - xr[0]) / (xr[1] - xr[0]);
+      var y = f.y0 + (f.y1 - f.y0) * (p.y - yr[0]) / (yr[1] - yr[0]);
+      var parent = p.href ? el("a", { href: p.href }, svg) : svg;
+      var dot = el("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: 4, "class": "dot group-" + (groups.indexOf(p.group) % 6) }, parent);
+      el("title", {}, dot).textContent = (p.label || "") + ": L0 " + fmt(p.x) + ", " + fmt(p.y);
+    });
+    return shown.length;
+  }
+
+  window.miCharts = { lineChart: lineChart, histogram: histogram, scatter: scatter, fmt: fmt };
 })();

@@ -1,4 +1,4 @@
-"""Whether a worker or a rank still lives: the sweeps count a process that exited but is not
+"""Whether a worker or a rank still lives: the recovery checks count a process that exited but is not
 reaped yet (a zombie) as alive, a parent waiting for its children does not."""
 import os
 import subprocess

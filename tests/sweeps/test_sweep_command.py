@@ -5,7 +5,9 @@ import json
 import yaml
 
 from tests.conftest import SAMPLE_CORPUS
-from tests.training.test_train_command import last_json, run_train  # noqa: F401 (fixture)
+from tests.training.test_train_command import OWN_DATABASE, last_json, run_train  # noqa: F401 (fixture)
+
+pytestmark = OWN_DATABASE
 
 
 def test_a_yaml_sweep_trains_every_member_and_prints_the_sweep_document(run_train, tmp_path, tiny_gpt2_dir):

@@ -100,3 +100,18 @@ def test_cancelling_a_queued_sweep_cancels_every_member_at_once(alice_api, hub_m
     assert document["status"] == "cancelled" and document["members_by_status"] == {"cancelled": 12}
     response = alice_api.post(f"/api/v1/sweeps/{sweep_id}/cancel")
     assert response.status_code == 409 and "has ended" in response.json()["detail"]
+
+
+def test_staff_see_a_sweep_and_its_members_in_the_admin_and_cancel_it_there(alice_api, hub_models, corpus, client,
+                                                                          charlie):
+    sweep_id = alice_api.post("/api/v1/sweeps", body(members=[{}, {"k": 8}]), format="json").json()["sweep_id"]
+    client.force_login(charlie)
+    from django.contrib.admin.utils import quote
+    from django.urls import reverse
+
+    response = client.get(reverse("admin:training_sweep_change", args=[quote(sweep_id)]))
+    page = response.content.decode()
+    assert response.status_code == 200, [str(m) for m in response.wsgi_request._messages]
+    assert all(job.id in page for job in Sweep.objects.get(pk=sweep_id).jobs.all())
+    client.post("/admin/training/sweep/", {"action": "cancel_sweeps", "_selected_action": [sweep_id]})
+    assert set(TrainingJob.objects.filter(sweep_id=sweep_id).values_list("status", flat=True)) == {"cancelled"}

@@ -17,7 +17,7 @@ from training.sweep_run import sweep_run
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BASE = dict(model_name="tiny/llama", corpus_file=SAMPLE_CORPUS.name, max_sequence_length=32, batch_size=8,
-            hidden_dim=64, max_epochs=2, min_loss=0.0, sae_batch_tokens=256, architecture="topk", k=4,
+            hidden_dim=64, max_epochs=1, min_loss=0.0, sae_batch_tokens=256, architecture="topk", k=4,
             learning_rate=1e-3)
 
 
@@ -49,7 +49,7 @@ def test_every_member_completes_as_its_single_job_would_from_one_pass(alice, hub
         assert job.training_stats["extraction"]["tokens"] == sweep.tokens_extracted
     # The same seed and settings as a job of its own (which extracts for itself): equal weights, to
     # float rounding (the single job trains while it extracts, the member from the shared file).
-    for job in (jobs[1], jobs[2]):
+    for job in (jobs[3],):
         single = services.job_create(owner=alice, enqueue=False, request=services.JobRequest(**{
             **BASE, "layer_number": job.layer_number, "architecture": job.architecture, "k": job.k,
             "cache_activations": "always"}))
@@ -83,4 +83,5 @@ def test_a_member_cancelled_before_its_turn_ends_cancelled_and_the_rest_complete
     sweep_run(sweep.id, on_member_end=cancel_second)
     statuses = [job.status for job in sweep.jobs.order_by("created_at", "pk")]
     assert statuses == ["completed", "cancelled", "completed"]
+    assert TrainingJob.objects.get(pk=second.pk).message == "Cancelled before its turn in the sweep; nothing was trained"
     assert sweeps.sweep_document(sweep)["status"] == "cancelled"

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.test_train_command import last_json, train_command
+from tests.training.test_train_command import OWN_DATABASE, last_json, train_command
+
+pytestmark = OWN_DATABASE
 
 D_MODEL = 32
 TRUE_FEATURES = 64

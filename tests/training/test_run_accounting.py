@@ -1,4 +1,4 @@
-"""A job's runs: each attempt is recorded, a killed one closed by the recovery sweep, and a
+"""A job's runs: each attempt is recorded, a killed one closed by the recovery check, and a
 resumed job's result adds up what every run spent and keeps what the extracting run measured."""
 import time
 

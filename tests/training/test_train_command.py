@@ -12,6 +12,11 @@ from safetensors.numpy import save_file
 from tests.conftest import SAMPLE_CORPUS
 
 ROOT = Path(__file__).resolve().parents[2]
+# Tests through train_command run their jobs on SQLite databases of their own whatever the suite's
+# database: the scale-out run (PostgreSQL, `make test-scaleout`) would only repeat them.
+OWN_DATABASE = pytest.mark.skipif(os.environ.get("DATABASE_URL", "").startswith("postgres"),
+                                  reason="on a SQLite database of its own; runs in `make test`")
+pytestmark = OWN_DATABASE
 
 
 def train_command(folder):

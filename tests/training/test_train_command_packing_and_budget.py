@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import SAMPLE_CORPUS
-from tests.training.test_train_command import last_json, train_command
+from tests.training.test_train_command import OWN_DATABASE, last_json, train_command
+
+pytestmark = OWN_DATABASE
 
 
 @pytest.fixture
