@@ -73,12 +73,23 @@ def train_config(job):
         min_steps=settings.MIN_SAE_STEPS,
         ram_budget_bytes=settings.ACTIVATIONS_RAM_BUDGET_BYTES,
         shuffle_buffer_tokens=settings.SHUFFLE_BUFFER_TOKENS,
-        decode_path=settings.TOPK_DECODE,
+        decode_path=decode_path(job.architecture),
         cpu_bf16=settings.CPU_BF16,
         checkpoint_every_epochs=settings.CHECKPOINT_EVERY_EPOCHS,
         checkpoint_interval_s=settings.CHECKPOINT_INTERVAL_S,
         progress_interval_s=settings.PROGRESS_INTERVAL_S,
     )
+
+
+def decode_path(architecture: str) -> str:
+    """MISTUDIO_TOPK_DECODE for this architecture: `sparse` pins TopK's gather, which needs codes of a
+    fixed size per token; an architecture without them (batchtopk, relu, ...) decodes densely
+    rather than failing after its extraction."""
+    from engine import sae as architectures
+
+    if settings.TOPK_DECODE == "sparse" and not architectures.get(architecture).sparse_decode:
+        return "dense"
+    return settings.TOPK_DECODE
 
 
 def resume_checkpoint(job) -> Path | None:
