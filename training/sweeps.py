@@ -74,7 +74,7 @@ def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_loca
         token=base.huggingface_token)
     with transaction.atomic():
         sweep = Sweep.objects.create(owner=owner, model_name=base.model_name, corpus=first["corpus"],
-                                     layers=sorted({layer for layer, _ in request.sites()}),
+                                     layers=list(dict.fromkeys(layer for layer, _ in request.sites())),
                                      hook_points=list(dict.fromkeys(point for _, point in request.sites())),
                                      members=request.members, disk_plan=plans["sweep"])
         for (columns, overrides), plan, job_id in zip(rows, plans["members"], _member_ids(len(rows))):
