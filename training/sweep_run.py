@@ -47,7 +47,7 @@ def sweep_run(sweep_id: str, *, on_progress=None, on_member_end=None, wait_for_s
             services.job_requeue(job, "The worker's GPU slot was busy; waiting for a free worker", enqueue=False)
         from django.db import transaction
 
-        transaction.on_commit(lambda: services.job_enqueue(jobs[0].pk))
+        transaction.on_commit(lambda: services.sweep_enqueue(sweep_id))
         return sweep
     heartbeat.start()
     try:

@@ -19,13 +19,7 @@ class SweepCreateView(APIView):
         form = serializers.SweepRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         sweep = sweeps.sweep_create(owner=request.user, request=form.to_request())
-        jobs = list(sweep.jobs.order_by("created_at", "pk"))
-        warnings = [job.memory_check for job in jobs if job.memory_check != "passed"]
-        return Response({
-            "sweep_id": sweep.id, "status": "queued", "job_ids": [job.id for job in jobs],
-            "message": f"Sweep started for {sweep.model_name}: {len(jobs)} members from one pass over {sweep.corpus.name}",
-            "memory_check": warnings[0] if warnings else "passed",
-        }, status=status.HTTP_201_CREATED)
+        return Response(sweeps.sweep_created_document(sweep), status=status.HTTP_201_CREATED)
 
     @extend_schema(responses={200: serializers.SweepListSerializer}, summary="List sweeps", operation_id="api_v1_sweeps_list")
     def get(self, request):

@@ -177,6 +177,17 @@ def member_metrics(job: TrainingJob) -> dict | None:
     return {name: job.evaluation.get(name) for name in METRICS}
 
 
+def sweep_created_document(sweep: Sweep) -> dict:
+    """What POST /api/v1/sweeps answers: the ids, and the members' memory checks in one line."""
+    jobs = list(sweep.jobs.order_by("created_at", "pk"))
+    warnings = [job.memory_check for job in jobs if job.memory_check != "passed"]
+    return {
+        "sweep_id": sweep.id, "status": TrainingJob.Status.QUEUED, "job_ids": [job.id for job in jobs],
+        "message": f"Sweep started for {sweep.model_name}: {len(jobs)} members from one pass over {sweep.corpus.name}",
+        "memory_check": warnings[0] if warnings else "passed",
+    }
+
+
 def sweep_document(sweep: Sweep) -> dict:
     jobs = list(sweep.jobs.order_by("created_at", "pk"))
     statuses = [job.status for job in jobs]

@@ -33,6 +33,24 @@ def run(spec: RunSpec, callbacks: RunCallbacks | None = None, *, train: TrainFun
     return _Run(spec, callbacks or RunCallbacks(), train, loaded).outcome()
 
 
+def resolve_spec_model(spec: RunSpec) -> ResolvedModel:
+    """The spec's model, resolved (a name engine.resolve finds offline first)."""
+    if isinstance(spec.model, ResolvedModel):
+        return spec.model
+    from engine.resolve import resolve_model
+
+    return resolve_model(str(spec.model), models_dir=None, token=spec.token)
+
+
+def load_spec_model(spec: RunSpec, model: ResolvedModel | None = None):
+    """The spec's model loaded as its run loads it (with the LM head: next-token evaluation)."""
+    from engine.loading import load_model
+
+    return load_model(model or resolve_spec_model(spec), device=spec.device, quantization=spec.quantization,
+                      token=spec.token, with_lm_head=True, cpu_bf16=spec.cpu_bf16,
+                      models_cache_dir=spec.models_cache_dir)
+
+
 class _Run:
     def __init__(self, spec: RunSpec, callbacks: RunCallbacks, train: TrainFunction | None, loaded=None):
         if (spec.activations_file is None) == (spec.model is None) or (spec.model is not None and spec.corpus is None):
@@ -84,12 +102,12 @@ class _Run:
         if spec.activations_file is not None:
             path = Path(spec.activations_file)
             return load_activations(path), path, None
-        self.model = self._resolve()
+        self.model = resolve_spec_model(spec)
         causal = bool(self._model_info().get("is_causal_lm"))
         cache = Path(spec.cache) if spec.cache is not None and Path(spec.cache).is_file() else None
         if cache is not None and not causal:
             return load_activations(cache), cache, None
-        self.loaded = self.shared_model or self._load()
+        self.loaded = self.shared_model or load_spec_model(spec, self.model)
         self.source = sources.sequence_source(spec, self.loaded)
         if cache is not None:
             # The sequences the cache holds: the held-out ones are measured by next-token loss.
@@ -122,20 +140,6 @@ class _Run:
         if result is not None and result.stopped_reason == "cancelled":
             return None, path, result
         return load_activations(path), path, result
-
-    def _load(self):
-        from engine.loading import load_model
-
-        spec = self.spec
-        return load_model(self.model, device=spec.device, quantization=spec.quantization, token=spec.token,
-                          with_lm_head=True, cpu_bf16=spec.cpu_bf16, models_cache_dir=spec.models_cache_dir)
-
-    def _resolve(self) -> ResolvedModel:
-        if isinstance(self.spec.model, ResolvedModel):
-            return self.spec.model
-        from engine.resolve import resolve_model
-
-        return resolve_model(str(self.spec.model), models_dir=None, token=self.spec.token)
 
     def _model_info(self) -> dict:
         if self.model_info is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.errors import EngineError, ExtractionCancelled
 from engine.run import sources
-from engine.run.runner import run
+from engine.run.runner import load_spec_model, run
 from engine.run.spec import EXTRACTING, LOADING, RunCallbacks, RunOutcome, RunSpec
 
 # What every member must share: one pass over the corpus feeds them all, so the sequences (and the
@@ -77,7 +77,7 @@ def run_sweep(spec: SweepSpec, callbacks: SweepCallbacks) -> SweepOutcome:
     member_callbacks = callbacks.members
     for member_cb in member_callbacks:
         _call(member_cb.on_phase, LOADING, device=first.device)
-    loaded = _load(first)
+    loaded = load_spec_model(first)
     outcome = SweepOutcome(outcomes=[None] * len(spec.members))
     caches, failed = _extract(spec, callbacks, loaded, outcome)
     for index, member in enumerate(spec.members):
@@ -108,16 +108,6 @@ def _call(callback, *args, **kwargs):
 def _end(callbacks, outcome, index, result, error):
     outcome.outcomes[index] = result if error is None else error
     _call(callbacks.on_member_end, index, result, error)
-
-
-def _load(spec: RunSpec):
-    from engine.loading import load_model
-    from engine.resolve import ResolvedModel, resolve_model
-
-    model = spec.model if isinstance(spec.model, ResolvedModel) else resolve_model(str(spec.model), models_dir=None,
-                                                                                   token=spec.token)
-    return load_model(model, device=spec.device, quantization=spec.quantization, token=spec.token, with_lm_head=True,
-                      cpu_bf16=spec.cpu_bf16, models_cache_dir=spec.models_cache_dir)
 
 
 def _extract(spec: SweepSpec, callbacks: SweepCallbacks, loaded, outcome: SweepOutcome):

@@ -9,7 +9,7 @@ from engine.activations import extract_activations, extract_sites
 from engine.errors import EngineError, TrainingDiverged
 from engine.loading import load_model
 from engine.resolve import resolve_model
-from engine.run import RunPaths, run
+from engine.run import run
 from engine.run.sweep import SweepCallbacks, SweepSpec, run_sweep
 from tests.engine.test_run import Recorder, config, model_spec
 
@@ -121,4 +121,3 @@ def test_members_must_share_what_the_pass_over_the_corpus_decides(tmp_path, tiny
     specs[1].max_sequence_length = 8
     with pytest.raises(EngineError, match="max_sequence_length differs"):
         run_sweep(sweep(tmp_path, specs), SweepCallbacks(members=[Recorder().callbacks() for _ in specs]))
-    assert RunPaths  # the members' paths are their own (checked above by each member's files)
