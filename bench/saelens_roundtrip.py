@@ -25,7 +25,8 @@ def main():
     raw = (rng.normal(size=(4000, 24)) * 3 + 1).astype(np.float32)
     x = torch.from_numpy(raw[:256])
     worst = 0.0
-    for architecture, k in (("relu", None), ("topk", 6), ("batchtopk", 6), ("jumprelu", None)):
+    for architecture, k in (("relu", None), ("topk", 6), ("batchtopk", 6), ("jumprelu", None),
+                            ("matryoshka_batchtopk", 6)):
         config = TrainConfig(architecture=architecture, k=k, hidden_dim=48, max_epochs=3, min_loss=0,
                              sae_batch_tokens=256, learning_rate=1e-3)
         result = train_sae(raw, config)
@@ -43,7 +44,7 @@ def main():
         f_err = (ours_f - theirs_f).abs().max().item()
         recon_err = (ours_recon - theirs_recon).abs().max().item()
         worst = max(worst, f_err, recon_err)
-        print(f"{architecture:10s} -> SAELens {type(loaded).__name__:14s} max |Δf| {f_err:.2e}  max |Δx̂| {recon_err:.2e}"
+        print(f"{architecture:20s} -> SAELens {type(loaded).__name__:14s} max |Δf| {f_err:.2e}  max |Δx̂| {recon_err:.2e}"
               f"  L0 ours {float((ours_f > 0).float().sum(1).mean()):.2f} theirs {float((theirs_f > 0).float().sum(1).mean()):.2f}")
         assert set(export_state_dict(sae, s)) >= {"W_enc", "b_enc", "W_dec", "b_dec"}
     print(f"sae-lens {__version__}: worst difference {worst:.2e}")

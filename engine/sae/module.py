@@ -120,7 +120,8 @@ def build_sae(architecture: str, d_in: int, d_sae: int, **options) -> SparseAuto
 
 def sae_from_state_dict(state_dict: dict, *, architecture: str | None = None, **options) -> SparseAutoencoder:
     """Rebuild any architecture from its state dict. Without `architecture` it is recognised by
-    the keys beyond the four weights (log_threshold: jumprelu, threshold: batchtopk, none: relu);
+    the keys beyond the four weights (log_threshold: jumprelu, threshold: batchtopk, threshold and
+    matryoshka_widths: matryoshka_batchtopk, none: relu);
     an architecture with another's keys (topk) must be named."""
     if architecture is None:
         extra = frozenset(state_dict) - {"W_enc", "b_enc", "W_dec", "b_dec"}
@@ -129,6 +130,7 @@ def sae_from_state_dict(state_dict: dict, *, architecture: str | None = None, **
             raise EngineError(f"Cannot tell the architecture from the keys {sorted(state_dict)}: name it")
         architecture = matches[0]
     d_in, d_sae = state_dict["W_enc"].shape
+    options = {**registry.get(architecture).options_in_state(state_dict), **options}
     sae = build_sae(architecture, int(d_in), int(d_sae), **options)
     sae.load_state_dict({name: v.to(torch.float32) for name, v in state_dict.items()})
     return sae

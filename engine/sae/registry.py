@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from engine.errors import EngineError
 
-# Names are kept in 16 characters (a job row's column is that wide).
-MAX_NAME_LENGTH = 16
+# Names are kept in 32 characters (a job row's column is that wide; "matryoshka_batchtopk" is SAELens' name).
+MAX_NAME_LENGTH = 32
 # sparsity_coeff x this = lambda in the summed-squared-error convention (Architecture.sparsity_weight).
 LAMBDA_PER_SPARSITY_COEFF = 2000.0
 
@@ -28,7 +28,7 @@ class RequestField:
     more architectures take. Registered fields become API fields, CLI options and job columns."""
 
     name: str
-    type: type  # int or float
+    type: type  # int, float, or list (a list of positive integers, in increasing order)
     help: str  # what it is, as the API's schema and the CLI say it
     about: str  # a short phrase for error messages ("active features per token")
     required: bool = False  # the architecture cannot train without it
@@ -38,11 +38,31 @@ class RequestField:
         """The engine's check of a value (None: fine)."""
         if value is None and not self.required:
             return None
+        if self.type is list:
+            problem = increasing_positive_ints_problem(value)
+            return f"{self.name} {problem}" if problem else None
         if value is None or value <= 0 or (self.type is int and int(value) != value):
             must_be = "a positive integer" if self.type is int else "positive"
             where = f" for the {architecture} architecture" if self.required else ""
             return f"{self.name} must be {must_be}{where}"
         return None
+
+    def parse(self, text: str):
+        """A value from the command line's text: a list as "128,512,2048" (or space-separated)."""
+        if self.type is list:
+            return [int(part) for part in text.replace(",", " ").split()]
+        return self.type(text)
+
+
+def increasing_positive_ints_problem(values) -> str | None:
+    """What is wrong with a list field's value, as the end of a sentence, or None."""
+    if not isinstance(values, list | tuple) or not values:
+        return "must be a non-empty list of positive integers"
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        return f"must hold positive integers only, not {list(values)}"
+    if any(a >= b for a, b in zip(values, values[1:])):
+        return f"must be strictly increasing, not {list(values)}"
+    return None
 
 
 class Architecture:
@@ -79,8 +99,17 @@ class Architecture:
         """Add what this architecture keeps beyond the four weights (parameters, buffers,
         attributes) to a new SAE; `options` holds TrainConfig-named values (k, ...)."""
 
+    def resolved_fields(self, values: Mapping, *, hidden_dim: int) -> dict:
+        """This architecture's fields as a run will use them, where that is not the request's value
+        (a default that depends on hidden_dim): what the job records instead of the request's."""
+        return {}
+
     def options(self, sae) -> dict:
         """What build_sae needs besides the shape to rebuild this SAE (e.g. {"k": 4})."""
+        return {}
+
+    def options_in_state(self, state_dict: Mapping) -> dict:
+        """What build_sae needs that the SAE's own state dict records (sae_from_state_dict)."""
         return {}
 
     def encode(self, sae, x):
@@ -116,6 +145,11 @@ class Architecture:
         if legacy:
             return config.sparsity_coeff
         return config.sparsity_coeff * LAMBDA_PER_SPARSITY_COEFF / d_in
+
+    def reconstruction_losses(self, sae, x, f) -> dict:
+        """Further reconstruction losses by name, each added to the step's loss at weight 1 beside
+        the MSE of the whole SAE (Matryoshka's prefixes); the trainer reports them by these names."""
+        return {}
 
     def aux_loss(self, sae, x, recon, pre, trainer):
         """An auxiliary loss added to the step's loss (already weighted), or None.

@@ -32,6 +32,9 @@ class TrainConfig:
     architecture: str = DEFAULT.architecture  # a registered architecture (engine.sae.names())
     k: int | None = DEFAULT.k  # active features per token, topk and batchtopk only
     target_l0: float | None = DEFAULT.target_l0  # jumprelu: penalise (L0/target - 1)^2 instead of L0
+    # matryoshka_batchtopk: the nested prefixes' widths; None: doubling groups from hidden_dim / 32
+    # (engine.sae.matryoshka_batchtopk.default_widths); hidden_dim is added when the last is smaller.
+    matryoshka_widths: list[int] | None = None
     jumprelu_bandwidth: float = jumprelu.BANDWIDTH  # STE rectangle kernel width, in scaled-input units
     jumprelu_initial_threshold: float = jumprelu.INITIAL_THRESHOLD
     lr_warmup_fraction: float = 0.01  # of all steps, linear warm-up from 0

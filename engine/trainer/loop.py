@@ -122,7 +122,7 @@ def _start(config, layout: _Layout, activations, stream, saved, rows_ready, *, d
     generator = torch.Generator().manual_seed(config.seed)
     sae = build_sae(config.architecture, layout.d_in, config.hidden_dim, k=config.k,
                     jumprelu_initial_threshold=config.jumprelu_initial_threshold,
-                    jumprelu_bandwidth=config.jumprelu_bandwidth)
+                    jumprelu_bandwidth=config.jumprelu_bandwidth, matryoshka_widths=config.matryoshka_widths)
     state = checkpoint.RunState(batch_tokens=layout.run_batch_tokens, sparsity_weight=layout.sparsity_weight)
     state.tokens_since_fired = torch.zeros(config.hidden_dim, dtype=torch.int64)
     if saved is None:

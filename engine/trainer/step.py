@@ -94,7 +94,7 @@ class Run:
 
     def _losses(self, x, pre, f, recon) -> dict:
         """loss = MSE (mean over elements) + weight x warm-up x the architecture's sparsity term,
-        + its auxiliary loss (AuxK)."""
+        + its auxiliary loss (AuxK) + its further reconstruction losses (Matryoshka's prefixes), by name."""
         mse = F.mse_loss(recon, x)
         sparsity = self.kind.sparsity_loss(self.sae, pre, f, self.config)
         warmup = sparsity_warmup(self.config, self.state.step, self.total_steps)
@@ -102,7 +102,10 @@ class Run:
         aux = self.kind.aux_loss(self.sae, x, recon, pre, self)
         if aux is not None:
             loss = loss + aux
-        return {"loss": loss, "mse": mse, "sparsity": sparsity}
+        further = self.kind.reconstruction_losses(self.sae, x, f)
+        for value in further.values():
+            loss = loss + value
+        return {"loss": loss, "mse": mse, "sparsity": sparsity, **further}
 
     def _check_finite(self, loss) -> None:
         value = loss.item() if isinstance(loss, torch.Tensor) else loss
