@@ -53,7 +53,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
         ("Parameters", {"fields": ("model_name", "corpus", "activations_file", "layer_number", "hidden_dim",
                                    "sparsity_coeff", "learning_rate", "batch_size", "sae_batch_tokens",
                                    "max_epochs", "min_loss", "gpu_id", "max_sequence_length", "quantization",
-                                   "architecture", "k", "target_l0", "hook_point", "exclude_special_tokens",
+                                   "architecture", "k", "target_l0", "matryoshka_widths", "hook_point", "exclude_special_tokens",
                                    "prepend_bos", "packing", "training_tokens", "cache_activations")}),
         ("Metrics", {"fields": ("current_epoch", "current_loss", "eta_s", "pretty_evaluation",
                                 "pretty_training_stats", "pretty_model_info", "memory_check", "pretty_disk_plan")}),

@@ -51,6 +51,7 @@ def result_document(job: TrainingJob) -> dict:
         "error": job.error or None,
         "architecture": job.architecture,
         "k": job.k,
+        "matryoshka_widths": job.matryoshka_widths,
         "gpu_ids": job.gpu_ids,
         "hook_point": job.hook_point or None,
         "exclude_special_tokens": job.exclude_special_tokens,

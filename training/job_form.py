@@ -33,7 +33,7 @@ HELP = {
 }
 # Labels the field's name does not spell well.
 LABELS = {"huggingface_token": "Hugging Face token", "sae_batch_tokens": "SAE batch tokens", "target_l0": "Target L0",
-          "k": "k (active features)", "gpu_id": "GPU", "min_loss": "Minimum loss", "max_epochs": "Maximum epochs"}
+          "k": "k (active features)", "matryoshka_widths": "Matryoshka widths", "gpu_id": "GPU", "min_loss": "Minimum loss", "max_epochs": "Maximum epochs"}
 # What an empty choice of a nullable choice field means.
 BLANK_CHOICE = {"packing": "the corpus format's default"}
 

@@ -63,6 +63,7 @@ def train_config(job):
         architecture=job.architecture,
         k=job.k,
         target_l0=job.target_l0,
+        matryoshka_widths=job.matryoshka_widths,
         hidden_dim=job.hidden_dim,
         sparsity_coeff=job.sparsity_coeff,
         learning_rate=job.learning_rate,

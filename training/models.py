@@ -129,6 +129,8 @@ class TrainingJob(models.Model):
     architecture = models.CharField(max_length=architectures.MAX_NAME_LENGTH, choices=architecture_choices, default=DEFAULTS.architecture)
     k = models.IntegerField(null=True, blank=True, help_text="Active features per token (topk, batchtopk).")
     target_l0 = models.FloatField(null=True, blank=True, help_text="jumprelu: penalise L0 towards this target.")
+    matryoshka_widths = models.JSONField(null=True, blank=True,
+                                         help_text="matryoshka_batchtopk: the nested prefixes' widths, hidden_dim last.")
     # Where in block layer_number the SAE reads (engine.hooks) and how the corpus's sequences are
     # made (engine.sequences). Blank and null for a job on an activations file: its rows came from
     # elsewhere.

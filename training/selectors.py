@@ -66,6 +66,7 @@ def job_parameters(job: TrainingJob) -> list[tuple[str, object]]:
         ("Architecture", job.architecture),
         ("k", job.k),
         ("Target L0", job.target_l0),
+        ("Matryoshka widths", ", ".join(map(str, job.matryoshka_widths)) if job.matryoshka_widths else None),
         ("Features (hidden_dim)", job.hidden_dim),
         ("Sparsity coefficient", job.sparsity_coeff),
         ("Learning rate", job.learning_rate),

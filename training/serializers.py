@@ -1,5 +1,7 @@
 """The seed's request and response documents, as DRF serializers (they also make the schema)."""
 from rest_framework import serializers
+from rest_framework.fields import empty
+from rest_framework.utils import html
 
 from engine import sae as architectures
 from engine.disk import CACHE_MODES
@@ -76,11 +78,31 @@ def architecture_fields() -> dict:
     names = architectures.names()
     fields = {"architecture": serializers.ChoiceField(choices=names, default=DEFAULTS.architecture,
                                                       help_text=f"SAE architecture: {', '.join(names)}")}
-    kinds = {int: serializers.IntegerField, float: serializers.FloatField}
+    kinds = {int: serializers.IntegerField, float: serializers.FloatField, list: IntegerListField}
     for field in architectures.request_fields():
         fields[field.name] = kinds[field.type](required=False, allow_null=True, default=getattr(DEFAULTS, field.name, None),
                                                min_value=field.api_minimum, help_text=architectures.describe_field(field))
     return fields
+
+
+class IntegerListField(serializers.ListField):
+    """A request field of the list kind (engine.sae.RequestField): a JSON list of integers, or, as a
+    form's text input and a sweep member's line give it, text such as "128, 512, 2048" or
+    "128 512 2048". A blank input is the field not given."""
+
+    def __init__(self, *, min_value=None, **kwargs):
+        super().__init__(child=serializers.IntegerField(min_value=min_value), allow_empty=False, **kwargs)
+
+    def get_value(self, dictionary):
+        if html.is_html_input(dictionary) and self.field_name in dictionary:
+            text = " ".join(dictionary.getlist(self.field_name))
+            return text if text.strip() else empty
+        return super().get_value(dictionary)
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            data = data.replace(",", " ").split()
+        return super().to_internal_value(data)
 
 
 class TrainResponseSerializer(serializers.Serializer):
@@ -238,6 +260,7 @@ class ResultSerializer(serializers.Serializer):
     error = serializers.CharField(allow_null=True)
     architecture = serializers.ChoiceField(choices=architectures.names())
     k = serializers.IntegerField(allow_null=True)
+    matryoshka_widths = serializers.ListField(child=serializers.IntegerField(), allow_null=True, required=False, help_text="matryoshka_batchtopk: the nested prefixes' widths it trained, hidden_dim last; null for other architectures")
     gpu_ids = serializers.ListField(child=serializers.IntegerField(), allow_null=True, help_text="The GPUs that trained the SAE together (DDP); null for a one-device job")
     hook_point = serializers.CharField(allow_null=True, help_text="Where in the layer the SAE read (TransformerLens' blocks.L.hook_<point>); null for a job on an activations file")
     exclude_special_tokens = serializers.BooleanField(allow_null=True, help_text="Special tokens' positions were no rows; null for a job on an activations file")

@@ -52,6 +52,7 @@ class JobRequest:
     architecture: str = DEFAULTS.architecture
     k: int | None = DEFAULTS.k
     target_l0: float | None = DEFAULTS.target_l0
+    matryoshka_widths: list[int] | None = None  # None: derived from hidden_dim (engine.sae.matryoshka_batchtopk)
     hook_point: str = DEFAULTS.hook_point
     exclude_special_tokens: bool = DEFAULTS.exclude_special_tokens
     prepend_bos: bool = DEFAULTS.prepend_bos
@@ -111,6 +112,10 @@ def job_columns(*, owner, request: JobRequest, any_local_path: bool = False, des
     # The request's fields are the job's columns, but for the corpus (a row) and the token (encrypted).
     columns = {name: value for name, value in asdict(request).items() if name not in ("corpus_file", "huggingface_token")}
     columns.update(quantization=quantization, packing=packing)
+    # What the run will use where the architecture derives it (a default from hidden_dim): the job
+    # records that, so its documents and a resume see the same values.
+    values = {field.name: getattr(request, field.name) for field in architectures.request_fields()}
+    columns.update(architectures.get(request.architecture).resolved_fields(values, hidden_dim=request.hidden_dim))
     if request.activations_file:
         # Rows from elsewhere: no hook point, tokenization, packing or cache of ours applies, so
         # none is recorded. A training_tokens budget still caps what the SAE trains on.

@@ -18,7 +18,7 @@ class SweepRequestSerializer(TrainRequestSerializer):
     members = serializers.ListField(
         child=serializers.DictField(), required=False, default=list, max_length=1024,
         help_text="One object per member, each overriding SAE fields of the base (architecture, hidden_dim, k, "
-                  "target_l0, sparsity_coeff, learning_rate, sae_batch_tokens, min_loss, max_epochs); default [{}]. "
+                  "target_l0, matryoshka_widths, sparsity_coeff, learning_rate, sae_batch_tokens, min_loss, max_epochs); default [{}]. "
                   "Jobs: one per layer x hook point x member")
 
     def validate(self, data):

@@ -67,7 +67,7 @@ OPTIONS = [
     ("--cache-activations", "cache_activations", str),
     ("--huggingface-token", "huggingface_token", str),
     # The request fields the registered architectures take (engine.sae): --k, --target-l0, ...
-    *((f"--{field.name.replace('_', '-')}", field.name, field.type) for field in architectures.request_fields()),
+    *((f"--{field.name.replace('_', '-')}", field.name, field.parse) for field in architectures.request_fields()),
 ]
 # Switches with a --no- form: --exclude-special-tokens / --no-exclude-special-tokens.
 SWITCHES = [
