@@ -38,6 +38,7 @@ def evaluate_sae(
     fire_counts = torch.zeros(sae.d_sae, dtype=torch.float64, device=device)
     active_sum = sq_err = sq_sum = cos_sum = 0.0
     x_sum = torch.zeros(d_in, dtype=torch.float64, device=device)
+    prefix_sq_err = {}  # width: squared error of the first `width` features alone (Matryoshka)
     for start in range(0, n_tokens, batch_tokens):
         chunk = activations[start : start + batch_tokens]
         x = float_tensor(chunk, device)
@@ -51,6 +52,8 @@ def evaluate_sae(
         sq_sum += (x64**2).sum().item()
         x_sum += x64.sum(dim=0)
         cos_sum += torch.nn.functional.cosine_similarity(x64, x_hat64, dim=1, eps=1e-12).sum().item()
+        for width, prefix in sae.kind.prefix_reconstructions(sae, f).items():
+            prefix_sq_err[width] = prefix_sq_err.get(width, 0.0) + ((x64 - prefix.double() / s) ** 2).sum().item()
 
     # sum ||x - mean||^2 = sum ||x||^2 - n ||mean||^2
     total_var = sq_sum - (x_sum**2).sum().item() / n_tokens if n_tokens else 0.0
@@ -60,6 +63,9 @@ def evaluate_sae(
         "explained_variance": 1.0 - sq_err / total_var if total_var > 0 else float("nan"),
         "mse": sq_err / (n_tokens * d_in) if n_tokens else float("nan"),
         "cosine_similarity": cos_sum / n_tokens if n_tokens else float("nan"),
+        # {width (as text, a JSON key): explained variance of that prefix alone}; None: no prefixes.
+        "prefix_explained_variance": {str(width): 1.0 - err / total_var if total_var > 0 else float("nan")
+                                      for width, err in prefix_sq_err.items()} or None,
         **_features(density, n_tokens, dead_counts, dead_window_tokens),
         "eval_tokens": n_tokens,
     }

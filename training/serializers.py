@@ -221,6 +221,10 @@ class EvaluationSerializer(serializers.Serializer):
     explained_variance = serializers.FloatField()
     mse = serializers.FloatField()
     cosine_similarity = serializers.FloatField()
+    prefix_explained_variance = serializers.DictField(
+        child=serializers.FloatField(), allow_null=True, required=False,
+        help_text="matryoshka_batchtopk: the explained variance of each nested prefix alone, by its width; null for "
+                  "other architectures")
     dead_features = serializers.IntegerField()
     dead_window_tokens = serializers.IntegerField()
     dense_features = serializers.IntegerField()

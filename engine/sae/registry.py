@@ -151,6 +151,11 @@ class Architecture:
         the MSE of the whole SAE (Matryoshka's prefixes); the trainer reports them by these names."""
         return {}
 
+    def prefix_reconstructions(self, sae, f) -> dict:
+        """{width: the reconstruction from the first `width` features} where an architecture trains
+        its prefixes to reconstruct on their own (Matryoshka); evaluation reports each one's EV."""
+        return {}
+
     def aux_loss(self, sae, x, recon, pre, trainer):
         """An auxiliary loss added to the step's loss (already weighted), or None.
         `trainer` gives config, dead_mask(), optimizer, parallel, state and total_steps."""

@@ -67,7 +67,11 @@ def test_a_matryoshka_job_trains_from_the_api_and_its_result_gives_the_widths(al
     result = alice_api.get(f"/api/v1/train/{response.json()['job_id']}/result").json()
     assert result["status"] == "completed", result["message"]
     assert (result["architecture"], result["k"], result["matryoshka_widths"]) == ("matryoshka_batchtopk", 4, [4, 16, 32])
-    assert isinstance(result["evaluation"]["explained_variance"], float)
+    evaluation = result["evaluation"]
+    assert list(evaluation["prefix_explained_variance"]) == ["4", "16", "32"]
+    assert evaluation["prefix_explained_variance"]["32"] == pytest.approx(evaluation["explained_variance"])
     client.force_login(alice)
     page = client.get(f"/jobs/{response.json()['job_id']}/")
     assert page.status_code == 200 and "4, 16, 32" in page.content.decode()
+    ev = evaluation["prefix_explained_variance"]
+    assert f"<th>prefix explained variance</th><td>4: {ev['4']:.4g}, 16: {ev['16']:.4g}" in page.content.decode()

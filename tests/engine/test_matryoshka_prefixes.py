@@ -85,3 +85,15 @@ def test_each_inner_prefix_loss_is_the_mse_of_that_prefix_alone(planted):
     for width in WIDTHS:
         alone = f[:, :width] @ sae.W_dec[:width] + sae.b_dec
         torch.testing.assert_close(losses[f"inner_mse_{width}"], mse_loss(alone, x))
+
+
+def test_evaluation_reports_each_prefix_alone_on_raw_activations(matryoshka, planted):
+    from engine.evaluate import evaluate_sae
+
+    metrics = evaluate_sae(matryoshka.sae, planted[0][-1000:], scaling_factor=matryoshka.scaling_factor, batch_tokens=300)
+    by_width = metrics["prefix_explained_variance"]
+    assert list(by_width) == ["8", "32", "128"]
+    expected = prefix_explained_variance(matryoshka, planted[0])
+    for width, explained in expected.items():
+        assert by_width[str(width)] == pytest.approx(explained, abs=1e-4)
+    assert by_width["128"] == pytest.approx(metrics["explained_variance"], abs=1e-6)  # the whole SAE is the last prefix
