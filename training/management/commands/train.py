@@ -46,6 +46,17 @@ def gpu_index_list(value: str) -> list[int]:
     return [int(index) for index in value.split(",") if index.strip()]
 
 
+def request_field_type(field):
+    """argparse's type for an architecture's request field: a list as 128,512,2048."""
+    def parse(text):
+        try:
+            return field.parse(text)
+        except ValueError:
+            what = "a comma-separated list of integers" if field.type is list else f"a valid {field.type.__name__}"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    return parse
+
+
 # (option, field, type); defaults and ranges come from the API serializer.
 OPTIONS = [
     ("--layer-number", "layer_number", int),
@@ -67,7 +78,7 @@ OPTIONS = [
     ("--cache-activations", "cache_activations", str),
     ("--huggingface-token", "huggingface_token", str),
     # The request fields the registered architectures take (engine.sae): --k, --target-l0, ...
-    *((f"--{field.name.replace('_', '-')}", field.name, field.parse) for field in architectures.request_fields()),
+    *((f"--{field.name.replace('_', '-')}", field.name, request_field_type(field)) for field in architectures.request_fields()),
 ]
 # Switches with a --no- form: --exclude-special-tokens / --no-exclude-special-tokens.
 SWITCHES = [
