@@ -25,7 +25,11 @@ def load_saelens_folder(folder: Path):
     architecture = cfg["architecture"]
 
     def encode(x):
-        pre = (x - w["b_dec"] if cfg.get("apply_b_dec_to_input", True) else x) @ w["W_enc"] + w["b_enc"]
+        centred = x - w["b_dec"] if cfg.get("apply_b_dec_to_input", True) else x
+        if architecture == "gated":
+            magnitude = centred @ (w["W_enc"] * w["r_mag"].exp()) + w["b_mag"]
+            return (centred @ w["W_enc"] + w["b_gate"] > 0).to(x.dtype) * magnitude.relu()
+        pre = centred @ w["W_enc"] + w["b_enc"]
         if architecture == "topk":
             values, indices = pre.topk(int(cfg["k"]), dim=-1)
             return torch.zeros_like(pre).scatter(-1, indices, values.relu())

@@ -37,6 +37,8 @@ ROWS = {
     "jumprelu": ("`jumprelu` (sparsity_coeff 0.001)", ["--architecture", "jumprelu"]),
     "jumprelu-double": ("`jumprelu`, sparsity_coeff 0.002", ["--architecture", "jumprelu", "--sparsity-coeff", "0.002"]),
     "jumprelu-target": ("`jumprelu`, target_l0 32", ["--architecture", "jumprelu", "--target-l0", "32"]),
+    "gated": ("`gated` (sparsity_coeff 0.001)", ["--architecture", "gated"]),
+    "gated-double": ("`gated`, sparsity_coeff 0.002", ["--architecture", "gated", "--sparsity-coeff", "0.002"]),
 }
 
 

@@ -26,7 +26,7 @@ def main():
     x = torch.from_numpy(raw[:256])
     worst = 0.0
     for architecture, k in (("relu", None), ("topk", 6), ("batchtopk", 6), ("jumprelu", None),
-                            ("matryoshka_batchtopk", 6)):
+                            ("matryoshka_batchtopk", 6), ("gated", None)):
         config = TrainConfig(architecture=architecture, k=k, hidden_dim=48, max_epochs=3, min_loss=0,
                              sae_batch_tokens=256, learning_rate=1e-3)
         result = train_sae(raw, config)

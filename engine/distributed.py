@@ -11,7 +11,7 @@ decode path, resampled directions, the input scale) is reduced or broadcast here
 identical because every rank applies the same averaged gradient.
 
 Equal to one process up to float rounding for per-token losses (relu without resampling, topk,
-jumprelu without target_l0). BatchTopK keeps the k*B largest activations of each rank's shard and a
+jumprelu without target_l0, gated). BatchTopK keeps the k*B largest activations of each rank's shard and a
 target-L0 penalty squares each shard's L0, so those train slightly differently from one process;
 relu resampling picks its inputs from rank 0's shard.
 """

@@ -3,7 +3,8 @@
 The input scaling is folded into the weights (engine.export), so the folder runs on raw
 activations with normalize_activations "none". Each architecture says its SAELens 6 name and any
 cfg entries of its own (engine.sae): relu is "standard"; batchtopk is saved as "jumprelu" with its
-inference threshold, which is exactly how it encodes outside training.
+inference threshold, which is exactly how it encodes outside training; gated's b_enc is saved as
+SAELens' b_gate.
 """
 
 import json
@@ -42,7 +43,8 @@ def export_saelens(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     architecture = sae.kind.saelens_name
-    weights = {name: t.to(_DTYPES[dtype]).contiguous() for name, t in export_state_dict(sae, scaling_factor).items()}
+    tensors = sae.kind.saelens_tensors(export_state_dict(sae, scaling_factor))
+    weights = {name: t.to(_DTYPES[dtype]).contiguous() for name, t in tensors.items()}
     cfg = {
         "architecture": architecture,
         "d_in": int(sae.d_in),

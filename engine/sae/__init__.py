@@ -6,6 +6,7 @@ torch module they share (engine.sae.module).
 - batchtopk: the k*B largest over a batch of B tokens (Bussmann et al. 2024); a threshold at inference.
 - jumprelu:  learned per-feature thresholds and an L0 (or target-L0) penalty (Gemma Scope).
 - matryoshka_batchtopk: BatchTopK whose nested prefixes each reconstruct the input (Bussmann et al. 2025).
+- gated:     a gate path picks the features, a magnitude path sizes them (Rajamanoharan et al. 2024).
 
 Importing this package imports no torch (the web process lists and checks architectures);
 SparseAutoencoder, build_sae and sae_from_state_dict load the torch side when first asked for.
@@ -16,6 +17,7 @@ from engine.sae import topk  # noqa: F401
 from engine.sae import batchtopk  # noqa: F401
 from engine.sae import jumprelu  # noqa: F401
 from engine.sae import matryoshka_batchtopk  # noqa: F401
+from engine.sae import gated  # noqa: F401
 from engine.sae.registry import (  # noqa: F401 (the registry's API)
     MAX_NAME_LENGTH, Architecture, RequestField, check_config, check_request, describe_field, get, names, register,
     request_fields, taking, unregister,

@@ -121,7 +121,7 @@ def build_sae(architecture: str, d_in: int, d_sae: int, **options) -> SparseAuto
 def sae_from_state_dict(state_dict: dict, *, architecture: str | None = None, **options) -> SparseAutoencoder:
     """Rebuild any architecture from its state dict. Without `architecture` it is recognised by
     the keys beyond the four weights (log_threshold: jumprelu, threshold: batchtopk, threshold and
-    matryoshka_widths: matryoshka_batchtopk, none: relu);
+    matryoshka_widths: matryoshka_batchtopk, r_mag and b_mag: gated, none: relu);
     an architecture with another's keys (topk) must be named."""
     if architecture is None:
         extra = frozenset(state_dict) - {"W_enc", "b_enc", "W_dec", "b_dec"}

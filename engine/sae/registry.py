@@ -178,6 +178,10 @@ class Architecture:
         """Entries of an SAELens cfg.json beyond the shared ones."""
         return {}
 
+    def saelens_tensors(self, weights: dict) -> dict:
+        """The exported tensors (engine.export) under the names SAELens' class loads."""
+        return weights
+
 
 _ARCHITECTURES: dict[str, Architecture] = {}
 

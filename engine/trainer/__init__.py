@@ -9,10 +9,11 @@ Recipe, shared by every architecture unless noted (sources inline):
   scalar is folded back into the saved weights (engine.export);
 - b_dec starts at the geometric median of a sample, W_enc at W_dec.T;
 - loss = MSE (mean over elements) + the architecture's sparsity term (relu: decoder-norm-weighted
-  L1, jumprelu: L0 or a target-L0 penalty, topk/batchtopk: none, plus the AuxK loss), each
+  L1, gated: the same L1 of its gate plus a frozen-decoder reconstruction from the gate,
+  jumprelu: L0 or a target-L0 penalty, topk/batchtopk: none, plus the AuxK loss), each
   architecture's own (engine.sae), + its further reconstruction losses, by name
   (matryoshka_batchtopk: the MSE of each inner prefix of the dictionary);
-- relu keeps free decoder norms (the weighted L1 removes the incentive to shrink f by growing
+- relu and gated keep free decoder norms (the weighted L1 removes the incentive to shrink f by growing
   W_dec; Anthropic, "Circuits Updates - April 2024"); the others keep decoder rows at unit norm;
 - Adam with linear LR warm-up and a linear decay to 0 over the last steps, sparsity-penalty
   warm-up, gradient-norm clipping at 1.0;

@@ -110,7 +110,8 @@ def test_a_non_json_body_is_a_400(alice_api):
 @pytest.mark.parametrize(
     "fields,needle",
     [
-        ({"architecture": "gated"}, "architecture:"),
+        ({"architecture": "sigmoid"}, "architecture:"),
+        ({"architecture": "gated", "k": 8}, "k: only applies to topk and batchtopk"),
         ({"architecture": "topk"}, "k: required when architecture is 'topk'"),
         ({"architecture": "batchtopk"}, "k: required when architecture is 'batchtopk'"),
         ({"architecture": "topk", "k": 2000}, "k: 2000 is more than hidden_dim"),
@@ -127,7 +128,8 @@ def test_architecture_fields_are_checked(alice_api, corpus, hub_models, fields, 
 
 
 @pytest.mark.django_db(transaction=True)  # the worker's task runs the job outside a test transaction
-@pytest.mark.parametrize("architecture,k", [("relu", None), ("topk", 8), ("batchtopk", 8), ("jumprelu", None)])
+@pytest.mark.parametrize("architecture,k", [("relu", None), ("topk", 8), ("batchtopk", 8), ("jumprelu", None),
+                                             ("gated", None)])
 def test_each_architecture_trains_from_the_api_and_its_result_says_so(alice_api, upload, sample_corpus_bytes,
                                                                      hub_models, architecture, k):
     # A short corpus keeps the four real jobs to a few seconds each.

@@ -25,9 +25,9 @@ def l0_of(result, data):
 
 def test_unknown_architecture_names_the_field():
     with pytest.raises(EngineError, match="architecture"):
-        build_sae("gated", 4, 8)
+        build_sae("sigmoid", 4, 8)
     with pytest.raises(EngineError, match="architecture"):
-        train_sae(sparse_data(n_tokens=64), config(architecture="gated"))
+        train_sae(sparse_data(n_tokens=64), config(architecture="sigmoid"))
 
 
 @pytest.mark.parametrize("architecture", ["topk", "batchtopk"])
@@ -87,7 +87,7 @@ def test_jumprelu_target_l0_pulls_l0_towards_the_target_whatever_the_sparsity_co
     assert 5 < l0_of(result, data) < 25  # unpenalised runs sit near 44
 
 
-@pytest.mark.parametrize("architecture", ["relu", "topk", "batchtopk", "jumprelu"])
+@pytest.mark.parametrize("architecture", ["relu", "topk", "batchtopk", "jumprelu", "gated"])
 def test_every_architecture_round_trips_through_its_state_dict(architecture):
     k = 3 if architecture in ("topk", "batchtopk") else None
     result = train_sae(sparse_data(n_tokens=1024), config(architecture=architecture, k=k, max_epochs=2))
@@ -119,7 +119,7 @@ def test_relu_resamples_features_that_stay_dead():
     assert off.resampled_features == 0
 
 
-@pytest.mark.parametrize("architecture", ["topk", "jumprelu"])
+@pytest.mark.parametrize("architecture", ["topk", "jumprelu", "gated"])
 def test_resuming_other_architectures_matches_an_uninterrupted_run(architecture, tmp_path):
     k = 3 if architecture == "topk" else None
     cfg = config(architecture=architecture, k=k, max_epochs=3, checkpoint_every_epochs=1, stop_check_interval_s=0.0)

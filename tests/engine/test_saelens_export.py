@@ -14,6 +14,10 @@ def saelens_encode(folder, x):
     """SAELens' encoders, re-implemented from the exported folder only."""
     cfg = json.loads((folder / "cfg.json").read_text())
     w = load_file(str(folder / "sae_weights.safetensors"))
+    if cfg["architecture"] == "gated":
+        centred = x - w["b_dec"]
+        magnitude = centred @ (w["W_enc"] * w["r_mag"].exp()) + w["b_mag"]
+        return (centred @ w["W_enc"] + w["b_gate"] > 0).float() * torch.relu(magnitude)
     pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
     if cfg["architecture"] == "standard":
         return torch.relu(pre)
@@ -27,6 +31,7 @@ def saelens_encode(folder, x):
 @pytest.mark.parametrize("architecture,saelens_name", [
     ("relu", "standard"), ("topk", "topk"), ("batchtopk", "jumprelu"), ("jumprelu", "jumprelu"),
     ("matryoshka_batchtopk", "jumprelu"),
+    ("gated", "gated"),
 ])
 def test_the_saelens_folder_encodes_raw_activations_like_our_sae(architecture, saelens_name, tmp_path):
     data = sparse_data(n_tokens=1024)
@@ -41,6 +46,8 @@ def test_the_saelens_folder_encodes_raw_activations_like_our_sae(architecture, s
     assert cfg["apply_b_dec_to_input"] is True and cfg["normalize_activations"] == "none"
     assert cfg["metadata"]["sae_lens_version"] == "6.0.0" and cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post"
     assert ("k" in cfg) == (saelens_name == "topk")
+    biases = {"b_enc", "b_gate"} & set(load_file(str(folder / "sae_weights.safetensors")))
+    assert biases == ({"b_gate"} if saelens_name == "gated" else {"b_enc"})  # SAELens loads strictly
     sparsity = load_file(str(folder / "sparsity.safetensors"))["sparsity"]
     assert sparsity.shape == (64,) and sparsity[-1].item() == pytest.approx(np.log10(0.5))
 

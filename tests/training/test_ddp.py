@@ -40,6 +40,8 @@ def config(**overrides) -> TrainConfig:
 RELU_RESAMPLING = dict(architecture="relu", k=None, sparsity_coeff=0.08, learning_rate=3e-2, sae_batch_tokens=64,
                        dead_window_tokens=128)
 
+GATED = dict(architecture="gated", k=None)
+
 
 def _rank(rank, rendezvous, out_dir, runs):
     torch.set_num_threads(1)
@@ -58,12 +60,12 @@ def _rank(rank, rendezvous, out_dir, runs):
 def runs(tmp_path_factory):
     """Single-process references, then the same runs over two processes (one spawn for all)."""
     out = tmp_path_factory.mktemp("ddp")
-    single = {"topk": train_sae(data(), config()),
+    single = {"topk": train_sae(data(), config()), "gated": train_sae(data(), config(**GATED)),
               "checkpointed": train_sae(data(), config(), checkpoint_dir=out / "single")}
     at_epoch_2 = next(c.path for c in single["checkpointed"].checkpoints if c.epoch == 2)
     # Each spawned run: its config, and the checkpoint it resumes from (if any).
     plan = {"topk": ({}, None), "relu": (RELU_RESAMPLING, None), "resumed": ({}, str(at_epoch_2)),
-            "auto": ({"decode_path": "auto", "max_epochs": 1}, None)}
+            "auto": ({"decode_path": "auto", "max_epochs": 1}, None), "gated": (GATED, None)}
     mp.spawn(_rank, args=(str(out / "rendezvous"), str(out), plan), nprocs=WORLD, join=True)
     ranks = {name: [load_result(out / f"{name}_rank{r}.pt") for r in range(WORLD)] for name in plan}
     return single, ranks, out
@@ -85,6 +87,16 @@ def test_two_processes_train_the_topk_sae_one_process_trains(runs):
     # The ranks end identical, dead-feature counters included.
     assert_same_weights(rank1, rank0, rtol=0, atol=0)
     np.testing.assert_array_equal(rank1.tokens_since_fired, rank0.tokens_since_fired)
+
+
+def test_two_processes_train_the_gated_sae_one_process_trains(runs):
+    # Its gate's L1 and auxiliary reconstruction are per-token losses outside the DDP forward.
+    single, ranks, _ = runs
+    reference, (rank0, rank1) = single["gated"], ranks["gated"]
+    assert rank0.architecture == "gated"
+    np.testing.assert_allclose(rank0.loss_history, reference.loss_history, rtol=1e-4)
+    assert_same_weights(rank0, reference, rtol=1e-4, atol=1e-5)
+    assert_same_weights(rank1, rank0, rtol=0, atol=0)
 
 
 def test_relu_resampling_leaves_every_rank_with_the_same_weights(runs):

@@ -88,3 +88,30 @@ def test_batchtopk_at_the_true_k_recovers_the_planted_features(train_on_planted,
     assert result["evaluation"]["explained_variance"] >= 0.9
     # Per token the count varies; over the held-out tokens it averages about k.
     assert result["evaluation"]["l0"] == pytest.approx(FEATURES_PER_TOKEN, rel=0.3)
+
+
+def relative_reconstruction_bias(result, activations):
+    """gamma = E||x_hat||^2 / E[x_hat . x] (Rajamanoharan et al. 2024, section 4.2): the 1/gamma that best
+    rescales the reconstructions; below 1, the penalty shrinks them."""
+    from engine.sae import sae_from_state_dict
+
+    sae = sae_from_state_dict(torch.load(result["model_path"], weights_only=True))  # recognised by its keys
+    x = torch.from_numpy(activations[-2000:])
+    with torch.no_grad():
+        x_hat = sae(x)[0]
+    return float((x_hat * x_hat).sum() / (x_hat * x).sum())
+
+
+def test_gated_recovers_the_planted_features_without_the_shrinkage_of_relu_at_the_same_penalty(train_on_planted,
+                                                                                              planted):
+    # λ = 4: relu is pushed to shrink its codes hard, which is what the gate is there to avoid.
+    args = ("--sparsity-coeff", "0.002", "--max-epochs", "20", "--sae-batch-tokens", "256")
+    gated = train_on_planted("--architecture", "gated", *args)
+    relu = train_on_planted("--architecture", "relu", *args)
+    assert gated["architecture"] == "gated"
+    assert recovery(gated, planted[1]) >= 0.9
+    assert gated["evaluation"]["l0"] == pytest.approx(FEATURES_PER_TOKEN, rel=0.3)
+    assert gated["evaluation"]["explained_variance"] >= 0.85
+    assert 0.95 < relative_reconstruction_bias(gated, planted[0]) < 1.05
+    assert relative_reconstruction_bias(relu, planted[0]) < 0.75
+    assert gated["evaluation"]["explained_variance"] > relu["evaluation"]["explained_variance"] + 0.1

@@ -78,7 +78,7 @@ def test_it_trains_on_the_bundled_minilm(alice):
     assert job.evaluation["explained_variance"] > 0
 
 
-@pytest.mark.parametrize("architecture,k", [("topk", 8), ("batchtopk", 8), ("jumprelu", None)])
+@pytest.mark.parametrize("architecture,k", [("topk", 8), ("batchtopk", 8), ("jumprelu", None), ("gated", None)])
 def test_each_architecture_trains_and_exports_for_saelens(alice, hub_models, architecture, k):
     from safetensors.numpy import load_file
 
@@ -88,11 +88,13 @@ def test_each_architecture_trains_and_exports_for_saelens(alice, hub_models, arc
     assert job.status == TrainingJob.Status.COMPLETED, job.message
     folder = Path(job.exports["saelens"])
     cfg = json.loads((folder / "cfg.json").read_text())
-    assert cfg["architecture"] == {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}[architecture]
+    assert cfg["architecture"] == {"topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu",
+                                   "gated": "gated"}[architecture]
     assert cfg.get("k") == k if architecture == "topk" else True
     weights = load_file(str(folder / "sae_weights.safetensors"))
     assert weights["W_enc"].shape == (32, 64) and weights["W_dec"].shape == (64, 32)
-    assert ("threshold" in weights) == (architecture != "topk")
+    assert ("threshold" in weights) == (architecture in ("batchtopk", "jumprelu"))
+    assert ({"b_gate", "r_mag", "b_mag"} <= set(weights)) == (architecture == "gated")
     if architecture == "topk":
         assert job.evaluation["l0"] <= 8 + 1e-6
 
