@@ -45,6 +45,14 @@ class RequestField:
         return None
 
 
+# Shared by the architectures that can hold an L0: jumprelu penalises (L0/target - 1)^2; an L1
+# architecture that sets `adapts_l1_to_target_l0` has the trainer steer its penalty weight instead.
+TARGET_L0 = RequestField(
+    "target_l0", float, about="the L0 to hold",
+    help="hold L0 near this target instead of trading it off by sparsity_coeff (jumprelu: an (L0/target - 1)^2 "
+         "penalty; relu: the L1 weight adapted during training)", api_minimum=0.01)
+
+
 class Architecture:
     """The default behaviour is the ReLU SAE's; an architecture overrides what differs.
 
@@ -65,6 +73,10 @@ class Architecture:
     # architecture by them when `recognized_by_keys` (topk has relu's keys, so it must be named).
     state_keys: frozenset[str] = frozenset()
     recognized_by_keys = True
+    # With target_l0 (which it must list in request_fields), the trainer scales this architecture's
+    # sparsity weight up or down during training until L0 sits at the target
+    # (engine.trainer.target_l0): for sparsity terms that are an L1, whose L0 follows their weight.
+    adapts_l1_to_target_l0 = False
 
     # -- requests (no torch) --
 
