@@ -94,7 +94,9 @@ class Run:
         if self.steers_l0:
             # Every rank has the same (reduced) L0, so every rank steers the same way.
             warming_up = sparsity_warmup(self.config, self.state.step, self.total_steps) < 1.0
-            target_l0.update(self.state, l0, target=self.config.target_l0, warming_up=warming_up)
+            target_l0.update(self.state, l0, target=self.config.target_l0,
+                             learning_rate=self.config.learning_rate, warming_up=warming_up,
+                             steps_left=self.total_steps - self.state.step)
         self.progress.add(values, l0=l0, squared_error=squared_error, squared_deviation=squared_deviation, tokens=n)
         self.state.step += 1
 
