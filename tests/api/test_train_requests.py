@@ -116,7 +116,7 @@ def test_a_non_json_body_is_a_400(alice_api):
         ({"architecture": "topk", "k": 2000}, "k: 2000 is more than hidden_dim"),
         ({"architecture": "relu", "k": 8}, "k: only applies to topk and batchtopk"),
         ({"architecture": "topk", "k": 0}, "k:"),
-        ({"architecture": "topk", "k": 8, "target_l0": 10}, "target_l0: only applies to jumprelu"),
+        ({"architecture": "topk", "k": 8, "target_l0": 10}, "target_l0: only applies to relu and jumprelu"),
     ],
 )
 def test_architecture_fields_are_checked(alice_api, corpus, hub_models, fields, needle):
