@@ -13,6 +13,17 @@ names it. Runs in the app's .venv:
 
 --python-docs trains on a larger corpus every Python has: the paragraphs of the standard library's
 pydoc_data topics (~1,400 lines, ~99k MiniLM tokens), each row then takes minutes.
+
+--synthetic trains instead on planted-dictionary activations (`manage.py train --activations
+FILE.npy`, float32 [tokens, width]) across input widths and offsets, every field at its default
+but hidden_dim (and k): the table of issue 17, where defaults once collapsed on an offset:
+
+    .venv/bin/python bench/defaults.py --synthetic                          # 48,384,1024,4096 x 3 x 5
+    .venv/bin/python bench/defaults.py --synthetic --widths 48 --offsets none,constant --rows relu,jumprelu
+
+The data: 2 x width unit directions, ~8 active per token at magnitudes in [0.5, 1.5], small noise;
+offset "constant" adds the same value to every coordinate, "random" a random mean vector, each of
+norm ten times the signal's mean norm. Width 4096 gets fewer tokens (2 shared cores).
 """
 
 import argparse
@@ -42,6 +53,70 @@ ROWS = {
 }
 
 
+SYNTHETIC_ROWS = {
+    "relu": ("relu", []),
+    "topk": ("topk, k 32", ["--architecture", "topk", "--k", "32"]),
+    "batchtopk": ("batchtopk, k 32", ["--architecture", "batchtopk", "--k", "32"]),
+    "jumprelu": ("jumprelu", ["--architecture", "jumprelu"]),
+    "relu-target": ("relu, target_l0 32", ["--target-l0", "32"]),
+}
+SYNTHETIC_WIDTHS = (48, 384, 1024, 4096)
+OFFSETS = ("none", "constant", "random")
+SYNTHETIC_HIDDEN_DIM = 1024
+_ACTIVE_PER_TOKEN = 8
+_OFFSET_TIMES_SIGNAL = 10.0
+
+
+def synthetic_tokens(width: int) -> int:
+    """Fewer tokens where a step costs more, so the widest rows still end in minutes."""
+    return 16384 if width <= 1024 else 8192
+
+
+def synthetic_activations(path: Path, width: int, offset: str, seed: int = 0) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_true, n_rows = 2 * width, synthetic_tokens(width)
+    directions = rng.standard_normal((n_true, width)).astype(np.float32)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    fires = rng.random((n_rows, n_true), dtype=np.float32) < _ACTIVE_PER_TOKEN / n_true
+    x = (rng.uniform(0.5, 1.5, (n_rows, n_true)).astype(np.float32) * fires) @ directions
+    x += 0.01 * rng.standard_normal((n_rows, width)).astype(np.float32)
+    signal = float(np.linalg.norm(x, axis=1).mean())
+    if offset == "constant":
+        x += _OFFSET_TIMES_SIGNAL * signal / np.sqrt(width)
+    elif offset == "random":
+        mean = rng.standard_normal(width).astype(np.float32)
+        x += _OFFSET_TIMES_SIGNAL * signal * mean / np.linalg.norm(mean)
+    np.save(path, x.astype(np.float32))
+    return path
+
+
+def synthetic_table(options, tmp: Path) -> None:
+    widths = [int(w) for w in options.widths.split(",")]
+    offsets = [o.strip() for o in options.offsets.split(",")]
+    names = [name.strip() for name in options.rows.split(",")] if options.rows else list(SYNTHETIC_ROWS)
+    unknown = [name for name in names if name not in SYNTHETIC_ROWS] + [o for o in offsets if o not in OFFSETS]
+    if unknown:
+        raise SystemExit(f"unknown rows or offsets {unknown}: rows from {', '.join(SYNTHETIC_ROWS)}, offsets from {', '.join(OFFSETS)}")
+    print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, synthetic, hidden_dim {SYNTHETIC_HIDDEN_DIM}")
+    print("| Width | Offset | Request | L0 | Explained variance | Dead | Dense (>10%) | Warnings | Seconds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for width in widths:
+        for offset in offsets:
+            data = synthetic_activations(tmp / f"acts_{width}_{offset}.npy", width, offset)
+            for name in names:
+                label, args = SYNTHETIC_ROWS[name]
+                result, seconds = run_row(tmp / f"{name}_{width}_{offset}", None,
+                                          ["--hidden-dim", str(SYNTHETIC_HIDDEN_DIM), *args], activations=data)
+                ev = result["evaluation"]
+                warnings = result.get("warnings")  # None: a version before warnings
+                warnings = "-" if warnings is None else "; ".join(w.split(":")[0] for w in warnings) or "none"
+                print(f"| {width} | {offset} | {label} | {ev['l0']:.1f} | {ev['explained_variance']:.2f} | "
+                      f"{ev['dead_features']} | {ev['dense_features']} | {warnings} | {seconds:.0f} |", flush=True)
+
+
 def python_docs_corpus(path: Path) -> Path:
     """One line per paragraph of pydoc_data.topics longer than 80 characters (cut at 1,500),
     interactive examples left out."""
@@ -59,14 +134,15 @@ def python_docs_corpus(path: Path) -> Path:
     return path
 
 
-def run_row(folder: Path, corpus: Path, args: list[str]) -> tuple[dict, float]:
+def run_row(folder: Path, corpus: Path | None, args: list[str], *, activations: Path | None = None) -> tuple[dict, float]:
     env = {**os.environ, "MISTUDIO_DEBUG": "1", "MISTUDIO_DATA_DIR": str(folder / "data"),
            "MISTUDIO_MODELS_DIR": str(folder / "models"), "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}"}
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=env, check=True)
     started = time.monotonic()
+    source = (["--activations", str(activations)] if activations is not None else
+              ["--model", "sentence-transformers/all-MiniLM-L6-v2", "--corpus", str(corpus), "--layer-number", "3"])
     done = subprocess.run(
-        [sys.executable, "manage.py", "train", "--model", "sentence-transformers/all-MiniLM-L6-v2",
-         "--corpus", str(corpus), "--layer-number", "3", "--no-progress", *args],
+        [sys.executable, "manage.py", "train", *source, "--no-progress", *args],
         cwd=REPO, env=env, capture_output=True, text=True,
     )
     if done.returncode != 0:
@@ -78,11 +154,19 @@ def run_row(folder: Path, corpus: Path, args: list[str]) -> tuple[dict, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from: {', '.join(ROWS)}")
+    parser.add_argument("--rows", default=None, help=f"comma-separated, from: {', '.join(ROWS)} "
+                        f"(--synthetic: {', '.join(SYNTHETIC_ROWS)})")
     parser.add_argument("--corpus", type=Path, default=REPO / "samples" / "demo_corpus.txt")
     parser.add_argument("--python-docs", action="store_true", help="train on Python's pydoc topics instead (larger)")
+    parser.add_argument("--synthetic", action="store_true", help="planted-dictionary activations across widths and offsets")
+    parser.add_argument("--widths", default=",".join(map(str, SYNTHETIC_WIDTHS)), help="--synthetic: input widths")
+    parser.add_argument("--offsets", default=",".join(OFFSETS), help=f"--synthetic: from {', '.join(OFFSETS)}")
     options = parser.parse_args()
-    names = [name.strip() for name in options.rows.split(",") if name.strip()]
+    if options.synthetic:
+        with tempfile.TemporaryDirectory() as tmp:
+            synthetic_table(options, Path(tmp))
+        return
+    names = [name.strip() for name in (options.rows or ",".join(ROWS)).split(",") if name.strip()]
     unknown = [name for name in names if name not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}: choose from {', '.join(ROWS)}")

@@ -58,6 +58,7 @@ def result_document(job: TrainingJob) -> dict:
         "prepend_bos": job.prepend_bos,
         **_corpus_reading(job),
         "evaluation": job.evaluation,
+        "warnings": job.warnings,
         "exports": job.exports,
     }
 

@@ -230,6 +230,12 @@ class TrainingJob(models.Model):
         return user.is_staff or self.owner_id == user.pk
 
     @property
+    def warnings(self) -> list[str]:
+        """What the engine found wrong with the trained SAE (engine.run.verdict), kept with its
+        evaluation; [] before one, and for jobs evaluated before warnings were."""
+        return list((self.evaluation or {}).get("warnings") or [])
+
+    @property
     def source_description(self):
         if self.activations_file:
             return f"activations {self.activations_file}"

@@ -64,7 +64,7 @@ def feature_page(request, job_id, index):
 def _evaluation_rows(evaluation: dict | None) -> list[tuple[str, str]]:
     rows = []
     for key, value in (evaluation or {}).items():
-        if key == "density_histogram" or value is None:
+        if key in ("density_histogram", "warnings") or value is None:
             continue
         if isinstance(value, float):
             value = f"{value:.4g}"

@@ -243,6 +243,7 @@ class EvaluationSerializer(serializers.Serializer):
         allow_null=True, required=False, help_text="(kl_div_with_ablation - kl_div_with_sae) / kl_div_with_ablation; 1 is perfect")
     kl_div_reason = serializers.CharField(allow_null=True, required=False, help_text="Why kl_div_score alone is null")
     eval_tokens = serializers.IntegerField()
+    warnings = serializers.ListField(child=serializers.CharField(), required=False, help_text="What is wrong with the SAE and what to change (engine.run.verdict); empty when it is usable")
 
 
 class ExportsSerializer(serializers.Serializer):
@@ -274,6 +275,7 @@ class ResultSerializer(serializers.Serializer):
     cache_activations = serializers.CharField(allow_null=True, required=False, help_text="auto, always or never, as asked; null for a job on an activations file")
     disk_plan = DiskPlanSerializer(allow_null=True, required=False, help_text="What the run was planned to write to disk")
     evaluation = EvaluationSerializer(allow_null=True)
+    warnings = serializers.ListField(child=serializers.CharField(), help_text="Sentences saying what is wrong with the trained SAE (silent or dense features, little explained variance) and what to change; empty when it is usable or not evaluated yet")
     exports = ExportsSerializer(allow_null=True)
 
 

@@ -3,6 +3,7 @@ for causal LMs, next-token loss on the held-out sequences with the SAE spliced i
 import numpy as np
 
 from engine.evaluate import evaluate_sae
+from engine.run import verdict
 from engine.sequences import Sequences
 from engine.stream import ActivationStream
 
@@ -33,6 +34,7 @@ def evaluate(spec, result, activations, *, model_name, loaded, sequences) -> tup
         heldout = activations.sequences_from(start) if streamed else (sequences, 0)
         ce = _ce_loss(spec, result, loaded=loaded, heldout=heldout_sequences(*heldout, start))
     evaluation.update(ce)
+    evaluation["warnings"] = verdict.warnings(evaluation, spec.config)
     return evaluation, feature_density
 
 

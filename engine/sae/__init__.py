@@ -1,7 +1,8 @@
 """Sparse autoencoders: one module per architecture on a registry (engine.sae.registry), and the
 torch module they share (engine.sae.module).
 
-- relu:      f = relu(pre); L1 weighted by decoder norms; dead features resampled.
+- relu:      f = relu(pre); L1 weighted by decoder norms (its weight steered to target_l0 when given);
+             dead features resampled.
 - topk:      the k largest pre-activations per token (Gao et al. 2024); AuxK.
 - batchtopk: the k*B largest over a batch of B tokens (Bussmann et al. 2024); a threshold at inference.
 - jumprelu:  learned per-feature thresholds and an L0 (or target-L0) penalty (Gemma Scope).

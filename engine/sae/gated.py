@@ -19,13 +19,17 @@ the penalty's weights or in neither (Rajamanoharan, LessWrong comment on the pap
 We freeze it in both, as the paper's auxiliary loss does; SAELens' GatedTrainingSAE freezes it in
 neither, and also does not resample.
 """
-from engine.sae.registry import Architecture, register
+from engine.sae.registry import TARGET_L0, Architecture, register
 
 
 @register
 class Gated(Architecture):
     name = "gated"
     saelens_name = "gated"
+    # Its sparsity term is an L1 (of the gate), whose L0 follows its weight: target_l0 steers that
+    # weight as it does relu's (engine.trainer.target_l0).
+    request_fields = (TARGET_L0,)
+    adapts_l1_to_target_l0 = True
     state_keys = frozenset({"r_mag", "b_mag"})
 
     def setup(self, sae, options):

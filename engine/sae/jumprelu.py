@@ -4,11 +4,7 @@ Gemma Scope, arXiv 2408.05147; Anthropic, "Circuits Updates - January 2025"). De
 unit norm: with an L0 penalty, feature scale is free otherwise."""
 import math
 
-from engine.sae.registry import Architecture, RequestField, register
-
-TARGET_L0 = RequestField(
-    "target_l0", float, about="the L0 to hold",
-    help="penalise L0 towards this target instead of penalising L0 itself", api_minimum=0.01)
+from engine.sae.registry import TARGET_L0, Architecture, register
 # Inputs have mean norm sqrt(d_in), so pre-activations are O(1); an initial 0.1 (Anthropic Jan
 # 2025) and a 0.05 kernel let short runs move the thresholds, where Gemma Scope's 0.001/0.001 needs
 # billions of tokens. TrainConfig's jumprelu_initial_threshold and jumprelu_bandwidth default to these.

@@ -65,6 +65,14 @@ def increasing_positive_ints_problem(values) -> str | None:
     return None
 
 
+# Shared by the architectures that can hold an L0: jumprelu penalises (L0/target - 1)^2; an L1
+# architecture that sets `adapts_l1_to_target_l0` has the trainer steer its penalty weight instead.
+TARGET_L0 = RequestField(
+    "target_l0", float, about="the L0 to hold",
+    help="hold L0 near this target instead of trading it off by sparsity_coeff (jumprelu: an (L0/target - 1)^2 "
+         "penalty; relu: the L1 weight adapted during training)", api_minimum=0.01)
+
+
 class Architecture:
     """The default behaviour is the ReLU SAE's; an architecture overrides what differs.
 
@@ -85,6 +93,10 @@ class Architecture:
     # architecture by them when `recognized_by_keys` (topk has relu's keys, so it must be named).
     state_keys: frozenset[str] = frozenset()
     recognized_by_keys = True
+    # With target_l0 (which it must list in request_fields), the trainer scales this architecture's
+    # sparsity weight up or down during training until L0 sits at the target
+    # (engine.trainer.target_l0): for sparsity terms that are an L1, whose L0 follows their weight.
+    adapts_l1_to_target_l0 = False
 
     # -- requests (no torch) --
 
@@ -231,9 +243,14 @@ def taking(field_name: str) -> tuple[str, ...]:
     return tuple(a.name for a in _ARCHITECTURES.values() if field_name in {f.name for f in a.request_fields})
 
 
+def _listed(names: tuple[str, ...]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def describe_field(field: RequestField) -> str:
     """The field's help with the architectures it applies to, as the API's schema says it."""
-    users = " and ".join(taking(field.name))
+    users = _listed(taking(field.name))
     return f"{field.help}; required for {users}" if field.required else f"{users} only: {field.help}"
 
 
@@ -248,7 +265,7 @@ def check_request(name: str, values: Mapping, *, hidden_dim: int) -> str | None:
         value = values.get(field.name)
         if field.name not in own:
             if value is not None:
-                return f"{field.name}: only applies to {' and '.join(taking(field.name))}, not '{name}'."
+                return f"{field.name}: only applies to {_listed(taking(field.name))}, not '{name}'."
         elif value is None and field.required:
             return f"{field.name}: required when architecture is '{name}' ({field.about})."
     return architecture.check_request(values, hidden_dim=hidden_dim)

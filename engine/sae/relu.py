@@ -1,8 +1,9 @@
 """ReLU SAE: f = relu(pre), with the decoder-norm-weighted L1 as its sparsity term and dead
 features resampled in the first half of training (Bricken et al. 2023, "Towards Monosemanticity";
 Anthropic, "Circuits Updates - April 2024"). Decoder norms stay free: the weighted L1 removes the
-incentive to shrink f by growing W_dec."""
-from engine.sae.registry import Architecture, register
+incentive to shrink f by growing W_dec. With target_l0 the trainer adapts the L1's weight toward
+that L0 (engine.trainer.target_l0)."""
+from engine.sae.registry import TARGET_L0, Architecture, register
 
 # Bricken et al. 2023 resample dead neurons with encoder rows at 0.2x the mean live encoder norm.
 _RESAMPLE_ENCODER_SCALE = 0.2
@@ -11,6 +12,8 @@ _RESAMPLE_ENCODER_SCALE = 0.2
 @register
 class ReLU(Architecture):
     name = "relu"
+    request_fields = (TARGET_L0,)
+    adapts_l1_to_target_l0 = True
 
     def after_step(self, sae, x, recon, trainer) -> None:
         if trainer.config.resample_dead and trainer.state.step < trainer.total_steps // 2:

@@ -7,9 +7,11 @@ weights_only=True reads it). Its `format_version` says how to read it:
   then batch_tokens and sparsity_weight (without them the run's rules of then apply,
   engine.trainer.plan.run_constants); epoch_sums is a list [loss, mse, sparsity, tokens].
 - 2: every key but tokens_trained, always; epoch_sums is a dict named like RunState.epoch_sums.
-- 3: every key below, always (tokens_trained and streamed came with budgets and streaming).
-Every checkpoint of formats 1 and 2 still resumes as it would have (its tokens trained counted
-from its epochs and steps).
+- 3: every key but the target-L0 controller's, always (tokens_trained and streamed came with
+  budgets and streaming).
+- 4: every key below, always (sparsity_multiplier and l0_ema came with relu's target_l0).
+Every checkpoint of formats 1 to 3 still resumes as it would have (its tokens trained counted
+from its epochs and steps; no controller: its multiplier 1).
 """
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +23,7 @@ from engine.errors import EngineError
 from engine.files import AtomicFile
 from engine.results import CheckpointInfo
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _SUMS = ("loss", "mse", "sparsity", "tokens")
 
 
@@ -49,6 +51,10 @@ class RunState:
     sparsity_weight: float = 0.0  # the sparsity term's weight, fixed for the run
     tokens_trained: int = 0  # rows the SAE has stepped on, over all epochs
     streamed: bool = False  # the rows streamed from the model (engine.trainer.streamed), no cache
+    # The target-L0 controller (engine.trainer.target_l0): the sparsity weight's factor, and the
+    # smoothed L0 it steers by (None until its first step).
+    sparsity_multiplier: float = 1.0
+    l0_ema: float | None = None
 
 
 @dataclass
@@ -85,6 +91,8 @@ def write(path: Path, *, sae, optimizer, state: RunState, config, mid_epoch: boo
         "sparsity_weight": state.sparsity_weight,
         "tokens_trained": state.tokens_trained,
         "streamed": state.streamed,
+        "sparsity_multiplier": state.sparsity_multiplier,
+        "l0_ema": state.l0_ema,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     with AtomicFile(path) as partial:
@@ -112,7 +120,7 @@ def load(path: Path) -> Saved:
         payload["epoch_sums"] = dict(zip(_SUMS, sums)) if isinstance(sums, list) else sums
         return Saved(path.name, payload, int(payload["batch_tokens"]) if has_rules else None,
                      float(payload["sparsity_weight"]) if has_rules else None)
-    if version in (2, FORMAT_VERSION):
+    if version in (2, 3, FORMAT_VERSION):
         return Saved(path.name, payload, int(payload["batch_tokens"]), float(payload["sparsity_weight"]))
     raise EngineError(f"Checkpoint '{path.name}' has format {version}, newer than this miStudio reads ({FORMAT_VERSION}): upgrade it")
 
@@ -144,6 +152,8 @@ def restore(saved: Saved, sae, optimizer, state: RunState, *, d_in: int, config,
     state.resampled_features = int(payload.get("resampled_features", 0))
     state.decode_path = payload.get("decode_path")
     state.first_epoch_mixed = bool(payload.get("first_epoch_mixed", False))
+    state.sparsity_multiplier = float(payload.get("sparsity_multiplier", 1.0))
+    state.l0_ema = None if payload.get("l0_ema") is None else float(payload["l0_ema"])
     if "tokens_trained" in payload:
         state.tokens_trained = int(payload["tokens_trained"])
     else:  # before budgets: whole epochs, and the steps of the one in progress (full batches but the last)

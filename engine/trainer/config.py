@@ -30,7 +30,7 @@ class TrainConfig:
     # should_stop() may query a database, so it is called at most this often (and on the first step).
     stop_check_interval_s: float = 0.5
     architecture: str = DEFAULT.architecture  # a registered architecture (engine.sae.names())
-    k: int | None = DEFAULT.k  # active features per token, topk and batchtopk only
+    k: int | None = DEFAULT.k  # active features per token, the architectures that take it (engine.sae)
     target_l0: float | None = DEFAULT.target_l0  # jumprelu: penalise (L0/target - 1)^2 instead of L0
     # matryoshka_batchtopk: the nested prefixes' widths; None: doubling groups from hidden_dim / 32
     # (engine.sae.matryoshka_batchtopk.default_widths); hidden_dim is added when the last is smaller.

@@ -22,10 +22,19 @@ def sample_of(window: np.ndarray, seed: int) -> np.ndarray:
 
 
 def scaling_factor(sample: torch.Tensor) -> float:
-    """The scalar that brings the sample's mean L2 norm to sqrt(d_in) (Anthropic, April 2024 update)."""
-    mean_norm = sample.double().norm(dim=1).mean().item()
+    """The scalar that brings the sample's mean L2 distance from its mean to sqrt(d_in).
+
+    Anthropic's April 2024 update scales the raw norm to sqrt(d_in); we measure it about the mean
+    (what the SAE must encode once b_dec stands at the data's centre). Residual streams often carry a large
+    constant offset, which b_dec (the geometric median) absorbs at once: counting it in the norm
+    left the informative part tiny in scaled units, so the sparsity term and JumpReLU's initial
+    threshold (both sized for O(1) pre-activations) silenced every feature (issue 17: width 48
+    with an offset gave relu EV -0.4 and jumprelu L0 0.1; README, "Architectures"). It is still
+    one scalar multiplying the raw inputs, so folding it into saved weights is unchanged."""
+    sample = sample.double()
+    mean_norm = (sample - sample.mean(dim=0)).norm(dim=1).mean().item()
     if not mean_norm > 0 or not math.isfinite(mean_norm):
-        raise ActivationsError("Activations are all zero or not finite: nothing to train on")
+        raise ActivationsError("Activations are constant (every row the same) or not finite: nothing to train on")
     return math.sqrt(sample.shape[1]) / mean_norm
 
 

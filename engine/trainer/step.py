@@ -11,6 +11,7 @@ from engine.errors import TrainingDiverged
 from engine.trainer.config import DECODE_PATHS
 from engine.trainer.parallel import TrainingForward, reduce_batch
 from engine.trainer.progress import Progress
+from engine.trainer import target_l0
 from engine.trainer.schedules import lr_factor, sparsity_warmup
 
 _GRAD_CLIP_NORM = 1.0
@@ -38,6 +39,7 @@ class Run:
         self.decode_timings_s = {}
         self.progress = Progress(config, total_steps, total_tokens)
         self.parallel = parallel
+        self.steers_l0 = target_l0.active(self.kind, config)
         # Gradients are averaged over ranks only for what runs inside DistributedDataParallel's forward.
         self.ddp = parallel.wrap(TrainingForward(sae, self._forward)) if parallel is not None else None
         self.stop_wanted = False  # this rank's should_stop said so
@@ -89,16 +91,23 @@ class Run:
         for name in ("loss", "mse", "sparsity"):
             sums[name] += values[name] * n
         sums["tokens"] += n
+        if self.steers_l0:
+            # Every rank has the same (reduced) L0, so every rank steers the same way.
+            warming_up = sparsity_warmup(self.config, self.state.step, self.total_steps) < 1.0
+            target_l0.update(self.state, l0, target=self.config.target_l0,
+                             learning_rate=self.config.learning_rate, warming_up=warming_up,
+                             steps_left=self.total_steps - self.state.step)
         self.progress.add(values, l0=l0, squared_error=squared_error, squared_deviation=squared_deviation, tokens=n)
         self.state.step += 1
 
     def _losses(self, x, pre, f, recon) -> dict:
         """loss = MSE (mean over elements) + weight x warm-up x the architecture's sparsity term,
-        + its auxiliary loss (AuxK) + its further reconstruction losses (Matryoshka's prefixes), by name."""
+        + its auxiliary loss (AuxK) + its further reconstruction losses (Matryoshka's prefixes), by name.
+        The weight's multiplier is 1 unless target_l0 steers it."""
         mse = F.mse_loss(recon, x)
         sparsity = self.kind.sparsity_loss(self.sae, pre, f, self.config)
         warmup = sparsity_warmup(self.config, self.state.step, self.total_steps)
-        loss = mse + self.state.sparsity_weight * warmup * sparsity
+        loss = mse + self.state.sparsity_weight * self.state.sparsity_multiplier * warmup * sparsity
         aux = self.kind.aux_loss(self.sae, x, recon, pre, self)
         if aux is not None:
             loss = loss + aux

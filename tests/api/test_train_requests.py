@@ -111,13 +111,13 @@ def test_a_non_json_body_is_a_400(alice_api):
     "fields,needle",
     [
         ({"architecture": "sigmoid"}, "architecture:"),
-        ({"architecture": "gated", "k": 8}, "k: only applies to topk and batchtopk"),
+        ({"architecture": "gated", "k": 8}, "k: only applies to topk, batchtopk"),
         ({"architecture": "topk"}, "k: required when architecture is 'topk'"),
         ({"architecture": "batchtopk"}, "k: required when architecture is 'batchtopk'"),
         ({"architecture": "topk", "k": 2000}, "k: 2000 is more than hidden_dim"),
-        ({"architecture": "relu", "k": 8}, "k: only applies to topk and batchtopk"),
+        ({"architecture": "relu", "k": 8}, "k: only applies to topk, batchtopk"),
         ({"architecture": "topk", "k": 0}, "k:"),
-        ({"architecture": "topk", "k": 8, "target_l0": 10}, "target_l0: only applies to jumprelu"),
+        ({"architecture": "topk", "k": 8, "target_l0": 10}, "target_l0: only applies to relu, jumprelu and gated"),
     ],
 )
 def test_architecture_fields_are_checked(alice_api, corpus, hub_models, fields, needle):
@@ -210,7 +210,7 @@ def test_an_architecture_registered_in_a_test_module_trains_through_the_api_and_
         assert response.status_code == 200, response.json()
         refused = train(alice_api, model_name="tiny/gpt2", corpus_file="reviews-head.txt", layer_number=0,
                         architecture=NAME, k=4)
-        assert "k: only applies to topk and batchtopk and matryoshka_batchtopk, not 'gainrelu_test'" in refused.json()["detail"]
+        assert "k: only applies to topk, batchtopk and matryoshka_batchtopk, not 'gainrelu_test'" in refused.json()["detail"]
         [queued] = queued_tasks()
         run_training_job(*queued["args"])
         result = alice_api.get(f"/api/v1/train/{response.json()['job_id']}/result").json()

@@ -151,6 +151,8 @@ class Command(BaseCommand):
         self._close_bar()
         document = serializers.ResultSerializer(documents.result_document(job)).data
         self.stdout.write(json.dumps(document, indent=2, cls=JSONEncoder))
+        for warning in job.warnings:
+            self.stderr.write(f"Warning: {warning}")
         if job.status != job.Status.COMPLETED:
             raise CommandError(job.message)
 
