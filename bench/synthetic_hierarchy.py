@@ -76,15 +76,38 @@ def parents_and_children(model) -> dict[int, list[int]]:
 
 
 def level_widths(model, d_sae: int) -> list[int]:
-    """Matryoshka widths from the hierarchy: one prefix per level of parents (the roots, the roots
-    and their children, ... down to the last level that has children), then all of d_sae, so each
-    level of general features has a prefix of about its own size to live in."""
+    """Matryoshka widths from the hierarchy: one prefix per level (the roots, the roots and their
+    children, ...), then all of d_sae (the features outside the trees), so each level of general
+    features has a prefix of about its own size to live in."""
     widths, level, total = [], list(model.hierarchy.roots), 0
-    while level and any(node.children for node in level) and total + len(level) < d_sae:
+    while level and total + len(level) < d_sae:
         total += len(level)
         widths.append(total)
         level = [child for node in level for child in node.children]
     return [*widths, d_sae]
+
+
+GENERATION_ARGS = ("features", "d_in", "roots", "branching", "depth", "mutually_exclusive", "train_rows",
+                   "heldout_rows", "seed")
+
+
+def data_for(args, model, folder: Path) -> dict:
+    """The data folder's summary, written once: a folder made with the same generation arguments
+    is reused (a rerun of other SAEs on the same rows)."""
+    asked = {name: getattr(args, name) for name in GENERATION_ARGS}
+    summary_file = folder / "generation.json"
+    if summary_file.exists():
+        summary = json.loads(summary_file.read_text())
+        if summary["args"] == asked:
+            print(f"data: reusing {folder}")
+            return summary
+        raise SystemExit(f"{folder} holds data made with {summary['args']}: give another --data or --out")
+    torch.manual_seed(args.seed)  # the generator samples from torch's global RNG
+    started = time.monotonic()
+    summary = {"args": asked, **write_data(model, folder, args.train_rows, args.heldout_rows),
+               "seconds": time.monotonic() - started}
+    summary_file.write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 @torch.no_grad()
@@ -262,8 +285,10 @@ def parse_args():
     parser.add_argument("--batch", type=int, default=256, help="rows per optimizer step, both sides")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--matryoshka-widths", default=None,
-                        help="comma-separated; default: one per level of parents (roots, roots + their children, ...), then d_sae")
+                        help="comma-separated; default: one per level of the hierarchy (roots, roots + their children, ...), then d_sae")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the data folder (default: OUT/data); reused when made with the same arguments")
     parser.add_argument("--app-repo", type=Path, default=REPO)
     parser.add_argument("--app-python", type=Path, default=None, help="default: APP_REPO/.venv/bin/python")
     parser.add_argument("--out", type=Path, default=None, help="folder for the data, the SAEs and results.json "
@@ -289,17 +314,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
-        data = out / "data"
+        data = args.data or out / "data"
         model = synthetic_model(args)
         parents = parents_and_children(model)
-        started = time.monotonic()
-        generated = write_data(model, data, args.train_rows, args.heldout_rows)
+        generated = data_for(args, model, data)
         args.k = args.k or max(1, round(generated["train_true_l0"]))
         widths = ([int(w) for w in args.matryoshka_widths.split(",")] if args.matryoshka_widths
                   else level_widths(model, args.d_sae))
         print(f"data: {args.train_rows} + {args.heldout_rows} rows, d_in {args.d_in}, {args.features} features "
               f"({len(parents)} parents), true L0 {generated['train_true_l0']:.1f}, written in "
-              f"{time.monotonic() - started:.0f} s; SAEs: d_sae {args.d_sae}, k {args.k}, batch {args.batch}, "
+              f"{generated['seconds']:.0f} s; SAEs: d_sae {args.d_sae}, k {args.k}, batch {args.batch}, "
               f"lr {args.lr:g}, matryoshka widths {widths}", flush=True)
         features, heldout = heldout_features(data), torch.from_numpy(np.load(data / "heldout.npy"))
         generated["parent_rows_with_a_child"] = with_a_child(features, parents)
