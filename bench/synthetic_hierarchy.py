@@ -243,6 +243,7 @@ def saelens_train(args, folder: Path, architecture: str, rows: np.ndarray, batch
         total_training_samples=n, train_batch_size_samples=batch, lr=args.lr, lr_end=args.lr,
         lr_scheduler_name="constant", lr_warm_up_steps=round(0.01 * steps), lr_decay_steps=round(0.2 * steps),
         device="cpu", n_batches_for_norm_estimate=max(1, 8192 // batch), logger=LoggingConfig(log_to_wandb=False),
+        dead_feature_window=args.saelens_dead_window,
     )
     common = dict(d_in=acts.shape[1], d_sae=args.d_sae, k=args.k, dtype="float32", device="cpu",
                   normalize_activations="expected_average_only_in")
@@ -287,6 +288,8 @@ def parse_args():
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--matryoshka-widths", default=None,
                         help="comma-separated; default: one per level of the hierarchy (roots, roots + their children, ...), then d_sae")
+    parser.add_argument("--saelens-dead-window", type=int, default=1000,
+                        help="steps without firing before SAELens counts a latent dead for its AuxK (its default 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=None,
                         help="the data folder (default: OUT/data); reused when made with the same arguments")
