@@ -312,7 +312,6 @@ def parse_args():
 def main() -> None:
     args = parse_args()
     warnings.filterwarnings("ignore")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # SAELens' progress bars; the table is the output
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     import sae_lens
 
