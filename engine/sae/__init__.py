@@ -5,6 +5,8 @@ torch module they share (engine.sae.module).
 - topk:      the k largest pre-activations per token (Gao et al. 2024); AuxK.
 - batchtopk: the k*B largest over a batch of B tokens (Bussmann et al. 2024); a threshold at inference.
 - jumprelu:  learned per-feature thresholds and an L0 (or target-L0) penalty (Gemma Scope).
+- transcoder, skip_transcoder: TopK codes of an MLP's input that predict its output (Dunefsky et
+  al. 2024), the skip one with a learned linear skip W_skip (Paulo et al. 2025).
 
 Importing this package imports no torch (the web process lists and checks architectures);
 SparseAutoencoder, build_sae and sae_from_state_dict load the torch side when first asked for.
@@ -14,6 +16,7 @@ from engine.sae import relu  # noqa: F401, I001
 from engine.sae import topk  # noqa: F401
 from engine.sae import batchtopk  # noqa: F401
 from engine.sae import jumprelu  # noqa: F401
+from engine.sae import transcoder  # noqa: F401
 from engine.sae.registry import (  # noqa: F401 (the registry's API)
     MAX_NAME_LENGTH, Architecture, RequestField, check_config, check_request, describe_field, get, names, register,
     request_fields, taking, unregister,

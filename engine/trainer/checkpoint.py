@@ -7,7 +7,8 @@ weights_only=True reads it). Its `format_version` says how to read it:
   then batch_tokens and sparsity_weight (without them the run's rules of then apply,
   engine.trainer.plan.run_constants); epoch_sums is a list [loss, mse, sparsity, tokens].
 - 2: every key but tokens_trained, always; epoch_sums is a dict named like RunState.epoch_sums.
-- 3: every key below, always (tokens_trained and streamed came with budgets and streaming).
+- 3: every key below, always (tokens_trained and streamed came with budgets and streaming), but
+  target_scaling_factor, written since transcoders (absent: an SAE).
 Every checkpoint of formats 1 and 2 still resumes as it would have (its tokens trained counted
 from its epochs and steps).
 """
@@ -49,6 +50,7 @@ class RunState:
     sparsity_weight: float = 0.0  # the sparsity term's weight, fixed for the run
     tokens_trained: int = 0  # rows the SAE has stepped on, over all epochs
     streamed: bool = False  # the rows streamed from the model (engine.trainer.streamed), no cache
+    target_scaling_factor: float | None = None  # a transcoder's target scale (None: an SAE)
 
 
 @dataclass
@@ -85,6 +87,7 @@ def write(path: Path, *, sae, optimizer, state: RunState, config, mid_epoch: boo
         "sparsity_weight": state.sparsity_weight,
         "tokens_trained": state.tokens_trained,
         "streamed": state.streamed,
+        "target_scaling_factor": state.target_scaling_factor,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     with AtomicFile(path) as partial:
@@ -131,6 +134,9 @@ def restore(saved: Saved, sae, optimizer, state: RunState, *, d_in: int, config,
     sae.load_state_dict(payload["sae"])
     optimizer.load_state_dict(payload["optimizer"])
     state.scaling_factor = float(payload["scaling_factor"])
+    # Written since transcoders (an optional key of format 3: absent means an SAE's checkpoint).
+    if payload.get("target_scaling_factor") is not None:
+        state.target_scaling_factor = float(payload["target_scaling_factor"])
     state.step = int(payload["step"])
     state.epochs_done = int(payload["epoch"])
     state.epoch_step = int(payload["epoch_step"])
