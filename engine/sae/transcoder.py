@@ -2,7 +2,7 @@
 (after its norm), the decoder predicts the MLP's output (Dunefsky et al. 2024, "Transcoders Find
 Interpretable LLM Feature Circuits"):
 
-    f = TopK((x W_enc + b_enc)),   y_hat = f W_dec + b_dec            (transcoder)
+    f = TopK(x W_enc + b_enc),     y_hat = f W_dec + b_dec            (transcoder)
     y_hat = f W_dec + b_dec + x W_skip^T                              (skip_transcoder)
 
 The skip transcoder's learned linear skip (Paulo et al. 2025, arXiv 2501.18823, "Transcoders Beat
