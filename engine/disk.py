@@ -91,9 +91,10 @@ class DiskPlan:
 
 
 def plan_disk(*, cache_activations: str, rows_per_pass: int, d_model: int, d_sae: int, max_epochs: int,
-              eval_fraction: float, training_tokens: int | None, free: int) -> DiskPlan:
+              eval_fraction: float, training_tokens: int | None, free: int, sites: int = 1) -> DiskPlan:
     """Whether the run caches, and what it needs; raises DiskFull (a message that says how large
-    and what to change) when it cannot fit."""
+    and what to change) when it cannot fit. `sites`: the caches it writes side by side (a
+    transcoder's MLP input and output: 2)."""
     if cache_activations not in CACHE_MODES:
         raise ValueError(f"cache_activations must be one of {', '.join(CACHE_MODES)}")
     passes = passes_needed(rows_per_pass=rows_per_pass, eval_fraction=eval_fraction, max_epochs=max_epochs,
@@ -101,7 +102,7 @@ def plan_disk(*, cache_activations: str, rows_per_pass: int, d_model: int, d_sae
     # A budget within one pass reads only the rows it trains on (and the held-out tail).
     rows = rows_per_pass if training_tokens is None or passes > 1 else min(rows_per_pass, rows_for_budget(training_tokens, eval_fraction))
     checkpoints = CHECKPOINTS_ON_DISK * checkpoint_bytes(d_model, d_sae)
-    cached = cache_bytes(rows, d_model)
+    cached = sites * cache_bytes(rows, d_model)
     usable = int(free * (1 - FREE_SPACE_MARGIN))
     fits = cached + checkpoints <= usable
     if cache_activations == "always":

@@ -4,6 +4,9 @@ Metrics are in the raw (unscaled) activation space: x_hat = decode(encode(s x)) 
 the exported SAE (engine.export) computes on raw x. Explained variance and cosine similarity do not
 depend on the space; `mse` (mean over elements) does, and is in raw units.
 Cross-entropy metrics need the language model and live elsewhere.
+
+A transcoder is scored on its targets (the MLP's output, row for row with its inputs): explained
+variance is 1 - FVU of y_hat = predict(s_in x) / s_out against y.
 """
 
 import numpy as np
@@ -26,24 +29,29 @@ def evaluate_sae(
     batch_tokens: int = 4096,
     dead_counts: np.ndarray | None = None,
     dead_window_tokens: int | None = None,
+    targets=None,
+    target_scaling_factor: float | None = None,
 ) -> dict:
     """`activations` are the raw held-out rows (e.g. activations[start:stop] for
     TrainResult.heldout_rows). `dead_counts` are TrainResult.tokens_since_fired, with
     TrainResult.dead_window_tokens: a feature is dead when its count reaches the window. Without
-    them a feature is dead when it never fires on these rows."""
+    them a feature is dead when it never fires on these rows. `targets`: a transcoder's held-out
+    targets (the same rows), with its target_scaling_factor."""
     sae = sae.to(device).eval()
     s = float(scaling_factor)
+    s_out = s if target_scaling_factor is None else float(target_scaling_factor)
     n_tokens = int(activations.shape[0])
-    d_in = int(activations.shape[1])
+    d_in = int(activations.shape[1] if targets is None else targets.shape[1])
     fire_counts = torch.zeros(sae.d_sae, dtype=torch.float64, device=device)
     active_sum = sq_err = sq_sum = cos_sum = 0.0
     x_sum = torch.zeros(d_in, dtype=torch.float64, device=device)
     prefix_sq_err = {}  # width: squared error of the first `width` features alone (Matryoshka)
     for start in range(0, n_tokens, batch_tokens):
         chunk = activations[start : start + batch_tokens]
-        x = float_tensor(chunk, device)
-        f = sae.encode(x * s)
-        x_hat = sae.decode(f) / s
+        prediction, f = sae(float_tensor(chunk, device) * s)
+        x_hat = prediction / s_out
+        # x: what the SAE reconstructs (a transcoder: its target)
+        x = float_tensor(chunk if targets is None else targets[start : start + batch_tokens], device)
         active = f > 0
         fire_counts += active.sum(dim=0, dtype=torch.float64)
         active_sum += active.sum(dtype=torch.float64).item()

@@ -5,6 +5,12 @@ activations with normalize_activations "none". Each architecture says its SAELen
 cfg entries of its own (engine.sae): relu is "standard"; batchtopk is saved as "jumprelu" with its
 inference threshold, which is exactly how it encodes outside training; gated's b_enc is saved as
 SAELens' b_gate.
+
+Transcoders are SAELens' `transcoder` and `skip_transcoder` (sae_lens/saes/transcoder.py): d_out,
+apply_b_dec_to_input false, W_skip [d_out, d_in] for the skip; hook_name is the input's point
+(blocks.L.ln2.hook_normalized, the MLP's input, which circuit-tracer calls blocks.L.mlp.hook_in)
+and metadata.hook_name_out the output's (blocks.L.hook_mlp_out), the names SAELens' transcoder
+loaders write. SAELens' transcoder encodes with a ReLU: ours keep each token's top k (cfg `k`).
 """
 
 import json
@@ -33,17 +39,20 @@ def export_saelens(
     exclude_special_tokens: bool | None = None,
     dtype: str = "float32",
     feature_density: np.ndarray | None = None,
+    target_scaling_factor: float | None = None,
+    hook_name_out: str | None = None,
 ) -> Path:
     """`feature_density` is the fraction of tokens each feature fires on ([d_sae]); without it no
     sparsity.safetensors is written. `context_size` counts the BOS, as SAELens' does;
     `prepend_bos` and `exclude_special_tokens` are what SAELens' ActivationsStore.from_sae and its
-    evals read (None when trained from an activations file)."""
+    evals read (None when trained from an activations file). A transcoder's `target_scaling_factor`
+    (TrainResult's) folds into its decoder, and `hook_name_out` names where its output goes."""
     if dtype not in _DTYPES:
         raise EngineError(f"dtype must be one of {', '.join(_DTYPES)}, not '{dtype}'")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     architecture = sae.kind.saelens_name
-    tensors = sae.kind.saelens_tensors(export_state_dict(sae, scaling_factor))
+    tensors = sae.kind.saelens_tensors(export_state_dict(sae, scaling_factor, target_scaling_factor))
     weights = {name: t.to(_DTYPES[dtype]).contiguous() for name, t in tensors.items()}
     cfg = {
         "architecture": architecture,
@@ -51,12 +60,13 @@ def export_saelens(
         "d_sae": int(sae.d_sae),
         "dtype": dtype,
         "device": "cpu",
-        "apply_b_dec_to_input": True,
+        "apply_b_dec_to_input": bool(sae.kind.apply_b_dec_to_input),
         "normalize_activations": "none",
         "metadata": {
             "sae_lens_version": SAE_LENS_VERSION,
             "model_name": model_name,
             "hook_name": hook_name,
+            **({} if hook_name_out is None else {"hook_name_out": hook_name_out}),
             # None when trained from an activations file: there were no sequences.
             "context_size": None if context_size is None else int(context_size),
             "prepend_bos": prepend_bos,

@@ -303,8 +303,8 @@ def logit_effects(sae, scaling_factor: float, unembedding: torch.Tensor, *, norm
     """
     unembedding = unembedding.detach()
     vocab, d_in = unembedding.shape
-    if d_in != sae.d_in:
-        raise EngineError(f"The unembedding has width {d_in} but the SAE reads {sae.d_in}-wide activations")
+    if d_in != sae.d_out:
+        raise EngineError(f"The unembedding has width {d_in} but the SAE writes {sae.d_out}-wide activations")
     if norm_weight is not None and tuple(norm_weight.shape) != (d_in,):
         raise EngineError(f"norm_weight has shape {tuple(norm_weight.shape)}: expected ({d_in},)")
     if n < 1 or chunk_features < 1:

@@ -5,7 +5,9 @@ Four points, named as TransformerLens names them (`blocks.{L}.hook_<point>`):
 - resid_post: block L's output, the residual stream after it (the default);
 - resid_pre: block L's input, the residual stream before it;
 - attn_out: the attention's output as it is added to the residual stream;
-- mlp_out: the MLP's output as it is added to the residual stream.
+- mlp_out: the MLP's output as it is added to the residual stream;
+- mlp_in: the MLP's input, after the norm in front of it (TransformerLens' `blocks.{L}.ln2.hook_normalized`),
+  read by a forward pre-hook on the MLP: what a transcoder reads (engine.sae.transcoder).
 
 The attention and MLP are found by the block's module structure, never by the model's name, so a
 family transformers adds later is covered when it is built like one of these:
@@ -26,19 +28,25 @@ torch is imported inside functions: the web process asks on a model built on the
 """
 from engine.errors import EngineError
 
-RESID_POST, RESID_PRE, MLP_OUT, ATTN_OUT = "resid_post", "resid_pre", "mlp_out", "attn_out"
-HOOK_POINTS = (RESID_POST, RESID_PRE, MLP_OUT, ATTN_OUT)
+RESID_POST, RESID_PRE, MLP_OUT, ATTN_OUT, MLP_IN = "resid_post", "resid_pre", "mlp_out", "attn_out", "mlp_in"
+HOOK_POINTS = (RESID_POST, RESID_PRE, MLP_OUT, ATTN_OUT, MLP_IN)
 DEFAULT_HOOK_POINT = RESID_POST
 # The points every stack of blocks has: a block's input and output.
 RESIDUAL_POINTS = (RESID_POST, RESID_PRE)
 
 _MLP_CLASS_PARTS = ("mlp", "ffn", "feedforward", "moe")
 _MLP_NAMES = ("mlp", "ffn", "feed_forward", "block_sparse_moe")
+# A post-LN block's MLP is split in two children; the first one's input is the MLP's (BertIntermediate).
+_MLP_FIRST_HALF_NAMES = ("intermediate",)
+# Points read at a module's input (a forward pre-hook) rather than its output.
+_INPUT_POINTS = (RESID_PRE, MLP_IN)
 
 
 def transformerlens_name(hook_point: str, layer_number: int) -> str:
     """TransformerLens' name for the point (what a SAELens cfg's hook_name says)."""
     check_hook_point(hook_point)
+    if hook_point == MLP_IN:
+        return f"blocks.{layer_number}.ln2.hook_normalized"
     return f"blocks.{layer_number}.hook_{hook_point}"
 
 
@@ -48,8 +56,9 @@ def check_hook_point(hook_point: str) -> None:
 
 
 def hook_module(block, hook_point: str):
-    """The module of `block` whose output is the hook point: the block itself for resid_post, None
-    for resid_pre (the block's input) and for a point this block does not have."""
+    """The module of `block` whose output is the hook point (for mlp_in: whose input is), the block
+    itself for resid_post, None for resid_pre (the block's input) and for a point this block does
+    not have."""
     check_hook_point(hook_point)
     if hook_point == RESID_POST:
         return block
@@ -64,6 +73,8 @@ def hook_module(block, hook_point: str):
             return None
         return _post_ln_projection(attention) or attention
     mlp = next((m for name, m in children.items() if m is not attention and _is_mlp(name, m)), None)
+    if hook_point == MLP_IN:
+        return mlp if mlp is not None else next((children[n] for n in _MLP_FIRST_HALF_NAMES if n in children), None)
     if mlp is not None:
         return mlp
     # Post-LN: the MLP's second half is a direct child that adds and norms (BertOutput).
@@ -133,11 +144,12 @@ def register_reader(block, hook_point: str, read):
     """Call read(hidden) with the point's value [batch, positions, d_model] on every forward pass
     through `block`; `read` may raise to stop the forward there (extraction does). resid_pre reads
     in a forward pre-hook of the block, before the block runs. Returns the hook's handle."""
-    if hook_point == RESID_PRE:
+    if hook_point in _INPUT_POINTS:
         def before(_module, args, kwargs):
             read(_hidden_argument(args, kwargs))
 
-        return block.register_forward_pre_hook(before, with_kwargs=True)
+        module = block if hook_point == RESID_PRE else _module_for(block, hook_point)
+        return module.register_forward_pre_hook(before, with_kwargs=True)
 
     def after(_module, _inputs, output):
         read(output[0] if isinstance(output, tuple) else output)
@@ -148,7 +160,7 @@ def register_reader(block, hook_point: str, read):
 def register_writer(block, hook_point: str, replace):
     """Put replace(hidden) in place of the point's value on every forward pass through `block`,
     as the model goes on from there (replace returns None to leave it). Returns the hook's handle."""
-    if hook_point == RESID_PRE:
+    if hook_point in _INPUT_POINTS:
         def before(_module, args, kwargs):
             new = replace(_hidden_argument(args, kwargs))
             if new is None:
@@ -159,7 +171,8 @@ def register_writer(block, hook_point: str, replace):
                 return (new, *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": new}
 
-        return block.register_forward_pre_hook(before, with_kwargs=True)
+        module = block if hook_point == RESID_PRE else _module_for(block, hook_point)
+        return module.register_forward_pre_hook(before, with_kwargs=True)
 
     def after(_module, _inputs, output):
         hidden = output[0] if isinstance(output, tuple) else output

@@ -18,11 +18,15 @@ exactly as there). With exclude_special_tokens, as in SAELens' get_recons_loss:
 Beside it, as SAELens names them: `kl_div_with_sae` and `kl_div_with_ablation`, the mean over the
 measured predictions of KL(clean || spliced) between the next-token distributions, in nats, and
 `kl_div_score` = (ablation − sae) / ablation, 1 being perfect.
+
+A transcoder reads one point and writes another (`read_point`: mlp_in, `hook_point`: mlp_out):
+the MLP's output is replaced by the transcoder's prediction from the MLP's input of the same
+forward, and the baseline zero-ablates the MLP's output.
 """
 from collections.abc import Callable
 
 from engine.errors import EngineError
-from engine.hooks import DEFAULT_HOOK_POINT, register_writer
+from engine.hooks import DEFAULT_HOOK_POINT, register_reader, register_writer
 from engine.loading import LoadedModel
 from engine.model_info import is_causal_lm
 from engine.sequences import Sequences, encode
@@ -46,7 +50,9 @@ def ce_loss_evaluation(
     hook_point: str = DEFAULT_HOOK_POINT,
     prepend_bos: bool = True,
     exclude_special_tokens: bool = True,
+    read_point: str | None = None,
 ) -> dict:
+    """`read_point`: where `reconstruct` reads (a transcoder's input), when not `hook_point`."""
     import torch
 
     if getattr(loaded.model, "get_output_embeddings", lambda: None)() is None:
@@ -54,13 +60,18 @@ def ce_loss_evaluation(
     kept = _sequences(loaded, texts, max_sequence_length=max_sequence_length, max_tokens=max_tokens,
                       prepend_bos=prepend_bos, exclude_special_tokens=exclude_special_tokens)
 
-    mode = {"value": "clean", "rows": None}  # rows: the batch's positions that are rows [batch, positions]
+    # rows: the batch's positions that are rows [batch, positions]; read: read_point's value this forward
+    mode = {"value": "clean", "rows": None, "read": None}
+
+    def keep_input(hidden):
+        mode["read"] = hidden
 
     def splice(hidden):
         if mode["value"] == "clean":
             return None
         if mode["value"] == "sae":
-            replaced = reconstruct(hidden.float()).to(hidden.dtype)
+            source = hidden if read_point is None else mode["read"]
+            replaced = reconstruct(source.float()).to(hidden.dtype)
         else:
             replaced = torch.zeros_like(hidden)
         # Special tokens' positions keep their value (see the module's docstring).
@@ -69,7 +80,10 @@ def ce_loss_evaluation(
     totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     kl_totals = {"sae": 0.0, "zero": 0.0}
     n_predicted = 0
-    handle = register_writer(loaded.blocks[layer_number], hook_point, splice)
+    block = loaded.blocks[layer_number]
+    handles = [register_writer(block, hook_point, splice)]
+    if read_point is not None:
+        handles.append(register_reader(block, read_point, keep_input))
     pad_id = loaded.tokenizer.pad_token_id
     try:
         with torch.inference_mode():
@@ -92,7 +106,8 @@ def ce_loss_evaluation(
                         kl = torch.nn.functional.kl_div(log_probs, clean_log_probs, log_target=True, reduction="none")
                         kl_totals[name] += float(kl.sum(dim=-1).double().sum())
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
     return {**_summary(totals, n_predicted, layer_number), **_kl_summary(kl_totals, n_predicted, layer_number)}
 

@@ -55,7 +55,7 @@ def job_spec(job: TrainingJob, device: str):
     return RunSpec(
         paths=RunPaths(activations=paths["activations_path"], model=paths["model_path"], metadata=paths["metadata_path"],
                        saelens_dir=paths["saelens_dir"], features_dir=paths["features_dir"],
-                       checkpoint_dir=paths["checkpoint_dir"]),
+                       checkpoint_dir=paths["checkpoint_dir"], targets=paths["targets_path"]),
         config=train_config(job),
         model=ResolvedModel(name=job.model_name, location=job.model_location, source=job.model_source) if on_model else None,
         corpus=corpus.path if corpus else None,

@@ -135,7 +135,7 @@ class TrainingJob(models.Model):
     # made (engine.sequences). Blank and null for a job on an activations file: its rows came from
     # elsewhere.
     hook_point = models.CharField(max_length=16, choices=[(p, p) for p in HOOK_POINTS], default=DEFAULTS.hook_point,
-                                  blank=True, help_text="resid_post, resid_pre, mlp_out or attn_out of block layer_number.")
+                                  blank=True, help_text="resid_post, resid_pre, mlp_out, attn_out or mlp_in of block layer_number (a transcoder: mlp_out, what it predicts).")
     exclude_special_tokens = models.BooleanField(null=True, blank=True, default=DEFAULTS.exclude_special_tokens,
                                                  help_text="No activation rows at BOS/CLS/SEP/EOS/padding positions.")
     prepend_bos = models.BooleanField(null=True, blank=True, default=DEFAULTS.prepend_bos,

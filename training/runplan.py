@@ -85,13 +85,14 @@ def job_packing(corpus, packing: str | None) -> str:
 
 
 def disk_plan(*, corpus, described, packing: str, max_sequence_length: int, hidden_dim: int, max_epochs: int,
-              training_tokens: int | None, cache_activations: str, token: str | None = None) -> dict:
+              training_tokens: int | None, cache_activations: str, token: str | None = None, sites: int = 1) -> dict:
     """engine.disk's plan for the run (DiskPlan.to_dict(), with how its tokens were estimated:
     `bytes_per_token` and `tokens_estimated_from`); a ServiceError with DiskFull's message when
-    the run cannot fit the data folder's free disk."""
+    the run cannot fit the data folder's free disk. `sites`: the caches the run writes side by side
+    (a transcoder's MLP input and output: 2)."""
     plan, estimate = _plan(corpus=corpus, described=described, packing=packing, max_sequence_length=max_sequence_length,
                            hidden_dim=hidden_dim, max_epochs=max_epochs, training_tokens=training_tokens,
-                           cache_activations=cache_activations, token=token)
+                           cache_activations=cache_activations, token=token, sites=sites)
     if isinstance(plan, disk.DiskFull):
         raise ServiceError(str(plan))
     return {**plan.to_dict(), **estimate, "reason": _reason(plan.reason, estimate)}
@@ -149,7 +150,7 @@ def disk_report(*, corpus, described, **sizes) -> dict:
 
 
 def _plan(*, corpus, described, packing, max_sequence_length, hidden_dim, max_epochs, training_tokens,
-          cache_activations, token=None, estimate=None):
+          cache_activations, token=None, estimate=None, sites=1):
     """(the DiskPlan, or the DiskFull that refuses it; how the tokens were estimated). `estimate`:
     that of an earlier call on the same model and corpus (reading the tokenizer takes seconds)."""
     from engine.trainer import TrainConfig
@@ -164,7 +165,7 @@ def _plan(*, corpus, described, packing, max_sequence_length, hidden_dim, max_ep
                                        packing=packing or facts.default_packing, max_sequence_length=max_sequence_length)
     estimate = {"bytes_per_token": round(bytes_per_token, 3), "tokens_estimated_from": estimated_from}
     try:
-        plan = disk.plan_disk(cache_activations=cache_activations, rows_per_pass=rows, d_model=described.info.hidden_size,
+        plan = disk.plan_disk(cache_activations=cache_activations, rows_per_pass=rows, d_model=described.info.hidden_size, sites=sites,
                               d_sae=hidden_dim, max_epochs=max_epochs,
                               # The trainer holds this share out (train_config leaves it at its default).
                               eval_fraction=TrainConfig.__dataclass_fields__["eval_fraction"].default,

@@ -5,7 +5,7 @@ from rest_framework.utils import html
 
 from engine import sae as architectures
 from engine.disk import CACHE_MODES
-from engine.hooks import HOOK_POINTS
+from engine.hooks import HOOK_POINTS, MLP_OUT
 from engine.packing import PACKINGS
 
 from training.defaults import DEFAULTS
@@ -59,8 +59,10 @@ class TrainRequestSerializer(serializers.Serializer):
         choices=list(HOOK_POINTS), default=DEFAULTS.hook_point,
         error_messages={"invalid_choice": f'"{{input}}" is not a hook point: choose one of {", ".join(HOOK_POINTS)}.'},
         help_text="Where in block layer_number the SAE reads: resid_post (the block's output), resid_pre (its input), "
-                  "mlp_out or attn_out (the MLP's or attention's output as added to the residual stream); "
-                  "TransformerLens' blocks.L.hook_<point>")
+                  "mlp_out or attn_out (the MLP's or attention's output as added to the residual stream), mlp_in (the "
+                  "MLP's input after its norm, TransformerLens' blocks.L.ln2.hook_normalized); TransformerLens' "
+                  "blocks.L.hook_<point>. A transcoder reads mlp_in and predicts mlp_out, which this then names "
+                  "(left out, it is mlp_out)")
     exclude_special_tokens = serializers.BooleanField(default=DEFAULTS.exclude_special_tokens, help_text="Leave positions holding a special token (BOS, CLS, SEP, EOS, padding) out of training and evaluation; the model still sees them")
     prepend_bos = serializers.BooleanField(default=DEFAULTS.prepend_bos, help_text="Start a causal LM's sequences with its tokenizer's BOS (once, whether or not the tokenizer adds one itself), as TransformerLens and SAELens do; encoders add their own CLS and SEP")
     packing = packing_field()
@@ -70,6 +72,13 @@ class TrainRequestSerializer(serializers.Serializer):
     def get_fields(self):
         # The registered architectures (engine.sae) and the request fields they take (k, target_l0).
         return {**super().get_fields(), **architecture_fields()}
+
+    def validate(self, attrs):
+        # A transcoder predicts the MLP's output: a request that names no hook_point means that one.
+        if "hook_point" not in self.initial_data and attrs.get("architecture") in architectures.names() and \
+                not architectures.get(attrs["architecture"]).apply_b_dec_to_input:
+            attrs["hook_point"] = MLP_OUT
+        return super().validate(attrs)
 
 
 def architecture_fields() -> dict:

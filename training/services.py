@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from corpora.selectors import corpus_for_user
 from engine import sae as architectures
+from engine.hooks import MLP_IN, MLP_OUT
 from mistudio import crypto
 from mistudio.errors import Conflict, ServiceError
 from training import modelcheck, runplan, selectors
@@ -82,6 +83,7 @@ def job_columns(*, owner, request: JobRequest, any_local_path: bool = False, des
     runplan.check_choices(packing=request.packing, cache_activations=request.cache_activations,
                           training_tokens=request.training_tokens)
     _check_architecture(request)
+    _check_transcoder(request)
     _check_gpu_ids(request)
     modelcheck.check_gpu_request(request.gpu_id, quantization, gpu_ids=request.gpu_ids)
     corpus = described = disk_plan = None
@@ -108,7 +110,8 @@ def job_columns(*, owner, request: JobRequest, any_local_path: bool = False, des
         disk_plan = None if not plan_disk else runplan.disk_plan(corpus=corpus, described=described, packing=packing,
                                       max_sequence_length=request.max_sequence_length, hidden_dim=request.hidden_dim,
                                       max_epochs=request.max_epochs, training_tokens=request.training_tokens,
-                                      cache_activations=request.cache_activations, token=request.huggingface_token)
+                                      cache_activations=_cache_mode(request), token=request.huggingface_token,
+                                      sites=1 if _reconstructs(request) else 2)
     # The request's fields are the job's columns, but for the corpus (a row) and the token (encrypted).
     columns = {name: value for name, value in asdict(request).items() if name not in ("corpus_file", "huggingface_token")}
     columns.update(quantization=quantization, packing=packing)
@@ -169,6 +172,37 @@ def _check_architecture(request: JobRequest) -> None:
         # The registry's problems start with the field they are about ("k: ..."), in the API's words.
         named = problem.partition(":")[0]
         raise ServiceError(problem, field=named if named in {"architecture", *values} else None)
+
+
+def _reconstructs(request: JobRequest) -> bool:
+    """An SAE reconstructs what it reads; a transcoder predicts another site (engine.sae.transcoder)."""
+    return architectures.get(request.architecture).apply_b_dec_to_input
+
+
+def _cache_mode(request: JobRequest) -> str:
+    """What the worker will do: a transcoder always caches its two sites."""
+    return request.cache_activations if _reconstructs(request) else "always"
+
+
+def _check_transcoder(request: JobRequest) -> None:
+    """A transcoder (engine.sae.transcoder) reads the MLP's input and predicts its output, so its
+    hook_point names the target and is mlp_out; both sides are cached from one forward and read at
+    the same rows."""
+    if _reconstructs(request):
+        return
+    name = request.architecture
+    if request.activations_file:
+        raise ServiceError(f"activations_file: a {name} trains on a model's MLP input and output, extracted together: "
+                           "give model_name and corpus_file instead.", field="activations_file")
+    if request.hook_point != MLP_OUT:
+        raise ServiceError(f"hook_point: a {name} reads the MLP's input ({MLP_IN}) and predicts its output: hook_point "
+                           f"must be {MLP_OUT} (or left out), not '{request.hook_point}'.", field="hook_point")
+    if request.cache_activations == "never":
+        raise ServiceError(f"cache_activations: transcoders need a cache: a {name} reads its input and target rows at the "
+                           "same indices from two cached files; use auto or always.", field="cache_activations")
+    if request.gpu_ids is not None:
+        raise ServiceError(f"gpu_ids: a {name} trains on one GPU (gpu_id); training it on several is not supported yet.",
+                           field="gpu_ids")
 
 
 def _check_gpu_ids(request: JobRequest) -> None:
@@ -347,6 +381,8 @@ def job_artifact_paths(job: TrainingJob) -> dict[str, Path]:
         "checkpoint_dir": models_dir,
         "model_path": models_dir / f"{job.id}_sae.pt",
         "activations_path": activations_dir / f"{job.id}_activations.npy",
+        # A transcoder's targets (the MLP's output), row for row with activations_path (its input).
+        "targets_path": activations_dir / f"{job.id}_targets.npy",
         "metadata_path": activations_dir / f"{job.id}_metadata.json",
         "saelens_dir": models_dir / f"{job.id}_saelens",
         "features_dir": models_dir / f"{job.id}_features",

@@ -116,6 +116,14 @@ def _check_shape(request: SweepRequest) -> None:
             raise ServiceError(f"{name}: {list(values)} names one more than once.", field=name)
     if not request.members:
         raise ServiceError("members: list at least one member ({} trains the base's settings).", field="members")
+    for number, overrides in [(None, {}), *enumerate(request.members)]:
+        name = overrides.get("architecture", base.architecture)
+        if name in architectures.names() and not architectures.get(name).apply_b_dec_to_input:
+            where = "architecture" if number is None else f"members[{number}].architecture"
+            # A sweep shares one cache per (layer, hook point); a transcoder needs two read together.
+            raise ServiceError(f"{where}: a sweep cannot train a {name} yet (transcoders need a cache of the MLP's input "
+                               "and output together); train it with POST /api/v1/train.",
+                               field="architecture" if number is None else "members")
     allowed = member_fields()
     for number, overrides in enumerate(request.members):
         unknown = sorted(set(overrides) - set(allowed))

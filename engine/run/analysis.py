@@ -45,7 +45,9 @@ def analyze(spec, result, activations, activations_path, *, model, loaded, on_pr
     if token_ids is None:
         info["contexts_reason"] = ("trained from an activations file: there are no tokens" if spec.activations_file is not None
                                    else "the activations were extracted before token indexes were kept")
-    info["logit_effect_reason"] = _add_logit_effects(analysis, sae, result.scaling_factor, spec, model, loaded)
+    # The logit effect reads W_dec, which writes in the output's units (a transcoder's: its target's scale).
+    output_scale = result.scaling_factor if result.target_scaling_factor is None else result.target_scaling_factor
+    info["logit_effect_reason"] = _add_logit_effects(analysis, sae, output_scale, spec, model, loaded)
     info["logit_effect"] = info["logit_effect_reason"] is None
     folder = spec.paths.features_dir
     save_analysis(analysis, folder)

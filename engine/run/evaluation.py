@@ -12,11 +12,12 @@ _NO_CE_LOSS = {"ce_loss_clean": None, "ce_loss_with_sae": None, "ce_loss_zero_ab
                "kl_div_score": None}
 
 
-def evaluate(spec, result, activations, *, model_name, loaded, sequences) -> tuple[dict, object]:
+def evaluate(spec, result, activations, *, model_name, loaded, sequences, targets=None) -> tuple[dict, object]:
     """(the evaluation, each feature's firing density for the SAELens export, or None).
     `loaded`: the causal LM (None when there is none); `sequences`: the sequences the cached rows
     came from (engine.sequences.Sequences), None when the rows streamed (`activations` is then
-    the ActivationStream, which computes the held-out tail again) or came from a file."""
+    the ActivationStream, which computes the held-out tail again) or came from a file. `targets`:
+    a transcoder's, which it is scored on (the FVU of the MLP's output)."""
     start, stop = result.heldout_rows or (0, int(activations.shape[0]))
     streamed = isinstance(activations, ActivationStream)
     evaluation = evaluate_sae(
@@ -24,6 +25,7 @@ def evaluate(spec, result, activations, *, model_name, loaded, sequences) -> tup
         scaling_factor=result.scaling_factor, device=spec.device,
         batch_tokens=spec.config.sae_batch_tokens, dead_counts=result.tokens_since_fired,
         dead_window_tokens=result.dead_window_tokens,
+        targets=None if targets is None else targets[start:stop], target_scaling_factor=result.target_scaling_factor,
     )
     feature_density = evaluation.pop("feature_density", None)
     if spec.activations_file is not None:
@@ -41,16 +43,21 @@ def evaluate(spec, result, activations, *, model_name, loaded, sequences) -> tup
 def _ce_loss(spec, result, *, loaded, heldout: Sequences) -> dict:
     from engine.lm_eval import ce_loss_evaluation
 
+    from engine.run.sources import is_transcoder, transcoder_sites
+
     sae, s = result.sae.to(spec.device).eval(), result.scaling_factor
+    s_out = s if result.target_scaling_factor is None else result.target_scaling_factor
 
     def reconstruct(x):
-        return sae.decode(sae.encode(x * s)) / s
+        return sae(x * s)[0] / s_out
 
+    # A transcoder's prediction from the MLP's input replaces the MLP's output in the same forward.
+    read_point = next(iter(transcoder_sites(spec)))[1] if is_transcoder(spec) else None
     # Its ce_loss_reason says why ce_loss_recovered is None, when it is.
     return ce_loss_evaluation(loaded, heldout, layer_number=spec.layer_number, reconstruct=reconstruct,
                               max_sequence_length=spec.max_sequence_length, batch_size=spec.batch_size,
                               hook_point=spec.hook_point, prepend_bos=spec.prepend_bos,
-                              exclude_special_tokens=spec.exclude_special_tokens)
+                              exclude_special_tokens=spec.exclude_special_tokens, read_point=read_point)
 
 
 def heldout_sequences(sequences: Sequences, first_row: int, heldout_start: int) -> Sequences:

@@ -29,6 +29,7 @@ def training_stats(result, activations, features: dict, *, extra: dict, extracti
         "feature_statistics": features,
         "tokens": int(activations.shape[0]),
         "input_scaling_factor": result.scaling_factor,
+        "target_scaling_factor": result.target_scaling_factor,  # a transcoder's; None for an SAE
         "training_tokens": result.heldout_rows[0] if result.heldout_rows else int(activations.shape[0]),
         "resampled_features": result.resampled_features,
         "sae_batch_tokens_used": result.sae_batch_tokens,
@@ -74,10 +75,12 @@ def metadata(spec, result, activations, activations_path, *, model_name, model_i
             "architecture": config.architecture,
             "k": config.k,
             "d_in": int(activations.shape[1]),
+            "d_out": int(result.sae.d_out),
             "d_sae": config.hidden_dim,
             "state_dict_keys": sorted(saved_weights),
-            "decode": "f @ W_dec + b_dec",
+            "decode": "f @ W_dec + b_dec + x @ W_skip.T" if "W_skip" in saved_weights else "f @ W_dec + b_dec",
             "input_scaling_folded_into_weights": result.scaling_factor,
+            "target_scaling_folded_into_weights": result.target_scaling_factor,
         },
         "training": {
             "sparsity_coeff": config.sparsity_coeff,

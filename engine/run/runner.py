@@ -4,7 +4,7 @@ export the SAE, analyse its features, write the metadata."""
 from dataclasses import replace
 from pathlib import Path
 
-from engine.activations import ExtractionStream, extract_activations
+from engine.activations import ExtractionStream, extract_activations, extract_sites
 from engine.cache import load_activations
 from engine.errors import AnalysisCancelled, EngineError, ExtractionCancelled
 from engine.export import save_sae, write_metadata
@@ -63,6 +63,8 @@ class _Run:
         self.loaded = self.sequences = self.extraction = None
         self.shared_model = loaded
         self.source = self.stream = self.disk = None  # the corpus as sequences; the rows when streamed; engine.disk's plan
+        self.transcoder = sources.is_transcoder(spec)
+        self.targets = None  # a transcoder's target rows (the MLP's output), row for row with the activations
         # The spec's budget is the trainer's (a TrainConfig given one keeps it).
         self.config = replace(spec.config, training_tokens=sources.budget(spec))
 
@@ -101,8 +103,14 @@ class _Run:
         spec = self.spec
         if spec.activations_file is not None:
             path = Path(spec.activations_file)
+            if self.transcoder:
+                if spec.targets_file is None:
+                    raise EngineError(f"A {spec.config.architecture} trained from an activations file needs its targets_file")
+                self.targets = load_activations(Path(spec.targets_file))
             return load_activations(path), path, None
         self.model = resolve_spec_model(spec)
+        if self.transcoder:
+            return self._transcoder_activations()
         causal = bool(self._model_info().get("is_causal_lm"))
         cache = Path(spec.cache) if spec.cache is not None and Path(spec.cache).is_file() else None
         if cache is not None and not causal:
@@ -140,6 +148,29 @@ class _Run:
         if result is not None and result.stopped_reason == "cancelled":
             return None, path, result
         return load_activations(path), path, result
+
+    def _transcoder_activations(self):
+        """A transcoder's input and target rows, both cached from the same forward passes
+        (engine.activations.extract_sites): training reads them at the same indices."""
+        spec = self.spec
+        sites = sources.transcoder_sites(spec)
+        self.loaded = self.shared_model or load_spec_model(spec, self.model)
+        self.source = sources.sequence_source(spec, self.loaded)
+        rows = self.source.rows_per_sequence()
+        self.disk = sources.disk_plan(spec, self.loaded, int(rows.sum()), mode="always")
+        self.sequences = self.source.read(sources.rows_to_read(spec, int(rows.sum())))
+        self._enter(EXTRACTING, device=spec.device)
+        extraction = extract_sites(self.loaded, self.sequences, sites=sites, batch_size=spec.batch_size,
+                                   max_sequence_length=spec.max_sequence_length, seed=spec.config.seed,
+                                   on_progress=self.callbacks.on_extraction_progress, should_stop=self.callbacks.should_stop,
+                                   prepend_bos=spec.prepend_bos, exclude_special_tokens=spec.exclude_special_tokens)
+        (input_site, target_site) = sites
+        self.extraction = extraction.results[input_site]
+        self._call("on_cache_complete", self.extraction)
+        self.targets = load_activations(extraction.results[target_site].path)
+        if not bool(self._model_info().get("is_causal_lm")):
+            self.loaded = None  # only next-token evaluation needs the model again: free it now
+        return load_activations(self.extraction.path), self.extraction.path, None
 
     def _model_info(self) -> dict:
         if self.model_info is None:
@@ -180,9 +211,12 @@ class _Run:
 
     def _step(self, path: Path, *, arrival_order: bool) -> TrainStep:
         spec = self.spec
+        targets = None
+        if self.transcoder:
+            targets = Path(spec.targets_file if spec.activations_file is not None else spec.paths.targets)
         return TrainStep(activations_path=Path(path), config=self.config, device=spec.device,
                          checkpoint_dir=spec.paths.checkpoint_dir, checkpoint_prefix=spec.checkpoint_prefix,
-                         resume_from=spec.resume_from, arrival_order=arrival_order)
+                         resume_from=spec.resume_from, arrival_order=arrival_order, targets_path=targets)
 
     def _train(self, activations, path):
         """The training step on the finished file; a rerun of a run that trained while extracting
@@ -213,14 +247,15 @@ class _Run:
         model_name = self.model.name if self.model is not None else None
         self._enter(EVALUATING)
         evaluation, feature_density = evaluate(spec, result, activations, model_name=model_name, loaded=self.loaded,
-                                               sequences=self.sequences)
-        saved_weights = save_sae(spec.paths.model, result.sae, result.scaling_factor)
+                                               sequences=self.sequences, targets=self.targets)
+        saved_weights = save_sae(spec.paths.model, result.sae, result.scaling_factor, result.target_scaling_factor)
         tokens = self._tokens()
         saelens = export_saelens(
             spec.paths.saelens_dir, result.sae, result.scaling_factor, model_name=model_name or None,
             hook_name=tokens["hook_name"], context_size=None if from_file else spec.max_sequence_length,
             prepend_bos=tokens["prepend_bos"], exclude_special_tokens=tokens["exclude_special_tokens"],
-            feature_density=feature_density,
+            feature_density=feature_density, target_scaling_factor=result.target_scaling_factor,
+            hook_name_out=tokens.get("hook_name_out"),
         )
         # One pass over the activations after training: the analysis counts what the feature
         # statistics need too.
@@ -258,7 +293,11 @@ class _Run:
         from engine.corpus import corpus_format, default_packing
 
         packing = spec.packing or default_packing(corpus_format(Path(spec.corpus)))
-        return {"packing": packing, "text_field": spec.text_field, "hook_point": spec.hook_point, "hook_name": transformerlens_name(spec.hook_point, spec.layer_number),
+        names = {"hook_name": transformerlens_name(spec.hook_point, spec.layer_number)}
+        if self.transcoder:  # it reads the MLP's input and writes the point (mlp_out)
+            (_, input_point), _ = sources.transcoder_sites(spec)
+            names = {"hook_name": transformerlens_name(input_point, spec.layer_number), "hook_name_out": names["hook_name"]}
+        return {"packing": packing, "text_field": spec.text_field, "hook_point": spec.hook_point, **names,
                 "prepend_bos": tokenizer is not None and effective_prepend_bos(
                     tokenizer, causal=causal, prepend_bos=spec.prepend_bos),
                 "exclude_special_tokens": spec.exclude_special_tokens, "reason": None}

@@ -8,6 +8,28 @@ from engine.model_info import hidden_size, is_causal_lm
 from engine.packing import SequenceSource
 
 
+def is_transcoder(spec) -> bool:
+    """Whether the spec's architecture predicts another point than it reads (engine.sae.transcoder)."""
+    from engine.sae import get
+
+    return not get(spec.config.architecture).apply_b_dec_to_input
+
+
+def transcoder_sites(spec) -> dict:
+    """A transcoder's two extraction sites, input and target, and the files their rows go to. It
+    reads the MLP's input after its norm and predicts the MLP's output (Dunefsky et al. 2024)."""
+    from engine.errors import EngineError
+    from engine.hooks import MLP_IN, MLP_OUT
+
+    if spec.hook_point != MLP_OUT:
+        raise EngineError(f"A {spec.config.architecture} reads {MLP_IN} and predicts {MLP_OUT}: "
+                          f"its hook_point must be {MLP_OUT}, not {spec.hook_point}")
+    if spec.cache_activations == "never":
+        raise EngineError("transcoders need a cache: their input and target rows are read at the same indices "
+                          "from two files; set cache_activations to auto or always")
+    return {(spec.layer_number, MLP_IN): spec.paths.activations, (spec.layer_number, MLP_OUT): spec.paths.targets}
+
+
 def sequence_source(spec, loaded) -> SequenceSource:
     return SequenceSource(Path(spec.corpus), loaded.tokenizer, max_sequence_length=spec.max_sequence_length,
                           causal=is_causal_lm(loaded.config), prepend_bos=spec.prepend_bos,
@@ -23,8 +45,10 @@ def budget(spec) -> int | None:
 def disk_plan(spec, loaded, rows_per_pass: int, *, mode: str):
     """engine.disk.plan_disk for this run on the data folder it writes to (raises DiskFull), in
     cache `mode`: the spec's, or what the run must do (a multi-process training step reads a file;
-    a resume takes its batches the way its checkpoint's run did)."""
+    a resume takes its batches the way its checkpoint's run did). A transcoder caches two files
+    (the MLP's input and output)."""
     return plan_disk(cache_activations=mode, rows_per_pass=rows_per_pass, d_model=hidden_size(loaded.config),
+                     sites=2 if is_transcoder(spec) else 1,
                      d_sae=spec.config.hidden_dim, max_epochs=spec.config.max_epochs,
                      eval_fraction=spec.config.eval_fraction, training_tokens=budget(spec),
                      free=free_space(spec))

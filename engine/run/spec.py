@@ -23,6 +23,7 @@ class RunPaths:
     saelens_dir: Path
     features_dir: Path
     checkpoint_dir: Path
+    targets: Path | None = None  # a transcoder's: the MLP's output, row for row with `activations` (its input)
 
     @classmethod
     def in_folder(cls, folder: Path, name: str = "sae") -> "RunPaths":
@@ -31,7 +32,8 @@ class RunPaths:
         folder.mkdir(parents=True, exist_ok=True)
         return cls(activations=folder / f"{name}_activations.npy", model=folder / f"{name}_sae.pt",
                    metadata=folder / f"{name}_metadata.json", saelens_dir=folder / f"{name}_saelens",
-                   features_dir=folder / f"{name}_features", checkpoint_dir=folder)
+                   features_dir=folder / f"{name}_features", checkpoint_dir=folder,
+                   targets=folder / f"{name}_targets.npy")
 
 
 @dataclass
@@ -68,10 +70,13 @@ class RunSpec:
     # The most disk the run may write (its cache and checkpoints), below the data folder's free space; None: the free space.
     disk_budget_bytes: int | None = None
     activations_file: Path | None = None  # .npy or .safetensors [tokens, d_model]: no model, no extraction
+    # A transcoder trained from files: its targets [tokens, d_out], row for row with activations_file.
+    targets_file: Path | None = None
     layer_number: int = 0  # 0-based block the SAE reads at
     # Where in block layer_number (engine.hooks): "resid_post" (its output), "resid_pre" (its
-    # input), "mlp_out", "attn_out". The next two: engine.sequences. All three are ignored for an
-    # activations_file (its metadata records them as absent).
+    # input), "mlp_out", "attn_out", "mlp_in". A transcoder (engine.sae.transcoder) reads mlp_in and
+    # predicts this point, which must be mlp_out. The next two: engine.sequences. All three are
+    # ignored for an activations_file (its metadata records them as absent).
     hook_point: str = "resid_post"
     exclude_special_tokens: bool = True
     prepend_bos: bool = True

@@ -24,17 +24,20 @@ class TrainStep:
     # a run that trained while extracting did, so its rerun from the finished file must too. A
     # resume follows whatever its checkpoint's run did (the trainer checks).
     arrival_order: bool = False
+    targets_path: Path | None = None  # a transcoder's targets, row for row with activations_path
 
     def to_dict(self) -> dict:
         """JSON-ready, for a step handed to other processes."""
         return {**asdict(self), "activations_path": str(self.activations_path), "checkpoint_dir": str(self.checkpoint_dir),
-                "resume_from": None if self.resume_from is None else str(self.resume_from)}
+                "resume_from": None if self.resume_from is None else str(self.resume_from),
+                "targets_path": None if self.targets_path is None else str(self.targets_path)}
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainStep":
         return cls(**{**values, "activations_path": Path(values["activations_path"]), "config": TrainConfig(**values["config"]),
                       "checkpoint_dir": Path(values["checkpoint_dir"]),
-                      "resume_from": None if values["resume_from"] is None else Path(values["resume_from"])})
+                      "resume_from": None if values["resume_from"] is None else Path(values["resume_from"]),
+                      "targets_path": None if values.get("targets_path") is None else Path(values["targets_path"])})
 
     def on_device(self, device: str, *, ram_share: int = 1) -> "TrainStep":
         """The same step on another device; `ram_share`: how many processes share the host's RAM
@@ -61,15 +64,21 @@ def train_step(
     """Train the step's SAE. `activations`: the rows already open (an array, or an
     ExtractionStream still being written); by default the file, a .npy mapped rather than read."""
     if activations is None:
-        path = Path(step.activations_path)
         # The run that made the step checked the file already.
-        activations = np.load(path, mmap_mode="r") if path.suffix == ".npy" else load_activations(path)
+        activations = open_rows(step.activations_path)
     rows = load_arrival_rows(step.activations_path, activations.shape[0]) if step.arrival_order else None
     return train_sae(
         activations, step.config, device=step.device, checkpoint_dir=step.checkpoint_dir,
         checkpoint_prefix=step.checkpoint_prefix, on_progress=on_progress, should_stop=should_stop,
         on_checkpoint=on_checkpoint, resume_from=step.resume_from, distributed=distributed, first_epoch_rows=rows,
+        targets=None if step.targets_path is None else open_rows(step.targets_path),
     )
+
+
+def open_rows(path: Path):
+    """A finished activations file: a .npy mapped rather than read, another format loaded."""
+    path = Path(path)
+    return np.load(path, mmap_mode="r") if path.suffix == ".npy" else load_activations(path)
 
 
 def train_in_process(step: TrainStep, activations, callbacks) -> TrainResult:

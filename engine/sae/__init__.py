@@ -8,6 +8,8 @@ torch module they share (engine.sae.module).
 - jumprelu:  learned per-feature thresholds and an L0 (or target-L0) penalty (Gemma Scope).
 - matryoshka_batchtopk: BatchTopK whose nested prefixes each reconstruct the input (Bussmann et al. 2025).
 - gated:     a gate path picks the features, a magnitude path sizes them (Rajamanoharan et al. 2024).
+- transcoder, skip_transcoder: TopK codes of an MLP's input that predict its output (Dunefsky et
+  al. 2024), the skip one with a learned linear skip W_skip (Paulo et al. 2025).
 
 Importing this package imports no torch (the web process lists and checks architectures);
 SparseAutoencoder, build_sae and sae_from_state_dict load the torch side when first asked for.
@@ -19,6 +21,7 @@ from engine.sae import batchtopk  # noqa: F401
 from engine.sae import jumprelu  # noqa: F401
 from engine.sae import matryoshka_batchtopk  # noqa: F401
 from engine.sae import gated  # noqa: F401
+from engine.sae import transcoder  # noqa: F401
 from engine.sae.registry import (  # noqa: F401 (the registry's API)
     MAX_NAME_LENGTH, Architecture, RequestField, check_config, check_request, describe_field, get, names, register,
     request_fields, taking, unregister,

@@ -1,10 +1,12 @@
 """The SAE as a torch module: the four weights every architecture shares, with SAELens' names and
-shapes (W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]),
+shapes (W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out], b_dec [d_out]),
 
-    pre = (x - b_dec) @ W_enc + b_enc,   x_hat = f @ W_dec + b_dec,
+    pre = (x - b_dec) @ W_enc + b_enc,   x_hat = f @ W_dec + b_dec (+ the architecture's skip term),
 
 and its architecture (`kind`, from engine.sae.registry), which takes the code f from the
-pre-activations and adds what else it keeps (a threshold, k).
+pre-activations and adds what else it keeps (a threshold, k, W_skip). An SAE reconstructs its
+input (d_out = d_in); a transcoder predicts another site from it (d_out its width, and no b_dec
+subtracted from the input, which lives in another space: engine.sae.transcoder).
 """
 import torch
 from torch import nn
@@ -14,15 +16,18 @@ from engine.sae import registry
 
 
 class SparseAutoencoder(nn.Module):
-    def __init__(self, d_in: int, d_sae: int, *, architecture: str = "relu", **options):
+    def __init__(self, d_in: int, d_sae: int, *, architecture: str = "relu", d_out: int | None = None, **options):
         super().__init__()
         self.kind = registry.get(architecture)
         self.d_in = d_in
         self.d_sae = d_sae
+        self.d_out = d_in if d_out is None else int(d_out)
+        if self.d_out != d_in and self.kind.apply_b_dec_to_input:
+            raise EngineError(f"A {architecture} SAE reconstructs its input: d_out must equal d_in ({d_in}), not {self.d_out}")
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae))
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, self.d_out))
+        self.b_dec = nn.Parameter(torch.zeros(self.d_out))
         self.kind.setup(self, options)
 
     @property
@@ -34,7 +39,9 @@ class SparseAutoencoder(nn.Module):
         return self.kind.unit_norm_decoder
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        if self.kind.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return self.kind.activate(self, pre)
@@ -45,9 +52,17 @@ class SparseAutoencoder(nn.Module):
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.W_dec + self.b_dec
 
+    def skip(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The architecture's linear term of the input added to the decoded output (a skip
+        transcoder's x W_skip^T), or None."""
+        return self.kind.skip(self, x)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the prediction, the codes): the reconstruction of x, or a transcoder's output."""
         f = self.encode(x)
-        return self.decode(f), f
+        out = self.decode(f)
+        skip = self.skip(x)
+        return (out if skip is None else out + skip), f
 
     def decoder_norms(self) -> torch.Tensor:
         return self.W_dec.norm(dim=1)
@@ -71,12 +86,19 @@ class SparseAutoencoder(nn.Module):
         Tied initialisation of W_enc as W_dec.T starts every feature as a matched
         detector/writer pair (Anthropic, "Circuits Updates - April 2024"; Gao et al. 2024).
         The trainer passes the geometric median as b_dec (Bricken et al. 2023, "Towards
-        Monosemanticity"); the mean is the fallback.
+        Monosemanticity"); the mean is the fallback. A transcoder's encoder reads another space
+        than its decoder writes, so its encoder directions are drawn on their own (after the
+        decoder's, so an SAE's draws are what they always were); `sample` is then the target's.
         """
-        directions = torch.randn(self.d_sae, self.d_in, generator=generator, device="cpu")
+        directions = torch.randn(self.d_sae, self.d_out, generator=generator, device="cpu")
         directions /= directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.W_dec.copy_(directions.to(self.W_dec.device))
-        self.W_enc.copy_(self.W_dec.T * self.kind.encoder_init_scale)
+        if self.kind.apply_b_dec_to_input:
+            self.W_enc.copy_(self.W_dec.T * self.kind.encoder_init_scale)
+        else:
+            readers = torch.randn(self.d_sae, self.d_in, generator=generator, device="cpu")
+            readers /= readers.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            self.W_enc.copy_(readers.T.to(self.W_enc.device) * self.kind.encoder_init_scale)
         self.b_enc.zero_()
         centre = b_dec if b_dec is not None else sample.to(torch.float32).mean(dim=0)
         self.b_dec.copy_(centre.to(self.b_dec.device, torch.float32))
@@ -103,14 +125,15 @@ class SparseAutoencoder(nn.Module):
     def from_state_dict(cls, state_dict: dict, **kwargs) -> "SparseAutoencoder":
         """A relu SAE (or `architecture=...`) from a state dict, ignoring keys it does not keep."""
         d_in, d_sae = state_dict["W_enc"].shape
-        sae = cls(d_in, d_sae, **kwargs)
+        sae = cls(d_in, d_sae, d_out=state_dict["W_dec"].shape[1], **kwargs)
         names = set(sae.state_dict())
         sae.load_state_dict({k: v.to(torch.float32) for k, v in state_dict.items() if k in names})
         return sae
 
 
 def build_sae(architecture: str, d_in: int, d_sae: int, **options) -> SparseAutoencoder:
-    """A new SAE of a registered architecture; `options` are TrainConfig-named (k=..., ...)."""
+    """A new SAE of a registered architecture; `options` are TrainConfig-named (k=..., ...), and
+    d_out for a transcoder."""
     problems = [field.problem(options.get(field.name), architecture)
                 for field in registry.get(architecture).request_fields]
     if any(problems):
@@ -131,6 +154,6 @@ def sae_from_state_dict(state_dict: dict, *, architecture: str | None = None, **
         architecture = matches[0]
     d_in, d_sae = state_dict["W_enc"].shape
     options = {**registry.get(architecture).options_in_state(state_dict), **options}
-    sae = build_sae(architecture, int(d_in), int(d_sae), **options)
+    sae = build_sae(architecture, int(d_in), int(d_sae), d_out=int(state_dict["W_dec"].shape[1]), **options)
     sae.load_state_dict({name: v.to(torch.float32) for name, v in state_dict.items()})
     return sae

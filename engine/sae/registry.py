@@ -97,6 +97,9 @@ class Architecture:
     # sparsity weight up or down during training until L0 sits at the target
     # (engine.trainer.target_l0): for sparsity terms that are an L1, whose L0 follows their weight.
     adapts_l1_to_target_l0 = False
+    # An SAE subtracts b_dec from its input (it lives in the input's space); a transcoder's b_dec is
+    # in the output's space and is not (SAELens' apply_b_dec_to_input).
+    apply_b_dec_to_input = True
 
     # -- requests (no torch) --
 
@@ -129,6 +132,10 @@ class Architecture:
 
     def activate(self, sae, pre):
         return pre.relu()
+
+    def skip(self, sae, x):
+        """A linear term of the input added to the decoded output (skip transcoders), or None."""
+        return None
 
     def sparse_code(self, sae, pre):
         """(values, indices) of each token's non-zero codes, for architectures with sparse_decode."""
@@ -169,8 +176,8 @@ class Architecture:
         return {}
 
     def aux_loss(self, sae, x, recon, pre, trainer):
-        """An auxiliary loss added to the step's loss (already weighted), or None.
-        `trainer` gives config, dead_mask(), optimizer, parallel, state and total_steps."""
+        """An auxiliary loss added to the step's loss (already weighted), or None. `x` is what
+        `recon` predicts: the input of an SAE, the target of a transcoder. `trainer` gives config, dead_mask(), optimizer, parallel, state and total_steps."""
         return None
 
     def after_step(self, sae, x, recon, trainer) -> None:
@@ -184,6 +191,10 @@ class Architecture:
 
     def export_tensors(self, sae) -> dict:
         """Tensors besides the four weights an exported SAE needs (SAELens names)."""
+        return {}
+
+    def scaled_export_tensors(self, sae, input_scale: float, output_scale: float) -> dict:
+        """Tensors an export needs that the input and output scaling fold into (engine.export)."""
         return {}
 
     def saelens_config(self, sae) -> dict:

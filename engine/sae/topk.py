@@ -48,7 +48,7 @@ class TopK(Architecture):
     def aux_loss(self, sae, x, recon, pre, trainer):
         """AuxK (Gao et al. 2024, section A.2): reconstruct the main model's residual with the top
         k_aux dead latents, so dead latents get a gradient that points them at what the live ones
-        miss. Weighted by aux_k_coeff; k_aux defaults to d_in // 2."""
+        miss. Weighted by aux_k_coeff; k_aux defaults to half the output width (d_in for an SAE)."""
         config = trainer.config
         if config.aux_k_coeff <= 0:
             return None
@@ -56,7 +56,7 @@ class TopK(Architecture):
         n_dead = int(dead.sum().item())
         if n_dead == 0:
             return pre.new_zeros(())
-        k_aux = min(config.aux_k or max(1, sae.d_in // 2), n_dead)
+        k_aux = min(config.aux_k or max(1, sae.d_out // 2), n_dead)
         values, indices = pre.masked_fill(~dead, -math.inf).topk(k_aux, dim=-1)
         z_aux = pre.new_zeros(pre.shape).scatter(-1, indices, values.relu())
         from torch.nn.functional import mse_loss

@@ -9,7 +9,8 @@ weights_only=True reads it). Its `format_version` says how to read it:
 - 2: every key but tokens_trained, always; epoch_sums is a dict named like RunState.epoch_sums.
 - 3: every key but the target-L0 controller's, always (tokens_trained and streamed came with
   budgets and streaming).
-- 4: every key below, always (sparsity_multiplier and l0_ema came with relu's target_l0).
+- 4: every key below, always (sparsity_multiplier and l0_ema came with relu's target_l0), but
+  target_scaling_factor, written since transcoders (absent: an SAE).
 Every checkpoint of formats 1 to 3 still resumes as it would have (its tokens trained counted
 from its epochs and steps; no controller: its multiplier 1).
 """
@@ -55,6 +56,7 @@ class RunState:
     # smoothed L0 it steers by (None until its first step).
     sparsity_multiplier: float = 1.0
     l0_ema: float | None = None
+    target_scaling_factor: float | None = None  # a transcoder's target scale (None: an SAE)
 
 
 @dataclass
@@ -93,6 +95,7 @@ def write(path: Path, *, sae, optimizer, state: RunState, config, mid_epoch: boo
         "streamed": state.streamed,
         "sparsity_multiplier": state.sparsity_multiplier,
         "l0_ema": state.l0_ema,
+        "target_scaling_factor": state.target_scaling_factor,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     with AtomicFile(path) as partial:
@@ -139,6 +142,9 @@ def restore(saved: Saved, sae, optimizer, state: RunState, *, d_in: int, config,
     sae.load_state_dict(payload["sae"])
     optimizer.load_state_dict(payload["optimizer"])
     state.scaling_factor = float(payload["scaling_factor"])
+    # Written since transcoders (an optional key of format 4: absent means an SAE's checkpoint).
+    if payload.get("target_scaling_factor") is not None:
+        state.target_scaling_factor = float(payload["target_scaling_factor"])
     state.step = int(payload["step"])
     state.epochs_done = int(payload["epoch"])
     state.epoch_step = int(payload["epoch_step"])

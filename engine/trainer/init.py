@@ -11,9 +11,13 @@ _SCALE_SAMPLE_TOKENS = 8192
 _GEOMETRIC_MEDIAN_ITERATIONS = 20
 
 
+def sample_indices(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Which of n rows the sample takes (a transcoder's input and target share them)."""
+    return rng.choice(n, size=min(n, _SCALE_SAMPLE_TOKENS), replace=False)
+
+
 def sample_rows(activations, n: int, rng: np.random.Generator) -> torch.Tensor:
-    indices = rng.choice(n, size=min(n, _SCALE_SAMPLE_TOKENS), replace=False)
-    return rows_tensor(activations, indices, "cpu")
+    return rows_tensor(activations, sample_indices(n, rng), "cpu")
 
 
 def sample_of(window: np.ndarray, seed: int) -> np.ndarray:

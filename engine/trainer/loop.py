@@ -34,6 +34,7 @@ def train_sae(
     resume_from: Path | None = None,
     distributed: bool = False,
     first_epoch_rows: np.ndarray | None = None,
+    targets: np.ndarray | torch.Tensor | None = None,
 ) -> TrainResult:
     """`activations`: an array or tensor [rows, d_in], or an engine.activations.ExtractionStream
     still being written, whose rows the first epoch consumes as they arrive.
@@ -43,6 +44,10 @@ def train_sae(
     draws them through a shuffle buffer in that order, which a run overlapping extraction must do;
     giving the same order for the finished file repeats that run exactly. When resuming, the
     checkpoint decides: the order is used if its run used one (and then must be given).
+
+    `targets`: what a transcoder predicts, an array [rows, d_out] whose row i goes with row i of
+    `activations` (the MLP's output for its input). Each side gets its own input scale; the loss and
+    explained variance are on the targets. SAEs have none (they reconstruct `activations`).
 
     With `distributed`, call this in every rank of an initialised process group with the same
     activations and config; only rank 0 writes checkpoints, so give callbacks to rank 0 alone
@@ -54,11 +59,15 @@ def train_sae(
         first_epoch_rows = stream.arrival
         if resume_from is not None or distributed:
             raise EngineError("Resume or distributed training reads a finished activations file, not an extraction in progress")
+        if targets is not None:
+            raise EngineError("A transcoder trains on finished input and target files, not an extraction in progress")
+    _check_pairing(config, activations, targets)
     saved = checkpoint.load(resume_from) if resume_from is not None else None
     if saved is not None and saved.payload.get("streamed", False):
         raise EngineError(f"Checkpoint '{saved.name}' was trained on rows streamed from the model, not a cache: "
                           "resume it the same way (cache_activations never)")
-    layout = _layout(config, activations, saved, device=device, distributed=distributed, first_epoch_rows=first_epoch_rows)
+    layout = _layout(config, activations, saved, device=device, distributed=distributed, first_epoch_rows=first_epoch_rows,
+                     targets=targets)
     rows_ready = RowsReady(stream, should_stop, config.stop_check_interval_s)
     run, generator = _start(config, layout, activations, stream, saved, rows_ready, device=device)
     writer = checkpoint.Writer(checkpoint_dir, checkpoint_prefix, on_checkpoint,
@@ -86,12 +95,14 @@ class _Layout:
     parallel: object | None  # engine.distributed.DataParallel
     mixing: Mixing | None  # the first epoch follows the extraction order
     budget: int | None = None  # tokens the run trains on, when training_tokens ends it before max_epochs
+    targets: object | None = None  # a transcoder's [rows, d_out] targets
+    d_out: int | None = None  # a transcoder's target width (None: d_in)
 
     def budget_left(self, state) -> int | None:
         return None if self.budget is None else self.budget - state.tokens_trained
 
 
-def _layout(config, activations, saved, *, device, distributed, first_epoch_rows) -> _Layout:
+def _layout(config, activations, saved, *, device, distributed, first_epoch_rows, targets=None) -> _Layout:
     n_rows, d_in = check_activations(activations)
     n_train = n_rows - plan.eval_rows(n_rows, config.eval_fraction)
     # A resumed run keeps the batch and penalty weight its checkpoint was trained with, even when
@@ -110,7 +121,7 @@ def _layout(config, activations, saved, *, device, distributed, first_epoch_rows
                         buffer_rows=config.shuffle_buffer_tokens, batch_tokens=batch_tokens)
     return _Layout(n_rows, n_train, d_in, run_batch_tokens, batch_tokens, sparsity_weight, steps_per_epoch,
                    plan.total_steps(config, n_train, batch_tokens, steps_per_epoch), parallel, mixing,
-                   plan.token_budget(config, n_train))
+                   plan.token_budget(config, n_train), targets, None if targets is None else int(targets.shape[1]))
 
 
 def _start(config, layout: _Layout, activations, stream, saved, rows_ready, *, device, sample=None):
@@ -120,7 +131,7 @@ def _start(config, layout: _Layout, activations, stream, saved, rows_ready, *, d
     np.random.seed(config.seed)
     # A private generator drives init and shuffling, so a checkpoint can restore it exactly.
     generator = torch.Generator().manual_seed(config.seed)
-    sae = build_sae(config.architecture, layout.d_in, config.hidden_dim, k=config.k,
+    sae = build_sae(config.architecture, layout.d_in, config.hidden_dim, d_out=layout.d_out, k=config.k,
                     jumprelu_initial_threshold=config.jumprelu_initial_threshold,
                     jumprelu_bandwidth=config.jumprelu_bandwidth, matryoshka_widths=config.matryoshka_widths)
     state = checkpoint.RunState(batch_tokens=layout.run_batch_tokens, sparsity_weight=layout.sparsity_weight)
@@ -151,6 +162,8 @@ def _start(config, layout: _Layout, activations, stream, saved, rows_ready, *, d
         # Every rank computed the same scale from the same seeded sample; rank 0's makes sure of it
         # (DistributedDataParallel does the same for the weights).
         state.scaling_factor = layout.parallel.broadcast_float(state.scaling_factor)
+        if state.target_scaling_factor is not None:
+            state.target_scaling_factor = layout.parallel.broadcast_float(state.target_scaling_factor)
     run = Run(config=config, sae=sae, optimizer=optimizer, state=state, device=device,
               total_steps=layout.total_steps, total_tokens=layout.budget or layout.n_train * config.max_epochs,
               dead_window_tokens=plan.dead_window_tokens(config, layout.n_train),
@@ -161,20 +174,28 @@ def _start(config, layout: _Layout, activations, stream, saved, rows_ready, *, d
 def _initialize(sae, state, config, layout: _Layout, activations, stream, rows_ready, generator, sample) -> None:
     """The input scale is a fixed preprocessing constant, shared by training and evaluation, so it
     comes from all rows; weights only ever see the training rows. b_dec starts at the sample's
-    geometric median, W_enc at W_dec.T (engine.sae.module)."""
+    geometric median, W_enc at W_dec.T (engine.sae.module). A transcoder's targets get their own
+    scale from the same rows, and b_dec starts at their geometric median: it is the output's offset."""
+    indices = None
     if sample is not None:
         pass
     elif layout.mixing is None:
-        sample = init.sample_rows(activations, layout.n_rows, np.random.default_rng(config.seed))
+        indices = init.sample_indices(layout.n_rows, np.random.default_rng(config.seed))
     else:
         # The rows the first step waits for anyway: the buffer's first fill.
         window = layout.mixing.arrival[: layout.mixing.first_fill]
         if not rows_ready(len(window)):
             raise ExtractionCancelled("Activation extraction was cancelled")
-        sample = rows_tensor(activations, init.sample_of(window, config.seed), "cpu", mapped=stream is not None)
+        indices = init.sample_of(window, config.seed)
+    if indices is not None:
+        sample = rows_tensor(activations, indices, "cpu", mapped=stream is not None)
     state.scaling_factor = init.scaling_factor(sample)
-    scaled = sample * state.scaling_factor
-    sae.initialize_(scaled, generator, b_dec=init.geometric_median(scaled))
+    centred = sample * state.scaling_factor
+    if layout.targets is not None:
+        target_sample = rows_tensor(layout.targets, indices, "cpu")
+        state.target_scaling_factor = init.scaling_factor(target_sample)
+        centred = target_sample * state.target_scaling_factor
+    sae.initialize_(centred, generator, b_dec=init.geometric_median(centred))
     state.epoch_rng_state = generator.get_state()
 
 
@@ -189,15 +210,18 @@ class _Loop:
         self.rows_ready, self.should_stop, self.on_progress = rows_ready, should_stop, on_progress
         self.last_stop_check = -math.inf
         self.source = None if stream is not None else self._source(activations)
+        self.target_source = None if layout.targets is None else self._source(layout.targets)
 
     def _source(self, activations) -> ActivationSource:
-        config = self.run.config
-        return ActivationSource(activations, self.layout.n_train, ram_budget_bytes=config.ram_budget_bytes,
-                                device=self.run.device)
+        budget = self.run.config.ram_budget_bytes
+        if budget is not None and self.layout.targets is not None:
+            budget //= 2  # a transcoder's inputs and targets share it
+        return ActivationSource(activations, self.layout.n_train, ram_budget_bytes=budget, device=self.run.device)
 
     def close(self) -> None:
-        if self.source is not None:
-            self.source.close()
+        for source in (self.source, self.target_source):
+            if source is not None:
+                source.close()
 
     def epochs(self) -> str:
         run, state, config = self.run, self.run.state, self.run.config
@@ -255,7 +279,8 @@ class _Loop:
                 x = rows_tensor(self.activations, indices, run.device, mapped=True) * state.scaling_factor
             else:
                 x = self.source.read(indices) * state.scaling_factor
-            run.step(x)
+            target = None if self.target_source is None else self.target_source.read(indices) * state.target_scaling_factor
+            run.step(x, target)
             state.tokens_trained += len(indices) if layout.parallel is None else len(indices) * layout.parallel.world
             state.epoch_step = batch_index + 1
             run.progress.maybe_report(self.on_progress, epoch=state.epochs_done + 1, step=state.step,
@@ -314,6 +339,7 @@ def _result(run: Run, writer, layout: _Layout, stopped_reason: str) -> TrainResu
     return TrainResult(
         sae=run.sae.cpu().eval(),
         scaling_factor=state.scaling_factor,
+        target_scaling_factor=state.target_scaling_factor,
         final_loss=float(final_loss),
         final_mse=float(final_mse),
         total_epochs=state.epochs_done,
@@ -345,3 +371,17 @@ def convergence_epoch(history: list[float]) -> int | None:
         if abs(loss - final) <= _CONVERGENCE_TOLERANCE * abs(final):
             return epoch
     return len(history)
+
+
+def _check_pairing(config, activations, targets) -> None:
+    """A transcoder needs its targets, row for row; an SAE takes none."""
+    predicts = not architecture(config.architecture).apply_b_dec_to_input
+    if predicts and targets is None:
+        raise EngineError(f"A {config.architecture} predicts another site from its input: give its targets")
+    if not predicts and targets is not None:
+        raise EngineError(f"A {config.architecture} SAE reconstructs its input: it takes no targets")
+    if targets is not None:
+        shape = check_activations(targets)
+        if shape[0] != activations.shape[0]:
+            raise EngineError(f"The targets have {shape[0]} rows and the inputs {activations.shape[0]}: "
+                              "they must be extracted from the same tokens")

@@ -52,23 +52,25 @@ class Run:
     def dead_mask(self) -> torch.Tensor:
         return self.state.tokens_since_fired >= self.dead_window_tokens
 
-    def step(self, x: torch.Tensor) -> None:
+    def step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        """One update on the batch x; `target` is what a transcoder predicts (an SAE: x itself)."""
+        target = x if target is None else target
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(self.config, self.state.step, self.total_steps)
         if self.state.decode_path is None:
-            self.state.decode_path = self._choose_decode_path(x)
+            self.state.decode_path = self._choose_decode_path(x, target)
             if self.parallel is not None:
                 # Timings differ between processes; every rank decodes the way rank 0 chose.
                 self.state.decode_path = self.parallel.broadcast_choice(self.state.decode_path, DECODE_PATHS)
         forward = self._forward if self.ddp is None else self.ddp
         pre, f, recon, fired, fired_per_token = forward(x, self.state.decode_path)
-        losses = self._losses(x, pre, f, recon)
+        losses = self._losses(target, pre, f, recon)
         with torch.no_grad():
             l0 = (fired_per_token if f is None else (f > 0).sum(dim=1)).float().mean()
         # Distributed: the whole batch's numbers, reduced before backward so every rank sees the same loss.
         totals = None
         if self.parallel is not None:
-            totals = reduce_batch(self.parallel, x, recon, l0, fired, losses, stop_wanted=self.stop_wanted)
+            totals = reduce_batch(self.parallel, target, recon, l0, fired, losses, stop_wanted=self.stop_wanted)
             self.stop_agreed = totals.stop
         self._check_finite(losses["loss"] if totals is None else totals.losses["loss"])
         self._update(losses["loss"])
@@ -77,11 +79,11 @@ class Run:
             counters = self.state.tokens_since_fired
             counters += n
             counters[fired if totals is None else totals.fired] = 0
-        self.kind.after_step(self.sae, x, recon, self)
+        self.kind.after_step(self.sae, target, recon, self)
         if totals is None:
             with torch.no_grad():
-                squared_error = ((x - recon) ** 2).sum().item()
-                squared_deviation = ((x - x.mean(dim=0)) ** 2).sum().item()
+                squared_error = ((target - recon) ** 2).sum().item()
+                squared_deviation = ((target - target.mean(dim=0)) ** 2).sum().item()
             values = {name: value.item() for name, value in losses.items()}
             l0 = l0.item()
         else:
@@ -103,6 +105,7 @@ class Run:
     def _losses(self, x, pre, f, recon) -> dict:
         """loss = MSE (mean over elements) + weight x warm-up x the architecture's sparsity term,
         + its auxiliary loss (AuxK) + its further reconstruction losses (Matryoshka's prefixes), by name.
+        `x` is what recon predicts (a transcoder's target).
         The weight's multiplier is 1 unless target_l0 steers it."""
         mse = F.mse_loss(recon, x)
         sparsity = self.kind.sparsity_loss(self.sae, pre, f, self.config)
@@ -148,15 +151,21 @@ class Run:
                 # (an embedding-bag, forward and backward) instead of a [B, d_sae] @ [d_sae, d_in] matmul.
                 values, indices = self.kind.sparse_code(sae, pre)
                 recon = F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
+                skip = sae.skip(x)
+                if skip is not None:
+                    recon = recon + skip
                 fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
                 fired[indices[values > 0]] = True
                 return pre.float(), None, recon.float(), fired, (values > 0).sum(dim=1)
             f = sae.activate(pre)
             recon = sae.decode(f)
+            skip = sae.skip(x)
+            if skip is not None:
+                recon = recon + skip
         f = f.float()
         return pre.float(), f, recon.float(), (f > 0).any(dim=0), None
 
-    def _choose_decode_path(self, x: torch.Tensor) -> str:
+    def _choose_decode_path(self, x: torch.Tensor, target: torch.Tensor) -> str:
         """Sparse decoding pays off only when d_sae is large against k and the device's gather is
         quick: time both on the first batch (forward and backward, no update) and keep the faster."""
         if self.config.decode_path != "auto":
@@ -167,7 +176,7 @@ class Run:
         for path in ("dense", "sparse", "dense", "sparse"):  # the first of each warms up
             started = time.perf_counter()
             _, _, recon, _, _ = self._forward(x, path)
-            F.mse_loss(recon, x).backward()
+            F.mse_loss(recon, target).backward()
             if self.on_cuda:
                 torch.cuda.synchronize()
             timings[path] = time.perf_counter() - started

@@ -56,13 +56,13 @@ def test_an_unknown_hook_point_is_a_400_that_lists_the_valid_names(alice_api, co
     response = train(alice_api, model_name="tiny/gpt2", corpus_file=corpus, layer_number=1, hook_point="resid_mid")
     assert response.status_code == 400
     assert response.json()["detail"] == (
-        'hook_point: "resid_mid" is not a hook point: choose one of resid_post, resid_pre, mlp_out, attn_out.'
+        'hook_point: "resid_mid" is not a hook point: choose one of resid_post, resid_pre, mlp_out, attn_out, mlp_in.'
     )
 
 
 def test_validate_model_lists_the_hook_points_a_model_has(alice_api, hub_models, mamba):
     body = alice_api.post("/api/v1/validate-model", {"model_name": "tiny/gpt2"}, format="json").json()
-    assert body["model_info"]["hook_points"] == ["resid_post", "resid_pre", "mlp_out", "attn_out"]
+    assert body["model_info"]["hook_points"] == ["resid_post", "resid_pre", "mlp_out", "attn_out", "mlp_in"]
     body = alice_api.post("/api/v1/validate-model", {"model_name": mamba}, format="json").json()
     assert body["model_info"]["hook_points"] == ["resid_post", "resid_pre"]
 

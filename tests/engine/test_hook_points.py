@@ -25,6 +25,13 @@ MODULES = {
     "gpt_neox": lambda m, L: {"attn_out": m.layers[L].attention, "mlp_out": m.layers[L].mlp},
     "bert": lambda m, L: {"attn_out": m.encoder.layer[L].attention.output.dense, "mlp_out": m.encoder.layer[L].output.dense},
 }
+# mlp_in is the input of these (the MLP, or BERT's first half of it), after the norm before it.
+MLP_INPUT_MODULES = {
+    "gpt2": lambda m, L: m.h[L].mlp,
+    "llama": lambda m, L: m.layers[L].mlp,
+    "gpt_neox": lambda m, L: m.layers[L].mlp,
+    "bert": lambda m, L: m.encoder.layer[L].intermediate,
+}
 
 
 def load(model_dir, **kwargs):
@@ -60,6 +67,8 @@ def reference(loaded, texts, hook_point):
                 return hook
 
             handles = [module.register_forward_hook(keep(name)) for name, module in modules.items()]
+            mlp_input = MLP_INPUT_MODULES[loaded.config.model_type](base, LAYER)
+            handles.append(mlp_input.register_forward_pre_hook(lambda _m, args: seen.__setitem__("mlp_in", args[0])))
             try:
                 out = loaded.model(input_ids=torch.tensor([model_input(loaded, text)]), output_hidden_states=True)
             finally:
@@ -118,7 +127,7 @@ def test_resid_pre_stops_before_block_l_runs_and_attn_out_before_its_mlp(sample_
 
 
 @pytest.mark.parametrize("model", ["tiny_gpt2_dir", "tiny_llama_dir", "tiny_neox_dir", "minilm_dir", "tiny_gemma2_dir"])
-def test_the_families_on_disk_have_all_four_hook_points(model, request):
+def test_the_families_on_disk_have_all_five_hook_points(model, request):
     assert available_hook_points(load(request.getfixturevalue(model)).model) == HOOK_POINTS
 
 

@@ -40,7 +40,7 @@ def test_the_engine_tests_run_without_django(request):
 
 def test_the_architecture_registry_lists_and_checks_requests_without_torch():
     result = run_python(
-        "import engine.sae as a, sys; assert a.names() == ('relu', 'topk', 'batchtopk', 'jumprelu', 'matryoshka_batchtopk', 'gated'), a.names(); "
+        "import engine.sae as a, sys; assert a.names() == ('relu', 'topk', 'batchtopk', 'jumprelu', 'matryoshka_batchtopk', 'gated', 'transcoder', 'skip_transcoder'), a.names(); "
         "assert a.check_request('topk', {'k': None, 'target_l0': None}, hidden_dim=8).startswith('k: required'); "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
