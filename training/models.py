@@ -128,7 +128,7 @@ class TrainingJob(models.Model):
     # Registered architectures (engine.sae); k and target_l0 are the request fields they take.
     architecture = models.CharField(max_length=architectures.MAX_NAME_LENGTH, choices=architecture_choices, default=DEFAULTS.architecture)
     k = models.IntegerField(null=True, blank=True, help_text="Active features per token (topk, batchtopk).")
-    target_l0 = models.FloatField(null=True, blank=True, help_text="jumprelu: penalise L0 towards this target.")
+    target_l0 = models.FloatField(null=True, blank=True, help_text="relu, jumprelu and gated: the L0 to hold (relu and gated steer their L1 weight toward it, jumprelu penalises the distance).")
     matryoshka_widths = models.JSONField(null=True, blank=True,
                                          help_text="matryoshka_batchtopk: the nested prefixes' widths, hidden_dim last.")
     # Where in block layer_number the SAE reads (engine.hooks) and how the corpus's sequences are

@@ -2,6 +2,7 @@
 (Bussmann et al. 2024, arXiv 2412.06410); at inference a JumpReLU with the buffer `threshold`, a
 running estimate of the smallest activation training kept. Exported to SAELens as a jumprelu with
 that threshold, which is exactly how it encodes outside training."""
+from engine.errors import EngineError
 from engine.sae.registry import register
 from engine.sae.topk import TopK
 
@@ -32,6 +33,17 @@ class BatchTopK(TopK):
         f = flat.new_zeros(flat.shape).scatter(0, indices, values).view_as(pre)
         _update_threshold(sae, values)
         return f
+
+    def loadable_state(self, state_dict):
+        """An export carries the threshold per feature, as SAELens' jumprelu does (every entry the
+        same): the module keeps it as one number."""
+        state = dict(state_dict)
+        threshold = state.get("threshold")
+        if threshold is not None and threshold.ndim == 1:
+            if not bool((threshold == threshold[0]).all()):
+                raise EngineError("This threshold differs between features: it is a jumprelu SAE's, not a batchtopk's")
+            state["threshold"] = threshold[0].clone()
+        return state
 
     def export_tensors(self, sae):
         return {"threshold": sae.threshold.detach().clamp_min(0).expand(sae.d_sae).clone()}

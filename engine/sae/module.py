@@ -153,7 +153,8 @@ def sae_from_state_dict(state_dict: dict, *, architecture: str | None = None, **
             raise EngineError(f"Cannot tell the architecture from the keys {sorted(state_dict)}: name it")
         architecture = matches[0]
     d_in, d_sae = state_dict["W_enc"].shape
-    options = {**registry.get(architecture).options_in_state(state_dict), **options}
+    kind = registry.get(architecture)
+    options = {**kind.options_in_state(state_dict), **options}
     sae = build_sae(architecture, int(d_in), int(d_sae), d_out=int(state_dict["W_dec"].shape[1]), **options)
-    sae.load_state_dict({name: v.to(torch.float32) for name, v in state_dict.items()})
+    sae.load_state_dict({name: v.to(torch.float32) for name, v in kind.loadable_state(state_dict).items()})
     return sae

@@ -127,6 +127,11 @@ class Architecture:
         """What build_sae needs that the SAE's own state dict records (sae_from_state_dict)."""
         return {}
 
+    def loadable_state(self, state_dict: Mapping) -> dict:
+        """The state dict as this architecture's module holds it, from its own or from its export
+        (engine.export writes some tensors in SAELens' shapes)."""
+        return dict(state_dict)
+
     def encode(self, sae, x):
         return self.activate(sae, sae.pre_activations(x))
 

@@ -16,12 +16,6 @@ SMALL_DISK = 200_000
 
 
 @pytest.fixture
-def corpus(upload, sample_corpus_bytes):
-    assert upload("reviews.txt", sample_corpus_bytes).status_code == 200
-    return "reviews.txt"
-
-
-@pytest.fixture
 def small_disk(monkeypatch):
     monkeypatch.setattr(disk, "free_bytes", lambda folder: SMALL_DISK)
     return SMALL_DISK

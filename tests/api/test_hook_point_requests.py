@@ -10,12 +10,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def corpus(upload, sample_corpus_bytes):
-    assert upload("reviews.txt", sample_corpus_bytes).status_code == 200
-    return "reviews.txt"
-
-
-@pytest.fixture
 def mamba(settings, tiny_mamba_dir):
     """A model whose blocks have neither an attention nor an MLP (engine.hooks finds neither)."""
     shutil.copytree(tiny_mamba_dir, settings.MODELS_DIR / "tiny" / "mamba")

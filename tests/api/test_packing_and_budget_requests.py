@@ -13,12 +13,6 @@ from training.models import TrainingJob
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def corpus(upload, sample_corpus_bytes):
-    assert upload("reviews.txt", sample_corpus_bytes).status_code == 200
-    return "reviews.txt"
-
-
 def train(client, **fields):
     return client.post("/api/v1/train", {"model_name": "tiny/gpt2", "corpus_file": "reviews.txt", "layer_number": 1,
                                          **fields}, format="json")

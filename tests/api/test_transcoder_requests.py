@@ -13,12 +13,6 @@ from training.tasks import run_training_job
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def corpus(upload, sample_corpus_bytes):
-    assert upload("reviews.txt", sample_corpus_bytes).status_code == 200
-    return "reviews.txt"
-
-
 def train(client, **fields):
     return client.post("/api/v1/train", fields, format="json")
 

@@ -15,4 +15,9 @@ class Migration(migrations.Migration):
             name='hook_point',
             field=models.CharField(blank=True, choices=[('resid_post', 'resid_post'), ('resid_pre', 'resid_pre'), ('mlp_out', 'mlp_out'), ('attn_out', 'attn_out'), ('mlp_in', 'mlp_in')], default='resid_post', help_text='resid_post, resid_pre, mlp_out, attn_out or mlp_in of block layer_number (a transcoder: mlp_out, what it predicts).', max_length=16),
         ),
+        migrations.AlterField(
+            model_name='trainingjob',
+            name='target_l0',
+            field=models.FloatField(blank=True, help_text='relu, jumprelu and gated: the L0 to hold (relu and gated steer their L1 weight toward it, jumprelu penalises the distance).', null=True),
+        ),
     ]
