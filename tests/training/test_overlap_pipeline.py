@@ -62,9 +62,9 @@ def test_the_cache_is_recorded_on_the_job_before_training_ends(alice, hub_models
     recorded = []
     step = Run.step
 
-    def watching(self, x):
+    def watching(self, x, target=None):
         recorded.append((self.state.epochs_done, TrainingJob.objects.values_list("activations_path", flat=True).get()))
-        return step(self, x)
+        return step(self, x, target)
 
     monkeypatch.setattr(Run, "step", watching)
     job = run(alice, **FIELDS)

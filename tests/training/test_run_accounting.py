@@ -75,12 +75,12 @@ def test_a_rerun_that_finds_the_cache_complete_and_no_checkpoint_ends_as_an_unin
 
     step = Run.step
 
-    def dying(self, x):
+    def dying(self, x, target=None):
         # In the second epoch: the cache is complete and recorded, no checkpoint exists yet, and
         # progress reports (PROGRESS_INTERVAL_S 0.1 in tests) have recorded this run's seconds.
         if self.state.epochs_done >= 1 and time.monotonic() - self.started_at > 0.5:
             raise Killed
-        return step(self, x)
+        return step(self, x, target)
 
     monkeypatch.setattr(Run, "step", dying)
     with pytest.raises(Killed):
