@@ -50,6 +50,8 @@ ROWS = {
     "jumprelu-target": ("`jumprelu`, target_l0 32", ["--architecture", "jumprelu", "--target-l0", "32"]),
     "gated": ("`gated` (sparsity_coeff 0.001)", ["--architecture", "gated"]),
     "gated-double": ("`gated`, sparsity_coeff 0.002", ["--architecture", "gated", "--sparsity-coeff", "0.002"]),
+    "relu-target": ("`relu`, target_l0 32", ["--target-l0", "32"]),
+    "matryoshka": ("`matryoshka_batchtopk`, k 32", ["--architecture", "matryoshka_batchtopk", "--k", "32"]),
 }
 
 
