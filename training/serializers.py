@@ -76,7 +76,7 @@ class TrainRequestSerializer(serializers.Serializer):
     def validate(self, attrs):
         # A transcoder predicts the MLP's output: a request that names no hook_point means that one.
         if "hook_point" not in self.initial_data and attrs.get("architecture") in architectures.names() and \
-                not architectures.get(attrs["architecture"]).apply_b_dec_to_input:
+                architectures.get(attrs["architecture"]).predicts_another_site:
             attrs["hook_point"] = MLP_OUT
         return super().validate(attrs)
 

@@ -176,7 +176,7 @@ def _check_architecture(request: JobRequest) -> None:
 
 def _reconstructs(request: JobRequest) -> bool:
     """An SAE reconstructs what it reads; a transcoder predicts another site (engine.sae.transcoder)."""
-    return architectures.get(request.architecture).apply_b_dec_to_input
+    return not architectures.get(request.architecture).predicts_another_site
 
 
 def _cache_mode(request: JobRequest) -> str:

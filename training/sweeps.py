@@ -118,7 +118,7 @@ def _check_shape(request: SweepRequest) -> None:
         raise ServiceError("members: list at least one member ({} trains the base's settings).", field="members")
     for number, overrides in [(None, {}), *enumerate(request.members)]:
         name = overrides.get("architecture", base.architecture)
-        if name in architectures.names() and not architectures.get(name).apply_b_dec_to_input:
+        if name in architectures.names() and architectures.get(name).predicts_another_site:
             where = "architecture" if number is None else f"members[{number}].architecture"
             # A sweep shares one cache per (layer, hook point); a transcoder needs two read together.
             raise ServiceError(f"{where}: a sweep cannot train a {name} yet (transcoders need a cache of the MLP's input "

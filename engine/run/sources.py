@@ -12,7 +12,7 @@ def is_transcoder(spec) -> bool:
     """Whether the spec's architecture predicts another point than it reads (engine.sae.transcoder)."""
     from engine.sae import get
 
-    return not get(spec.config.architecture).apply_b_dec_to_input
+    return get(spec.config.architecture).predicts_another_site
 
 
 def transcoder_sites(spec) -> dict:

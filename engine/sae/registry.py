@@ -100,6 +100,9 @@ class Architecture:
     # An SAE subtracts b_dec from its input (it lives in the input's space); a transcoder's b_dec is
     # in the output's space and is not (SAELens' apply_b_dec_to_input).
     apply_b_dec_to_input = True
+    # Its code of one site predicts another (a transcoder: the MLP's input -> its output): a run
+    # extracts both sites and trains on the pairs, and evaluation scores the prediction.
+    predicts_another_site = False
 
     # -- requests (no torch) --
 

@@ -26,6 +26,7 @@ class Transcoder(TopK):
     name = "transcoder"
     saelens_name = "transcoder"
     apply_b_dec_to_input = False
+    predicts_another_site = True
     # Adam moves each weight by about the learning rate a step, so a small encoder adapts fast
     # (topk's reasoning); the encoder is not tied to the decoder here, the scale only sets its size.
     encoder_init_scale = 0.3

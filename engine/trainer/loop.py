@@ -375,7 +375,7 @@ def convergence_epoch(history: list[float]) -> int | None:
 
 def _check_pairing(config, activations, targets) -> None:
     """A transcoder needs its targets, row for row; an SAE takes none."""
-    predicts = not architecture(config.architecture).apply_b_dec_to_input
+    predicts = architecture(config.architecture).predicts_another_site
     if predicts and targets is None:
         raise EngineError(f"A {config.architecture} predicts another site from its input: give its targets")
     if not predicts and targets is not None:
