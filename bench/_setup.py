@@ -4,10 +4,12 @@ a corpus built from samples/demo_corpus.txt.
 """
 
 import cProfile
+import json
 import os
 import platform
 import pstats
 import shutil
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -120,3 +122,19 @@ def timed(name, fn, profile: bool, top: int = 15):
         print(f"--- cProfile, {name}: top {top} by internal time")
         pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
     return result, seconds
+
+
+class TrainFailed(RuntimeError):
+    """A `manage.py train` process a bench ran exited non-zero (its message ends with stderr's tail)."""
+
+
+def run_train(command: list[str], *, cwd, env, label: str) -> tuple[dict, float]:
+    """Run one whole `manage.py train` process: (its result document, the last JSON object it
+    printed, and its wall seconds). Raises TrainFailed, naming `label`, when it fails."""
+    started = time.monotonic()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    if done.returncode != 0:
+        raise TrainFailed(f"manage.py train ({label}) failed:\n{done.stderr[-3000:]}")
+    out = done.stdout
+    return json.loads(out[out.rindex("\n{") + 1 if "\n{" in out else out.index("{"):]), wall

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from _setup import TrainFailed, run_train
+
 from engine.lm_eval import DEFAULT_MAX_TOKENS as APP_CE_MAX_TOKENS
 from engine.trainer.config import TrainConfig
 
@@ -81,13 +83,10 @@ def ours_run(args, folder: Path, corpus_file: Path, architecture: str) -> dict:
     env = ours_env(folder)
     command = [str(args.app_python), "manage.py", "train", "--model", args.ours_model, "--corpus", str(corpus_file),
                "--no-progress", *ours_cli_args(args, architecture)]
-    started = time.monotonic()
-    done = subprocess.run(command, cwd=args.app_repo, env=env, capture_output=True, text=True)
-    wall = time.monotonic() - started
-    if done.returncode != 0:
-        raise SystemExit(f"manage.py train ({architecture}) failed:\n{done.stderr[-3000:]}")
-    out = done.stdout
-    result = json.loads(out[out.rindex("\n{") + 1 if "\n{" in out else out.index("{"):])
+    try:
+        result, wall = run_train(command, cwd=args.app_repo, env=env, label=architecture)
+    except TrainFailed as failed:
+        raise SystemExit(str(failed)) from None
     activations = Path(result["activations_path"])
     starts_file = activations.with_name(activations.name.replace("_activations.npy", "_activations_sequence_starts.npy"))
     starts = np.load(starts_file).tolist()

@@ -45,6 +45,8 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+from _setup import run_train
+
 import numpy as np
 import torch
 
@@ -210,13 +212,7 @@ def ours_train(args, folder: Path, architecture: str, train_file: Path, widths: 
                "--min-loss", "0"]
     if architecture == "matryoshka_batchtopk":
         command += ["--matryoshka-widths", ",".join(map(str, widths))]
-    started = time.monotonic()
-    done = subprocess.run(command, cwd=args.app_repo, env=env, capture_output=True, text=True)
-    wall = time.monotonic() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"manage.py train ({architecture}) failed:\n{done.stderr[-3000:]}")
-    out = done.stdout
-    result = json.loads(out[out.rindex("\n{") + 1 if "\n{" in out else out.index("{"):])
+    result, wall = run_train(command, cwd=args.app_repo, env=env, label=architecture)
     stats = result["training_stats"]
     return {"folder": Path(result["exports"]["saelens"]), "wall_s": wall, "training_tokens": stats["training_tokens"],
             "batch": stats["sae_batch_tokens_used"], "own_ev": result["evaluation"]["explained_variance"]}

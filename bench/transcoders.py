@@ -20,9 +20,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from _setup import TrainFailed, run_train
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -58,13 +59,10 @@ def train(args, folder: Path, architecture: str, hook_point: str) -> dict:
                "--hook-point", hook_point, "--hidden-dim", str(args.d_sae), "--max-epochs", str(args.epochs),
                "--min-loss", "0", "--max-sequence-length", str(args.context), "--sae-batch-tokens", str(args.batch),
                "--learning-rate", str(args.lr), "--cache-activations", "always"]
-    started = time.monotonic()
-    done = subprocess.run(command, cwd=REPO, env=env_for(folder), capture_output=True, text=True)
-    wall = time.monotonic() - started
-    if done.returncode != 0:
-        raise SystemExit(f"manage.py train ({architecture}) failed:\n{done.stderr[-3000:]}")
-    out = done.stdout
-    result = json.loads(out[out.rindex("\n{") + 1 if "\n{" in out else out.index("{"):])
+    try:
+        result, wall = run_train(command, cwd=REPO, env=env_for(folder), label=architecture)
+    except TrainFailed as failed:
+        raise SystemExit(str(failed)) from None
     evaluation = result["evaluation"]
     return {"architecture": architecture, "hook_point": hook_point, "wall_s": round(wall, 1),
             "explained_variance": evaluation["explained_variance"], "l0": evaluation["l0"],
