@@ -40,7 +40,10 @@ def test_a_checkpoint_written_before_format_versions_resumes_as_it_would_have(ar
     # Bit for bit what the version that wrote it ended with, uninterrupted.
     assert resumed.loss_history == EXPECTED[architecture]["loss_history"]
     sums = {k: float(v.double().sum()) for k, v in resumed.sae.state_dict().items()}
-    assert sums == pytest.approx(EXPECTED[architecture]["state_dict_sums"], rel=1e-12)
+    # Bit for bit on the CPU that wrote them (an AMD EPYC); another's kernels (an Intel Xeon's) round
+    # jumprelu's threshold sums differently in the ninth digit. A resume that went wrong (its step,
+    # rates, rng or moments) also changes the loss history, compared exactly above.
+    assert sums == pytest.approx(EXPECTED[architecture]["state_dict_sums"], rel=1e-7)
 
 
 def test_this_version_writes_its_format_and_refuses_a_newer_one(tmp_path):
