@@ -68,6 +68,10 @@ class TrainRequestSerializer(serializers.Serializer):
     packing = packing_field()
     training_tokens = training_tokens_field()
     cache_activations = cache_activations_field()
+    force = serializers.BooleanField(
+        default=False, help_text="Staff only (403 for others): create the job even though its memory estimate "
+                                 "exceeds the memory of the device it would run on (without it, such a job is a 400 "
+                                 "saying what it needs and what to lower); its memory_check then starts 'forced:'")
 
     def get_fields(self):
         # The registered architectures (engine.sae) and the request fields they take (k, target_l0).
