@@ -175,6 +175,7 @@ class StatusSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     completed_at = serializers.DateTimeField(allow_null=True)
+    artifacts_removed_at = serializers.DateTimeField(allow_null=True, required=False, help_text="When retention deleted the job's files (MISTUDIO_RETENTION_DAYS, manage.py purge_artifacts): its downloads and features then answer 410; null while they are kept")
 
 
 class FeatureStatisticsSerializer(serializers.Serializer):
@@ -290,6 +291,7 @@ class ResultSerializer(serializers.Serializer):
     evaluation = EvaluationSerializer(allow_null=True)
     warnings = serializers.ListField(child=serializers.CharField(), help_text="Sentences saying what is wrong with the trained SAE (silent or dense features, little explained variance) and what to change; empty when it is usable or not evaluated yet")
     exports = ExportsSerializer(allow_null=True)
+    artifacts_removed_at = serializers.DateTimeField(allow_null=True, required=False, help_text="When retention deleted the job's files (MISTUDIO_RETENTION_DAYS, manage.py purge_artifacts): its downloads and features then answer 410; null while they are kept")
 
 
 class JobSummarySerializer(serializers.Serializer):
