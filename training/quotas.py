@@ -13,6 +13,7 @@ from django.conf import settings
 from corpora.quotas import quota_applies, storage_used_bytes
 from engine.disk import size_text
 from mistudio.errors import ServiceError, TooManyRequests
+from training import runplan
 from training.models import Sweep, TrainingJob
 
 ACTIVE = (TrainingJob.Status.QUEUED, TrainingJob.Status.RUNNING)
@@ -39,7 +40,7 @@ def check_storage(owner, *, planned_bytes: int) -> None:
         return
     quota = settings.STORAGE_QUOTA_BYTES
     used = storage_used_bytes(owner)
-    queued = queued_plans_bytes(owner)
+    queued = runplan.queued_plans_bytes(TrainingJob.objects.filter(owner=owner))
     if used + queued + planned_bytes > quota:
         waiting = f" and your queued jobs plan to write {size_text(queued)}" if queued else ""
         raise ServiceError(
@@ -47,21 +48,6 @@ def check_storage(owner, *, planned_bytes: int) -> None:
             f"{size_text(used)} of {size_text(quota)} (MISTUDIO_STORAGE_QUOTA_BYTES, corpora and jobs' artifacts "
             f"together){waiting}. Delete corpora or old jobs' artifacts, or lower hidden_dim, max_epochs or "
             "training_tokens, or set cache_activations to never.")
-
-
-def queued_plans_bytes(owner) -> int:
-    """What the owner's queued jobs plan to write and have not begun to: a job's plan, a sweep's
-    once for all its members (they share its caches)."""
-    total, sweeps = 0, set()
-    queued = TrainingJob.objects.filter(owner=owner, status=TrainingJob.Status.QUEUED, attempts=0)
-    for sweep_id, plan in queued.values_list("sweep_id", "disk_plan"):
-        if sweep_id is None:
-            total += (plan or {}).get("needed_bytes") or 0
-        else:
-            sweeps.add(sweep_id)
-    for plan in Sweep.objects.filter(pk__in=sweeps).exclude(jobs__attempts__gt=0).values_list("disk_plan", flat=True):
-        total += (plan or {}).get("needed_bytes") or 0
-    return total
 
 
 def artifacts_bytes(user) -> int:
