@@ -30,7 +30,10 @@ def storage_counter_register(path: str) -> None:
 
 
 def quota_applies(user) -> bool:
-    return bool(settings.STORAGE_QUOTA_BYTES) and not getattr(user, "is_staff", False)
+    """A quota is set and `user` is someone it binds: logged in (a multipart body sent anonymously,
+    to the login page say, stores nothing and is held to the other limits), not staff."""
+    return (bool(settings.STORAGE_QUOTA_BYTES) and getattr(user, "is_authenticated", False)
+            and not getattr(user, "is_staff", False))
 
 
 def storage_used_bytes(user) -> int:

@@ -86,3 +86,13 @@ def test_the_terminal_and_admin_path_refuses_too(alice, settings, tmp_path):
     with pytest.raises(StorageFull, match=r"'corpus.txt' is larger than what your storage quota leaves"):
         corpus_add_from_path(owner=alice, path=path)
     assert not Corpus.objects.exists()
+
+
+def test_a_multipart_body_sent_anonymously_is_held_to_the_other_limits_not_a_500(client, settings):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    settings.STORAGE_QUOTA_BYTES = 1 * KB
+    response = client.post("/accounts/login/", {"username": "x", "password": "y", "file": SimpleUploadedFile("a.txt", b"hi\n")})
+    assert response.status_code in (200, 403)
+    response = client.post("/api/v1/upload", {"file": SimpleUploadedFile("a.txt", b"hi\n")})
+    assert response.status_code == 401
