@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from corpora.models import Corpus
+from corpora.quotas import upload_limit
 from corpora.upload_checks import byte_check
 from engine.corpus import SUFFIXES, corpus_format, scan_corpus
 from engine.errors import CorpusError
@@ -70,8 +71,11 @@ def corpus_add(*, owner, name: str, chunks=None, folder: Path | None = None, tex
         )
     storage = corpora_dir() / f"{stem}{suffix}"
     partial = corpora_dir() / f"{stem}.part{suffix}"
+    # The size limit, the owner's storage quota and the free disk: refused before the disk fills.
+    limit = upload_limit(owner)
     try:
-        size = _copy_folder(folder, partial, name) if folder is not None else _store_chunks(chunks, partial, name)
+        size = (_copy_folder(folder, partial, name, limit) if folder is not None
+                else _store_chunks(chunks, partial, name, limit))
         try:
             scan = scan_corpus(partial, text_field=text_field)
         except CorpusError as err:
@@ -92,21 +96,15 @@ def corpus_add(*, owner, name: str, chunks=None, folder: Path | None = None, tex
         _remove(partial)
 
 
-def _too_large(name: str) -> ServiceError:
-    return ServiceError(
-        f"{name!r} is larger than the limit of {settings.CORPUS_MAX_BYTES} bytes (MISTUDIO_CORPUS_MAX_BYTES)."
-    )
-
-
-def _store_chunks(chunks, partial: Path, name: str) -> int:
+def _store_chunks(chunks, partial: Path, name: str, limit) -> int:
     check = byte_check(name, corpus_format(partial))
     size = 0
     with open(partial, "wb") as out:
         for chunk in chunks:
             if not chunk:
                 continue
-            if size + len(chunk) > settings.CORPUS_MAX_BYTES:
-                raise _too_large(name)
+            if size + len(chunk) > limit.max_bytes:
+                raise limit.refusal(repr(name))
             check.feed(chunk, size)
             size += len(chunk)
             out.write(chunk)
@@ -116,14 +114,14 @@ def _store_chunks(chunks, partial: Path, name: str) -> int:
     return size
 
 
-def _copy_folder(folder: Path, partial: Path, name: str) -> int:
+def _copy_folder(folder: Path, partial: Path, name: str, limit) -> int:
     try:
         corpus_format(folder)  # a saved dataset, not a DatasetDict or any folder: before copying it
     except CorpusError as err:
         raise ServiceError(str(err)) from None
     size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-    if size > settings.CORPUS_MAX_BYTES:
-        raise _too_large(name)
+    if size > limit.max_bytes:
+        raise limit.refusal(repr(name), size)
     shutil.copytree(folder, partial)
     return size
 

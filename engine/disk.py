@@ -114,7 +114,7 @@ def plan_disk(*, cache_activations: str, rows_per_pass: int, d_model: int, d_sae
     elif fits:
         cache, reason = True, f"{passes} passes over the activations, and the cache fits the disk"
     else:
-        cache, reason = False, (f"the cache ({_size(cached)}) would not fit the free disk ({_size(free)}): every one of "
+        cache, reason = False, (f"the cache ({size_text(cached)}) would not fit the free disk ({size_text(free)}): every one of "
                                 f"the {passes} passes runs the model")
     needed = checkpoints + (cached if cache else 0)
     plan = DiskPlan(cache=cache, passes=passes, rows_per_pass=rows_per_pass, cache_bytes=cached if cache else 0,
@@ -135,14 +135,14 @@ def rows_for_budget(training_tokens: int, eval_fraction: float) -> int:
 
 
 def _advice(plan: DiskPlan, mode: str, *, cache_rows: int) -> str:
-    parts = [f"This run needs {_size(plan.needed_bytes)} of disk"]
+    parts = [f"This run needs {size_text(plan.needed_bytes)} of disk"]
     if plan.cache:
         # The rows cached, fewer than a pass's when a budget ends within one pass.
-        parts.append(f" (an activation cache of {_size(plan.cache_bytes)} for {cache_rows:,} tokens and "
-                     f"checkpoints of {_size(plan.checkpoint_bytes)})")
+        parts.append(f" (an activation cache of {size_text(plan.cache_bytes)} for {cache_rows:,} tokens and "
+                     f"checkpoints of {size_text(plan.checkpoint_bytes)})")
     else:
-        parts.append(f" (checkpoints of {_size(plan.checkpoint_bytes)})")
-    parts.append(f" but the data folder has {_size(plan.free_bytes)} free. ")
+        parts.append(f" (checkpoints of {size_text(plan.checkpoint_bytes)})")
+    parts.append(f" but the data folder has {size_text(plan.free_bytes)} free. ")
     if plan.cache and mode == "always":
         parts.append("Set cache_activations to auto or never (the activations then stream from the model), lower "
                      "training_tokens or use a smaller corpus, or free disk space.")
@@ -151,7 +151,8 @@ def _advice(plan: DiskPlan, mode: str, *, cache_rows: int) -> str:
     return "".join(parts)
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
+    """A byte count as people read it: 1.5 GB, 200.0 kB (decimal units, as disks are sold)."""
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"

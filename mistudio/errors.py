@@ -39,6 +39,18 @@ class Conflict(ServiceError):
     status_code = 409
 
 
+class Forbidden(ServiceError):
+    """Something only staff may ask for (a job's `force`)."""
+
+    status_code = 403
+
+
+class TooManyRequests(ServiceError):
+    """Over a per-user quota that frees itself (active jobs): try again once some have ended."""
+
+    status_code = 429
+
+
 def flatten_errors(errors, prefix=""):
     if isinstance(errors, dict):
         for key, value in errors.items():

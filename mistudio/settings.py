@@ -244,6 +244,18 @@ SWEEP_MAX_MEMBERS = env_int("MISTUDIO_SWEEP_MAX_MEMBERS", 64, minimum=1)
 # free space; unset: the free space. A job that needs more streams its activations (cache_activations
 # auto) or is refused with what it would need.
 DISK_BUDGET_BYTES = env_int("MISTUDIO_DISK_BUDGET_BYTES", 0, minimum=0) or None
+# Per-user quotas (training.quotas, corpora.quotas); staff are exempt, 0 turns one off. Jobs queued
+# or running at once, a sweep's members each counted: one more is a 429.
+MAX_ACTIVE_JOBS_PER_USER = env_int("MISTUDIO_MAX_ACTIVE_JOBS_PER_USER", 100, minimum=0)
+# Bytes a user's corpora and job artifacts (caches, checkpoints, SAEs, feature analyses) may take on
+# disk: an upload past it is a 413, a job whose planned disk goes past it a 400.
+STORAGE_QUOTA_BYTES = env_int("MISTUDIO_STORAGE_QUOTA_BYTES", 0, minimum=0)
+# An upload is refused (413) before it would leave less than this free on the data folder's disk,
+# which also holds the embedded database; staff included.
+DISK_RESERVE_BYTES = env_int("MISTUDIO_DISK_RESERVE_BYTES", 1024**3, minimum=0)
+# Finished jobs' artifacts are deleted this many days after the job ended by
+# `manage.py purge_artifacts` (run it from cron); 0: kept until deleted by hand.
+RETENTION_DAYS = env_int("MISTUDIO_RETENTION_DAYS", 0, minimum=0)
 # CPU precision: "auto" computes in bfloat16 (model weights, SAE matmuls under autocast with float32
 # master weights) where the CPU has hardware bf16 matmuls (Intel AMX), float32 elsewhere; "on" or
 # "off" pins it. GPUs always compute in bf16 (fp16 where a card lacks it).

@@ -19,3 +19,7 @@ class TrainingConfig(AppConfig):
 
         watchdog_register("training.recovery.jobs_recover_stale")
         watchdog_register("training.recovery.jobs_requeue_orphans")
+        # A user's storage (corpora.quotas) counts their jobs' files beside their corpora.
+        from corpora.quotas import storage_counter_register
+
+        storage_counter_register("training.quotas.artifacts_bytes")

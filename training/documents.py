@@ -28,6 +28,7 @@ def status_document(job: TrainingJob) -> dict:
         "created_at": job.created_at,
         "started_at": job.started_at,
         "completed_at": job.completed_at,
+        "artifacts_removed_at": job.artifacts_purged_at,
     }
 
 
@@ -46,7 +47,8 @@ def result_document(job: TrainingJob) -> dict:
         "training_stats": stats,
         "feature_count": job.hidden_dim,
         "model_info": job.model_info,
-        "ready_for_find_service": completed and bool(job.model_path and job.activations_path),
+        "ready_for_find_service": completed and bool(job.model_path and job.activations_path)
+                                  and job.artifacts_purged_at is None,
         "checkpoints": [c.path for c in job.checkpoints.all()],
         "error": job.error or None,
         "architecture": job.architecture,
@@ -60,6 +62,7 @@ def result_document(job: TrainingJob) -> dict:
         "evaluation": job.evaluation,
         "warnings": job.warnings,
         "exports": job.exports,
+        "artifacts_removed_at": job.artifacts_purged_at,
     }
 
 

@@ -20,6 +20,7 @@ from typing import BinaryIO, Callable
 
 from mistudio.errors import Conflict, NotFound, ServiceError
 from training.models import TrainingJob
+from training.retention import check_not_purged
 
 # Bytes read from a file, and so at most sent, per chunk of the archive. A module constant so a
 # test can make it small and see a folder go out in many chunks.
@@ -88,6 +89,7 @@ def artifact_download(job: TrainingJob, artifact: Artifact) -> Download:
             f"Job {job.id} is {job.status} ({job.progress:.0%} done); its {artifact.name} can be downloaded once it "
             f"finishes. Poll /api/v1/train/{job.id}/status."
         )
+    check_not_purged(job, artifact.name)
     stored = artifact.path_of(job)
     if not stored:
         available = ", ".join(a.name for a in available_artifacts(job)) or "none"
@@ -108,7 +110,7 @@ def artifact_download(job: TrainingJob, artifact: Artifact) -> Download:
 def available_artifacts(job: TrainingJob) -> list[Artifact]:
     """The artifacts a finished job can send now: made by it and still on disk (the job page
     links these)."""
-    if not job.is_finished:
+    if not job.is_finished or job.artifacts_purged_at is not None:
         return []
     return [artifact for artifact in ARTIFACTS.values() if _on_disk(artifact, artifact.path_of(job))]
 

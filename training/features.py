@@ -10,6 +10,7 @@ import numpy as np
 
 from engine.errors import EngineError
 from mistudio.errors import Conflict, NotFound, ServiceError
+from training.retention import check_not_purged
 
 SORTS = ("frequency", "max_activation", "mean_activation", "index")
 FILTERS = ("all", "alive", "dead", "dense")
@@ -22,6 +23,7 @@ MAX_PAGE_SIZE = 500
 def _analysis(job):
     from engine.features import load_analysis
 
+    check_not_purged(job, "feature analysis")
     if not job.features_dir:
         if job.is_finished:
             raise Conflict(f"Job {job.id} has no feature analysis: it ended {job.status} before the analysis phase")

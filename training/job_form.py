@@ -20,8 +20,9 @@ from training.serializers import CheckMemoryQuerySerializer, TrainRequestSeriali
 # Errors no one field of the form is about (a disk that cannot hold the run): shown above the form.
 TOP = "__all__"
 
-# The API's fields the form leaves out: several GPUs at once (gpu_ids) is for the API and the CLI.
-LEFT_OUT = ("gpu_ids",)
+# The API's fields the form leaves out: several GPUs at once (gpu_ids) is for the API and the CLI;
+# forcing past the memory check (force) is for staff through the API.
+LEFT_OUT = ("gpu_ids", "force")
 
 # Help for the fields whose serializer has none.
 HELP = {

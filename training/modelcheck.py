@@ -167,8 +167,11 @@ def _cpu_bf16() -> bool:
     return cpu_uses_bf16(settings.CPU_BF16)
 
 
-def memory_verdict(described, *, quantization, gpu_id, **sizes) -> str:
-    """'passed', or a warning with the numbers: an estimate should inform, not refuse."""
+def memory_verdict(described, *, quantization, gpu_id, force: bool = False, **sizes) -> str:
+    """'passed'; a warning with the numbers when the job fits the device but not what is free on it
+    now (a queued job waits for the device: what runs there now ends); a ServiceError saying what
+    it needs, what the device has and what to lower when it cannot fit the device at all, unless
+    `force` (staff): then the verdict says it was forced."""
     from gpus.selectors import live_workers
 
     inventory = gpu_inventory()
@@ -178,23 +181,44 @@ def memory_verdict(described, *, quantization, gpu_id, **sizes) -> str:
               if gpu_id is None or w.gpu_index == gpu_id]
     if inventory.gpus and (gpu_id is None or gpu_id in local):
         gpu = local[gpu_id] if gpu_id is not None else max(inventory.gpus, key=lambda g: g.memory_free)
-        available, where = gpu.memory_free, f"GPU {gpu.index}"
+        capacity, free, where = gpu.memory_total, gpu.memory_free, f"GPU {gpu.index}"
         needed = estimate(described, device_kind="cuda", quantization=quantization, **sizes)
     elif remote:
         worker = max(remote, key=lambda w: w.memory_total)
-        available, where = worker.memory_total, f"GPU {worker.gpu_index} of {worker.host} (its total memory)"
+        capacity, free = worker.memory_total, None
+        where = f"GPU {worker.gpu_index} of {worker.host}"
         needed = estimate(described, device_kind="cuda", quantization=quantization, **sizes)
     elif gpu_id is not None:
         return f"not checked: GPU {gpu_id} is on another host whose worker reported no memory size"
     else:
-        available, where = system_memory()[1], "system RAM (no GPU)"
+        capacity, free = system_memory()
+        where = "system RAM (no GPU)"
         needed = estimate(described, device_kind="cpu", quantization=None, **sizes)
-    if needed.total_bytes <= available:
-        return "passed"
-    return (
-        f"warning: needs about {needed.total_bytes / GB:.1f} GB, {available / GB:.1f} GB free on {where}; "
-        "lower batch_size or max_sequence_length, or use quantization '4bit'"
-    )
+    if needed.total_bytes > capacity:
+        if force:
+            return (f"forced: needs about {needed.total_bytes / GB:.1f} GB, more than the {capacity / GB:.1f} GB "
+                    f"of {where}")[:500]
+        raise ServiceError(memory_refusal(needed, capacity, where, sizes))
+    if free is not None and needed.total_bytes > free:
+        return (f"warning: needs about {needed.total_bytes / GB:.1f} GB, {free / GB:.1f} GB free on {where} now; "
+                "lower batch_size or max_sequence_length, or use quantization '4bit'")
+    return "passed"
+
+
+def memory_refusal(needed, capacity: int, where: str, sizes: dict) -> str:
+    """What a job that cannot fit its device needs, what the device has, and what to lower: the
+    sizes that make the largest share of the estimate first."""
+    shares = sorted([
+        (needed.sae_bytes, "the SAE", f"hidden_dim (now {sizes['hidden_dim']}) or sae_batch_tokens "
+                                      f"(now {sizes['sae_batch_tokens']})"),
+        (needed.forward_bytes, "the model's forward pass", f"batch_size (now {sizes['batch_size']}) or "
+                                                           f"max_sequence_length (now {sizes['max_sequence_length']})"),
+        (needed.weights_bytes, "the model's weights", "the weights' size: quantization '4bit' on a GPU"),
+    ], key=lambda share: share[0], reverse=True)
+    parts = ", ".join(f"{name} {size / GB:.1f} GB" for size, name, _ in shares)
+    return (f"This job needs about {needed.total_bytes / GB:.1f} GB of memory ({parts}) but {where} has "
+            f"{capacity / GB:.1f} GB in all: lower {shares[0][2]}, or {shares[1][2]}. Staff may create it anyway "
+            "with force: true.")
 
 
 def memory_report(described, *, batch_size, hidden_dim, max_sequence_length, sae_batch_tokens,

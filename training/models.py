@@ -203,6 +203,9 @@ class TrainingJob(models.Model):
     extraction_stats = models.JSONField(null=True, blank=True)
     metadata_path = models.CharField(max_length=1024, blank=True)
     error = models.TextField(blank=True)
+    # When retention (training.retention) deleted the job's files: the row stays, its downloads
+    # and features answer 410 saying so.
+    artifacts_purged_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)

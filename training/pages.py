@@ -6,7 +6,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
+from django.http import Http404, HttpResponseGone
 from django.shortcuts import render
 
 from engine.devices import gpu_inventory, system_memory
@@ -15,6 +15,7 @@ from mistudio.errors import NotFound
 from training import features as feature_store
 from training import downloads, job_form, selectors
 from training.models import TrainingJob
+from training.retention import Purged
 
 
 def _job(request, job_id):
@@ -56,6 +57,8 @@ def feature_page(request, job_id, index):
         feature = feature_store.feature_detail(job, index)
     except NotFound as err:
         raise Http404(str(err)) from None
+    except Purged as err:
+        return HttpResponseGone(err.message, content_type="text/plain; charset=utf-8")
     return render(request, "training/feature_page.html", {
         "job": job, "feature": feature, "frequency_percent": f"{feature['frequency']:.3%}",
     })

@@ -6,12 +6,13 @@ import logging
 import os
 import threading
 import time
+from types import SimpleNamespace
 
 from django.conf import settings
 
 from engine.errors import EngineError
 from mistudio.errors import ServiceError
-from training import selectors, services
+from training import modelcheck, selectors, services
 from training.engine_run import JobLost, Throttle, job_callbacks, job_spec
 from training.models import TrainingJob
 
@@ -188,6 +189,7 @@ def _run(job, report, should_stop):
     from engine.run import run
 
     device = job_device(job, select_device)
+    check_fits_device(job, device)
     train = None
     if job.gpu_ids:
         from training import ddp
@@ -195,6 +197,40 @@ def _run(job, report, should_stop):
         train = ddp.torchrun_step(job, report)
     outcome = run(job_spec(job, device), job_callbacks(job, device, report, should_stop), train=train)
     job_finish_outcome(job, outcome)
+
+
+def check_fits_device(job, device: str) -> None:
+    """A ServiceError, before anything is loaded, when the job's estimate exceeds all the memory of
+    the device it got: its run would be killed for memory (the kernel's OOM killer leaves no
+    exception to catch), and so would each resumed run after it, MISTUDIO_MAX_JOB_ATTEMPTS times.
+    The web process refuses such jobs when they are asked for; this catches those whose device was
+    not known then (another host's GPU) or that a worker with less memory took. A job staff forced
+    (its memory_check says so), a multi-GPU job and one on an activations file are run as asked."""
+    if job.activations_file or job.gpu_ids or job.memory_check.startswith("forced") or not job.model_info:
+        return
+    from engine.devices import system_memory
+    from engine.resolve import ResolvedModel, load_config
+
+    sizes = dict(hidden_dim=job.hidden_dim, batch_size=job.batch_size, max_sequence_length=job.max_sequence_length,
+                 sae_batch_tokens=job.sae_batch_tokens, layer_number=job.layer_number)
+    on_cuda = str(device).startswith("cuda")
+    try:
+        config = load_config(ResolvedModel(job.model_name, job.model_location, job.model_source),
+                             token=selectors.job_token(job))
+        described = modelcheck.DescribedModel(resolved=None, config=config,
+                                              info=SimpleNamespace(parameter_count=job.model_info["parameter_count"]))
+        needed = modelcheck.estimate(described, device_kind="cuda" if on_cuda else "cpu",
+                                     quantization=job.quantization if on_cuda else None, **sizes)
+    except (EngineError, KeyError):
+        return  # the run itself says what is wrong with the model
+    if on_cuda:
+        import torch
+
+        capacity, where = torch.cuda.mem_get_info(torch.device(device))[1], device
+    else:
+        capacity, where = system_memory()[0], "system RAM"
+    if needed.total_bytes > capacity:
+        raise ServiceError(modelcheck.memory_refusal(needed, capacity, where, sizes))
 
 
 def job_finish_outcome(job, outcome):

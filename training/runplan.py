@@ -11,6 +11,7 @@ from django.conf import settings
 from engine import disk
 from engine.packing import PACKINGS
 from mistudio.errors import ServiceError
+from training.models import Sweep, TrainingJob
 
 # The corpus text the tokenizer measures bytes per token on: its first documents, this much at most.
 SAMPLE_BYTES = 256 * 1024
@@ -73,10 +74,26 @@ def corpus_facts(corpus) -> CorpusFacts:
 
 
 def free_space() -> int:
-    """What a job may write: the data folder's free space, or MISTUDIO_DISK_BUDGET_BYTES when smaller
-    (the worker's run applies the same, engine.run.sources.free_space)."""
-    free = disk.free_bytes(settings.DATA_DIR)
+    """What a job may write: the data folder's free space less what the jobs queued before it plan
+    to write (each fits alone; together they must too), or MISTUDIO_DISK_BUDGET_BYTES when smaller
+    (the worker's run applies the same budget to the free space it finds, engine.run.sources.free_space)."""
+    free = max(0, disk.free_bytes(settings.DATA_DIR) - queued_plans_bytes(TrainingJob.objects.all()))
     return free if settings.DISK_BUDGET_BYTES is None else min(free, settings.DISK_BUDGET_BYTES)
+
+
+def queued_plans_bytes(jobs) -> int:
+    """What the queued jobs among `jobs` plan to write and have not begun to (no run started): a
+    job's plan, a sweep's once for all its members (they share its caches)."""
+    total, sweeps = 0, set()
+    queued = jobs.filter(status=TrainingJob.Status.QUEUED, attempts=0)
+    for sweep_id, plan in queued.values_list("sweep_id", "disk_plan"):
+        if sweep_id is None:
+            total += (plan or {}).get("needed_bytes") or 0
+        else:
+            sweeps.add(sweep_id)
+    for plan in Sweep.objects.filter(pk__in=sweeps).exclude(jobs__attempts__gt=0).values_list("disk_plan", flat=True):
+        total += (plan or {}).get("needed_bytes") or 0
+    return total
 
 
 def job_packing(corpus, packing: str | None) -> str:

@@ -68,6 +68,10 @@ class TrainRequestSerializer(serializers.Serializer):
     packing = packing_field()
     training_tokens = training_tokens_field()
     cache_activations = cache_activations_field()
+    force = serializers.BooleanField(
+        default=False, help_text="Staff only (403 for others): create the job even though its memory estimate "
+                                 "exceeds the memory of the device it would run on (without it, such a job is a 400 "
+                                 "saying what it needs and what to lower); its memory_check then starts 'forced:'")
 
     def get_fields(self):
         # The registered architectures (engine.sae) and the request fields they take (k, target_l0).
@@ -171,6 +175,7 @@ class StatusSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     completed_at = serializers.DateTimeField(allow_null=True)
+    artifacts_removed_at = serializers.DateTimeField(allow_null=True, required=False, help_text="When retention deleted the job's files (MISTUDIO_RETENTION_DAYS, manage.py purge_artifacts): its downloads and features then answer 410; null while they are kept")
 
 
 class FeatureStatisticsSerializer(serializers.Serializer):
@@ -286,6 +291,7 @@ class ResultSerializer(serializers.Serializer):
     evaluation = EvaluationSerializer(allow_null=True)
     warnings = serializers.ListField(child=serializers.CharField(), help_text="Sentences saying what is wrong with the trained SAE (silent or dense features, little explained variance) and what to change; empty when it is usable or not evaluated yet")
     exports = ExportsSerializer(allow_null=True)
+    artifacts_removed_at = serializers.DateTimeField(allow_null=True, required=False, help_text="When retention deleted the job's files (MISTUDIO_RETENTION_DAYS, manage.py purge_artifacts): its downloads and features then answer 410; null while they are kept")
 
 
 class JobSummarySerializer(serializers.Serializer):

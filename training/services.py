@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Case, F, TextField, Value, When
 from django.db.models.functions import Coalesce
@@ -19,8 +20,8 @@ from corpora.selectors import corpus_for_user
 from engine import sae as architectures
 from engine.hooks import MLP_IN, MLP_OUT
 from mistudio import crypto
-from mistudio.errors import Conflict, ServiceError
-from training import modelcheck, runplan, selectors
+from mistudio.errors import Conflict, Forbidden, ServiceError
+from training import modelcheck, quotas, runplan, selectors
 from training.defaults import DEFAULTS
 from training.models import Sweep, TrainingJob
 
@@ -60,17 +61,35 @@ class JobRequest:
     packing: str | None = DEFAULTS.packing  # None: the corpus format's default
     training_tokens: int | None = DEFAULTS.training_tokens
     cache_activations: str = DEFAULTS.cache_activations
+    # Staff only: create the job even though its memory estimate exceeds the device's memory.
+    force: bool = False
 
 
 def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_path: bool = False) -> TrainingJob:
-    """Validate a request against the real corpus, model and machine, save the job, and queue it
-    once the transaction commits (the worker must find the row it is handed)."""
+    """Validate a request against the owner's quotas and the real corpus, model and machine, save
+    the job, and queue it once the transaction commits (the worker must find the row it is handed)."""
+    quotas.check_active_jobs(owner)  # at once: a request over the quota costs no model reading
     columns = job_columns(owner=owner, request=request, any_local_path=any_local_path)
+    quotas.check_storage(owner, planned_bytes=(columns["disk_plan"] or {}).get("needed_bytes") or 0)
     with transaction.atomic():
+        owner_lock(owner)
+        quotas.check_active_jobs(owner)  # again, under the lock: two requests at once make one job
         job = TrainingJob.objects.create(**columns)
         if enqueue:
             transaction.on_commit(lambda: job_enqueue(job.id))
     return job
+
+
+def owner_lock(owner) -> None:
+    """Inside a transaction: hold the owner's row until it commits, so that one user's requests
+    count their active jobs one after another (SQLite's IMMEDIATE transactions already do)."""
+    get_user_model().objects.select_for_update().filter(pk=owner.pk).exists()
+
+
+def check_force(owner, request: JobRequest) -> None:
+    if request.force and not getattr(owner, "is_staff", False):
+        raise Forbidden("force: only staff may create a job whose memory estimate exceeds the device's memory; "
+                        "leave force out and lower the sizes the refusal names.", field="force")
 
 
 def job_columns(*, owner, request: JobRequest, any_local_path: bool = False, described=None,
@@ -78,6 +97,7 @@ def job_columns(*, owner, request: JobRequest, any_local_path: bool = False, des
     """The row a request makes, every check passed (ServiceError: what to fix). `described`: the
     model, already described (a sweep describes it once for all its members); `plan_disk` False
     leaves the disk plan to the caller (a sweep's members share their caches)."""
+    check_force(owner, request)
     quantization = request.quantization or TrainingJob.Quantization.NONE
     modelcheck.check_hook_point_name(request.hook_point)
     runplan.check_choices(packing=request.packing, cache_activations=request.cache_activations,
@@ -104,6 +124,7 @@ def job_columns(*, owner, request: JobRequest, any_local_path: bool = False, des
             layer_number=request.layer_number,
             # A gpu_ids job extracts on its first GPU.
             gpu_id=request.gpu_id if request.gpu_ids is None else request.gpu_ids[0],
+            force=request.force,
         )
         packing = runplan.job_packing(corpus, request.packing)
         # Refused here (a 400 saying how large and what to change) rather than by a full disk mid-run.
@@ -113,7 +134,8 @@ def job_columns(*, owner, request: JobRequest, any_local_path: bool = False, des
                                       cache_activations=_cache_mode(request), token=request.huggingface_token,
                                       sites=1 if _reconstructs(request) else 2)
     # The request's fields are the job's columns, but for the corpus (a row) and the token (encrypted).
-    columns = {name: value for name, value in asdict(request).items() if name not in ("corpus_file", "huggingface_token")}
+    columns = {name: value for name, value in asdict(request).items()
+               if name not in ("corpus_file", "huggingface_token", "force")}
     columns.update(quantization=quantization, packing=packing)
     # What the run will use where the architecture derives it (a default from hidden_dim): the job
     # records that, so its documents and a resume see the same values.

@@ -13,8 +13,12 @@ ERRORS = {400: ErrorSerializer, 404: ErrorSerializer}
 
 
 class SweepCreateView(APIView):
-    @extend_schema(request=serializers.SweepRequestSerializer, responses={201: serializers.SweepCreatedSerializer, **ERRORS},
-                   summary="Start a sweep: one job per layer x hook point x member, trained from one pass")
+    @extend_schema(request=serializers.SweepRequestSerializer,
+                   responses={201: serializers.SweepCreatedSerializer, 403: ErrorSerializer, 429: ErrorSerializer, **ERRORS},
+                   summary="Start a sweep: one job per layer x hook point x member, trained from one pass",
+                   description="Each member counts as a job toward MISTUDIO_MAX_ACTIVE_JOBS_PER_USER (429 past it); "
+                               "memory, disk and the storage quota are checked as for one job (400); force is staff "
+                               "only (403).")
     def post(self, request):
         form = serializers.SweepRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)

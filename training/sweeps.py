@@ -13,7 +13,7 @@ from django.db import transaction
 
 from engine import sae as architectures
 from mistudio.errors import Conflict, NotFound, ServiceError
-from training import modelcheck, runplan, services
+from training import modelcheck, quotas, runplan, services
 from training.models import Sweep, TrainingJob, new_job_id
 
 # The SAE fields a member may set for itself; everything else is the base's, shared by all.
@@ -52,6 +52,9 @@ def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_loca
     jobs and queue its one task once the transaction commits."""
     base = request.base
     _check_shape(request)
+    services.check_force(owner, base)
+    count = len(request.member_requests())
+    quotas.check_active_jobs(owner, adding=count)  # every member is a job of its own
     if not base.model_name:
         raise ServiceError("model_name: this field is required.", field="model_name")
     described = modelcheck.describe(base.model_name, token=base.huggingface_token, any_local_path=any_local_path)
@@ -72,7 +75,10 @@ def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_loca
         max_sequence_length=base.max_sequence_length, training_tokens=base.training_tokens,
         sites=len(request.sites()), members=[(c["hidden_dim"], c["max_epochs"]) for c, _ in rows],
         token=base.huggingface_token)
+    quotas.check_storage(owner, planned_bytes=plans["sweep"]["needed_bytes"])
     with transaction.atomic():
+        services.owner_lock(owner)
+        quotas.check_active_jobs(owner, adding=count)
         sweep = Sweep.objects.create(owner=owner, model_name=base.model_name, corpus=first["corpus"],
                                      layers=list(dict.fromkeys(layer for layer, _ in request.sites())),
                                      hook_points=list(dict.fromkeys(point for _, point in request.sites())),

@@ -13,8 +13,13 @@ ERRORS = {400: ErrorSerializer, 404: ErrorSerializer}
 
 
 class TrainView(APIView):
-    @extend_schema(request=serializers.TrainRequestSerializer, responses={200: serializers.TrainResponseSerializer, **ERRORS},
-                   summary="Start a training job")
+    @extend_schema(request=serializers.TrainRequestSerializer,
+                   responses={200: serializers.TrainResponseSerializer, 403: ErrorSerializer, 429: ErrorSerializer, **ERRORS},
+                   summary="Start a training job",
+                   description="400 for a job that cannot fit its device's memory (staff may send force: true), its "
+                               "disk or the owner's storage quota (MISTUDIO_STORAGE_QUOTA_BYTES); 403 for force from "
+                               "anyone but staff; 429 past the owner's queued and running jobs "
+                               "(MISTUDIO_MAX_ACTIVE_JOBS_PER_USER).")
     def post(self, request):
         form = serializers.TrainRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
@@ -100,7 +105,7 @@ class FeatureListView(APIView):
             OpenApiParameter("page", int, default=1),
             OpenApiParameter("page_size", int, default=50, description=f"1 to {features.MAX_PAGE_SIZE}"),
         ],
-        responses={200: feature_serializers.FeatureListSerializer, 409: ErrorSerializer, **ERRORS},
+        responses={200: feature_serializers.FeatureListSerializer, 409: ErrorSerializer, 410: ErrorSerializer, **ERRORS},
         summary="The job's features with their activation statistics (paged)",
         operation_id="api_v1_train_features_list",
     )
@@ -123,7 +128,8 @@ class FeatureListView(APIView):
 
 class FeatureDetailView(APIView):
     @extend_schema(parameters=[OpenApiParameter("index", int, OpenApiParameter.PATH, description="0 to hidden_dim - 1")],
-                   responses={200: feature_serializers.FeatureDetailSerializer, 409: ErrorSerializer, **ERRORS},
+                   responses={200: feature_serializers.FeatureDetailSerializer, 409: ErrorSerializer, 410: ErrorSerializer,
+                              **ERRORS},
                    summary="One feature: top activating contexts, activation histogram and logit effect",
                    operation_id="api_v1_train_feature_retrieve")
     def get(self, request, job_id, index: str):

@@ -148,3 +148,16 @@ def test_the_sample_of_a_txt_corpus_is_its_first_whole_lines(tmp_path):
     assert facts.sample() == ["first line", "second line", "third line that is cut"]
     path.write_text("x" * 100, encoding="utf-8")
     assert facts.sample(max_bytes=10) == ["x" * 10]
+
+
+def test_the_jobs_queued_before_count_against_the_free_disk(alice_api, corpus, hub_models, monkeypatch):
+    first = train(alice_api, cache_activations="always")
+    assert first.status_code == 200, first.json()
+    planned = TrainingJob.objects.get().disk_plan["needed_bytes"]
+    # Room for one such run, not two: the first, queued, has not written its cache yet.
+    monkeypatch.setattr(disk, "free_bytes", lambda folder: planned + planned // 2)
+    response = train(alice_api, cache_activations="always")
+    assert response.status_code == 400
+    assert f"the data folder has {disk.size_text(planned // 2)} free" in response.json()["detail"]
+    TrainingJob.objects.update(status=TrainingJob.Status.RUNNING, attempts=1)  # it writes now: the disk shows it
+    assert train(alice_api, cache_activations="always").status_code == 200

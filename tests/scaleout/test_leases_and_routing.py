@@ -7,6 +7,7 @@ from django.utils import timezone
 from gpus import services as workers
 from gpus.models import Worker
 from gpus.selectors import DEFAULT_QUEUE, gpu_queue, queue_for
+from mistudio.errors import ServiceError
 from tests.conftest import SAMPLE_CORPUS
 from training import recovery, services
 from training.models import TrainingJob
@@ -109,8 +110,8 @@ def test_a_job_for_another_hosts_gpu_is_checked_against_that_gpus_memory(job_for
     job = job_for(gpu_id=2)
     assert job.memory_check == "passed"  # tiny/gpt2 fits in 80 GB; never an IndexError on this GPU-less host
     Worker.objects.filter(pk=worker.pk).update(memory_total=1024)
-    assert job_for(gpu_id=2).memory_check.startswith("warning: needs about")
-    assert "GPU 2 of gpu-host" in job_for(gpu_id=2).memory_check
+    with pytest.raises(ServiceError, match=r"This job needs about .* but GPU 2 of gpu-host has 0.0 GB in all"):
+        job_for(gpu_id=2)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,0 +1,77 @@
+"""A job whose memory estimate exceeds the memory of the device it would run on (here, with no
+GPU, the machine's RAM) is a 400 that says what it needs, what the device has and what to lower;
+staff may create it anyway with `force: true` (its memory_check then says so), anyone else asking
+to force gets a 403. A sweep whose member cannot fit is refused the same way."""
+import pytest
+
+from engine.devices import system_memory
+from training.models import TrainingJob
+
+pytestmark = pytest.mark.django_db
+
+# The largest SAE the API takes: its one minibatch of features alone is terabytes.
+HUGE = {"hidden_dim": 1_048_576, "sae_batch_tokens": 1_048_576}
+REQUEST = {"model_name": "tiny/gpt2", "corpus_file": "reviews.txt", "layer_number": 1, "hidden_dim": 16,
+           "max_epochs": 1}
+
+
+@pytest.fixture
+def corpus_for(upload, sample_corpus_bytes):
+    def make(client):
+        assert upload("reviews.txt", sample_corpus_bytes, client=client).status_code == 200
+    return make
+
+
+def train(client, **fields):
+    return client.post("/api/v1/train", {**REQUEST, **fields}, format="json")
+
+
+def test_a_job_that_cannot_fit_the_device_is_a_400_saying_what_it_needs_and_has(alice_api, corpus_for, hub_models):
+    corpus_for(alice_api)
+    response = train(alice_api, **HUGE)
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    ram_gb = system_memory()[0] / 1024**3
+    assert detail.startswith("This job needs about ") and " GB of memory (the SAE " in detail
+    assert f"but system RAM (no GPU) has {ram_gb:.1f} GB in all" in detail
+    assert "lower hidden_dim (now 1048576) or sae_batch_tokens (now 1048576)" in detail
+    assert "Staff may create it anyway with force: true." in detail
+    assert not TrainingJob.objects.exists()
+
+
+def test_staff_may_force_it_and_the_job_says_it_was_forced(charlie_api, corpus_for, hub_models):
+    corpus_for(charlie_api)
+    response = train(charlie_api, force=True, **HUGE)
+    assert response.status_code == 200, response.json()
+    assert response.json()["memory_check"].startswith("forced: needs about ")
+    assert TrainingJob.objects.get().memory_check.startswith("forced: ")
+
+
+def test_staff_must_ask_to_force_it(charlie_api, corpus_for, hub_models):
+    corpus_for(charlie_api)
+    assert train(charlie_api, **HUGE).status_code == 400
+
+
+def test_anyone_else_asking_to_force_is_a_403(alice_api, corpus_for, hub_models):
+    corpus_for(alice_api)
+    response = train(alice_api, force=True)
+    assert response.status_code == 403
+    assert response.json()["detail"].startswith("force: only staff may create a job")
+    assert not TrainingJob.objects.exists()
+
+
+def test_a_job_that_fits_passes_whether_forced_or_not(charlie_api, corpus_for, hub_models):
+    corpus_for(charlie_api)
+    assert train(charlie_api).json()["memory_check"] == "passed"
+    assert train(charlie_api, force=True).json()["memory_check"] == "passed"
+
+
+def test_a_sweep_whose_member_cannot_fit_is_a_400_and_a_403_for_anyone_else_forcing(alice_api, corpus_for,
+                                                                                     hub_models):
+    corpus_for(alice_api)
+    sweep = {**REQUEST, "members": [{}, HUGE]}
+    response = alice_api.post("/api/v1/sweeps", sweep, format="json")
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("members[1] at layer 1, resid_post: This job needs about ")
+    assert alice_api.post("/api/v1/sweeps", {**sweep, "force": True}, format="json").status_code == 403
+    assert not TrainingJob.objects.exists()
