@@ -11,7 +11,7 @@ from django.shortcuts import render
 
 from engine.devices import gpu_inventory, system_memory
 from gpus.selectors import workers_document
-from mistudio.errors import NotFound
+from mistudio.errors import Conflict, NotFound
 from training import features as feature_store
 from training import downloads, job_form, selectors
 from training.models import TrainingJob
@@ -56,6 +56,9 @@ def feature_page(request, job_id, index):
         feature = feature_store.feature_detail(job, index)
     except NotFound as err:
         raise Http404(str(err)) from None
+    except Conflict as err:
+        # Not ready (queued, running) or never made (ended before its analysis): the API's 409, as a page.
+        return render(request, "training/feature_unavailable.html", {"job": job, "reason": err.message}, status=409)
     return render(request, "training/feature_page.html", {
         "job": job, "feature": feature, "frequency_percent": f"{feature['frequency']:.3%}",
     })
