@@ -67,7 +67,7 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
     once the transaction commits (the worker must find the row it is handed)."""
     columns = job_columns(owner=owner, request=request, any_local_path=any_local_path)
     with transaction.atomic():
-        job = TrainingJob.objects.create(**columns)
+        job = TrainingJob.objects.create_with_fresh_id(**columns)
         if enqueue:
             transaction.on_commit(lambda: job_enqueue(job.id))
     return job
