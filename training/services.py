@@ -5,6 +5,7 @@ Every interface (API, admin, CLI, worker task) calls these; none re-implements a
 """
 import copy
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from django.utils import timezone
 
 from corpora.selectors import corpus_for_user
 from engine import sae as architectures
+from engine.finite import json_ready
 from engine.hooks import MLP_IN, MLP_OUT
 from mistudio import crypto
 from mistudio.errors import Conflict, ServiceError
@@ -354,6 +356,7 @@ def job_finish(job: TrainingJob, *, status: str, message: str, **fields) -> None
                         ended=status, at=now)
     if fields.get("training_stats") is not None:
         fields["training_stats"] = {**fields["training_stats"], **selectors.job_runs_summary(runs)}
+    fields = {name: _storable(value) for name, value in fields.items()}
     TrainingJob.objects.filter(pk=job.pk).update(
         runs=runs,
         status=status,
@@ -365,6 +368,15 @@ def job_finish(job: TrainingJob, *, status: str, message: str, **fields) -> None
         encrypted_hf_token="",
         **fields,
     )
+
+
+def _storable(value):
+    """The ending's last write must not fail on a number: SQLite's and PostgreSQL's JSON columns
+    refuse NaN, and PostgreSQL would keep a NaN loss that JSON cannot show. Not measured is null,
+    with its reason in a document (engine.finite; the engine gives the precise reasons first)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return json_ready(value) if isinstance(value, (dict, list)) else value
 
 
 def job_fail(job: TrainingJob, message: str) -> None:
