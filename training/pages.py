@@ -72,7 +72,7 @@ def _evaluation_rows(evaluation: dict | None) -> list[tuple[str, str]]:
         if isinstance(value, float):
             value = f"{value:.4g}"
         elif isinstance(value, dict):  # prefix_explained_variance: "4: 0.21, 16: 0.55, 32: 0.8"
-            value = ", ".join(f"{name}: {number:.4g}" for name, number in value.items())
+            value = ", ".join(f"{name}: {'-' if number is None else f'{number:.4g}'}" for name, number in value.items())
         rows.append((key.replace("_", " "), value))
     return rows
 

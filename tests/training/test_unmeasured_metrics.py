@@ -24,7 +24,7 @@ def strict_json(text: str):
 
 
 def test_a_held_out_set_too_small_to_vary_completes_with_a_null_explained_variance_and_its_reason(
-        alice, alice_api, tmp_path, settings):
+        alice, alice_api, client, tmp_path, settings):
     settings.MIN_SAE_STEPS = 0
     path = tmp_path / "acts.npy"  # 20 rows: 5% held out is a single token, whose variance is 0
     np.save(path, np.random.default_rng(0).normal(size=(20, 16)).astype(np.float32))
@@ -43,6 +43,18 @@ def test_a_held_out_set_too_small_to_vary_completes_with_a_null_explained_varian
     assert "do not vary" in document["evaluation"]["explained_variance_reason"]
     metadata = strict_json(Path(job.metadata_path).read_text())
     assert metadata["evaluation"]["explained_variance"] is None
+    client.force_login(alice)
+    page = client.get(f"/jobs/{job.id}/")
+    assert page.status_code == 200 and "do not vary" in page.content.decode()
+
+
+def test_the_job_page_shows_a_prefix_that_was_not_measured_as_a_dash(alice, client):
+    job = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2", status=TrainingJob.Status.COMPLETED,
+                                     evaluation={"l0": 3.0, "prefix_explained_variance": {"8": None, "32": 0.5},
+                                                 "prefix_explained_variance_reason": "the 1 held-out token(s) do not vary"})
+    client.force_login(alice)
+    page = client.get(f"/jobs/{job.id}/")
+    assert page.status_code == 200 and "8: -, 32: 0.5" in page.content.decode()
 
 
 def test_a_job_cancelled_before_its_first_step_ends_cancelled_with_no_loss_and_says_why(
