@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from engine.files import AtomicFile
+from engine.finite import json_ready
 from engine.sae import SparseAutoencoder
 
 
@@ -50,4 +51,5 @@ def save_sae(path: Path, sae: SparseAutoencoder, scaling_factor: float,
 def write_metadata(path: Path, metadata: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metadata, indent=2, default=str) + "\n", encoding="utf-8")
+    # Strict JSON: a metric that was not measured is null with its reason (engine.finite), never NaN.
+    path.write_text(json.dumps(json_ready(metadata), indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8")

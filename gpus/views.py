@@ -1,6 +1,6 @@
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers
+from rest_framework import exceptions, serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -31,8 +31,9 @@ class HealthSerializer(serializers.Serializer):
     gpu_available = serializers.BooleanField()
     gpu_count = serializers.IntegerField()
     memory_status = serializers.DictField()
-    nvml_error = serializers.CharField(allow_null=True)
-    workers = WorkerSerializer(many=True, help_text="Every registered worker on every host, with when it was last seen")
+    nvml_error = serializers.CharField(allow_null=True, required=False, help_text="Signed-in callers only")
+    workers = WorkerSerializer(many=True, required=False, help_text="Signed-in callers only: every registered worker "
+                                                                    "on every host, with when it was last seen")
 
 
 class GpuStatusSerializer(serializers.Serializer):
@@ -45,13 +46,23 @@ class GpuStatusSerializer(serializers.Serializer):
 
 
 class HealthView(APIView):
+    """Anyone may ask: an anonymous caller gets the seed's document (service, version, GPU count and
+    memory); a signed-in one (a token or a session) also the NVML error and the workers, with their
+    hosts, pids and queues, as /gpu/status shows them."""
+
     permission_classes = [AllowAny]
-    authentication_classes = []
+
+    def perform_authentication(self, request):
+        # A health check answers every caller: a bad or expired token is only anonymous here.
+        try:
+            request.user
+        except exceptions.AuthenticationFailed:
+            pass  # DRF has already made the request anonymous
 
     @extend_schema(responses={200: HealthSerializer}, summary="Health check with GPU memory")
     def get(self, request):
         inventory = gpu_inventory()
-        return Response({
+        health = {
             "service": "miStudioTrain",
             "status": "healthy",
             "version": settings.SERVICE_VERSION,
@@ -61,9 +72,10 @@ class HealthView(APIView):
                 f"gpu_{g.index}": {"free_gb": round(g.memory_free / GB, 2), "total_gb": round(g.memory_total / GB, 2)}
                 for g in inventory.gpus
             },
-            "nvml_error": inventory.error,
-            "workers": WorkerSerializer(_workers(request), many=True).data,
-        })
+        }
+        if request.user is not None and request.user.is_authenticated:  # anonymous is None here (settings)
+            health.update(nvml_error=inventory.error, workers=WorkerSerializer(_workers(request), many=True).data)
+        return Response(health)
 
 
 class GpuStatusView(APIView):
@@ -98,11 +110,10 @@ class GpuStatusView(APIView):
 
 
 def _workers(request):
-    """Workers for this caller: a held job's id only where the caller may see that job."""
-    user = getattr(request, "user", None)
-    workers = workers_document(user)
+    """Workers for this (signed-in) caller: a held job's id only where the caller may see that job."""
+    workers = workers_document(request.user)
     for worker in workers:
         if worker["job_id"] and not worker.pop("job_visible"):
-            worker["job_id"] = "another user's job" if user is not None and user.is_authenticated else "busy"
+            worker["job_id"] = "another user's job"
         worker.pop("job_visible", None)
     return workers

@@ -1,6 +1,7 @@
 import json
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -27,6 +28,14 @@ def _pretty(document):
     return format_html("<pre>{}</pre>", json.dumps(document, indent=2)) if document else "-"
 
 
+class CancelPermission:
+    """Cancelling changes a job: the actions need the model's change permission, not only view.
+    (has_change_permission is the form's, read-only for everyone, so it cannot be the test.)"""
+
+    def has_cancel_permission(self, request):
+        return request.user.has_perm(f"{self.opts.app_label}.{get_permission_codename('change', self.opts)}")
+
+
 class CheckpointInline(admin.TabularInline):
     model = Checkpoint
     extra = 0
@@ -39,7 +48,7 @@ class CheckpointInline(admin.TabularInline):
 
 
 @admin.register(TrainingJob)
-class TrainingJobAdmin(admin.ModelAdmin):
+class TrainingJobAdmin(CancelPermission, admin.ModelAdmin):
     list_display = ("id", "page_link", "status_badge", "progress_bar", "model_name", "layer_number",
                     "current_loss", "owner", "worker_host", "created_at", "completed_at")
     list_filter = ("status", "sweep", "architecture", "hook_point", "packing", "cache_activations", "phase", "quantization", "worker_host", "created_at")
@@ -107,7 +116,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
     def pretty_exports(self, job):
         return _pretty(job.exports)
 
-    @admin.action(description="Cancel selected jobs", permissions=["view"])
+    @admin.action(description="Cancel selected jobs", permissions=["cancel"])
     def cancel_jobs(self, request, queryset):
         done = 0
         for job in queryset:
@@ -133,7 +142,7 @@ class MemberInline(admin.TabularInline):
 
 
 @admin.register(Sweep)
-class SweepAdmin(admin.ModelAdmin):
+class SweepAdmin(CancelPermission, admin.ModelAdmin):
     """Sweeps, read (they are made through the API, the form or the CLI), each with its members; the
     action cancels every member that has not ended."""
 
@@ -157,7 +166,7 @@ class SweepAdmin(admin.ModelAdmin):
     def page_link(self, sweep):
         return format_html('<a class="sweep-page-link" href="{}">View</a>', reverse("sweep-page", args=[sweep.id]))
 
-    @admin.action(description="Cancel selected sweeps", permissions=["view"])
+    @admin.action(description="Cancel selected sweeps", permissions=["cancel"])
     def cancel_sweeps(self, request, queryset):
         for sweep in queryset:
             try:

@@ -1,7 +1,7 @@
-import random
+import secrets
 
 from django.conf import settings
-from django.db import models
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from engine import sae as architectures
@@ -14,7 +14,7 @@ from training.defaults import DEFAULTS
 def new_job_id():
     """The seed's id format: train_<UTC date>_<UTC time>_<4 random digits>."""
     now = timezone.now()
-    return f"train_{now:%Y%m%d_%H%M%S}_{random.randint(0, 9999):04d}"
+    return f"train_{now:%Y%m%d_%H%M%S}_{secrets.randbelow(10_000):04d}"
 
 
 def architecture_choices():
@@ -25,10 +25,32 @@ def architecture_choices():
 def new_sweep_id():
     """As a job's id: sweep_<UTC date>_<UTC time>_<4 random digits>."""
     now = timezone.now()
-    return f"sweep_{now:%Y%m%d_%H%M%S}_{random.randint(0, 9999):04d}"
+    return f"sweep_{now:%Y%m%d_%H%M%S}_{secrets.randbelow(10_000):04d}"
 
 
-class SweepQuerySet(models.QuerySet):
+# Draws of a fresh id before giving up: with 10,000 ids a second, 20 taken in a row would take
+# thousands of jobs made in one second.
+ID_DRAWS = 20
+
+
+class FreshIdQuerySet(models.QuerySet):
+    def create_with_fresh_id(self, **fields):
+        """Insert a row under a new id from the model's default, drawing another while the one drawn
+        is taken. The seed's ids keep 4 random digits a second, so two jobs made in the same second
+        (a sweep's members, or 10 requests a second) would otherwise collide now and then."""
+        new_id = self.model._meta.pk.default
+        for _ in range(ID_DRAWS):
+            candidate = new_id()
+            try:
+                with transaction.atomic():  # a savepoint: a taken id undoes this insert only
+                    return self.create(id=candidate, **fields)
+            except IntegrityError:
+                if not self.filter(pk=candidate).exists():
+                    raise  # another constraint failed: drawing again would not help
+        raise IntegrityError(f"No free {self.model.__name__} id after {ID_DRAWS} draws")
+
+
+class SweepQuerySet(FreshIdQuerySet):
     def visible_to(self, user):
         return self if user.is_staff else self.filter(owner=user)
 
@@ -65,7 +87,7 @@ class Sweep(models.Model):
         return user.is_staff or self.owner_id == user.pk
 
 
-class TrainingJobQuerySet(models.QuerySet):
+class TrainingJobQuerySet(FreshIdQuerySet):
     def visible_to(self, user):
         """A user sees their own jobs; staff see everyone's (TrainingJob.visible_to: one job)."""
         return self if user.is_staff else self.filter(owner=user)

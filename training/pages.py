@@ -11,7 +11,7 @@ from django.shortcuts import render
 
 from engine.devices import gpu_inventory, system_memory
 from gpus.selectors import workers_document
-from mistudio.errors import NotFound
+from mistudio.errors import Conflict, NotFound
 from training import features as feature_store
 from training import downloads, job_form, selectors
 from training.models import TrainingJob
@@ -59,6 +59,9 @@ def feature_page(request, job_id, index):
         raise Http404(str(err)) from None
     except Purged as err:
         return HttpResponseGone(err.message, content_type="text/plain; charset=utf-8")
+    except Conflict as err:
+        # Not ready (queued, running) or never made (ended before its analysis): the API's 409, as a page.
+        return render(request, "training/feature_unavailable.html", {"job": job, "reason": err.message}, status=409)
     return render(request, "training/feature_page.html", {
         "job": job, "feature": feature, "frequency_percent": f"{feature['frequency']:.3%}",
     })
@@ -72,7 +75,7 @@ def _evaluation_rows(evaluation: dict | None) -> list[tuple[str, str]]:
         if isinstance(value, float):
             value = f"{value:.4g}"
         elif isinstance(value, dict):  # prefix_explained_variance: "4: 0.21, 16: 0.55, 32: 0.8"
-            value = ", ".join(f"{name}: {number:.4g}" for name, number in value.items())
+            value = ", ".join(f"{name}: {'-' if number is None else f'{number:.4g}'}" for name, number in value.items())
         rows.append((key.replace("_", " "), value))
     return rows
 

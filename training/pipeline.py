@@ -3,6 +3,7 @@
 training.engine_run); this module is the worker's side of it: the claim, the GPU slot's lease, the
 heartbeat, cancel checks, and the ending on the row, an out-of-memory failure explained."""
 import logging
+import math
 import os
 import threading
 import time
@@ -242,11 +243,15 @@ def job_finish_outcome(job, outcome):
         return
     result = outcome.result
     if outcome.cancelled_in == "training":
+        # None: cancelled before the training step could hand back a result (torchrun's rank 0).
+        message = f"Cancelled at epoch {result.total_epochs + 1}; checkpoints kept" if result else "Cancelled; checkpoints kept"
+        if result and not math.isfinite(result.final_loss):
+            # The loss is then null (services.job_finish), and this says why.
+            message = f"Cancelled at epoch {result.total_epochs + 1} before its first training step, so no loss was measured"
         services.job_finish(
             job,
             status=TrainingJob.Status.CANCELLED,
-            # None: cancelled before the training step could hand back a result (torchrun's rank 0).
-            message=f"Cancelled at epoch {result.total_epochs + 1}; checkpoints kept" if result else "Cancelled; checkpoints kept",
+            message=message,
             activations_path=str(outcome.activations_path or ""),
             current_loss=result.final_loss if result else None,
         )

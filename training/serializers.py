@@ -196,13 +196,19 @@ class RunSerializer(serializers.Serializer):
     training_seconds = serializers.FloatField(allow_null=True, help_text="Seconds this run spent training, up to its last progress report for a run that was killed")
 
 
+UNMEASURED = "null when it could not be measured; {name}_reason then says why"
+
+
 class TrainingStatsSerializer(serializers.Serializer):
-    final_loss = serializers.FloatField()
+    final_loss = serializers.FloatField(allow_null=True, help_text=UNMEASURED.format(name="final_loss"))
+    final_loss_reason = serializers.CharField(required=False, help_text="Why final_loss is null, where it is")
     total_epochs = serializers.IntegerField()
     training_time_seconds = serializers.FloatField(help_text="Seconds spent training, every run of the job added up (a resumed job's too)")
     convergence_epoch = serializers.IntegerField(allow_null=True)
     feature_statistics = FeatureStatisticsSerializer()
-    final_mse = serializers.FloatField(help_text="Reconstruction MSE of the last epoch (scaled inputs)")
+    final_mse = serializers.FloatField(allow_null=True, help_text="Reconstruction MSE of the last epoch (scaled inputs); "
+                                       + UNMEASURED.format(name="final_mse"))
+    final_mse_reason = serializers.CharField(required=False, help_text="Why final_mse is null, where it is")
     stopped_reason = serializers.ChoiceField(choices=["max_epochs", "min_loss", "training_tokens", "cancelled"])
     loss_history = serializers.ListField(child=serializers.FloatField(), help_text="Mean loss per epoch")
     tokens = serializers.IntegerField(help_text="Activation rows of the job")
@@ -232,13 +238,18 @@ class EvaluationSerializer(serializers.Serializer):
     """Measured on held-out tokens never used for training."""
 
     l0 = serializers.FloatField()
-    explained_variance = serializers.FloatField()
-    mse = serializers.FloatField()
-    cosine_similarity = serializers.FloatField()
+    explained_variance = serializers.FloatField(allow_null=True, help_text=UNMEASURED.format(name="explained_variance"))
+    explained_variance_reason = serializers.CharField(
+        required=False, help_text="Why explained_variance is null: the held-out tokens do not vary (too few held out)")
+    mse = serializers.FloatField(allow_null=True, help_text=UNMEASURED.format(name="mse"))
+    mse_reason = serializers.CharField(required=False, help_text="Why mse is null, where it is")
+    cosine_similarity = serializers.FloatField(allow_null=True, help_text=UNMEASURED.format(name="cosine_similarity"))
+    cosine_similarity_reason = serializers.CharField(required=False, help_text="Why cosine_similarity is null, where it is")
     prefix_explained_variance = serializers.DictField(
-        child=serializers.FloatField(), allow_null=True, required=False,
+        child=serializers.FloatField(allow_null=True), allow_null=True, required=False,
         help_text="matryoshka_batchtopk: the explained variance of each nested prefix alone, by its width; null for "
                   "other architectures")
+    prefix_explained_variance_reason = serializers.CharField(required=False, help_text="Why a prefix's explained variance is null")
     dead_features = serializers.IntegerField()
     dead_window_tokens = serializers.IntegerField()
     dense_features = serializers.IntegerField()

@@ -5,6 +5,7 @@ Every interface (API, admin, CLI, worker task) calls these; none re-implements a
 """
 import copy
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from django.utils import timezone
 
 from corpora.selectors import corpus_for_user
 from engine import sae as architectures
+from engine.finite import json_ready
 from engine.hooks import MLP_IN, MLP_OUT
 from mistudio import crypto
 from mistudio.errors import Conflict, Forbidden, ServiceError
@@ -74,7 +76,9 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
     with transaction.atomic():
         owner_lock(owner)
         quotas.check_active_jobs(owner)  # again, under the lock: two requests at once make one job
-        job = TrainingJob.objects.create(**columns)
+        # Queued as of now in the row itself: should the broker not take the task after the commit,
+        # the watchdog finds the job by this and hands it over again (job_enqueue).
+        job = TrainingJob.objects.create_with_fresh_id(**columns, enqueued_at=timezone.now() if enqueue else None)
         if enqueue:
             transaction.on_commit(lambda: job_enqueue(job.id))
     return job
@@ -241,35 +245,67 @@ def _check_gpu_ids(request: JobRequest) -> None:
         raise ServiceError(f"gpu_ids: {list(ids)} has a negative index; GPUs are numbered from 0.", field="gpu_ids")
 
 
-def job_enqueue(job_id: str) -> None:
+BROKER_DOWN_MESSAGE = ("Waiting for a worker: the task queue did not answer when the job was queued; it is handed "
+                       "to the queue again once the queue answers and a worker is idle")
+
+
+def job_enqueue(job_id: str) -> bool:
+    """Hand the job to the queue; False when the broker could not take it (an outage: it is logged,
+    and the job stays queued with its `enqueued_at`, so the watchdog hands it over again once a
+    worker sees it waiting: training.recovery.jobs_requeue_orphans). A request that made the job
+    never fails on it: the job exists, and a retried request would make a second one."""
     from django_q.tasks import async_task
+
+    from gpus.selectors import queue_for
 
     sweep_id = TrainingJob.objects.filter(pk=job_id).values_list("sweep_id", flat=True).first()
     if sweep_id is not None:
         # A sweep's member runs in its sweep's task, beside the other members (a recovered one too).
-        sweep_enqueue(sweep_id)
-        return
-    TrainingJob.objects.filter(pk=job_id).update(enqueued_at=timezone.now())
-    from gpus.selectors import queue_for
-
+        return sweep_enqueue(sweep_id)
+    jobs = TrainingJob.objects.filter(pk=job_id)
     # The task gets the job id and nothing else: django-q2 pickles arguments into its tables. The
     # queue (django-q2's cluster name) routes it to a worker that has the GPU it needs.
-    async_task(TASK_PATH, job_id, task_name=job_id, cluster=queue_for(TrainingJob.objects.get(pk=job_id)))
+    return _handed_to_broker(jobs, lambda: (
+        jobs.update(enqueued_at=timezone.now()),
+        async_task(TASK_PATH, job_id, task_name=job_id, cluster=queue_for(jobs.get())),
+    ), what=f"job {job_id}")
 
 
-def sweep_enqueue(sweep_id: str) -> None:
-    """Queue the one task that runs a sweep's queued members (training.sweep_run)."""
+def sweep_enqueue(sweep_id: str) -> bool:
+    """Queue the one task that runs a sweep's queued members (training.sweep_run); False, as for a
+    job, when the broker could not take it."""
     from django_q.tasks import async_task
 
     from gpus.selectors import queue_for
 
-    now = timezone.now()
-    Sweep.objects.filter(pk=sweep_id).update(enqueued_at=now)
     members = TrainingJob.objects.filter(sweep_id=sweep_id)
-    members.filter(status=TrainingJob.Status.QUEUED).update(enqueued_at=now)
-    # One task runs every member; like a job's, it gets the id and nothing else. A duplicate is
-    # harmless: each member is claimed once.
-    async_task(SWEEP_TASK_PATH, sweep_id, task_name=sweep_id, cluster=queue_for(members.order_by("pk").first()))
+
+    def hand_over():
+        now = timezone.now()
+        Sweep.objects.filter(pk=sweep_id).update(enqueued_at=now)
+        members.filter(status=TrainingJob.Status.QUEUED).update(enqueued_at=now)
+        # One task runs every member; like a job's, it gets the id and nothing else. A duplicate is
+        # harmless: each member is claimed once.
+        async_task(SWEEP_TASK_PATH, sweep_id, task_name=sweep_id, cluster=queue_for(members.order_by("pk").first()))
+
+    return _handed_to_broker(members.filter(status=TrainingJob.Status.QUEUED), hand_over, what=f"sweep {sweep_id}")
+
+
+def _handed_to_broker(jobs, hand_over, *, what: str) -> bool:
+    from mistudio.broker import BROKER_ERRORS
+
+    try:
+        hand_over()
+        jobs.filter(message=BROKER_DOWN_MESSAGE).update(message="Waiting for a worker")  # handed over at last
+        return True
+    except BROKER_ERRORS as err:
+        logger.warning("The task queue did not take %s (%s: %s); the watchdog hands it over again", what,
+                       type(err).__name__, err)
+    try:  # the job's own page says why it waits; the broker's address stays in the log
+        jobs.filter(status=TrainingJob.Status.QUEUED).update(message=BROKER_DOWN_MESSAGE, updated_at=timezone.now())
+    except BROKER_ERRORS:
+        pass
+    return False
 
 
 def job_cancel(job: TrainingJob) -> TrainingJob:
@@ -376,6 +412,7 @@ def job_finish(job: TrainingJob, *, status: str, message: str, **fields) -> None
                         ended=status, at=now)
     if fields.get("training_stats") is not None:
         fields["training_stats"] = {**fields["training_stats"], **selectors.job_runs_summary(runs)}
+    fields = {name: _storable(value) for name, value in fields.items()}
     TrainingJob.objects.filter(pk=job.pk).update(
         runs=runs,
         status=status,
@@ -387,6 +424,15 @@ def job_finish(job: TrainingJob, *, status: str, message: str, **fields) -> None
         encrypted_hf_token="",
         **fields,
     )
+
+
+def _storable(value):
+    """The ending's last write must not fail on a number: SQLite's and PostgreSQL's JSON columns
+    refuse NaN, and PostgreSQL would keep a NaN loss that JSON cannot show. Not measured is null,
+    with its reason in a document (engine.finite; the engine gives the precise reasons first)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return json_ready(value) if isinstance(value, (dict, list)) else value
 
 
 def job_fail(job: TrainingJob, message: str) -> None:

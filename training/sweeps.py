@@ -14,7 +14,7 @@ from django.db import transaction
 from engine import sae as architectures
 from mistudio.errors import Conflict, NotFound, ServiceError
 from training import modelcheck, quotas, runplan, services
-from training.models import Sweep, TrainingJob, new_job_id
+from training.models import Sweep, TrainingJob
 
 # The SAE fields a member may set for itself; everything else is the base's, shared by all.
 SAE_FIELDS = ("architecture", "hidden_dim", "sparsity_coeff", "learning_rate", "sae_batch_tokens", "min_loss", "max_epochs")
@@ -79,29 +79,19 @@ def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_loca
     with transaction.atomic():
         services.owner_lock(owner)
         quotas.check_active_jobs(owner, adding=count)
-        sweep = Sweep.objects.create(owner=owner, model_name=base.model_name, corpus=first["corpus"],
-                                     layers=list(dict.fromkeys(layer for layer, _ in request.sites())),
-                                     hook_points=list(dict.fromkeys(point for _, point in request.sites())),
-                                     members=request.members, disk_plan=plans["sweep"])
-        for (columns, overrides), plan, job_id in zip(rows, plans["members"], _member_ids(len(rows))):
-            # Every member reads its site's cache, which the sweep writes once for all of them.
-            TrainingJob.objects.create(**{**columns, "cache_activations": "always", "disk_plan": plan,
-                                          "message": f"Waiting for a worker (sweep {sweep.id})"},
-                                       id=job_id, sweep=sweep, sweep_settings=overrides)
+        sweep = Sweep.objects.create_with_fresh_id(owner=owner, model_name=base.model_name, corpus=first["corpus"],
+                                                   layers=list(dict.fromkeys(layer for layer, _ in request.sites())),
+                                                   hook_points=list(dict.fromkeys(point for _, point in request.sites())),
+                                                   members=request.members, disk_plan=plans["sweep"])
+        for (columns, overrides), plan in zip(rows, plans["members"]):
+            # Every member reads its site's cache, which the sweep writes once for all of them. Members
+            # made in one second share the date and time: each draws its digits until they are free.
+            TrainingJob.objects.create_with_fresh_id(**{**columns, "cache_activations": "always", "disk_plan": plan,
+                                                        "message": f"Waiting for a worker (sweep {sweep.id})"},
+                                                     sweep=sweep, sweep_settings=overrides)
         if enqueue:
             transaction.on_commit(lambda: services.sweep_enqueue(sweep.id))
     return sweep
-
-
-def _member_ids(count: int) -> list[str]:
-    """Job ids in the seed's format, distinct among themselves and from existing jobs: members made
-    in one second share the date and time, and 4 random digits would collide among a few dozen."""
-    ids: list[str] = []
-    while len(ids) < count:
-        job_id = new_job_id()
-        if job_id not in ids and not TrainingJob.objects.filter(pk=job_id).exists():
-            ids.append(job_id)
-    return ids
 
 
 def _check_shape(request: SweepRequest) -> None:

@@ -3,6 +3,7 @@ for causal LMs, next-token loss on the held-out sequences with the SAE spliced i
 import numpy as np
 
 from engine.evaluate import evaluate_sae
+from engine.finite import json_ready
 from engine.run import verdict
 from engine.sequences import Sequences
 from engine.stream import ActivationStream
@@ -37,7 +38,15 @@ def evaluate(spec, result, activations, *, model_name, loaded, sequences, target
         ce = _ce_loss(spec, result, loaded=loaded, heldout=heldout_sequences(*heldout, start))
     evaluation.update(ce)
     evaluation["warnings"] = verdict.warnings(evaluation, spec.config)
-    return evaluation, feature_density
+    return json_ready(evaluation, _unmeasured(evaluation["eval_tokens"])), feature_density
+
+
+def _unmeasured(eval_tokens: int) -> dict[str, str]:
+    """Why a held-out metric is null, where it is (engine.finite)."""
+    flat = (f"the {eval_tokens} held-out token(s) do not vary, so there is no variance to explain: train on more "
+            "tokens (5% of them are held out)")
+    none = "no tokens were held out to measure it on"
+    return {"explained_variance": flat, "prefix_explained_variance": flat, "mse": none, "cosine_similarity": none}
 
 
 def _ce_loss(spec, result, *, loaded, heldout: Sequences) -> dict:

@@ -1,5 +1,8 @@
 """What a run reports of itself: its extraction's measurements, its training stats and the
 metadata file written beside the activations."""
+from engine.finite import json_ready
+
+NO_STEP = "no training step ran before the run stopped, so no loss was measured"
 
 
 def extraction_stats(extraction) -> dict:
@@ -45,7 +48,7 @@ def training_stats(result, activations, features: dict, *, extra: dict, extracti
     }
     if "extraction" not in stats and extraction is not None:
         stats["extraction"] = extraction_stats(extraction)
-    return stats
+    return json_ready(stats, {"final_loss": NO_STEP, "final_mse": NO_STEP})
 
 
 def metadata(spec, result, activations, activations_path, *, model_name, model_info, corpus_name, saved_weights,

@@ -140,11 +140,12 @@ def test_a_job_whose_task_was_lost_is_queued_again_once_a_worker_that_can_run_it
     assert recovery.jobs_requeue_orphans() == [pinned.pk]
 
 
-def test_workers_show_a_held_jobs_id_only_to_who_may_see_the_job(job_for, alice_api, bob_api, client):
+def test_workers_show_a_held_jobs_id_only_to_who_may_see_the_job(job_for, alice_api, bob_api, charlie_api, client):
     job = job_for()
     services.job_claim(job.pk)
     slot("host-a", 0, job=job)
     held = lambda doc: next(w["job_id"] for w in doc["workers"] if w["host"] == "host-a")  # noqa: E731
     assert held(alice_api.get("/gpu/status").json()) == job.pk
     assert held(bob_api.get("/gpu/status").json()) == "another user's job"
-    assert held(client.get("/health").json()) == "busy"
+    assert held(charlie_api.get("/health").json()) == job.pk  # staff see every job
+    assert "workers" not in client.get("/health").json()  # anonymous callers get the seed's document only
