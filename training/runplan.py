@@ -11,6 +11,7 @@ from django.conf import settings
 from engine import disk
 from engine.packing import PACKINGS
 from mistudio.errors import ServiceError
+from training.hub import hub_token
 
 # The corpus text the tokenizer measures bytes per token on: its first documents, this much at most.
 SAMPLE_BYTES = 256 * 1024
@@ -207,7 +208,7 @@ def _tokenizer(resolved, token):
             from transformers import AutoTokenizer
 
             return AutoTokenizer.from_pretrained(converted)
-    return load_tokenizer(resolved, token=token)
+    return load_tokenizer(resolved, token=hub_token(token))
 
 
 def _gb(n: int) -> float:
