@@ -46,6 +46,8 @@ class ConfigRefused(EngineError):
 def check_config(config: Mapping, *, model_name: str) -> None:
     """Refuse (ConfigRefused) a config (its JSON as a dict, sub-configs included) whose sizes are
     beyond SIZE_LIMITS, that needs its repository's code, or that builds a vision backbone."""
+    if not isinstance(config, Mapping):
+        raise ConfigRefused(f"The config.json of model '{model_name}' is not a JSON object ({type(config).__name__})")
     _check_remote_code(config, model_name)
     _walk(config, model_name, path="", depth=0)
 
