@@ -11,7 +11,6 @@ from django.conf import settings
 from engine import disk
 from engine.packing import PACKINGS
 from mistudio.errors import ServiceError
-from training.hub import hub_token
 
 # The corpus text the tokenizer measures bytes per token on: its first documents, this much at most.
 SAMPLE_BYTES = 256 * 1024
@@ -199,6 +198,7 @@ def _tokenizer(resolved, token):
     """The model's tokenizer, no weights: a GGUF's from the folder a worker converted it into, or
     read from the file itself (seconds) before any worker has (the web process converts nothing)."""
     from engine.loading import load_tokenizer
+    from training.hub import hub_token
 
     if resolved.gguf_file is not None:
         from engine.gguf import gguf_identity
