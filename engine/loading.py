@@ -9,7 +9,7 @@ from typing import Any
 
 from engine.errors import DeviceError, EngineError, ModelResolutionError
 from engine.model_info import num_layers
-from engine.resolve import ResolvedModel
+from engine.resolve import HubToken, ResolvedModel
 
 # Attribute names transformer stacks use: Llama/Mistral "layers", BERT "layer", GPT-2 "h",
 # MPT/others "blocks".
@@ -32,7 +32,7 @@ def load_model(
     *,
     device: str,
     quantization: str | None = None,
-    token: str | None = None,
+    token: HubToken = None,
     with_lm_head: bool = False,
     cpu_bf16: str = "off",
     models_cache_dir: Path | None = None,
@@ -40,7 +40,8 @@ def load_model(
     """cpu_bf16 ("auto", "on", "off"; engine.devices.cpu_uses_bf16) picks bfloat16 or float32
     weights on the CPU; a GPU always gets bf16 (fp16 where the card lacks bf16).
     models_cache_dir: where a GGUF model is converted once and loaded from; without one it is
-    dequantized from the GGUF on every load."""
+    dequantized from the GGUF on every load. A hub model is read at the commit it resolved to
+    (resolved.revision); `token` is huggingface_hub's (engine.resolve)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     from engine.model_info import is_causal_lm
@@ -93,7 +94,7 @@ def load_model(
     )
 
 
-def load_tokenizer(resolved: ResolvedModel, *, token: str | None = None, models_cache_dir: Path | None = None):
+def load_tokenizer(resolved: ResolvedModel, *, token: HubToken = None, models_cache_dir: Path | None = None):
     """The model's tokenizer alone (a feature analysis run without the model)."""
     from transformers import AutoTokenizer
 
@@ -102,11 +103,12 @@ def load_tokenizer(resolved: ResolvedModel, *, token: str | None = None, models_
 
 
 def _weights_location(resolved: ResolvedModel, models_cache_dir: Path | None) -> tuple[str, dict]:
-    """Where from_pretrained reads the model, and what else it is told: a GGUF's converted folder,
-    or the GGUF itself (its folder and `gguf_file`) when there is no cache to convert into."""
+    """Where from_pretrained reads the model, and what else it is told: a hub model's commit, a
+    GGUF's converted folder, or the GGUF itself (its folder and `gguf_file`) when there is no cache
+    to convert into."""
     gguf = resolved.gguf_file
     if gguf is None:
-        return resolved.location, {}
+        return resolved.location, {"revision": resolved.revision} if resolved.revision else {}
     if models_cache_dir is None:
         return str(gguf.parent), {"gguf_file": gguf.name}
     from engine.gguf import converted_folder

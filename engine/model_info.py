@@ -1,11 +1,15 @@
-"""What a model is, read from its config alone (no weights loaded)."""
+"""What a model is, read from its config alone (no weights loaded). Its sizes are bounded
+(engine.config_bounds) before any model is built from it, even on the meta device."""
 
+import threading
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
+from engine.config_bounds import check_config
 from engine.errors import EngineError
 from engine.resolve import ResolvedModel
 
+_META_BUILD = threading.Lock()
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
 
@@ -38,7 +42,15 @@ def vocab_size(config) -> int:
 
 
 def count_parameters(config) -> int:
-    return _count_parameters(_ConfigKey(config))
+    """The parameters of the model `config` describes, built on the meta device. A config
+    transformers cannot build a model from (heads that do not divide the hidden size, ...) is an
+    EngineError that says so."""
+    try:
+        return _count_parameters(_ConfigKey(config))
+    except Exception as exc:  # noqa: BLE001 - each model class refuses inconsistent sizes in its own way
+        lines = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+        raise EngineError(f"transformers cannot build a {config.model_type} model from this config ({reason})") from exc
 
 
 class _ConfigKey:
@@ -59,9 +71,13 @@ class _ConfigKey:
 def _count_parameters(key: _ConfigKey) -> int:
     import torch
     from transformers import AutoModel
+    from transformers.initialization import no_init_weights
 
-    # On the meta device parameters have shapes but no storage: counting a 70B model costs nothing.
-    with torch.device("meta"):
+    # On the meta device parameters have shapes but no storage: counting a 70B model costs nothing
+    # but building its modules, and without their random initialisation that costs half as much.
+    # no_init_weights swaps torch's init functions process-wide and puts back what it found, so two
+    # threads inside it at once could leave them switched off: one build at a time.
+    with _META_BUILD, torch.device("meta"), no_init_weights():
         model = AutoModel.from_config(key.config)
     return sum(p.numel() for p in model.parameters())
 
@@ -105,6 +121,7 @@ class ModelInfo:
 def describe_model(
     resolved: ResolvedModel, config, *, selected_layer: int | None = None, requires_token: bool = False
 ) -> ModelInfo:
+    check_config(config.to_dict(), model_name=resolved.name)
     total = num_layers(config)
     if selected_layer is not None and not 0 <= selected_layer < total:
         raise EngineError(f"Layer {selected_layer} does not exist: '{resolved.name}' has layers 0 to {total - 1}")

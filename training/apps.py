@@ -8,6 +8,12 @@ class TrainingConfig(AppConfig):
     def ready(self):
         from django_q.signals import post_spawn
 
+        from engine.resolve import forbid_implicit_token
+
+        # No hub call of this process sends the machine's saved Hugging Face login unless handed
+        # it (training.hub): transformers makes some calls without passing a caller's token on.
+        forbid_implicit_token()
+
         from training.tasks import recover_on_worker_start
 
         # Every worker process that starts (after a crash, a job, or a cluster start) first looks

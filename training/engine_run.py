@@ -8,6 +8,7 @@ from pathlib import Path
 from django.conf import settings
 
 from training import runplan, selectors, services
+from training.hub import hub_token
 from training.job_training import (
     first_epoch_in_arrival_order,
     resume_checkpoint,
@@ -57,7 +58,9 @@ def job_spec(job: TrainingJob, device: str):
                        saelens_dir=paths["saelens_dir"], features_dir=paths["features_dir"],
                        checkpoint_dir=paths["checkpoint_dir"], targets=paths["targets_path"]),
         config=train_config(job),
-        model=ResolvedModel(name=job.model_name, location=job.model_location, source=job.model_source) if on_model else None,
+        # The model as checked when the job was made: its location, and a hub model's commit.
+        model=ResolvedModel(name=job.model_name, location=job.model_location, source=job.model_source,
+                            revision=job.model_revision or None) if on_model else None,
         corpus=corpus.path if corpus else None,
         text_field=corpus.text_field if corpus else "text",
         # Jobs record the packing they resolved; None (an activations file's) leaves the engine's default.
@@ -74,7 +77,7 @@ def job_spec(job: TrainingJob, device: str):
         max_sequence_length=job.max_sequence_length,
         batch_size=job.batch_size,
         quantization=None if job.quantization == TrainingJob.Quantization.NONE else job.quantization,
-        token=selectors.job_token(job) if on_model else None,
+        token=hub_token(selectors.job_token(job)) if on_model else None,
         device=device,
         cpu_bf16=settings.CPU_BF16,
         models_cache_dir=settings.MODELS_CACHE_DIR,

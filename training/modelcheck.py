@@ -10,6 +10,7 @@ from engine.devices import cpu_uses_bf16, gpu_inventory, system_memory
 from engine.errors import EngineError, ModelResolutionError
 from mistudio.errors import ServiceError
 from training.defaults import DEFAULTS
+from training.hub import hub_token
 
 GB = 1024**3
 
@@ -27,10 +28,11 @@ def local_model_roots() -> list[Path]:
 
 def describe(model_name: str, *, token: str | None = None, any_local_path: bool = False) -> DescribedModel:
     """`any_local_path` is for someone at the machine's terminal; names from the network may only
-    point into the configured model folders."""
+    point into the configured model folders. `token`: the user's own (training.hub)."""
     from engine.model_info import describe_model
     from engine.resolve import load_config, resolve_model
 
+    token = hub_token(token)
     try:
         resolved = resolve_model(
             model_name, models_dir=settings.MODELS_DIR, token=token, hub_timeout_s=settings.HUB_TIMEOUT_S,
@@ -312,12 +314,13 @@ def validation_report(*, model_name: str, huggingface_token: str | None = None) 
     from engine.model_info import describe_model
     from engine.resolve import load_config, resolve_model
 
+    token = hub_token(huggingface_token)
     try:
         resolved = resolve_model(
-            model_name, models_dir=settings.MODELS_DIR, token=huggingface_token or None,
+            model_name, models_dir=settings.MODELS_DIR, token=token,
             hub_timeout_s=settings.HUB_TIMEOUT_S, local_roots=local_model_roots(),
         )
-        config = load_config(resolved, token=huggingface_token or None)
+        config = load_config(resolved, token=token)
         info = describe_model(resolved, config)
     except ModelResolutionError as err:
         return {

@@ -126,6 +126,10 @@ class TrainingJob(models.Model):
     model_name = models.CharField(max_length=500, blank=True)
     model_location = models.CharField(max_length=1024, blank=True, help_text="Where the model resolved when the job was made.")
     model_source = models.CharField(max_length=16, blank=True, help_text="local, models_dir, bundled or hub")
+    model_revision = models.CharField(
+        max_length=64, blank=True,
+        help_text="The hub commit the model's config was checked at, which the worker loads; blank for a local model.",
+    )
     corpus = models.ForeignKey(
         "corpora.Corpus", null=True, blank=True, on_delete=models.PROTECT, related_name="jobs"
     )

@@ -215,6 +215,7 @@ def _tokenizer(resolved, token):
     """The model's tokenizer, no weights: a GGUF's from the folder a worker converted it into, or
     read from the file itself (seconds) before any worker has (the web process converts nothing)."""
     from engine.loading import load_tokenizer
+    from training.hub import hub_token
 
     if resolved.gguf_file is not None:
         from engine.gguf import gguf_identity
@@ -224,7 +225,7 @@ def _tokenizer(resolved, token):
             from transformers import AutoTokenizer
 
             return AutoTokenizer.from_pretrained(converted)
-    return load_tokenizer(resolved, token=token)
+    return load_tokenizer(resolved, token=hub_token(token))
 
 
 def _gb(n: int) -> float:

@@ -7,7 +7,7 @@ import copy
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from django.conf import settings
@@ -41,7 +41,7 @@ class JobRequest:
     corpus_file: str = ""
     activations_file: str = ""
     layer_number: int = DEFAULTS.layer_number
-    huggingface_token: str | None = None
+    huggingface_token: str | None = field(default=None, repr=False)  # never shown, logged or kept in plaintext
     hidden_dim: int = DEFAULTS.hidden_dim
     sparsity_coeff: float = DEFAULTS.sparsity_coeff
     learning_rate: float = DEFAULTS.learning_rate
@@ -162,6 +162,7 @@ def job_columns(*, owner, request: JobRequest, any_local_path: bool = False, des
         # The worker loads what was checked here, never a fresh reading of a client's name.
         model_location=described.resolved.location if described is not None else "",
         model_source=described.resolved.source if described is not None else "",
+        model_revision=(described.resolved.revision or "") if described is not None else "",
         message="Waiting for a worker",
     )
 

@@ -83,7 +83,8 @@ class RunSpec:
     max_sequence_length: int = 512
     batch_size: int = 16  # sequences per forward pass of the model
     quantization: str | None = None  # "8bit" | "4bit" (CUDA only)
-    token: str | None = field(default=None, repr=False)  # a Hugging Face token; never shown
+    # A Hugging Face token, never shown; False sends none, None the login saved here (engine.resolve).
+    token: str | bool | None = field(default=None, repr=False)
     device: str = "cpu"
     cpu_bf16: str = "off"  # the model's weights on the CPU (engine.loading.load_model)
     models_cache_dir: Path | None = None  # where a GGUF model is converted once (engine.gguf)

@@ -1,5 +1,7 @@
 """How hub failures become messages, with the hub calls replaced (no network here)."""
 
+from types import SimpleNamespace
+
 import httpx2 as httpx
 import huggingface_hub
 from huggingface_hub import constants as hub_constants
@@ -9,6 +11,8 @@ from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 from engine.errors import ModelResolutionError
 from engine.resolve import resolve_model
 
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
 
 @pytest.fixture
 def hub(monkeypatch):
@@ -17,15 +21,17 @@ def hub(monkeypatch):
 
     class Hub:
         def __init__(self):
-            self.calls, self.error = [], None
+            self.calls, self.error, self.size = [], None, 700
 
         def metadata(self, *args, **kwargs):
             self.calls.append("metadata")
             if self.error is not None:
                 raise self.error
+            return SimpleNamespace(commit_hash=COMMIT, size=self.size)
 
         def download(self, *args, **kwargs):
             self.calls.append("download")
+            self.downloaded_revision = kwargs.get("revision")
             return "/cache/config.json"
 
     fake = Hub()
@@ -78,5 +84,13 @@ def test_with_hf_hub_offline_the_hub_is_not_contacted(hub, tmp_path, monkeypatch
 
 def test_a_reachable_hub_resolves_to_the_id(hub, tmp_path):
     resolved = resolve_model("org/x", models_dir=tmp_path)
-    assert (resolved.source, resolved.location) == ("hub", "org/x")
+    assert (resolved.source, resolved.location, resolved.revision) == ("hub", "org/x", COMMIT)
     assert hub.calls == ["metadata", "download"]
+    assert hub.downloaded_revision == COMMIT  # the file of the commit the HEAD named, not "main" again
+
+
+def test_a_config_json_of_many_megabytes_is_not_downloaded(hub, tmp_path):
+    hub.size = 2 * 1024**3
+    with pytest.raises(ModelResolutionError, match="config.json of 'org/x' on the hub is 2,147,483,648 bytes"):
+        resolve_model("org/x", models_dir=tmp_path)
+    assert hub.calls == ["metadata"]

@@ -76,10 +76,11 @@ OPTIONS = [
     ("--packing", "packing", str),
     ("--training-tokens", "training_tokens", int),
     ("--cache-activations", "cache_activations", str),
-    ("--huggingface-token", "huggingface_token", str),
     # The request fields the registered architectures take (engine.sae): --k, --target-l0, ...
     *((f"--{field.name.replace('_', '-')}", field.name, request_field_type(field)) for field in architectures.request_fields()),
 ]
+# The token's two options (add_arguments): the plain one shows in `ps`, the file does not.
+TOKEN_OPTIONS = [("--huggingface-token", "huggingface_token"), ("--huggingface-token-file", "huggingface_token_file")]
 # Switches with a --no- form: --exclude-special-tokens / --no-exclude-special-tokens.
 SWITCHES = [
     ("--exclude-special-tokens", "exclude_special_tokens"),
@@ -115,6 +116,12 @@ class Command(BaseCommand):
             field = fields[name]
             parser.add_argument(option, dest=name, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{field.help_text} (default: {'on' if field.default else 'off'})")
+        parser.add_argument("--huggingface-token", metavar="TOKEN",
+                            help="A Hugging Face token for a gated or private hub model. Every user of this machine "
+                                 "sees it in `ps` while the command runs (and it stays in the shell's history): "
+                                 "prefer --huggingface-token-file, or give - to read it from stdin")
+        parser.add_argument("--huggingface-token-file", metavar="PATH",
+                            help="Read the Hugging Face token from this file (its first line); nothing shows in `ps`")
 
     def handle(self, *args, **options):
         owner, _ = get_user_model().objects.get_or_create(username=options["user"])
@@ -133,6 +140,9 @@ class Command(BaseCommand):
                 raise CommandError("Give --model and --corpus (or --activations FILE).")
             data["model_name"] = options["model"]
             data["corpus_file"] = self._corpus_name(owner, options["corpus"], options["text_field"])
+        token = self._token(options)
+        if token:
+            data["huggingface_token"] = token
         form = TrainOptions(data=data)
         if not form.is_valid():
             raise CommandError("; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in form.errors.items()))
@@ -157,7 +167,7 @@ class Command(BaseCommand):
             raise CommandError(job.message)
 
     def _sweep(self, owner, options):
-        given = [option for option, name, _ in OPTIONS if options[name] is not None]
+        given = [option for option, name, *_ in [*OPTIONS, *TOKEN_OPTIONS] if options[name] is not None]
         if given or options["model"] or options["corpus"] or options["activations"]:
             raise CommandError(f"--sweep FILE holds the whole request: give {', '.join(given) or 'the model and corpus'} "
                                "in the file instead.")
@@ -183,6 +193,26 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps(document, indent=2, cls=JSONEncoder))
         if document["status"] != "completed":
             raise CommandError(f"Sweep {sweep.id} is {document['status']}: {document['members_by_status']}")
+
+    @staticmethod
+    def _token(options) -> str | None:
+        """The token from --huggingface-token-file, from stdin (--huggingface-token -), or as given."""
+        given, path = options["huggingface_token"], options["huggingface_token_file"]
+        if given is not None and path:
+            raise CommandError("Give --huggingface-token or --huggingface-token-file, not both.")
+        if path:
+            try:
+                text, where = Path(path).read_text(), f"--huggingface-token-file {path}"
+            except (OSError, UnicodeDecodeError) as err:
+                raise CommandError(f"--huggingface-token-file {path}: {getattr(err, 'strerror', None) or err}") from None
+        elif given == "-":
+            text, where = sys.stdin.readline(), "--huggingface-token - (stdin)"
+        else:
+            return given
+        lines = text.strip().splitlines()
+        if not lines or not lines[0].strip():
+            raise CommandError(f"{where}: no token there (an empty file or line).")
+        return lines[0].strip()
 
     @staticmethod
     def _describe(job):
