@@ -2,6 +2,7 @@
 import os
 import secrets
 import socket
+import time
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,9 +16,17 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("MISTUDIO_DEBUG", False)
 
+# Everything miStudio writes is private to the account that runs it: on a shared GPU box another
+# user must not read the sessions in the database, the corpora or the SAEs. One mask for the whole
+# process, set before anything is written (this module is the first thing every miStudio process
+# imports, and the workers and their children inherit it), rather than a mask around each write:
+# the mask is per process, so changing it back and forth would race between threads.
+os.umask(0o077)
+
 # Everything miStudio writes lives here: the embedded database, corpora, activations, SAEs.
+# A folder that exists with a looser mode is left as it is: the `mistudio.W001` check warns.
 DATA_DIR = env_path("MISTUDIO_DATA_DIR", BASE_DIR / "data")
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 # Models named like hub ids are looked up here first: <MODELS_DIR>/microsoft/Phi-4.
 MODELS_DIR = env_path("MISTUDIO_MODELS_DIR", DATA_DIR / "hub-models")
@@ -47,10 +56,24 @@ def _secret_key():
             "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`) to run with MISTUDIO_DEBUG off, "
             "or set MISTUDIO_DEBUG=1 for a development server with a generated key."
         )
-    key_file = DATA_DIR / "secret_key"
-    if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
+    return _kept_secret_key(DATA_DIR / "secret_key")
+
+
+def _kept_secret_key(key_file, wait_s=5.0):
+    """The key kept in `key_file`, made on first use. The file is born with mode 0600 (never written
+    and then chmod-ed, which leaves a moment it can be read); O_EXCL makes one process of several
+    started together the maker, and the others wait for its key."""
+    try:
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        deadline = time.monotonic() + wait_s
+        while not (key := key_file.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not key:
+            raise ImproperlyConfigured(f"{key_file} is empty: delete it to have a new key made") from None
+        return key
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_urlsafe(50))
     return key_file.read_text().strip()
 
 
@@ -94,6 +117,7 @@ INSTALLED_APPS = [
     "corpora",
     "gpus",
     "training",
+    "mistudio.apps.MistudioConfig",
 ]
 
 MIDDLEWARE = [
@@ -157,7 +181,19 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+# The static files are public (nginx serves them as another user), so they are collected with
+# modes of their own; put them outside the private data folder for a web server to reach them.
+STATIC_ROOT = env_path("MISTUDIO_STATIC_ROOT", DATA_DIR / "static")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage",
+        "OPTIONS": {"file_permissions_mode": 0o644, "directory_permissions_mode": 0o755},
+    },
+}
+# Django would chmod an uploaded file to 0644 whatever the mask; anything stored is private.
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 
 # Uploads: a corpus may be large; Django streams anything over this to a temp file.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
