@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ImproperlyConfigured
 
 from mistudio.database import database_settings
-from mistudio.env import env_bool, env_float, env_int, env_list, env_path, env_str
+from mistudio.env import env_bool, env_float, env_int, env_list, env_path, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -217,6 +217,19 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "mistudio.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # Per user (per address for /health): a burst and a sustained rate over every API call, and a
+    # stricter rate over the expensive ones; 429 with DRF's detail and Retry-After past any of them.
+    # A job page polls its curves every 2 s, so a few open tabs stay far below the burst rate.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "mistudio.throttles.BurstRateThrottle",
+        "mistudio.throttles.SustainedRateThrottle",
+        "mistudio.throttles.ExpensiveRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "burst": env_rate("MISTUDIO_THROTTLE_BURST", "120/min"),
+        "sustained": env_rate("MISTUDIO_THROTTLE_SUSTAINED", "100000/day"),
+        "expensive": env_rate("MISTUDIO_THROTTLE_EXPENSIVE", "30/min"),
+    },
 }
 
 SPECTACULAR_SETTINGS = {
@@ -234,6 +247,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "mistudio.schema.declare_unauthorized",
+        "mistudio.schema.declare_throttled",
     ],
 }
 
@@ -347,6 +361,15 @@ REDIS_URL = _redis_url(env_str("REDIS_URL")) if env_str("REDIS_URL") else ""
 QUEUE_PREFIX = env_str("MISTUDIO_QUEUE_PREFIX")
 if QUEUE_PREFIX and not QUEUE_PREFIX.replace("-", "").replace("_", "").isalnum():
     raise ImproperlyConfigured(f"MISTUDIO_QUEUE_PREFIX={QUEUE_PREFIX!r}: use letters, digits, - and _ only")
+
+# Django's cache holds the API's request counts (throttles). With Redis, every web process and host
+# counts together; without, each process counts alone (locmem), which still bounds a client.
+if REDIS_URL:
+    CACHES = {"default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"{QUEUE_PREFIX or 'mistudio'}:cache",
+    }}
 
 # One worker per GPU (one on a machine with one GPU or none): a job holds a whole GPU.
 # `retry` is longer than `timeout` so a long job is never handed to a second worker while it runs,
