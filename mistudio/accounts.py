@@ -14,3 +14,12 @@ def user_issue_token(*, username: str, staff: bool = False):
     user.save()
     _, token = AuthToken.objects.create(user=user)
     return user, token
+
+
+def client_ip_behind_proxy(request):
+    """The client's address as the trusted proxy saw it: the last entry of X-Forwarded-For, the one
+    the proxy appended (nginx's $proxy_add_x_forwarded_for); entries before it come from the client
+    and prove nothing. Without the header, the peer's address."""
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    last = forwarded.rsplit(",", 1)[-1].strip()
+    return last or request.META.get("REMOTE_ADDR")

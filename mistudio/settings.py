@@ -95,7 +95,8 @@ SECURE_HSTS_PRELOAD = env_bool("MISTUDIO_HSTS_PRELOAD", False)
 SILENCED_SYSTEM_CHECKS = ["security.W021"]
 # Behind a TLS-terminating proxy Django sees plain HTTP; trust the proxy's X-Forwarded-Proto only
 # when asked, since a client could send that header itself to a server reached directly.
-if env_bool("MISTUDIO_TRUST_X_FORWARDED_PROTO", False):
+BEHIND_PROXY = env_bool("MISTUDIO_TRUST_X_FORWARDED_PROTO", False)
+if BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
@@ -118,6 +119,7 @@ INSTALLED_APPS = [
     "gpus",
     "training",
     "mistudio.apps.MistudioConfig",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -128,6 +130,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "mistudio.urls"
@@ -253,6 +257,23 @@ SPECTACULAR_SETTINGS = {
 
 # The pages' own login form (any user; the admin's form admits staff only).
 LOGIN_URL = "login"
+
+# Login throttling (django-axes) on both login forms, the pages' and the admin's: after
+# LOGIN_FAILURE_LIMIT wrong passwords for one username from one address, that pair is locked out
+# for LOGIN_COOLOFF_MINUTES (429, the lockout page), even with the right password. The pair, not
+# the username alone, so that a stranger cannot lock a user out from elsewhere; nor the address
+# alone, so that colleagues behind one NAT do not lock each other out. A success clears the count.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("MISTUDIO_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("MISTUDIO_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# Behind the proxy, every client's address is the proxy's: take the one the proxy appended.
+AXES_CLIENT_IP_CALLABLE = "mistudio.accounts.client_ip_behind_proxy" if BEHIND_PROXY else None
 LOGIN_REDIRECT_URL = "jobs-page"
 LOGOUT_REDIRECT_URL = "login"
 
