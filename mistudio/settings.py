@@ -439,13 +439,22 @@ Q_CLUSTER = {
     "ALT_CLUSTERS": {},
 }
 
+# Everything goes to stderr (the service manager's journal, gunicorn's error log), every secret
+# masked first (mistudio.logs). Django's own default only mails request errors to ADMINS with DEBUG
+# off, and none are set: here a server error is logged with its path and traceback.
+LOG_LEVEL = env_str("MISTUDIO_LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"scrub_secrets": {"()": "mistudio.logs.ScrubSecrets"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["scrub_secrets"]}},
     "loggers": {
-        "mistudio": {"handlers": ["console"], "level": env_str("MISTUDIO_LOG_LEVEL", "INFO")},
-        "training": {"handlers": ["console"], "level": env_str("MISTUDIO_LOG_LEVEL", "INFO")},
+        "mistudio": {"handlers": ["console"], "level": LOG_LEVEL},
+        "training": {"handlers": ["console"], "level": LOG_LEVEL},
+        # 5xx with the path and traceback always; 4xx too on a development server.
+        "django.request": {"handlers": ["console"], "level": "WARNING" if DEBUG else "ERROR", "propagate": False},
+        # A refused Host header, a suspicious operation: worth a line on any server.
+        "django.security": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
