@@ -285,7 +285,7 @@ LOGIN_URL = "login"
 # the username alone, so that a stranger cannot lock a user out from elsewhere; nor the address
 # alone, so that colleagues behind one NAT do not lock each other out. A success clears the count.
 AUTHENTICATION_BACKENDS = [
-    "axes.backends.AxesStandaloneBackend",
+    "mistudio.accounts.LoginThrottleBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = env_int("MISTUDIO_LOGIN_FAILURE_LIMIT", 5, minimum=1)

@@ -87,3 +87,18 @@ def test_with_redis_every_web_process_counts_in_one_cache(tmp_path):
     done = manage_shell(code, MISTUDIO_DATA_DIR=str(tmp_path / "own"), REDIS_URL="redis://127.0.0.1:6399/3",
                         MISTUDIO_QUEUE_PREFIX="site-a")
     assert done.stdout.split("\n")[-2] == "django.core.cache.backends.redis.RedisCache redis://127.0.0.1:6399/3 site-a:cache"
+
+
+def test_the_pages_forms_count_against_the_same_rates_as_the_api(rates, client, alice, alice_api):
+    rates(burst="100/min", expensive="3/min")
+    client.force_login(alice)
+    assert alice_api.post("/api/v1/validate-model", {}, format="json").status_code == 400
+    assert client.post("/jobs/new/", {}).status_code == 400  # the form again, with its errors
+    assert client.get("/jobs/new/").status_code == 200  # looking at a form costs nothing
+    assert client.post("/sweeps/new/", {}).status_code == 400
+    for url in ("/jobs/new/", "/sweeps/new/", "/corpora/upload/?next=/jobs/new/"):
+        refused = client.post(url, {})
+        assert refused.status_code == 429, url
+        assert 0 < int(refused["Retry-After"]) <= 60
+        assert "Too many requests" in refused.content.decode()
+    assert alice_api.post("/api/v1/train", {}, format="json").status_code == 429
