@@ -278,6 +278,8 @@ SPECTACULAR_SETTINGS = {
 
 # The pages' own login form (any user; the admin's form admits staff only).
 LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "jobs-page"
+LOGOUT_REDIRECT_URL = "login"
 
 # Login throttling (django-axes) on both login forms, the pages' and the admin's: after
 # LOGIN_FAILURE_LIMIT wrong passwords for one username from one address, that pair is locked out
@@ -295,8 +297,6 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 # Behind the proxy, every client's address is the proxy's: take the one the proxy appended.
 AXES_CLIENT_IP_CALLABLE = "mistudio.accounts.client_ip_behind_proxy" if BEHIND_PROXY else None
-LOGIN_REDIRECT_URL = "jobs-page"
-LOGOUT_REDIRECT_URL = "login"
 
 TOKEN_TTL_HOURS = env_int("MISTUDIO_TOKEN_TTL_HOURS", 0, minimum=0)
 REST_KNOX = {
