@@ -14,6 +14,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from corpora.parsers import StrictFileNameUploadHandler
 from corpora.services import corpus_add
 from mistudio.errors import ServiceError
+from mistudio.throttles import throttled_page
 
 
 # As in the admin's upload: the file's name is checked with the API's strict rules while the body is
@@ -21,6 +22,7 @@ from mistudio.errors import ServiceError
 # checked right after, by csrf_protect.
 @csrf_exempt
 @login_required
+@throttled_page
 def corpus_upload_page(request):
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])

@@ -9,6 +9,7 @@ from mistudio.errors import ErrorSerializer, ServiceError
 
 
 class UploadView(APIView):
+    throttle_scope = "expensive"  # mistudio.throttles
     parser_classes = [CorpusUploadParser]
 
     @extend_schema(request={"multipart/form-data": UploadRequestSerializer},

@@ -60,3 +60,18 @@ def env_list(name, default):
     if raw is None:
         return list(default)
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+RATE_PERIODS = ("s", "sec", "m", "min", "h", "hour", "d", "day")
+
+
+def env_rate(name, default):
+    """A request rate as Django REST framework writes it, `N/period` (60/min, 1000/day), checked now
+    rather than at the first request."""
+    raw = os.environ.get(name) or default
+    count, _, period = raw.strip().partition("/")
+    if not (count.isdigit() and int(count) > 0 and period in RATE_PERIODS):
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a rate: write requests/period with a period of s, min, hour or day, e.g. 60/min"
+        )
+    return f"{int(count)}/{period}"

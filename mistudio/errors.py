@@ -91,7 +91,9 @@ def exception_handler(exc, context):
         if isinstance(response.data, dict) and "detail" in response.data:
             response.data = {"detail": str(response.data["detail"])}
         return response
-    logger.exception("Unhandled error in %s", context.get("view"))
+    request, view = context.get("request"), context.get("view")
+    logger.exception("Unhandled error in %s %s (%s)", getattr(request, "method", "?"), getattr(request, "path", "?"),
+                     type(view).__name__)
     return Response(
         {"detail": f"Internal error ({type(exc).__name__}); the server log has the details."},
         status=status.HTTP_500_INTERNAL_SERVER_ERROR,

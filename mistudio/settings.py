@@ -2,22 +2,32 @@
 import os
 import secrets
 import socket
+import time
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from mistudio.database import database_settings
-from mistudio.env import env_bool, env_float, env_int, env_list, env_path, env_str
+from mistudio.env import env_bool, env_float, env_int, env_list, env_path, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("MISTUDIO_DEBUG", False)
 
+# Everything miStudio writes is private to the account that runs it: on a shared GPU box another
+# user must not read the sessions in the database, the corpora or the SAEs. One mask for the whole
+# process, set before anything is written (this module is the first thing every miStudio process
+# imports, and the workers and their children inherit it), rather than a mask around each write:
+# the mask is per process, so changing it back and forth would race between threads.
+os.umask(0o077)
+
 # Everything miStudio writes lives here: the embedded database, corpora, activations, SAEs.
+# A folder that exists with a looser mode is left as it is: the `mistudio.W001` check warns.
 DATA_DIR = env_path("MISTUDIO_DATA_DIR", BASE_DIR / "data")
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 # Models named like hub ids are looked up here first: <MODELS_DIR>/microsoft/Phi-4.
 MODELS_DIR = env_path("MISTUDIO_MODELS_DIR", DATA_DIR / "hub-models")
@@ -47,10 +57,24 @@ def _secret_key():
             "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`) to run with MISTUDIO_DEBUG off, "
             "or set MISTUDIO_DEBUG=1 for a development server with a generated key."
         )
-    key_file = DATA_DIR / "secret_key"
-    if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
+    return _kept_secret_key(DATA_DIR / "secret_key")
+
+
+def _kept_secret_key(key_file, wait_s=5.0):
+    """The key kept in `key_file`, made on first use. The file is born with mode 0600 (never written
+    and then chmod-ed, which leaves a moment it can be read); O_EXCL makes one process of several
+    started together the maker, and the others wait for its key."""
+    try:
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        deadline = time.monotonic() + wait_s
+        while not (key := key_file.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not key:
+            raise ImproperlyConfigured(f"{key_file} is empty: delete it to have a new key made") from None
+        return key
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_urlsafe(50))
     return key_file.read_text().strip()
 
 
@@ -72,11 +96,30 @@ SECURE_HSTS_PRELOAD = env_bool("MISTUDIO_HSTS_PRELOAD", False)
 SILENCED_SYSTEM_CHECKS = ["security.W021"]
 # Behind a TLS-terminating proxy Django sees plain HTTP; trust the proxy's X-Forwarded-Proto only
 # when asked, since a client could send that header itself to a server reached directly.
-if env_bool("MISTUDIO_TRUST_X_FORWARDED_PROTO", False):
+BEHIND_PROXY = env_bool("MISTUDIO_TRUST_X_FORWARDED_PROTO", False)
+if BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (django-csp): scripts and styles from this origin, or inline with the
+# page's nonce (`nonce="{{ request.csp_nonce }}"`), never an injected one; no style attributes in
+# the markup (bars carry data-share); images from here or data: URIs (Swagger UI's icons); nothing
+# may frame the pages, forms post only here.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, NONCE],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "font-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
 SESSION_COOKIE_HTTPONLY = True
 
 INSTALLED_APPS = [
@@ -94,16 +137,22 @@ INSTALLED_APPS = [
     "corpora",
     "gpus",
     "training",
+    "mistudio.apps.MistudioConfig",
+    "axes",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # The Content-Security-Policy header (CONTENT_SECURITY_POLICY below), with a fresh nonce per page.
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "mistudio.urls"
@@ -157,7 +206,19 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+# The static files are public (nginx serves them as another user), so they are collected with
+# modes of their own; put them outside the private data folder for a web server to reach them.
+STATIC_ROOT = env_path("MISTUDIO_STATIC_ROOT", DATA_DIR / "static")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage",
+        "OPTIONS": {"file_permissions_mode": 0o644, "directory_permissions_mode": 0o755},
+    },
+}
+# Django would chmod an uploaded file to 0644 whatever the mask; anything stored is private.
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 
 # Uploads: a corpus may be large; Django streams anything over this to a temp file.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
@@ -181,6 +242,19 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "mistudio.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # Per user (per address for /health): a burst and a sustained rate over every API call, and a
+    # stricter rate over the expensive ones; 429 with DRF's detail and Retry-After past any of them.
+    # A job page polls its curves every 2 s, so a few open tabs stay far below the burst rate.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "mistudio.throttles.BurstRateThrottle",
+        "mistudio.throttles.SustainedRateThrottle",
+        "mistudio.throttles.ExpensiveRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "burst": env_rate("MISTUDIO_THROTTLE_BURST", "120/min"),
+        "sustained": env_rate("MISTUDIO_THROTTLE_SUSTAINED", "100000/day"),
+        "expensive": env_rate("MISTUDIO_THROTTLE_EXPENSIVE", "30/min"),
+    },
 }
 
 SPECTACULAR_SETTINGS = {
@@ -198,6 +272,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "mistudio.schema.declare_unauthorized",
+        "mistudio.schema.declare_throttled",
     ],
 }
 
@@ -205,6 +280,23 @@ SPECTACULAR_SETTINGS = {
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "jobs-page"
 LOGOUT_REDIRECT_URL = "login"
+
+# Login throttling (django-axes) on both login forms, the pages' and the admin's: after
+# LOGIN_FAILURE_LIMIT wrong passwords for one username from one address, that pair is locked out
+# for LOGIN_COOLOFF_MINUTES (429, the lockout page), even with the right password. The pair, not
+# the username alone, so that a stranger cannot lock a user out from elsewhere; nor the address
+# alone, so that colleagues behind one NAT do not lock each other out. A success clears the count.
+AUTHENTICATION_BACKENDS = [
+    "mistudio.accounts.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("MISTUDIO_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("MISTUDIO_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# Behind the proxy, every client's address is the proxy's: take the one the proxy appended.
+AXES_CLIENT_IP_CALLABLE = "mistudio.accounts.client_ip_behind_proxy" if BEHIND_PROXY else None
 
 TOKEN_TTL_HOURS = env_int("MISTUDIO_TOKEN_TTL_HOURS", 0, minimum=0)
 REST_KNOX = {
@@ -327,6 +419,15 @@ QUEUE_PREFIX = env_str("MISTUDIO_QUEUE_PREFIX")
 if QUEUE_PREFIX and not QUEUE_PREFIX.replace("-", "").replace("_", "").isalnum():
     raise ImproperlyConfigured(f"MISTUDIO_QUEUE_PREFIX={QUEUE_PREFIX!r}: use letters, digits, - and _ only")
 
+# Django's cache holds the API's request counts (throttles). With Redis, every web process and host
+# counts together; without, each process counts alone (locmem), which still bounds a client.
+if REDIS_URL:
+    CACHES = {"default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": f"{QUEUE_PREFIX or 'mistudio'}:cache",
+    }}
+
 # One worker per GPU (one on a machine with one GPU or none): a job holds a whole GPU.
 # `retry` is longer than `timeout` so a long job is never handed to a second worker while it runs,
 # and a failed task is acknowledged and never re-run by the queue (max_attempts=1). Redis has no
@@ -353,13 +454,22 @@ Q_CLUSTER = {
     "ALT_CLUSTERS": {},
 }
 
+# Everything goes to stderr (the service manager's journal, gunicorn's error log), every secret
+# masked first (mistudio.logs). Django's own default only mails request errors to ADMINS with DEBUG
+# off, and none are set: here a server error is logged with its path and traceback.
+LOG_LEVEL = env_str("MISTUDIO_LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"scrub_secrets": {"()": "mistudio.logs.ScrubSecrets"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["scrub_secrets"]}},
     "loggers": {
-        "mistudio": {"handlers": ["console"], "level": env_str("MISTUDIO_LOG_LEVEL", "INFO")},
-        "training": {"handlers": ["console"], "level": env_str("MISTUDIO_LOG_LEVEL", "INFO")},
+        "mistudio": {"handlers": ["console"], "level": LOG_LEVEL},
+        "training": {"handlers": ["console"], "level": LOG_LEVEL},
+        # 5xx with the path and traceback always; 4xx too on a development server.
+        "django.request": {"handlers": ["console"], "level": "WARNING" if DEBUG else "ERROR", "propagate": False},
+        # A refused Host header, a suspicious operation: worth a line on any server.
+        "django.security": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }

@@ -12,6 +12,7 @@ from django.shortcuts import render
 from engine.devices import gpu_inventory, system_memory
 from gpus.selectors import workers_document
 from mistudio.errors import Conflict, NotFound
+from mistudio.throttles import throttled_page
 from training import features as feature_store
 from training import downloads, job_form, selectors
 from training.models import TrainingJob
@@ -32,6 +33,7 @@ def jobs_page(request):
 
 
 @login_required
+@throttled_page
 def new_job_page(request):
     return job_form.form_page(request, submit=job_form.job_submit, context=job_form.job_form_context,
                               template="training/new_job_page.html", page="job-page")

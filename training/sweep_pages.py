@@ -6,10 +6,12 @@ from django.http import Http404
 from django.shortcuts import render
 
 from mistudio.errors import NotFound
+from mistudio.throttles import throttled_page
 from training import job_form, sweep_form, sweeps
 
 
 @login_required
+@throttled_page
 def new_sweep_page(request):
     return job_form.form_page(request, submit=sweep_form.sweep_submit, context=sweep_form.sweep_form_context,
                               template="training/new_sweep_page.html", page="sweep-page")

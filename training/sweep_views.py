@@ -13,6 +13,11 @@ ERRORS = {400: ErrorSerializer, 404: ErrorSerializer}
 
 
 class SweepCreateView(APIView):
+    @property
+    def throttle_scope(self):
+        """Making a sweep is expensive (mistudio.throttles); listing the sweeps is not."""
+        return "expensive" if self.request.method == "POST" else None
+
     @extend_schema(request=serializers.SweepRequestSerializer,
                    responses={201: serializers.SweepCreatedSerializer, 403: ErrorSerializer, 429: ErrorSerializer, **ERRORS},
                    summary="Start a sweep: one job per layer x hook point x member, trained from one pass",

@@ -13,6 +13,8 @@ ERRORS = {400: ErrorSerializer, 404: ErrorSerializer}
 
 
 class TrainView(APIView):
+    throttle_scope = "expensive"  # mistudio.throttles
+
     @extend_schema(request=serializers.TrainRequestSerializer,
                    responses={200: serializers.TrainResponseSerializer, 403: ErrorSerializer, 429: ErrorSerializer, **ERRORS},
                    summary="Start a training job",
@@ -71,6 +73,8 @@ class JobListView(APIView):
 
 
 class ValidateModelView(APIView):
+    throttle_scope = "expensive"
+
     @extend_schema(request=serializers.ValidateModelRequestSerializer,
                    responses={200: serializers.ValidateModelResponseSerializer, 400: ErrorSerializer},
                    summary="Check that a model resolves, without loading its weights")
@@ -81,6 +85,8 @@ class ValidateModelView(APIView):
 
 
 class CheckMemoryView(APIView):
+    throttle_scope = "expensive"
+
     @extend_schema(parameters=[serializers.CheckMemoryQuerySerializer,
                                OpenApiParameter("model_name", str, OpenApiParameter.PATH, description="Model id, URL-encoded or not")],
                    responses={200: serializers.CheckMemoryResponseSerializer, 400: ErrorSerializer},

@@ -121,4 +121,10 @@
   }
 
   window.miCharts = { lineChart: lineChart, histogram: histogram, scatter: scatter, fmt: fmt };
+
+  // Bars carry their share as data-share (a percentage): the Content-Security-Policy refuses style
+  // attributes in the markup, not styles set from a script.
+  document.querySelectorAll(".bar > span[data-share]").forEach(function (node) {
+    node.style.width = node.getAttribute("data-share") + "%";
+  });
 })();

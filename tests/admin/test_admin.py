@@ -1,8 +1,10 @@
 """Staff browse jobs, cancel them and upload corpora in the Django admin."""
 import html
+from pathlib import Path
 
 import pytest
 from django.contrib.admin.utils import quote
+from django.contrib.staticfiles import finders
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
@@ -53,10 +55,11 @@ def test_the_job_list_shows_a_progress_bar_a_status_badge_and_a_link_to_each_pag
     done, queued = jobs
     running = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2", status="running", progress=0.375)
     page = staff_client.get("/admin/training/trainingjob/").content.decode()
-    assert '<span style="display:block;height:100%;background:#0969da;width:38%"></span></span> 38%' in page
-    assert "width:100%" in page and "width:0%" in page
-    assert 'class="status-badge status-completed"' in page and "background:#1a7f37\">Completed<" in page
-    assert "background:#0969da\">Running<" in page and "background:#bf8700\">Queued<" in page
+    assert '<span class="progress-bar"><span data-share="38"></span></span> 38%' in page  # admin.js draws it
+    assert 'data-share="100"' in page and 'data-share="0"' in page
+    assert '<span class="status-badge status-completed">Completed<' in page  # admin.css colours it
+    assert 'status-running">Running<' in page and 'status-queued">Queued<' in page
+    assert "training/admin.css" in page and "training/admin.js" in page
     for job in (done, queued, running):
         assert f'<a class="job-page-link" href="/jobs/{job.id}/">View</a>' in page
 
@@ -65,7 +68,9 @@ def test_the_status_badges_tell_failed_from_cancelled(staff_client, alice):
     TrainingJob.objects.create(owner=alice, model_name="a", status="failed")
     TrainingJob.objects.create(owner=alice, model_name="b", status="cancelled")
     page = staff_client.get("/admin/training/trainingjob/").content.decode()
-    assert "background:#cf222e\">Failed<" in page and "background:#6e7781\">Cancelled<" in page
+    assert 'status-failed">Failed<' in page and 'status-cancelled">Cancelled<' in page
+    colours = Path(finders.find("training/admin.css")).read_text()
+    assert ".status-failed { background: #cf222e; }" in colours and ".status-cancelled { background: #6e7781; }" in colours
 
 
 def test_a_job_change_form_links_to_the_job_page(staff_client, jobs):

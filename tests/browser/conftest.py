@@ -53,6 +53,11 @@ def wait_for_url(browser, url):
     WebDriverWait(browser, WAIT_S).until(expected_conditions.url_to_be(url))
 
 
+def browser_errors(browser):
+    """The console's errors since the last call (reading the log empties it), each as its text."""
+    return [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
 def admin_login(browser, live_server, username, password):
     """Log in through the real admin login form (staff only)."""
     _submit_login(browser, live_server + "/admin/login/", username, password)
@@ -90,6 +95,8 @@ def browser():
                      "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
                      "--window-size=1280,1000"):
         options.add_argument(argument)
+    # The console, for browser_errors(): a Content-Security-Policy violation is logged there.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.implicitly_wait(0)
     try:
