@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('training', '0011_transcoders_and_target_l0'),
+        ('training', '0012_artifacts_purged_at'),
     ]
 
     operations = [
