@@ -47,6 +47,7 @@ def result_document(job: TrainingJob) -> dict:
         "training_stats": stats,
         "feature_count": job.hidden_dim,
         "model_info": job.model_info,
+        "model_revision": job.model_revision or None,
         "ready_for_find_service": completed and bool(job.model_path and job.activations_path)
                                   and job.artifacts_purged_at is None,
         "checkpoints": [c.path for c in job.checkpoints.all()],

@@ -293,6 +293,7 @@ class ResultSerializer(serializers.Serializer):
     matryoshka_widths = serializers.ListField(child=serializers.IntegerField(), allow_null=True, required=False, help_text="matryoshka_batchtopk: the nested prefixes' widths it trained, hidden_dim last; null for other architectures")
     gpu_ids = serializers.ListField(child=serializers.IntegerField(), allow_null=True, help_text="The GPUs that trained the SAE together (DDP); null for a one-device job")
     hook_point = serializers.CharField(allow_null=True, help_text="Where in the layer the SAE read (TransformerLens' blocks.L.hook_<point>); null for a job on an activations file")
+    model_revision = serializers.CharField(allow_null=True, required=False, help_text="The hub commit the model was checked at and loaded from; null for a local or GGUF model or an activations file")
     exclude_special_tokens = serializers.BooleanField(allow_null=True, help_text="Special tokens' positions were no rows; null for a job on an activations file")
     prepend_bos = serializers.BooleanField(allow_null=True, help_text="As asked; the metadata file and the SAELens cfg say whether a BOS was put in front (never for an encoder); null for a job on an activations file")
     packing = serializers.CharField(allow_null=True, required=False, help_text="How the corpus's documents became sequences; null for a job on an activations file")

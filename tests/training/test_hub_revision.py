@@ -1,12 +1,13 @@
 """A hub model's job trains on the commit that was checked when it was made: the commit the hub
 served config.json at is kept on the job, and the worker asks for that commit, even after the
-repository has moved on."""
+repository has moved on; the result says which commit."""
 import json
 
 import pytest
 
 from tests.fake_hub import fake_hub  # noqa: F401 - the fixture
 from training import services
+from training.documents import result_document
 from training.models import TrainingJob
 from training.pipeline import job_run
 
@@ -41,8 +42,10 @@ def test_the_job_keeps_the_commit_it_was_checked_at_and_the_worker_loads_it(alic
     assert [path for path in asked if f"/resolve/{checked}/" not in path] == []
     assert not any(moved in path for path in asked)
     assert job.model_info["total_layers"] == 3
+    assert result_document(job)["model_revision"] == checked
 
 
 def test_a_local_models_job_has_no_revision(alice, corpus, hub_models):
     job = services.job_create(owner=alice, request=request("tiny/gpt2"), enqueue=False)
     assert job.model_source == "models_dir" and job.model_revision == ""
+    assert result_document(job)["model_revision"] is None
