@@ -7,9 +7,11 @@
 
 --candidate tries a rule this version does not have, patched into the registry for this process
 only (a bench, never the service):
-  sqrt         the sparsity weight proportional to 1/sqrt(d_in) instead of 1/d_in, equal at 384;
-  bias-lr:T    the encoder bias learns at max(learning_rate, T / total steps), as jumprelu's
-               thresholds do (engine/sae/jumprelu.py), so it can travel T in any run.
+  before       the rules before 2026-12-05: one lambda at every width (the per-element weight
+               lambda / d_in, for the L1 and JumpReLU's L0 alike) and every bias at the plain
+               learning rate;
+  bias-lr:T    the fast biases travel T instead of registry.BIAS_TRAVEL (relu's b_enc, gated's
+               b_enc and b_mag; an architecture without fast biases gets b_enc).
 Every run prints one JSON line.
 """
 
@@ -24,28 +26,26 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-MINILM_WIDTH = 384  # the bundled model's width, where a candidate rule must change nothing
-
-
 def patch(candidate: str) -> None:
-    from engine.sae.registry import LAMBDA_PER_SPARSITY_COEFF, Architecture
+    from engine.sae import registry
+    from engine.sae.registry import LAMBDA_PER_SPARSITY_COEFF
 
-    if candidate == "sqrt":
-        def sqrt_weight(self, config, d_in, *, legacy=False):
-            if legacy:
-                return config.sparsity_coeff
-            return config.sparsity_coeff * LAMBDA_PER_SPARSITY_COEFF / (MINILM_WIDTH * d_in) ** 0.5
-        Architecture.sparsity_weight = sqrt_weight
+    if candidate == "before":
+        def fixed_lambda(self, config, d_in, *, legacy=False):
+            if config.target_l0 and self.name == "jumprelu":
+                return 1.0
+            weight = config.sparsity_coeff if legacy else config.sparsity_coeff * LAMBDA_PER_SPARSITY_COEFF / d_in
+            return weight * (2.0 if self.name == "gated" else 1.0)
+        for architecture in registry.all_architectures():
+            type(architecture).fast_biases = ()
+            type(architecture).sparsity_weight = fixed_lambda
     elif candidate.startswith("bias-lr:"):
-        travel = float(candidate.split(":", 1)[1])
-
-        def param_groups(self, sae, config, total_steps):
-            rest = [p for name, p in sae.named_parameters() if name != "b_enc"]
-            bias_lr = max(config.learning_rate, travel / max(total_steps, 1))
-            return [{"params": rest, "base_lr": config.learning_rate}, {"params": [sae.b_enc], "base_lr": bias_lr}]
-        Architecture.param_groups = param_groups  # jumprelu keeps its own groups
+        registry.BIAS_TRAVEL = float(candidate.split(":", 1)[1])
+        for architecture in registry.all_architectures():
+            if not architecture.fast_biases:
+                type(architecture).fast_biases = ("b_enc",)
     elif candidate != "none":
-        raise SystemExit(f"unknown candidate {candidate!r}: none, sqrt or bias-lr:T")
+        raise SystemExit(f"unknown candidate {candidate!r}: none, before or bias-lr:T")
 
 
 def main() -> None:

@@ -34,6 +34,9 @@ class Gated(Architecture):
     request_fields = (TARGET_L0,)
     adapts_l1_to_target_l0 = True
     state_keys = frozenset({"r_mag", "b_mag"})
+    # The gate's bias decides how often a feature fires, as relu's; b_mag, the magnitude's offset
+    # once open, must cover as much ground (width 48: EV 0.06 with only b_gate fast, 0.51 with both).
+    fast_biases = ("b_enc", "b_mag")
 
     def setup(self, sae, options):
         import torch

@@ -4,7 +4,8 @@ Gemma Scope, arXiv 2408.05147; Anthropic, "Circuits Updates - January 2025"). De
 unit norm: with an L0 penalty, feature scale is free otherwise."""
 import math
 
-from engine.sae.registry import TARGET_L0, Architecture, register
+from engine.sae.registry import LAMBDA_PER_SPARSITY_COEFF, REFERENCE_WIDTH, TARGET_L0, Architecture, register
+
 # Inputs have mean norm sqrt(d_in), so pre-activations are O(1); an initial 0.1 (Anthropic Jan
 # 2025) and a 0.05 kernel let short runs move the thresholds, where Gemma Scope's 0.001/0.001 needs
 # billions of tokens. TrainConfig's jumprelu_initial_threshold and jumprelu_bandwidth default to these.
@@ -45,12 +46,22 @@ class JumpReLU(Architecture):
         return l0
 
     def sparsity_weight(self, config, d_in, *, legacy=False):
-        """A target L0 is a constraint, not a trade-off: its penalty (L0/target - 1)^2 has a fixed
+        """lambda (sparsity_coeff x 2000) is the price of one active feature for an input of
+        REFERENCE_WIDTH and grows as d_in / REFERENCE_WIDTH, so the per-element weight beside the MSE
+        is the same at every width. With inputs at mean norm sqrt(d_in), what an active feature is
+        worth (its share of the summed squared error) grows as d_in, and so must the price of its
+        firing to mean the same trade-off (the L1's price, per unit of a magnitude ~sqrt(d_in), grows
+        as sqrt(d_in): Architecture.sparsity_weight). Under a fixed lambda L0 went 2.2 at width 48,
+        33 at 384 and 78 at 1024 on the same planted data; under this rule 15, 33 and 21
+        (bench/width_grid.py; README, "Defaults across widths").
+        A target L0 is a constraint, not a trade-off: its penalty (L0/target - 1)^2 has a fixed
         weight of 1 (it held L0 near the target on MiniLM and the synthetic tests), and
         sparsity_coeff does not apply to it (under every rule, the legacy one too)."""
         if config.target_l0:
             return 1.0
-        return super().sparsity_weight(config, d_in, legacy=legacy)
+        if legacy:
+            return super().sparsity_weight(config, d_in, legacy=True)
+        return config.sparsity_coeff * LAMBDA_PER_SPARSITY_COEFF / REFERENCE_WIDTH
 
     def param_groups(self, sae, config, total_steps):
         """Thresholds are learned in log space, where an Adam step moves them by about the learning

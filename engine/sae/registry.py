@@ -11,6 +11,7 @@ This module, and the architecture modules, import no torch at import time: the w
 architectures and checks requests without it. The torch side (engine.sae.module) calls the
 methods below with the SAE and tensors; an architecture imports torch inside them where it needs to.
 """
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -18,8 +19,14 @@ from engine.errors import EngineError
 
 # Names are kept in 32 characters (a job row's column is that wide; "matryoshka_batchtopk" is SAELens' name).
 MAX_NAME_LENGTH = 32
-# sparsity_coeff x this = lambda in the summed-squared-error convention (Architecture.sparsity_weight).
+# sparsity_coeff x this = lambda in the summed-squared-error convention for an input of
+# REFERENCE_WIDTH, the bundled MiniLM's d_model, where the seed's 0.001 was measured; lambda scales
+# with the width from there (Architecture.sparsity_weight, JumpReLU.sparsity_weight).
 LAMBDA_PER_SPARSITY_COEFF = 2000.0
+REFERENCE_WIDTH = 384
+# How far (in pre-activation units) an architecture's `fast_biases` can move in any run: their
+# learning rate is max(learning_rate, this / total steps) (Architecture.param_groups).
+BIAS_TRAVEL = 5.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,9 @@ class Architecture:
     unit_norm_decoder = False
     # W_enc starts at this multiple of W_dec.T.
     encoder_init_scale = 1.0
+    # Biases that decide how often an L1 architecture's features fire, learned at a rate that lets
+    # them travel BIAS_TRAVEL in any run (param_groups).
+    fast_biases: tuple[str, ...] = ()
     # Codes have a fixed number of non-zeros per token (sparse_code): the trainer may then decode
     # by gathering those decoder rows instead of a dense matmul, timing both on the first batch.
     sparse_decode = False
@@ -159,19 +169,26 @@ class Architecture:
         """The weight of the sparsity term beside the MSE (a mean over elements).
 
         `sparsity_coeff` is lambda/2000 in the loss of Anthropic's April 2024 update, ||x - x_hat||^2
-        summed over the d_in dimensions + lambda sum_i f_i ||W_dec,i|| (JumpReLU: + lambda L0), with
-        inputs at mean norm sqrt(d_in). The trainer minimises that loss divided by d_in, so the
-        reported loss (and min_loss) stays a per-element MSE: the weight here is lambda / d_in. In
-        that convention one lambda asks layers and models of every width for about the same
-        trade-off, which is what the input normalisation is for. The factor puts the seed's default
-        0.001 at lambda = 2: on the bundled model (d_in 384) lambda = 1 left hundreds of features firing
-        on more than 10% of tokens, lambda = 2 a few dozen at L0 ~30-40 (README, "Architectures");
-        Anthropic's lambda = 5 is for runs of ~100k steps. `legacy`: the rule of checkpoints written
-        before this convention, where sparsity_coeff was the per-element weight itself (5.2x weaker
-        at d_in 384)."""
+        summed over the d_in dimensions + lambda sum_i f_i ||W_dec,i||, with inputs at mean norm
+        sqrt(d_in), for an input of REFERENCE_WIDTH; lambda grows as sqrt(d_in / REFERENCE_WIDTH).
+        The trainer minimises that loss divided by d_in, so the reported loss (and min_loss) stays a
+        per-element MSE: the weight here is lambda / d_in.
+
+        Why sqrt: with inputs at norm sqrt(d_in), a feature's magnitude grows as sqrt(d_in) and its
+        share of the summed squared error as d_in, so an L1 price (lambda x magnitude) that is the
+        same fraction of what the feature is worth at every width needs lambda ~ sqrt(d_in). A fixed
+        lambda made features dear at small widths and cheap at large ones: on planted data with 4
+        active features per token, L0 went 9.5 at width 48 to 34 at 4096; under this rule 23 and 4.6
+        (bench/width_grid.py; README, "Defaults across widths"). JumpReLU's L0 price follows the
+        energy itself (lambda ~ d_in, engine/sae/jumprelu.py). Both equal the old rule at
+        REFERENCE_WIDTH, the bundled MiniLM's d_model, where the factor was chosen: the seed's 0.001
+        is lambda = 2 there; lambda = 1 left hundreds of features firing on more than 10% of tokens,
+        lambda = 2 a few dozen at L0 ~30-40 (README, "Architectures"). Checkpoints keep the weight
+        they were written with. `legacy`: the rule of checkpoints written before they kept it, where
+        sparsity_coeff was the per-element weight itself."""
         if legacy:
             return config.sparsity_coeff
-        return config.sparsity_coeff * LAMBDA_PER_SPARSITY_COEFF / d_in
+        return config.sparsity_coeff * LAMBDA_PER_SPARSITY_COEFF / math.sqrt(REFERENCE_WIDTH * d_in)
 
     def reconstruction_losses(self, sae, x, f) -> dict:
         """Further reconstruction losses by name, each added to the step's loss at weight 1 beside
@@ -192,8 +209,23 @@ class Architecture:
         """Anything after the optimizer step (relu resamples dead features)."""
 
     def param_groups(self, sae, config, total_steps: int) -> list[dict]:
-        """Adam's parameter groups, each with its `base_lr` (the schedule scales it)."""
-        return [{"params": list(sae.parameters()), "base_lr": config.learning_rate}]
+        """Adam's parameter groups, each with its `base_lr` (the schedule scales it).
+
+        The `fast_biases` learn at max(learning_rate, BIAS_TRAVEL / total steps). With inputs at mean
+        norm sqrt(d_in) and a tied start, a feature's pre-activation on a token it does not encode
+        has variance ~1 at every width, so it fires on half the tokens until its bias stands near
+        -1.3 (10%) or lower; an Adam step moves a parameter by about the learning rate (Kingma and
+        Ba 2015, section 2.1), so at the default 1e-4 the service's 5,000 steps move a bias by 0.5 at
+        most, and every feature of a relu or gated SAE stayed dense (README, "Defaults across
+        widths"; bench/width_grid.py). Anthropic's recipe (April 2024) gets there in ~100k steps at
+        5e-5; this gets there in any run, and is the plain rate in long runs, as jumprelu's thresholds."""
+        fast = set(self.fast_biases)
+        weights = [p for name, p in sae.named_parameters() if name not in fast]
+        groups = [{"params": weights, "base_lr": config.learning_rate}]
+        if fast:
+            biases = [p for name, p in sae.named_parameters() if name in fast]
+            groups.append({"params": biases, "base_lr": max(config.learning_rate, BIAS_TRAVEL / max(total_steps, 1))})
+        return groups
 
     # -- export --
 

@@ -1,7 +1,8 @@
 """ReLU SAE: f = relu(pre), with the decoder-norm-weighted L1 as its sparsity term and dead
 features resampled in the first half of training (Bricken et al. 2023, "Towards Monosemanticity";
 Anthropic, "Circuits Updates - April 2024"). Decoder norms stay free: the weighted L1 removes the
-incentive to shrink f by growing W_dec. With target_l0 the trainer adapts the L1's weight toward
+incentive to shrink f by growing W_dec. The encoder bias learns fast enough to reach its level in
+any run (Architecture.param_groups). With target_l0 the trainer adapts the L1's weight toward
 that L0 (engine.trainer.target_l0)."""
 from engine.sae.registry import TARGET_L0, Architecture, register
 
@@ -14,6 +15,7 @@ class ReLU(Architecture):
     name = "relu"
     request_fields = (TARGET_L0,)
     adapts_l1_to_target_l0 = True
+    fast_biases = ("b_enc",)
 
     def after_step(self, sae, x, recon, trainer) -> None:
         if trainer.config.resample_dead and trainer.state.step < trainer.total_steps // 2:

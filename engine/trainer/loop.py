@@ -124,6 +124,16 @@ def _layout(config, activations, saved, *, device, distributed, first_epoch_rows
                    plan.token_budget(config, n_train), targets, None if targets is None else int(targets.shape[1]))
 
 
+def _param_groups(sae, config, total_steps: int, saved) -> list[dict]:
+    """The architecture's parameter groups; a checkpoint written when its architecture kept every
+    parameter in one group (relu and gated before their biases had a rate of their own) resumes
+    in one group, at its own rate, as it was trained."""
+    groups = architecture(config.architecture).param_groups(sae, config, total_steps)
+    if saved is not None and len(saved.payload["optimizer"]["param_groups"]) == 1 < len(groups):
+        return [{"params": list(sae.parameters()), "base_lr": config.learning_rate}]
+    return groups
+
+
 def _start(config, layout: _Layout, activations, stream, saved, rows_ready, *, device, sample=None):
     """The SAE, its optimizer and the run state: initialised from a sample (`sample`, or rows the
     activations give), or restored."""
@@ -144,8 +154,7 @@ def _start(config, layout: _Layout, activations, stream, saved, rows_ready, *, d
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     # The fused kernel does Adam's whole update in one launch on CUDA; the CPU keeps the default.
-    optimizer = torch.optim.Adam(architecture(config.architecture).param_groups(sae, config, layout.total_steps),
-                                 lr=config.learning_rate, fused=True)
+    optimizer = torch.optim.Adam(_param_groups(sae, config, layout.total_steps, saved), lr=config.learning_rate, fused=True)
     state.first_epoch_mixed = layout.mixing is not None
     if saved is not None:
         checkpoint.restore(saved, sae, optimizer, state, d_in=layout.d_in, config=config, n_train=layout.n_train)

@@ -13,9 +13,9 @@ The rule, after every step past the sparsity warm-up:
 and the step's sparsity weight is sparsity_weight x warm-up x multiplier. It is an integral
 controller in log space: too many features firing raises the weight, too few lowers it, at most
 20 x learning_rate a step (0.2% at the default 1e-4: 500 steps an e-fold). A ReLU SAE's L0 follows
-its weight only as fast as Adam moves the encoder biases (about learning_rate a step), so the rate
-is tied to it, and a faster controller winds up: measured on synthetic data (width 48, target 32,
-learning rate 1e-4), 1% a step drove the weight to its bound while L0 was still falling, then L0
+its weight only as fast as Adam moves the encoder biases (about their learning rate a step), so the
+rate is tied to the learning rate, and a faster controller winds up: measured on synthetic data (width 48, target 32,
+learning rate 1e-4, before the biases had their own rate), 1% a step drove the weight to its bound while L0 was still falling, then L0
 to 0; 0.2% held it at 32. For the same reason the weight holds still while L0 already approaches the
 target fast enough to reach it before the run ends (anti-windup); a pace too slow for that (a
 weight far too weak) lets the controller push. An L1's L0 falls monotonically with its weight, which is what makes a

@@ -120,10 +120,17 @@ def test_the_step_floor_follows_the_learning_rate_only_while_min_steps_is_on():
     assert min_steps_for(TrainConfig(min_steps=0)) == 0  # off: batches as asked
 
 
-@pytest.mark.parametrize("architecture,d_in", [("relu", 32), ("relu", 96), ("jumprelu", 32)])
-def test_the_loss_is_the_mse_plus_lambda_over_d_in_times_the_penalty(architecture, d_in):
-    """sparsity_coeff means λ / 2000 in the summed-squared-error loss; the trainer reports that loss
-    divided by d_in (README, "The SAE"), so each step's loss = MSE + (2000 × coeff / d_in) × penalty."""
+# The weight of the penalty beside a per-element MSE: lambda / d_in, where lambda = 2000 x coeff at
+# width 384 and grows as sqrt(d_in / 384) for the L1 and as d_in / 384 for JumpReLU's L0.
+EXPECTED_WEIGHT = {"relu": lambda coeff, d_in: 2000 * coeff * math.sqrt(d_in / 384) / d_in,
+                   "jumprelu": lambda coeff, d_in: 2000 * coeff / 384}
+
+
+@pytest.mark.parametrize("architecture,d_in", [("relu", 32), ("relu", 96), ("relu", 384), ("jumprelu", 32), ("jumprelu", 96)])
+def test_the_loss_is_the_mse_plus_the_width_scaled_lambda_over_d_in_times_the_penalty(architecture, d_in):
+    """sparsity_coeff means λ / 2000 in the summed-squared-error loss at width 384, λ scaled with
+    the width (README, "Architectures"); the trainer reports that loss divided by d_in (README,
+    "The SAE"), so each step's loss = MSE + (λ / d_in) × penalty."""
     reports = []
     coeff = 0.003
     train_sae(sparse_data(n_tokens=600, d_in=d_in),
@@ -131,6 +138,7 @@ def test_the_loss_is_the_mse_plus_lambda_over_d_in_times_the_penalty(architectur
                      sae_batch_tokens=128, eval_fraction=0.0),
               on_progress=reports.append)
     assert len(reports) >= 4  # one a step (progress_interval_s 0)
+    weight = EXPECTED_WEIGHT[architecture](coeff, d_in)
     for report in reports:
         assert report.l1 > 0
-        assert report.loss == pytest.approx(report.mse + 2000 * coeff / d_in * report.l1, rel=1e-5)
+        assert report.loss == pytest.approx(report.mse + weight * report.l1, rel=1e-5)

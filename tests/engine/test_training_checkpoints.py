@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -82,7 +84,7 @@ def test_a_checkpoint_keeps_its_batch_and_penalty_weight_across_a_change_of_rule
     assert cancelled.sae_batch_tokens == 64  # today's rules: 0.5 / 1e-4 steps -> the 64-token floor
     path = cancelled.checkpoints[-1].path
     saved = torch.load(path, weights_only=True)
-    assert saved["batch_tokens"] == 64 and saved["sparsity_weight"] == 0.05 * 2000 / 16
+    assert saved["batch_tokens"] == 64 and saved["sparsity_weight"] == pytest.approx(0.05 * 2000 / math.sqrt(384 * 16))
     # As that version wrote it: format 1 (no format_version), epoch sums as a list.
     del saved["format_version"], saved["batch_tokens"], saved["sparsity_weight"]
     saved["epoch_step"] = 0  # written at an epoch's end, as a killed worker's newest checkpoint is
