@@ -43,11 +43,23 @@ class Throttle:
         return False
 
 
+def job_model(job: TrainingJob):
+    """The model as checked when the job was made: its location, and a hub model's commit."""
+    from engine.resolve import ResolvedModel
+
+    return ResolvedModel(name=job.model_name, location=job.model_location, source=job.model_source,
+                         revision=job.model_revision or None)
+
+
+def job_hub_token(job: TrainingJob):
+    """What the job may send the hub: its owner's token, or none (never the server's login)."""
+    return hub_token(selectors.job_token(job))
+
+
 def job_spec(job: TrainingJob, device: str):
     """The run the job asks for, on `device`: its model and corpus (or activations file), its
     TrainConfig, its files, the cache and checkpoint an earlier run left, and this installation's
     settings."""
-    from engine.resolve import ResolvedModel
     from engine.run import FeatureSettings, RunPaths, RunSpec
 
     paths = services.job_artifact_paths(job)
@@ -58,9 +70,7 @@ def job_spec(job: TrainingJob, device: str):
                        saelens_dir=paths["saelens_dir"], features_dir=paths["features_dir"],
                        checkpoint_dir=paths["checkpoint_dir"], targets=paths["targets_path"]),
         config=train_config(job),
-        # The model as checked when the job was made: its location, and a hub model's commit.
-        model=ResolvedModel(name=job.model_name, location=job.model_location, source=job.model_source,
-                            revision=job.model_revision or None) if on_model else None,
+        model=job_model(job) if on_model else None,
         corpus=corpus.path if corpus else None,
         text_field=corpus.text_field if corpus else "text",
         # Jobs record the packing they resolved; None (an activations file's) leaves the engine's default.
@@ -77,7 +87,7 @@ def job_spec(job: TrainingJob, device: str):
         max_sequence_length=job.max_sequence_length,
         batch_size=job.batch_size,
         quantization=None if job.quantization == TrainingJob.Quantization.NONE else job.quantization,
-        token=hub_token(selectors.job_token(job)) if on_model else None,
+        token=job_hub_token(job) if on_model else None,
         device=device,
         cpu_bf16=settings.CPU_BF16,
         models_cache_dir=settings.MODELS_CACHE_DIR,

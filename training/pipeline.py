@@ -14,7 +14,7 @@ from django.conf import settings
 from engine.errors import EngineError
 from mistudio.errors import ServiceError
 from training import modelcheck, selectors, services
-from training.engine_run import JobLost, Throttle, job_callbacks, job_spec
+from training.engine_run import JobLost, Throttle, job_callbacks, job_hub_token, job_model, job_spec
 from training.models import TrainingJob
 
 logger = logging.getLogger("training")
@@ -210,14 +210,13 @@ def check_fits_device(job, device: str) -> None:
     if job.activations_file or job.gpu_ids or job.memory_check.startswith("forced") or not job.model_info:
         return
     from engine.devices import system_memory
-    from engine.resolve import ResolvedModel, load_config
+    from engine.resolve import load_config
 
     sizes = dict(hidden_dim=job.hidden_dim, batch_size=job.batch_size, max_sequence_length=job.max_sequence_length,
                  sae_batch_tokens=job.sae_batch_tokens, layer_number=job.layer_number)
     on_cuda = str(device).startswith("cuda")
     try:
-        config = load_config(ResolvedModel(job.model_name, job.model_location, job.model_source),
-                             token=selectors.job_token(job))
+        config = load_config(job_model(job), token=job_hub_token(job))
         described = modelcheck.DescribedModel(resolved=None, config=config,
                                               info=SimpleNamespace(parameter_count=job.model_info["parameter_count"]))
         needed = modelcheck.estimate(described, device_kind="cuda" if on_cuda else "cpu",
