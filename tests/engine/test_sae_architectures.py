@@ -8,8 +8,9 @@ from engine.trainer import TrainConfig, train_sae
 from tests.engine.test_sae_training import sparse_data
 
 
-# sparse_data has d_in 32: sparsity_coeff 1.6e-5 is λ = 0.032, a per-element weight of 1e-3
-# (engine.sae.registry.Architecture.sparsity_weight), the weight these runs were sized at.
+# sparse_data has d_in 32: sparsity_coeff 1.6e-5 is a per-element weight of 2.9e-4 for the L1 and
+# 8.3e-5 for JumpReLU's L0 (engine.sae.registry.Architecture.sparsity_weight). These runs were sized
+# at 1e-3 for both, before the weight followed the width, and hold at either.
 def config(**overrides) -> TrainConfig:
     values = dict(hidden_dim=128, sparsity_coeff=1.6e-5, learning_rate=1e-2, sae_batch_tokens=512, max_epochs=10,
                   min_loss=0.0, checkpoint_every_epochs=0, checkpoint_interval_s=1e9, progress_interval_s=0.0)

@@ -36,7 +36,7 @@ def config(**overrides) -> TrainConfig:
 
 
 # A strong penalty at a high rate kills features within the first half of training: they are resampled.
-# (sparsity_coeff 0.08 at d_in 16 is a per-element weight of 10; engine.sae.registry.Architecture.sparsity_weight.)
+# (sparsity_coeff 0.08 at d_in 16 is a per-element weight of 2.0; engine.sae.registry.Architecture.sparsity_weight.)
 RELU_RESAMPLING = dict(architecture="relu", k=None, sparsity_coeff=0.08, learning_rate=3e-2, sae_batch_tokens=64,
                        dead_window_tokens=128)
 

@@ -1,5 +1,7 @@
 """`manage.py train` recovers a sparse dictionary we planted: the end-to-end check that training,
 the input scaling and the export fit together, not only that the loss goes down."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,12 @@ FEATURES_PER_TOKEN = 3
 TOKENS = 20_000
 # Fast on two cores without tuning per architecture; the defaults are sized for real corpora.
 COMMON = ("--hidden-dim", "128", "--learning-rate", "0.003", "--min-loss", "0", "--no-progress")
+
+
+def l1_coeff(lam: float) -> str:
+    """The sparsity_coeff that puts the L1's lambda at `lam` for inputs of width D_MODEL: lambda is
+    2000 x sparsity_coeff at width 384 and grows as sqrt(width / 384) (README, "Architectures")."""
+    return f"{lam / (2000 * math.sqrt(D_MODEL / 384)):.6g}"
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +73,8 @@ def test_topk_at_the_true_k_recovers_the_planted_features(train_on_planted, plan
 
 
 def test_relu_at_a_tuned_penalty_recovers_the_planted_features(train_on_planted, planted):
-    # λ = 1 (the seed's default 0.001 is λ = 2: it recovers the directions too, at EV ~0.85).
-    result = train_on_planted("--architecture", "relu", "--sparsity-coeff", "0.0005",
+    # λ = 1 (the seed's default is λ = 2 at width 384).
+    result = train_on_planted("--architecture", "relu", "--sparsity-coeff", l1_coeff(1),
                               "--max-epochs", "20", "--sae-batch-tokens", "256")
     assert recovery(result, planted[1]) >= 0.9
     assert result["evaluation"]["explained_variance"] >= 0.9
@@ -107,8 +115,8 @@ def test_gated_recovers_the_planted_features_without_the_shrinkage_of_relu_at_th
     # λ = 4 for both: relu is pushed to shrink its codes hard, which is what the gate is there to
     # avoid. gated's weight is twice relu's for a sparsity_coeff, so it gets half the coefficient.
     args = ("--max-epochs", "20", "--sae-batch-tokens", "256")
-    gated = train_on_planted("--architecture", "gated", "--sparsity-coeff", "0.001", *args)
-    relu = train_on_planted("--architecture", "relu", "--sparsity-coeff", "0.002", *args)
+    gated = train_on_planted("--architecture", "gated", "--sparsity-coeff", l1_coeff(2), *args)
+    relu = train_on_planted("--architecture", "relu", "--sparsity-coeff", l1_coeff(4), *args)
     assert gated["architecture"] == "gated"
     assert recovery(gated, planted[1]) >= 0.9
     assert gated["evaluation"]["l0"] == pytest.approx(FEATURES_PER_TOKEN, rel=0.3)
