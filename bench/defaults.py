@@ -11,6 +11,12 @@ names it. Runs in the app's .venv:
     .venv/bin/python bench/defaults.py --corpus other.txt
     .venv/bin/python bench/defaults.py --python-docs --rows relu,jumprelu,topk
 
+--smollm2 trains on the bundled causal LM instead, SmolLM2-135M-Instruct (d_model 576), layer 15 of
+30: real activations at a width other than the one the sparsity factor was chosen at (384), where
+the rules that scale it with the width (README, "Architectures") show:
+
+    .venv/bin/python bench/defaults.py --smollm2 --rows relu,jumprelu,gated
+
 --python-docs trains on a larger corpus every Python has: the paragraphs of the standard library's
 pydoc_data topics (~1,400 lines, ~99k MiniLM tokens), each row then takes minutes.
 
@@ -18,7 +24,7 @@ pydoc_data topics (~1,400 lines, ~99k MiniLM tokens), each row then takes minute
 FILE.npy`, float32 [tokens, width]) across input widths and offsets, every field at its default
 but hidden_dim (and k): the table of issue 17, where defaults once collapsed on an offset:
 
-    .venv/bin/python bench/defaults.py --synthetic                          # 48,384,1024,4096 x 3 x 5
+    .venv/bin/python bench/defaults.py --synthetic                          # 48,384,1024,4096 x 3 x 7
     .venv/bin/python bench/defaults.py --synthetic --widths 48 --offsets none,constant --rows relu,jumprelu
 
 The data: 2 x width unit directions, ~8 active per token at magnitudes in [0.5, 1.5], small noise;
@@ -61,6 +67,8 @@ SYNTHETIC_ROWS = {
     "batchtopk": ("batchtopk, k 32", ["--architecture", "batchtopk", "--k", "32"]),
     "jumprelu": ("jumprelu", ["--architecture", "jumprelu"]),
     "relu-target": ("relu, target_l0 32", ["--target-l0", "32"]),
+    "gated": ("gated", ["--architecture", "gated"]),
+    "matryoshka": ("matryoshka_batchtopk, k 32", ["--architecture", "matryoshka_batchtopk", "--k", "32"]),
 }
 SYNTHETIC_WIDTHS = (48, 384, 1024, 4096)
 OFFSETS = ("none", "constant", "random")
@@ -136,13 +144,19 @@ def python_docs_corpus(path: Path) -> Path:
     return path
 
 
-def run_row(folder: Path, corpus: Path | None, args: list[str], *, activations: Path | None = None) -> tuple[dict, float]:
+MINILM = ("sentence-transformers/all-MiniLM-L6-v2", 3)
+
+
+def run_row(folder: Path, corpus: Path | None, args: list[str], *, activations: Path | None = None,
+            model: tuple[str, int] = MINILM) -> tuple[dict, float]:
+    # A GGUF model (SmolLM2) is converted once for the whole table, in the table's folder.
     env = {**os.environ, "MISTUDIO_DEBUG": "1", "MISTUDIO_DATA_DIR": str(folder / "data"),
-           "MISTUDIO_MODELS_DIR": str(folder / "models"), "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}"}
+           "MISTUDIO_MODELS_DIR": str(folder / "models"), "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
+           "MISTUDIO_MODELS_CACHE_DIR": str(folder.parent / "converted")}
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=env, check=True)
     started = time.monotonic()
     source = (["--activations", str(activations)] if activations is not None else
-              ["--model", "sentence-transformers/all-MiniLM-L6-v2", "--corpus", str(corpus), "--layer-number", "3"])
+              ["--model", model[0], "--corpus", str(corpus), "--layer-number", str(model[1])])
     done = subprocess.run(
         [sys.executable, "manage.py", "train", *source, "--no-progress", *args],
         cwd=REPO, env=env, capture_output=True, text=True,
@@ -163,7 +177,10 @@ def main() -> None:
     parser.add_argument("--synthetic", action="store_true", help="planted-dictionary activations across widths and offsets")
     parser.add_argument("--widths", default=",".join(map(str, SYNTHETIC_WIDTHS)), help="--synthetic: input widths")
     parser.add_argument("--offsets", default=",".join(OFFSETS), help=f"--synthetic: from {', '.join(OFFSETS)}")
+    parser.add_argument("--smollm2", action="store_true",
+                        help="the bundled SmolLM2-135M-Instruct (d_model 576), layer 15 of 30, instead of MiniLM")
     options = parser.parse_args()
+    model = ("HuggingFaceTB/SmolLM2-135M-Instruct", 15) if options.smollm2 else MINILM
     if options.synthetic:
         with tempfile.TemporaryDirectory() as tmp:
             synthetic_table(options, Path(tmp))
@@ -177,12 +194,12 @@ def main() -> None:
         if options.python_docs:
             options.corpus = python_docs_corpus(Path(tmp) / "python_docs.txt")
         print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-              f"{os.cpu_count()} CPUs, corpus {options.corpus.name}")
+              f"{os.cpu_count()} CPUs, {model[0]} layer {model[1]}, corpus {options.corpus.name}")
         print("| Request | L0 | Explained variance | Dead | Dense (>10%) | Steps x batch | Seconds |")
         print("|---|---|---|---|---|---|---|")
         for name in names:
             label, args = ROWS[name]
-            result, seconds = run_row(Path(tmp) / name, options.corpus, args)
+            result, seconds = run_row(Path(tmp) / name, options.corpus, args, model=model)
             ev = result["evaluation"]
             stats = result["training_stats"]
             batch = stats["sae_batch_tokens_used"]
