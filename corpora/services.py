@@ -122,7 +122,13 @@ def _copy_folder(folder: Path, partial: Path, name: str, limit) -> int:
     size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
     if size > limit.max_bytes:
         raise limit.refusal(repr(name), size)
-    shutil.copytree(folder, partial)
+    # Copies of the data, not of the source's modes (copytree's default copies those, and 0644 files
+    # stayed readable to every account once their folder was): new files take the process's mask
+    # (0600), and the folders copytree gives the source's mode are made 0700.
+    shutil.copytree(folder, partial, copy_function=shutil.copyfile)
+    for path in (partial, *partial.rglob("*")):
+        if path.is_dir():
+            path.chmod(0o700)
     return size
 
 

@@ -2,6 +2,8 @@
 added from its path, by corpus_add_from_path and `manage.py add_corpus`, copied whole into the
 corpus storage, checked as an upload is, and deleted whole."""
 import json
+import os
+import stat
 from pathlib import Path
 
 import datasets
@@ -33,6 +35,19 @@ def test_a_dataset_folder_is_copied_into_the_storage_and_counted(saved, alice, d
     assert (corpus.documents_count, corpus.lines_count) == (3, 4)
     assert corpus.size_bytes == sum(path.stat().st_size for path in saved.rglob("*") if path.is_file())
     assert list(iter_documents(stored, text_field="review")) == [text for text in TEXTS if text]
+
+
+def test_the_copy_is_private_whatever_the_sources_modes(saved, alice):
+    for path in (saved, *saved.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    previous = os.umask(0o077)  # every miStudio process's (mistudio/settings.py)
+    try:
+        stored = Path(corpus_add_from_path(owner=alice, path=saved, text_field="review").path)
+    finally:
+        os.umask(previous)
+    modes = {str(path.relative_to(stored)): oct(stat.S_IMODE(path.stat().st_mode)) for path in (stored, *stored.rglob("*"))}
+    assert {name: mode for name, mode in modes.items() if mode != ("0o700" if (stored / name).is_dir() else "0o600")} == {}
+    assert len(modes) > 3  # the folder, its shards and dataset files
 
 
 def test_a_folder_with_no_such_column_is_refused_by_its_name_and_nothing_is_kept(saved, alice, data_dir):
