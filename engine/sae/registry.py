@@ -217,8 +217,9 @@ class Architecture:
         -1.3 (10%) or lower; an Adam step moves a parameter by about the learning rate (Kingma and
         Ba 2015, section 2.1), so at the default 1e-4 the service's 5,000 steps move a bias by 0.5 at
         most, and every feature of a relu or gated SAE stayed dense (README, "Defaults across
-        widths"; bench/width_grid.py). Anthropic's recipe (April 2024) gets there in ~100k steps at
-        5e-5; this gets there in any run, and is the plain rate in long runs, as jumprelu's thresholds."""
+        widths"; bench/width_grid.py). Anthropic's recipe (April 2024: 5e-5 and every bias at it) is
+        for runs far longer than ours; this gets there in any run, and is the plain rate in long
+        runs, as jumprelu's thresholds' own rate is (engine/sae/jumprelu.py)."""
         fast = set(self.fast_biases)
         weights = [p for name, p in sae.named_parameters() if name not in fast]
         groups = [{"params": weights, "base_lr": config.learning_rate}]
