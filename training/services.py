@@ -90,8 +90,10 @@ def owner_lock(owner) -> None:
     get_user_model().objects.select_for_update().filter(pk=owner.pk).exists()
 
 
-def check_force(owner, request: JobRequest) -> None:
-    if request.force and not getattr(owner, "is_staff", False):
+def check_force(owner, request: JobRequest, *, on_the_machine: bool = False) -> None:
+    """Forcing a job past its device's memory is for staff, and for whoever runs manage.py train on
+    the machine itself (on_the_machine: the same trust that lets it name any local path)."""
+    if request.force and not (on_the_machine or getattr(owner, "is_staff", False)):
         raise Forbidden("force: only staff may create a job whose memory estimate exceeds the device's memory; "
                         "leave force out and lower the sizes the refusal names.", field="force")
 
@@ -101,7 +103,7 @@ def job_columns(*, owner, request: JobRequest, any_local_path: bool = False, des
     """The row a request makes, every check passed (ServiceError: what to fix). `described`: the
     model, already described (a sweep describes it once for all its members); `plan_disk` False
     leaves the disk plan to the caller (a sweep's members share their caches)."""
-    check_force(owner, request)
+    check_force(owner, request, on_the_machine=any_local_path)
     quantization = request.quantization or TrainingJob.Quantization.NONE
     modelcheck.check_hook_point_name(request.hook_point)
     runplan.check_choices(packing=request.packing, cache_activations=request.cache_activations,

@@ -52,7 +52,7 @@ def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_loca
     jobs and queue its one task once the transaction commits."""
     base = request.base
     _check_shape(request)
-    services.check_force(owner, base)
+    services.check_force(owner, base, on_the_machine=any_local_path)
     count = len(request.member_requests())
     quotas.check_active_jobs(owner, adding=count)  # every member is a job of its own
     if not base.model_name:

@@ -47,6 +47,29 @@ def test_staff_may_force_it_and_the_job_says_it_was_forced(charlie_api, corpus_f
     assert TrainingJob.objects.get().memory_check.startswith("forced: ")
 
 
+def test_the_train_command_may_force_it_for_its_user(tmp_path, monkeypatch, hub_models):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from training.management.commands import train as command
+
+    corpus = tmp_path / "reviews.txt"
+    corpus.write_text("A review of a film.\nAnother one.\n")
+    args = ["--model", "tiny/gpt2", "--corpus", str(corpus), "--layer-number", "1", "--hidden-dim", "1048576",
+            "--sae-batch-tokens", "1048576", "--max-epochs", "1", "--no-progress"]
+    with pytest.raises(CommandError, match="Staff may create it anyway"):
+        call_command("train", *args)
+    # Forced, the job is made for the command's user (not staff) and handed to the run, which this
+    # test stops short of: an SAE of that size would not fit here.
+    handed = []
+    monkeypatch.setattr(command, "job_run", lambda job_id, **_: handed.append(job_id) or TrainingJob.objects.get(id=job_id))
+    with pytest.raises(CommandError, match="Waiting for a worker"):  # the stub ran nothing: the job is queued
+        call_command("train", *args, "--force")
+    job = TrainingJob.objects.get(id=handed[0])
+    assert job.owner.username == "cli" and not job.owner.is_staff
+    assert job.memory_check.startswith("forced: ")
+
+
 def test_staff_must_ask_to_force_it(charlie_api, corpus_for, hub_models):
     corpus_for(charlie_api)
     assert train(charlie_api, **HUGE).status_code == 400

@@ -116,6 +116,9 @@ class Command(BaseCommand):
             field = fields[name]
             parser.add_argument(option, dest=name, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{field.help_text} (default: {'on' if field.default else 'off'})")
+        parser.add_argument("--force", action="store_true", default=None,
+                            help="Create the job even though its memory estimate exceeds the memory of the device "
+                                 "it would run on (the API lets only staff do this; on the machine, you may)")
         parser.add_argument("--huggingface-token", metavar="TOKEN",
                             help="A Hugging Face token for a gated or private hub model. Every user of this machine "
                                  "sees it in `ps` while the command runs (and it stays in the shell's history): "
@@ -127,7 +130,7 @@ class Command(BaseCommand):
         owner, _ = get_user_model().objects.get_or_create(username=options["user"])
         if options["sweep"]:
             return self._sweep(owner, options)
-        names = [name for _, name, _ in OPTIONS] + [name for _, name in SWITCHES]
+        names = [name for _, name, _ in OPTIONS] + [name for _, name in SWITCHES] + ["force"]
         data = {name: options[name] for name in names if options[name] is not None}
         if options["activations"]:
             if options["model"] or options["corpus"]:
