@@ -63,7 +63,8 @@ class JobRequest:
     packing: str | None = DEFAULTS.packing  # None: the corpus format's default
     training_tokens: int | None = DEFAULTS.training_tokens
     cache_activations: str = DEFAULTS.cache_activations
-    # Staff only: create the job even though its memory estimate exceeds the device's memory.
+    # Staff only (and manage.py train on the machine: check_force): create the job even though its
+    # memory estimate exceeds the device's memory.
     force: bool = False
 
 
