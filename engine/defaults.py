@@ -22,3 +22,18 @@ class SaeDefaults:
 
 
 SAE_DEFAULTS = SaeDefaults()
+
+
+@dataclass(frozen=True)
+class EvalDefaults:
+    """The evaluation after training (engine.run.spec.EvaluationSettings, the MISTUDIO_EVAL_*
+    settings): held-out rows the reconstruction metrics read, held-out tokens the next-token loss
+    measures (SAELens' n_eval_batches caps its own), and the bytes of float32 [tokens x vocabulary]
+    logits alive at once (engine.lm_eval)."""
+
+    max_rows: int = 100_000
+    ce_max_tokens: int = 20_000
+    logits_bytes: int = 256 * 2**20
+
+
+EVAL_DEFAULTS = EvalDefaults()

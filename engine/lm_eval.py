@@ -25,17 +25,40 @@ forward, and the baseline zero-ablates the MLP's output.
 """
 from collections.abc import Callable
 
+from engine.defaults import EVAL_DEFAULTS
 from engine.errors import EngineError
 from engine.hooks import DEFAULT_HOOK_POINT, register_reader, register_writer
 from engine.loading import LoadedModel
 from engine.model_info import is_causal_lm
 from engine.sequences import Sequences, encode
 
+
+class HeadNotSupported(EngineError):
+    """The model computes its logits in a way the bounded-memory evaluation cannot repeat."""
+
+
 # Below this change of mean loss (nats per predicted token) from zero-ablating the layer, the
 # recovered fraction divides by ~0 and means nothing.
 MIN_ABLATION_EFFECT = 1e-9
-# Held-out tokens measured at most (about: whole sequences are kept until it is reached).
-DEFAULT_MAX_TOKENS = 20_000
+# Held-out tokens measured at most (about: whole sequences are kept until it is reached), as
+# SAELens' n_eval_batches caps its own.
+DEFAULT_MAX_TOKENS = EVAL_DEFAULTS.ce_max_tokens
+# The [tokens x vocabulary] float32 tensors alive at once (logits, log-probabilities, the KL's
+# terms), at most: the LM head runs on this many predictions at a time, whatever the batch and the
+# vocabulary (a 128k vocabulary over a 16 x 512 batch would be 4 GB a tensor).
+DEFAULT_LOGITS_BYTES = EVAL_DEFAULTS.logits_bytes
+# How many [chunk x vocabulary] float32 tensors one chunk holds at its peak: the clean
+# log-probabilities, the spliced logits and their log-probabilities, the KL's terms.
+_LIVE_LOGITS = 4
+# The head's logits recomputed from its captured input must match the model's own this closely
+# (relative to the logits' scale), or the model post-processes its logits in a way not known here.
+_HEAD_TOLERANCE = 1e-3
+
+
+def logits_chunk_tokens(vocab_size: int, logits_bytes: int) -> int:
+    """Predictions measured per LM-head call so the live logits stay within `logits_bytes`; 0 when
+    not even one fits (the run must lower nothing else: raise the budget)."""
+    return int(logits_bytes) // (_LIVE_LOGITS * 4 * max(int(vocab_size), 1))
 
 
 def ce_loss_evaluation(
@@ -47,16 +70,27 @@ def ce_loss_evaluation(
     max_sequence_length: int,
     batch_size: int,
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    logits_bytes: int = DEFAULT_LOGITS_BYTES,
     hook_point: str = DEFAULT_HOOK_POINT,
     prepend_bos: bool = True,
     exclude_special_tokens: bool = True,
     read_point: str | None = None,
 ) -> dict:
-    """`read_point`: where `reconstruct` reads (a transcoder's input), when not `hook_point`."""
+    """`read_point`: where `reconstruct` reads (a transcoder's input), when not `hook_point`.
+
+    Memory: the model runs a batch as extraction does, but its LM head only on the last position
+    (its input, the final hidden states [batch, positions, d_model], is kept for the three
+    variants); the logits of the measured predictions are then computed, log-softmaxed and
+    compared `logits_chunk_tokens(vocab, logits_bytes)` predictions at a time, and only sums are
+    accumulated."""
     import torch
 
-    if getattr(loaded.model, "get_output_embeddings", lambda: None)() is None:
-        raise EngineError("The model was loaded without its LM head: load it with with_lm_head=True")
+    head = _Head(loaded)
+    chunk = logits_chunk_tokens(head.vocab_size, logits_bytes)
+    if chunk < 1:
+        raise EngineError(
+            f"eval_logits_bytes {logits_bytes:,} holds no prediction's logits over a vocabulary of {head.vocab_size:,} "
+            f"tokens: raise it to at least {_LIVE_LOGITS * 4 * head.vocab_size:,}")
     kept = _sequences(loaded, texts, max_sequence_length=max_sequence_length, max_tokens=max_tokens,
                       prepend_bos=prepend_bos, exclude_special_tokens=exclude_special_tokens)
 
@@ -86,30 +120,111 @@ def ce_loss_evaluation(
         handles.append(register_reader(block, read_point, keep_input))
     pad_id = loaded.tokenizer.pad_token_id
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), head:
             for start in range(0, len(kept), batch_size):
                 batch = kept[start : start + batch_size]
                 input_ids, mask = _padded([ids for ids, _ in batch], pad_id, loaded.device)
                 mode["rows"] = _padded_rows([rows for _, rows in batch], input_ids.shape, loaded.device)
-                targets = input_ids[:, 1:]
                 # A prediction is measured where there is a next token and it is made from a row.
                 predicted = mask[:, 1:].bool() & mode["rows"][:, :-1]
+                targets = input_ids[:, 1:][predicted]
                 n_predicted += int(predicted.sum())
-                for name in totals:  # clean first: the spliced distributions are compared with it
+                hidden = {}  # the head's input at the measured predictions [n, d_model], per variant
+                for name in totals:
                     mode["value"] = name
-                    logits = loaded.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-                    log_probs = torch.log_softmax(logits[:, :-1][predicted].float(), dim=-1)
-                    totals[name] += float(-log_probs.gather(1, targets[predicted][:, None]).double().sum())
-                    if name == "clean":
-                        clean_log_probs = log_probs
-                    else:
-                        kl = torch.nn.functional.kl_div(log_probs, clean_log_probs, log_target=True, reduction="none")
+                    hidden[name] = head.hidden_states(input_ids, mask)[:, :-1][predicted]
+                for lo in range(0, len(targets), chunk):
+                    rows, wanted = slice(lo, lo + chunk), targets[lo : lo + chunk, None]
+                    # clean first: the spliced distributions are compared with it
+                    clean = torch.log_softmax(head.logits(hidden["clean"][rows]), dim=-1)
+                    totals["clean"] += float(-clean.gather(1, wanted).double().sum())
+                    for name in kl_totals:
+                        log_probs = torch.log_softmax(head.logits(hidden[name][rows]), dim=-1)
+                        totals[name] += float(-log_probs.gather(1, wanted).double().sum())
+                        kl = torch.nn.functional.kl_div(log_probs, clean, log_target=True, reduction="none")
                         kl_totals[name] += float(kl.sum(dim=-1).double().sum())
+                        del log_probs, kl
+                    del clean
     finally:
         for handle in handles:
             handle.remove()
 
     return {**_summary(totals, n_predicted, layer_number), **_kl_summary(kl_totals, n_predicted, layer_number)}
+
+
+class _Head:
+    """The LM head, run apart from the model's forward. Inside `with`, a forward computes the head
+    on its last position only (the model's own logits for it, kept to check against) and keeps the
+    head's whole input; `logits(h)` computes the head, and the model's known post-processing
+    (Gemma's final soft-capping, Cohere's logit scale, Granite's logit divisor), on any rows of it.
+    Checked on every forward against the model's own logits, so a model that post-processes them
+    in some other way is refused rather than measured wrong."""
+
+    def __init__(self, loaded: LoadedModel):
+        lm = loaded.model
+        self.model = lm
+        self.output = getattr(lm, "get_output_embeddings", lambda: None)()
+        if self.output is None:
+            raise EngineError("The model was loaded without its LM head: load it with with_lm_head=True")
+        weight = getattr(self.output, "weight", None)
+        self.vocab_size = int(weight.shape[0]) if weight is not None else int(getattr(loaded.config, "vocab_size", 0))
+        config = loaded.config
+        text_config = getattr(config, "get_text_config", lambda: config)()
+        self.softcap = getattr(text_config, "final_logit_softcapping", None)
+        self.scale = getattr(lm, "logit_scale", None) if isinstance(getattr(lm, "logit_scale", None), (int, float)) else None
+        self.divisor = getattr(text_config, "logits_scaling", None)
+        self.captured = None
+        self._handle = None
+
+    def __enter__(self):
+        def keep_and_cut(_module, args):
+            hidden = args[0]
+            self.captured = hidden
+            return (hidden[..., -1:, :], *args[1:])
+
+        self._handle = self.output.register_forward_pre_hook(keep_and_cut)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+        self.captured = None
+        return False
+
+    def hidden_states(self, input_ids, mask):
+        """The head's input for every position [batch, positions, d_model], after checking the
+        head run here against the model's own logits at the last position."""
+        import torch
+
+        self.captured = None
+        own = self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+        hidden = self.captured
+        if hidden is None or hidden.shape[:2] != input_ids.shape:
+            raise HeadNotSupported(f"{type(self.model).__name__} does not run its output embedding on its final hidden "
+                              "states: next-token loss cannot be measured in bounded memory for it")
+        ours, theirs = self.logits(hidden[:, -1]), own[:, -1].float()
+        scale = float(theirs.abs().max()) or 1.0
+        if float((ours - theirs).abs().max()) > _HEAD_TOLERANCE * scale:
+            raise HeadNotSupported(f"{type(self.model).__name__} post-processes its logits in a way miStudio does not "
+                              "know: next-token loss cannot be measured in bounded memory for it")
+        return hidden
+
+    def logits(self, hidden):
+        """float32 logits [n, vocabulary] of head inputs [n, d_model]."""
+        import torch
+
+        logits = self.output(hidden) if self._handle is None else self._unhooked(hidden)
+        logits = logits.float()
+        if self.scale is not None:
+            logits = logits * self.scale
+        if self.divisor:
+            logits = logits / self.divisor
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def _unhooked(self, hidden):
+        # The pre-hook cuts to the last position; a direct call of the module's forward skips it.
+        return self.output.forward(hidden)
 
 
 def _sequences(loaded, texts, *, max_sequence_length: int, max_tokens: int, prepend_bos: bool,

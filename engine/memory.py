@@ -8,6 +8,7 @@ choosing a batch size and a quantization, not for accounting to the byte.
 from dataclasses import asdict, dataclass
 
 from engine.errors import EngineError
+from engine.defaults import EVAL_DEFAULTS
 from engine.model_info import hidden_size, num_layers, vocab_size
 
 _GB = 1024**3
@@ -25,11 +26,15 @@ class MemoryEstimate:
     total_bytes: int
     dtype: str
     quantization: str | None
+    # The evaluation after training, beside the model (engine.lm_eval): a batch's final hidden
+    # states for its three variants and the logits budget. Training's SAE is gone by then, so the
+    # total counts the larger of the two.
+    evaluation_bytes: int = 0
 
     def to_gb(self, ndigits: int = 2) -> dict:
         """The same estimate with sizes in GiB, for showing to people."""
         data = asdict(self)
-        for key in ("weights", "forward", "sae", "total"):
+        for key in ("weights", "forward", "sae", "evaluation", "total"):
             data[f"{key}_gb"] = round(data.pop(f"{key}_bytes") / _GB, ndigits)
         return data
 
@@ -46,6 +51,7 @@ def estimate_memory(
     sae_batch_tokens: int,
     layer_number: int,
     cpu_bf16: bool = False,
+    eval_logits_bytes: int = EVAL_DEFAULTS.logits_bytes,
 ) -> MemoryEstimate:
     """cpu_bf16: the CPU computes in bfloat16 (engine.devices.cpu_uses_bf16), so weights and
     activations take 2 bytes there too."""
@@ -60,11 +66,13 @@ def estimate_memory(
     weights = _weights_bytes(config, parameter_count, act_bytes, quantization)
     forward = _forward_bytes(config, d_model, act_bytes, batch_size, max_sequence_length)
     sae = _sae_bytes(d_model, hidden_dim, sae_batch_tokens)
+    evaluation = 3 * batch_size * max_sequence_length * d_model * act_bytes + eval_logits_bytes
     return MemoryEstimate(
         weights_bytes=weights,
         forward_bytes=forward,
         sae_bytes=sae,
-        total_bytes=weights + forward + sae,
+        evaluation_bytes=evaluation,
+        total_bytes=weights + forward + max(sae, evaluation),
         dtype="float32" if act_bytes == 4 else "bfloat16",
         quantization=quantization,
     )

@@ -85,18 +85,21 @@ class ActivationStream:
         if index < self.n_sequences:
             raise EngineError(f"Corpus '{self.source.path.name}' ended early: it changed while the run read it")
 
-    def sequences_from(self, row: int) -> tuple:
-        """(the sequences from the one holding `row` to the pass's last, the row the first starts
-        at): a tokenizing pass, the model does not run."""
+    def sequences_from(self, row: int, *, max_rows: int | None = None) -> tuple:
+        """(the sequences from the one holding `row` to the pass's last, or to the first that
+        reaches `max_rows` rows past `row`; the row the first starts at): a tokenizing pass, the
+        model does not run."""
         first = int(np.searchsorted(self.ends, row, side="right"))
+        last = self.n_sequences if max_rows is None else min(
+            self.n_sequences, int(np.searchsorted(self.ends, row + max_rows, side="left")) + 1)
         parts, index = [], 0
         for chunk in self.source.chunks():
             n = len(chunk.ids)
-            lo, hi = max(first - index, 0), min(n, self.n_sequences - index)
+            lo, hi = max(first - index, 0), min(n, last - index)
             if lo < hi:
                 parts.append(Sequences(ids=chunk.ids[lo:hi], keep=chunk.keep[lo:hi], prepend_bos=chunk.prepend_bos))
             index += n
-            if index >= self.n_sequences:
+            if index >= last:
                 break
         return concatenate(parts), int(self.ends[first - 1]) if first else 0
 

@@ -332,6 +332,12 @@ FEATURE_LOGIT_TOKENS = env_int("MISTUDIO_FEATURE_LOGIT_TOKENS", 10, minimum=1)
 # A job whose activations streamed (no cache) has its features analysed by running the model again
 # over the pass's first this many tokens; 0 = all of them (as much model time as training took).
 STREAMED_ANALYSIS_TOKENS = env_int("MISTUDIO_STREAMED_ANALYSIS_TOKENS", 1_000_000, minimum=0)
+# The evaluation after training: the held-out tokens its reconstruction metrics read at most (a
+# streamed job computes them with the model again), the held-out tokens its next-token loss and KL
+# measure at most, and the most memory the [tokens x vocabulary] logits of those take at once.
+EVAL_MAX_TOKENS = env_int("MISTUDIO_EVAL_MAX_TOKENS", EVAL_DEFAULTS.max_rows, minimum=1)
+CE_EVAL_TOKENS = env_int("MISTUDIO_CE_EVAL_TOKENS", EVAL_DEFAULTS.ce_max_tokens, minimum=1)
+EVAL_LOGITS_BYTES = env_int("MISTUDIO_EVAL_LOGITS_BYTES", EVAL_DEFAULTS.logits_bytes, minimum=1)
 # Members one sweep may have (layers x hook_points x members): each is a job with its own SAE,
 # checkpoints and artifacts, trained one after another by the sweep's one task.
 SWEEP_MAX_MEMBERS = env_int("MISTUDIO_SWEEP_MAX_MEMBERS", 64, minimum=1)

@@ -60,7 +60,7 @@ def job_spec(job: TrainingJob, device: str):
     """The run the job asks for, on `device`: its model and corpus (or activations file), its
     TrainConfig, its files, the cache and checkpoint an earlier run left, and this installation's
     settings."""
-    from engine.run import FeatureSettings, RunPaths, RunSpec
+    from engine.run import EvaluationSettings, FeatureSettings, RunPaths, RunSpec
 
     paths = services.job_artifact_paths(job)
     on_model = not job.activations_file
@@ -99,6 +99,8 @@ def job_spec(job: TrainingJob, device: str):
         features=FeatureSettings(top_n=settings.FEATURE_TOP_N, window=settings.FEATURE_CONTEXT_WINDOW,
                                  streamed_max_tokens=settings.STREAMED_ANALYSIS_TOKENS or None,
                                  logit_tokens=settings.FEATURE_LOGIT_TOKENS),
+        evaluation=EvaluationSettings(max_rows=settings.EVAL_MAX_TOKENS, ce_max_tokens=settings.CE_EVAL_TOKENS,
+                                      logits_bytes=settings.EVAL_LOGITS_BYTES),
         run_id=job.id,
         model_info=job.model_info,
         corpus_name=job.corpus.name if job.corpus_id else None,

@@ -161,6 +161,7 @@ def estimate(described, *, device_kind, quantization, hidden_dim, batch_size, ma
         sae_batch_tokens=sae_batch_tokens,
         layer_number=layer_number,
         cpu_bf16=_cpu_bf16(),
+        eval_logits_bytes=settings.EVAL_LOGITS_BYTES,
     )
 
 
@@ -216,6 +217,8 @@ def memory_refusal(needed, capacity: int, where: str, sizes: dict) -> str:
         (needed.forward_bytes, "the model's forward pass", f"batch_size (now {sizes['batch_size']}) or "
                                                            f"max_sequence_length (now {sizes['max_sequence_length']})"),
         (needed.weights_bytes, "the model's weights", "the weights' size: quantization '4bit' on a GPU"),
+        (needed.evaluation_bytes, "the evaluation's logits and hidden states",
+         f"MISTUDIO_EVAL_LOGITS_BYTES (now {settings.EVAL_LOGITS_BYTES:,}) or batch_size (now {sizes['batch_size']})"),
     ], key=lambda share: share[0], reverse=True)
     parts = ", ".join(f"{name} {size / GB:.1f} GB" for size, name, _ in shares)
     return (f"This job needs about {needed.total_bytes / GB:.1f} GB of memory ({parts}) but {where} has "

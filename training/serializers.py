@@ -267,7 +267,12 @@ class EvaluationSerializer(serializers.Serializer):
     kl_div_score = serializers.FloatField(
         allow_null=True, required=False, help_text="(kl_div_with_ablation - kl_div_with_sae) / kl_div_with_ablation; 1 is perfect")
     kl_div_reason = serializers.CharField(allow_null=True, required=False, help_text="Why kl_div_score alone is null")
-    eval_tokens = serializers.IntegerField()
+    eval_tokens = serializers.IntegerField(help_text="Held-out tokens the reconstruction metrics were measured on")
+    eval_tokens_reason = serializers.CharField(
+        required=False, help_text="Present when the held-out tail was longer than the evaluation reads (MISTUDIO_EVAL_MAX_TOKENS)")
+    ce_eval_tokens = serializers.IntegerField(
+        required=False, help_text="Next-token predictions the CE and KL metrics were measured on (MISTUDIO_CE_EVAL_TOKENS caps them); "
+                                  "absent when those metrics are null")
     warnings = serializers.ListField(child=serializers.CharField(), required=False, help_text="What is wrong with the SAE and what to change (engine.run.verdict); empty when it is usable")
 
 

@@ -15,6 +15,7 @@ from engine.run.spec import (
     EXTRACTING,
     LOADING,
     TRAINING,
+    EvaluationSettings,
     FeatureSettings,
     RunCallbacks,
     RunOutcome,
@@ -24,6 +25,6 @@ from engine.run.spec import (
 from engine.run.training import TrainStep, train_in_process, train_step
 
 __all__ = [
-    "ANALYZING", "EVALUATING", "EXTRACTING", "LOADING", "TRAINING", "FeatureSettings", "RunCallbacks", "RunOutcome",
+    "ANALYZING", "EVALUATING", "EXTRACTING", "LOADING", "TRAINING", "EvaluationSettings", "FeatureSettings", "RunCallbacks", "RunOutcome",
     "RunPaths", "RunSpec", "TrainStep", "run", "train_in_process", "train_step",
 ]

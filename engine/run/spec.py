@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.activations import ExtractionResult
+from engine.defaults import EVAL_DEFAULTS
 from engine.resolve import ResolvedModel
 from engine.results import CheckpointInfo, TrainProgress, TrainResult
 from engine.trainer import TrainConfig
@@ -48,6 +49,21 @@ class FeatureSettings:
     # this many rows (None: all of them, which costs as much model time as the training pass did).
     # A cached run's analysis reads every row of its cache.
     streamed_max_tokens: int | None = 1_000_000
+
+
+@dataclass
+class EvaluationSettings:
+    """The evaluation after training (engine.run.evaluation): what it reads and how much memory its
+    next-token metrics take."""
+
+    # Held-out rows the reconstruction metrics read at most (the first of the held-out tail); a
+    # streamed run computes them with the model again. None: the whole tail.
+    max_rows: int | None = EVAL_DEFAULTS.max_rows
+    # Held-out tokens the next-token loss and KL are measured on at most (engine.lm_eval), as
+    # SAELens' n_eval_batches caps its own; `ce_eval_tokens` reports how many were.
+    ce_max_tokens: int = EVAL_DEFAULTS.ce_max_tokens
+    # The [tokens x vocabulary] float32 logits alive at once (engine.lm_eval.logits_chunk_tokens).
+    logits_bytes: int = EVAL_DEFAULTS.logits_bytes
 
 
 @dataclass
@@ -97,6 +113,7 @@ class RunSpec:
     # finished cache, or a resume, repeats that order.
     first_epoch_in_arrival_order: bool = False
     features: FeatureSettings = field(default_factory=FeatureSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     # What the metadata file names: the run (a job's id), the model as described when asked for
     # (engine.model_info.describe_model; read from the model's config when None) and the corpus
     # (its file's name when None).
