@@ -122,3 +122,41 @@ def test_a_corpus_changed_since_the_checkpoint_is_read_from_its_start_and_checke
     assert record["position"] is not None and stream.position_from(record) is None
     resumed = train_streamed(stream, config(), resume_from=first.checkpoints[-1].path)
     assert np.isfinite(resumed.final_mse)
+
+
+def test_a_whole_streamed_run_resumed_takes_no_tokenizing_pass_before_where_it_stopped(tmp_path, tiny_gpt2_dir,
+                                                                                          sample_texts, monkeypatch):
+    from engine.run import RunCallbacks, run, sources
+    from tests.engine.test_run_streaming import config as run_config
+    from tests.engine.test_run_streaming import spec
+
+    tokenizers = []
+
+    def counted_source(spec, loaded):
+        tokenizers.append(CountingTokenizer(loaded.tokenizer))
+        return SequenceSource(spec.corpus, tokenizers[-1], max_sequence_length=spec.max_sequence_length, causal=True,
+                              prepend_bos=spec.prepend_bos, exclude_special_tokens=spec.exclude_special_tokens,
+                              packing=spec.packing, text_field=spec.text_field)
+
+    monkeypatch.setattr(sources, "sequence_source", counted_source)
+    corpus = write(tmp_path / "docs.jsonl", documents(sample_texts))
+    options = dict(cache_activations="never", batch_size=1, config=run_config(shuffle_buffer_tokens=64, sae_batch_tokens=32))
+    whole = run(spec(tmp_path / "whole", tiny_gpt2_dir, corpus, **options))
+    total_steps = -(-whole.result.tokens_trained // whole.result.sae_batch_tokens)
+    steps = []
+    first = run(spec(tmp_path / "run", tiny_gpt2_dir, corpus, **options),
+                RunCallbacks(on_train_progress=steps.append, should_stop=lambda: len(steps) >= total_steps * 3 // 4))
+    assert first.cancelled_in == "training"
+    position = checkpoint.load(first.result.checkpoints[-1].path).payload["stream_seek"]["position"]
+    before = sum(1 for _, cursor in read_documents(corpus) if cursor < tuple(position["cursor"]))
+    assert before >= len(documents(sample_texts)) // 2
+
+    tokenized_when = {}
+    resumed = run(spec(tmp_path / "run", tiny_gpt2_dir, corpus, resume_from=first.result.checkpoints[-1].path, **options),
+                  RunCallbacks(on_phase=lambda phase, **_: tokenized_when.setdefault(phase, tokenizers[-1].texts)))
+    # No pass over the corpus to count its rows, no reading before the block it stopped on: up to
+    # the evaluation (which reads the held-out tail), each text from that block's chunk on, once.
+    assert 0 < tokenized_when["evaluating"] <= len(documents(sample_texts)) - before
+    assert resumed.status == "completed" and resumed.result.tokens_trained == whole.result.tokens_trained
+    for key, value in whole.result.sae.state_dict().items():
+        torch.testing.assert_close(resumed.result.sae.state_dict()[key], value, rtol=0, atol=1e-6)
