@@ -160,3 +160,28 @@ def test_a_whole_streamed_run_resumed_takes_no_tokenizing_pass_before_where_it_s
     assert resumed.status == "completed" and resumed.result.tokens_trained == whole.result.tokens_trained
     for key, value in whole.result.sae.state_dict().items():
         torch.testing.assert_close(resumed.result.sae.state_dict()[key], value, rtol=0, atol=1e-6)
+
+
+def test_a_checkpoints_rows_stand_in_for_the_tokenizing_pass_only_where_they_hold(tmp_path, gpt2, sample_texts):
+    from types import SimpleNamespace
+
+    from engine.run.sources import rows_to_read, saved_rows
+
+    corpus = write(tmp_path / "docs.jsonl", documents(sample_texts))
+    tokenizer = CountingTokenizer(gpt2.tokenizer)
+    packed = stream_of(corpus, tokenizer, gpt2, "concat").source
+    every = packed.rows_per_sequence()
+    spec = SimpleNamespace(resume_from=None, training_tokens=200, config=config())
+    stream = ActivationStream(gpt2, packed, every, layer_number=1, batch_size=2, n_rows=rows_to_read(spec, int(every.sum())))
+    assert stream.n_sequences < len(every)  # the budget reads the corpus's first sequences only
+    steps = []
+    first = train_streamed(stream, config(), checkpoint_dir=tmp_path / "run", on_progress=steps.append,
+                           should_stop=lambda: len(steps) >= 2)
+    spec.resume_from = first.checkpoints[-1].path
+
+    rows, corpus_rows = saved_rows(spec, packed)
+    assert corpus_rows == int(every.sum()) and np.array_equal(rows, every[: stream.n_sequences])
+    # A larger budget reads sequences the checkpoint's run never counted: they need the pass.
+    assert saved_rows(SimpleNamespace(**{**vars(spec), "training_tokens": 10**6}), packed) is None
+    write(corpus, documents(sample_texts)[1:])
+    assert saved_rows(spec, packed) is None
