@@ -3,7 +3,15 @@ column holds one document per row (JSON lines, Parquet, CSV, Arrow IPC, a `datas
 
 `iter_documents` streams documents, never holding the corpus in memory; `scan_corpus` reads it
 once, counts it, and raises CorpusError with what to fix. The format is decided by the file's
-suffix (`corpus_format`), or a folder is a dataset written by `datasets.Dataset.save_to_disk`."""
+suffix (`corpus_format`), or a folder is a dataset written by `datasets.Dataset.save_to_disk`.
+
+`read_documents` gives each document with its cursor: a tuple of ints that a later read starts at
+to give that document first, seeking past what comes before as far as the format allows. A text
+file or JSON lines seeks to the line's byte; Parquet to its row group, an Arrow IPC file to its
+record batch (the rows before it in the group or batch are sliced off, not decoded). An Arrow
+stream (a `datasets` shard) and CSV cannot seek: their earlier batches are read again, and
+skipped whole, but not decoded to text. A cursor holds for the file it came from, as it was
+(`corpus_fingerprint` tells when that changed)."""
 
 import codecs
 import itertools
@@ -87,9 +95,25 @@ def default_packing(fmt: str) -> str:
 def iter_documents(path: Path, *, text_field: str = "text", start: int = 0) -> Iterator[str]:
     """The corpus's documents in file order: a text file's non-empty lines, stripped; a dataset's
     `text_field` values as stored, null and blank ones skipped. `start` documents are skipped first."""
-    path = Path(path)
-    documents = _READERS[corpus_format(path)](path, text_field)
+    documents = (document for document, _ in read_documents(path, text_field=text_field))
     return itertools.islice(documents, start, None) if start else documents
+
+
+def read_documents(path: Path, *, text_field: str = "text", at: tuple | None = None) -> Iterator[tuple[str, tuple]]:
+    """(document, its cursor) in file order, as iter_documents gives them, from the document whose
+    cursor is `at` (the first when None)."""
+    path = Path(path)
+    return _READERS[corpus_format(path)](path, text_field, tuple(at) if at is not None else None)
+
+
+def corpus_fingerprint(path: Path) -> list:
+    """The size and modification time of each of the corpus's files: equal, its cursors still hold."""
+    path = Path(path)
+    files = [path / "state.json", *_dataset_files(path)] if corpus_format(path) == "dataset" else [path]
+    try:
+        return [[file.name, file.stat().st_size, file.stat().st_mtime_ns] for file in files]
+    except FileNotFoundError:
+        raise CorpusError(f"Corpus file '{path.name}' does not exist") from None
 
 
 def scan_corpus(path: Path, *, text_field: str = "text") -> CorpusScan:
@@ -138,30 +162,34 @@ def _check_utf8(path: Path) -> None:
         raise CorpusError(f"Corpus '{path.name}' ends in the middle of a UTF-8 character: it is truncated") from None
 
 
-def _txt_documents(path: Path, text_field: str) -> Iterator[str]:
-    # Split at b"\n" (never inside a UTF-8 character), then as str.splitlines does: read_corpus's lines.
-    offset = 0
+def _txt_documents(path: Path, text_field: str, at: tuple | None) -> Iterator[tuple[str, tuple]]:
+    # Split at b"\n" (never inside a UTF-8 character), then as str.splitlines does: read_corpus's
+    # lines. The cursor: the b"\n" line's byte, and the document's place among that line's.
+    offset, skip = at or (0, 0)
     with _open(path) as handle:
+        handle.seek(offset)
         for raw in handle:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise _not_utf8(path, offset + exc.start) from None
-            offset += len(raw)
-            for line in text.splitlines():
-                if line := line.strip():
-                    yield line
+            lines = [line for line in (line.strip() for line in text.splitlines()) if line]
+            for number in range(skip, len(lines)):
+                yield lines[number], (offset, number)
+            offset, skip = offset + len(raw), 0
 
 
-def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
-    offset = 0
+def _jsonl_documents(path: Path, text_field: str, at: tuple | None) -> Iterator[tuple[str, tuple]]:
+    # The cursor: the line's byte, and its number (for the messages).
+    offset, first = at or (0, 1)
     with _open(path) as handle:
-        for number, raw in enumerate(handle, start=1):
+        handle.seek(offset)
+        for number, raw in enumerate(handle, start=first):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise _not_utf8(path, offset + exc.start) from None
-            offset += len(raw)
+            cursor, offset = (offset, number), offset + len(raw)
             if not line.strip():
                 continue
             try:
@@ -187,7 +215,7 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
                     f"Field '{text_field}' at line {number} of '{path.name}' is not text: it is {_json_kind(value)}"
                 )
             if value.strip():
-                yield value
+                yield value, cursor
 
 
 def _json_kind(value) -> str:
@@ -220,19 +248,25 @@ def _check_column(name: str, schema, text_field: str) -> None:
         raise CorpusError(f"Column '{text_field}' in {name} is not text: its type is {arrow_type}{hint}")
 
 
-def _batch_documents(batches, text_field: str, name: str | None = None) -> Iterator[str]:
+def _batch_documents(batches, text_field: str, name: str | None = None, *, skip: int = 0) -> Iterator[tuple[str, int]]:
+    """(document, its row among the batches' rows), from row `skip` on: the batches before it are
+    passed over and the rows before it sliced off, never decoded."""
+    row = 0
     try:
         for batch in batches:
-            for value in batch.column(text_field).to_pylist():
-                if value is not None and value.strip():
-                    yield value
+            if row + batch.num_rows > skip:
+                lo = max(skip - row, 0)
+                for number, value in enumerate(batch.column(text_field).slice(lo).to_pylist(), start=row + lo):
+                    if value is not None and value.strip():
+                        yield value, number
+            row += batch.num_rows
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         if name is None:  # CSV: its reader's own message (_csv_documents)
             raise
         raise CorpusError(f"'{name}' is damaged: {exc}") from None
 
 
-def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
+def _parquet_documents(path: Path, text_field: str, at: tuple | None) -> Iterator[tuple[str, tuple]]:
     try:
         parquet = pq.ParquetFile(path)
     except FileNotFoundError:
@@ -241,11 +275,15 @@ def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
         raise CorpusError(f"'{path.name}' is not a Parquet file ({exc})") from None
     with parquet:
         _check_column(path.name, parquet.schema_arrow, text_field)
-        batches = parquet.iter_batches(batch_size=_BATCH_ROWS, columns=[text_field])
-        yield from _batch_documents(batches, text_field, path.name)
+        # The cursor: the row group, and the row in it.
+        first, skip = at or (0, 0)
+        for group in range(first, parquet.num_row_groups):
+            batches = parquet.iter_batches(batch_size=_BATCH_ROWS, row_groups=[group], columns=[text_field])
+            for value, row in _batch_documents(batches, text_field, path.name, skip=skip if group == first else 0):
+                yield value, (group, row)
 
 
-def _arrow_documents(path: Path, text_field: str, name: str | None = None) -> Iterator[str]:
+def _arrow_documents(path: Path, text_field: str, at: tuple | None, name: str | None = None) -> Iterator[tuple[str, tuple]]:
     # Memory-mapped: a batch's other columns are never read. `datasets` writes the stream format.
     try:
         source = pa.memory_map(str(path))
@@ -253,22 +291,33 @@ def _arrow_documents(path: Path, text_field: str, name: str | None = None) -> It
         raise CorpusError(f"Corpus file '{path.name}' does not exist") from None
     except (pa.ArrowException, OSError) as exc:
         raise CorpusError(f"'{path.name}' is not an Arrow IPC file or stream ({exc})") from None
+    # The cursor: the record batch, and the row in it. A file reads its batch directly; a stream
+    # passes over the batches before it (memory-mapped: their text is never decoded).
+    first, skip = at or (0, 0)
     with source:
         try:
             reader = pa_ipc.open_file(source)
-            schema, batches = reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+            schema = reader.schema
+            batches = ((i, reader.get_batch(i)) for i in range(first, reader.num_record_batches))
         except pa.ArrowInvalid:
             source.seek(0)
             try:
                 reader = pa_ipc.open_stream(source)
             except (pa.ArrowException, OSError) as exc:
                 raise CorpusError(f"'{path.name}' is not an Arrow IPC file or stream ({exc})") from None
-            schema, batches = reader.schema, reader
+            schema = reader.schema
+            batches = itertools.islice(enumerate(reader), first, None)
         _check_column(name or path.name, schema, text_field)
-        yield from _batch_documents(batches, text_field, name or path.name)
+        try:
+            for number, batch in batches:
+                for value, row in _batch_documents([batch], text_field, name or path.name,
+                                                   skip=skip if number == first else 0):
+                    yield value, (number, row)
+        except (pa.ArrowException, OSError) as exc:  # a batch cut short
+            raise CorpusError(f"'{name or path.name}' is damaged: {exc}") from None
 
 
-def _csv_documents(path: Path, text_field: str) -> Iterator[str]:
+def _csv_documents(path: Path, text_field: str, at: tuple | None) -> Iterator[tuple[str, tuple]]:
     try:
         with _open(path) as handle, pa_csv.open_csv(handle) as header:
             names = header.schema.names
@@ -276,15 +325,21 @@ def _csv_documents(path: Path, text_field: str) -> Iterator[str]:
             raise _no_column(path.name, text_field, names, [])
         # CSV has no types: the column is read as text, whatever it looks like.
         options = pa_csv.ConvertOptions(include_columns=[text_field], column_types={text_field: pa.string()})
+        # The cursor: the row (CSV cannot seek: the rows before it are parsed again, not decoded to text).
         with _open(path) as handle, pa_csv.open_csv(handle, convert_options=options) as reader:
-            yield from _batch_documents(reader, text_field)
+            for value, row in _batch_documents(reader, text_field, skip=at[0] if at else 0):
+                yield value, (row,)
     except pa.ArrowInvalid as exc:
         raise CorpusError(f"'{path.name}' does not parse as CSV: {exc}") from None
 
 
-def _dataset_documents(path: Path, text_field: str) -> Iterator[str]:
-    for arrow_file in _dataset_files(path):
-        yield from _arrow_documents(arrow_file, text_field, name=path.name)
+def _dataset_documents(path: Path, text_field: str, at: tuple | None) -> Iterator[tuple[str, tuple]]:
+    # The cursor: the shard, and the shard's own cursor.
+    first, *inner = at or (0,)
+    for shard, arrow_file in enumerate(_dataset_files(path)[first:], start=first):
+        for value, cursor in _arrow_documents(arrow_file, text_field, tuple(inner) if shard == first and inner else None,
+                                              name=path.name):
+            yield value, (shard, *cursor)
 
 
 def _dataset_files(path: Path) -> list[Path]:

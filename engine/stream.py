@@ -3,8 +3,10 @@ read, in corpus order, and never written to disk.
 
 Sequences run in fixed groups (`group_sequences` consecutive ones, sorted by length inside the group
 so little compute goes to padding), whatever row a read starts at: a read from the middle of the
-pass (a resumed run) computes exactly the rows an uninterrupted one did. Skipping to a row
-tokenizes the corpus up to it; the model runs only from the group that holds it.
+pass (a resumed run) computes exactly the rows an uninterrupted one did. A read records the
+Position of every group it computes (engine.packing), and a read given a group's Position seeks
+there: nothing before the group's chunk is tokenized again. Without one, skipping to a row
+tokenizes the corpus up to it; either way the model runs only from the group that holds it.
 """
 from collections.abc import Iterator
 
@@ -16,7 +18,7 @@ from engine.errors import EngineError
 from engine.hooks import DEFAULT_HOOK_POINT
 from engine.loading import LoadedModel
 from engine.model_info import hidden_size
-from engine.packing import SequenceSource
+from engine.packing import Position, SequenceSource
 from engine.sequences import Sequences, concatenate
 
 # Forward batches a group of sequences spans.
@@ -30,7 +32,8 @@ class ActivationStream:
     dtype = np.dtype(np.float16)  # as a cache stores them, so a streamed run trains on the same values
 
     def __init__(self, loaded: LoadedModel, source: SequenceSource, rows_per_sequence: np.ndarray, *, layer_number: int,
-                 batch_size: int, hook_point: str = DEFAULT_HOOK_POINT, n_rows: int | None = None):
+                 batch_size: int, hook_point: str = DEFAULT_HOOK_POINT, n_rows: int | None = None,
+                 corpus_rows: int | None = None):
         check_site(loaded, layer_number, hook_point)
         if batch_size < 1:
             raise EngineError("batch_size must be at least 1")
@@ -39,6 +42,10 @@ class ActivationStream:
         ends = np.cumsum(np.asarray(rows_per_sequence, dtype=np.int64))
         if len(ends) == 0 or ends[-1] == 0:
             raise EngineError("The corpus produced no tokens: give it some text")
+        # Rows of one pass over the whole corpus: rows_per_sequence's, unless they are the first
+        # sequences' only (a resume's, from its checkpoint: seek_record).
+        self.corpus_rows = int(ends[-1]) if corpus_rows is None else int(corpus_rows)
+        self.fingerprint = source.fingerprint()
         wanted = int(ends[-1]) if n_rows is None else min(int(n_rows), int(ends[-1]))
         self.n_sequences = int(np.searchsorted(ends, wanted, side="left")) + 1
         self.ends = ends[: self.n_sequences]
@@ -47,33 +54,46 @@ class ActivationStream:
         self.shape = (self.n_rows, self.d_model)
         self.group_sequences = batch_size * _GROUP_BATCHES
         self.error: BaseException | None = None  # what last stopped the model's forward
+        self._rows_kept = None
 
     def sequence_starts(self) -> np.ndarray:
         """The first row of every sequence with rows (int64), as engine.cache keeps them."""
         starts = np.concatenate([[0], self.ends[:-1]])
         return starts[np.diff(np.concatenate([[0], self.ends])) > 0].astype(np.int64)
 
-    def pieces(self, start: int = 0, stop: int | None = None, *, should_stop=None) -> Iterator[tuple]:
+    def group_start(self, row: int) -> int:
+        """The first sequence of the group that holds `row`."""
+        return int(np.searchsorted(self.ends, row, side="right")) // self.group_sequences * self.group_sequences
+
+    def pieces(self, start: int = 0, stop: int | None = None, *, should_stop=None, at: Position | None = None,
+               on_group=None) -> Iterator[tuple]:
         """(first row, rows [n, d_model] float16, their token ids [n] int32), covering rows
-        [start, stop) in order, a group of sequences at a time."""
+        [start, stop) in order, a group of sequences at a time. `at`: the Position of the group
+        holding `start` (from position_from), where the corpus is read from. `on_group(first
+        sequence, its Position)` is told of every group computed."""
         stop = self.n_rows if stop is None else min(stop, self.n_rows)
         if start >= stop:
             return
-        first_group = int(np.searchsorted(self.ends, start, side="right")) // self.group_sequences
-        skip = first_group * self.group_sequences
-        index, pending = 0, []
-        for chunk in self.source.chunks():
-            for ids, keep in zip(chunk.ids, chunk.keep):
+        skip = self.group_start(start)
+        if at is not None and at.sequence != skip:
+            raise EngineError(f"Rows from {start} are read from sequence {skip}, not from sequence {at.sequence}")
+        index, pending, group_at = (0 if at is None else at.sequence), [], None
+        for position, chunk in self.source.positioned_chunks(at):
+            for offset, (ids, keep) in enumerate(zip(chunk.ids, chunk.keep)):
                 if index >= self.n_sequences:
                     break
                 index += 1
                 if index <= skip:
                     continue
+                if not pending:
+                    group_at = position.at(offset, ids)
                 pending.append((ids, keep))
                 if len(pending) == self.group_sequences or index == self.n_sequences:
                     first_sequence = index - len(pending)
                     row = int(self.ends[first_sequence - 1]) if first_sequence else 0
                     rows, tokens = self._forward(pending, first_sequence, should_stop)
+                    if on_group is not None:
+                        on_group(first_sequence, group_at)
                     pending = []
                     lo, hi = max(start, row), min(stop, row + len(rows))
                     if lo < hi:
@@ -103,8 +123,30 @@ class ActivationStream:
                 break
         return concatenate(parts), int(self.ends[first - 1]) if first else 0
 
-    def reader(self, start: int = 0, stop: int | None = None, *, should_stop=None) -> "SequentialRows":
-        return SequentialRows(self, start, stop, should_stop=should_stop)
+    def reader(self, start: int = 0, stop: int | None = None, *, should_stop=None,
+               at: Position | None = None) -> "SequentialRows":
+        return SequentialRows(self, start, stop, should_stop=should_stop, at=at)
+
+    def seek_record(self, position: Position | None) -> dict:
+        """What a checkpoint keeps for a resume to read from `position` (None: the pass's start)
+        without a tokenizing pass first: the Position, the sequences' rows and what they were
+        computed from (position_from, engine.run.sources.saved_rows)."""
+        if self._rows_kept is None:  # one tensor, shared by every record
+            import torch
+
+            self._rows_kept = torch.from_numpy(np.diff(self.ends, prepend=0).astype(np.int32))
+        return {"fingerprint": self.fingerprint, "corpus_rows": self.corpus_rows, "rows_per_sequence": self._rows_kept,
+                "position": None if position is None else position.to_dict()}
+
+    def position_from(self, record: dict | None) -> Position | None:
+        """The Position a seek_record holds, when it was taken on this pass over the corpus as it
+        is now; None otherwise (a read then tokenizes the corpus up to its rows, and checks them)."""
+        if not record or record.get("position") is None or record.get("fingerprint") != self.fingerprint:
+            return None
+        rows = np.asarray(record["rows_per_sequence"], dtype=np.int64)
+        if len(rows) < self.n_sequences or not np.array_equal(np.cumsum(rows[: self.n_sequences]), self.ends):
+            return None
+        return Position.from_dict(record["position"])
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) in one array (a fresh pass from the corpus's start)."""
@@ -144,11 +186,13 @@ class SequentialRows:
     start): what the trainer's blocks and the feature analysis' chunks do. Holds only the rows
     from the last read's start on."""
 
-    def __init__(self, stream: ActivationStream, start: int, stop: int | None, *, should_stop=None):
+    def __init__(self, stream: ActivationStream, start: int, stop: int | None, *, should_stop=None,
+                 at: Position | None = None):
         self.stream = stream
         self.shape = (stream.n_rows if stop is None else min(stop, stream.n_rows), stream.d_model)
         self.dtype = stream.dtype
-        self._pieces = stream.pieces(start, stop, should_stop=should_stop)
+        self._groups = {}  # first sequence: Position, of the groups from the one holding the last read's start on
+        self._pieces = stream.pieces(start, stop, should_stop=should_stop, at=at, on_group=self._groups.__setitem__)
         self._first = start  # the row _buffer[0] holds
         self._buffer = np.zeros((0, stream.d_model), dtype=np.float16)
         self._tokens = np.zeros(0, dtype=np.int32)
@@ -164,6 +208,9 @@ class SequentialRows:
         drop = min(lo - self._first, len(self._buffer))
         self._buffer, self._tokens = self._buffer[drop:], self._tokens[drop:]
         self._first += drop
+        behind = self.stream.group_start(lo)
+        for sequence in [s for s in self._groups if s < behind]:
+            del self._groups[sequence]
         parts, tokens = [self._buffer], [self._tokens]
         have = self._first + len(self._buffer)
         while have < hi:
@@ -181,3 +228,7 @@ class SequentialRows:
         if have < hi:
             raise EngineError(f"The stream ended at row {have}, before row {hi}")
         return self._buffer[lo - self._first : hi - self._first], self._tokens[lo - self._first : hi - self._first]
+
+    def position(self, row: int) -> Position:
+        """The Position of the group that holds `row`, a row of the last read (ActivationStream.pieces' `at`)."""
+        return self._groups[self.stream.group_start(row)]

@@ -122,18 +122,21 @@ class _Run:
             activations = load_activations(cache)
             self.sequences = self.source.read(int(activations.shape[0]))
             return activations, cache, None
-        rows = self.source.rows_per_sequence()  # the tokenizer's pass: what one pass over the corpus gives
         # A resume takes its batches as its checkpoint's run did: streamed, or from a cache made again.
         resumed = spec.resume_from is not None
         streamed = resumed and sources.checkpoint_streamed(spec.resume_from)
+        # What one pass over the corpus gives: a streamed checkpoint keeps it, else the tokenizer's pass.
+        saved = sources.saved_rows(spec, self.source) if streamed else None
+        rows, corpus_rows = saved or (self.source.rows_per_sequence(), None)
+        corpus_rows = int(rows.sum()) if corpus_rows is None else corpus_rows
         mode = "never" if streamed else "always" if resumed or not self.may_overlap else spec.cache_activations
-        self.disk = sources.disk_plan(spec, self.loaded, int(rows.sum()), mode=mode)
+        self.disk = sources.disk_plan(spec, self.loaded, corpus_rows, mode=mode)
         if not self.disk.cache:
             self.stream = ActivationStream(self.loaded, self.source, rows, layer_number=spec.layer_number,
                                            batch_size=spec.batch_size, hook_point=spec.hook_point,
-                                           n_rows=sources.rows_to_read(spec, int(rows.sum())))
+                                           n_rows=sources.rows_to_read(spec, corpus_rows), corpus_rows=corpus_rows)
             return self.stream, None, None
-        self.sequences = self.source.read(sources.rows_to_read(spec, int(rows.sum())))
+        self.sequences = self.source.read(sources.rows_to_read(spec, corpus_rows))
         result = None
         self._enter(EXTRACTING, device=spec.device)
         if spec.first_epoch_in_arrival_order and spec.resume_from is None and self.may_overlap:

@@ -69,6 +69,24 @@ def rows_to_read(spec, rows_per_pass: int) -> int | None:
     return needed if needed < rows_per_pass else None
 
 
+def saved_rows(spec, source: SequenceSource):
+    """(rows of each sequence, rows of the whole corpus) as a streamed checkpoint keeps them
+    (engine.stream.ActivationStream.seek_record), when they hold for this corpus as it is now and
+    cover the rows this run reads; None otherwise (the run then takes a tokenizing pass for them)."""
+    import numpy as np
+
+    from engine.trainer import checkpoint
+
+    record = checkpoint.load(Path(spec.resume_from)).payload.get("stream_seek")
+    if not record or record["fingerprint"] != source.fingerprint():
+        return None
+    rows, corpus_rows = np.asarray(record["rows_per_sequence"], dtype=np.int32), int(record["corpus_rows"])
+    wanted = rows_to_read(spec, corpus_rows)
+    if int(rows.sum()) < (corpus_rows if wanted is None else wanted):  # a larger budget than the checkpoint's run
+        return None
+    return rows, corpus_rows
+
+
 def checkpoint_streamed(path) -> bool:
     """Whether the checkpoint's run streamed its rows (it resumes the same way)."""
     from engine.trainer import checkpoint

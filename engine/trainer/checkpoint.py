@@ -10,7 +10,9 @@ weights_only=True reads it). Its `format_version` says how to read it:
 - 3: every key but the target-L0 controller's, always (tokens_trained and streamed came with
   budgets and streaming).
 - 4: every key below, always (sparsity_multiplier and l0_ema came with relu's target_l0), but
-  target_scaling_factor, written since transcoders (absent: an SAE).
+  target_scaling_factor, written since transcoders (absent: an SAE), and stream_seek, written
+  since streamed runs resume where they read (absent or None: a streamed resume tokenizes the
+  corpus from its start, as before).
 Every checkpoint of formats 1 to 3 still resumes as it would have (its tokens trained counted
 from its epochs and steps; no controller: its multiplier 1).
 """
@@ -57,6 +59,8 @@ class RunState:
     sparsity_multiplier: float = 1.0
     l0_ema: float | None = None
     target_scaling_factor: float | None = None  # a transcoder's target scale (None: an SAE)
+    # A streamed run's place in its corpus (engine.stream.ActivationStream.seek_record); None: a cache's.
+    stream_seek: dict | None = None
 
 
 @dataclass
@@ -96,6 +100,7 @@ def write(path: Path, *, sae, optimizer, state: RunState, config, mid_epoch: boo
         "sparsity_multiplier": state.sparsity_multiplier,
         "l0_ema": state.l0_ema,
         "target_scaling_factor": state.target_scaling_factor,
+        "stream_seek": state.stream_seek,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     with AtomicFile(path) as partial:

@@ -5,8 +5,10 @@ Each epoch reads the training rows front to back in blocks of `shuffle_buffer_to
 down to whole batches); a block's rows are shuffled and stepped on in batches, so a batch mixes a
 block's worth of the corpus (as SAELens' mixing buffer does). A block's order comes from a
 generator seeded by (seed, epoch, block), so a run resumed at any step recomputes its block from
-the corpus and takes the same batches: the checkpoint's epoch and step are its position in the
-corpus. The next block is computed in a background thread while the SAE steps on this one.
+the corpus and takes the same batches: the checkpoint's epoch and step say which block. The
+checkpoint also keeps where in the corpus that block's first group starts (ActivationStream.
+seek_record), so a resume reads the corpus from there instead of tokenizing it from its start.
+The next block is computed in a background thread while the SAE steps on this one.
 """
 import math
 import queue
@@ -52,8 +54,11 @@ def train_streamed(stream, config, *, device: str = "cpu", checkpoint_dir=None, 
     # The first block's forward is training time too (its throughput and ETA count it).
     run.progress.started_at = run.progress.last_report_at = started
     run.state.streamed = True
+    run.state.stream_seek = stream.seek_record(None)
     writer = checkpoint.Writer(checkpoint_dir, checkpoint_prefix, on_checkpoint)
     loop = _StreamLoop(run, writer, layout, stream, block, first_block, should_stop, on_progress)
+    if saved is not None:
+        loop.resume_at = stream.position_from(saved.payload.get("stream_seek"))
     stopped_reason = loop.epochs()
     result = _result(run, writer, layout, stopped_reason)
     result.streamed = True
@@ -71,6 +76,7 @@ class _StreamLoop(_Loop):
         self.generator.set_state(run.state.epoch_rng_state)
         self.last_stop_check = -math.inf
         self.source = None  # no cache to read
+        self.resume_at = None  # where the corpus holds the resumed block's first group (engine.packing.Position)
 
     def epoch(self) -> bool:
         run, state, layout, batch = self.run, self.run.state, self.layout, self.layout.batch_tokens
@@ -81,17 +87,26 @@ class _StreamLoop(_Loop):
         first = state.epoch_step // steps_per_block
         prefetched = self.first_block if state.epochs_done == 0 and first == 0 else None
         self.first_block = None
-        blocks = _Blocks(self.stream, self.block, layout.n_train, first, n_blocks, skip_first=prefetched is not None)
+        at, self.resume_at = self.resume_at, None
+        if at is not None and at.sequence != self.stream.group_start(first * self.block):
+            at = None  # not this block's: the corpus is read from its start
+        blocks = _Blocks(self.stream, self.block, layout.n_train, first, n_blocks, skip_first=prefetched is not None,
+                         at=at)
         try:
             for b in range(first, n_blocks):
-                rows = prefetched if b == first and prefetched is not None else blocks.next()
+                if b == first and prefetched is not None:
+                    rows, position = prefetched, None  # the pass's first block: no seek to its start
+                else:
+                    rows, position = blocks.next()
                 prefetched = None  # held no longer than its block: memory stays at the blocks in flight
+                # A checkpoint written while on this block resumes reading the corpus at its first group.
+                state.stream_seek = self.stream.seek_record(position)
                 order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(
                     block_seed(run.config.seed, state.epochs_done, b)))
                 first_step = b * steps_per_block
                 for s in range(state.epoch_step - first_step, math.ceil(len(rows) / batch)):
                     if layout.budget_left(state) == 0:
-                        return True
+                        return self._epoch_ended()
                     if self._stop_asked():
                         return False
                     indices = cut_to_budget(order[s * batch : (s + 1) * batch], layout, state)
@@ -104,13 +119,18 @@ class _StreamLoop(_Loop):
                                               tokens_done=state.tokens_trained)
         finally:
             blocks.close()
+        return self._epoch_ended()
+
+    def _epoch_ended(self) -> bool:
+        """The epoch's checkpoint, and the next epoch, read the corpus from its start."""
+        self.run.state.stream_seek = self.stream.seek_record(None)
         return True
 
 
 class _Blocks:
     """The epoch's blocks [first, n_blocks), computed one ahead in a background thread."""
 
-    def __init__(self, stream, block: int, n_train: int, first: int, n_blocks: int, *, skip_first: bool):
+    def __init__(self, stream, block: int, n_train: int, first: int, n_blocks: int, *, skip_first: bool, at=None):
         self._queue = queue.Queue(maxsize=1)
         self._device = stream.loaded.device
         self._stop = threading.Event()
@@ -120,7 +140,7 @@ class _Blocks:
             self._ranges = self._ranges[1:]
         self._thread = None
         if self._ranges:
-            reader = stream.reader(start, n_train, should_stop=self._stop.is_set)
+            reader = stream.reader(start, n_train, should_stop=self._stop.is_set, at=at)
             self._thread = threading.Thread(target=self._produce, args=(reader,), name="activation-stream", daemon=True)
             self._thread.start()
 
@@ -138,9 +158,10 @@ class _Blocks:
     def _produce_blocks(self, reader):
         for lo, hi in self._ranges:
             rows = reader.read(lo, hi)  # a view of rows the reader never writes again
+            position = reader.position(lo)
             while not self._stop.is_set():
                 try:
-                    self._queue.put(("rows", rows), timeout=0.2)
+                    self._queue.put(("rows", (rows, position)), timeout=0.2)
                     break
                 except queue.Full:
                     continue

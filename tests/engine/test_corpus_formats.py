@@ -9,7 +9,8 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
-from engine.corpus import FORMATS, CorpusScan, corpus_format, default_packing, iter_documents, scan_corpus
+from engine.corpus import (FORMATS, CorpusScan, corpus_format, corpus_fingerprint, default_packing, iter_documents,
+                           read_documents, scan_corpus)
 from engine.errors import CorpusError
 
 ROWS = [
@@ -91,6 +92,32 @@ def test_start_skips_that_many_documents(tmp_path, name):
     path = WRITERS[name](tmp_path / name)
     assert list(iter_documents(path, text_field="body", start=1)) == DOCUMENTS[1:]
     assert list(iter_documents(path, text_field="body", start=3)) == []
+
+
+@pytest.mark.parametrize("name", WRITERS)
+def test_a_read_at_a_documents_cursor_starts_at_that_document(tmp_path, name):
+    path = WRITERS[name](tmp_path / name)
+    read = list(read_documents(path, text_field="body"))
+    assert [document for document, _ in read] == DOCUMENTS
+    assert len({cursor for _, cursor in read}) == len(DOCUMENTS)
+    for number, (_, cursor) in enumerate(read):
+        assert [document for document, _ in read_documents(path, text_field="body", at=cursor)] == DOCUMENTS[number:]
+
+
+def test_a_text_files_cursor_seeks_to_its_line_and_counts_the_documents_a_line_splits_into(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("  first line \n\n\t\nsecond line\r\nthird\rfourth", encoding="utf-8")
+    read = list(read_documents(path))
+    assert read == [("first line", (0, 0)), ("second line", (17, 0)), ("third", (30, 0)), ("fourth", (30, 1))]
+    assert list(read_documents(path, at=(30, 1))) == [("fourth", (30, 1))]
+
+
+def test_a_corpus_fingerprint_changes_with_its_files(tmp_path):
+    path = write_jsonl(tmp_path / "data.jsonl")
+    before = corpus_fingerprint(path)
+    assert corpus_fingerprint(path) == before
+    write_jsonl(path, ROWS[:2])
+    assert corpus_fingerprint(path) != before
 
 
 @pytest.mark.parametrize("name", WRITERS)
