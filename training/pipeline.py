@@ -20,10 +20,16 @@ from training.models import TrainingJob
 logger = logging.getLogger("training")
 
 
-def _slot():
+def _busy_slot(job) -> tuple[str, str | None]:
+    """(the slot `job` waits for, the job that holds it): the first busy one of those it leases,
+    or this worker's own when it was freed in between."""
     from gpus.selectors import this_device
+    from gpus.services import lease_blocker
 
-    return this_device()
+    blocker = lease_blocker(job)
+    if blocker is None:
+        return f"{settings.HOST_NAME}/{this_device()}", None
+    return str(blocker), blocker.job_id
 
 
 def job_device(job, select_device):
@@ -90,10 +96,13 @@ def job_run(job_id: str, *, on_progress=None, wait_for_slot=False) -> TrainingJo
     from gpus.services import lease_acquire, lease_release, lease_wait
 
     if not wait_for_slot and not lease_acquire(job):
-        # Another live job trains on this worker's GPU (two workers started on one GPU): the job
-        # goes back to its queue for another worker, and this one trains nothing.
+        # Another live job trains on a GPU this one needs (two workers started on one GPU, or a
+        # DDP job across this worker's GPU): the job goes back to its queue for another worker, or
+        # for this one once that GPU is free, and this one trains nothing now.
+        slot, holder = _busy_slot(job)
         time.sleep(settings.WORKER_SEEN_INTERVAL_S)  # not at once: the same busy worker may take it again
-        services.job_requeue(job, f"GPU slot {settings.HOST_NAME}/{_slot()} was busy; waiting for a free worker")
+        held_by = f" (job {holder} trains on it)" if holder else ""
+        services.job_requeue(job, f"GPU slot {slot} was busy{held_by}; waiting for a free worker")
         return TrainingJob.objects.get(pk=job_id)
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     report = on_progress or (lambda update: None)
@@ -101,8 +110,8 @@ def job_run(job_id: str, *, on_progress=None, wait_for_slot=False) -> TrainingJo
     heartbeat.start()
     should_stop = cancel_check(job.id, heartbeat)
 
-    def slot_busy(holder_id):
-        message = f"Waiting for GPU slot {settings.HOST_NAME}/{_slot()}: job {holder_id} trains on it"
+    def slot_busy(slot):
+        message = f"Waiting for GPU slot {slot}: job {slot.job_id} trains on it"
         services.job_update_progress(job.id, phase=TrainingJob.Phase.WAITING, message=message)
         report({"phase": "waiting", "message": message})
 
