@@ -33,10 +33,17 @@ def _busy_slot(job) -> tuple[str, str | None]:
 
 
 def job_device(job, select_device):
-    """A GPU worker sees only its own GPU (CUDA_VISIBLE_DEVICES), as cuda:0; a fake one (tests)
-    trains on the CPU; the default worker picks as it always has."""
+    """A GPU worker sees only its own GPU (CUDA_VISIBLE_DEVICES), as cuda:0, and extracts a gpu_ids
+    job there (its queue is the job's first GPU's); a fake one (tests) trains on the CPU; the
+    default worker picks as it always has."""
     if settings.WORKER_GPU is not None:
-        return "cpu" if settings.FAKE_GPU else select_device(0)
+        if settings.FAKE_GPU:
+            return "cpu"
+        if job.gpu_ids:
+            from training import ddp
+
+            ddp.check_gpus_on_host(job)
+        return select_device(0)
     if job.gpu_ids:
         from training import ddp
 

@@ -191,3 +191,16 @@ def test_a_worker_hands_back_a_job_whose_gpu_a_ddp_job_holds(job_for, host_a, se
     assert ran.status == TrainingJob.Status.QUEUED and ran.attempts == 0
     assert ran.message == f"GPU slot host-a/gpu1 was busy (job {ddp.pk} trains on it); waiting for a free worker"
     assert leased(0, 1) == [ddp.pk, ddp.pk]
+
+
+def test_a_gpu_worker_fails_a_gpu_ids_job_for_a_gpu_its_host_lacks(job_for, host_a, settings, monkeypatch):
+    from engine import devices
+    from engine.errors import DeviceError
+    from training.pipeline import job_device
+
+    settings.FAKE_GPU = False
+    gpu = devices.GpuInfo(index=0, name="GPU", memory_total=1, memory_used=0, memory_free=1, utilization=0.0)
+    monkeypatch.setattr(devices, "gpu_inventory", lambda: devices.GpuInventory(driver_available=True, gpus=[gpu]))
+    with pytest.raises(DeviceError, match=r"host host-a has no GPU 1 \(NVML sees \[0\]\)"):
+        job_device(job_for(gpu_ids=[0, 1]), lambda index: f"cuda:{index}")
+    assert job_device(job_for(), lambda index: f"cuda:{index}") == "cuda:0"
