@@ -20,16 +20,15 @@ from training.models import TrainingJob
 logger = logging.getLogger("training")
 
 
-def _busy_slot(job) -> tuple[str, str | None]:
-    """(the slot `job` waits for, the job that holds it): the first busy one of those it leases,
-    or this worker's own when it was freed in between."""
+def _busy_slot(job) -> str:
+    """The slot `job` waits for: the first busy one of those it leases, or this worker's own when
+    it was freed in between. Not who holds it: the message is the job's owner's to read, and the
+    holder may be another user's job (the workers' documents hide those)."""
     from gpus.selectors import this_device
     from gpus.services import lease_blocker
 
     blocker = lease_blocker(job)
-    if blocker is None:
-        return f"{settings.HOST_NAME}/{this_device()}", None
-    return str(blocker), blocker.job_id
+    return str(blocker) if blocker is not None else f"{settings.HOST_NAME}/{this_device()}"
 
 
 def job_device(job, select_device):
@@ -106,10 +105,9 @@ def job_run(job_id: str, *, on_progress=None, wait_for_slot=False) -> TrainingJo
         # Another live job trains on a GPU this one needs (two workers started on one GPU, or a
         # DDP job across this worker's GPU): the job goes back to its queue for another worker, or
         # for this one once that GPU is free, and this one trains nothing now.
-        slot, holder = _busy_slot(job)
+        slot = _busy_slot(job)
         time.sleep(settings.WORKER_SEEN_INTERVAL_S)  # not at once: the same busy worker may take it again
-        held_by = f" (job {holder} trains on it)" if holder else ""
-        services.job_requeue(job, f"GPU slot {slot} was busy{held_by}; waiting for a free worker")
+        services.job_requeue(job, f"GPU slot {slot} was busy; waiting for a free worker")
         return TrainingJob.objects.get(pk=job_id)
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     report = on_progress or (lambda update: None)
