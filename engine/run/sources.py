@@ -92,3 +92,28 @@ def checkpoint_streamed(path) -> bool:
     from engine.trainer import checkpoint
 
     return bool(checkpoint.load(Path(path)).payload.get("streamed", False))
+
+
+def sequences_from(source: SequenceSource, row: int, *, max_rows: int | None, n_rows: int) -> tuple:
+    """(the sequences of a pass over `source` from the one holding `row` to the first that reaches
+    `max_rows` rows past it, or the pass's `n_rows`th row; the row the first starts at): a
+    tokenizing pass that keeps only those (ActivationStream.sequences_from for a cached run)."""
+    import numpy as np
+
+    from engine.sequences import Sequences, concatenate
+
+    stop = n_rows if max_rows is None else min(n_rows, row + max_rows)
+    parts, at, first_row = [], 0, None
+    for chunk in source.chunks():
+        ends = at + np.cumsum(chunk.rows)
+        starts = ends - chunk.rows
+        wanted = np.flatnonzero((ends > row) & (starts < stop))
+        if len(wanted):
+            lo, hi = int(wanted[0]), int(wanted[-1]) + 1
+            if first_row is None:
+                first_row = int(starts[lo])
+            parts.append(Sequences(ids=chunk.ids[lo:hi], keep=chunk.keep[lo:hi], prepend_bos=chunk.prepend_bos))
+        at = int(ends[-1]) if len(ends) else at
+        if at >= stop:
+            break
+    return concatenate(parts), row if first_row is None else first_row

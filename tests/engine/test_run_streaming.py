@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from engine.disk import DiskFull
+from engine.features import load_analysis
 from engine.run import RunCallbacks, RunPaths, RunSpec, run
 from engine.trainer import TrainConfig
 
@@ -54,10 +55,13 @@ def test_a_one_pass_run_streams_and_writes_no_cache(tmp_path, tiny_gpt2_dir, cor
     assert stats["tokens_trained"] == stats["training_tokens"] == outcome.result.heldout_rows[0]
     assert outcome.evaluation["ce_loss_reason"] is None and outcome.evaluation["explained_variance"] is not None
     assert stats["feature_statistics"]["total_features"] == 32
-    # The analysis ran the model over the rows again, and kept their tokens for the contexts.
+    # The analysis ran the model over the rows again (all of them: fewer than its cap), with their
+    # tokens for the contexts, and left no file of them behind.
     assert outcome.features["contexts"] is True and outcome.features["analyzed_tokens"] == stats["tokens"]
-    tokens = np.load(paths.features_dir.parent / "sae_activations_tokens.npy")
-    assert len(tokens) == stats["tokens"] and (tokens >= 0).all()
+    analysis = load_analysis(paths.features_dir)
+    fired = analysis.top_rows >= 0
+    assert fired.any() and (analysis.window_tokens[fired][:, analysis.window] >= 0).all()
+    assert sorted(p.name for p in paths.features_dir.parent.iterdir() if "activations" in p.name) == []
     assert json.loads(paths.metadata.read_text())["activations_path"] is None
 
 
