@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.corpus import read_documents
-from engine.disk import CHECKPOINTS_ON_DISK
+from engine.disk import CHECKPOINTS_ON_DISK, seek_record_bytes
 from engine.trainer import checkpoint
 from engine.trainer.streamed import train_streamed
 from tests.engine.test_packing_positions import CountingTokenizer
@@ -47,6 +47,9 @@ def test_a_streamed_run_that_dies_mid_pass_resumes_from_its_latest_interval_chec
 
     latest = checkpoint.load(written[-1].path).payload
     assert latest["step"] > 0 and latest["epoch"] == 0
+    # What the disk plan counts for it besides the SAE: the rows of each of the pass's sequences.
+    record = latest["stream_seek"]["rows_per_sequence"]
+    assert record.numel() * record.element_size() == seek_record_bytes(stream_of(corpus, tokenizer, gpt2, "concat").n_sequences)
     position = latest["stream_seek"]["position"]
     before = sum(1 for _, cursor in read_documents(corpus) if cursor < tuple(position["cursor"]))
     assert before >= len(documents(sample_texts)) // 2
