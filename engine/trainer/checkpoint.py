@@ -16,6 +16,7 @@ weights_only=True reads it). Its `format_version` says how to read it:
 Every checkpoint of formats 1 to 3 still resumes as it would have (its tokens trained counted
 from its epochs and steps; no controller: its multiplier 1).
 """
+import glob
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -181,7 +182,8 @@ class Writer:
     replaces the previous mid-epoch one (`resumed_from` counts as the run's when it is one of this
     folder and prefix), which is deleted once the new one is whole and on_checkpoint has recorded
     it: a kill at any moment leaves a checkpoint to resume from, and at most two on disk
-    (engine.disk.CHECKPOINTS_ON_DISK, the newest and the one being written)."""
+    (engine.disk.CHECKPOINTS_ON_DISK, the newest and the one being written; the next Writer of
+    the run removes the partial file a kill left)."""
 
     def __init__(self, folder: Path | None, prefix: str, on_checkpoint, *, enabled: bool = True,
                  resumed_from: Path | None = None):
@@ -191,6 +193,10 @@ class Writer:
         self.written: list[CheckpointInfo] = []
         self.last_at = time.monotonic()
         self.mid_epoch_file = None  # the latest checkpoint from inside an epoch, still on disk
+        if self.folder is not None:
+            # A process killed while writing leaves its partial file (engine.files.AtomicFile): no one reads it.
+            for stale in self.folder.glob(f"{glob.escape(prefix)}_checkpoint_*.pt.partial"):
+                stale.unlink(missing_ok=True)
         if self.folder is not None and resumed_from is not None and is_mid_epoch(Path(resumed_from), prefix):
             if Path(resumed_from).parent.resolve() == self.folder.resolve():
                 self.mid_epoch_file = Path(resumed_from)
