@@ -131,7 +131,7 @@ class _Run:
         rows, corpus_rows = saved or (self.source.rows_per_sequence(), None)
         corpus_rows = int(rows.sum()) if corpus_rows is None else corpus_rows
         mode = "never" if streamed else "always" if resumed or not self.may_overlap else spec.cache_activations
-        self.disk = sources.disk_plan(spec, self.loaded, corpus_rows, mode=mode)
+        self.disk = sources.disk_plan(spec, self.loaded, corpus_rows, mode=mode, sequences=len(rows))
         if not self.disk.cache:
             self.stream = ActivationStream(self.loaded, self.source, rows, layer_number=spec.layer_number,
                                            batch_size=spec.batch_size, hook_point=spec.hook_point,

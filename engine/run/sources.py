@@ -42,13 +42,13 @@ def budget(spec) -> int | None:
     return spec.training_tokens if spec.training_tokens is not None else spec.config.training_tokens
 
 
-def disk_plan(spec, loaded, rows_per_pass: int, *, mode: str):
+def disk_plan(spec, loaded, rows_per_pass: int, *, mode: str, sequences: int = 0):
     """engine.disk.plan_disk for this run on the data folder it writes to (raises DiskFull), in
     cache `mode`: the spec's, or what the run must do (a multi-process training step reads a file;
     a resume takes its batches the way its checkpoint's run did). A transcoder caches two files
-    (the MLP's input and output)."""
+    (the MLP's input and output). `sequences`: the pass's, kept by a streamed run's checkpoints."""
     return plan_disk(cache_activations=mode, rows_per_pass=rows_per_pass, d_model=hidden_size(loaded.config),
-                     sites=2 if is_transcoder(spec) else 1,
+                     sites=2 if is_transcoder(spec) else 1, sequences=sequences,
                      d_sae=spec.config.hidden_dim, max_epochs=spec.config.max_epochs,
                      eval_fraction=spec.config.eval_fraction, training_tokens=budget(spec),
                      free=free_space(spec))
