@@ -23,6 +23,8 @@ from engine.sequences import Sequences, concatenate
 
 # Forward batches a group of sequences spans.
 _GROUP_BATCHES = 8
+# Group positions a stream remembers (each holds up to a window of carried tokens).
+_KNOWN_POSITIONS = 1024
 
 
 class ActivationStream:
@@ -55,6 +57,10 @@ class ActivationStream:
         self.group_sequences = batch_size * _GROUP_BATCHES
         self.error: BaseException | None = None  # what last stopped the model's forward
         self._rows_kept = None
+        # The Position of groups computed so far (first sequence: Position), so a later read (the
+        # rows after training, the held-out sequences) seeks to the nearest one before it instead
+        # of tokenizing the corpus from its start; at most _KNOWN_POSITIONS, thinned evenly.
+        self._known: dict[int, Position] = {}
 
     def sequence_starts(self) -> np.ndarray:
         """The first row of every sequence with rows (int64), as engine.cache keeps them."""
@@ -75,7 +81,8 @@ class ActivationStream:
         if start >= stop:
             return
         skip = self.group_start(start)
-        if at is not None and at.sequence != skip:
+        at = at or self._nearest(skip)
+        if at is not None and at.sequence > skip:
             raise EngineError(f"Rows from {start} are read from sequence {skip}, not from sequence {at.sequence}")
         index, pending, group_at = (0 if at is None else at.sequence), [], None
         for position, chunk in self.source.positioned_chunks(at):
@@ -92,6 +99,7 @@ class ActivationStream:
                     first_sequence = index - len(pending)
                     row = int(self.ends[first_sequence - 1]) if first_sequence else 0
                     rows, tokens = self._forward(pending, first_sequence, should_stop)
+                    self._remember(first_sequence, group_at)
                     if on_group is not None:
                         on_group(first_sequence, group_at)
                     pending = []
@@ -112,8 +120,9 @@ class ActivationStream:
         first = int(np.searchsorted(self.ends, row, side="right"))
         last = self.n_sequences if max_rows is None else min(
             self.n_sequences, int(np.searchsorted(self.ends, row + max_rows, side="left")) + 1)
-        parts, index = [], 0
-        for chunk in self.source.chunks():
+        at = self._nearest(first)
+        parts, index = [], 0 if at is None else at.sequence
+        for _, chunk in self.source.positioned_chunks(at):
             n = len(chunk.ids)
             lo, hi = max(first - index, 0), min(n, last - index)
             if lo < hi:
@@ -122,6 +131,17 @@ class ActivationStream:
             if index >= last:
                 break
         return concatenate(parts), int(self.ends[first - 1]) if first else 0
+
+    def _remember(self, first_sequence: int, position: Position) -> None:
+        self._known[first_sequence] = position
+        if len(self._known) > _KNOWN_POSITIONS:
+            for sequence in sorted(self._known)[1::2]:
+                del self._known[sequence]
+
+    def _nearest(self, sequence: int) -> Position | None:
+        """The remembered Position nearest before `sequence` (None: read from the corpus's start)."""
+        before = [s for s in list(self._known) if s <= sequence]
+        return self._known[max(before)] if before else None
 
     def reader(self, start: int = 0, stop: int | None = None, *, should_stop=None,
                at: Position | None = None) -> "SequentialRows":
