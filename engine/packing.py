@@ -131,9 +131,16 @@ class SequenceSource:
                 "exclude_special_tokens": self.exclude_special_tokens,
                 "tokenizer": [type(tokenizer).__name__, len(tokenizer), sorted(getattr(tokenizer, "all_special_ids", []))]}
 
-    def rows_per_sequence(self) -> np.ndarray:
-        """Rows of every sequence (int32), one tokenizing pass over the corpus (the model does not run)."""
-        parts = [chunk.rows.astype(np.int32) for chunk in self.chunks()]
+    def rows_per_sequence(self, max_rows: int | None = None) -> np.ndarray:
+        """Rows of every sequence (int32), one tokenizing pass over the corpus (the model does not
+        run); with `max_rows`, of the first sequences only, up to the chunk where they reach it (a
+        run that reads no further need not tokenize a larger corpus to its end)."""
+        parts, total = [], 0
+        for chunk in self.chunks():
+            parts.append(chunk.rows.astype(np.int32))
+            total += int(parts[-1].sum())
+            if max_rows is not None and total >= max_rows:
+                break
         rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
         if not rows.any():
             raise CorpusError(self._no_rows_message())

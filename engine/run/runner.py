@@ -128,7 +128,7 @@ class _Run:
         streamed = resumed and sources.checkpoint_streamed(spec.resume_from)
         # What one pass over the corpus gives: a streamed checkpoint keeps it, else the tokenizer's pass.
         saved = sources.saved_rows(spec, self.source) if streamed else None
-        rows, corpus_rows = saved or (self.source.rows_per_sequence(), None)
+        rows, corpus_rows = saved or (self.source.rows_per_sequence(max_rows=sources.rows_needed(spec)), None)
         corpus_rows = int(rows.sum()) if corpus_rows is None else corpus_rows
         mode = "never" if streamed else "always" if resumed or not self.may_overlap else spec.cache_activations
         self.disk = sources.disk_plan(spec, self.loaded, corpus_rows, mode=mode, sequences=len(rows))

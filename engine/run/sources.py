@@ -60,6 +60,13 @@ def free_space(spec) -> int:
     return free if spec.disk_budget_bytes is None else min(free, spec.disk_budget_bytes)
 
 
+def rows_needed(spec) -> int | None:
+    """The most rows of the corpus a run can read: its budget's, when it has one and reads one
+    pass at most of what it counts (None: every row of the corpus, each pass)."""
+    tokens = budget(spec)
+    return None if tokens is None else rows_for_budget(tokens, spec.config.eval_fraction)
+
+
 def rows_to_read(spec, rows_per_pass: int) -> int | None:
     """Rows of the corpus the run reads: all of one pass, or fewer when its budget ends within it."""
     tokens = budget(spec)

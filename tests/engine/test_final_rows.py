@@ -117,3 +117,32 @@ def test_after_training_a_streamed_run_reads_the_corpus_from_near_its_suffix_not
     # The rows, then the held-out sequences: each from the chunk of the group before them, a few
     # chunks of 8 documents, where reading from the start would tokenize all 160 twice.
     assert outcome.status == "completed" and 0 < after_training <= 4 * 8 * 2
+
+
+def test_a_budgeted_run_never_tokenizes_the_corpus_past_what_it_reads(tmp_path, tiny_gpt2_dir, sample_texts, monkeypatch):
+    from engine.packing import SequenceSource
+    from engine.run import sources
+    from tests.engine.test_packing_positions import CountingTokenizer
+
+    monkeypatch.setattr("engine.packing._CHUNK_DOCUMENTS", 8)
+    counting = []
+
+    def counted_source(spec, loaded):
+        counting.append(CountingTokenizer(loaded.tokenizer))
+        return SequenceSource(spec.corpus, counting[-1], max_sequence_length=spec.max_sequence_length, causal=True,
+                              prepend_bos=spec.prepend_bos, exclude_special_tokens=spec.exclude_special_tokens,
+                              packing=spec.packing, text_field=spec.text_field)
+
+    monkeypatch.setattr(sources, "sequence_source", counted_source)
+    corpus = tmp_path / "docs.jsonl"
+    texts = [f"{i}: {sample_texts[i % len(sample_texts)]}" for i in range(400)]
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    options = spec(tmp_path / "out", tiny_gpt2_dir, corpus, eval_rows=30, analysis_rows=40, cache="never")
+    options.training_tokens = 300  # about 30 documents of 400
+    when = {}
+    outcome = run(options, RunCallbacks(on_phase=lambda phase, **_: when.setdefault(phase, counting[-1].texts if counting else 0)))
+    assert outcome.status == "completed" and outcome.result.tokens_trained == 300
+    # Counting the rows reads the documents the budget needs, a chunk of 8 past them at most; the
+    # reads that follow start at the corpus's start or a group of 64 sequences (the whole budget here).
+    assert when["training"] <= 40 + 8
+    assert counting[-1].texts <= 5 * (40 + 8) < len(texts)
