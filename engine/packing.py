@@ -133,11 +133,18 @@ class SequenceSource:
 
     def rows_per_sequence(self) -> np.ndarray:
         """Rows of every sequence (int32), one tokenizing pass over the corpus (the model does not run)."""
-        parts = [chunk.rows.astype(np.int32) for chunk in self.chunks()]
-        rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-        if not rows.any():
+        return self.lengths()[0]
+
+    def lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, input length) of every sequence (int32 each), one tokenizing pass over the corpus
+        (the model does not run): what an extraction plans its file and batches from."""
+        rows, inputs = [], []
+        for chunk in self.chunks():
+            rows.append(chunk.rows.astype(np.int32))
+            inputs.append(chunk.input_lengths.astype(np.int32))
+        if not rows or not any(part.any() for part in rows):
             raise CorpusError(self._no_rows_message())
-        return rows
+        return np.concatenate(rows), np.concatenate(inputs)
 
     def read(self, n_rows: int | None = None) -> Sequences:
         """The sequences in memory, the first ones giving n_rows rows (all when None)."""
