@@ -462,6 +462,7 @@ def _extract(loaded, schedule: _Schedule, sites, *, on_progress, should_stop) ->
             output.tokens[plan.offsets[0] : plan.offsets[0] + plan.n_tokens] = tokens
         sequences_done += int((plan.lengths > 0).sum())
         tokens_done += plan.n_tokens
+        del plan, tokens  # this group's token ids go before the next group is read
     return positions, forwards
 
 
