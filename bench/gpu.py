@@ -7,7 +7,11 @@
    training while extracting (the service's way on a GPU) and extracting then training, against
    the ideal 1 / (1/extraction + 1/sae_step) measured in the same run;
 4. a 4-bit load of that model (bitsandbytes);
-5. correctness: the bf16 run's loss within 2% of an fp32 run.
+5. correctness: the bf16 run's loss within 2% of an fp32 run;
+6. the one-pass streamed run of issue 25 (engine.run, cache_activations "never"): that 1B model in
+   bf16 on a JSONL corpus, concat packing, an fp32 TopK SAE; tokens/s of the whole run and of its
+   training phase, seconds of every phase, the share of wall time in the SAE step, peak GPU memory
+   and the evaluation's figures (the next-token metrics in bounded logits memory).
 
     python bench/gpu.py            # on the GPU machine
     python bench/gpu.py --small    # a few seconds on a CPU: checks that the script runs
@@ -181,6 +185,56 @@ def bf16_matches_fp32(device, small):
     return bf16, fp32
 
 
+def streamed_run(device, small, layer):
+    """Section 6: (the phase seconds, the run's wall, the SAE step's seconds, peak GPU bytes, the outcome)."""
+    import json
+
+    from engine.run import RunCallbacks, RunPaths, RunSpec, run
+    from engine.trainer.step import Run as StepRun
+
+    rng = np.random.default_rng(2)
+    tokens = 20_000 if small else 4_000_000
+    with tempfile.TemporaryDirectory() as folder:
+        config = build_llama(folder, small)
+        corpus = Path(folder) / "docs.jsonl"
+        with open(corpus, "w") as out:  # documents of 1,000 words: 1.2x the tokens asked
+            for _ in range(int(tokens * 1.2 / 1000) + 1):
+                out.write(json.dumps({"text": " ".join(f"w{i}" for i in rng.integers(2, 999, size=1000))}) + "\n")
+        spec = RunSpec(paths=RunPaths.in_folder(Path(folder) / "run"), model=folder, corpus=corpus,
+                       layer_number=min(layer, config.num_hidden_layers - 1), max_sequence_length=256 if not small else 64,
+                       batch_size=32 if not small else 8, training_tokens=tokens, cache_activations="never", device=device,
+                       config=TrainConfig(architecture="topk", k=32, hidden_dim=16 * config.hidden_size, max_epochs=1,
+                                          sae_batch_tokens=4096, min_loss=0))
+        phases, step_s = {}, [0.0]
+        original = StepRun.step
+
+        def timed_step(self, x, target=None):
+            sync(device)
+            started = time.perf_counter()
+            out = original(self, x, target)
+            sync(device)
+            step_s[0] += time.perf_counter() - started
+            return out
+
+        def on_phase(phase, **_):
+            phases[phase] = time.perf_counter()
+
+        StepRun.step = timed_step
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        try:
+            outcome = run(spec, RunCallbacks(on_phase=on_phase))
+        finally:
+            StepRun.step = original
+        wall = time.perf_counter() - started
+        names = list(phases)
+        ends = [phases[n] for n in names[1:]] + [started + wall]
+        seconds = {name: ends[i] - phases[name] for i, name in enumerate(names)}
+        peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+        return seconds, wall, step_s[0], peak, outcome
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--small", action="store_true", help="tiny sizes, to check the script on a CPU")
@@ -219,6 +273,17 @@ def main():
     bf16, fp32 = bf16_matches_fp32(device, small)
     print(f"5. final loss bf16 {bf16:.5f} vs fp32 {fp32:.5f}: {abs(bf16 - fp32) / fp32:.2%} apart "
           f"({'OK' if abs(bf16 - fp32) <= 0.02 * fp32 else 'MORE THAN 2%'})")
+
+    seconds, wall, step_s, peak, outcome = streamed_run(device, small, layer=8)
+    trained = outcome.training_stats["tokens_trained"]
+    evaluation = outcome.evaluation
+    print(f"6. one-pass streamed run, {trained:,} tokens: {trained / wall:.0f} tokens/s whole run, "
+          f"{trained / seconds['training']:.0f} in training; SAE step {step_s / wall:.1%} of wall; peak GPU memory "
+          f"{'n/a' if peak is None else f'{peak / 2**30:.2f} GiB'}")
+    print("   " + "  ".join(f"{name} {s:.1f} s" for name, s in seconds.items()))
+    print(f"   EV {evaluation['explained_variance']:.4f}, L0 {evaluation['l0']:.1f}, CE recovered "
+          f"{evaluation['ce_loss_recovered']}, over {evaluation['eval_tokens']:,} held-out rows and "
+          f"{evaluation.get('ce_eval_tokens')} predictions; analysed {outcome.features['analyzed_tokens']:,} tokens")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ pairs, the order flipped every pair) because the machine's cores are shared, so 
 Both: the bundled SmolLM2-135M-Instruct (d_model 576; converted once into --models-cache), layer
 15 resid_post, Debian's fortunes (bench/english_corpus.py) as a JSONL of documents of 10 lines, so
 concat packing (the dataset formats' default) into windows of 128 tokens; TopK k 32, d_sae 4608,
-SAE batch 4096 tokens, lr --lr, one pass, seed 0. FeatureSettings(streamed_max_tokens=
+SAE batch 4096 tokens, lr --lr, one pass, seed 0. FeatureSettings(max_tokens=
 --analysis-tokens), so the streamed side's feature analysis (which runs the model again) stays
 short; the cached side's reads its whole cache.
 
@@ -57,7 +57,7 @@ def parse_args():
     parser.add_argument("--batch", type=int, default=4096, help="SAE batch, tokens")
     parser.add_argument("--lr", type=float, default=1e-3, help="as bench/smollm2.py")
     parser.add_argument("--context", type=int, default=128, help="max_sequence_length")
-    parser.add_argument("--analysis-tokens", type=int, default=50_000, help="FeatureSettings.streamed_max_tokens")
+    parser.add_argument("--analysis-tokens", type=int, default=50_000, help="FeatureSettings.max_tokens")
     parser.add_argument("--buffer", type=int, default=65536,
                         help="shuffle_buffer_tokens: a streamed run's blocks (smaller: many blocks at few tokens)")
     parser.add_argument("--ev-tolerance", type=float, default=0.01)
@@ -138,7 +138,7 @@ def run_spec(args, side: str, tokens: int, corpus: Path, folder: Path):
                    training_tokens=tokens, cache_activations="auto" if streamed else "always",
                    disk_budget_bytes=args.disk_budget_mb * 10**6 if streamed else None,
                    layer_number=args.layer, hook_point="resid_post", max_sequence_length=args.context,
-                   models_cache_dir=args.models_cache, features=FeatureSettings(streamed_max_tokens=args.analysis_tokens))
+                   models_cache_dir=args.models_cache, features=FeatureSettings(max_tokens=args.analysis_tokens))
 
 
 def worker(args) -> None:

@@ -26,14 +26,16 @@ SAE_DEFAULTS = SaeDefaults()
 
 @dataclass(frozen=True)
 class EvalDefaults:
-    """The evaluation after training (engine.run.spec.EvaluationSettings, the MISTUDIO_EVAL_*
-    settings): held-out rows the reconstruction metrics read, held-out tokens the next-token loss
+    """What a run reads after training (engine.run.spec.EvaluationSettings and FeatureSettings,
+    the MISTUDIO_EVAL_* and MISTUDIO_ANALYSIS_TOKENS settings): held-out rows the reconstruction metrics read, held-out tokens the next-token loss
     measures (SAELens' n_eval_batches caps its own), and the bytes of float32 [tokens x vocabulary]
     logits alive at once (engine.lm_eval)."""
 
     max_rows: int = 100_000
     ce_max_tokens: int = 20_000
     logits_bytes: int = 256 * 2**20
+    # The feature analysis after training reads the pass's last this many rows.
+    analysis_tokens: int = 100_000
 
 
 EVAL_DEFAULTS = EvalDefaults()

@@ -19,7 +19,9 @@ CACHE_MODES = ("auto", "always", "never")
 # Free space a run leaves untouched: the disk is shared with checkpoints' temporary copies, logs
 # and other jobs, so a cache that would fill it to the last byte does not "fit".
 FREE_SPACE_MARGIN = 0.05
-# Checkpoints of one run kept on disk at once, at most (the newest and the one being written).
+# Checkpoints of one run kept on disk at once, at most (the newest and the one being written). A
+# streamed run's checkpoints from inside an epoch (checkpoint_interval_s) each replace the one
+# before (engine.trainer.checkpoint.Writer), so they keep to this too.
 CHECKPOINTS_ON_DISK = 2
 
 
@@ -33,6 +35,22 @@ def checkpoint_bytes(d_in: int, d_sae: int) -> int:
     feature) and Adam's two moments of each."""
     params = 2 * int(d_in) * int(d_sae) + 2 * int(d_sae) + int(d_in)
     return params * 4 * 3
+
+
+def seek_record_bytes(sequences: int) -> int:
+    """What a streamed run's checkpoint holds besides the SAE: the rows of each sequence of the
+    pass (int32), so a resume seeks into the corpus without a tokenizing pass first
+    (engine.stream.ActivationStream.seek_record)."""
+    return 4 * int(sequences)
+
+
+def estimate_sequences_per_pass(*, rows_per_pass: int, documents: int, lines: int, packing: str,
+                                max_sequence_length: int) -> int:
+    """Sequences one pass gives (estimate_rows_per_pass's rows): windows of max_sequence_length
+    for concat, a line or a document each otherwise."""
+    if packing == "concat":
+        return math.ceil(rows_per_pass / max_sequence_length)
+    return lines if packing == "lines" else documents
 
 
 def free_bytes(folder: Path) -> int:
@@ -91,10 +109,12 @@ class DiskPlan:
 
 
 def plan_disk(*, cache_activations: str, rows_per_pass: int, d_model: int, d_sae: int, max_epochs: int,
-              eval_fraction: float, training_tokens: int | None, free: int, sites: int = 1) -> DiskPlan:
+              eval_fraction: float, training_tokens: int | None, free: int, sites: int = 1,
+              sequences: int = 0) -> DiskPlan:
     """Whether the run caches, and what it needs; raises DiskFull (a message that says how large
     and what to change) when it cannot fit. `sites`: the caches it writes side by side (a
-    transcoder's MLP input and output: 2)."""
+    transcoder's MLP input and output: 2). `sequences`: those of a pass, whose rows a streamed
+    run's checkpoints keep (seek_record_bytes)."""
     if cache_activations not in CACHE_MODES:
         raise ValueError(f"cache_activations must be one of {', '.join(CACHE_MODES)}")
     passes = passes_needed(rows_per_pass=rows_per_pass, eval_fraction=eval_fraction, max_epochs=max_epochs,
@@ -116,6 +136,8 @@ def plan_disk(*, cache_activations: str, rows_per_pass: int, d_model: int, d_sae
     else:
         cache, reason = False, (f"the cache ({size_text(cached)}) would not fit the free disk ({size_text(free)}): every one of "
                                 f"the {passes} passes runs the model")
+    if not cache:
+        checkpoints += CHECKPOINTS_ON_DISK * seek_record_bytes(sequences)
     needed = checkpoints + (cached if cache else 0)
     plan = DiskPlan(cache=cache, passes=passes, rows_per_pass=rows_per_pass, cache_bytes=cached if cache else 0,
                     checkpoint_bytes=checkpoints, needed_bytes=needed, free_bytes=free, reason=reason)

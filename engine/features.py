@@ -77,6 +77,7 @@ def analyze_features(
     device: str = "cpu",
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    first_row: int = 0,
 ) -> FeatureAnalysis:
     """`activations` are the raw rows [n_rows, d_in] in corpus order (an array or a memmap).
     `token_ids` [n_rows] and `sequence_starts` [n_sequences] (ascending, from 0) go together: with
@@ -87,7 +88,8 @@ def analyze_features(
     ranks first, so where the chunks start never changes the result. hist_counts count log10 of
     the firing activations in HIST_EDGES' 48 bins of 1/6 decade over [1e-4, 1e4], the range of
     scaled-space SAE activations (about 1e-3..1e2) with margin; values beyond it go in the end
-    bins. Window values are float16 (an activation above 65504 would show as inf).
+    bins. Window values are float16 (an activation above 65504 would show as inf). `first_row`:
+    the row number of activations[0] in the run, which top_rows count from.
     """
     n_rows = int(activations.shape[0])
     if n_rows < 1:
@@ -120,6 +122,8 @@ def analyze_features(
     window_tokens = None
     if with_windows:
         window_tokens = _mask_windows(window_values, top_rows, np.asarray(token_ids), starts, w)
+    if first_row:
+        top_rows = np.where(top_rows >= 0, top_rows + int(first_row), top_rows)
     return FeatureAnalysis(
         n_rows=n_rows,
         d_sae=d_sae,

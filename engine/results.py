@@ -35,6 +35,8 @@ class CheckpointInfo:
     path: Path
     epoch: int  # completed epochs
     step: int
+    # The run's earlier mid-epoch checkpoint this one replaces: deleted once on_checkpoint returns.
+    replaced: Path | None = None
 
 
 @dataclass

@@ -3,8 +3,10 @@ from django.db import models
 
 class Worker(models.Model):
     """One worker slot: a GPU of a host (or a host's default-queue worker). Its row is the lease:
-    `job` is set, with one conditional UPDATE, while the slot trains a job, so two workers started
-    on one GPU by mistake never train on it at once. `last_seen_at` says the worker is alive."""
+    `job` is set, with one conditional UPDATE, while a job trains on the slot, so two workers
+    started on one GPU by mistake never train on it at once. A DDP job leases the slot of every GPU
+    it trains on, so one job may hold several rows; a GPU that no worker serves gets a row for its
+    lease alone, never seen (`last_seen_at` null). `last_seen_at` says the worker is alive."""
 
     host = models.CharField(max_length=255)
     device = models.CharField(max_length=32, help_text="gpuN (the host's GPU N) or default (CPU or any GPU)")
@@ -15,9 +17,10 @@ class Worker(models.Model):
     memory_total = models.BigIntegerField(null=True, blank=True)
     fake = models.BooleanField(default=False, help_text="Tests only: a GPU slot that trains on the CPU")
     started_at = models.DateTimeField()
-    last_seen_at = models.DateTimeField(db_index=True)
-    job = models.OneToOneField("training.TrainingJob", null=True, blank=True, on_delete=models.SET_NULL,
-                               related_name="lease")
+    last_seen_at = models.DateTimeField(null=True, blank=True, db_index=True,
+                                        help_text="Null for a slot no worker has served: a DDP job leased its GPU")
+    job = models.ForeignKey("training.TrainingJob", null=True, blank=True, on_delete=models.SET_NULL,
+                            related_name="leases")
     leased_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

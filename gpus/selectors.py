@@ -4,8 +4,9 @@ seen, taking and freeing leases) are gpus.services.
 
 A GPU worker is one `qcluster` started by `manage.py gpu_worker --gpu N`: it sees only GPU N
 (CUDA_VISIBLE_DEVICES) and takes jobs from the queue `mistudio-gpuN`, which every host's GPU-N
-worker shares. A host's plain `manage.py qcluster` serves the default queue `mistudio` (the CPU,
-or whichever of its GPUs has the most free memory; also multi-GPU `gpu_ids` jobs).
+worker shares; a multi-GPU `gpu_ids` job waits in the queue of its first GPU. A host's plain
+`manage.py qcluster` serves the default queue `mistudio` (the CPU, or whichever of its GPUs has
+the most free memory; also the jobs for GPUs no live GPU worker serves).
 """
 from datetime import timedelta
 
@@ -53,14 +54,15 @@ def lease_live(slot: Worker) -> bool:
 
 
 def queue_for(job) -> str:
-    """Where a job waits. A job for GPU N goes to the GPU-N queue when a live worker serves it;
-    a job with no GPU asked goes to the GPU queue with the least work, free slots first, when GPU
-    workers are live; everything else (one host, the CPU, multi-GPU jobs) to the default queue."""
-    if getattr(job, "gpu_ids", None):
-        return DEFAULT_QUEUE
+    """Where a job waits. A job for GPU N goes to the GPU-N queue when a live worker serves it; a
+    gpu_ids job goes, likewise, to the queue of its first GPU, whose worker runs torchrun across
+    every listed GPU of its host (leasing each: gpus.services.lease_acquire); a job with no GPU
+    asked goes to the GPU queue with the least work, free slots first, when GPU workers are live;
+    everything else (one host, the CPU) to the default queue."""
     gpu_workers = live_workers().filter(gpu_index__isnull=False)
-    if job.gpu_id is not None:
-        return gpu_queue(job.gpu_id) if gpu_workers.filter(gpu_index=job.gpu_id).exists() else DEFAULT_QUEUE
+    first_gpu = job.gpu_ids[0] if getattr(job, "gpu_ids", None) else job.gpu_id
+    if first_gpu is not None:
+        return gpu_queue(first_gpu) if gpu_workers.filter(gpu_index=first_gpu).exists() else DEFAULT_QUEUE
     if not gpu_workers.exists():
         return DEFAULT_QUEUE
     slots = {}
@@ -100,7 +102,7 @@ def workers_document(user=None) -> list[dict]:
             "pid": w.pid,
             "fake": w.fake,
             "last_seen_at": w.last_seen_at,
-            "alive": w.last_seen_at >= stale_before,
+            "alive": w.last_seen_at is not None and w.last_seen_at >= stale_before,
             "job_id": w.job_id,
             "job_visible": bool(w.job_id and signed_in and w.job.visible_to(user)),
         }

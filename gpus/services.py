@@ -1,7 +1,8 @@
 """Workers on many hosts: registration, being seen alive, the watchdog, and the GPU lease.
 
 Every worker process registers its (host, device) row when it starts and marks it seen every
-MISTUDIO_WORKER_SEEN_INTERVAL_S; the row's `job` is the lease it holds while training. Which queue
+MISTUDIO_WORKER_SEEN_INTERVAL_S; a row's `job` is the lease of the job training on it: its own
+worker's job, or a DDP job that a worker of another GPU runs across it. Which queue
 a job goes to and which workers and leases are alive are reads: gpus.selectors.
 """
 import logging
@@ -9,11 +10,11 @@ import os
 import threading
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from gpus.models import Worker
-from gpus.selectors import lease_live, this_device, this_queue
+from gpus.selectors import gpu_queue, lease_live, this_device, this_queue
 
 logger = logging.getLogger("mistudio")
 
@@ -94,28 +95,62 @@ def _watchdog():
         import_string(dotted_path)()
 
 
+def lease_devices(job) -> list[str]:
+    """The slots of this host that `job`'s run leases, in one order for every caller (two jobs
+    taking overlapping sets never wait on each other's rows): this worker's own, and the slot of
+    every GPU the job names: each GPU of a gpu_ids job (its worker trains on them all with
+    torchrun), and the GPU of a pinned job the default worker runs. So a GPU is leased to one job
+    at a time, whichever worker's queue brought it."""
+    gpus = job.gpu_ids or ([] if job.gpu_id is None else [job.gpu_id])
+    return sorted({this_device(), *(f"gpu{index}" for index in gpus)})
+
+
+def _slots_of(job) -> list[Worker]:
+    devices = lease_devices(job)
+    if this_device() in devices and not Worker.objects.filter(host=settings.HOST_NAME, device=this_device()).exists():
+        worker_register()
+    for device in devices:
+        if device == this_device():
+            continue
+        # A GPU no worker of this host serves still gets a row, for its lease alone: a worker
+        # started on that GPU later takes the row over (worker_register) and finds it leased.
+        index = int(device.removeprefix("gpu"))
+        Worker.objects.get_or_create(host=settings.HOST_NAME, device=device, defaults={
+            "gpu_index": index, "queue": gpu_queue(index), "started_at": timezone.now(), "last_seen_at": None})
+    return list(Worker.objects.filter(host=settings.HOST_NAME, device__in=devices).select_related("job").order_by("device"))
+
+
+def lease_blocker(job) -> Worker | None:
+    """The first slot `job` needs that a live lease of another job holds; None when all are free."""
+    return next((slot for slot in _slots_of(job) if slot.job_id not in (None, job.pk) and lease_live(slot)), None)
+
+
 def lease_acquire(job) -> bool:
-    """Take this worker's slot for `job`: a compare-and-swap on the slot's own `job` column, so of
-    two workers racing for one slot exactly one wins. A slot whose lease is stale (lease_live) is
-    free. False when a live lease of another job holds it."""
-    slot = Worker.objects.filter(host=settings.HOST_NAME, device=this_device()).select_related("job").first()
-    if slot is None:
-        slot = worker_register()
-    if slot.job_id is not None and slot.job_id != job.pk and lease_live(slot):
+    """Take every slot `job` needs (lease_devices), all or none: one transaction of compare-and-swaps,
+    each on a slot's own `job` column, so of two workers racing for a slot exactly one wins and the
+    loser keeps nothing. A slot whose lease is stale (lease_live) is free. False when a live lease
+    of another job holds one of them."""
+    slots = _slots_of(job)
+    if any(slot.job_id not in (None, job.pk) and lease_live(slot) for slot in slots):
         return False
     now = timezone.now()
-    # The caller claimed `job`: a lease on it elsewhere is its earlier run's, on a slot it left
-    # when its worker died (a job holds one slot at most).
-    Worker.objects.filter(job=job).exclude(pk=slot.pk).update(job=None, leased_at=None)
-    return bool(Worker.objects.filter(pk=slot.pk, job_id=slot.job_id).update(
-        job=job, leased_at=now, last_seen_at=now, pid=os.getpid()))
+    with transaction.atomic():
+        # The caller claimed `job`: a lease on it elsewhere is its earlier run's, on slots it left
+        # when its worker died.
+        Worker.objects.filter(job=job).exclude(pk__in=[slot.pk for slot in slots]).update(job=None, leased_at=None)
+        for slot in slots:
+            own = {"last_seen_at": now, "pid": os.getpid()} if slot.device == this_device() else {}
+            if not Worker.objects.filter(pk=slot.pk, job_id=slot.job_id).update(job=job, leased_at=now, **own):
+                transaction.set_rollback(True)  # taken in between: none of them is ours
+                return False
+    return True
 
 
 def lease_wait(job, *, should_stop, on_busy=None) -> bool:
-    """Take this worker's slot for `job`, waiting while another job trains on it: True once it is
-    held, False when `should_stop()` (a cancel request) ends the wait first. `on_busy(holder_id)` is
-    called once, when the slot is first found busy. For a job its own process must run (the
-    terminal's `manage.py train`); a worker hands a busy slot's job back to the queue instead."""
+    """Take the slots `job` needs, waiting while another job trains on one of them: True once they
+    are held, False when `should_stop()` (a cancel request) ends the wait first. `on_busy(slot)` is
+    called once, when a slot is first found busy, with that slot. For a job its own process must
+    run (the terminal's `manage.py train`); a worker hands a busy slot's job back to the queue instead."""
     import time
 
     # A short poll: an idle slot is taken within a second, and a cancel stops the wait as quickly.
@@ -123,9 +158,10 @@ def lease_wait(job, *, should_stop, on_busy=None) -> bool:
     said_busy = False
     while not lease_acquire(job):
         if not said_busy and on_busy is not None:
-            on_busy(Worker.objects.filter(host=settings.HOST_NAME, device=this_device()).values_list(
-                "job_id", flat=True).first())
-            said_busy = True
+            blocker = lease_blocker(job)
+            if blocker is not None:
+                on_busy(blocker)
+                said_busy = True
         if should_stop():
             return False
         time.sleep(interval_s)
@@ -151,7 +187,7 @@ def leases_release_stale() -> list[str]:
 
 
 def lease_hand_over(job, to_job) -> None:
-    """Pass `job`'s slot to `to_job` of the same worker (a sweep's next member) without freeing it."""
+    """Pass `job`'s slots to `to_job` of the same worker (a sweep's next member) without freeing them."""
     now = timezone.now()
     Worker.objects.filter(job=job).update(job=to_job, leased_at=now, last_seen_at=now)
 

@@ -19,7 +19,8 @@ class WorkerSerializer(serializers.Serializer):
     queue = serializers.CharField()
     pid = serializers.IntegerField(allow_null=True)
     fake = serializers.BooleanField(help_text="Tests only: a GPU slot that trains on the CPU")
-    last_seen_at = serializers.DateTimeField()
+    last_seen_at = serializers.DateTimeField(allow_null=True, help_text="Null for a GPU no worker serves, with a row "
+                                                                         "only because a DDP job leased it")
     alive = serializers.BooleanField(help_text="Seen within MISTUDIO_HEARTBEAT_STALE_S")
     job_id = serializers.CharField(allow_null=True, help_text="The job holding this slot's lease")
 

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
+from engine.defaults import EVAL_DEFAULTS
 from mistudio.database import database_settings
 from mistudio.env import env_bool, env_float, env_int, env_list, env_path, env_rate, env_str
 
@@ -329,9 +330,10 @@ if TOPK_DECODE not in ("auto", "dense", "sparse"):
 FEATURE_TOP_N = env_int("MISTUDIO_FEATURE_TOP_N", 20, minimum=1)
 FEATURE_CONTEXT_WINDOW = env_int("MISTUDIO_FEATURE_CONTEXT_WINDOW", 12, minimum=0)
 FEATURE_LOGIT_TOKENS = env_int("MISTUDIO_FEATURE_LOGIT_TOKENS", 10, minimum=1)
-# A job whose activations streamed (no cache) has its features analysed by running the model again
-# over the pass's first this many tokens; 0 = all of them (as much model time as training took).
-STREAMED_ANALYSIS_TOKENS = env_int("MISTUDIO_STREAMED_ANALYSIS_TOKENS", 1_000_000, minimum=0)
+# The feature analysis after training reads the pass's last this many tokens (a job whose
+# activations streamed computes them with the model again, once for the evaluation and the
+# analysis); 0 = every token of the pass.
+ANALYSIS_TOKENS = env_int("MISTUDIO_ANALYSIS_TOKENS", EVAL_DEFAULTS.analysis_tokens, minimum=0)
 # The evaluation after training: the held-out tokens its reconstruction metrics read at most (a
 # streamed job computes them with the model again), the held-out tokens its next-token loss and KL
 # measure at most, and the most memory the [tokens x vocabulary] logits of those take at once.

@@ -57,6 +57,18 @@ def worker_device(job, select_device) -> str:
     raise DeviceError(f"gpu_ids {job.gpu_ids} were requested but this worker has no CUDA device")
 
 
+def check_gpus_on_host(job) -> None:
+    """A DeviceError unless this host has every listed GPU: a GPU worker sees only its own through
+    CUDA, so it asks NVML (no CUDA context), before torchrun would fail on a missing one."""
+    from engine.devices import gpu_inventory
+
+    present = {gpu.index for gpu in gpu_inventory().gpus}
+    missing = [index for index in job.gpu_ids if index not in present]
+    if missing:
+        raise DeviceError(f"gpu_ids {job.gpu_ids}: host {settings.HOST_NAME} has no GPU {missing[0]} (NVML sees "
+                          f"{sorted(present) or 'none'}); list GPUs that every host serving GPU {job.gpu_ids[0]} has")
+
+
 def torchrun_step(job, report):
     """The training step a gpu_ids job's engine run takes (engine.run.run's `train`): torchrun
     ranks train on the finished file, rank 0 writing progress and checkpoints to the row."""

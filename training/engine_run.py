@@ -97,7 +97,7 @@ def job_spec(job: TrainingJob, device: str):
         cache=Path(job.activations_path) if on_model and job.activations_path else None,
         first_epoch_in_arrival_order=on_model and first_epoch_in_arrival_order(job),
         features=FeatureSettings(top_n=settings.FEATURE_TOP_N, window=settings.FEATURE_CONTEXT_WINDOW,
-                                 streamed_max_tokens=settings.STREAMED_ANALYSIS_TOKENS or None,
+                                 max_tokens=settings.ANALYSIS_TOKENS or None,
                                  logit_tokens=settings.FEATURE_LOGIT_TOKENS),
         evaluation=EvaluationSettings(max_rows=settings.EVAL_MAX_TOKENS, ce_max_tokens=settings.CE_EVAL_TOKENS,
                                       logits_bytes=settings.EVAL_LOGITS_BYTES),

@@ -145,9 +145,13 @@ def train_callbacks(job, report, extraction_report=None):
                 "total_epochs": p.total_epochs, "message": message})
 
     def on_checkpoint(info):
-        # A cancel mid-epoch rewrites the file of the last completed epoch: one row per file.
+        # A cancel mid-epoch rewrites the file of the last completed epoch: one row per file. The
+        # earlier mid-epoch checkpoint it replaces is deleted after this returns: its row goes first,
+        # so the job's last checkpoint is always a file on disk.
         Checkpoint.objects.update_or_create(
             job_id=job.id, path=str(info.path), defaults={"epoch": info.epoch, "step": info.step}
         )
+        if info.replaced is not None:
+            Checkpoint.objects.filter(job_id=job.id, path=str(info.replaced)).delete()
 
     return on_progress, on_checkpoint

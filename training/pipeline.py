@@ -20,17 +20,29 @@ from training.models import TrainingJob
 logger = logging.getLogger("training")
 
 
-def _slot():
+def _busy_slot(job) -> str:
+    """The slot `job` waits for: the first busy one of those it leases, or this worker's own when
+    it was freed in between. Not who holds it: the message is the job's owner's to read, and the
+    holder may be another user's job (the workers' documents hide those)."""
     from gpus.selectors import this_device
+    from gpus.services import lease_blocker
 
-    return this_device()
+    blocker = lease_blocker(job)
+    return str(blocker) if blocker is not None else f"{settings.HOST_NAME}/{this_device()}"
 
 
 def job_device(job, select_device):
-    """A GPU worker sees only its own GPU (CUDA_VISIBLE_DEVICES), as cuda:0; a fake one (tests)
-    trains on the CPU; the default worker picks as it always has."""
+    """A GPU worker sees only its own GPU (CUDA_VISIBLE_DEVICES), as cuda:0, and extracts a gpu_ids
+    job there (its queue is the job's first GPU's); a fake one (tests) trains on the CPU; the
+    default worker picks as it always has."""
     if settings.WORKER_GPU is not None:
-        return "cpu" if settings.FAKE_GPU else select_device(0)
+        if settings.FAKE_GPU:
+            return "cpu"
+        if job.gpu_ids:
+            from training import ddp
+
+            ddp.check_gpus_on_host(job)
+        return select_device(0)
     if job.gpu_ids:
         from training import ddp
 
@@ -90,10 +102,12 @@ def job_run(job_id: str, *, on_progress=None, wait_for_slot=False) -> TrainingJo
     from gpus.services import lease_acquire, lease_release, lease_wait
 
     if not wait_for_slot and not lease_acquire(job):
-        # Another live job trains on this worker's GPU (two workers started on one GPU): the job
-        # goes back to its queue for another worker, and this one trains nothing.
+        # Another live job trains on a GPU this one needs (two workers started on one GPU, or a
+        # DDP job across this worker's GPU): the job goes back to its queue for another worker, or
+        # for this one once that GPU is free, and this one trains nothing now.
+        slot = _busy_slot(job)
         time.sleep(settings.WORKER_SEEN_INTERVAL_S)  # not at once: the same busy worker may take it again
-        services.job_requeue(job, f"GPU slot {settings.HOST_NAME}/{_slot()} was busy; waiting for a free worker")
+        services.job_requeue(job, f"GPU slot {slot} was busy; waiting for a free worker")
         return TrainingJob.objects.get(pk=job_id)
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     report = on_progress or (lambda update: None)
@@ -101,8 +115,8 @@ def job_run(job_id: str, *, on_progress=None, wait_for_slot=False) -> TrainingJo
     heartbeat.start()
     should_stop = cancel_check(job.id, heartbeat)
 
-    def slot_busy(holder_id):
-        message = f"Waiting for GPU slot {settings.HOST_NAME}/{_slot()}: job {holder_id} trains on it"
+    def slot_busy(slot):
+        message = f"Waiting for GPU slot {slot}: job {slot.job_id} trains on it"
         services.job_update_progress(job.id, phase=TrainingJob.Phase.WAITING, message=message)
         report({"phase": "waiting", "message": message})
 

@@ -67,10 +67,10 @@ def jobs_requeue_orphans() -> list[str]:
     requeued = []
     waiting = TrainingJob.objects.filter(status=TrainingJob.Status.QUEUED, enqueued_at__lt=stale_before)
     for job in waiting.order_by("created_at"):
-        if job.gpu_ids:
-            can_run = None in idle
-        elif job.gpu_id is not None:
-            can_run = job.gpu_id in idle or None in idle
+        # A gpu_ids job waits in its first GPU's queue (gpus.selectors.queue_for).
+        first_gpu = job.gpu_ids[0] if job.gpu_ids else job.gpu_id
+        if first_gpu is not None:
+            can_run = first_gpu in idle or None in idle
         else:
             can_run = True
         # Conditional on the timestamp we read: of two checks at once, one re-queues.

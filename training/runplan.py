@@ -180,9 +180,13 @@ def _plan(*, corpus, described, packing, max_sequence_length, hidden_dim, max_ep
     rows = disk.estimate_rows_per_pass(text_bytes=facts.text_bytes, bytes_per_token=bytes_per_token,
                                        documents=facts.documents, lines=facts.lines,
                                        packing=packing or facts.default_packing, max_sequence_length=max_sequence_length)
+    sequences = disk.estimate_sequences_per_pass(rows_per_pass=rows, documents=facts.documents, lines=facts.lines,
+                                                 packing=packing or facts.default_packing,
+                                                 max_sequence_length=max_sequence_length)
     estimate = {"bytes_per_token": round(bytes_per_token, 3), "tokens_estimated_from": estimated_from}
     try:
         plan = disk.plan_disk(cache_activations=cache_activations, rows_per_pass=rows, d_model=described.info.hidden_size, sites=sites,
+                              sequences=sequences,
                               d_sae=hidden_dim, max_epochs=max_epochs,
                               # The trainer holds this share out (train_config leaves it at its default).
                               eval_fraction=TrainConfig.__dataclass_fields__["eval_fraction"].default,

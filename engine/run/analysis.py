@@ -8,40 +8,35 @@ import time
 import numpy as np
 
 from engine.files import AtomicFile
-from engine.cache import load_token_index, token_index_paths
-from engine.stream import ActivationStream
 from engine.stats import statistics_from_analysis
 from engine.tokens import token_texts
 
 logger = logging.getLogger(__name__)
 
 
-def analyze(spec, result, activations, activations_path, *, model, loaded, on_progress=None, should_stop=None):
+def analyze(spec, result, final, *, model, loaded, on_progress=None, should_stop=None):
     """(what the outcome says of the analysis, the feature_statistics from its counts); the
-    analysis is saved to spec.paths.features_dir. `model`: the ResolvedModel (None for an
-    activations file); `loaded`: the causal LM, or None. Raises AnalysisCancelled."""
+    analysis is saved to spec.paths.features_dir. `final`: the rows read after training
+    (engine.run.final_rows), whose rows from `analysis_first` on are analysed; `model`: the
+    ResolvedModel (None for an activations file); `loaded`: the causal LM, or None. Raises
+    AnalysisCancelled."""
     from engine.features import analyze_features, save_analysis
 
     started = time.monotonic()
-    rows_of_run = int(activations.shape[0])
-    if isinstance(activations, ActivationStream):
-        activations, token_ids, starts = _streamed(activations, spec, should_stop)
-    else:
-        index = None if spec.activations_file is not None else load_token_index(activations_path)
-        token_ids, starts = index if index is not None else (None, None)
+    first = final.analysis_first
+    token_ids, starts = final.tokens_from(first)
     sae = result.sae.to(spec.device).eval()
     analysis = analyze_features(
-        sae, result.scaling_factor, activations, token_ids=token_ids, sequence_starts=starts,
+        sae, result.scaling_factor, final.rows_from(first), token_ids=token_ids, sequence_starts=starts,
         top_n=spec.features.top_n, window=spec.features.window, chunk_rows=max(256, spec.config.sae_batch_tokens),
-        device=spec.device, on_progress=on_progress, should_stop=should_stop,
+        device=spec.device, on_progress=on_progress, should_stop=should_stop, first_row=first,
     )
     info = {"top_n": analysis.top_n, "window": analysis.window, "analyzed_tokens": analysis.n_rows,
             "contexts": token_ids is not None, "logit_effect": False, "logit_effect_reason": None,
             "seconds": None}
-    if analysis.n_rows < rows_of_run:
+    if first > 0:
         info["analyzed_tokens_reason"] = (
-            f"the rows streamed (no cache): the analysis ran the model again over the first {analysis.n_rows:,} of "
-            f"{rows_of_run:,} (MISTUDIO_STREAMED_ANALYSIS_TOKENS)")
+            f"the last {analysis.n_rows:,} of the run's {final.n_rows:,} tokens were analysed (MISTUDIO_ANALYSIS_TOKENS)")
     if token_ids is None:
         info["contexts_reason"] = ("trained from an activations file: there are no tokens" if spec.activations_file is not None
                                    else "the activations were extracted before token indexes were kept")
@@ -56,27 +51,6 @@ def analyze(spec, result, activations, activations_path, *, model, loaded, on_pr
         _write_token_texts(analysis, tokenizer, folder)
     info["seconds"] = round(time.monotonic() - started, 3)
     return info, statistics_from_analysis(analysis)
-
-
-def _streamed(stream, spec, should_stop):
-    """The rows of a streamed run, computed again front to back for the analysis (at most
-    features.streamed_max_tokens of them), and their token index, written beside where a cache would be as
-    the rows arrive (4 bytes a row, where a cache takes 2 x d_model)."""
-    limit = spec.features.streamed_max_tokens
-    n = stream.n_rows if limit is None else min(stream.n_rows, limit)
-    reader = stream.reader(0, n, should_stop=should_stop)
-    tokens_path, starts_path = token_index_paths(spec.paths.activations)
-    tokens_path.parent.mkdir(parents=True, exist_ok=True)
-    token_ids = np.lib.format.open_memmap(tokens_path, mode="w+", dtype=np.int32, shape=(n,))
-
-    def keep(first_row, ids):
-        token_ids[first_row : first_row + len(ids)] = ids
-
-    reader.on_tokens = keep
-    starts = stream.sequence_starts()
-    starts = starts[starts < n]
-    np.save(starts_path, starts)
-    return reader, token_ids, starts
 
 
 def _add_logit_effects(analysis, sae, scaling_factor, spec, model, loaded) -> str | None:

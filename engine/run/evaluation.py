@@ -6,34 +6,31 @@ from engine.evaluate import evaluate_sae
 from engine.finite import json_ready
 from engine.run import verdict
 from engine.sequences import Sequences
-from engine.stream import ActivationStream
 
 _NO_CE_LOSS = {"ce_loss_clean": None, "ce_loss_with_sae": None, "ce_loss_zero_ablation": None,
                "ce_loss_recovered": None, "kl_div_with_sae": None, "kl_div_with_ablation": None,
                "kl_div_score": None}
 
 
-def evaluate(spec, result, activations, *, model_name, loaded, sequences, targets=None) -> tuple[dict, object]:
+def evaluate(spec, result, final, *, model_name, loaded, heldout_sequences_from=None) -> tuple[dict, object]:
     """(the evaluation, each feature's firing density for the SAELens export, or None).
-    `loaded`: the causal LM (None when there is none); `sequences`: the sequences the cached rows
-    came from (engine.sequences.Sequences), None when the rows streamed (`activations` is then
-    the ActivationStream, which computes the held-out tail again) or came from a file. `targets`:
-    a transcoder's, which it is scored on (the FVU of the MLP's output)."""
-    start, stop = result.heldout_rows or (0, int(activations.shape[0]))
-    limit = spec.evaluation.max_rows
-    measured_stop = stop if limit is None else min(stop, start + limit)
-    streamed = isinstance(activations, ActivationStream)
-    rows = _Window(activations.reader(start, measured_stop), start, measured_stop) if streamed else activations[start:measured_stop]
+    `final`: the rows read after training (engine.run.final_rows), whose rows from `eval_first`
+    on are measured; `loaded`: the causal LM (None when there is none);
+    `heldout_sequences_from(row, max_rows)`: (the sequences from the one holding `row`, the row the
+    first starts at), for the next-token metrics. A transcoder is scored on its targets (the FVU of
+    the MLP's output)."""
+    start, stop = final.eval_first, final.n_rows
     evaluation = evaluate_sae(
-        result.sae, rows,
+        result.sae, final.rows_from(start),
         scaling_factor=result.scaling_factor, device=spec.device,
         batch_tokens=spec.config.sae_batch_tokens, dead_counts=result.tokens_since_fired,
         dead_window_tokens=result.dead_window_tokens,
-        targets=None if targets is None else targets[start:measured_stop], target_scaling_factor=result.target_scaling_factor,
+        targets=final.targets_from(start), target_scaling_factor=result.target_scaling_factor,
     )
-    if measured_stop < stop:
-        evaluation["eval_tokens_reason"] = (f"the first {measured_stop - start:,} of {stop - start:,} held-out tokens were "
-                                            "measured (the evaluation's max_rows: MISTUDIO_EVAL_MAX_TOKENS)")
+    if start > final.heldout_start:
+        evaluation["eval_tokens_reason"] = (
+            f"the last {stop - start:,} of {stop - final.heldout_start:,} held-out tokens were measured "
+            "(the evaluation's max_rows: MISTUDIO_EVAL_MAX_TOKENS)")
     feature_density = evaluation.pop("feature_density", None)
     if spec.activations_file is not None:
         ce = {**_NO_CE_LOSS, "ce_loss_reason": "trained from an activations file: there is no language model to splice the SAE into"}
@@ -41,25 +38,11 @@ def evaluate(spec, result, activations, *, model_name, loaded, sequences, target
         ce = {**_NO_CE_LOSS, "ce_loss_reason": f"{model_name} is not a causal language model: next-token loss does not apply"}
     else:
         # The sequences the measured tokens come from, as many as the next-token metrics measure.
-        heldout = (activations.sequences_from(start, max_rows=spec.evaluation.ce_max_tokens) if streamed
-                   else (sequences, 0))
-        ce = _ce_loss(spec, result, loaded=loaded, heldout=heldout_sequences(*heldout, start))
+        sequences, first_row = heldout_sequences_from(start, spec.evaluation.ce_max_tokens)
+        ce = _ce_loss(spec, result, loaded=loaded, heldout=heldout_sequences(sequences, first_row, start))
     evaluation.update(ce)
     evaluation["warnings"] = verdict.warnings(evaluation, spec.config)
     return json_ready(evaluation, _unmeasured(evaluation["eval_tokens"])), feature_density
-
-
-class _Window:
-    """Rows [start, stop) of a streamed pass, sliced from 0 front to back as evaluate_sae reads
-    them: only the slice being read is held, not the whole held-out tail."""
-
-    def __init__(self, reader, start: int, stop: int):
-        self.reader, self.start = reader, start
-        self.shape = (stop - start, reader.shape[1])
-
-    def __getitem__(self, rows: slice):
-        lo, hi = self.start + rows.start, self.start + min(rows.stop, self.shape[0])
-        return self.reader.read(lo, hi)
 
 
 def _unmeasured(eval_tokens: int) -> dict[str, str]:

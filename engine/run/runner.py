@@ -5,7 +5,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine.activations import ExtractionStream, extract_activations, extract_sites
-from engine.cache import load_activations
+from engine.cache import load_activations, load_token_index
 from engine.errors import AnalysisCancelled, EngineError, ExtractionCancelled
 from engine.export import save_sae, write_metadata
 from engine.export_saelens import export_saelens
@@ -13,6 +13,7 @@ from engine.resolve import ResolvedModel
 from engine.run import records, sources
 from engine.run.analysis import analyze
 from engine.run.evaluation import evaluate
+from engine.run.final_rows import final_rows
 from engine.run.spec import ANALYZING, EVALUATING, EXTRACTING, LOADING, TRAINING, RunCallbacks, RunOutcome, RunSpec
 from engine.run.training import TrainFunction, TrainStep, train_in_process
 from engine.stream import ActivationStream
@@ -61,7 +62,6 @@ class _Run:
         self.model = None  # the ResolvedModel
         self.model_info = spec.model_info
         self.loaded = self.extraction = None
-        self.n_rows = None  # rows a cache made or read for this run holds: the first sequences' (engine.packing)
         self.shared_model = loaded
         self.source = self.stream = self.disk = None  # the corpus as sequences; the rows when streamed; engine.disk's plan
         self.transcoder = sources.is_transcoder(spec)
@@ -119,9 +119,7 @@ class _Run:
         self.loaded = self.shared_model or load_spec_model(spec, self.model)
         self.source = sources.sequence_source(spec, self.loaded)
         if cache is not None:
-            activations = load_activations(cache)
-            self.n_rows = int(activations.shape[0])
-            return activations, cache, None
+            return load_activations(cache), cache, None
         # A resume takes its batches as its checkpoint's run did: streamed, or from a cache made again.
         resumed = spec.resume_from is not None
         streamed = resumed and sources.checkpoint_streamed(spec.resume_from)
@@ -132,7 +130,7 @@ class _Run:
         rows, corpus_rows = saved or (lengths[0], None)
         corpus_rows = int(rows.sum()) if corpus_rows is None else corpus_rows
         mode = "never" if streamed else "always" if resumed or not self.may_overlap else spec.cache_activations
-        self.disk = sources.disk_plan(spec, self.loaded, corpus_rows, mode=mode)
+        self.disk = sources.disk_plan(spec, self.loaded, corpus_rows, mode=mode, sequences=len(rows))
         if not self.disk.cache:
             self.stream = ActivationStream(self.loaded, self.source, rows, layer_number=spec.layer_number,
                                            batch_size=spec.batch_size, hook_point=spec.hook_point,
@@ -154,9 +152,7 @@ class _Run:
             self.loaded = None  # only next-token evaluation needs the model again: free it now
         if result is not None and result.stopped_reason == "cancelled":
             return None, path, result
-        activations = load_activations(path)
-        self.n_rows = int(activations.shape[0])
-        return activations, path, result
+        return load_activations(path), path, result
 
     def _transcoder_activations(self):
         """A transcoder's input and target rows, both cached from the same forward passes
@@ -178,7 +174,6 @@ class _Run:
         self.extraction = extraction.results[input_site]
         self._call("on_cache_complete", self.extraction)
         self.targets = load_activations(extraction.results[target_site].path)
-        self.n_rows = self.extraction.n_tokens
         if not bool(self._model_info().get("is_causal_lm")):
             self.loaded = None  # only next-token evaluation needs the model again: free it now
         return load_activations(self.extraction.path), self.extraction.path, None
@@ -257,8 +252,11 @@ class _Run:
         from_file = spec.activations_file is not None
         model_name = self.model.name if self.model is not None else None
         self._enter(EVALUATING)
-        evaluation, feature_density = evaluate(spec, result, activations, model_name=model_name, loaded=self.loaded,
-                                               sequences=self._cached_sequences(), targets=self.targets)
+        # The rows the evaluation and the analysis read, once (a streamed run computes them again).
+        final = final_rows(spec, result, activations, targets=self.targets,
+                           token_index=None if path is None or spec.activations_file is not None else load_token_index(path))
+        evaluation, feature_density = evaluate(spec, result, final, model_name=model_name, loaded=self.loaded,
+                                               heldout_sequences_from=self._heldout_sequences_from(activations))
         saved_weights = save_sae(spec.paths.model, result.sae, result.scaling_factor, result.target_scaling_factor)
         tokens = self._tokens()
         saelens = export_saelens(
@@ -270,7 +268,7 @@ class _Run:
         )
         # One pass over the activations after training: the analysis counts what the feature
         # statistics need too.
-        features_dir, features_info, features = self._analyze(result, activations, path)
+        features_dir, features_info, features = self._analyze(result, final)
         stats = records.training_stats(result, activations, features, extra=self._call("extra_training_stats", result) or {},
                                        extraction=self.extraction, disk=self.disk)
         corpus_name = spec.corpus_name or (Path(spec.corpus).name if spec.corpus is not None else None)
@@ -285,13 +283,6 @@ class _Run:
             activations_path=None if path is None else Path(path), extraction=self.extraction, evaluation=evaluation, training_stats=stats,
             exports={"saelens": saelens}, features_dir=features_dir, features=features_info, metadata=metadata,
         )
-
-    def _cached_sequences(self):
-        """The sequences a cache's rows came from, for the next-token evaluation (a causal LM's,
-        from a cache): read from the corpus only now, so extraction and training never hold them."""
-        if self.loaded is None or self.source is None or self.n_rows is None:
-            return None
-        return self.source.read(self.n_rows)
 
     def _tokens(self) -> dict:
         """Where the rows were read and how their sequences were made, as they were (the effective
@@ -320,19 +311,28 @@ class _Run:
                     tokenizer, causal=causal, prepend_bos=spec.prepend_bos),
                 "exclude_special_tokens": spec.exclude_special_tokens, "reason": None}
 
-    def _analyze(self, result, activations, path):
+    def _heldout_sequences_from(self, activations):
+        """engine.run.evaluation's `heldout_sequences_from(row, max_rows)`: the held-out sequences the
+        next-token metrics measure, tokenized again (only those are kept)."""
+        if isinstance(activations, ActivationStream):
+            return lambda row, max_rows: activations.sequences_from(row, max_rows=max_rows)
+        if self.source is None:
+            return None
+        n_rows = int(activations.shape[0])
+        return lambda row, max_rows: sources.sequences_from(self.source, row, max_rows=max_rows, n_rows=n_rows)
+
+    def _analyze(self, result, final):
         """(the analysis' folder, what it did, the feature_statistics); no folder when cancelled."""
         spec = self.spec
         self._enter(ANALYZING)
         try:
-            info, features = analyze(spec, result, activations, path, model=self.model, loaded=self.loaded,
+            info, features = analyze(spec, result, final, model=self.model, loaded=self.loaded,
                                      on_progress=self.callbacks.on_analysis_progress, should_stop=self.callbacks.should_stop)
             return spec.paths.features_dir, info, features
         except AnalysisCancelled:
             from engine.stats import feature_statistics
 
-            # The result stays complete: the statistics then take a pass of their own.
-            if self.stream is not None:  # no cache to count over: the held-out rows
-                activations = self.stream.read(*(result.heldout_rows or (0, self.stream.n_rows)))
-            return None, None, feature_statistics(result.sae, activations, scaling_factor=result.scaling_factor,
-                                                  device=spec.device, batch_tokens=spec.config.sae_batch_tokens)
+            # The result stays complete: the statistics then take a pass of their own over the same rows.
+            return None, None, feature_statistics(result.sae, final.rows_from(final.analysis_first),
+                                                  scaling_factor=result.scaling_factor, device=spec.device,
+                                                  batch_tokens=spec.config.sae_batch_tokens)

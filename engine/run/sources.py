@@ -42,13 +42,13 @@ def budget(spec) -> int | None:
     return spec.training_tokens if spec.training_tokens is not None else spec.config.training_tokens
 
 
-def disk_plan(spec, loaded, rows_per_pass: int, *, mode: str):
+def disk_plan(spec, loaded, rows_per_pass: int, *, mode: str, sequences: int = 0):
     """engine.disk.plan_disk for this run on the data folder it writes to (raises DiskFull), in
     cache `mode`: the spec's, or what the run must do (a multi-process training step reads a file;
     a resume takes its batches the way its checkpoint's run did). A transcoder caches two files
-    (the MLP's input and output)."""
+    (the MLP's input and output). `sequences`: the pass's, kept by a streamed run's checkpoints."""
     return plan_disk(cache_activations=mode, rows_per_pass=rows_per_pass, d_model=hidden_size(loaded.config),
-                     sites=2 if is_transcoder(spec) else 1,
+                     sites=2 if is_transcoder(spec) else 1, sequences=sequences,
                      d_sae=spec.config.hidden_dim, max_epochs=spec.config.max_epochs,
                      eval_fraction=spec.config.eval_fraction, training_tokens=budget(spec),
                      free=free_space(spec))
@@ -92,3 +92,28 @@ def checkpoint_streamed(path) -> bool:
     from engine.trainer import checkpoint
 
     return bool(checkpoint.load(Path(path)).payload.get("streamed", False))
+
+
+def sequences_from(source: SequenceSource, row: int, *, max_rows: int | None, n_rows: int) -> tuple:
+    """(the sequences of a pass over `source` from the one holding `row` to the first that reaches
+    `max_rows` rows past it, or the pass's `n_rows`th row; the row the first starts at): a
+    tokenizing pass that keeps only those (ActivationStream.sequences_from for a cached run)."""
+    import numpy as np
+
+    from engine.sequences import Sequences, concatenate
+
+    stop = n_rows if max_rows is None else min(n_rows, row + max_rows)
+    parts, at, first_row = [], 0, None
+    for chunk in source.chunks():
+        ends = at + np.cumsum(chunk.rows)
+        starts = ends - chunk.rows
+        wanted = np.flatnonzero((ends > row) & (starts < stop))
+        if len(wanted):
+            lo, hi = int(wanted[0]), int(wanted[-1]) + 1
+            if first_row is None:
+                first_row = int(starts[lo])
+            parts.append(Sequences(ids=chunk.ids[lo:hi], keep=chunk.keep[lo:hi], prepend_bos=chunk.prepend_bos))
+        at = int(ends[-1]) if len(ends) else at
+        if at >= stop:
+            break
+    return concatenate(parts), row if first_row is None else first_row

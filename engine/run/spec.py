@@ -45,10 +45,9 @@ class FeatureSettings:
     top_n: int = 20
     window: int = 12
     logit_tokens: int = 10
-    # A streamed run has no cache to read again: its analysis runs the model over the pass's first
-    # this many rows (None: all of them, which costs as much model time as the training pass did).
-    # A cached run's analysis reads every row of its cache.
-    streamed_max_tokens: int | None = 1_000_000
+    # The analysis reads the pass's last this many rows (engine.run.final_rows; None: every row):
+    # the time it takes after training, and what a streamed run computes with the model again.
+    max_tokens: int | None = EVAL_DEFAULTS.analysis_tokens
 
 
 @dataclass

@@ -16,6 +16,8 @@ weights_only=True reads it). Its `format_version` says how to read it:
 Every checkpoint of formats 1 to 3 still resumes as it would have (its tokens trained counted
 from its epochs and steps; no controller: its multiplier 1).
 """
+import glob
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -109,8 +111,9 @@ def write(path: Path, *, sae, optimizer, state: RunState, config, mid_epoch: boo
 
 
 def file_name(prefix: str, state: RunState, *, mid_epoch: bool) -> str:
-    """<prefix>_checkpoint_<epochs done>.pt at an epoch's end; a cancel inside an epoch adds the
-    step it stopped after: <prefix>_checkpoint_<epochs done>_step_<step>.pt."""
+    """<prefix>_checkpoint_<epochs done>.pt at an epoch's end; one from inside an epoch (a cancel,
+    a streamed run's checkpoint_interval_s) adds the step it follows:
+    <prefix>_checkpoint_<epochs done>_step_<step>.pt."""
     if mid_epoch:
         return f"{prefix}_checkpoint_{state.epochs_done}_step_{state.step}.pt"
     return f"{prefix}_checkpoint_{state.epochs_done}.pt"
@@ -173,19 +176,38 @@ def restore(saved: Saved, sae, optimizer, state: RunState, *, d_in: int, config,
 
 
 class Writer:
-    """Where and when a run writes its checkpoints (rank 0 only, in a data-parallel group)."""
+    """Where and when a run writes its checkpoints (rank 0 only, in a data-parallel group).
 
-    def __init__(self, folder: Path | None, prefix: str, on_checkpoint, *, enabled: bool = True):
+    A run keeps one checkpoint from inside an epoch at most: the latest. Each checkpoint written
+    replaces the previous mid-epoch one (`resumed_from` counts as the run's when it is one of this
+    folder and prefix), which is deleted once the new one is whole and on_checkpoint has recorded
+    it: a kill at any moment leaves a checkpoint to resume from, and at most two on disk
+    (engine.disk.CHECKPOINTS_ON_DISK, the newest and the one being written; the next Writer of
+    the run removes the partial file a kill left)."""
+
+    def __init__(self, folder: Path | None, prefix: str, on_checkpoint, *, enabled: bool = True,
+                 resumed_from: Path | None = None):
         self.folder = Path(folder) if folder is not None and enabled else None
         self.prefix = prefix
         self.on_checkpoint = on_checkpoint
         self.written: list[CheckpointInfo] = []
         self.last_at = time.monotonic()
+        self.mid_epoch_file = None  # the latest checkpoint from inside an epoch, still on disk
+        if self.folder is not None:
+            # A process killed while writing leaves its partial file (engine.files.AtomicFile): no one reads it.
+            for stale in self.folder.glob(f"{glob.escape(prefix)}_checkpoint_*.pt.partial"):
+                stale.unlink(missing_ok=True)
+        if self.folder is not None and resumed_from is not None and is_mid_epoch(Path(resumed_from), prefix):
+            if Path(resumed_from).parent.resolve() == self.folder.resolve():
+                self.mid_epoch_file = Path(resumed_from)
 
     def due(self, config, epochs_done: int) -> bool:
         """At an epoch's end: every checkpoint_every_epochs epochs, or checkpoint_interval_s since the last."""
         every = config.checkpoint_every_epochs
-        return bool(every and epochs_done % every == 0) or time.monotonic() - self.last_at >= config.checkpoint_interval_s
+        return bool(every and epochs_done % every == 0) or self.interval_passed(config)
+
+    def interval_passed(self, config) -> bool:
+        return time.monotonic() - self.last_at >= config.checkpoint_interval_s
 
     def write(self, *, sae, optimizer, state: RunState, config, mid_epoch: bool) -> None:
         if self.folder is None:
@@ -193,6 +215,16 @@ class Writer:
         path = self.folder / file_name(self.prefix, state, mid_epoch=mid_epoch)
         info = write(path, sae=sae, optimizer=optimizer, state=state, config=config, mid_epoch=mid_epoch)
         self.last_at = time.monotonic()
-        self.written.append(info)
+        replaced = self.mid_epoch_file if self.mid_epoch_file is not None and self.mid_epoch_file != path else None
+        info.replaced = replaced
+        self.mid_epoch_file = path if mid_epoch else None
+        self.written = [w for w in self.written if w.path not in (path, replaced)] + [info]
         if self.on_checkpoint is not None:
             self.on_checkpoint(info)
+        if replaced is not None:
+            replaced.unlink(missing_ok=True)
+
+
+def is_mid_epoch(path: Path, prefix: str) -> bool:
+    """Whether `path` is named as a checkpoint from inside an epoch of a run with this prefix (file_name)."""
+    return re.fullmatch(rf"{re.escape(prefix)}_checkpoint_\d+_step_\d+\.pt", Path(path).name) is not None

@@ -24,7 +24,8 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every_epochs: int = 10
     # Checked at the end of each epoch: a checkpoint is written there when this long has passed
-    # since the last one (or the run started), besides every checkpoint_every_epochs epochs.
+    # since the last one (or the run started), besides every checkpoint_every_epochs epochs. A
+    # streamed run (engine.trainer.streamed) also checks at each block's start, inside an epoch.
     checkpoint_interval_s: float = 300.0
     progress_interval_s: float = 1.0
     # should_stop() may query a database, so it is called at most this often (and on the first step).

@@ -8,6 +8,9 @@ generator seeded by (seed, epoch, block), so a run resumed at any step recompute
 the corpus and takes the same batches: the checkpoint's epoch and step say which block. The
 checkpoint also keeps where in the corpus that block's first group starts (ActivationStream.
 seek_record), so a resume reads the corpus from there instead of tokenizing it from its start.
+Besides the epochs' ends and a cancel, a checkpoint is written at a block's start whenever
+checkpoint_interval_s has passed since the last one (a one-pass run has no epoch end before its
+last step), the run keeping the latest of them only (checkpoint.Writer).
 The next block is computed in a background thread while the SAE steps on this one.
 """
 import math
@@ -55,7 +58,7 @@ def train_streamed(stream, config, *, device: str = "cpu", checkpoint_dir=None, 
     run.progress.started_at = run.progress.last_report_at = started
     run.state.streamed = True
     run.state.stream_seek = stream.seek_record(None)
-    writer = checkpoint.Writer(checkpoint_dir, checkpoint_prefix, on_checkpoint)
+    writer = checkpoint.Writer(checkpoint_dir, checkpoint_prefix, on_checkpoint, resumed_from=resume_from)
     loop = _StreamLoop(run, writer, layout, stream, block, first_block, should_stop, on_progress)
     if saved is not None:
         loop.resume_at = stream.position_from(saved.payload.get("stream_seek"))
@@ -101,6 +104,8 @@ class _StreamLoop(_Loop):
                 prefetched = None  # held no longer than its block: memory stays at the blocks in flight
                 # A checkpoint written while on this block resumes reading the corpus at its first group.
                 state.stream_seek = self.stream.seek_record(position)
+                if b > first:
+                    self._checkpoint_when_due()
                 order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(
                     block_seed(run.config.seed, state.epochs_done, b)))
                 first_step = b * steps_per_block
@@ -120,6 +125,14 @@ class _StreamLoop(_Loop):
         finally:
             blocks.close()
         return self._epoch_ended()
+
+    def _checkpoint_when_due(self) -> None:
+        """At a block's start, before its first step, when checkpoint_interval_s has passed: a run
+        killed later resumes here, recomputing only this block (its rows are in no file), instead of
+        from the pass's start. One pass may be the whole run, so the epoch's end is not enough."""
+        run, state = self.run, self.run.state
+        if self.layout.budget_left(state) != 0 and self.writer.interval_passed(run.config):
+            self.writer.write(sae=run.sae, optimizer=run.optimizer, state=state, config=run.config, mid_epoch=True)
 
     def _epoch_ended(self) -> bool:
         """The epoch's checkpoint, and the next epoch, read the corpus from its start."""

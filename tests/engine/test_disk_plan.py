@@ -1,7 +1,8 @@
 """Whether a run caches its activations, and what it needs of the disk (engine.disk)."""
 import pytest
 
-from engine.disk import DiskFull, cache_bytes, plan_disk, rows_for_budget
+from engine.disk import (CHECKPOINTS_ON_DISK, DiskFull, cache_bytes, checkpoint_bytes, estimate_sequences_per_pass, plan_disk,
+                         rows_for_budget, seek_record_bytes)
 from engine.trainer.plan import eval_rows
 
 GB = 10**9
@@ -53,3 +54,14 @@ def test_the_rows_a_budget_reads_leave_exactly_the_budget_to_train_on():
 def test_checkpoints_that_cannot_fit_are_refused_even_when_streaming():
     with pytest.raises(DiskFull, match="Lower hidden_dim or free disk space"):
         plan(cache_activations="never", free=10**6)
+
+
+def test_a_streamed_runs_checkpoints_count_the_rows_of_each_sequence_they_keep():
+    streamed, cached = plan(cache_activations="never", sequences=4000), plan(cache_activations="always", sequences=4000)
+    assert streamed.checkpoint_bytes == CHECKPOINTS_ON_DISK * (checkpoint_bytes(1024, 4096) + seek_record_bytes(4000))
+    assert cached.checkpoint_bytes == CHECKPOINTS_ON_DISK * checkpoint_bytes(1024, 4096)
+
+
+def test_a_pass_is_windows_for_concat_and_a_line_or_a_document_each_otherwise():
+    counts = dict(rows_per_pass=1000, documents=7, lines=30, max_sequence_length=128)
+    assert [estimate_sequences_per_pass(packing=p, **counts) for p in ("concat", "lines", "documents")] == [8, 30, 7]

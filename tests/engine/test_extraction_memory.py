@@ -134,13 +134,14 @@ def test_batches_run_a_group_at_a_time_in_corpus_order_and_in_a_seeded_order_ins
     assert sorted(first[:group_rows].tolist()) == list(range(group_rows))  # the first group's rows come first
 
 
-def test_a_run_that_caches_holds_no_more_than_a_group_and_a_chunk_until_its_evaluation(gpt2, corpus, tmp_path,
-                                                                                        tiny_gpt2_dir, monkeypatch):
+def test_a_run_that_caches_holds_a_group_and_a_chunk_until_its_evaluation_and_never_the_corpus(gpt2, corpus, tmp_path,
+                                                                                                 tiny_gpt2_dir,
+                                                                                                 monkeypatch):
     monkeypatch.setattr(sources, "SequenceSource", CountedSource)
     held = {}
 
     def on_phase(phase, **_):
-        if phase == "evaluating":  # the evaluation reads the held-out sequences it measures itself
+        if phase == "evaluating":  # the evaluation then reads the held-out sequences it measures (capped)
             held["peak"] = Alive.peak
 
     from engine.run import RunCallbacks
@@ -156,7 +157,9 @@ def test_a_run_that_caches_holds_no_more_than_a_group_and_a_chunk_until_its_eval
         outcome = run(spec, RunCallbacks(on_phase=on_phase))
         assert outcome.status == "completed" and outcome.extraction.overlapped is overlapped
         source = counted(corpus, gpt2)
-        assert 0 < held["peak"] <= bound(source) < len(source.rows_per_sequence())
+        n_sequences = len(source.rows_per_sequence())
+        assert 0 < held["peak"] <= bound(source) < n_sequences
+        assert Alive.peak < n_sequences / 4
 
 
 def test_a_cache_holds_the_very_rows_a_stream_computes(gpt2, corpus, tmp_path):

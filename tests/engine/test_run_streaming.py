@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from engine.disk import DiskFull
+from engine.features import load_analysis
 from engine.run import RunCallbacks, RunPaths, RunSpec, run
 from engine.trainer import TrainConfig
 
@@ -54,10 +55,13 @@ def test_a_one_pass_run_streams_and_writes_no_cache(tmp_path, tiny_gpt2_dir, cor
     assert stats["tokens_trained"] == stats["training_tokens"] == outcome.result.heldout_rows[0]
     assert outcome.evaluation["ce_loss_reason"] is None and outcome.evaluation["explained_variance"] is not None
     assert stats["feature_statistics"]["total_features"] == 32
-    # The analysis ran the model over the rows again, and kept their tokens for the contexts.
+    # The analysis ran the model over the rows again (all of them: fewer than its cap), with their
+    # tokens for the contexts, and left no file of them behind.
     assert outcome.features["contexts"] is True and outcome.features["analyzed_tokens"] == stats["tokens"]
-    tokens = np.load(paths.features_dir.parent / "sae_activations_tokens.npy")
-    assert len(tokens) == stats["tokens"] and (tokens >= 0).all()
+    analysis = load_analysis(paths.features_dir)
+    fired = analysis.top_rows >= 0
+    assert fired.any() and (analysis.window_tokens[fired][:, analysis.window] >= 0).all()
+    assert sorted(p.name for p in paths.features_dir.parent.iterdir() if "activations" in p.name) == []
     assert json.loads(paths.metadata.read_text())["activations_path"] is None
 
 
@@ -110,6 +114,79 @@ def test_a_streamed_run_killed_and_resumed_trains_on_the_same_tokens(tmp_path, t
                        config=config(max_epochs=3), resume_from=checkpoint))
     assert resumed.result.tokens_trained == whole.result.tokens_trained
     assert resumed.result.loss_history == pytest.approx(whole.result.loss_history, rel=1e-6)
+    for name, value in whole.result.sae.state_dict().items():
+        torch.testing.assert_close(resumed.result.sae.state_dict()[name], value, rtol=0, atol=1e-6)
+
+
+_KILLED_MID_PASS = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from tests.engine.test_run_streaming import config, spec
+from engine.run import RunCallbacks, run
+kill_at = int(sys.argv[4])
+run(spec(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), config=config(checkpoint_interval_s=0.0)),
+    RunCallbacks(on_train_progress=lambda p: p.step >= kill_at and os.kill(os.getpid(), signal.SIGKILL)))
+"""
+
+
+def test_a_one_pass_streamed_run_killed_mid_pass_resumes_from_its_latest_checkpoint(tmp_path, tiny_gpt2_dir, corpus):
+    whole = run(spec(tmp_path / "whole", tiny_gpt2_dir, corpus))
+    assert whole.training_stats["activations_cached"] is False
+    total_steps = -(-whole.result.tokens_trained // whole.result.sae_batch_tokens)
+    # One pass, so no epoch's end before the last step: the checkpoints it has are checkpoint_interval_s's.
+    root = str(Path(__file__).resolve().parents[2])
+    killed = subprocess.run([sys.executable, "-c", _KILLED_MID_PASS.format(root=root), str(tmp_path / "killed"),
+                             str(tiny_gpt2_dir), str(corpus), str(total_steps * 3 // 4)], cwd=root,
+                            env={**os.environ, "PYTHONPATH": root})
+    assert killed.returncode == -signal.SIGKILL
+    kept = sorted((tmp_path / "killed").glob("sae_checkpoint_*"))
+    assert len(kept) == 1 and kept[0].name.startswith("sae_checkpoint_0_step_")
+    steps = []
+    resumed = run(spec(tmp_path / "killed", tiny_gpt2_dir, corpus, resume_from=kept[0]),
+                  RunCallbacks(on_train_progress=lambda p: steps.append(p.step)))
+    # It took up where the checkpoint was, well into the pass, not at its first step.
+    assert steps[0] - 1 >= total_steps // 2
+    assert resumed.status == "completed" and resumed.result.tokens_trained == whole.result.tokens_trained
+    for name, value in whole.result.sae.state_dict().items():
+        torch.testing.assert_close(resumed.result.sae.state_dict()[name], value, rtol=0, atol=1e-6)
+
+
+_KILLED_WRITING = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from tests.engine.test_run_streaming import config, spec
+from engine.run import run
+from engine.trainer import checkpoint
+save, written = checkpoint.torch.save, []
+
+def save_then_die(payload, path):  # dies half-way through its third checkpoint
+    written.append(path)
+    if len(written) < 3:
+        return save(payload, path)
+    Path(path).write_bytes(b"half a checkpoint")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+checkpoint.torch.save = save_then_die
+run(spec(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), config=config(checkpoint_interval_s=0.0)))
+"""
+
+
+def test_a_streamed_run_killed_while_writing_a_checkpoint_resumes_from_the_one_before(tmp_path, tiny_gpt2_dir, corpus):
+    whole = run(spec(tmp_path / "whole", tiny_gpt2_dir, corpus))
+    root = str(Path(__file__).resolve().parents[2])
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WRITING.format(root=root), str(tmp_path / "killed"),
+                             str(tiny_gpt2_dir), str(corpus)], cwd=root, env={**os.environ, "PYTHONPATH": root})
+    assert killed.returncode == -signal.SIGKILL
+    (partial,) = (tmp_path / "killed").glob("sae_checkpoint_*.pt.partial")
+    (kept,) = (tmp_path / "killed").glob("sae_checkpoint_*.pt")
+    assert kept.name.startswith("sae_checkpoint_0_step_")
+    steps = []
+    resumed = run(spec(tmp_path / "killed", tiny_gpt2_dir, corpus, resume_from=kept),
+                  RunCallbacks(on_train_progress=lambda p: steps.append(p.step)))
+    assert steps[0] > 1 and not partial.exists()
+    assert resumed.status == "completed" and resumed.result.tokens_trained == whole.result.tokens_trained
     for name, value in whole.result.sae.state_dict().items():
         torch.testing.assert_close(resumed.result.sae.state_dict()[name], value, rtol=0, atol=1e-6)
 

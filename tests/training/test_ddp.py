@@ -273,6 +273,7 @@ def test_a_failing_rank_fails_the_job_with_its_reason(alice, ddp_on_cpu, tmp_pat
         ({"gpu_ids": [1, 1]}, "gpu_ids: [1, 1] names a GPU more than once."),
         ({"gpu_ids": [0]}, "gpu_ids:"),
         ({"gpu_ids": [0, -1]}, "gpu_ids.1: Ensure this value is greater than or equal to 0."),
+        ({"gpu_ids": [0, 1], "cache_activations": "never"}, "cache_activations: a gpu_ids job's ranks train from a cache"),
     ],
 )
 def test_gpu_ids_requests_are_checked(alice_api, upload, hub_models, settings, fields, needle):
@@ -299,6 +300,16 @@ def test_gpu_ids_on_a_machine_without_a_gpu_need_ddp_on_cpu(alice_api, upload, h
     settings.DDP_ON_CPU = True
     accepted = alice_api.post("/api/v1/train", body, format="json")
     assert accepted.status_code == 200, accepted.json()
+
+
+@pytest.mark.django_db
+def test_a_gpu_ids_job_plans_the_disk_for_the_cache_its_ranks_train_from(alice, ddp_on_cpu):
+    # One pass: a one-device job would stream it, but the ranks read a cache file (they do not stream yet).
+    single = make_job(alice, max_epochs=1)
+    job = make_job(alice, max_epochs=1, gpu_ids=[0, 1])
+    assert single.disk_plan["cache"] is False
+    assert job.disk_plan["cache"] is True and job.disk_plan["cache_bytes"] > 0
+    assert job.disk_plan["reason"].startswith("a gpu_ids job's ranks train from a cache file")
 
 
 def test_manage_py_train_takes_gpu_ids(run_train, tmp_path):

@@ -1,0 +1,90 @@
+"""After training a run reads the pass's last rows once: the evaluation measures the last held-out
+ones, the feature analysis the last ones of the pass, each up to its cap, and a streamed run
+computes them with the model once, not once for each."""
+import json
+
+import numpy as np
+import pytest
+
+from engine import stream as stream_module
+from engine.cache import load_token_index
+from engine.features import load_analysis
+from engine.run import EvaluationSettings, FeatureSettings, RunCallbacks, RunPaths, RunSpec, run
+from engine.trainer import TrainConfig
+
+
+def config(**overrides) -> TrainConfig:
+    values = dict(architecture="topk", k=4, hidden_dim=32, learning_rate=1e-3, sae_batch_tokens=64, max_epochs=1,
+                  min_loss=0.0, checkpoint_every_epochs=1, checkpoint_interval_s=1e9, progress_interval_s=0.0,
+                  stop_check_interval_s=0.0, shuffle_buffer_tokens=128, decode_path="dense", eval_fraction=0.25)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture
+def corpus(tmp_path, sample_texts):
+    path = tmp_path / "docs.jsonl"
+    documents = [" ".join(sample_texts[i : i + 4]) for i in range(0, len(sample_texts), 4)] * 3
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    return path
+
+
+def spec(folder, model_dir, corpus, *, eval_rows, analysis_rows, cache):
+    return RunSpec(paths=RunPaths.in_folder(folder), model=str(model_dir), corpus=corpus, layer_number=1,
+                   max_sequence_length=16, batch_size=8, config=config(), cache_activations=cache,
+                   evaluation=EvaluationSettings(max_rows=eval_rows, ce_max_tokens=40),
+                   features=FeatureSettings(max_tokens=analysis_rows))
+
+
+@pytest.fixture
+def forwards(monkeypatch):
+    """Rows the stream computes with the model, by the run's phase."""
+    counted = {"phase": None, "rows": {}}
+    original = stream_module.ActivationStream._forward
+
+    def counting(self, group, first_sequence, should_stop):
+        rows, tokens = original(self, group, first_sequence, should_stop)
+        counted["rows"][counted["phase"]] = counted["rows"].get(counted["phase"], 0) + len(rows)
+        return rows, tokens
+
+    monkeypatch.setattr(stream_module.ActivationStream, "_forward", counting)
+    return counted
+
+
+def test_a_streamed_run_computes_the_rows_it_reads_after_training_once(tmp_path, tiny_gpt2_dir, corpus, forwards):
+    callbacks = RunCallbacks(on_phase=lambda phase, **_: forwards.update(phase=phase))
+    outcome = run(spec(tmp_path / "out", tiny_gpt2_dir, corpus, eval_rows=50, analysis_rows=120, cache="never"),
+                  callbacks)
+    n_rows = outcome.training_stats["tokens"]
+    heldout = n_rows - outcome.result.heldout_rows[0]
+    assert heldout > 50 and n_rows > 120  # so both caps bite
+    evaluation, features = outcome.evaluation, outcome.features
+    assert evaluation["eval_tokens"] == 50 and f"the last 50 of {heldout:,}" in evaluation["eval_tokens_reason"]
+    assert features["analyzed_tokens"] == 120 and f"the last 120 of the run's {n_rows:,}" in features["analyzed_tokens_reason"]
+    # Groups of 8 x 8 sequences: the 120 rows and the group they start in, in the evaluating phase only.
+    assert 120 <= forwards["rows"]["evaluating"] < 120 + 64 * 16
+    assert "analyzing" not in forwards["rows"]
+    assert 0 < evaluation["ce_eval_tokens"] <= 40 + 16
+
+
+def test_a_cached_runs_analysis_reads_the_last_rows_and_shows_their_contexts(tmp_path, tiny_gpt2_dir, corpus):
+    outcome = run(spec(tmp_path / "out", tiny_gpt2_dir, corpus, eval_rows=None, analysis_rows=120, cache="always"))
+    n_rows = outcome.training_stats["tokens"]
+    assert outcome.evaluation["eval_tokens"] == n_rows - outcome.result.heldout_rows[0]
+    assert "eval_tokens_reason" not in outcome.evaluation
+    analysis = load_analysis(outcome.paths.features_dir)
+    assert analysis.n_rows == 120
+    fired = analysis.top_rows >= 0
+    # Row numbers are the run's: each top row's peak token is the cache's token at that row.
+    assert (analysis.top_rows[fired] >= n_rows - 120).all() and (analysis.top_rows[fired] < n_rows).all()
+    token_ids, _ = load_token_index(outcome.activations_path)
+    peaks = analysis.window_tokens[:, :, analysis.window][fired]
+    assert np.array_equal(peaks, np.asarray(token_ids)[analysis.top_rows[fired]])
+
+
+def test_the_same_rows_give_the_same_evaluation_streamed_or_cached(tmp_path, tiny_gpt2_dir, corpus):
+    streamed = run(spec(tmp_path / "s", tiny_gpt2_dir, corpus, eval_rows=50, analysis_rows=120, cache="never"))
+    cached = run(spec(tmp_path / "c", tiny_gpt2_dir, corpus, eval_rows=50, analysis_rows=120, cache="always"))
+    for name in ("eval_tokens", "ce_eval_tokens"):
+        assert streamed.evaluation[name] == cached.evaluation[name]
+    assert streamed.features["analyzed_tokens"] == cached.features["analyzed_tokens"] == 120
