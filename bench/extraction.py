@@ -24,7 +24,7 @@ _setup.set_threads()
 
 import torch  # noqa: E402
 
-from engine.activations import extract_activations  # noqa: E402
+from engine.activations import GROUP_BATCHES, extract_activations  # noqa: E402
 from engine.loading import load_model  # noqa: E402
 from engine.resolve import resolve_model  # noqa: E402
 
@@ -60,10 +60,15 @@ def full_forward(loaded, texts, *, layer, batch_size, max_length, out):
 
 
 def sorted_padding(loaded, texts, *, batch_size, max_length) -> int:
-    """Tokens (real + padding) in the batches extract_activations runs: it sorts by length."""
-    lengths = sorted((len(ids) for ids in loaded.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]),
-                     reverse=True)
-    return sum(lengths[i] * len(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size))
+    """Tokens (real + padding) in the batches extract_activations runs: it sorts by length inside
+    each group of GROUP_BATCHES batches."""
+    every = [len(ids) for ids in loaded.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    group = batch_size * GROUP_BATCHES
+    total = 0
+    for first in range(0, len(every), group):
+        lengths = sorted(every[first : first + group], reverse=True)
+        total += sum(lengths[i] * len(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size))
+    return total
 
 
 def main():

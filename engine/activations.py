@@ -2,15 +2,18 @@
 
 Rows are the tokens of every sequence (engine.sequences: a BOS put in front of a causal LM's
 sequences, special tokens' positions no rows by default), in corpus order (sequence 0's tokens,
-then sequence 1's, ...); batches run in another order (by length, see _plan), which is kept beside
-the file (`<stem>_arrival.npy`) because a trainer overlapping extraction sees rows in that order.
+then sequence 1's, ...). Sequences run in fixed groups of consecutive ones (GROUP_BATCHES batches'
+worth), read from the corpus a group at a time (engine.packing.SequenceSource), so an extraction
+holds one group's token ids, never the corpus's; inside a group they are sorted by length and
+batches run in another order (see _schedule), which is kept beside the file (`<stem>_arrival.npy`)
+because a trainer overlapping extraction sees rows in that order.
 Only what the hook point needs runs: a hook copies the point's value (engine.hooks) and stops the
 forward there (resid_pre before block L runs, mlp_out and attn_out after that module).
 """
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,7 +26,12 @@ from engine.files import AtomicFile
 from engine.hooks import DEFAULT_HOOK_POINT, available_hook_points, check_hook_point
 from engine.loading import LoadedModel
 from engine.model_info import hidden_size, is_causal_lm, num_layers
+from engine.packing import SequenceSource
 from engine.sequences import Sequences, encode
+
+# Forward batches a group of sequences spans: the sequences an extraction holds at once. The
+# groups are engine.stream's, so a cache and a stream run the same batches.
+GROUP_BATCHES = 8
 
 @dataclass
 class ExtractionResult:
@@ -45,15 +53,15 @@ class ExtractionResult:
 
 @dataclass
 class _Plan:
-    """What an extraction will compute, known before the model runs: the token ids, which
-    positions are rows, where each sequence's rows go in the file, and the batches in the order
-    they run."""
+    """Batches of sequences held in memory (one group of an extraction, or of engine.stream): their
+    token ids, which positions are rows, where each sequence's rows go, and the batches in the
+    order they run (lists of positions in `ids`)."""
 
     ids: list
     keep: list  # per sequence, a bool array: the positions that are rows
     lengths: np.ndarray  # rows of each sequence
-    offsets: np.ndarray
-    batches: list  # lists of sequence numbers, in the order they run
+    offsets: np.ndarray  # the row each sequence's first row goes to
+    batches: list
     n_tokens: int
     d_model: int
     n_texts: int
@@ -61,46 +69,136 @@ class _Plan:
     prepend_bos: bool
     exclude_special_tokens: bool
 
+
+@dataclass
+class _Schedule:
+    """What an extraction will compute, known before the model runs from each sequence's lengths
+    alone: where each sequence's rows go in the file, and the order its batches run in. The token
+    ids are read again group by group as they run (`groups`)."""
+
+    chunks: Callable[[], Iterator[Sequences]]  # the sequences in corpus order, chunk after chunk, from the first
+    name: str  # the corpus, for messages
+    lengths: np.ndarray  # rows of each sequence (int64)
+    input_lengths: np.ndarray  # token positions the model computes for each sequence
+    offsets: np.ndarray
+    order: np.ndarray  # the sequences with rows, in the order they run
+    batch_starts: np.ndarray  # where each batch starts in `order`
+    group_sequences: int
+    group_batches: np.ndarray  # the first batch of each group, and the number of batches at the end
+    n_tokens: int
+    d_model: int
+    n_texts: int
+    hook_point: str
+    prepend_bos: bool
+    exclude_special_tokens: bool
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.batch_starts)
+
+    def batch_rows(self) -> np.ndarray:
+        """Rows of each batch, in the order they run."""
+        return np.add.reduceat(self.lengths[self.order], self.batch_starts)
+
     def arrival_rows(self) -> np.ndarray:
         """Row numbers in the order extraction writes them (batch after batch)."""
-        order = np.fromiter((i for batch in self.batches for i in batch), dtype=np.int64)
-        return concat_ranges(self.offsets[order], self.lengths[order])
+        return concat_ranges(self.offsets[self.order], self.lengths[self.order])
 
     def arrival_sequences(self) -> np.ndarray:
         """The batches' order as positions among the non-empty sequences (the sequence-starts file)."""
         position = np.cumsum(self.lengths > 0) - 1
-        return np.fromiter((position[i] for batch in self.batches for i in batch), dtype=np.int64)
+        return position[self.order].astype(np.int64)
+
+    def real_positions(self) -> int:
+        """Token positions of the sequences that run (special tokens' included)."""
+        return int(self.input_lengths[self.lengths > 0].sum())
+
+    def groups(self) -> Iterator[_Plan]:
+        """Each group's _Plan in turn, its sequences read from the corpus: only one group's token
+        ids (and the chunk being read) are held at once."""
+        ids, keep, first = [], [], 0
+        for chunk in self.chunks():
+            for seq, kept in zip(chunk.ids, chunk.keep):
+                ids.append(seq)
+                keep.append(kept)
+                if len(ids) == self.group_sequences or first + len(ids) == self.n_texts:
+                    group = first // self.group_sequences
+                    yield self._group(ids, keep, first, *self.group_batches[group : group + 2])
+                    first += len(ids)
+                    ids, keep = [], []
+                    if first == self.n_texts:
+                        return
+        raise EngineError(f"Corpus '{self.name}' ended early: it changed while the extraction read it")
+
+    def _group(self, ids, keep, first, batch_lo, batch_hi) -> _Plan:
+        lengths = np.array([int(k.sum()) for k in keep], dtype=np.int64)
+        if not np.array_equal(lengths, self.lengths[first : first + len(ids)]):
+            raise EngineError(f"Corpus '{self.name}' changed while the extraction read it: its sequences no longer "
+                              "give the rows they gave when it started")
+        bounds = np.append(self.batch_starts, len(self.order))[batch_lo : batch_hi + 1]
+        batches = [(self.order[lo:hi] - first).tolist() for lo, hi in zip(bounds[:-1], bounds[1:])]
+        return _Plan(ids=ids, keep=keep, lengths=lengths, offsets=self.offsets[first : first + len(ids)],
+                     batches=batches, n_tokens=int(lengths.sum()), d_model=self.d_model, n_texts=len(ids),
+                     hook_point=self.hook_point, prepend_bos=self.prepend_bos,
+                     exclude_special_tokens=self.exclude_special_tokens)
 
 
-def _plan(loaded: LoadedModel, texts, *, layer_number: int, batch_size: int, max_sequence_length: int, seed: int,
-          hook_point: str, prepend_bos: bool, exclude_special_tokens: bool) -> _Plan:
+def _schedule(loaded: LoadedModel, texts, *, layer_number: int, batch_size: int, max_sequence_length: int, seed: int,
+              hook_point: str, prepend_bos: bool, exclude_special_tokens: bool, n_rows: int | None = None,
+              lengths: tuple | None = None) -> _Schedule:
+    """`texts`: a SequenceSource (read group by group; `lengths`: its lengths(), when known), or the
+    sequences in memory (Sequences, or texts to encode). `n_rows`: only the first sequences giving
+    at least n_rows rows (all when None), as SequenceSource.read."""
     check_site(loaded, layer_number, hook_point)
     if batch_size < 1 or max_sequence_length < 1:
         raise EngineError("batch_size and max_sequence_length must be at least 1")
-    if isinstance(texts, Sequences):  # packed already (engine.packing)
-        sequences = texts
+    if isinstance(texts, SequenceSource):
+        source = texts
+        rows, input_lengths = lengths if lengths is not None else source.lengths()
+        chunks, name = source.chunks, source.path.name
+        prepend_bos, exclude_special_tokens = source.bos, source.exclude_special_tokens
     else:
-        sequences = encode(loaded.tokenizer, texts, max_sequence_length=max_sequence_length,
-                           causal=is_causal_lm(loaded.config), prepend_bos=prepend_bos,
-                           exclude_special_tokens=exclude_special_tokens)
-    lengths = sequences.rows
-    n_tokens = int(lengths.sum())
+        if isinstance(texts, Sequences):  # packed already (engine.packing)
+            sequences = texts
+        else:
+            sequences = encode(loaded.tokenizer, texts, max_sequence_length=max_sequence_length,
+                               causal=is_causal_lm(loaded.config), prepend_bos=prepend_bos,
+                               exclude_special_tokens=exclude_special_tokens)
+        rows, input_lengths = sequences.rows, sequences.input_lengths
+        chunks, name, prepend_bos = (lambda: iter([sequences])), "texts", sequences.prepend_bos
+    rows, input_lengths = np.asarray(rows, dtype=np.int64), np.asarray(input_lengths, dtype=np.int64)
+    if n_rows is not None:
+        keep = int(np.searchsorted(np.cumsum(rows), n_rows, side="left")) + 1
+        rows, input_lengths = rows[:keep], input_lengths[:keep]
+    n_tokens = int(rows.sum())
     if n_tokens == 0:
         raise EngineError("The corpus produced no tokens: give it some text")
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    # Sorting by length puts similar lengths in one batch, so little compute goes to padding. The
-    # longest batch runs first (a batch too large for memory fails at once); the others run in a
-    # seeded random order, so rows reach a trainer that starts before extraction ends (the first
-    # epoch of an overlapped run) as a mix of the whole corpus, not longest first. A sequence
-    # with no rows (nothing but special tokens) does not run.
-    input_lengths = sequences.input_lengths
-    order = [i for i in np.argsort(-input_lengths, kind="stable") if lengths[i] > 0]
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    rest = np.random.default_rng(seed).permutation(len(batches) - 1) + 1
-    batches = [batches[0]] + [batches[i] for i in rest]
-    return _Plan(ids=sequences.ids, keep=sequences.keep, lengths=lengths, offsets=offsets, batches=batches,
-                 n_tokens=n_tokens, d_model=hidden_size(loaded.config), n_texts=len(sequences.ids), hook_point=hook_point,
-                 prepend_bos=sequences.prepend_bos, exclude_special_tokens=exclude_special_tokens)
+    offsets = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
+    group_sequences = batch_size * GROUP_BATCHES
+    # Inside a group, sorting by length puts similar lengths in one batch, so little compute goes
+    # to padding. A group's longest batch runs first (a batch too large for memory fails before
+    # the group's others ran); its others run in a seeded random order, so rows reach a trainer
+    # that starts before extraction ends (the first epoch of an overlapped run) mixed across the
+    # group, not longest first. A sequence with no rows (nothing but special tokens) does not run.
+    rng = np.random.default_rng(seed)
+    order, batch_sizes, group_batches = [], [], [0]
+    for first in range(0, len(rows), group_sequences):
+        group = slice(first, first + group_sequences)
+        ranked = first + np.argsort(-input_lengths[group], kind="stable")
+        ranked = ranked[rows[ranked] > 0]
+        batches = [ranked[i : i + batch_size] for i in range(0, len(ranked), batch_size)]
+        if batches:
+            for i in [0, *(rng.permutation(len(batches) - 1) + 1)]:
+                order.append(batches[i])
+                batch_sizes.append(len(batches[i]))
+        group_batches.append(len(batch_sizes))
+    batch_starts = np.concatenate([[0], np.cumsum(batch_sizes)[:-1]]).astype(np.int64)
+    return _Schedule(chunks=chunks, name=name, lengths=rows, input_lengths=input_lengths, offsets=offsets,
+                     order=np.concatenate(order).astype(np.int64), batch_starts=batch_starts,
+                     group_sequences=group_sequences, group_batches=np.asarray(group_batches, dtype=np.int64),
+                     n_tokens=n_tokens, d_model=hidden_size(loaded.config),
+                     n_texts=len(rows), hook_point=hook_point, prepend_bos=prepend_bos,
+                     exclude_special_tokens=exclude_special_tokens)
 
 
 def check_site(loaded: LoadedModel, layer_number: int, hook_point: str) -> None:
@@ -127,7 +225,8 @@ class SitesExtraction:
 def extract_sites(loaded: LoadedModel, texts, *, sites: dict, batch_size: int, max_sequence_length: int,
                   on_progress: Callable[[int, int, int], None] | None = None,
                   should_stop: Callable[[], bool] | None = None, seed: int = 0, prepend_bos: bool = True,
-                  exclude_special_tokens: bool = True) -> SitesExtraction:
+                  exclude_special_tokens: bool = True, n_rows: int | None = None,
+                  lengths: tuple | None = None) -> SitesExtraction:
     """extract_activations at several sites from the same forward passes: `sites` maps
     (layer_number, hook_point) to the file its rows go to. Each batch runs through the model once
     and stops after the deepest site; every file is what extract_activations would write for its
@@ -138,25 +237,29 @@ def extract_sites(loaded: LoadedModel, texts, *, sites: dict, batch_size: int, m
     (first_layer, first_point), *_ = sites
     for layer_number, hook_point in sites:
         check_site(loaded, layer_number, hook_point)
-    plan = _plan(loaded, texts, layer_number=first_layer, batch_size=batch_size, max_sequence_length=max_sequence_length,
-                 seed=seed, hook_point=first_point, prepend_bos=prepend_bos, exclude_special_tokens=exclude_special_tokens)
-    opened = {site: _open_partial(Path(path), plan) for site, path in sites.items()}
+    schedule = _schedule(loaded, texts, layer_number=first_layer, batch_size=batch_size,
+                         max_sequence_length=max_sequence_length, seed=seed, hook_point=first_point,
+                         prepend_bos=prepend_bos, exclude_special_tokens=exclude_special_tokens, n_rows=n_rows,
+                         lengths=lengths)
+    outputs = {}
     try:
-        positions, forwards = capture_batches(loaded, plan, [(layer, point, opened[(layer, point)][0]) for layer, point in sites],
-                                              on_progress=on_progress, should_stop=should_stop)
-        results = {site: _finish(replace(plan, hook_point=site[1]), rows, file, loaded, started, positions)
-                   for site, (rows, file) in opened.items()}
+        for site, path in sites.items():
+            outputs[site] = _Output(Path(path), schedule)
+        positions, forwards = _extract(loaded, schedule, [(layer, point, outputs[(layer, point)]) for layer, point in sites],
+                                       on_progress=on_progress, should_stop=should_stop)
+        results = {site: _finish(replace(schedule, hook_point=site[1]), output, loaded, started, positions)
+                   for site, output in outputs.items()}
     except BaseException:
-        for _, file in opened.values():
-            file.discard()
+        for output in outputs.values():
+            output.discard()
         raise
-    return SitesExtraction(results=results, forward_batches=forwards, n_tokens=plan.n_tokens,
+    return SitesExtraction(results=results, forward_batches=forwards, n_tokens=schedule.n_tokens,
                            seconds=time.monotonic() - started)
 
 
 def extract_activations(
     loaded: LoadedModel,
-    texts: list[str],
+    texts,
     *,
     layer_number: int,
     batch_size: int,
@@ -168,22 +271,27 @@ def extract_activations(
     hook_point: str = DEFAULT_HOOK_POINT,
     prepend_bos: bool = True,
     exclude_special_tokens: bool = True,
+    n_rows: int | None = None,
+    lengths: tuple | None = None,
 ) -> ExtractionResult:
     """Extract every row to out_path, then return. See ExtractionStream for the same work in a
-    background thread while a trainer consumes the rows. hook_point: engine.hooks; prepend_bos
-    and exclude_special_tokens: engine.sequences."""
+    background thread while a trainer consumes the rows. `texts`: a list of texts, their
+    Sequences, or a SequenceSource, read a group at a time (its prepend_bos and
+    exclude_special_tokens are then its own; `lengths`: its lengths(), which saves a tokenizing
+    pass; `n_rows`: the first sequences giving at least that many rows). hook_point: engine.hooks;
+    prepend_bos and exclude_special_tokens: engine.sequences."""
     started = time.monotonic()
-    plan = _plan(loaded, texts, layer_number=layer_number, batch_size=batch_size,
-                 max_sequence_length=max_sequence_length, seed=seed, hook_point=hook_point,
-                 prepend_bos=prepend_bos, exclude_special_tokens=exclude_special_tokens)
-    out_path = Path(out_path)
-    rows, file = _open_partial(out_path, plan)
+    schedule = _schedule(loaded, texts, layer_number=layer_number, batch_size=batch_size,
+                         max_sequence_length=max_sequence_length, seed=seed, hook_point=hook_point,
+                         prepend_bos=prepend_bos, exclude_special_tokens=exclude_special_tokens, n_rows=n_rows,
+                         lengths=lengths)
+    output = _Output(Path(out_path), schedule)
     try:
-        positions = _run_batches(loaded, plan, rows, layer_number=layer_number, on_progress=on_progress,
-                                 should_stop=should_stop)
-        return _finish(plan, rows, file, loaded, started, positions)
+        positions, _ = _extract(loaded, schedule, [(layer_number, hook_point, output)], on_progress=on_progress,
+                                should_stop=should_stop)
+        return _finish(schedule, output, loaded, started, positions)
     except BaseException:
-        file.discard()
+        output.discard()
         raise
 
 
@@ -197,25 +305,28 @@ class ExtractionStream:
     producer's, so a caller's callbacks may use thread-bound resources such as a database connection.
     """
 
-    def __init__(self, loaded: LoadedModel, texts: list[str], *, layer_number: int, batch_size: int,
+    def __init__(self, loaded: LoadedModel, texts, *, layer_number: int, batch_size: int,
                  max_sequence_length: int, out_path: Path,
                  on_progress: Callable[[int, int, int], None] | None = None,
                  on_done: Callable[[ExtractionResult], None] | None = None, seed: int = 0,
-                 hook_point: str = DEFAULT_HOOK_POINT, prepend_bos: bool = True, exclude_special_tokens: bool = True):
+                 hook_point: str = DEFAULT_HOOK_POINT, prepend_bos: bool = True, exclude_special_tokens: bool = True,
+                 n_rows: int | None = None, lengths: tuple | None = None):
         """`on_done(result)`: once, in the consumer's thread, when the finished file is in place
-        (a caller records where the cache is, so a crash later in training need not redo it)."""
+        (a caller records where the cache is, so a crash later in training need not redo it).
+        `texts`, `n_rows` and `lengths`: extract_activations'."""
         import threading
 
         self._started = time.monotonic()
-        self._plan = _plan(loaded, texts, layer_number=layer_number, batch_size=batch_size,
-                           max_sequence_length=max_sequence_length, seed=seed, hook_point=hook_point,
-                           prepend_bos=prepend_bos, exclude_special_tokens=exclude_special_tokens)
+        self._schedule = _schedule(loaded, texts, layer_number=layer_number, batch_size=batch_size,
+                                   max_sequence_length=max_sequence_length, seed=seed, hook_point=hook_point,
+                                   prepend_bos=prepend_bos, exclude_special_tokens=exclude_special_tokens,
+                                   n_rows=n_rows, lengths=lengths)
         self.out_path = Path(out_path)
-        self.array, self._file = _open_partial(self.out_path, self._plan)
+        self._output = _Output(self.out_path, self._schedule)
+        self.array = self._output.rows
         self.shape = self.array.shape
-        self.arrival = self._plan.arrival_rows()
-        ends = np.cumsum([int(self._plan.lengths[batch].sum()) for batch in self._plan.batches])
-        self._batch_ends = ends
+        self.arrival = self._schedule.arrival_rows()
+        self._batch_ends = np.cumsum(self._schedule.batch_rows())
         self._on_progress = on_progress
         self._on_done = on_done
         self._done_delivered = False
@@ -243,14 +354,14 @@ class ExtractionStream:
 
         try:
             with _side_stream(loaded.device):
-                positions = _run_batches(loaded, self._plan, self.array, layer_number=layer_number,
-                                         on_progress=on_progress, should_stop=self._stop.is_set)
-            result = _finish(self._plan, self.array, self._file, loaded, self._started, positions, overlapped=True)
+                positions, _ = _extract(loaded, self._schedule, [(layer_number, self._schedule.hook_point, self._output)],
+                                        on_progress=on_progress, should_stop=self._stop.is_set)
+            result = _finish(self._schedule, self._output, loaded, self._started, positions, overlapped=True)
             with self._lock:
                 self._result = result
                 self._lock.notify_all()
         except BaseException as err:  # handed to the consumer, which re-raises it
-            self._file.discard()
+            self._output.discard()
             with self._lock:
                 self._error = err
                 self._lock.notify_all()
@@ -315,12 +426,50 @@ def _side_stream(device):
     return torch.cuda.stream(torch.cuda.Stream(device=torch.device(device)))
 
 
-def _open_partial(out_path: Path, plan: _Plan):
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # Written under a temporary name and renamed at the end, so a file at out_path is always complete.
-    file = AtomicFile(out_path)
-    rows = np.lib.format.open_memmap(file.partial, mode="w+", dtype=np.float16, shape=(plan.n_tokens, plan.d_model))
-    return rows, file
+class _Output:
+    """One site's files while the extraction writes them: the rows and the token id of each row,
+    under temporary names until _finish renames them, so a file at out_path is always complete."""
+
+    def __init__(self, out_path: Path, schedule: _Schedule):
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = AtomicFile(out_path)
+        self.tokens_file = AtomicFile(token_index_paths(out_path)[0])
+        self.rows = np.lib.format.open_memmap(self.file.partial, mode="w+", dtype=np.float16,
+                                              shape=(schedule.n_tokens, schedule.d_model))
+        self.tokens = np.lib.format.open_memmap(self.tokens_file.partial, mode="w+", dtype=np.int32,
+                                                shape=(schedule.n_tokens,))
+
+    def discard(self) -> None:
+        self.file.discard()
+        self.tokens_file.discard()
+
+
+def _extract(loaded, schedule: _Schedule, sites, *, on_progress, should_stop) -> tuple[int, int]:
+    """Run the schedule's batches a group at a time, writing every site's rows and token ids at
+    their rows: `sites` is a list of (layer_number, hook_point, _Output). (token positions
+    computed, padding included; forward passes run)."""
+    positions = forwards = sequences_done = tokens_done = 0
+
+    def progress(done, _, tokens):
+        on_progress(sequences_done + done, schedule.n_texts, tokens_done + tokens)
+
+    for plan in schedule.groups():
+        computed, ran = capture_batches(loaded, plan, [(layer, point, output.rows) for layer, point, output in sites],
+                                        on_progress=None if on_progress is None else progress, should_stop=should_stop)
+        positions, forwards = positions + computed, forwards + ran
+        tokens = _row_tokens(plan)
+        for _, _, output in sites:
+            output.tokens[plan.offsets[0] : plan.offsets[0] + plan.n_tokens] = tokens
+        sequences_done += int((plan.lengths > 0).sum())
+        tokens_done += plan.n_tokens
+        del plan, tokens  # this group's token ids go before the next group is read
+    return positions, forwards
+
+
+def _row_tokens(plan: _Plan) -> np.ndarray:
+    """The token id of each of the plan's rows, in row order (int32)."""
+    return np.fromiter((t for seq, keep in zip(plan.ids, plan.keep) for t, kept in zip(seq, keep) if kept),
+                       dtype=np.int32, count=plan.n_tokens)
 
 
 def _run_batches(loaded, plan: _Plan, rows, *, layer_number, on_progress, should_stop) -> int:
@@ -331,37 +480,32 @@ def _run_batches(loaded, plan: _Plan, rows, *, layer_number, on_progress, should
     return positions
 
 
-def _finish(plan: _Plan, rows, file: AtomicFile, loaded, started: float, positions_computed: int,
+def _finish(schedule: _Schedule, output: _Output, loaded, started: float, positions_computed: int,
             *, overlapped: bool = False) -> ExtractionResult:
-    out_path = file.path
-    rows.flush()
+    out_path = output.file.path
+    output.rows.flush()
+    output.tokens.flush()
     # The token index and the batch order first: a complete activations file always has them beside it.
     tokens_path, starts_path = token_index_paths(out_path)
-    real = plan.lengths > 0
-    np.save(tokens_path, np.fromiter((t for seq, keep in zip(plan.ids, plan.keep) for t, kept in zip(seq, keep) if kept),
-                                     dtype=np.int32, count=plan.n_tokens))
-    np.save(starts_path, plan.offsets[real].astype(np.int64))
-    np.save(arrival_path(out_path), plan.arrival_sequences())
-    file.commit()
+    output.tokens_file.commit()
+    np.save(starts_path, schedule.offsets[schedule.lengths > 0].astype(np.int64))
+    np.save(arrival_path(out_path), schedule.arrival_sequences())
+    output.file.commit()
     seconds = time.monotonic() - started
     return ExtractionResult(
         path=out_path,
-        n_tokens=plan.n_tokens,
-        d_model=plan.d_model,
-        n_sequences=plan.n_texts,
+        n_tokens=schedule.n_tokens,
+        d_model=schedule.d_model,
+        n_sequences=schedule.n_texts,
         seconds=seconds,
-        tokens_per_s=plan.n_tokens / seconds if seconds > 0 else math.inf,
+        tokens_per_s=schedule.n_tokens / seconds if seconds > 0 else math.inf,
         # The model computed special tokens' positions too: they are real tokens, not padding.
-        real_token_share=_real_positions(plan) / positions_computed if positions_computed else 1.0,
+        real_token_share=schedule.real_positions() / positions_computed if positions_computed else 1.0,
         dtype=str(loaded.dtype).removeprefix("torch."),
         tokens_path=tokens_path,
         sequence_starts_path=starts_path,
         overlapped=overlapped,
-        hook_point=plan.hook_point,
-        prepend_bos=plan.prepend_bos,
-        exclude_special_tokens=plan.exclude_special_tokens,
+        hook_point=schedule.hook_point,
+        prepend_bos=schedule.prepend_bos,
+        exclude_special_tokens=schedule.exclude_special_tokens,
     )
-
-
-def _real_positions(plan: _Plan) -> int:
-    return sum(len(plan.ids[i]) for batch in plan.batches for i in batch)

@@ -132,19 +132,24 @@ class SequenceSource:
                 "tokenizer": [type(tokenizer).__name__, len(tokenizer), sorted(getattr(tokenizer, "all_special_ids", []))]}
 
     def rows_per_sequence(self, max_rows: int | None = None) -> np.ndarray:
-        """Rows of every sequence (int32), one tokenizing pass over the corpus (the model does not
-        run); with `max_rows`, of the first sequences only, up to the chunk where they reach it (a
-        run that reads no further need not tokenize a larger corpus to its end)."""
-        parts, total = [], 0
+        """Rows of every sequence (int32), one tokenizing pass over the corpus (the model does not run)."""
+        return self.lengths(max_rows)[0]
+
+    def lengths(self, max_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, input length) of every sequence (int32 each), one tokenizing pass over the corpus
+        (the model does not run): what an extraction plans its file and batches from. With
+        `max_rows`, of the first sequences only, up to the chunk where they reach it (a run that
+        reads no further need not tokenize a larger corpus to its end)."""
+        rows, inputs, total = [], [], 0
         for chunk in self.chunks():
-            parts.append(chunk.rows.astype(np.int32))
-            total += int(parts[-1].sum())
+            rows.append(chunk.rows.astype(np.int32))
+            inputs.append(chunk.input_lengths.astype(np.int32))
+            total += int(rows[-1].sum())
             if max_rows is not None and total >= max_rows:
                 break
-        rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-        if not rows.any():
+        if not rows or not any(part.any() for part in rows):
             raise CorpusError(self._no_rows_message())
-        return rows
+        return np.concatenate(rows), np.concatenate(inputs)
 
     def read(self, n_rows: int | None = None) -> Sequences:
         """The sequences in memory, the first ones giving n_rows rows (all when None)."""

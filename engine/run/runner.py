@@ -61,7 +61,7 @@ class _Run:
         self.phase = LOADING
         self.model = None  # the ResolvedModel
         self.model_info = spec.model_info
-        self.loaded = self.sequences = self.extraction = None
+        self.loaded = self.extraction = None
         self.shared_model = loaded
         self.source = self.stream = self.disk = None  # the corpus as sequences; the rows when streamed; engine.disk's plan
         self.transcoder = sources.is_transcoder(spec)
@@ -119,16 +119,16 @@ class _Run:
         self.loaded = self.shared_model or load_spec_model(spec, self.model)
         self.source = sources.sequence_source(spec, self.loaded)
         if cache is not None:
-            # The sequences the cache holds: the held-out ones are measured by next-token loss.
-            activations = load_activations(cache)
-            self.sequences = self.source.read(int(activations.shape[0]))
-            return activations, cache, None
+            return load_activations(cache), cache, None
         # A resume takes its batches as its checkpoint's run did: streamed, or from a cache made again.
         resumed = spec.resume_from is not None
         streamed = resumed and sources.checkpoint_streamed(spec.resume_from)
         # What one pass over the corpus gives: a streamed checkpoint keeps it, else the tokenizer's pass.
         saved = sources.saved_rows(spec, self.source) if streamed else None
-        rows, corpus_rows = saved or (self.source.rows_per_sequence(max_rows=sources.rows_needed(spec)), None)
+        # A cache plans its file and batches from every sequence's lengths, taken in the same pass
+        # (as far as the budget reads).
+        lengths = None if saved else self.source.lengths(max_rows=sources.rows_needed(spec))
+        rows, corpus_rows = saved or (lengths[0], None)
         corpus_rows = int(rows.sum()) if corpus_rows is None else corpus_rows
         mode = "never" if streamed else "always" if resumed or not self.may_overlap else spec.cache_activations
         self.disk = sources.disk_plan(spec, self.loaded, corpus_rows, mode=mode, sequences=len(rows))
@@ -137,14 +137,16 @@ class _Run:
                                            batch_size=spec.batch_size, hook_point=spec.hook_point,
                                            n_rows=sources.rows_to_read(spec, corpus_rows), corpus_rows=corpus_rows)
             return self.stream, None, None
-        self.sequences = self.source.read(sources.rows_to_read(spec, corpus_rows))
+        # The corpus is read a group of sequences at a time as the model runs (engine.activations).
+        reading = dict(n_rows=sources.rows_to_read(spec, corpus_rows), lengths=lengths)
         result = None
         self._enter(EXTRACTING, device=spec.device)
         if spec.first_epoch_in_arrival_order and spec.resume_from is None and self.may_overlap:
-            result, path = self._extract_and_train()
+            result, path = self._extract_and_train(reading)
         else:
-            self.extraction = extract_activations(self.loaded, self.sequences, on_progress=self.callbacks.on_extraction_progress,
-                                                  should_stop=self.callbacks.should_stop, **self._extract_options())
+            self.extraction = extract_activations(self.loaded, self.source, on_progress=self.callbacks.on_extraction_progress,
+                                                  should_stop=self.callbacks.should_stop, **reading,
+                                                  **self._extract_options())
             path = self.extraction.path
             self._call("on_cache_complete", self.extraction)
         if not causal:
@@ -160,11 +162,12 @@ class _Run:
         sites = sources.transcoder_sites(spec)
         self.loaded = self.shared_model or load_spec_model(spec, self.model)
         self.source = sources.sequence_source(spec, self.loaded)
-        rows = self.source.rows_per_sequence()
-        self.disk = sources.disk_plan(spec, self.loaded, int(rows.sum()), mode="always")
-        self.sequences = self.source.read(sources.rows_to_read(spec, int(rows.sum())))
+        lengths = self.source.lengths()
+        corpus_rows = int(lengths[0].sum())
+        self.disk = sources.disk_plan(spec, self.loaded, corpus_rows, mode="always")
         self._enter(EXTRACTING, device=spec.device)
-        extraction = extract_sites(self.loaded, self.sequences, sites=sites, batch_size=spec.batch_size,
+        extraction = extract_sites(self.loaded, self.source, n_rows=sources.rows_to_read(spec, corpus_rows),
+                                   lengths=lengths, sites=sites, batch_size=spec.batch_size,
                                    max_sequence_length=spec.max_sequence_length, seed=spec.config.seed,
                                    on_progress=self.callbacks.on_extraction_progress, should_stop=self.callbacks.should_stop,
                                    prepend_bos=spec.prepend_bos, exclude_special_tokens=spec.exclude_special_tokens)
@@ -191,13 +194,13 @@ class _Run:
                     out_path=spec.paths.activations, seed=spec.config.seed, hook_point=spec.hook_point,
                     prepend_bos=spec.prepend_bos, exclude_special_tokens=spec.exclude_special_tokens)
 
-    def _extract_and_train(self):
+    def _extract_and_train(self, reading: dict):
         """Extraction in a background thread, training on its rows as they arrive: (the training
         result, the finished file or where it would have been)."""
         stream = ExtractionStream(
-            self.loaded, self.sequences, on_progress=self.callbacks.on_extraction_progress,
+            self.loaded, self.source, on_progress=self.callbacks.on_extraction_progress,
             # Told as soon as the cache is complete: a run killed in a later epoch can reuse it.
-            on_done=self.callbacks.on_cache_complete, **self._extract_options(),
+            on_done=self.callbacks.on_cache_complete, **reading, **self._extract_options(),
         )
         try:
             self._enter(TRAINING, overlapped=True, resume_from=None)

@@ -125,8 +125,8 @@ def _extract(spec: SweepSpec, callbacks: SweepCallbacks, loaded, outcome: SweepO
 
         first = members[0]
         source = sources.sequence_source(first, loaded)
-        rows = source.rows_per_sequence()
-        texts = source.read(sources.rows_to_read(first, int(rows.sum())))
+        lengths = source.lengths()
+        n_rows = sources.rows_to_read(first, int(lengths[0].sum()))
         extracting = [i for i in waiting if site_of(members[i]) in todo]
         for i in extracting:
             _call(member_callbacks[i].on_phase, EXTRACTING, device=first.device)
@@ -140,7 +140,8 @@ def _extract(spec: SweepSpec, callbacks: SweepCallbacks, loaded, outcome: SweepO
             return all(_call(member_callbacks[i].should_stop) for i in extracting)
 
         try:
-            extraction = extract_sites(loaded, texts, sites=todo, batch_size=first.batch_size,
+            extraction = extract_sites(loaded, source, n_rows=n_rows, lengths=lengths, sites=todo,
+                                       batch_size=first.batch_size,
                                        max_sequence_length=first.max_sequence_length, on_progress=on_progress,
                                        should_stop=should_stop, seed=first.config.seed, prepend_bos=first.prepend_bos,
                                        exclude_special_tokens=first.exclude_special_tokens)

@@ -156,7 +156,7 @@ def test_a_cancel_while_waiting_for_rows_stops_training_and_extraction(gpt2, sam
         train_sae(stream, config(shuffle_buffer_tokens=100_000, stop_check_interval_s=0.05), should_stop=cancel.is_set)
     assert time.monotonic() - started < 3
     stream.close()
-    assert slow.forwards < len(stream._plan.batches)
+    assert slow.forwards < stream._schedule.n_batches
     assert list(tmp_path.glob("c.npy*")) == []
 
 
