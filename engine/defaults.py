@@ -32,7 +32,9 @@ class EvalDefaults:
     logits alive at once (engine.lm_eval)."""
 
     max_rows: int = 100_000
-    ce_max_tokens: int = 20_000
+    # Each costs about three forwards of the whole model with its LM head (clean, spliced, ablated):
+    # 4,096 keep a one-pass run of 10^6 tokens above 85% training (bench/real_sizes.py).
+    ce_max_tokens: int = 4_096
     logits_bytes: int = 256 * 2**20
     # The feature analysis after training reads the pass's last this many rows.
     analysis_tokens: int = 100_000

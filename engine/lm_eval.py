@@ -135,21 +135,30 @@ def ce_loss_evaluation(
                     hidden[name] = head.hidden_states(input_ids, mask)[:, :-1][predicted]
                 for lo in range(0, len(targets), chunk):
                     rows, wanted = slice(lo, lo + chunk), targets[lo : lo + chunk, None]
-                    # clean first: the spliced distributions are compared with it
-                    clean = torch.log_softmax(head.logits(hidden["clean"][rows]), dim=-1)
-                    totals["clean"] += float(-clean.gather(1, wanted).double().sum())
-                    for name in kl_totals:
-                        log_probs = torch.log_softmax(head.logits(hidden[name][rows]), dim=-1)
-                        totals[name] += float(-log_probs.gather(1, wanted).double().sum())
-                        kl = torch.nn.functional.kl_div(log_probs, clean, log_target=True, reduction="none")
-                        kl_totals[name] += float(kl.sum(dim=-1).double().sum())
-                        del log_probs, kl
-                    del clean
+                    _measure_chunk({name: h[rows] for name, h in hidden.items()}, wanted, head, totals, kl_totals)
     finally:
         for handle in handles:
             handle.remove()
 
     return {**_summary(totals, n_predicted, layer_number), **_kl_summary(kl_totals, n_predicted, layer_number)}
+
+
+def _measure_chunk(hidden: dict, wanted, head: "_Head", totals: dict, kl_totals: dict) -> None:
+    """Adds one chunk of predictions' losses and KLs to the totals. KL(clean || spliced) is
+    sum p_clean (log p_clean - log p_spliced), the difference taken in place and summed against
+    p_clean by a matrix product: no tensor of terms beside the log-probabilities."""
+    import torch
+
+    # clean first: the spliced distributions are compared with it
+    clean = torch.log_softmax(head.logits(hidden["clean"]), dim=-1)
+    totals["clean"] += float(-clean.gather(1, wanted).double().sum())
+    probs = clean.exp()
+    for name in kl_totals:
+        log_probs = torch.log_softmax(head.logits(hidden[name]), dim=-1)
+        totals[name] += float(-log_probs.gather(1, wanted).double().sum())
+        difference = log_probs.neg_().add_(clean)  # log p_clean - log p_spliced, in place
+        kl_totals[name] += float(torch.bmm(probs[:, None, :], difference[:, :, None]).double().sum())
+        del log_probs, difference
 
 
 class _Head:

@@ -61,6 +61,9 @@ class ActivationStream:
         # rows after training, the held-out sequences) seeks to the nearest one before it instead
         # of tokenizing the corpus from its start; at most _KNOWN_POSITIONS, thinned evenly.
         self._known: dict[int, Position] = {}
+        # The rows from _kept_from to the pass's end, kept as they are computed (keep_from).
+        self._kept_from: int | None = None
+        self._kept = self._kept_tokens = self._kept_filled = None
 
     def sequence_starts(self) -> np.ndarray:
         """The first row of every sequence with rows (int64), as engine.cache keeps them."""
@@ -100,6 +103,7 @@ class ActivationStream:
                     row = int(self.ends[first_sequence - 1]) if first_sequence else 0
                     rows, tokens = self._forward(pending, first_sequence, should_stop)
                     self._remember(first_sequence, group_at)
+                    self._keep(row, rows, tokens)
                     if on_group is not None:
                         on_group(first_sequence, group_at)
                     pending = []
@@ -131,6 +135,46 @@ class ActivationStream:
             if index >= last:
                 break
         return concatenate(parts), int(self.ends[first - 1]) if first else 0
+
+    @property
+    def kept_from(self) -> int | None:
+        """The first row keep_from keeps (None: none kept)."""
+        return self._kept_from
+
+    def keep_from(self, row: int) -> None:
+        """Keep the rows from `row` to the pass's end, with their tokens, whenever a read computes
+        them (the last blocks of training, say): kept_rows then computes only the rest. They take
+        (n_rows - row) x (d_model x 2 + 4) bytes from the first one computed."""
+        self._kept_from = max(0, min(int(row), self.n_rows))
+        self._kept = self._kept_tokens = self._kept_filled = None
+
+    def kept_rows(self, *, should_stop=None) -> tuple[np.ndarray, np.ndarray]:
+        """(rows [kept_from, n_rows) float16, their token ids): the ones computed already, the
+        others computed now, from the first missing one (keep_from first)."""
+        if self._kept_from is None:
+            raise EngineError("kept_rows needs keep_from first")
+        missing = (np.flatnonzero(~self._kept_filled) if self._kept is not None
+                   else np.arange(self.n_rows - self._kept_from))
+        if len(missing):
+            for _ in self.pieces(self._kept_from + int(missing[0]), self.n_rows, should_stop=should_stop):
+                pass
+        return self._kept, self._kept_tokens
+
+    def _keep(self, row: int, rows: np.ndarray, tokens: np.ndarray) -> None:
+        if self._kept_from is None:
+            return
+        first = self._kept_from
+        lo, hi = max(row, first), min(row + len(rows), self.n_rows)
+        if lo >= hi:
+            return
+        if self._kept is None:
+            n = self.n_rows - first
+            self._kept = np.empty((n, self.d_model), dtype=np.float16)
+            self._kept_tokens = np.empty(n, dtype=np.int32)
+            self._kept_filled = np.zeros(n, dtype=bool)
+        self._kept[lo - first : hi - first] = rows[lo - row : hi - row]
+        self._kept_tokens[lo - first : hi - first] = tokens[lo - row : hi - row]
+        self._kept_filled[lo - first : hi - first] = True
 
     def _remember(self, first_sequence: int, position: Position) -> None:
         self._known[first_sequence] = position

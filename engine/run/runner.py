@@ -13,7 +13,7 @@ from engine.resolve import ResolvedModel
 from engine.run import records, sources
 from engine.run.analysis import analyze
 from engine.run.evaluation import evaluate
-from engine.run.final_rows import final_rows
+from engine.run.final_rows import final_rows, keep_final_rows
 from engine.run.spec import ANALYZING, EVALUATING, EXTRACTING, LOADING, TRAINING, RunCallbacks, RunOutcome, RunSpec
 from engine.run.training import TrainFunction, TrainStep, train_in_process
 from engine.stream import ActivationStream
@@ -136,6 +136,7 @@ class _Run:
             self.stream = ActivationStream(self.loaded, self.source, rows, layer_number=spec.layer_number,
                                            batch_size=spec.batch_size, hook_point=spec.hook_point,
                                            n_rows=sources.rows_to_read(spec, corpus_rows), corpus_rows=corpus_rows)
+            keep_final_rows(spec, self.stream)
             return self.stream, None, None
         # The corpus is read a group of sequences at a time as the model runs (engine.activations).
         reading = dict(n_rows=sources.rows_to_read(spec, corpus_rows), lengths=lengths)

@@ -61,9 +61,12 @@ def test_a_streamed_run_computes_the_rows_it_reads_after_training_once(tmp_path,
     evaluation, features = outcome.evaluation, outcome.features
     assert evaluation["eval_tokens"] == 50 and f"the last 50 of {heldout:,}" in evaluation["eval_tokens_reason"]
     assert features["analyzed_tokens"] == 120 and f"the last 120 of the run's {n_rows:,}" in features["analyzed_tokens_reason"]
-    # Groups of 8 x 8 sequences: the 120 rows and the group they start in, in the evaluating phase only.
-    assert 120 <= forwards["rows"]["evaluating"] < 120 + 64 * 16
+    # Training kept the rows it computed of those 120; after it the model computes only the held-out
+    # rows its last group did not reach, and no row twice but the first block's group (read for the
+    # input scale, then again by the blocks; groups of 8 x 8 sequences of up to 16 tokens).
+    assert 0 < forwards["rows"]["evaluating"] <= heldout
     assert "analyzing" not in forwards["rows"]
+    assert sum(forwards["rows"].values()) <= n_rows + 64 * 16
     assert 0 < evaluation["ce_eval_tokens"] <= 40 + 16
 
 
@@ -146,3 +149,22 @@ def test_a_budgeted_run_never_tokenizes_the_corpus_past_what_it_reads(tmp_path, 
     # reads that follow start at the corpus's start or a group of 64 sequences (the whole budget here).
     assert when["training"] <= 40 + 8
     assert counting[-1].texts <= 5 * (40 + 8) < len(texts)
+
+
+def test_the_rows_a_stream_keeps_are_the_rows_it_would_compute_again(tmp_path, tiny_gpt2_dir, corpus):
+    from engine.loading import load_model
+    from engine.packing import SequenceSource
+    from engine.resolve import resolve_model
+    from engine.stream import ActivationStream
+
+    loaded = load_model(resolve_model(str(tiny_gpt2_dir), models_dir=None), device="cpu")
+    source = SequenceSource(corpus, loaded.tokenizer, max_sequence_length=16, causal=True, prepend_bos=True,
+                            exclude_special_tokens=True)
+    stream = ActivationStream(loaded, source, source.rows_per_sequence(), layer_number=1, batch_size=2)
+    n = stream.n_rows
+    stream.keep_from(n - 150)
+    stream.reader(0, n - 100).read(0, n - 100)  # training's reads: the kept rows they reach are kept
+    rows, tokens = stream.kept_rows()
+    fresh = ActivationStream(loaded, source, source.rows_per_sequence(), layer_number=1, batch_size=2)
+    expected, expected_tokens = fresh.reader(n - 150, n).read_with_tokens(n - 150, n)
+    assert np.array_equal(rows, expected) and np.array_equal(tokens, expected_tokens)
