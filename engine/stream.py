@@ -57,6 +57,7 @@ class ActivationStream:
         self.shape = (self.n_rows, self.d_model)
         self.group_sequences = batch_size * _GROUP_BATCHES
         self.error: BaseException | None = None  # what last stopped the model's forward
+        self.forward_batches = 0  # the model's forward passes this stream ran
         self._rows_kept = None
         # The Position of groups computed so far (first sequence: Position), so a later read (the
         # rows after training, the held-out sequences) seeks to the nearest one before it instead
@@ -239,6 +240,7 @@ class ActivationStream:
                      d_model=self.d_model, n_texts=len(ids), hook_point=self.hook_point, prepend_bos=False,
                      exclude_special_tokens=False)
         rows = {site: np.empty((n, self.d_model), dtype=np.float16) for site in (sites or [None])}
+        self.forward_batches += len(batches)
         if n:
             try:
                 if sites is None:
