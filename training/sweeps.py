@@ -78,6 +78,10 @@ def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_loca
     # A caching sweep's members read their site's cache, which the sweep writes once for all of them;
     # a streaming sweep's keep the sweep's mode (the engine decides again from the corpus's exact rows).
     member_cache = base.cache_activations if plans["sweep"]["streams"] else "always"
+    if plans["sweep"]["streams"]:
+        # Its members train at once (each member's check counted its own SAE beside the model).
+        verdict = _memory_together(base, [columns for columns, _ in rows], described)
+        rows = [({**columns, "memory_check": verdict}, overrides) for columns, overrides in rows]
     quotas.check_storage(owner, planned_bytes=plans["sweep"]["needed_bytes"])
     with transaction.atomic():
         services.owner_lock(owner)
@@ -94,6 +98,20 @@ def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_loca
         if enqueue:
             transaction.on_commit(lambda: services.sweep_enqueue(sweep.id))
     return sweep
+
+
+def _memory_together(base, members: list[dict], described) -> str:
+    """The memory verdict of a streaming sweep: the model and every member's SAE training at once."""
+    first = members[0]
+    try:
+        return modelcheck.memory_verdict(
+            described, quantization=first["quantization"], gpu_id=base.gpu_id, force=base.force,
+            hidden_dim=first["hidden_dim"], batch_size=base.batch_size, max_sequence_length=base.max_sequence_length,
+            sae_batch_tokens=first["sae_batch_tokens"], layer_number=max(m["layer_number"] for m in members),
+            alongside=[(m["hidden_dim"], m["sae_batch_tokens"]) for m in members[1:]])
+    except ServiceError as err:
+        raise ServiceError(f"The sweep streams, so its {len(members)} members train at once: {err.message}",
+                           field="members") from None
 
 
 def _check_shape(request: SweepRequest) -> None:

@@ -91,3 +91,26 @@ def test_a_sweep_that_must_cache_and_cannot_fit_is_refused_with_what_to_change(a
     assert response.status_code == 400
     assert "2 site caches" in response.json()["detail"] and "auto or never" in response.json()["detail"]
     assert not TrainingJob.objects.exists()
+
+
+def test_a_streaming_sweep_is_checked_for_every_member_training_at_once(alice_api, hub_models, corpus, settings,
+                                                                        monkeypatch):
+    from training import modelcheck
+
+    settings.EVAL_LOGITS_BYTES = 1024  # the evaluation's logits far below the SAEs' training
+    described = modelcheck.describe("tiny/llama", token=None)
+    sizes = dict(device_kind="cpu", quantization=None, hidden_dim=BODY["hidden_dim"], batch_size=BODY["batch_size"],
+                 max_sequence_length=BODY["max_sequence_length"], sae_batch_tokens=BODY["sae_batch_tokens"],
+                 layer_number=1)
+    one = modelcheck.estimate(described, **sizes)
+    # Room for the model and two SAEs training (one member alone fits), not for the sweep's four.
+    room = one.weights_bytes + one.forward_bytes + max(2 * one.sae_bytes, one.evaluation_bytes) + 1
+    assert 4 * one.sae_bytes > room - one.weights_bytes - one.forward_bytes
+    monkeypatch.setattr(modelcheck, "system_memory", lambda: (room, room))
+    monkeypatch.setattr(modelcheck, "gpu_inventory", lambda: type("Inventory", (), {"gpus": []})())
+    response = alice_api.post("/api/v1/sweeps", {**BODY, "cache_activations": "never"}, format="json")
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("The sweep streams, so its 4 members train at once")
+    # Cached, they train one after another: each fits.
+    response = alice_api.post("/api/v1/sweeps", {**BODY, "cache_activations": "always"}, format="json")
+    assert response.status_code == 201, response.json()
