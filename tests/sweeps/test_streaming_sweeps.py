@@ -114,3 +114,49 @@ def test_a_streaming_sweep_is_checked_for_every_member_training_at_once(alice_ap
     # Cached, they train one after another: each fits.
     response = alice_api.post("/api/v1/sweeps", {**BODY, "cache_activations": "always"}, format="json")
     assert response.status_code == 201, response.json()
+
+
+class Killed(BaseException):
+    """The worker dying mid-run: nothing after it runs, no row is ended."""
+
+
+def test_a_streaming_sweep_whose_worker_died_resumes_each_member_from_its_checkpoint(alice, alice_api, hub_models,
+                                                                                   corpus, settings, dead_pid):
+    from training import recovery
+
+    settings.CHECKPOINT_EVERY_EPOCHS, settings.PROGRESS_INTERVAL_S = 1, 0.0
+    two_passes = {**BODY, "layers": [1], "max_epochs": 2, "cache_activations": "never"}
+    response = alice_api.post("/api/v1/sweeps", two_passes, format="json")
+    assert response.status_code == 201, response.json()
+    sweep = Sweep.objects.get(pk=response.json()["sweep_id"])
+
+    def die_in_the_second_pass(update):
+        if update.get("phase") == "training" and update.get("epoch") == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        sweep_run(sweep.id, on_progress=die_in_the_second_pass)
+    jobs = list(sweep.jobs.order_by("created_at", "pk"))
+    assert all(job.checkpoints.exists() for job in jobs)
+    TrainingJob.objects.filter(sweep=sweep).update(worker_pid=dead_pid)
+    assert sorted(recovery.jobs_recover_stale()) == sorted(job.id for job in jobs)
+
+    messages, reports = [], []
+    sweep = sweep_run(sweep.id, on_progress=reports.append, on_member_end=lambda job: messages.append(job.status))
+    assert messages == ["completed", "completed"]
+    # Both took up the second pass where their checkpoints left them: the first was not trained again.
+    assert {update["epoch"] for update in reports if update.get("phase") == "training"} == {2}
+    for job in sweep.jobs.all():
+        assert job.training_stats["activations_cached"] is False and job.training_stats["total_epochs"] == 2, \
+            job.training_stats
+        assert [run["ended"] for run in job.runs][0] == "worker lost"
+
+    # Each as the same job run once without a death.
+    member = sweep.jobs.order_by("created_at", "pk")[1]
+    single = services.job_create(owner=alice, enqueue=False, request=services.JobRequest(**{
+        **{k: v for k, v in two_passes.items() if k not in ("layers", "members")}, "layer_number": 1, "k": member.k}))
+    single = job_run(single.id)
+    assert single.status == "completed", single.message
+    ours, theirs = torch.load(member.model_path), torch.load(single.model_path)
+    for name in theirs:
+        assert torch.allclose(ours[name], theirs[name], atol=1e-5), name
