@@ -202,6 +202,9 @@ def _stream(spec: SweepSpec, callbacks: SweepCallbacks, loaded, outcome: SweepOu
                 forward_failed.add(training[index])
                 _call(member_callbacks[training[index]].on_error, EXTRACTING, err)
 
+        # The passes' groups are those of the member reading the most rows. A member reading fewer
+        # (a smaller budget) gets its last group's rows from a larger group than its run alone would
+        # compute: the same rows to float rounding (the batches are padded differently).
         lead = max((streams[i] for i in training), key=lambda stream: stream.n_rows)
         results, passes = train_together(lead, [(site_of(members[i]), steps[i]) for i in training],
                                          on_forward_error=on_forward_error)

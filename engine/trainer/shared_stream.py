@@ -85,7 +85,7 @@ def _one_pass(lead, state: list, joining: list, done: SharedPasses) -> None:
         member = state[i]
         member.ranges, member.epoch_at = list(member.request.ranges), member.request.at
         member.advance()
-        if member.ended or not isinstance(member.request, str):
+        if member.ended or member.request != NEXT:
             member.ranges = []  # it ended, or asked for another Epoch without reading this one
     reading = [i for i in joining if state[i].ranges]
     if not reading:
