@@ -105,7 +105,8 @@ class ActivationStream:
                 if len(pending) == self.group_sequences or index == self.n_sequences:
                     first_sequence = index - len(pending)
                     row = int(self.ends[first_sequence - 1]) if first_sequence else 0
-                    rows, tokens = self._forward(pending, first_sequence, should_stop, sites)
+                    rows, tokens = (self._forward(pending, first_sequence, should_stop) if sites is None
+                                    else self._forward(pending, first_sequence, should_stop, sites=sites))
                     self._remember(first_sequence, group_at)
                     self._keep(row, rows, tokens)
                     if on_group is not None:

@@ -142,7 +142,9 @@ def _streaming(spec: SweepSpec, loaded):
         if "always" in modes or all(Path(spec.site_paths[site_of(m)]).is_file() for m in members):
             return None
     source = sources.sequence_source(members[0], loaded)
-    rows = source.rows_per_sequence()
+    # The corpus is counted as far as the member reading the most needs (its end without a budget).
+    needed = [sources.rows_needed(m) for m in members]
+    rows = source.rows_per_sequence(max_rows=None if None in needed else max(needed))
     if resumes_streamed:
         return "its members resume streamed checkpoints: the model runs once per pass for all of them", source, rows
     if "never" in modes:
@@ -178,7 +180,8 @@ def _stream(spec: SweepSpec, callbacks: SweepCallbacks, loaded, outcome: SweepOu
             if _call(member_cb.should_stop):  # cancelled before it trained: nothing written
                 ended[i] = RunOutcome(paths=member.paths, cancelled_in="waiting"), None
                 continue
-            plans[i] = replace(sources.disk_plan(member, loaded, corpus_rows, mode="never"), reason=reason)
+            plans[i] = replace(sources.disk_plan(member, loaded, corpus_rows, mode="never", sequences=len(rows)),
+                               reason=reason)
             streams[i] = ActivationStream(loaded, source, rows, layer_number=member.layer_number,
                                           batch_size=member.batch_size, hook_point=member.hook_point,
                                           n_rows=sources.rows_to_read(member, corpus_rows), corpus_rows=corpus_rows)
