@@ -108,7 +108,8 @@ class ActivationStream:
                     rows, tokens = (self._forward(pending, first_sequence, should_stop) if sites is None
                                     else self._forward(pending, first_sequence, should_stop, sites=sites))
                     self._remember(first_sequence, group_at)
-                    self._keep(row, rows, tokens)
+                    if sites is None:  # a shared pass keeps nothing for its lead (engine.trainer.shared_stream)
+                        self._keep(row, rows, tokens)
                     if on_group is not None:
                         on_group(first_sequence, group_at)
                     pending = []
