@@ -14,6 +14,7 @@ import numpy as np
 
 from engine import activations as extraction
 from engine.activations import _Plan, check_site
+from engine.capture import capture_batches
 from engine.errors import EngineError
 from engine.hooks import DEFAULT_HOOK_POINT
 from engine.loading import LoadedModel
@@ -56,6 +57,7 @@ class ActivationStream:
         self.shape = (self.n_rows, self.d_model)
         self.group_sequences = batch_size * _GROUP_BATCHES
         self.error: BaseException | None = None  # what last stopped the model's forward
+        self.forward_batches = 0  # the model's forward passes this stream ran
         self._rows_kept = None
         # The Position of groups computed so far (first sequence: Position), so a later read (the
         # rows after training, the held-out sequences) seeks to the nearest one before it instead
@@ -75,11 +77,13 @@ class ActivationStream:
         return int(np.searchsorted(self.ends, row, side="right")) // self.group_sequences * self.group_sequences
 
     def pieces(self, start: int = 0, stop: int | None = None, *, should_stop=None, at: Position | None = None,
-               on_group=None) -> Iterator[tuple]:
+               on_group=None, sites: list | None = None) -> Iterator[tuple]:
         """(first row, rows [n, d_model] float16, their token ids [n] int32), covering rows
         [start, stop) in order, a group of sequences at a time. `at`: the Position of the group
         holding `start` (from position_from), where the corpus is read from. `on_group(first
-        sequence, its Position)` is told of every group computed."""
+        sequence, its Position)` is told of every group computed. `sites`: (layer_number,
+        hook_point)s read from the same forward passes instead of the stream's own; the rows are
+        then {site: rows} (a streaming sweep, engine.trainer.shared_stream)."""
         stop = self.n_rows if stop is None else min(stop, self.n_rows)
         if start >= stop:
             return
@@ -101,16 +105,19 @@ class ActivationStream:
                 if len(pending) == self.group_sequences or index == self.n_sequences:
                     first_sequence = index - len(pending)
                     row = int(self.ends[first_sequence - 1]) if first_sequence else 0
-                    rows, tokens = self._forward(pending, first_sequence, should_stop)
+                    rows, tokens = (self._forward(pending, first_sequence, should_stop) if sites is None
+                                    else self._forward(pending, first_sequence, should_stop, sites=sites))
                     self._remember(first_sequence, group_at)
-                    self._keep(row, rows, tokens)
+                    if sites is None:  # a shared pass keeps nothing for its lead (engine.trainer.shared_stream)
+                        self._keep(row, rows, tokens)
                     if on_group is not None:
                         on_group(first_sequence, group_at)
                     pending = []
-                    lo, hi = max(start, row), min(stop, row + len(rows))
+                    lo, hi = max(start, row), min(stop, row + len(tokens))
                     if lo < hi:
-                        yield lo, rows[lo - row : hi - row], tokens[lo - row : hi - row]
-                    if row + len(rows) >= stop:
+                        cut = slice(lo - row, hi - row)
+                        yield lo, rows[cut] if sites is None else {site: r[cut] for site, r in rows.items()}, tokens[cut]
+                    if row + len(tokens) >= stop:
                         return
             if index >= self.n_sequences:
                 break
@@ -216,7 +223,8 @@ class ActivationStream:
         """Rows [start, stop) in one array (a fresh pass from the corpus's start)."""
         return self.reader(start, stop).read(start, stop)
 
-    def _forward(self, group: list, first_sequence: int, should_stop) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, group: list, first_sequence: int, should_stop, sites=None) -> tuple:
+        """(the group's rows: an array, or {site: array} for `sites`; their token ids)."""
         ids = [g[0] for g in group]
         keep = [g[1] for g in group]
         lengths = np.array([int(k.sum()) for k in keep], dtype=np.int64)
@@ -233,16 +241,21 @@ class ActivationStream:
         plan = _Plan(ids=ids, keep=keep, lengths=lengths, offsets=offsets, batches=batches, n_tokens=n,
                      d_model=self.d_model, n_texts=len(ids), hook_point=self.hook_point, prepend_bos=False,
                      exclude_special_tokens=False)
-        rows = np.empty((n, self.d_model), dtype=np.float16)
+        rows = {site: np.empty((n, self.d_model), dtype=np.float16) for site in (sites or [None])}
+        self.forward_batches += len(batches)
         if n:
             try:
-                extraction._run_batches(self.loaded, plan, rows, layer_number=self.layer_number, on_progress=None,
-                                        should_stop=should_stop)
+                if sites is None:
+                    extraction._run_batches(self.loaded, plan, rows[None], layer_number=self.layer_number,
+                                            on_progress=None, should_stop=should_stop)
+                else:  # one forward per batch for every site, stopped after the deepest
+                    capture_batches(self.loaded, plan, [(layer, point, rows[(layer, point)]) for layer, point in sites],
+                                    on_progress=None, should_stop=should_stop)
             except BaseException as err:
                 self.error = err  # the caller names the model's forward as where a run failed
                 raise
         tokens = np.fromiter((t for seq, k in zip(ids, keep) for t, kept in zip(seq, k) if kept), dtype=np.int32, count=n)
-        return rows, tokens
+        return (rows[None] if sites is None else rows), tokens
 
 
 class SequentialRows:

@@ -170,11 +170,13 @@ def _cpu_bf16() -> bool:
     return cpu_uses_bf16(settings.CPU_BF16)
 
 
-def memory_verdict(described, *, quantization, gpu_id, force: bool = False, **sizes) -> str:
+def memory_verdict(described, *, quantization, gpu_id, force: bool = False, alongside=(), **sizes) -> str:
     """'passed'; a warning with the numbers when the job fits the device but not what is free on it
     now (a queued job waits for the device: what runs there now ends); a ServiceError saying what
     it needs, what the device has and what to lower when it cannot fit the device at all, unless
-    `force` (staff): then the verdict says it was forced."""
+    `force` (staff): then the verdict says it was forced. `alongside`: the (hidden_dim,
+    sae_batch_tokens) of other SAEs training at the same time beside the same model (a streaming
+    sweep's members), whose training memory counts too."""
     from gpus.selectors import live_workers
 
     inventory = gpu_inventory()
@@ -185,18 +187,18 @@ def memory_verdict(described, *, quantization, gpu_id, force: bool = False, **si
     if inventory.gpus and (gpu_id is None or gpu_id in local):
         gpu = local[gpu_id] if gpu_id is not None else max(inventory.gpus, key=lambda g: g.memory_free)
         capacity, free, where = gpu.memory_total, gpu.memory_free, f"GPU {gpu.index}"
-        needed = estimate(described, device_kind="cuda", quantization=quantization, **sizes)
+        needed = _together(described, alongside, device_kind="cuda", quantization=quantization, **sizes)
     elif remote:
         worker = max(remote, key=lambda w: w.memory_total)
         capacity, free = worker.memory_total, None
         where = f"GPU {worker.gpu_index} of {worker.host}"
-        needed = estimate(described, device_kind="cuda", quantization=quantization, **sizes)
+        needed = _together(described, alongside, device_kind="cuda", quantization=quantization, **sizes)
     elif gpu_id is not None:
         return f"not checked: GPU {gpu_id} is on another host whose worker reported no memory size"
     else:
         capacity, free = system_memory()
         where = "system RAM (no GPU)"
-        needed = estimate(described, device_kind="cpu", quantization=None, **sizes)
+        needed = _together(described, alongside, device_kind="cpu", quantization=None, **sizes)
     if needed.total_bytes > capacity:
         if force:
             return (f"forced: needs about {needed.total_bytes / GB:.1f} GB, more than the {capacity / GB:.1f} GB "
@@ -206,6 +208,20 @@ def memory_verdict(described, *, quantization, gpu_id, force: bool = False, **si
         return (f"warning: needs about {needed.total_bytes / GB:.1f} GB, {free / GB:.1f} GB free on {where} now; "
                 "lower batch_size or max_sequence_length, or use quantization '4bit'")
     return "passed"
+
+
+def _together(described, alongside, **sizes):
+    """estimate(), the SAEs of `alongside` training beside this one."""
+    from dataclasses import replace
+
+    needed = estimate(described, **sizes)
+    if not alongside:
+        return needed
+    others = sum(estimate(described, **{**sizes, "hidden_dim": hidden_dim, "sae_batch_tokens": batch}).sae_bytes
+                 for hidden_dim, batch in alongside)
+    sae = needed.sae_bytes + others
+    return replace(needed, sae_bytes=sae, total_bytes=needed.weights_bytes + needed.forward_bytes +
+                   max(sae, needed.evaluation_bytes))
 
 
 def memory_refusal(needed, capacity: int, where: str, sizes: dict) -> str:

@@ -116,33 +116,67 @@ def disk_plan(*, corpus, described, packing: str, max_sequence_length: int, hidd
 
 
 def sweep_disk_plans(*, corpus, described, packing: str, max_sequence_length: int, training_tokens: int | None,
-                     sites: int, members: list[tuple[int, int]], token: str | None = None) -> dict:
+                     sites: int, members: list[tuple[int, int]], token: str | None = None,
+                     cache_activations: str = "auto") -> dict:
     """A sweep's disk: one cache per (layer, hook point) site, shared by its members, and every
-    member's checkpoints (`members`: each one's hidden_dim and max_epochs). {"sweep": the total,
-    "members": each member's own plan}; a ServiceError saying how large and what to change when the
-    whole sweep cannot fit."""
-    plans, estimate = [], None
+    member's checkpoints (`members`: each one's hidden_dim and max_epochs); or, when it streams
+    (cache_activations never, or auto and the caches would not fit), the checkpoints alone: the
+    model then runs once per pass for all its members (engine.run.sweep). {"sweep": the total,
+    with "streams", "members": each member's own plan}; a ServiceError saying how large and what
+    to change when the whole sweep cannot fit."""
+    cached, streamed, estimate = [], [], None
     for hidden_dim, max_epochs in members:
-        plan, estimate = _plan(corpus=corpus, described=described, packing=packing,
-                               max_sequence_length=max_sequence_length, hidden_dim=hidden_dim, max_epochs=max_epochs,
-                               training_tokens=training_tokens, cache_activations="always", token=token,
-                               estimate=estimate)
+        sizes = dict(corpus=corpus, described=described, packing=packing, max_sequence_length=max_sequence_length,
+                     hidden_dim=hidden_dim, max_epochs=max_epochs, training_tokens=training_tokens, token=token)
+        plan, estimate = _plan(**sizes, cache_activations="never", estimate=estimate)
         if isinstance(plan, disk.DiskFull):
             raise ServiceError(f"A member of the sweep alone cannot fit: {plan}")
-        plans.append(plan)
-    cache_bytes = plans[0].cache_bytes
-    checkpoints = sum(plan.checkpoint_bytes for plan in plans)
-    needed, free = sites * cache_bytes + checkpoints, plans[0].free_bytes
+        streamed.append(plan)
+        plan, estimate = _plan(**sizes, cache_activations="always", estimate=estimate)
+        cached.append(plan)  # or the DiskFull that says it cannot: a streaming sweep needs no cache
+    cache_bytes = _unrefused(cached[0]).cache_bytes
+    checkpoints = sum(plan.checkpoint_bytes for plan in streamed)
+    free = streamed[0].free_bytes
+    caches_fit = sites * cache_bytes + checkpoints <= free and not any(isinstance(p, disk.DiskFull) for p in cached)
+    streams = cache_activations == "never" or (cache_activations == "auto" and not caches_fit)
+    refused = next((plan for plan in cached if isinstance(plan, disk.DiskFull)), None)
+    if not streams and refused is not None:
+        raise ServiceError(f"A member of the sweep alone cannot fit: {refused}")
+    needed = checkpoints if streams else sites * cache_bytes + checkpoints
     if needed > free:
+        if streams:
+            raise ServiceError(
+                f"The sweep needs {_gb(needed):.3f} GB of disk for its {len(streamed)} members' checkpoints (it streams: "
+                f"no cache) but {_gb(free):.3f} GB is free: give fewer members or a smaller hidden_dim, or more disk "
+                "(MISTUDIO_DISK_BUDGET_BYTES).")
         raise ServiceError(
             f"The sweep needs {_gb(needed):.3f} GB of disk ({sites} site caches of {_gb(cache_bytes):.3f} GB and "
-            f"{len(plans)} members' checkpoints, {_gb(checkpoints):.3f} GB) but {_gb(free):.3f} GB is free: give fewer "
-            "layers or hook_points, a smaller training_tokens budget, or more disk (MISTUDIO_DISK_BUDGET_BYTES).")
-    total = {"sites": sites, "cache_bytes_per_site": cache_bytes, "checkpoint_bytes": checkpoints,
-             "needed_bytes": needed, "free_bytes": free, "rows_per_pass": plans[0].rows_per_pass, **estimate}
+            f"{len(cached)} members' checkpoints, {_gb(checkpoints):.3f} GB) but {_gb(free):.3f} GB is free: set "
+            "cache_activations to auto or never (the sweep then streams: one forward per batch feeds every member), "
+            "give fewer layers or hook_points, a smaller training_tokens budget, or more disk (MISTUDIO_DISK_BUDGET_BYTES).")
+    if cache_activations == "never":
+        why = "cache_activations is never"
+    elif streams:
+        why = (f"its {sites} site caches ({_gb(sites * cache_bytes):.3f} GB) with the checkpoints would not fit the "
+               f"{_gb(free):.3f} GB free")
+    else:
+        why = None
+    total = {"sites": sites, "cache_bytes_per_site": 0 if streams else cache_bytes, "checkpoint_bytes": checkpoints,
+             "needed_bytes": needed, "free_bytes": free, "rows_per_pass": streamed[0].rows_per_pass, "streams": streams,
+             "reason": _reason(f"the sweep streams: {why}; the model runs once per pass for all its members" if streams
+                               else "one cache per site, read by its members", estimate), **estimate}
+    if streams:
+        member = f"a streaming sweep's member ({why}): it trains from the passes of the model shared with the others"
+        return {"sweep": total, "members": [{**plan.to_dict(), **estimate, "reason": _reason(member, estimate)}
+                                            for plan in streamed]}
     return {"sweep": total, "members": [{**plan.to_dict(), **estimate, "reason": _reason(
-        f"a sweep member: it reads its site's cache, shared with {len(plans) // sites - 1} other members", estimate)}
-        for plan in plans]}
+        f"a sweep member: it reads its site's cache, shared with {len(cached) // sites - 1} other members", estimate)}
+        for plan in cached]}
+
+
+def _unrefused(plan):
+    """The DiskPlan, of a DiskFull too (what the run would have needed)."""
+    return plan.plan if isinstance(plan, disk.DiskFull) else plan
 
 
 def disk_report(*, corpus, described, **sizes) -> dict:

@@ -3,7 +3,8 @@ The task claims every queued member at once (a recovered sweep: those that did n
 the worker's slot for the member whose turn it is, keeps all of them alive with one heartbeat,
 and ends each member's row as soon as the engine says it ended, as a single job's run would
 (training.pipeline). A member's cancel stops it alone; the extraction stops when every member
-waiting for it is cancelled."""
+waiting for it is cancelled. A streaming sweep (engine.run.sweep) trains its members at once and
+ends them in order, each as soon as its evaluation and analysis are done."""
 import logging
 import time
 
@@ -86,6 +87,10 @@ def _run(sweep, jobs, stops, report, on_member_end):
                                          message=f"Activations extracted with the sweep's other members; "
                                                  f"training after the {number} member(s) before it")
 
+    def streamed(passes):
+        # No file: the members trained together, the model run once per batch for all of them.
+        Sweep.objects.filter(pk=sweep.pk).update(lm_forward_batches=passes.forward_batches, tokens_extracted=passes.rows)
+
     def member_end(index, outcome, error):
         job = jobs[index]
         if error is None:
@@ -100,7 +105,8 @@ def _run(sweep, jobs, stops, report, on_member_end):
         on_member_end(TrainingJob.objects.get(pk=job.pk))
 
     try:
-        run_sweep(spec, SweepCallbacks(members=callbacks, on_extracted=extracted, on_member_end=member_end))
+        run_sweep(spec, SweepCallbacks(members=callbacks, on_extracted=extracted, on_streamed=streamed,
+                                      on_member_end=member_end))
     except Exception as err:  # noqa: BLE001 - loading the model failed, say: every member not ended fails with it
         for index, job in enumerate(jobs):
             if index not in ended:

@@ -74,7 +74,14 @@ def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_loca
         corpus=first["corpus"], described=described, packing=first["packing"],
         max_sequence_length=base.max_sequence_length, training_tokens=base.training_tokens,
         sites=len(request.sites()), members=[(c["hidden_dim"], c["max_epochs"]) for c, _ in rows],
-        token=base.huggingface_token)
+        token=base.huggingface_token, cache_activations=base.cache_activations)
+    # A caching sweep's members read their site's cache, which the sweep writes once for all of them;
+    # a streaming sweep's keep the sweep's mode (the engine decides again from the corpus's exact rows).
+    member_cache = base.cache_activations if plans["sweep"]["streams"] else "always"
+    if plans["sweep"]["streams"]:
+        # Its members train at once (each member's check counted its own SAE beside the model).
+        verdict = _memory_together(base, [columns for columns, _ in rows], described)
+        rows = [({**columns, "memory_check": verdict}, overrides) for columns, overrides in rows]
     quotas.check_storage(owner, planned_bytes=plans["sweep"]["needed_bytes"])
     with transaction.atomic():
         services.owner_lock(owner)
@@ -84,14 +91,27 @@ def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_loca
                                                    hook_points=list(dict.fromkeys(point for _, point in request.sites())),
                                                    members=request.members, disk_plan=plans["sweep"])
         for (columns, overrides), plan in zip(rows, plans["members"]):
-            # Every member reads its site's cache, which the sweep writes once for all of them. Members
-            # made in one second share the date and time: each draws its digits until they are free.
-            TrainingJob.objects.create_with_fresh_id(**{**columns, "cache_activations": "always", "disk_plan": plan,
+            # Members made in one second share the date and time: each draws its digits until they are free.
+            TrainingJob.objects.create_with_fresh_id(**{**columns, "cache_activations": member_cache, "disk_plan": plan,
                                                         "message": f"Waiting for a worker (sweep {sweep.id})"},
                                                      sweep=sweep, sweep_settings=overrides)
         if enqueue:
             transaction.on_commit(lambda: services.sweep_enqueue(sweep.id))
     return sweep
+
+
+def _memory_together(base, members: list[dict], described) -> str:
+    """The memory verdict of a streaming sweep: the model and every member's SAE training at once."""
+    first = members[0]
+    try:
+        return modelcheck.memory_verdict(
+            described, quantization=first["quantization"], gpu_id=base.gpu_id, force=base.force,
+            hidden_dim=first["hidden_dim"], batch_size=base.batch_size, max_sequence_length=base.max_sequence_length,
+            sae_batch_tokens=first["sae_batch_tokens"], layer_number=max(m["layer_number"] for m in members),
+            alongside=[(m["hidden_dim"], m["sae_batch_tokens"]) for m in members[1:]])
+    except ServiceError as err:
+        raise ServiceError(f"The sweep streams, so its {len(members)} members train at once: {err.message}",
+                           field="members") from None
 
 
 def _check_shape(request: SweepRequest) -> None:
@@ -102,9 +122,6 @@ def _check_shape(request: SweepRequest) -> None:
     if base.gpu_ids is not None:
         raise ServiceError("gpu_ids: a sweep trains on one device (its members one after another); give gpu_id.",
                            field="gpu_ids")
-    if base.cache_activations == "never":
-        raise ServiceError("cache_activations: a sweep caches each (layer, hook point)'s activations once for all "
-                           "its members; choose auto or always.", field="cache_activations")
     for name, values in (("layers", request.layers), ("hook_points", request.hook_points)):
         if values is not None and not values:
             raise ServiceError(f"{name}: list at least one, or leave it out for the base's.", field=name)
@@ -209,6 +226,9 @@ def sweep_document(sweep: Sweep) -> dict:
         # How the one pass was shared: the model's forward passes over the corpus and the tokens they
         # extracted, for all members at once (null until the extraction is done).
         "lm_forward_batches": sweep.lm_forward_batches,
+        # cached: one file per site, extracted once; streamed: no file, the members trained together
+        # from passes of the model (its caches would not fit, or cache_activations is never).
+        "activations": "streamed" if (sweep.disk_plan or {}).get("streams") else "cached",
         "tokens_extracted": sweep.tokens_extracted,
         "extraction_seconds": sweep.extraction_seconds,
         "created_at": sweep.created_at,

@@ -34,6 +34,23 @@ def run(spec: RunSpec, callbacks: RunCallbacks | None = None, *, train: TrainFun
     return _Run(spec, callbacks or RunCallbacks(), train, loaded).outcome()
 
 
+def finish_streamed(spec: RunSpec, callbacks: RunCallbacks | None, *, loaded, stream: ActivationStream, result,
+                    disk) -> RunOutcome:
+    """The rest of a run whose SAE was trained on `stream` elsewhere (a streaming sweep's member,
+    engine.run.sweep): what run() does after train_streamed (evaluate, save, export, analyse, the
+    metadata), with the spec's model already `loaded` and `disk` its engine.disk plan."""
+    finishing = _Run(spec, callbacks or RunCallbacks(), None, loaded)
+    finishing.model, finishing.loaded, finishing.source = resolve_spec_model(spec), loaded, stream.source
+    finishing.stream, finishing.disk, finishing.phase = stream, disk, TRAINING
+    if result.stopped_reason == "cancelled":
+        return RunOutcome(paths=spec.paths, cancelled_in="training", result=result)
+    try:
+        return finishing._finish(result, stream, None)
+    except Exception as err:
+        finishing._call("on_error", finishing.phase, err)
+        raise
+
+
 def resolve_spec_model(spec: RunSpec) -> ResolvedModel:
     """The spec's model, resolved (a name engine.resolve finds offline first)."""
     if isinstance(spec.model, ResolvedModel):

@@ -233,22 +233,29 @@ class _Loop:
                 source.close()
 
     def epochs(self) -> str:
+        while self.run.state.epochs_done < self.run.config.max_epochs:
+            stopped_reason = self.after_epoch(self.epoch())
+            if stopped_reason is not None:
+                return self.last_report(stopped_reason)
+        return self.last_report("max_epochs")
+
+    def after_epoch(self, completed: bool) -> str | None:
+        """The epoch's end (or a cancel's checkpoint); why the run stops here, None when it goes on."""
         run, state, config = self.run, self.run.state, self.run.config
-        stopped_reason = "max_epochs"
-        while state.epochs_done < config.max_epochs:
-            if not self.epoch():
-                stopped_reason = "cancelled"
-                self.writer.write(sae=run.sae, optimizer=run.optimizer, state=state, config=config, mid_epoch=True)
-                break
-            # The budget may end the run part-way through an epoch: that epoch then ends there.
-            budget_spent = self.layout.budget_left(state) == 0
-            epoch_loss = end_epoch(run, self.writer, self.generator, force_checkpoint=budget_spent)
-            if budget_spent:
-                stopped_reason = "training_tokens"
-                break
-            if epoch_loss < config.min_loss:
-                stopped_reason = "min_loss"
-                break
+        if not completed:
+            self.writer.write(sae=run.sae, optimizer=run.optimizer, state=state, config=config, mid_epoch=True)
+            return "cancelled"
+        # The budget may end the run part-way through an epoch: that epoch then ends there.
+        budget_spent = self.layout.budget_left(state) == 0
+        epoch_loss = end_epoch(run, self.writer, self.generator, force_checkpoint=budget_spent)
+        if budget_spent:
+            return "training_tokens"
+        if epoch_loss < config.min_loss:
+            return "min_loss"
+        return None
+
+    def last_report(self, stopped_reason: str) -> str:
+        run, state, config = self.run, self.run.state, self.run.config
         run.progress.maybe_report(self.on_progress, epoch=min(state.epochs_done + 1, config.max_epochs),
                                   step=state.step, tokens_done=state.tokens_trained, force=True)
         return stopped_reason

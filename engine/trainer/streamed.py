@@ -17,6 +17,7 @@ import math
 import queue
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -40,6 +41,31 @@ def train_streamed(stream, config, *, device: str = "cpu", checkpoint_dir=None, 
                    on_progress=None, should_stop=None, on_checkpoint=None, resume_from=None):
     """Train on `stream` (an ActivationStream: its shape, and rows read front to back); the last
     eval_fraction of its rows are held out as from a cache. Returns a TrainResult (streamed=True)."""
+    steps = streamed_steps(stream, config, device=device, checkpoint_dir=checkpoint_dir,
+                           checkpoint_prefix=checkpoint_prefix, on_progress=on_progress, should_stop=should_stop,
+                           on_checkpoint=on_checkpoint, resume_from=resume_from)
+    return _read_alone(stream, steps)
+
+
+@dataclass
+class Epoch:
+    """What a run's steps (streamed_steps) read next: these row ranges, in order (one Next each),
+    the first from the group the corpus holds at `at` (a resume's engine.packing.Position) or None."""
+
+    ranges: list
+    at: object = None
+
+
+NEXT = "next"  # a run's steps ask for their Epoch's next range: sent back (rows, their first group's Position)
+
+
+def streamed_steps(stream, config, *, device: str = "cpu", checkpoint_dir=None, checkpoint_prefix: str = "sae",
+                   on_progress=None, should_stop=None, on_checkpoint=None, resume_from=None):
+    """train_streamed as a generator that asks for its rows instead of reading them: it yields an
+    Epoch, then NEXT once per range of it (each answered with (rows, Position)), and returns the
+    TrainResult. train_streamed answers from the stream alone; a streaming sweep answers several
+    runs from one pass of the model (engine.trainer.shared_stream). `stream` gives the shape, the
+    groups and the seek records; its rows are read only by whoever answers."""
     check_config(config)
     saved = checkpoint.load(resume_from) if resume_from is not None else None
     if saved is not None and not saved.payload.get("streamed", False):
@@ -50,7 +76,8 @@ def train_streamed(stream, config, *, device: str = "cpu", checkpoint_dir=None, 
     first_block = sample = None
     if saved is None:
         # The first block gives the input scale and b_dec's start (and is the first block trained on).
-        first_block = stream.read(0, min(block, layout.n_train))
+        yield Epoch(_ranges(block, layout.n_train, 0))
+        first_block, _ = yield NEXT
         picked = np.sort(init.sample_of(np.arange(len(first_block)), config.seed))
         sample = torch.from_numpy(first_block[picked].astype(np.float32))
     run, _ = _start(config, layout, stream, None, saved, None, device=device, sample=sample)
@@ -62,14 +89,40 @@ def train_streamed(stream, config, *, device: str = "cpu", checkpoint_dir=None, 
     loop = _StreamLoop(run, writer, layout, stream, block, first_block, should_stop, on_progress)
     if saved is not None:
         loop.resume_at = stream.position_from(saved.payload.get("stream_seek"))
-    stopped_reason = loop.epochs()
+    stopped_reason = yield from loop.steps()
     result = _result(run, writer, layout, stopped_reason)
     result.streamed = True
     return result
 
 
+def _ranges(block: int, n_train: int, first: int) -> list:
+    """Blocks [first, ...) of an epoch, as row ranges."""
+    return [(b * block, min((b + 1) * block, n_train)) for b in range(first, math.ceil(n_train / block))]
+
+
+def _read_alone(stream, steps):
+    """Run `steps` (streamed_steps) on rows `stream` computes for it alone, the next block in a
+    background thread while the SAE steps on this one."""
+    blocks = None
+    try:
+        request = next(steps)
+        while True:
+            if isinstance(request, Epoch):
+                if blocks is not None:
+                    blocks.close()
+                blocks = _Blocks(stream, request.ranges, at=request.at)
+                request = next(steps)
+            else:
+                request = steps.send(blocks.next())
+    except StopIteration as done:
+        return done.value
+    finally:
+        if blocks is not None:
+            blocks.close()
+
+
 class _StreamLoop(_Loop):
-    """_Loop's epochs, stop checks and ends; an epoch reads the stream's blocks."""
+    """_Loop's epochs, stop checks and ends; an epoch asks for the stream's blocks."""
 
     def __init__(self, run, writer, layout, stream, block: int, first_block, should_stop, on_progress):
         self.run, self.writer, self.layout, self.stream = run, writer, layout, stream
@@ -81,49 +134,55 @@ class _StreamLoop(_Loop):
         self.source = None  # no cache to read
         self.resume_at = None  # where the corpus holds the resumed block's first group (engine.packing.Position)
 
-    def epoch(self) -> bool:
+    def steps(self):
+        """_Loop.epochs, each epoch asking for its blocks (yields Epoch and NEXT)."""
+        while self.run.state.epochs_done < self.run.config.max_epochs:
+            stopped_reason = self.after_epoch((yield from self.epoch_steps()))
+            if stopped_reason is not None:
+                return self.last_report(stopped_reason)
+        return self.last_report("max_epochs")
+
+    def epoch_steps(self):
         run, state, layout, batch = self.run, self.run.state, self.layout, self.layout.batch_tokens
         if state.epoch_step == 0:
             state.epoch_sums = checkpoint.empty_sums()
         steps_per_block = self.block // batch
         n_blocks = math.ceil(layout.n_train / self.block)
         first = state.epoch_step // steps_per_block
+        # The pass's first block, read before the SAE was made: its Epoch is asked for already.
         prefetched = self.first_block if state.epochs_done == 0 and first == 0 else None
         self.first_block = None
         at, self.resume_at = self.resume_at, None
         if at is not None and at.sequence != self.stream.group_start(first * self.block):
             at = None  # not this block's: the corpus is read from its start
-        blocks = _Blocks(self.stream, self.block, layout.n_train, first, n_blocks, skip_first=prefetched is not None,
-                         at=at)
-        try:
-            for b in range(first, n_blocks):
-                if b == first and prefetched is not None:
-                    rows, position = prefetched, None  # the pass's first block: no seek to its start
-                else:
-                    rows, position = blocks.next()
-                prefetched = None  # held no longer than its block: memory stays at the blocks in flight
-                # A checkpoint written while on this block resumes reading the corpus at its first group.
-                state.stream_seek = self.stream.seek_record(position)
-                if b > first:
-                    self._checkpoint_when_due()
-                order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(
-                    block_seed(run.config.seed, state.epochs_done, b)))
-                first_step = b * steps_per_block
-                for s in range(state.epoch_step - first_step, math.ceil(len(rows) / batch)):
-                    if layout.budget_left(state) == 0:
-                        return self._epoch_ended()
-                    if self._stop_asked():
-                        return False
-                    indices = cut_to_budget(order[s * batch : (s + 1) * batch], layout, state)
-                    picked = np.sort(indices.numpy())
-                    x = torch.from_numpy(rows[picked]).to(run.device, torch.float32) * state.scaling_factor
-                    run.step(x)
-                    state.tokens_trained += len(picked)
-                    state.epoch_step = first_step + s + 1
-                    run.progress.maybe_report(self.on_progress, epoch=state.epochs_done + 1, step=state.step,
-                                              tokens_done=state.tokens_trained)
-        finally:
-            blocks.close()
+        if prefetched is None:
+            yield Epoch(_ranges(self.block, layout.n_train, first), at)
+        for b in range(first, n_blocks):
+            if b == first and prefetched is not None:
+                rows, position = prefetched, None  # the pass's first block: no seek to its start
+            else:
+                rows, position = yield NEXT
+            prefetched = None  # held no longer than its block: memory stays at the blocks in flight
+            # A checkpoint written while on this block resumes reading the corpus at its first group.
+            state.stream_seek = self.stream.seek_record(position)
+            if b > first:
+                self._checkpoint_when_due()
+            order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(
+                block_seed(run.config.seed, state.epochs_done, b)))
+            first_step = b * steps_per_block
+            for s in range(state.epoch_step - first_step, math.ceil(len(rows) / batch)):
+                if layout.budget_left(state) == 0:
+                    return self._epoch_ended()
+                if self._stop_asked():
+                    return False
+                indices = cut_to_budget(order[s * batch : (s + 1) * batch], layout, state)
+                picked = np.sort(indices.numpy())
+                x = torch.from_numpy(rows[picked]).to(run.device, torch.float32) * state.scaling_factor
+                run.step(x)
+                state.tokens_trained += len(picked)
+                state.epoch_step = first_step + s + 1
+                run.progress.maybe_report(self.on_progress, epoch=state.epochs_done + 1, step=state.step,
+                                          tokens_done=state.tokens_trained)
         return self._epoch_ended()
 
     def _checkpoint_when_due(self) -> None:
@@ -141,19 +200,16 @@ class _StreamLoop(_Loop):
 
 
 class _Blocks:
-    """The epoch's blocks [first, n_blocks), computed one ahead in a background thread."""
+    """An Epoch's row ranges, computed one ahead in a background thread."""
 
-    def __init__(self, stream, block: int, n_train: int, first: int, n_blocks: int, *, skip_first: bool, at=None):
+    def __init__(self, stream, ranges: list, *, at=None):
         self._queue = queue.Queue(maxsize=1)
         self._device = stream.loaded.device
         self._stop = threading.Event()
-        start = (first + (1 if skip_first else 0)) * block
-        self._ranges = [(b * block, min((b + 1) * block, n_train)) for b in range(first, n_blocks)]
-        if skip_first:
-            self._ranges = self._ranges[1:]
+        self._ranges = list(ranges)
         self._thread = None
         if self._ranges:
-            reader = stream.reader(start, n_train, should_stop=self._stop.is_set, at=at)
+            reader = stream.reader(self._ranges[0][0], self._ranges[-1][1], should_stop=self._stop.is_set, at=at)
             self._thread = threading.Thread(target=self._produce, args=(reader,), name="activation-stream", daemon=True)
             self._thread.start()
 
