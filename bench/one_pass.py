@@ -90,13 +90,14 @@ def ours(args, model: Path, corpus: Path, folder: Path) -> dict:
     out, wall, rss = run_measured(command, env=env)
     result = json.loads(out[out.rindex("\n{") + 1 if "\n{" in out else out.index("{"):])
     stats = result["training_stats"]
-    folder_of_export = next((Path(result["metadata_path"]).parent).glob("*_saelens"))
+    folder_of_export = Path(result["exports"]["saelens"])
     return {"wall_s": wall, "peak_rss_bytes": rss, "tokens": stats["tokens_trained"], "saelens_folder": folder_of_export,
             "training_s": stats.get("training_time_seconds"), "evaluation": result["evaluation"],
             "features": result.get("features")}
 
 
 def saelens(args, model: Path, texts: list[str], folder: Path) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
     spec = folder / "saelens.json"
     spec.write_text(json.dumps({"model": str(model), "texts": texts, "out": str(folder / "saelens_sae"),
                                 "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float))}}))
@@ -174,8 +175,10 @@ def main() -> None:
         folder = Path(folder)
         print(f"ours, {args.tokens:,} tokens ...", flush=True)
         a = ours(args, model, path, folder / "ours")
+        print(json.dumps({k: v for k, v in a.items() if k != "saelens_folder"}, default=str), flush=True)
         print(f"SAELens, {args.tokens:,} tokens ...", flush=True)
         b = saelens(args, model, texts[: -args.heldout_documents], folder / "saelens")
+        print(json.dumps({k: v for k, v in b.items() if k != "saelens_folder"}, default=str), flush=True)
         scores = shared_scores(args, model, heldout, {"ours": a["saelens_folder"], "saelens": b["saelens_folder"]})
     print(f"\nmachine: {_setup.machine()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{model.name}, layer {args.layer}; JSONL documents, windows of {args.context}, {args.lm_batch} a forward; TopK "

@@ -98,3 +98,16 @@ def test_a_sweep_whose_member_cannot_fit_is_a_400_and_a_403_for_anyone_else_forc
     assert response.json()["detail"].startswith("members[1] at layer 1, resid_post: This job needs about ")
     assert alice_api.post("/api/v1/sweeps", {**sweep, "force": True}, format="json").status_code == 403
     assert not TrainingJob.objects.exists()
+
+
+def test_an_evaluation_logits_budget_larger_than_the_device_is_a_400_naming_the_setting(
+        alice_api, corpus_for, hub_models, settings):
+    # Refused before anything trains, not after: the evaluation's logits are part of the estimate.
+    corpus_for(alice_api)
+    settings.EVAL_LOGITS_BYTES = 2**50
+    response = train(alice_api)
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert "the evaluation's logits and hidden states " in detail
+    assert f"lower MISTUDIO_EVAL_LOGITS_BYTES (now {2**50:,}) or batch_size (now 16)" in detail
+    assert not TrainingJob.objects.exists()
