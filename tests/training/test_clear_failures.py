@@ -34,7 +34,7 @@ def test_running_out_of_memory_says_what_was_needed_and_what_to_change(alice, hu
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     # Where both extraction paths run the model (a job trains while it extracts, in another thread).
-    monkeypatch.setattr("engine.activations._run_batches", exhausted)
+    monkeypatch.setattr("engine.activations.capture_batches", exhausted)
     job = run(alice, model_name="tiny/gpt2", layer_number=0, hidden_dim=32, max_epochs=1)
     assert job.status == "failed"
     assert "Out of memory during extracting activations" in job.message
