@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import ExtractionCancelled
-from engine.trainer.streamed import NEXT, Epoch
+from engine.trainer.streamed import NEXT, Epoch, stop_producer
 
 
 @dataclass
@@ -217,9 +217,4 @@ class _Ahead:
 
     def close(self) -> None:
         self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                pass
-            self._thread.join(timeout=0.1)
+        stop_producer(self._thread, self._queue)

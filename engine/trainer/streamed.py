@@ -246,9 +246,15 @@ class _Blocks:
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            while self._thread.is_alive():
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    pass
-                self._thread.join(timeout=0.1)
+            stop_producer(self._thread, self._queue)
+
+
+def stop_producer(thread: threading.Thread, handoff: queue.Queue) -> None:
+    """Wait for a producer thread whose stop event is set, emptying its hand-off queue so a put
+    it is blocked in returns."""
+    while thread.is_alive():
+        try:
+            handoff.get_nowait()
+        except queue.Empty:
+            pass
+        thread.join(timeout=0.1)

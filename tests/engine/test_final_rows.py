@@ -11,22 +11,12 @@ from engine.cache import load_token_index
 from engine.features import load_analysis
 from engine.run import EvaluationSettings, FeatureSettings, RunCallbacks, RunPaths, RunSpec, run
 from engine.trainer import TrainConfig
+from tests.engine.test_run_streaming import config as streaming_config
+from tests.engine.test_run_streaming import corpus  # noqa: F401 (fixture)
 
 
 def config(**overrides) -> TrainConfig:
-    values = dict(architecture="topk", k=4, hidden_dim=32, learning_rate=1e-3, sae_batch_tokens=64, max_epochs=1,
-                  min_loss=0.0, checkpoint_every_epochs=1, checkpoint_interval_s=1e9, progress_interval_s=0.0,
-                  stop_check_interval_s=0.0, shuffle_buffer_tokens=128, decode_path="dense", eval_fraction=0.25)
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-@pytest.fixture
-def corpus(tmp_path, sample_texts):
-    path = tmp_path / "docs.jsonl"
-    documents = [" ".join(sample_texts[i : i + 4]) for i in range(0, len(sample_texts), 4)] * 3
-    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
-    return path
+    return streaming_config(**{"eval_fraction": 0.25, **overrides})
 
 
 def spec(folder, model_dir, corpus, *, eval_rows, analysis_rows, cache):
@@ -49,6 +39,11 @@ def forwards(monkeypatch):
 
     monkeypatch.setattr(stream_module.ActivationStream, "_forward", counting)
     return counted
+
+
+def numbered_documents(path, sample_texts, n):
+    path.write_text("".join(json.dumps({"text": f"{i}: {sample_texts[i % len(sample_texts)]}"}) + "\n" for i in range(n)))
+    return path
 
 
 def test_a_streamed_run_computes_the_rows_it_reads_after_training_once(tmp_path, tiny_gpt2_dir, corpus, forwards):
@@ -94,61 +89,29 @@ def test_the_same_rows_give_the_same_evaluation_streamed_or_cached(tmp_path, tin
 
 
 def test_after_training_a_streamed_run_reads_the_corpus_from_near_its_suffix_not_from_its_start(
-        tmp_path, tiny_gpt2_dir, sample_texts, monkeypatch):
-    from engine.packing import SequenceSource
-    from engine.run import sources
-    from tests.engine.test_packing_positions import CountingTokenizer
-
-    monkeypatch.setattr("engine.packing._CHUNK_DOCUMENTS", 8)
-    counting = []
-
-    def counted_source(spec, loaded):
-        counting.append(CountingTokenizer(loaded.tokenizer))
-        return SequenceSource(spec.corpus, counting[-1], max_sequence_length=spec.max_sequence_length, causal=True,
-                              prepend_bos=spec.prepend_bos, exclude_special_tokens=spec.exclude_special_tokens,
-                              packing=spec.packing, text_field=spec.text_field)
-
-    monkeypatch.setattr(sources, "sequence_source", counted_source)
-    corpus = tmp_path / "docs.jsonl"
-    texts = [f"{i}: {sample_texts[i % len(sample_texts)]}" for i in range(160)]
-    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        tmp_path, tiny_gpt2_dir, sample_texts, tokenized):
+    corpus = numbered_documents(tmp_path / "docs.jsonl", sample_texts, 160)
     when = {}
     options = spec(tmp_path / "out", tiny_gpt2_dir, corpus, eval_rows=30, analysis_rows=40, cache="never")
     options.batch_size = 1
-    outcome = run(options, RunCallbacks(on_phase=lambda phase, **_: when.setdefault(phase, counting[-1].texts if counting else 0)))
-    after_training = counting[-1].texts - when["evaluating"]
+    outcome = run(options, RunCallbacks(on_phase=lambda phase, **_: when.setdefault(phase, tokenized())))
+    after_training = tokenized() - when["evaluating"]
     # The rows, then the held-out sequences: each from the chunk of the group before them, a few
     # chunks of 8 documents, where reading from the start would tokenize all 160 twice.
     assert outcome.status == "completed" and 0 < after_training <= 4 * 8 * 2
 
 
-def test_a_budgeted_run_never_tokenizes_the_corpus_past_what_it_reads(tmp_path, tiny_gpt2_dir, sample_texts, monkeypatch):
-    from engine.packing import SequenceSource
-    from engine.run import sources
-    from tests.engine.test_packing_positions import CountingTokenizer
-
-    monkeypatch.setattr("engine.packing._CHUNK_DOCUMENTS", 8)
-    counting = []
-
-    def counted_source(spec, loaded):
-        counting.append(CountingTokenizer(loaded.tokenizer))
-        return SequenceSource(spec.corpus, counting[-1], max_sequence_length=spec.max_sequence_length, causal=True,
-                              prepend_bos=spec.prepend_bos, exclude_special_tokens=spec.exclude_special_tokens,
-                              packing=spec.packing, text_field=spec.text_field)
-
-    monkeypatch.setattr(sources, "sequence_source", counted_source)
-    corpus = tmp_path / "docs.jsonl"
-    texts = [f"{i}: {sample_texts[i % len(sample_texts)]}" for i in range(400)]
-    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+def test_a_budgeted_run_never_tokenizes_the_corpus_past_what_it_reads(tmp_path, tiny_gpt2_dir, sample_texts, tokenized):
+    corpus = numbered_documents(tmp_path / "docs.jsonl", sample_texts, 400)
     options = spec(tmp_path / "out", tiny_gpt2_dir, corpus, eval_rows=30, analysis_rows=40, cache="never")
     options.training_tokens = 300  # about 30 documents of 400
     when = {}
-    outcome = run(options, RunCallbacks(on_phase=lambda phase, **_: when.setdefault(phase, counting[-1].texts if counting else 0)))
+    outcome = run(options, RunCallbacks(on_phase=lambda phase, **_: when.setdefault(phase, tokenized())))
     assert outcome.status == "completed" and outcome.result.tokens_trained == 300
     # Counting the rows reads the documents the budget needs, a chunk of 8 past them at most; the
     # reads that follow start at the corpus's start or a group of 64 sequences (the whole budget here).
     assert when["training"] <= 40 + 8
-    assert counting[-1].texts <= 5 * (40 + 8) < len(texts)
+    assert tokenized() <= 5 * (40 + 8) < 400
 
 
 def test_the_rows_a_stream_keeps_are_the_rows_it_would_compute_again(tmp_path, tiny_gpt2_dir, corpus):

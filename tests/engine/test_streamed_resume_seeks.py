@@ -125,20 +125,11 @@ def test_a_corpus_changed_since_the_checkpoint_is_read_from_its_start_and_checke
 
 
 def test_a_whole_streamed_run_resumed_takes_no_tokenizing_pass_before_where_it_stopped(tmp_path, tiny_gpt2_dir,
-                                                                                          sample_texts, monkeypatch):
-    from engine.run import RunCallbacks, run, sources
+                                                                                          sample_texts, tokenized):
+    from engine.run import RunCallbacks, run
     from tests.engine.test_run_streaming import config as run_config
     from tests.engine.test_run_streaming import spec
 
-    tokenizers = []
-
-    def counted_source(spec, loaded):
-        tokenizers.append(CountingTokenizer(loaded.tokenizer))
-        return SequenceSource(spec.corpus, tokenizers[-1], max_sequence_length=spec.max_sequence_length, causal=True,
-                              prepend_bos=spec.prepend_bos, exclude_special_tokens=spec.exclude_special_tokens,
-                              packing=spec.packing, text_field=spec.text_field)
-
-    monkeypatch.setattr(sources, "sequence_source", counted_source)
     corpus = write(tmp_path / "docs.jsonl", documents(sample_texts))
     options = dict(cache_activations="never", batch_size=1, config=run_config(shuffle_buffer_tokens=64, sae_batch_tokens=32))
     whole = run(spec(tmp_path / "whole", tiny_gpt2_dir, corpus, **options))
@@ -153,7 +144,7 @@ def test_a_whole_streamed_run_resumed_takes_no_tokenizing_pass_before_where_it_s
 
     tokenized_when = {}
     resumed = run(spec(tmp_path / "run", tiny_gpt2_dir, corpus, resume_from=first.result.checkpoints[-1].path, **options),
-                  RunCallbacks(on_phase=lambda phase, **_: tokenized_when.setdefault(phase, tokenizers[-1].texts)))
+                  RunCallbacks(on_phase=lambda phase, **_: tokenized_when.setdefault(phase, tokenized())))
     # No pass over the corpus to count its rows, no reading before the block it stopped on: up to
     # the evaluation (which reads the held-out tail), each text from that block's chunk on, once.
     assert 0 < tokenized_when["evaluating"] <= len(documents(sample_texts)) - before
