@@ -48,7 +48,7 @@ DEFAULT_MAX_TOKENS = EVAL_DEFAULTS.ce_max_tokens
 # vocabulary (a 128k vocabulary over a 16 x 512 batch would be 4 GB a tensor).
 DEFAULT_LOGITS_BYTES = EVAL_DEFAULTS.logits_bytes
 # How many [chunk x vocabulary] float32 tensors one chunk holds at its peak: the clean
-# log-probabilities, the spliced logits and their log-probabilities, the KL's terms.
+# log-probabilities and probabilities, a spliced variant's logits and its log-probabilities.
 _LIVE_LOGITS = 4
 # The head's logits recomputed from its captured input must match the model's own this closely
 # (relative to the logits' scale), or the model post-processes its logits in a way not known here.
@@ -202,19 +202,17 @@ class _Head:
     def hidden_states(self, input_ids, mask):
         """The head's input for every position [batch, positions, d_model], after checking the
         head run here against the model's own logits at the last position."""
-        import torch
-
         self.captured = None
         own = self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
         hidden = self.captured
         if hidden is None or hidden.shape[:2] != input_ids.shape:
             raise HeadNotSupported(f"{type(self.model).__name__} does not run its output embedding on its final hidden "
-                              "states: next-token loss cannot be measured in bounded memory for it")
+                                   "states: next-token loss cannot be measured in bounded memory for it")
         ours, theirs = self.logits(hidden[:, -1]), own[:, -1].float()
         scale = float(theirs.abs().max()) or 1.0
         if float((ours - theirs).abs().max()) > _HEAD_TOLERANCE * scale:
             raise HeadNotSupported(f"{type(self.model).__name__} post-processes its logits in a way miStudio does not "
-                              "know: next-token loss cannot be measured in bounded memory for it")
+                                   "know: next-token loss cannot be measured in bounded memory for it")
         return hidden
 
     def logits(self, hidden):
