@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from engine import activations as extraction
-from engine.activations import _Plan, check_site
+from engine.activations import GROUP_BATCHES, _Plan, check_site
 from engine.capture import capture_batches
 from engine.errors import EngineError
 from engine.hooks import DEFAULT_HOOK_POINT
@@ -22,8 +22,6 @@ from engine.model_info import hidden_size
 from engine.packing import Position, SequenceSource
 from engine.sequences import Sequences, concatenate
 
-# Forward batches a group of sequences spans.
-_GROUP_BATCHES = 8
 # Group positions a stream remembers (each holds up to a window of carried tokens).
 _KNOWN_POSITIONS = 1024
 
@@ -55,7 +53,7 @@ class ActivationStream:
         self.n_rows = int(self.ends[-1])
         self.d_model = hidden_size(loaded.config)
         self.shape = (self.n_rows, self.d_model)
-        self.group_sequences = batch_size * _GROUP_BATCHES
+        self.group_sequences = batch_size * GROUP_BATCHES
         self.error: BaseException | None = None  # what last stopped the model's forward
         self.forward_batches = 0  # the model's forward passes this stream ran
         self._rows_kept = None
