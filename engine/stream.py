@@ -271,7 +271,6 @@ class SequentialRows:
         self._first = start  # the row _buffer[0] holds
         self._buffer = np.zeros((0, stream.d_model), dtype=np.float16)
         self._tokens = np.zeros(0, dtype=np.int32)
-        self.on_tokens = None  # called with (first row, token ids) of every piece as it arrives
 
     def read(self, lo: int, hi: int) -> np.ndarray:
         rows, _ = self.read_with_tokens(lo, hi)
@@ -293,8 +292,6 @@ class SequentialRows:
                 row, rows, ids = next(self._pieces)
             except StopIteration:
                 break
-            if self.on_tokens is not None:
-                self.on_tokens(row, ids)
             parts.append(rows)
             tokens.append(ids)
             have = row + len(rows)
