@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -248,9 +247,7 @@ def main(job_id: str) -> None:
     from training.job_training import train_callbacks
     from training.models import TrainingJob
 
-    # SIGTERM (a cancel, from the worker or from torchrun) stops training after the current step.
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    stopping = stop_on_sigterm()
     job = TrainingJob.objects.get(pk=job_id)
     launch = json.loads(_files(job)["launch"].read_text())
     device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if launch["cuda"] else "cpu"
@@ -278,12 +275,26 @@ def main(job_id: str) -> None:
         connection.close()
 
 
+def stop_on_sigterm():
+    """SIGTERM (a cancel, from the worker and from torchrun, usually both) asks this rank to stop
+    after its current step; the returned check says whether it was asked. The handler only sets a
+    flag: a threading.Event's set() takes a lock, and a second SIGTERM handled while the first
+    handler held it deadlocked the rank until torchrun killed it, and the cancel lost its result."""
+    asked = [False]
+
+    def ask(signum, frame):
+        asked[0] = True
+
+    signal.signal(signal.SIGTERM, ask)
+    return lambda: asked[0]
+
+
 def _stop_check(stopping, worker_pid):
     def should_stop():
         if worker_pid is not None and not pid_alive(worker_pid, zombie_counts=False):
             # The worker died: its job will resume elsewhere from the last checkpoint, so write nothing more.
             raise DistributedTrainingFailed(f"the worker (pid {worker_pid}) that started this run is gone")
-        return stopping.is_set()
+        return stopping()
 
     return should_stop
 

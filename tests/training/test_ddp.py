@@ -253,6 +253,43 @@ def test_cancelling_a_gpu_ids_job_stops_every_process_and_keeps_a_checkpoint(ali
     assert saved["step"] == checkpoint.step > 0 and saved["epoch"] >= 1
 
 
+# A rank under a cancel's SIGTERMs (the worker's and torchrun's, arriving together): it must go on
+# to its next step and see the stop. The rank's handler, then busy steps, then the flag it read.
+_RANK_UNDER_SIGTERMS = """
+import sys, time
+from training.ddp import stop_on_sigterm
+stopping = stop_on_sigterm()
+print("ready", flush=True)
+deadline = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < deadline:
+    sum(range(200))
+print("stopped" if stopping() else "not asked", flush=True)
+"""
+
+
+def test_a_rank_flooded_with_sigterms_keeps_stepping_and_sees_the_stop():
+    """A handler that took a lock (threading.Event.set) deadlocked when a second SIGTERM came
+    while the first was being handled: the rank hung until torchrun killed it, and the cancel lost
+    its result. Flooded for 1.5 s, that handler hung the process or ended it (nested handlers) in
+    every try here."""
+    import signal
+    import subprocess
+    import sys
+
+    rank = subprocess.Popen([sys.executable, "-c", _RANK_UNDER_SIGTERMS, "2.5"], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert rank.stdout.readline().strip() == "ready"
+        sent, deadline = 0, time.monotonic() + 1.5
+        while time.monotonic() < deadline and rank.poll() is None:
+            rank.send_signal(signal.SIGTERM)
+            sent += 1
+        out, _ = rank.communicate(timeout=30)
+    finally:
+        rank.kill()
+    assert sent > 1000 and rank.returncode == 0 and out.strip() == "stopped", (sent, rank.returncode, out)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_failing_rank_fails_the_job_with_its_reason(alice, ddp_on_cpu, tmp_path):
     from training.models import TrainingJob
