@@ -46,6 +46,9 @@ def parse_args():
     parser.add_argument("--sae-batch", type=int, default=4096, help="SAE batch, tokens")
     parser.add_argument("--hidden", type=int, default=128, help="the LM's d_model")
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--model", help="train on this model instead of the random Llama-shaped one (for example the "
+                                        "bundled HuggingFaceTB/SmolLM2-135M-Instruct); its layer is --layer")
+    parser.add_argument("--layer", type=int, help="with --model: the block whose output is read (default: half its depth)")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mistudio-bench" / "real-sizes")
     parser.add_argument("--profile", action="store_true", help="cProfile the run; print the top entries (slower)")
     parser.add_argument("--worker", nargs=3, metavar=("TOKENS", "CORPUS", "FOLDER"), help=argparse.SUPPRESS)
@@ -114,13 +117,17 @@ def worker(args) -> None:
     from engine.trainer import TrainConfig
 
     tokens, corpus_path, folder = int(args.worker[0]), Path(args.worker[1]), Path(args.worker[2])
-    model = _setup.build_model(args.cache / f"model-{args.hidden}x{args.layers}", hidden_size=args.hidden,
-                               layers=args.layers) if not (args.cache / f"model-{args.hidden}x{args.layers}" / "config.json").is_file() \
-        else args.cache / f"model-{args.hidden}x{args.layers}"
+    if args.model:
+        model, layer = args.model, args.layer if args.layer is not None else model_depth(args.model) // 2
+    else:
+        folder_of_model = args.cache / f"model-{args.hidden}x{args.layers}"
+        model = folder_of_model if (folder_of_model / "config.json").is_file() else \
+            _setup.build_model(folder_of_model, hidden_size=args.hidden, layers=args.layers)
+        layer = args.layers // 2
     config = TrainConfig(architecture="topk", k=args.k, hidden_dim=args.d_sae, sae_batch_tokens=args.sae_batch,
                          max_epochs=1, seed=0)
     spec = RunSpec(paths=RunPaths.in_folder(folder), config=config, model=str(model), corpus=corpus_path,
-                   training_tokens=tokens, cache_activations="never", layer_number=args.layers // 2,
+                   training_tokens=tokens, cache_activations="never", layer_number=layer,
                    max_sequence_length=args.context, batch_size=args.batch)
     phases = Phases()
     profiler = None
@@ -149,6 +156,13 @@ def worker(args) -> None:
     }))
 
 
+def model_depth(model: str) -> int:
+    from engine.model_info import num_layers
+    from engine.resolve import load_config, resolve_model
+
+    return num_layers(load_config(resolve_model(model, models_dir=None)))
+
+
 def main() -> None:
     args = parse_args()
     if args.worker:
@@ -164,7 +178,8 @@ def main() -> None:
             command = [sys.executable, __file__, "--worker", str(tokens), str(path), folder, "--context", str(args.context),
                        "--batch", str(args.batch), "--d-sae", str(args.d_sae), "--k", str(args.k),
                        "--sae-batch", str(args.sae_batch), "--hidden", str(args.hidden), "--layers", str(args.layers),
-                       "--cache", str(args.cache)] + (["--profile"] if args.profile else [])
+                       "--cache", str(args.cache)] + (["--profile"] if args.profile else []) + \
+                      (["--model", args.model] if args.model else []) + (["--layer", str(args.layer)] if args.layer is not None else [])
             started = time.monotonic()
             done = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
             if done.returncode:
@@ -174,7 +189,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\nmachine: {_setup.machine()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"Llama-shaped LM d_model {args.hidden}, {args.layers} layers, GPT-2 vocabulary; JSONL documents, concat "
+    print(f"{args.model}, layer {args.layer}" if args.model else f"Llama-shaped LM d_model {args.hidden}, {args.layers} layers, GPT-2 vocabulary", end="")
+    print(f"; JSONL documents, concat "
           f"packing, context {args.context}, batch {args.batch}; topk k {args.k}, d_sae {args.d_sae}, SAE batch "
           f"{args.sae_batch}; cache_activations never, one pass")
     names = [n for n in rows[0]["phases"]]

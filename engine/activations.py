@@ -21,7 +21,7 @@ import numpy as np
 
 from engine.capture import capture_batches
 from engine.errors import EngineError
-from engine.cache import arrival_path, concat_ranges, token_index_paths
+from engine.cache import RowRanges, arrival_path, token_index_paths
 from engine.files import AtomicFile
 from engine.hooks import DEFAULT_HOOK_POINT, available_hook_points, check_hook_point
 from engine.loading import LoadedModel
@@ -100,9 +100,9 @@ class _Schedule:
         """Rows of each batch, in the order they run."""
         return np.add.reduceat(self.lengths[self.order], self.batch_starts)
 
-    def arrival_rows(self) -> np.ndarray:
-        """Row numbers in the order extraction writes them (batch after batch)."""
-        return concat_ranges(self.offsets[self.order], self.lengths[self.order])
+    def arrival(self) -> RowRanges:
+        """The rows in the order extraction writes them (batch after batch), a run per sequence."""
+        return RowRanges(self.offsets[self.order], self.lengths[self.order])
 
     def arrival_sequences(self) -> np.ndarray:
         """The batches' order as positions among the non-empty sequences (the sequence-starts file)."""
@@ -325,7 +325,7 @@ class ExtractionStream:
         self._output = _Output(self.out_path, self._schedule)
         self.array = self._output.rows
         self.shape = self.array.shape
-        self.arrival = self._schedule.arrival_rows()
+        self.arrival = self._schedule.arrival()
         self._batch_ends = np.cumsum(self._schedule.batch_rows())
         self._on_progress = on_progress
         self._on_done = on_done

@@ -34,9 +34,10 @@ def arrival_path(activations_path: Path) -> Path:
     return activations_path.with_name(f"{activations_path.name.removesuffix('.npy')}_arrival.npy")
 
 
-def load_arrival_rows(activations_path: Path, n_rows: int) -> np.ndarray | None:
-    """The row numbers in the order extract_activations wrote them (what the trainer's first epoch
-    follows), or None for activations from elsewhere or from before the order was kept."""
+def load_arrival(activations_path: Path, n_rows: int) -> "RowRanges | None":
+    """The rows in the order extract_activations wrote them (what the trainer's first epoch
+    follows), as runs of consecutive rows; None for activations from elsewhere or from before the
+    order was kept."""
     index = load_token_index(activations_path)
     path = arrival_path(activations_path)
     if index is None or not path.is_file():
@@ -44,7 +45,56 @@ def load_arrival_rows(activations_path: Path, n_rows: int) -> np.ndarray | None:
     starts = np.asarray(index[1], dtype=np.int64)
     lengths = np.diff(np.append(starts, n_rows))
     order = np.load(path)
-    return concat_ranges(starts[order], lengths[order])
+    return RowRanges(starts[order], lengths[order])
+
+
+class RowRanges:
+    """Rows in some order, held as runs of consecutive rows (run i: starts[i], starts[i] + 1, ...,
+    lengths[i] of them): an extraction's arrival order costs memory per sequence, not per row."""
+
+    def __init__(self, starts, lengths):
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.ends = np.cumsum(self.lengths)  # the position after each run
+
+    @classmethod
+    def of_rows(cls, rows) -> "RowRanges":
+        rows = np.asarray(rows, dtype=np.int64)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        firsts = np.concatenate([[0], breaks]) if len(rows) else np.zeros(0, dtype=np.int64)
+        return cls(rows[firsts], np.diff(np.append(firsts, len(rows))))
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The rows at positions [start, stop) of the order."""
+        stop = len(self) if stop is None else min(int(stop), len(self))
+        if start >= stop:
+            return np.zeros(0, dtype=np.int64)
+        first = int(np.searchsorted(self.ends, start, side="right"))
+        last = int(np.searchsorted(self.ends, stop - 1, side="right"))
+        starts, lengths = self.starts[first : last + 1].copy(), self.lengths[first : last + 1].copy()
+        run_start = int(self.ends[first] - self.lengths[first])
+        starts[0] += start - run_start
+        lengths[0] -= start - run_start
+        lengths[-1] -= int(self.ends[last]) - stop
+        return concat_ranges(starts, lengths)
+
+    def below(self, limit: int) -> tuple["RowRanges", np.ndarray]:
+        """The rows under `limit`, in this order, and for each of their runs the position in this
+        order where it starts. A run is a run of consecutive rows, so its rows under the limit
+        are its first ones."""
+        kept = np.clip(np.minimum(self.starts + self.lengths, limit) - self.starts, 0, None)
+        nonempty = kept > 0
+        return RowRanges(self.starts[nonempty], kept[nonempty]), (self.ends - self.lengths)[nonempty]
+
+    def tiles(self, n_rows: int) -> bool:
+        """Whether every row of [0, n_rows) comes exactly once."""
+        by_start = np.argsort(self.starts, kind="stable")
+        starts, lengths = self.starts[by_start], self.lengths[by_start]
+        return (len(self) == n_rows and bool(np.all(lengths > 0)) and (len(starts) == 0 or int(starts[0]) == 0)
+                and bool(np.array_equal(starts[1:], (starts + lengths)[:-1])))
 
 
 def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.cache import load_activations, load_arrival_rows
+from engine.cache import load_activations, load_arrival
 from engine.results import CheckpointInfo, TrainProgress, TrainResult
 from engine.trainer import TrainConfig, train_sae
 
@@ -20,7 +20,7 @@ class TrainStep:
     checkpoint_dir: Path
     checkpoint_prefix: str
     resume_from: Path | None = None
-    # The first epoch follows the file's extraction order (engine.cache.load_arrival_rows):
+    # The first epoch follows the file's extraction order (engine.cache.load_arrival):
     # a run that trained while extracting did, so its rerun from the finished file must too. A
     # resume follows whatever its checkpoint's run did (the trainer checks).
     arrival_order: bool = False
@@ -66,7 +66,7 @@ def train_step(
     if activations is None:
         # The run that made the step checked the file already.
         activations = open_rows(step.activations_path)
-    rows = load_arrival_rows(step.activations_path, activations.shape[0]) if step.arrival_order else None
+    rows = load_arrival(step.activations_path, activations.shape[0]) if step.arrival_order else None
     return train_sae(
         activations, step.config, device=step.device, checkpoint_dir=step.checkpoint_dir,
         checkpoint_prefix=step.checkpoint_prefix, on_progress=on_progress, should_stop=should_stop,

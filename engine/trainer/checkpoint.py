@@ -12,7 +12,8 @@ weights_only=True reads it). Its `format_version` says how to read it:
 - 4: every key below, always (sparsity_multiplier and l0_ema came with relu's target_l0), but
   target_scaling_factor, written since transcoders (absent: an SAE), and stream_seek, written
   since streamed runs resume where they read (absent or None: a streamed resume tokenizes the
-  corpus from its start, as before).
+  corpus from its start, as before), and epoch_order, written since an epoch's order is computed
+  a batch at a time (absent: the run goes on drawing torch.randperm orders, engine.trainer.permutation).
 Every checkpoint of formats 1 to 3 still resumes as it would have (its tokens trained counted
 from its epochs and steps; no controller: its multiplier 1).
 """
@@ -27,6 +28,7 @@ import torch
 from engine.errors import EngineError
 from engine.files import AtomicFile
 from engine.results import CheckpointInfo
+from engine.trainer import permutation
 
 FORMAT_VERSION = 4
 _SUMS = ("loss", "mse", "sparsity", "tokens")
@@ -52,6 +54,7 @@ class RunState:
     resampled_features: int = 0
     decode_path: str | None = None  # chosen on the first step, kept by checkpoints for an exact resume
     first_epoch_mixed: bool = False  # the first epoch followed the extraction order (engine.trainer.ordering)
+    epoch_order: str = permutation.FEISTEL  # how an epoch's random order is drawn (engine.trainer.permutation)
     batch_tokens: int = 0  # tokens per step (engine.trainer.plan), fixed for the run
     sparsity_weight: float = 0.0  # the sparsity term's weight, fixed for the run
     tokens_trained: int = 0  # rows the SAE has stepped on, over all epochs
@@ -95,6 +98,7 @@ def write(path: Path, *, sae, optimizer, state: RunState, config, mid_epoch: boo
         "resampled_features": state.resampled_features,
         "decode_path": state.decode_path,
         "first_epoch_mixed": state.first_epoch_mixed,
+        "epoch_order": state.epoch_order,
         "batch_tokens": state.batch_tokens,
         "sparsity_weight": state.sparsity_weight,
         "tokens_trained": state.tokens_trained,
@@ -166,6 +170,8 @@ def restore(saved: Saved, sae, optimizer, state: RunState, *, d_in: int, config,
     state.resampled_features = int(payload.get("resampled_features", 0))
     state.decode_path = payload.get("decode_path")
     state.first_epoch_mixed = bool(payload.get("first_epoch_mixed", False))
+    # Written before the Feistel order: such a run goes on in the order it started with.
+    state.epoch_order = payload.get("epoch_order", permutation.RANDPERM)
     state.sparsity_multiplier = float(payload.get("sparsity_multiplier", 1.0))
     state.l0_ema = None if payload.get("l0_ema") is None else float(payload["l0_ema"])
     if "tokens_trained" in payload:

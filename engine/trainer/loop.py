@@ -16,6 +16,7 @@ from engine.sae import get as architecture
 from engine.trainer import checkpoint, init, plan
 from engine.trainer.config import TrainConfig, check_activations, check_config
 from engine.trainer.ordering import Mixing, RowsReady, finished
+from engine.trainer.permutation import epoch_order
 from engine.trainer.step import Run
 
 _CONVERGENCE_TOLERANCE = 0.01
@@ -33,14 +34,15 @@ def train_sae(
     on_checkpoint: Callable[[CheckpointInfo], None] | None = None,
     resume_from: Path | None = None,
     distributed: bool = False,
-    first_epoch_rows: np.ndarray | None = None,
+    first_epoch_rows=None,  # engine.cache.RowRanges or an array of row numbers
     targets: np.ndarray | torch.Tensor | None = None,
 ) -> TrainResult:
     """`activations`: an array or tensor [rows, d_in], or an engine.activations.ExtractionStream
     still being written, whose rows the first epoch consumes as they arrive.
 
     `first_epoch_rows`: the order in which the rows were extracted (an ExtractionStream's
-    `arrival`, or engine.cache.load_arrival_rows of its finished file). The first epoch then
+    `arrival`, or engine.cache.load_arrival of its finished file: engine.cache.RowRanges; an array
+    of row numbers is taken too). The first epoch then
     draws them through a shuffle buffer in that order, which a run overlapping extraction must do;
     giving the same order for the finished file repeats that run exactly. When resuming, the
     checkpoint decides: the order is used if its run used one (and then must be given).
@@ -117,7 +119,7 @@ def _layout(config, activations, saved, *, device, distributed, first_epoch_rows
         steps_per_epoch = parallel.steps_per_epoch(n_train, batch_tokens)
     mixing = None
     if first_epoch_rows is not None:
-        mixing = Mixing(np.asarray(first_epoch_rows, dtype=np.int64), n_rows=n_rows, n_train=n_train,
+        mixing = Mixing(first_epoch_rows, n_rows=n_rows, n_train=n_train,
                         buffer_rows=config.shuffle_buffer_tokens, batch_tokens=batch_tokens)
     return _Layout(n_rows, n_train, d_in, run_batch_tokens, batch_tokens, sparsity_weight, steps_per_epoch,
                    plan.total_steps(config, n_train, batch_tokens, steps_per_epoch), parallel, mixing,
@@ -192,7 +194,7 @@ def _initialize(sae, state, config, layout: _Layout, activations, stream, rows_r
         indices = init.sample_indices(layout.n_rows, np.random.default_rng(config.seed))
     else:
         # The rows the first step waits for anyway: the buffer's first fill.
-        window = layout.mixing.arrival[: layout.mixing.first_fill]
+        window = layout.mixing.arrival.rows(0, layout.mixing.first_fill)
         if not rows_ready(len(window)):
             raise ExtractionCancelled("Activation extraction was cancelled")
         indices = init.sample_of(window, config.seed)
@@ -270,13 +272,13 @@ class _Loop:
             state.epoch_sums = checkpoint.empty_sums()
         mixed = layout.mixing is not None and state.epochs_done == 0
         if mixed:
-            order = torch.from_numpy(layout.mixing.order(self.generator))
+            order = layout.mixing.order(self.generator)
         else:
             if self.source is None:
                 # Every later epoch reads the finished file (in RAM when it fits the budget).
                 self.activations = finished(self.stream)
                 self.source = self._source(self.activations)
-            order = torch.randperm(layout.n_train, generator=self.generator)
+            order = epoch_order(state.epoch_order, layout.n_train, self.generator)
         for batch_index in range(state.epoch_step, layout.steps_per_epoch):
             if layout.budget_left(state) == 0:
                 return True

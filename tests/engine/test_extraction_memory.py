@@ -9,7 +9,7 @@ import pytest
 
 from engine import packing
 from engine.activations import GROUP_BATCHES, ExtractionStream, extract_activations, extract_sites
-from engine.cache import arrival_path, load_arrival_rows, token_index_paths
+from engine.cache import arrival_path, load_arrival, token_index_paths
 from engine.loading import load_model
 from engine.packing import SequenceSource
 from engine.resolve import resolve_model
@@ -124,12 +124,12 @@ def test_a_file_read_from_the_source_is_the_one_its_sequences_in_memory_give(gpt
 def test_batches_run_a_group_at_a_time_in_corpus_order_and_in_a_seeded_order_inside_it(gpt2, corpus, tmp_path):
     source = counted(corpus, gpt2, SequenceSource)
     lengths = source.lengths()
-    first = load_arrival_rows(extract_activations(gpt2, source, lengths=lengths, **options(tmp_path / "a.npy")).path,
-                              int(lengths[0].sum()))
-    again = load_arrival_rows(extract_activations(gpt2, source, lengths=lengths, **options(tmp_path / "b.npy")).path,
-                              int(lengths[0].sum()))
+    first = load_arrival(extract_activations(gpt2, source, lengths=lengths, **options(tmp_path / "a.npy")).path,
+                         int(lengths[0].sum())).rows()
+    again = load_arrival(extract_activations(gpt2, source, lengths=lengths, **options(tmp_path / "b.npy")).path,
+                         int(lengths[0].sum())).rows()
     other = extract_activations(gpt2, source, lengths=lengths, **options(tmp_path / "c.npy", seed=4)).path
-    assert np.array_equal(first, again) and not np.array_equal(first, load_arrival_rows(other, len(first)))
+    assert np.array_equal(first, again) and not np.array_equal(first, load_arrival(other, len(first)).rows())
     group_rows = int(lengths[0][: BATCH * GROUP_BATCHES].sum())
     assert sorted(first[:group_rows].tolist()) == list(range(group_rows))  # the first group's rows come first
 

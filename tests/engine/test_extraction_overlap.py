@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.activations import ExtractionStream, extract_activations
-from engine.cache import load_arrival_rows
+from engine.cache import load_arrival
 from engine.errors import ActivationsError, EngineError, ExtractionCancelled
 from engine.loading import load_model
 from engine.resolve import resolve_model
@@ -58,7 +58,7 @@ class SlowModel:
 
 def test_the_arrival_order_lists_every_row_once_and_is_kept_beside_the_file(gpt2, sample_texts, tmp_path):
     result = extract_activations(gpt2, texts(sample_texts), **extract(gpt2, None, tmp_path / "a.npy"))
-    arrival = load_arrival_rows(result.path, result.n_tokens)
+    arrival = load_arrival(result.path, result.n_tokens).rows()
     assert sorted(arrival.tolist()) == list(range(result.n_tokens))
     assert not np.array_equal(arrival, np.arange(result.n_tokens))  # batches run by length, not corpus order
 
@@ -82,7 +82,7 @@ def test_an_overlapped_run_is_the_run_a_finished_file_gives(gpt2, sample_texts, 
     assert extraction.path.is_file() and not extraction.path.with_name("live.npy.partial").exists()
 
     finished = np.load(extraction.path, mmap_mode="r")
-    again = train_sae(finished, config(), first_epoch_rows=load_arrival_rows(extraction.path, len(finished)))
+    again = train_sae(finished, config(), first_epoch_rows=load_arrival(extraction.path, len(finished)))
     assert again.loss_history == overlapped.loss_history
     for name, value in overlapped.sae.state_dict().items():
         assert torch.equal(value, again.sae.state_dict()[name]), name
@@ -96,7 +96,7 @@ def test_a_run_resumed_mid_first_epoch_matches(gpt2, sample_texts, tmp_path):
     whole = train_sae(stream, config(max_epochs=1))
     path = stream.result().path
     finished = np.load(path, mmap_mode="r")
-    arrival = load_arrival_rows(path, len(finished))
+    arrival = load_arrival(path, len(finished)).rows()
 
     stops = iter([False, False, False, True])
     cut = train_sae(finished, config(max_epochs=1, stop_check_interval_s=0.0), first_epoch_rows=arrival,
@@ -121,7 +121,7 @@ def test_a_plain_run_resumed_with_an_order_at_hand_stays_plain(gpt2, sample_text
     cut = train_sae(finished, config(max_epochs=1, stop_check_interval_s=0.0), should_stop=lambda: next(stops, True),
                     checkpoint_dir=tmp_path / "ck")
     resumed = train_sae(finished, config(max_epochs=1), resume_from=cut.checkpoints[-1].path,
-                        first_epoch_rows=load_arrival_rows(path, len(finished)))
+                        first_epoch_rows=load_arrival(path, len(finished)))
     for name, value in whole.sae.state_dict().items():
         assert torch.equal(value, resumed.sae.state_dict()[name]), name
 
