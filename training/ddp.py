@@ -10,7 +10,9 @@ writes progress, the training curve and checkpoint rows with the callbacks of a 
 the worker loads it, and the run evaluates, exports and analyses the SAE as for any job.
 
 The ranks train the step the run handed the worker (engine.run.training.TrainStep: the file, the
-TrainConfig, the checkpoint to resume), read from <models>/<job>_ddp_launch.json; the command line
+TrainConfig, the checkpoint to resume; or a StreamStep, when the job streams: each rank then loads
+the model and computes every row itself, and steps on its share of each batch), read from
+<models>/<job>_ddp_launch.json; the command line
 carries the job id only and the environment the database URL. On cancel the worker sends SIGTERM to torchrun and to every rank:
 the ranks stop after the same step, rank 0 writes a checkpoint, and SIGKILL follows STOP_GRACE_S
 later for whatever still runs.
@@ -82,6 +84,7 @@ def train(job, step, should_stop, report):
     """The engine run's training step (engine.run.training.TrainStep) under torchrun: rank 0's
     TrainResult; None when the job was cancelled before rank 0 could hand one back."""
     from engine.distributed import load_result
+    from engine.run.training import StreamStep
     from training.job_training import training_place
 
     cuda = str(step.device).startswith("cuda")
@@ -92,8 +95,9 @@ def train(job, step, should_stop, report):
     files["log"].unlink(missing_ok=True)
     # The ranks start after extraction, but their first epoch follows the extraction order as a
     # one-process job's does when it trains while extracting (the step's arrival_order), so both
-    # give the same SAE.
-    files["launch"].write_text(json.dumps({"step": step.to_dict(), "cuda": cuda, "result_path": str(files["result"])}))
+    # give the same SAE. A streamed job's ranks each run the model over the corpus (a StreamStep).
+    kind = "stream" if isinstance(step, StreamStep) else "step"
+    files["launch"].write_text(json.dumps({kind: step.to_dict(), "cuda": cuda, "result_path": str(files["result"])}))
     if cuda:
         import torch
 
@@ -243,7 +247,9 @@ def main(job_id: str) -> None:
     from django.db import connection
 
     from engine.distributed import save_result
-    from engine.run.training import TrainStep, train_step
+    from engine.run.runner import train_stream_step
+    from engine.run.training import StreamStep, TrainStep, train_step
+    from training.engine_run import job_spec
     from training.job_training import train_callbacks
     from training.models import TrainingJob
 
@@ -258,11 +264,18 @@ def main(job_id: str) -> None:
         dist.init_process_group("gloo")
     rank = dist.get_rank()
     try:
-        # The RAM budget is the host's, and every rank loads a copy.
-        step = TrainStep.from_dict(launch["step"]).on_device(device, ram_share=dist.get_world_size())
         on_progress, on_checkpoint = train_callbacks(job, lambda event: None) if rank == 0 else (None, None)
-        result = train_step(step, distributed=True, on_progress=on_progress, on_checkpoint=on_checkpoint,
-                            should_stop=_stop_check(stopping, job.worker_pid if rank == 0 else None))
+        should_stop = _stop_check(stopping, job.worker_pid if rank == 0 else None)
+        if "stream" in launch:
+            # Each rank runs the job's model over the corpus itself (the spec as its worker built it).
+            step = StreamStep.from_dict(launch["stream"]).on_device(device)
+            result = train_stream_step(job_spec(job, device), step, distributed=True, on_progress=on_progress,
+                                       on_checkpoint=on_checkpoint, should_stop=should_stop)
+        else:
+            # The RAM budget is the host's, and every rank loads a copy.
+            step = TrainStep.from_dict(launch["step"]).on_device(device, ram_share=dist.get_world_size())
+            result = train_step(step, distributed=True, on_progress=on_progress, on_checkpoint=on_checkpoint,
+                                should_stop=should_stop)
         if rank == 0:
             save_result(result, Path(launch["result_path"]))
     except Exception as err:

@@ -140,8 +140,6 @@ def job_columns(*, owner, request: JobRequest, any_local_path: bool = False, des
                                       max_epochs=request.max_epochs, training_tokens=request.training_tokens,
                                       cache_activations=_cache_mode(request), token=request.huggingface_token,
                                       sites=1 if _reconstructs(request) else 2)
-        if disk_plan is not None and request.gpu_ids is not None:
-            disk_plan["reason"] = f"{DDP_CACHES}; {disk_plan['reason']}"
     # The request's fields are the job's columns, but for the corpus (a row) and the token (encrypted).
     columns = {name: value for name, value in asdict(request).items()
                if name not in ("corpus_file", "huggingface_token", "force")}
@@ -211,15 +209,9 @@ def _reconstructs(request: JobRequest) -> bool:
     return not architectures.get(request.architecture).predicts_another_site
 
 
-# Why a gpu_ids job caches whatever its cache_activations: its torchrun ranks train on a finished
-# file (training.ddp); a DDP job that streams is not built yet.
-DDP_CACHES = "a gpu_ids job's ranks train from a cache file (they do not stream yet)"
-
-
 def _cache_mode(request: JobRequest) -> str:
-    """What the worker will do: a transcoder always caches its two sites, and a gpu_ids job the
-    file its ranks read (engine.run's run caches whenever a training step is plugged in)."""
-    return request.cache_activations if _reconstructs(request) and request.gpu_ids is None else "always"
+    """What the worker will do: a transcoder always caches its two sites."""
+    return request.cache_activations if _reconstructs(request) else "always"
 
 
 def _check_transcoder(request: JobRequest) -> None:
@@ -255,9 +247,6 @@ def _check_gpu_ids(request: JobRequest) -> None:
         raise ServiceError(f"gpu_ids: {list(ids)} names a GPU more than once.", field="gpu_ids")
     if min(ids) < 0:
         raise ServiceError(f"gpu_ids: {list(ids)} has a negative index; GPUs are numbered from 0.", field="gpu_ids")
-    if request.cache_activations == "never":
-        raise ServiceError(f"cache_activations: {DDP_CACHES}; use auto or always, or gpu_id to stream on one GPU.",
-                           field="cache_activations")
 
 
 BROKER_DOWN_MESSAGE = ("Waiting for a worker: the task queue did not answer when the job was queued; it is handed "

@@ -15,7 +15,7 @@ from engine.run.analysis import analyze
 from engine.run.evaluation import evaluate
 from engine.run.final_rows import final_rows, keep_final_rows
 from engine.run.spec import ANALYZING, EVALUATING, EXTRACTING, LOADING, TRAINING, RunCallbacks, RunOutcome, RunSpec
-from engine.run.training import TrainFunction, TrainStep, train_in_process
+from engine.run.training import StreamStep, TrainFunction, TrainStep, train_in_process
 from engine.stream import ActivationStream
 
 
@@ -27,7 +27,8 @@ def run(spec: RunSpec, callbacks: RunCallbacks | None = None, *, train: TrainFun
 
     `train(step, activations, callbacks)`: the training step, engine.run.training.train_in_process
     by default. Only that one trains while the model extracts; a run given another extracts first
-    and hands it the finished file (torchrun ranks, say, that read it themselves).
+    and hands it the finished file (torchrun ranks, say, that read it themselves), or, when the run
+    streams, a StreamStep and its stream (each rank then streams too: train_stream_step).
 
     `loaded`: the spec's model already loaded (engine.loading.LoadedModel), as a sweep shares one
     among its members (engine.run.sweep); the run then loads none."""
@@ -49,6 +50,29 @@ def finish_streamed(spec: RunSpec, callbacks: RunCallbacks | None, *, loaded, st
     except Exception as err:
         finishing._call("on_error", finishing.phase, err)
         raise
+
+
+def train_stream_step(spec: RunSpec, step: StreamStep, *, distributed: bool = False, on_progress=None,
+                      on_checkpoint=None, should_stop=None):
+    """A StreamStep trained here, on the stream the spec and the step describe, with the spec's
+    model loaded on step.device (a torchrun rank's part of a streamed run)."""
+    import numpy as np
+
+    from engine.trainer.streamed import train_streamed
+
+    spec = replace(spec, device=step.device)
+    loaded = load_spec_model(spec)
+    stream = spec_stream(spec, loaded, sources.sequence_source(spec, loaded), np.load(step.rows_path),
+                         n_rows=step.n_rows, corpus_rows=step.corpus_rows)
+    return train_streamed(stream, step.config, device=step.device, checkpoint_dir=step.checkpoint_dir,
+                          checkpoint_prefix=step.checkpoint_prefix, on_progress=on_progress, should_stop=should_stop,
+                          on_checkpoint=on_checkpoint, resume_from=step.resume_from, distributed=distributed)
+
+
+def spec_stream(spec: RunSpec, loaded, source, rows, *, n_rows: int | None, corpus_rows: int) -> ActivationStream:
+    """The spec's pass over its corpus with no cache: `rows` per sequence, n_rows of them read."""
+    return ActivationStream(loaded, source, rows, layer_number=spec.layer_number, batch_size=spec.batch_size,
+                            hook_point=spec.hook_point, n_rows=n_rows, corpus_rows=corpus_rows)
 
 
 def resolve_spec_model(spec: RunSpec) -> ResolvedModel:
@@ -147,13 +171,15 @@ class _Run:
         lengths = None if saved else self.source.lengths(max_rows=sources.rows_needed(spec))
         rows, corpus_rows = saved or (lengths[0], None)
         corpus_rows = int(rows.sum()) if corpus_rows is None else corpus_rows
-        mode = "never" if streamed else "always" if resumed or not self.may_overlap else spec.cache_activations
+        mode = "never" if streamed else "always" if resumed else spec.cache_activations
         self.disk = sources.disk_plan(spec, self.loaded, corpus_rows, mode=mode, sequences=len(rows))
         if not self.disk.cache:
-            self.stream = ActivationStream(self.loaded, self.source, rows, layer_number=spec.layer_number,
-                                           batch_size=spec.batch_size, hook_point=spec.hook_point,
-                                           n_rows=sources.rows_to_read(spec, corpus_rows), corpus_rows=corpus_rows)
-            keep_final_rows(spec, self.stream)
+            self.stream = spec_stream(spec, self.loaded, self.source, rows, n_rows=sources.rows_to_read(spec, corpus_rows),
+                                      corpus_rows=corpus_rows)
+            # Training elsewhere (train given) computes these rows in other processes: here they
+            # are computed again after it.
+            if self.may_overlap:
+                keep_final_rows(spec, self.stream)
             return self.stream, None, None
         # The corpus is read a group of sequences at a time as the model runs (engine.activations).
         reading = dict(n_rows=sources.rows_to_read(spec, corpus_rows), lengths=lengths)
@@ -247,6 +273,19 @@ class _Run:
         """The training step on the finished file; a rerun of a run that trained while extracting
         follows its order again, a resume the order its checkpoint's run used."""
         spec = self.spec
+        if self.stream is not None and not self.may_overlap:
+            self._enter(TRAINING, overlapped=False, resume_from=spec.resume_from)
+            step = self._stream_step()
+            # Each process of the step loads the model (one of them on this device): this copy is
+            # freed while they train, and loaded again for the evaluation.
+            self.loaded = self.stream.loaded = None
+            try:
+                result = self.train(step, self.stream, self.callbacks)
+            finally:
+                step.rows_path.unlink(missing_ok=True)
+            if result is not None and result.stopped_reason != "cancelled":
+                self.loaded = self.stream.loaded = load_spec_model(spec, self.model)
+            return result
         if self.stream is not None:
             from engine.trainer.streamed import train_streamed
 
@@ -265,6 +304,21 @@ class _Run:
         step = self._step(path, arrival_order=extracted and (spec.resume_from is not None or spec.first_epoch_in_arrival_order))
         self._enter(TRAINING, overlapped=False, resume_from=spec.resume_from)
         return self.train(step, activations, self.callbacks)
+
+    def _stream_step(self) -> StreamStep:
+        """The stream as a step other processes rebuild: its rows per sequence go to a file beside
+        the checkpoints."""
+        import numpy as np
+
+        from engine.files import AtomicFile
+
+        spec, stream = self.spec, self.stream
+        rows_path = spec.paths.checkpoint_dir / f"{spec.checkpoint_prefix}_stream_rows.npy"
+        with AtomicFile(rows_path) as partial, open(partial, "wb") as out:
+            np.save(out, np.diff(stream.ends, prepend=0))
+        return StreamStep(config=self.config, device=spec.device, checkpoint_dir=spec.paths.checkpoint_dir,
+                          checkpoint_prefix=spec.checkpoint_prefix, rows_path=rows_path, n_rows=stream.n_rows,
+                          corpus_rows=stream.corpus_rows, resume_from=spec.resume_from)
 
     def _finish(self, result, activations, path) -> RunOutcome:
         spec = self.spec

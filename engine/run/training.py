@@ -1,6 +1,8 @@
-"""A run's training step: one SAE trained on a finished activations file. The run calls it in its
-own process by default (`train_in_process`); a caller may plug in another, such as torchrun
-ranks that each call `train_step(..., distributed=True)` with the step their parent handed them."""
+"""A run's training step: one SAE trained on a finished activations file (TrainStep), or on rows
+the model computes as they are read (StreamStep). The run calls it in its own process by default
+(`train_in_process`); a caller may plug in another, such as torchrun ranks that each call
+`train_step(..., distributed=True)` with the step their parent handed them, or, for a StreamStep,
+engine.run.runner.train_stream_step."""
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -45,6 +47,35 @@ class TrainStep:
         budget = self.config.ram_budget_bytes
         return replace(self, device=device, config=replace(
             self.config, ram_budget_bytes=None if budget is None else budget // ram_share))
+
+
+@dataclass
+class StreamStep:
+    """A streamed run's training step for other processes: each rebuilds the run's stream from the
+    run's spec and these (engine.run.runner.train_stream_step), and trains on it. `rows_path`: a
+    .npy of the pass's rows per sequence (what the run's tokenizing pass counted)."""
+
+    config: TrainConfig
+    device: str
+    checkpoint_dir: Path
+    checkpoint_prefix: str
+    rows_path: Path
+    n_rows: int | None  # rows the pass reads (None: the whole corpus)
+    corpus_rows: int  # rows of one pass over the whole corpus
+    resume_from: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "checkpoint_dir": str(self.checkpoint_dir), "rows_path": str(self.rows_path),
+                "resume_from": None if self.resume_from is None else str(self.resume_from)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "StreamStep":
+        return cls(**{**values, "config": TrainConfig(**values["config"]), "checkpoint_dir": Path(values["checkpoint_dir"]),
+                      "rows_path": Path(values["rows_path"]),
+                      "resume_from": None if values["resume_from"] is None else Path(values["resume_from"])})
+
+    def on_device(self, device: str, *, ram_share: int = 1) -> "StreamStep":
+        return replace(self, device=device)
 
 
 # What a run calls to train: (the step, the activations the run has open, its callbacks) -> the

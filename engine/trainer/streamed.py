@@ -12,6 +12,11 @@ Besides the epochs' ends and a cancel, a checkpoint is written at a block's star
 checkpoint_interval_s has passed since the last one (a one-pass run has no epoch end before its
 last step), the run keeping the latest of them only (checkpoint.Writer).
 The next block is computed in a background thread while the SAE steps on this one.
+
+With `distributed`, every rank of a process group reads the whole stream (the model runs over every
+row in every rank) and steps on its share r::world of each batch, as a cached run's ranks do
+(engine.distributed): together they train on exactly the batches one process would, the SAE step
+data-parallel, the model's forward not. Rank 0 alone writes checkpoints.
 """
 import math
 import queue
@@ -38,12 +43,14 @@ def block_seed(seed: int, epoch: int, block: int) -> int:
 
 
 def train_streamed(stream, config, *, device: str = "cpu", checkpoint_dir=None, checkpoint_prefix: str = "sae",
-                   on_progress=None, should_stop=None, on_checkpoint=None, resume_from=None):
+                   on_progress=None, should_stop=None, on_checkpoint=None, resume_from=None, distributed: bool = False):
     """Train on `stream` (an ActivationStream: its shape, and rows read front to back); the last
-    eval_fraction of its rows are held out as from a cache. Returns a TrainResult (streamed=True)."""
+    eval_fraction of its rows are held out as from a cache. Returns a TrainResult (streamed=True).
+    `distributed`: call it in every rank of an initialised process group, each with its own stream
+    over the same corpus and model (callbacks as for train_sae's ranks)."""
     steps = streamed_steps(stream, config, device=device, checkpoint_dir=checkpoint_dir,
                            checkpoint_prefix=checkpoint_prefix, on_progress=on_progress, should_stop=should_stop,
-                           on_checkpoint=on_checkpoint, resume_from=resume_from)
+                           on_checkpoint=on_checkpoint, resume_from=resume_from, distributed=distributed)
     return _read_alone(stream, steps)
 
 
@@ -60,7 +67,7 @@ NEXT = "next"  # a run's steps ask for their Epoch's next range: sent back (rows
 
 
 def streamed_steps(stream, config, *, device: str = "cpu", checkpoint_dir=None, checkpoint_prefix: str = "sae",
-                   on_progress=None, should_stop=None, on_checkpoint=None, resume_from=None):
+                   on_progress=None, should_stop=None, on_checkpoint=None, resume_from=None, distributed: bool = False):
     """train_streamed as a generator that asks for its rows instead of reading them: it yields an
     Epoch, then NEXT once per range of it (each answered with (rows, Position)), and returns the
     TrainResult. train_streamed answers from the stream alone; a streaming sweep answers several
@@ -70,7 +77,7 @@ def streamed_steps(stream, config, *, device: str = "cpu", checkpoint_dir=None, 
     saved = checkpoint.load(resume_from) if resume_from is not None else None
     if saved is not None and not saved.payload.get("streamed", False):
         raise EngineError(f"Checkpoint '{saved.name}' was trained from an activation cache: resume it from that cache")
-    layout = _layout(config, stream, saved, device=device, distributed=False, first_epoch_rows=None)
+    layout = _layout(config, stream, saved, device=device, distributed=distributed, first_epoch_rows=None)
     block = block_rows(config, layout.batch_tokens)
     started = time.monotonic()
     first_block = sample = None
@@ -85,7 +92,8 @@ def streamed_steps(stream, config, *, device: str = "cpu", checkpoint_dir=None, 
     run.progress.started_at = run.progress.last_report_at = started
     run.state.streamed = True
     run.state.stream_seek = stream.seek_record(None)
-    writer = checkpoint.Writer(checkpoint_dir, checkpoint_prefix, on_checkpoint, resumed_from=resume_from)
+    writer = checkpoint.Writer(checkpoint_dir, checkpoint_prefix, on_checkpoint, resumed_from=resume_from,
+                               enabled=layout.parallel is None or layout.parallel.rank == 0)
     loop = _StreamLoop(run, writer, layout, stream, block, first_block, should_stop, on_progress)
     if saved is not None:
         loop.resume_at = stream.position_from(saved.payload.get("stream_seek"))
@@ -176,10 +184,14 @@ class _StreamLoop(_Loop):
                 if self._stop_asked():
                     return False
                 indices = cut_to_budget(order[s * batch : (s + 1) * batch], layout, state)
+                if layout.parallel is not None:
+                    indices = layout.parallel.shard(indices)
+                    if not len(indices):  # the pass's last batch, smaller than the world: left out
+                        break
                 picked = np.sort(indices.numpy())
                 x = torch.from_numpy(rows[picked]).to(run.device, torch.float32) * state.scaling_factor
                 run.step(x)
-                state.tokens_trained += len(picked)
+                state.tokens_trained += len(picked) * (1 if layout.parallel is None else layout.parallel.world)
                 state.epoch_step = first_step + s + 1
                 run.progress.maybe_report(self.on_progress, epoch=state.epochs_done + 1, step=state.step,
                                           tokens_done=state.tokens_trained)

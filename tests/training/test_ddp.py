@@ -310,7 +310,6 @@ def test_a_failing_rank_fails_the_job_with_its_reason(alice, ddp_on_cpu, tmp_pat
         ({"gpu_ids": [1, 1]}, "gpu_ids: [1, 1] names a GPU more than once."),
         ({"gpu_ids": [0]}, "gpu_ids:"),
         ({"gpu_ids": [0, -1]}, "gpu_ids.1: Ensure this value is greater than or equal to 0."),
-        ({"gpu_ids": [0, 1], "cache_activations": "never"}, "cache_activations: a gpu_ids job's ranks train from a cache"),
     ],
 )
 def test_gpu_ids_requests_are_checked(alice_api, upload, hub_models, settings, fields, needle):
@@ -340,13 +339,37 @@ def test_gpu_ids_on_a_machine_without_a_gpu_need_ddp_on_cpu(alice_api, upload, h
 
 
 @pytest.mark.django_db
-def test_a_gpu_ids_job_plans_the_disk_for_the_cache_its_ranks_train_from(alice, ddp_on_cpu):
-    # One pass: a one-device job would stream it, but the ranks read a cache file (they do not stream yet).
+def test_a_gpu_ids_job_plans_the_disk_as_a_one_device_job_does(alice, ddp_on_cpu):
+    # One pass: streamed, by one process or by the ranks alike.
     single = make_job(alice, max_epochs=1)
     job = make_job(alice, max_epochs=1, gpu_ids=[0, 1])
-    assert single.disk_plan["cache"] is False
-    assert job.disk_plan["cache"] is True and job.disk_plan["cache_bytes"] > 0
-    assert job.disk_plan["reason"].startswith("a gpu_ids job's ranks train from a cache file")
+    assert single.disk_plan["cache"] is job.disk_plan["cache"] is False
+    assert job.disk_plan["reason"] == single.disk_plan["reason"]
+    assert make_job(alice, max_epochs=2, gpu_ids=[0, 1], cache_activations="always").disk_plan["cache"] is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_streamed_gpu_ids_job_trains_under_torchrun_each_rank_running_the_model(alice, ddp_on_cpu, settings, caplog):
+    """No cache: each rank loads the model, computes every row and steps on its share of each
+    batch; the worker then evaluates and analyses as a one-process streamed job does."""
+    from training.models import TrainingJob
+    from training.pipeline import job_run
+
+    single = job_run(make_job(alice, max_epochs=2, cache_activations="never").id)
+    job = job_run(make_job(alice, max_epochs=2, cache_activations="never", gpu_ids=[0, 1]).id)
+    assert single.status == job.status == TrainingJob.Status.COMPLETED, job.message
+    assert f"Job {job.id}: training on 2 CPU processes (DDP) under torchrun" in caplog.text
+    assert job.activations_path in (None, "") and not job.disk_plan["cache"]
+    stats, reference = job.training_stats, single.training_stats
+    assert stats["total_epochs"] == 2 and stats["sae_batch_tokens_used"] == reference["sae_batch_tokens_used"]
+    # The same batches, less the odd row of an epoch's last batch that two ranks cannot split.
+    assert 0 <= reference["tokens_trained"] - stats["tokens_trained"] <= 2
+    np.testing.assert_allclose(stats["loss_history"], reference["loss_history"], rtol=2e-2)
+    assert abs(job.evaluation["explained_variance"] - single.evaluation["explained_variance"]) < 0.02
+    assert job.evaluation["eval_tokens"] == single.evaluation["eval_tokens"] and job.features_dir
+    assert [c.epoch for c in job.checkpoints.all()] == [c.epoch for c in single.checkpoints.all()]
+    left = [p.name for p in Path(job.model_path).parent.glob(f"{job.id}_*") if "ddp" in p.name or "stream_rows" in p.name]
+    assert not left  # the hand-off files are gone
 
 
 def test_manage_py_train_takes_gpu_ids(run_train, tmp_path):
