@@ -10,9 +10,10 @@ from django.db import IntegrityError, transaction
 from corpora.models import Corpus
 from corpora.quotas import upload_limit
 from corpora.upload_checks import byte_check
-from engine.corpus import SUFFIXES, corpus_format, scan_corpus
+from engine.corpus import SUFFIXES, CorpusScan, corpus_format
 from engine.errors import CorpusError
 from mistudio.errors import Conflict, ServiceError
+from mistudio.sandbox import SandboxError, SandboxRefused, run_limited
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,199}$")
 _SAFE_FIELD = re.compile(r"^[^\x00-\x1f]{1,200}$")
@@ -71,16 +72,13 @@ def corpus_add(*, owner, name: str, chunks=None, folder: Path | None = None, tex
         )
     storage = corpora_dir() / f"{stem}{suffix}"
     partial = corpora_dir() / f"{stem}.part{suffix}"
+    partial_uploads_remove_stale()
     # The size limit, the owner's storage quota and the free disk: refused before the disk fills.
     limit = upload_limit(owner)
     try:
         size = (_copy_folder(folder, partial, name, limit) if folder is not None
                 else _store_chunks(chunks, partial, name, limit))
-        try:
-            scan = scan_corpus(partial, text_field=text_field)
-        except CorpusError as err:
-            # The engine names the file it read: the user knows it by their name for it.
-            raise ServiceError(str(err).replace(partial.name, name)) from None
+        scan = _scan(partial, name, text_field)
         partial.rename(storage)
         try:
             with transaction.atomic():
@@ -94,6 +92,19 @@ def corpus_add(*, owner, name: str, chunks=None, folder: Path | None = None, tex
             raise Conflict(f"A corpus named {name!r} already exists: upload under another name.") from None
     finally:
         _remove(partial)
+
+
+def _scan(partial: Path, name: str, text_field: str) -> CorpusScan:
+    """engine.corpus.scan_corpus in a child process with limits (mistudio.sandbox): a forged or
+    oversized file costs that process, never this one."""
+    try:
+        return CorpusScan(**run_limited("engine.corpus:scan_summary", str(partial), text_field,
+                                        expected=("CorpusError",), what=repr(name)))
+    except SandboxError as err:
+        # The engine names the file it read: the user knows it by their name for it.
+        raise ServiceError(str(err).replace(partial.name, name)) from None
+    except SandboxRefused as err:
+        raise ServiceError(f"{name!r} was refused: {err}.") from None
 
 
 def _store_chunks(chunks, partial: Path, name: str, limit) -> int:
@@ -130,6 +141,28 @@ def _copy_folder(folder: Path, partial: Path, name: str, limit) -> int:
         if path.is_dir():
             path.chmod(0o700)
     return size
+
+
+def partial_uploads_remove_stale() -> list[str]:
+    """Remove the partial files of uploads whose process died while storing or reading them (a
+    killed request's `finally` never ran): those untouched for MISTUDIO_PARTIAL_UPLOAD_STALE_S.
+    Run by every upload, by each worker as it starts and by its watchdog. The names removed."""
+    import time
+
+    folder = corpora_dir()
+    if not folder.is_dir():
+        return []
+    cutoff = time.time() - settings.PARTIAL_UPLOAD_STALE_S
+    removed = []
+    for path in folder.glob("*.part*"):
+        try:
+            stale = path.lstat().st_mtime < cutoff
+        except FileNotFoundError:
+            continue
+        if stale:
+            _remove(path)
+            removed.append(path.name)
+    return removed
 
 
 def _remove(path: Path) -> None:

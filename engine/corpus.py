@@ -17,7 +17,7 @@ import codecs
 import itertools
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -135,6 +135,11 @@ def scan_corpus(path: Path, *, text_field: str = "text") -> CorpusScan:
     return CorpusScan(format=fmt, text_field=text_field, documents=documents, lines=lines, text_bytes=text_bytes)
 
 
+def scan_summary(path: str, text_field: str = "text") -> dict:
+    """scan_corpus as plain values, for a caller that runs it in another process (mistudio.sandbox)."""
+    return asdict(scan_corpus(Path(path), text_field=text_field))
+
+
 def _open(path: Path):
     try:
         return open(path, "rb")
@@ -199,6 +204,11 @@ def _jsonl_documents(path: Path, text_field: str, at: tuple | None) -> Iterator[
                     f"Bad JSON at line {number} of '{path.name}' ({exc.msg}, column {exc.colno}): "
                     "each line must be one JSON object"
                 ) from None
+            except RecursionError:
+                raise CorpusError(
+                    f"Line {number} of '{path.name}' nests arrays or objects too deeply to read: each line must be "
+                    f'one flat JSON object, e.g. {{"{text_field}": "..."}}'
+                ) from None
             if not isinstance(record, dict):
                 raise CorpusError(
                     f"Line {number} of '{path.name}' is not a JSON object (it is {_json_kind(record)}): "
@@ -256,7 +266,11 @@ def _batch_documents(batches, text_field: str, name: str | None = None, *, skip:
         for batch in batches:
             if row + batch.num_rows > skip:
                 lo = max(skip - row, 0)
-                for number, value in enumerate(batch.column(text_field).slice(lo).to_pylist(), start=row + lo):
+                column = batch.column(text_field)
+                # A file's offsets and lengths are checked against its buffers before any value is
+                # read: a forged offset would otherwise read past the memory map (a crash, not an error).
+                column.validate(full=True)
+                for number, value in enumerate(column.slice(lo).to_pylist(), start=row + lo):
                     if value is not None and value.strip():
                         yield value, number
             row += batch.num_rows

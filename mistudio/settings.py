@@ -340,6 +340,15 @@ ANALYSIS_TOKENS = env_int("MISTUDIO_ANALYSIS_TOKENS", EVAL_DEFAULTS.analysis_tok
 EVAL_MAX_TOKENS = env_int("MISTUDIO_EVAL_MAX_TOKENS", EVAL_DEFAULTS.max_rows, minimum=1)
 CE_EVAL_TOKENS = env_int("MISTUDIO_CE_EVAL_TOKENS", EVAL_DEFAULTS.ce_max_tokens, minimum=1)
 EVAL_LOGITS_BYTES = env_int("MISTUDIO_EVAL_LOGITS_BYTES", EVAL_DEFAULTS.logits_bytes, minimum=1)
+
+# Untrusted input (an uploaded corpus) is read in a child process under these limits
+# (mistudio.sandbox): its address space, its CPU time, and the wall-clock time it may take.
+SANDBOX_MEMORY_BYTES = env_int("MISTUDIO_SANDBOX_MEMORY_BYTES", 2 << 30, minimum=256 << 20)
+SANDBOX_CPU_S = env_int("MISTUDIO_SANDBOX_CPU_S", 120, minimum=1)
+SANDBOX_TIMEOUT_S = env_int("MISTUDIO_SANDBOX_TIMEOUT_S", 180, minimum=1)
+# A partial upload (corpora) untouched this long belongs to a request that died: removed by the
+# next upload and by the workers (at start and by their watchdog).
+PARTIAL_UPLOAD_STALE_S = env_int("MISTUDIO_PARTIAL_UPLOAD_STALE_S", 3600, minimum=60)
 # Members one sweep may have (layers x hook_points x members): each is a job with its own SAE,
 # checkpoints and artifacts, trained one after another by the sweep's one task.
 SWEEP_MAX_MEMBERS = env_int("MISTUDIO_SWEEP_MAX_MEMBERS", 64, minimum=1)

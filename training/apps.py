@@ -25,6 +25,8 @@ class TrainingConfig(AppConfig):
 
         watchdog_register("training.recovery.jobs_recover_stale")
         watchdog_register("training.recovery.jobs_requeue_orphans")
+        # And removes what an upload whose request died left half-written.
+        watchdog_register("corpora.services.partial_uploads_remove_stale")
         # A user's storage (corpora.quotas) counts their jobs' files beside their corpora.
         from corpora.quotas import storage_counter_register
 

@@ -12,12 +12,14 @@ def run_training_job(job_id: str) -> str | None:
 
 
 def recover_on_worker_start(sender, proc_name=None, **kwargs):
+    from corpora.services import partial_uploads_remove_stale
     from training.recovery import jobs_recover_stale
 
-    try:
-        jobs_recover_stale()
-    except Exception:  # noqa: BLE001 - a failed recovery check must not keep the worker from starting
-        logger.exception("Recovering stale jobs failed in %s", proc_name)
+    for check, what in ((jobs_recover_stale, "Recovering stale jobs"), (partial_uploads_remove_stale, "Removing stale uploads")):
+        try:
+            check()
+        except Exception:  # noqa: BLE001 - a failed check must not keep the worker from starting
+            logger.exception("%s failed in %s", what, proc_name)
 
 
 def run_sweep(sweep_id: str) -> str | None:

@@ -117,6 +117,10 @@ def test_resuming_a_transcoder_matches_an_uninterrupted_run(architecture, tmp_pa
     assert cancelled.stopped_reason == "cancelled"
     resumed = train_sae(x, cfg, targets=y, resume_from=cancelled.checkpoints[-1].path)
     assert resumed.target_scaling_factor == uninterrupted.target_scaling_factor
+    # The same batches give the same losses; the weights agree up to the CPU kernels' rounding,
+    # which TopK's choices can amplify: the same run twice in one process ended up to 1.4e-5 apart
+    # in a weight here (the kernels' results depend on where the buffers lie in memory); a resume
+    # that drew other batches would change the loss history above.
     np.testing.assert_allclose(resumed.loss_history, uninterrupted.loss_history, rtol=1e-5)
     for name, tensor in uninterrupted.sae.state_dict().items():
-        torch.testing.assert_close(resumed.sae.state_dict()[name], tensor, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(resumed.sae.state_dict()[name], tensor, rtol=1e-3, atol=1e-4)
