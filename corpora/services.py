@@ -15,6 +15,7 @@ from engine.errors import CorpusError
 from mistudio.errors import Conflict, ServiceError
 from mistudio.sandbox import SandboxError, SandboxRefused, run_limited
 
+_MIN_TEXT_CAP_BYTES = 16 << 20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,199}$")
 _SAFE_FIELD = re.compile(r"^[^\x00-\x1f]{1,200}$")
 
@@ -78,7 +79,7 @@ def corpus_add(*, owner, name: str, chunks=None, folder: Path | None = None, tex
     try:
         size = (_copy_folder(folder, partial, name, limit) if folder is not None
                 else _store_chunks(chunks, partial, name, limit))
-        scan = _scan(partial, name, text_field)
+        scan = _scan(partial, name, text_field, size)
         partial.rename(storage)
         try:
             with transaction.atomic():
@@ -94,11 +95,14 @@ def corpus_add(*, owner, name: str, chunks=None, folder: Path | None = None, tex
         _remove(partial)
 
 
-def _scan(partial: Path, name: str, text_field: str) -> CorpusScan:
+def _scan(partial: Path, name: str, text_field: str, size: int) -> CorpusScan:
     """engine.corpus.scan_corpus in a child process with limits (mistudio.sandbox): a forged or
-    oversized file costs that process, never this one."""
+    oversized file costs that process, never this one. Its text may be at most
+    MISTUDIO_CORPUS_MAX_TEXT_RATIO times its stored size (16 MiB at least): a compressed or
+    dictionary-encoded file is refused before it decodes to gigabytes."""
+    max_text_bytes = max(_MIN_TEXT_CAP_BYTES, size * settings.CORPUS_MAX_TEXT_RATIO)
     try:
-        return CorpusScan(**run_limited("engine.corpus:scan_summary", str(partial), text_field,
+        return CorpusScan(**run_limited("engine.corpus:scan_summary", str(partial), text_field, max_text_bytes,
                                         expected=("CorpusError",), what=repr(name)))
     except SandboxError as err:
         # The engine names the file it read: the user knows it by their name for it.

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.ipc as pa_ipc
@@ -31,7 +32,12 @@ FORMATS = ("txt", "jsonl", "parquet", "csv", "arrow", "dataset")
 SUFFIXES = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv",
             ".arrow": "arrow"}
 _ACCEPTED = ".txt, .jsonl (or .ndjson), .parquet, .csv, .arrow, or a folder written by datasets' save_to_disk"
-_BATCH_ROWS = 1024  # rows per Arrow batch: a few MB of text at most, whatever the corpus's size
+_BATCH_ROWS = 1024  # rows per Arrow batch (Parquet's read as dictionaries stay compact until decoded)
+# Text decoded into Python strings at once, at most (a batch is decoded in slices of this many bytes),
+# and the largest document any reader decodes: both checked on the column's lengths, before decoding,
+# so a small file whose dictionary or compression expands to gigabytes is refused, not decoded.
+_DECODE_BYTES = 64 << 20
+MAX_DOCUMENT_BYTES = 64 << 20
 _READ_BYTES = 1 << 20
 
 
@@ -116,7 +122,10 @@ def corpus_fingerprint(path: Path) -> list:
         raise CorpusError(f"Corpus file '{path.name}' does not exist") from None
 
 
-def scan_corpus(path: Path, *, text_field: str = "text") -> CorpusScan:
+def scan_corpus(path: Path, *, text_field: str = "text", max_text_bytes: int | None = None) -> CorpusScan:
+    """Read the corpus through once: its format, documents, lines and bytes of text. `max_text_bytes`:
+    the most text it may decode to (a compressed or dictionary-encoded file can expand far past its
+    size); past it, a CorpusError."""
     path = Path(path)
     fmt = corpus_format(path)
     if fmt == "csv":  # pyarrow says "invalid UTF8" without saying where
@@ -125,6 +134,9 @@ def scan_corpus(path: Path, *, text_field: str = "text") -> CorpusScan:
     for document in iter_documents(path, text_field=text_field):
         documents += 1
         text_bytes += len(document.encode("utf-8", "surrogatepass"))
+        if max_text_bytes is not None and text_bytes > max_text_bytes:
+            raise CorpusError(f"'{path.name}' decodes to more than {max_text_bytes:,} bytes of text, the most a "
+                              "corpus of its size may hold: store its text less compressed, or split it")
         lines += sum(1 for line in document.splitlines() if line.strip())
     if not documents:
         if fmt == "txt":
@@ -135,9 +147,9 @@ def scan_corpus(path: Path, *, text_field: str = "text") -> CorpusScan:
     return CorpusScan(format=fmt, text_field=text_field, documents=documents, lines=lines, text_bytes=text_bytes)
 
 
-def scan_summary(path: str, text_field: str = "text") -> dict:
+def scan_summary(path: str, text_field: str = "text", max_text_bytes: int | None = None) -> dict:
     """scan_corpus as plain values, for a caller that runs it in another process (mistudio.sandbox)."""
-    return asdict(scan_corpus(Path(path), text_field=text_field))
+    return asdict(scan_corpus(Path(path), text_field=text_field, max_text_bytes=max_text_bytes))
 
 
 def _open(path: Path):
@@ -270,9 +282,10 @@ def _batch_documents(batches, text_field: str, name: str | None = None, *, skip:
                 # A file's offsets and lengths are checked against its buffers before any value is
                 # read: a forged offset would otherwise read past the memory map (a crash, not an error).
                 column.validate(full=True)
-                for number, value in enumerate(column.slice(lo).to_pylist(), start=row + lo):
-                    if value is not None and value.strip():
-                        yield value, number
+                for first, piece in _decodable_slices(column.slice(lo), name, row + lo):
+                    for number, value in enumerate(piece.to_pylist(), start=first):
+                        if value is not None and value.strip():
+                            yield value, number
             row += batch.num_rows
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         if name is None:  # CSV: its reader's own message (_csv_documents)
@@ -280,15 +293,41 @@ def _batch_documents(batches, text_field: str, name: str | None = None, *, skip:
         raise CorpusError(f"'{name}' is damaged: {exc}") from None
 
 
+def _decodable_slices(column, name: str | None, first_row: int):
+    """(first row, slice) of a text column, each slice decoding to at most _DECODE_BYTES (one row at
+    least), from the lengths alone: a dictionary's values are not expanded to find them."""
+    import pyarrow.compute as pc
+
+    if pa.types.is_dictionary(column.type):
+        lengths = pc.binary_length(column.dictionary).take(column.indices)
+    else:
+        lengths = pc.binary_length(column)
+    lengths = np.asarray(lengths.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    if len(lengths) and int(lengths.max()) > MAX_DOCUMENT_BYTES:
+        at = int(lengths.argmax())
+        raise CorpusError(f"Row {first_row + at} of '{name}' holds a document of {int(lengths[at]):,} bytes, more than "
+                          f"{MAX_DOCUMENT_BYTES:,}: split it into smaller documents")
+    ends = np.cumsum(lengths)
+    start = 0
+    while start < len(lengths):
+        done = int(ends[start - 1]) if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, done + _DECODE_BYTES, side="right")))
+        yield first_row + start, column.slice(start, stop - start)
+        start = stop
+
+
 def _parquet_documents(path: Path, text_field: str, at: tuple | None) -> Iterator[tuple[str, tuple]]:
     try:
-        parquet = pq.ParquetFile(path)
+        with pq.ParquetFile(path) as parquet:
+            _check_column(path.name, parquet.schema_arrow, text_field)
+        # The text column as dictionaries where the file stores it so: values stay indices until a
+        # slice is decoded (_decodable_slices).
+        parquet = pq.ParquetFile(path, read_dictionary=[text_field])
     except FileNotFoundError:
         raise CorpusError(f"Corpus file '{path.name}' does not exist") from None
     except (pa.ArrowException, OSError) as exc:
         raise CorpusError(f"'{path.name}' is not a Parquet file ({exc})") from None
     with parquet:
-        _check_column(path.name, parquet.schema_arrow, text_field)
         # The cursor: the row group, and the row in it.
         first, skip = at or (0, 0)
         for group in range(first, parquet.num_row_groups):

@@ -351,6 +351,9 @@ SANDBOX_TIMEOUT_S = env_int("MISTUDIO_SANDBOX_TIMEOUT_S", 180, minimum=1)
 # A partial upload (corpora) untouched this long belongs to a request that died: removed by the
 # next upload and by the workers (at start and by their watchdog).
 PARTIAL_UPLOAD_STALE_S = env_int("MISTUDIO_PARTIAL_UPLOAD_STALE_S", 3600, minimum=60)
+# The most text an uploaded corpus may decode to, as a multiple of its stored size (16 MiB at
+# least): Parquet and Arrow compress and dictionary-encode, so a few hundred bytes can expand to GBs.
+CORPUS_MAX_TEXT_RATIO = env_int("MISTUDIO_CORPUS_MAX_TEXT_RATIO", 50, minimum=1)
 # Members one sweep may have (layers x hook_points x members): each is a job with its own SAE,
 # checkpoints and artifacts, trained one after another by the sweep's one task.
 SWEEP_MAX_MEMBERS = env_int("MISTUDIO_SWEEP_MAX_MEMBERS", 64, minimum=1)

@@ -85,3 +85,40 @@ def test_a_deeply_nested_jsonl_line_is_a_400(alice_api, upload):
     response = upload("deep.jsonl", b'{"text": "fine"}\n' + b"[" * 200_000 + b"]" * 200_000 + b"\n")
     assert response.status_code == 400, response.content
     assert response.json()["detail"].startswith("Line 2 of 'deep.jsonl' nests arrays or objects too deeply")
+
+
+def parquet_bomb() -> bytes:
+    """2,048 rows referring to one 1 MiB string through a dictionary, zstd: 523 bytes that decode
+    to 2 GiB (the web process spent 8 s and 1.2 GB on it, and the quota counted 523 bytes)."""
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    column = pa.array(["x" * (1 << 20)] * 2048).dictionary_encode()
+    pq.write_table(pa.table({"text": column}), sink, compression="zstd", use_dictionary=True)
+    return sink.getvalue().to_pybytes()
+
+
+@pytest.mark.django_db
+def test_a_parquet_file_that_decodes_to_gigabytes_is_a_400_at_once(alice_api, upload):
+    from corpora.models import Corpus
+
+    content = parquet_bomb()
+    assert len(content) < 1000
+    started = time.monotonic()
+    response = upload("bomb.parquet", content)
+    assert response.status_code == 400, response.content
+    assert "'bomb.parquet' decodes to more than 16,777,216 bytes of text" in response.json()["detail"]
+    assert time.monotonic() - started < 5
+    assert not Corpus.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_document_past_the_largest_is_refused_from_its_length(alice_api, upload, settings):
+    import pyarrow.parquet as pq
+
+    settings.CORPUS_MAX_TEXT_RATIO = 10**6  # the total allowed: the one document is what is refused
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"text": ["short", "y" * ((64 << 20) + 1)]}), sink, compression="zstd")
+    response = upload("huge.parquet", sink.getvalue().to_pybytes())
+    assert response.status_code == 400, response.content
+    assert response.json()["detail"].startswith("Row 1 of 'huge.parquet' holds a document of 67,108,865 bytes")
