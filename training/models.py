@@ -50,9 +50,15 @@ class FreshIdQuerySet(models.QuerySet):
         raise IntegrityError(f"No free {self.model.__name__} id after {ID_DRAWS} draws")
 
 
+def sees_all(user, model: str, action: str = "view") -> bool:
+    """Whether `user` may `action` (view, change) everyone's `model` rows: staff with that model
+    permission (a superuser has every one). Being staff alone is not enough."""
+    return bool(user.is_staff and user.has_perm(f"training.{action}_{model}"))
+
+
 class SweepQuerySet(FreshIdQuerySet):
     def visible_to(self, user):
-        return self if user.is_staff else self.filter(owner=user)
+        return self if sees_all(user, "sweep") else self.filter(owner=user)
 
 
 class Sweep(models.Model):
@@ -84,13 +90,17 @@ class Sweep(models.Model):
         return self.id
 
     def visible_to(self, user) -> bool:
-        return user.is_staff or self.owner_id == user.pk
+        return self.owner_id == user.pk or sees_all(user, "sweep")
+
+    def cancellable_by(self, user) -> bool:
+        return self.owner_id == user.pk or sees_all(user, "sweep", "change")
 
 
 class TrainingJobQuerySet(FreshIdQuerySet):
     def visible_to(self, user):
-        """A user sees their own jobs; staff see everyone's (TrainingJob.visible_to: one job)."""
-        return self if user.is_staff else self.filter(owner=user)
+        """A user sees their own jobs; staff with the view permission see everyone's
+        (TrainingJob.visible_to: one job)."""
+        return self if sees_all(user, "trainingjob") else self.filter(owner=user)
 
 
 class TrainingJob(models.Model):
@@ -256,7 +266,11 @@ class TrainingJob(models.Model):
 
     def visible_to(self, user) -> bool:
         """The rule of TrainingJobQuerySet.visible_to, for one job."""
-        return user.is_staff or self.owner_id == user.pk
+        return self.owner_id == user.pk or sees_all(user, "trainingjob")
+
+    def cancellable_by(self, user) -> bool:
+        """Its owner, or staff with the change permission."""
+        return self.owner_id == user.pk or sees_all(user, "trainingjob", "change")
 
     @property
     def warnings(self) -> list[str]:

@@ -4,7 +4,7 @@ from django.conf import settings
 
 from engine.devices import cpu_uses_bf16
 from mistudio import crypto
-from mistudio.errors import NotFound
+from mistudio.errors import Forbidden, NotFound
 from training.models import TrainingJob
 
 
@@ -20,7 +20,7 @@ def optimizations_applied(job: TrainingJob) -> str:
 
 
 def jobs_visible_to(user):
-    """A user sees their own jobs; staff see everyone's."""
+    """A user sees their own jobs; staff with the view permission see everyone's."""
     return TrainingJob.objects.visible_to(user)
 
 
@@ -29,6 +29,15 @@ def job_get(*, user, job_id: str) -> TrainingJob:
     job = jobs_visible_to(user).filter(pk=job_id).first()
     if job is None:
         raise NotFound(f"Job {job_id} not found")
+    return job
+
+
+def job_to_cancel(*, user, job_id: str) -> TrainingJob:
+    """A job `user` sees (job_get) and may cancel: their own, or staff's with the change permission."""
+    job = job_get(user=user, job_id=job_id)
+    if not job.cancellable_by(user):
+        raise Forbidden(f"Job {job_id} is not yours: cancelling another user's job needs the permission to change "
+                        "training jobs (the admin's user permissions)")
     return job
 
 

@@ -46,5 +46,5 @@ class SweepCancelView(APIView):
     @extend_schema(request=None, responses={200: serializers.SweepSerializer, 409: ErrorSerializer, **ERRORS},
                    summary="Cancel every member of a sweep that has not ended")
     def post(self, request, sweep_id):
-        sweep = sweeps.sweep_cancel(sweeps.sweep_get(user=request.user, sweep_id=sweep_id))
+        sweep = sweeps.sweep_cancel(sweeps.sweep_to_cancel(user=request.user, sweep_id=sweep_id))
         return Response(sweeps.sweep_document(sweep))

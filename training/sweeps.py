@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import transaction
 
 from engine import sae as architectures
-from mistudio.errors import Conflict, NotFound, ServiceError
+from mistudio.errors import Conflict, Forbidden, NotFound, ServiceError
 from training import modelcheck, quotas, runplan, services
 from training.models import Sweep, TrainingJob
 
@@ -172,6 +172,15 @@ def sweep_get(*, user, sweep_id: str) -> Sweep:
     sweep = sweeps_visible_to(user).filter(pk=sweep_id).first()
     if sweep is None:
         raise NotFound(f"Sweep {sweep_id} not found")
+    return sweep
+
+
+def sweep_to_cancel(*, user, sweep_id: str) -> Sweep:
+    """A sweep `user` sees (sweep_get) and may cancel: their own, or staff's with the change permission."""
+    sweep = sweep_get(user=user, sweep_id=sweep_id)
+    if not sweep.cancellable_by(user):
+        raise Forbidden(f"Sweep {sweep_id} is not yours: cancelling another user's sweep needs the permission to "
+                        "change sweeps (the admin's user permissions)")
     return sweep
 
 

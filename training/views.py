@@ -61,7 +61,7 @@ class JobCancelView(APIView):
     @extend_schema(request=None, responses={200: serializers.StatusSerializer, 409: ErrorSerializer, **ERRORS},
                    summary="Cancel a queued or running job")
     def post(self, request, job_id):
-        job = services.job_cancel(selectors.job_get(user=request.user, job_id=job_id))
+        job = services.job_cancel(selectors.job_to_cancel(user=request.user, job_id=job_id))
         return Response(serializers.StatusSerializer(documents.status_document(job)).data)
 
 
