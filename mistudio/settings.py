@@ -258,6 +258,9 @@ REST_FRAMEWORK = {
         "sustained": env_rate("MISTUDIO_THROTTLE_SUSTAINED", "100000/day"),
         "expensive": env_rate("MISTUDIO_THROTTLE_EXPENSIVE", "30/min"),
     },
+    # Whose address an anonymous caller is counted by: the peer's, or behind the trusted proxy the
+    # entry it appended to X-Forwarded-For; never an entry the client wrote itself.
+    "NUM_PROXIES": 1 if BEHIND_PROXY else 0,
 }
 
 SPECTACULAR_SETTINGS = {

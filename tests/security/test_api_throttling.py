@@ -67,6 +67,19 @@ def test_anonymous_health_checks_are_limited_per_address(rates, client):
     assert client.get("/health", REMOTE_ADDR="192.0.2.7").status_code == 200
 
 
+def test_a_client_written_x_forwarded_for_does_not_escape_the_limit(rates, client):
+    rates(burst="2/min")
+    spoofed = [client.get("/health", HTTP_X_FORWARDED_FOR=f"198.51.100.{i}").status_code for i in range(3)]
+    assert spoofed == [200, 200, 429]
+
+
+def test_behind_the_trusted_proxy_the_address_it_appended_counts(tmp_path):
+    code = "from rest_framework.settings import api_settings; print(api_settings.NUM_PROXIES)"
+    assert manage_shell(code, MISTUDIO_DATA_DIR=str(tmp_path / "own")).stdout.split("\n")[-2] == "0"
+    behind = manage_shell(code, MISTUDIO_DATA_DIR=str(tmp_path / "own"), MISTUDIO_TRUST_X_FORWARDED_PROTO="1")
+    assert behind.stdout.split("\n")[-2] == "1", behind.stderr
+
+
 def manage_shell(code, **env):
     base = {name: value for name, value in os.environ.items() if not name.startswith(("MISTUDIO_THROTTLE", "REDIS_URL"))}
     return subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env={**base, **env},
