@@ -29,8 +29,7 @@ def local_model_roots() -> list[Path]:
 def describe(model_name: str, *, token: str | None = None, any_local_path: bool = False) -> DescribedModel:
     """`any_local_path` is for someone at the machine's terminal; names from the network may only
     point into the configured model folders. `token`: the user's own (training.hub)."""
-    from engine.model_info import describe_model
-    from engine.resolve import load_config, resolve_model
+    from engine.resolve import resolve_model
 
     token = hub_token(token)
     try:
@@ -38,12 +37,24 @@ def describe(model_name: str, *, token: str | None = None, any_local_path: bool 
             model_name, models_dir=settings.MODELS_DIR, token=token, hub_timeout_s=settings.HUB_TIMEOUT_S,
             local_roots=None if any_local_path else local_model_roots(),
         )
+    except ModelResolutionError as err:
+        raise ServiceError(str(err), field="model_name") from None
+    return describe_resolved(resolved, token=token)
+
+
+def describe_resolved(resolved, *, token=None) -> DescribedModel:
+    """A model already resolved (a job's, as checked when it was made: training.engine_run.job_model),
+    described without resolving its name again."""
+    from engine.model_info import describe_model
+    from engine.resolve import load_config
+
+    try:
         config = load_config(resolved, token=token)
         info = describe_model(resolved, config)
     except ModelResolutionError as err:
         raise ServiceError(str(err), field="model_name") from None
     except EngineError as err:
-        raise ServiceError(f"Model {model_name!r} could not be read: {err}", field="model_name") from None
+        raise ServiceError(f"Model {resolved.name!r} could not be read: {err}", field="model_name") from None
     return DescribedModel(resolved=resolved, config=config, info=info)
 
 

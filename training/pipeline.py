@@ -180,7 +180,9 @@ def _describe_out_of_memory(job, err):
         from training import modelcheck
 
         try:
-            described = modelcheck.describe(job.model_name, any_local_path=True)
+            # The model as the job recorded it when it was checked: the client's name is not resolved
+            # again here, where no folder limits it.
+            described = modelcheck.describe_resolved(job_model(job), token=job_hub_token(job))
             estimate = modelcheck.estimate(
                 described, device_kind="cuda" if device.startswith("cuda") else "cpu",
                 quantization=job.quantization, hidden_dim=job.hidden_dim, batch_size=job.batch_size,

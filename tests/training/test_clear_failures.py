@@ -35,7 +35,17 @@ def test_running_out_of_memory_says_what_was_needed_and_what_to_change(alice, hu
 
     # Where both extraction paths run the model (a job trains while it extracts, in another thread).
     monkeypatch.setattr("engine.activations.capture_batches", exhausted)
-    job = run(alice, model_name="tiny/gpt2", layer_number=0, hidden_dim=32, max_epochs=1)
+    corpus_add_from_path(owner=alice, path=SAMPLE_CORPUS)
+    request = services.JobRequest(corpus_file=SAMPLE_CORPUS.name, model_name="tiny/gpt2", layer_number=0, hidden_dim=32,
+                                  max_epochs=1)
+    created = services.job_create(owner=alice, request=request, enqueue=False)
+
+    def resolved_again(*args, **kwargs):
+        raise AssertionError("the worker resolved the client's model name again")
+
+    # The worker works from the model the job recorded when it was checked (the estimate too).
+    monkeypatch.setattr("engine.resolve.resolve_model", resolved_again)
+    job = job_run(created.id)
     assert job.status == "failed"
     assert "Out of memory during extracting activations" in job.message
     assert "Estimated requirement:" in job.message and "available of" in job.message
