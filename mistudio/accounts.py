@@ -17,6 +17,26 @@ def user_issue_token(*, username: str, staff: bool = False):
     return user, token
 
 
+def tokens_of(user) -> list:
+    """The user's API tokens that still work, newest first (an expired one is deleted when next
+    presented; it is not listed)."""
+    from django.db.models import Q
+    from django.utils import timezone
+
+    return list(AuthToken.objects.filter(user=user).filter(Q(expiry__isnull=True) | Q(expiry__gt=timezone.now()))
+                .order_by("-created"))
+
+
+def token_revoke(*, user, token_key: str) -> None:
+    """Delete one of the user's own tokens, named by its key (the first characters of the token,
+    which authenticate nothing); another user's, or none, is a 404."""
+    from mistudio.errors import NotFound
+
+    deleted, _ = AuthToken.objects.filter(user=user, token_key=token_key).delete()
+    if not deleted:
+        raise NotFound(f"You have no API token {token_key!r}: GET /api/v1/tokens lists yours")
+
+
 def client_ip_behind_proxy(request):
     """The client's address as the trusted proxy saw it: the last entry of X-Forwarded-For, the one
     the proxy appended (nginx's $proxy_add_x_forwarded_for); entries before it come from the client

@@ -304,9 +304,10 @@ AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 # Behind the proxy, every client's address is the proxy's: take the one the proxy appended.
 AXES_CLIENT_IP_CALLABLE = "mistudio.accounts.client_ip_behind_proxy" if BEHIND_PROXY else None
 
-TOKEN_TTL_HOURS = env_int("MISTUDIO_TOKEN_TTL_HOURS", 0, minimum=0)
+TOKEN_TTL_HOURS = env_int("MISTUDIO_TOKEN_TTL_HOURS", 30 * 24, minimum=0)
 REST_KNOX = {
-    # API tokens do not expire unless asked to: they are for scripts and terminals.
+    # API tokens stop working 30 days after they were made (0: never); users list and revoke their
+    # own (GET /api/v1/tokens, the Tokens page).
     "TOKEN_TTL": timedelta(hours=TOKEN_TTL_HOURS) if TOKEN_TTL_HOURS else None,
     "TOKEN_PREFIX": "mist_",
     "AUTH_HEADER_PREFIX": "Token",

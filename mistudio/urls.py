@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from corpora import pages as corpus_pages
 from corpora.views import UploadView
 from gpus.views import GpuStatusView, HealthView
+from mistudio.token_views import TokenListView, TokenRevokeView, tokens_page
 from training import pages, sweep_pages, sweep_views, views
 
 urlpatterns = [
@@ -28,6 +29,8 @@ urlpatterns = [
     re_path(r"^api/v1/check-memory/(?P<model_name>[\s\S]+)$", views.CheckMemoryView.as_view(), name="check-memory"),
     path("api/v1/validate-model", views.ValidateModelView.as_view(), name="validate-model"),
     path("api/v1/upload", UploadView.as_view(), name="upload"),
+    path("api/v1/tokens", TokenListView.as_view(), name="tokens"),
+    path("api/v1/tokens/<str:token_key>", TokenRevokeView.as_view(), name="token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("admin/", admin.site.urls),
@@ -41,5 +44,6 @@ urlpatterns = [
     path("sweeps/new/", sweep_pages.new_sweep_page, name="new-sweep-page"),  # before sweeps/<id>/
     path("sweeps/<str:sweep_id>/", sweep_pages.sweep_page, name="sweep-page"),
     path("gpus/", pages.gpu_page, name="gpu-page"),
+    path("tokens/", tokens_page, name="tokens-page"),
     path("corpora/upload/", corpus_pages.corpus_upload_page, name="corpus-upload-page"),
 ]
