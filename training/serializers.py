@@ -103,8 +103,11 @@ class IntegerListField(serializers.ListField):
     form's text input and a sweep member's line give it, text such as "128, 512, 2048" or
     "128 512 2048". A blank input is the field not given."""
 
+    MAX_ITEMS = 64  # matryoshka_widths: 64 nested prefixes is far past any use, and bounds the work
+
     def __init__(self, *, min_value=None, **kwargs):
-        super().__init__(child=serializers.IntegerField(min_value=min_value), allow_empty=False, **kwargs)
+        super().__init__(child=serializers.IntegerField(min_value=min_value), allow_empty=False,
+                         max_length=self.MAX_ITEMS, **kwargs)
 
     def get_value(self, dictionary):
         if html.is_html_input(dictionary) and self.field_name in dictionary:

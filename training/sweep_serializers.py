@@ -13,7 +13,7 @@ class SweepRequestSerializer(TrainRequestSerializer):
                                    default=None, min_length=1, max_length=1024,
                                    help_text="Layers the members read at; default [layer_number]")
     hook_points = serializers.ListField(child=serializers.ChoiceField(choices=list(HOOK_POINTS)), required=False,
-                                        allow_null=True, default=None, min_length=1,
+                                        allow_null=True, default=None, min_length=1, max_length=len(HOOK_POINTS),
                                         help_text="Hook points read in each layer; default [hook_point]")
     members = serializers.ListField(
         child=serializers.DictField(), required=False, default=list, max_length=1024,

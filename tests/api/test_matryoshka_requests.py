@@ -21,6 +21,8 @@ def train(client, **fields):
     ({"k": 8, "matryoshka_widths": [0, 128]}, "matryoshka_widths"),
     ({"k": 8, "matryoshka_widths": ["many"]}, "matryoshka_widths"),
     ({"k": 8, "matryoshka_widths": []}, "matryoshka_widths"),
+    ({"k": 8, "hidden_dim": 4096, "matryoshka_widths": list(range(8, 8 * 66, 8))},
+     "matryoshka_widths: Ensure this field has no more than 64 elements."),
     ({"matryoshka_widths": [128]}, "k: required when architecture is 'matryoshka_batchtopk'"),
 ])
 def test_bad_widths_are_a_400_naming_the_field(alice_api, corpus, hub_models, fields, needle):
