@@ -1,5 +1,6 @@
 """Users and their API tokens: the one path the CLI, the demo and the tests take."""
 from axes.backends import AxesStandaloneBackend
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from knox.models import AuthToken
 
@@ -55,4 +56,22 @@ class LoginThrottleBackend(AxesStandaloneBackend):
     def authenticate(self, request, username=None, password=None, **kwargs):
         if request is None:
             return None
+        if username and failures_everywhere(username) >= settings.LOGIN_USERNAME_FAILURE_LIMIT:
+            # Guessing one user's password from many addresses: locked whatever the address, as
+            # axes locks a (username, address) pair; the lockout page says which.
+            from axes.exceptions import AxesBackendPermissionDenied
+
+            request.axes_locked_out = True
+            request.login_locked_everywhere = True
+            raise AxesBackendPermissionDenied(f"{username!r} is locked out from every address")
         return super().authenticate(request, username=username, password=password, **kwargs)
+
+
+def failures_everywhere(username: str) -> int:
+    """Wrong passwords for `username` from every address within the cool-off."""
+    from axes.models import AccessAttempt
+    from django.db.models import Sum
+    from django.utils import timezone
+
+    recent = AccessAttempt.objects.filter(username=username, attempt_time__gte=timezone.now() - settings.AXES_COOLOFF_TIME)
+    return recent.aggregate(total=Sum("failures_since_start"))["total"] or 0

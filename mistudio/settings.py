@@ -299,6 +299,10 @@ AUTHENTICATION_BACKENDS = [
 AXES_FAILURE_LIMIT = env_int("MISTUDIO_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("MISTUDIO_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# And a username is locked from every address once this many wrong passwords for it came from all of
+# them together within the cool-off (mistudio.accounts.LoginThrottleBackend): many addresses guessing
+# one user's password. Higher than the pair's limit, so one stranger cannot lock a user out with a few.
+LOGIN_USERNAME_FAILURE_LIMIT = env_int("MISTUDIO_LOGIN_USERNAME_FAILURE_LIMIT", 50, minimum=1)
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 # Behind the proxy, every client's address is the proxy's: take the one the proxy appended.

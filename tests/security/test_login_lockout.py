@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 from axes.models import AccessAttempt
+from django.db.models import F
 from django.test import Client
 
 pytestmark = pytest.mark.django_db
@@ -76,3 +77,17 @@ def test_behind_the_proxy_the_address_is_the_one_the_proxy_appended(client, alic
         via_proxy("wrong", f"{made_up}, 198.51.100.1")
     assert via_proxy("alice-password-1", "9.9.9.9, 198.51.100.1").status_code == 429
     assert via_proxy("alice-password-1", "203.0.113.9").status_code == 302  # another client, same proxy
+
+
+def test_many_addresses_guessing_one_password_lock_that_username_everywhere(client, alice, bob, settings):
+    settings.LOGIN_USERNAME_FAILURE_LIMIT = 8
+    for address in ("198.51.100.1", "198.51.100.2"):
+        for _ in range(4):  # under the pair's limit from each
+            assert log_in(Client(), PAGES, "alice", "wrong", address=address).status_code == 200
+    elsewhere = Client()
+    locked = log_in(elsewhere, PAGES, "alice", "alice-password-1", address="203.0.113.9")
+    assert locked.status_code == 429 and not logged_in(elsewhere)
+    assert "locked from every address" in locked.content.decode()
+    assert log_in(Client(), PAGES, "bob", "bob-password-1", address="203.0.113.9").status_code == 302
+    AccessAttempt.objects.filter(username="alice").update(attempt_time=F("attempt_time") - timedelta(minutes=16))
+    assert log_in(Client(), PAGES, "alice", "alice-password-1", address="203.0.113.9").status_code == 302
