@@ -134,6 +134,11 @@ def _copy_folder(folder: Path, partial: Path, name: str, limit) -> int:
         corpus_format(folder)  # a saved dataset, not a DatasetDict or any folder: before copying it
     except CorpusError as err:
         raise ServiceError(str(err)) from None
+    # Links are refused, not followed: a link would copy whatever it points at on this machine.
+    links = [path for path in (folder, *folder.rglob("*")) if path.is_symlink()]
+    if links:
+        raise ServiceError(f"{name!r} holds a symbolic link ({links[0].relative_to(folder.parent)}): copy the dataset "
+                           "without links (its files themselves) and add that folder.")
     size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
     if size > limit.max_bytes:
         raise limit.refusal(repr(name), size)

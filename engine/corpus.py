@@ -396,12 +396,18 @@ def _dataset_documents(path: Path, text_field: str, at: tuple | None) -> Iterato
 
 
 def _dataset_files(path: Path) -> list[Path]:
-    """The shards in the order save_to_disk recorded (state.json); sorted by name without one."""
+    """The shards in the order save_to_disk recorded (state.json); sorted by name without one. A
+    shard named outside the folder (a path, `..`) is refused: state.json is the uploader's."""
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        return [path / entry["filename"] for entry in state["_data_files"]]
+        names = [entry["filename"] for entry in state["_data_files"]]
     except (OSError, ValueError, KeyError, TypeError):
         return sorted(path.glob("*.arrow"))
+    for name in names:
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise CorpusError(f"'{path.name}/state.json' names a shard outside the folder ({name!r}): a dataset's "
+                              "shards are files in its own folder")
+    return [path / name for name in names]
 
 
 _READERS = {"txt": _txt_documents, "jsonl": _jsonl_documents, "parquet": _parquet_documents,

@@ -100,3 +100,22 @@ def test_the_command_says_what_is_wrong_as_a_command_error(tmp_path):
     with pytest.raises(CommandError, match="Bad JSON at line 2 of 'notes.jsonl'"):
         call_command("add_corpus", str(path), "--text-field", "body")
     assert not Corpus.objects.exists()
+
+
+def test_a_dataset_folder_holding_a_link_is_refused_and_nothing_is_copied(saved, alice, tmp_path, data_dir):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the machine's own file")
+    (saved / "notes.txt").symlink_to(secret)
+    with pytest.raises(ServiceError, match=r"holds a symbolic link \(reviews-train/notes.txt\)"):
+        corpus_add_from_path(owner=alice, path=saved, text_field="review")
+    assert not Corpus.objects.exists()
+    assert not [p for p in (data_dir / "samples").rglob("*") if p.is_file()]
+
+
+def test_a_state_json_naming_a_shard_outside_the_folder_is_refused(saved, alice, tmp_path):
+    state = json.loads((saved / "state.json").read_text())
+    state["_data_files"][0]["filename"] = "../../elsewhere.arrow"
+    (saved / "state.json").write_text(json.dumps(state))
+    with pytest.raises(ServiceError, match="names a shard outside the folder"):
+        corpus_add_from_path(owner=alice, path=saved, text_field="review")
+    assert not Corpus.objects.exists()
