@@ -55,7 +55,7 @@ def _config(path: str, size: int, mtime_ns: int):
 
     file = Path(path)
     try:
-        return AutoConfig.from_pretrained(file.parent, gguf_file=file.name)
+        return AutoConfig.from_pretrained(file.parent, gguf_file=file.name, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - gguf raises ValueError, KeyError, struct errors ...
         raise _unreadable(file, exc) from exc
 
@@ -126,7 +126,8 @@ def _convert(gguf_file: Path, folder: Path) -> None:
     causal = gguf_config(gguf_file).model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     auto = AutoModelForCausalLM if causal else AutoModel
     # float32 keeps the dequantized values exactly; a load later picks the compute dtype.
-    dequantized = auto.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    dequantized = auto.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32,
+                                       trust_remote_code=False)
     config = dequantized.config
     # save_pretrained refuses a model that says it is GGUF-quantized, so the weights move into a
     # plain model of the same config (on the meta device and assigned: no second copy in memory).
@@ -136,8 +137,8 @@ def _convert(gguf_file: Path, folder: Path) -> None:
     plain.load_state_dict(dequantized.state_dict(), assign=True)
     plain.tie_weights()
     plain.save_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, trust_remote_code=False)
     tokenizer.save_pretrained(folder)
     expected = tokenizer(_ROUND_TRIP_TEXT).input_ids
-    if AutoTokenizer.from_pretrained(folder)(_ROUND_TRIP_TEXT).input_ids != expected:
+    if AutoTokenizer.from_pretrained(folder, trust_remote_code=False)(_ROUND_TRIP_TEXT).input_ids != expected:
         raise EngineError(f"The tokenizer of '{gguf_file.name}' does not survive conversion: its saved copy splits text differently")

@@ -61,10 +61,11 @@ def load_model(
     try:
         location, extra = _weights_location(resolved, models_cache_dir)
         auto = AutoModel
-        if with_lm_head and is_causal_lm(AutoConfig.from_pretrained(location, token=token, **extra)):
+        if with_lm_head and is_causal_lm(AutoConfig.from_pretrained(location, token=token, **extra,
+                                                                    trust_remote_code=False)):
             auto = AutoModelForCausalLM
-        model = auto.from_pretrained(location, **kwargs, **extra)
-        tokenizer = AutoTokenizer.from_pretrained(location, token=token, **extra)
+        model = auto.from_pretrained(location, **kwargs, **extra, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(location, token=token, **extra, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - safetensors, tokenizers and torch each raise their own types
         if type(exc).__name__ == "OutOfMemoryError":
             raise
@@ -99,7 +100,7 @@ def load_tokenizer(resolved: ResolvedModel, *, token: HubToken = None, models_ca
     from transformers import AutoTokenizer
 
     location, extra = _weights_location(resolved, models_cache_dir)
-    return AutoTokenizer.from_pretrained(location, token=token, **extra)
+    return AutoTokenizer.from_pretrained(location, token=token, **extra, trust_remote_code=False)
 
 
 def _weights_location(resolved: ResolvedModel, models_cache_dir: Path | None) -> tuple[str, dict]:

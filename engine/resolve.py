@@ -125,7 +125,7 @@ def load_config(resolved: ResolvedModel, token: HubToken = None):
         raise _unreadable_config(resolved, exc) from exc
     check_config(raw, model_name=resolved.name)
     try:
-        return AutoConfig.from_pretrained(resolved.location, **where)
+        return AutoConfig.from_pretrained(resolved.location, **where, trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - transformers refuses inconsistent configs with many types
         raise _unreadable_config(resolved, exc) from exc
 

@@ -262,7 +262,7 @@ def _tokenizer(resolved, token):
         if converted.is_dir():
             from transformers import AutoTokenizer
 
-            return AutoTokenizer.from_pretrained(converted)
+            return AutoTokenizer.from_pretrained(converted, trust_remote_code=False)
     return load_tokenizer(resolved, token=hub_token(token))
 
 
