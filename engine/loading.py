@@ -3,6 +3,7 @@
 model loads from its conversion in `models_cache_dir` (engine.gguf.converted_folder), made by the
 first load that needs it."""
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,12 +96,60 @@ def load_model(
     )
 
 
-def load_tokenizer(resolved: ResolvedModel, *, token: HubToken = None, models_cache_dir: Path | None = None):
-    """The model's tokenizer alone (a feature analysis run without the model)."""
+# The files a tokenizer may read from a repository (transformers' names for them).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "chat_template.jinja", "*.tiktoken")
+
+
+def load_tokenizer(resolved: ResolvedModel, *, token: HubToken = None, models_cache_dir: Path | None = None,
+                   hub_timeout_s: float | None = None, max_file_bytes: int | None = None):
+    """The model's tokenizer alone (a feature analysis run without the model). For a hub model,
+    `max_file_bytes` refuses one whose tokenizer files are larger, asked of the hub before any is
+    downloaded, and `hub_timeout_s` bounds the whole load (an EngineError past either)."""
     from transformers import AutoTokenizer
 
     location, extra = _weights_location(resolved, models_cache_dir)
-    return AutoTokenizer.from_pretrained(location, token=token, **extra, trust_remote_code=False)
+
+    def load():
+        if max_file_bytes is not None and resolved.source == "hub":
+            _check_hub_tokenizer_sizes(resolved, token, max_file_bytes, hub_timeout_s)
+        return AutoTokenizer.from_pretrained(location, token=token, **extra, trust_remote_code=False)
+
+    if resolved.source != "hub" or hub_timeout_s is None:
+        return load()
+    outcome = {}
+
+    def fetch():
+        try:
+            outcome["tokenizer"] = load()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fetch, name=f"hub-tokenizer-{resolved.name}", daemon=True)
+    thread.start()
+    thread.join(hub_timeout_s)
+    if thread.is_alive():
+        raise EngineError(f"The tokenizer of '{resolved.name}': no answer from the hub within {hub_timeout_s:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["tokenizer"]
+
+
+def _check_hub_tokenizer_sizes(resolved: ResolvedModel, token: HubToken, max_file_bytes: int, timeout_s) -> None:
+    import fnmatch
+
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(resolved.location, revision=resolved.revision, files_metadata=True, token=token,
+                              timeout=timeout_s)
+    for sibling in info.siblings or ():
+        name = sibling.rfilename
+        if "/" in name or not any(fnmatch.fnmatch(name, pattern) for pattern in TOKENIZER_FILES):
+            continue
+        if sibling.size is not None and sibling.size > max_file_bytes:
+            raise EngineError(f"The tokenizer file {name} of '{resolved.name}' is {sibling.size:,} bytes on the hub, "
+                              f"more than this server downloads ({max_file_bytes:,}; MISTUDIO_TOKENIZER_MAX_BYTES)")
 
 
 def _weights_location(resolved: ResolvedModel, models_cache_dir: Path | None) -> tuple[str, dict]:

@@ -320,6 +320,8 @@ REST_KNOX = {
 # Training.
 SERVICE_VERSION = "1.2.0"
 HUB_TIMEOUT_S = env_float("MISTUDIO_HUB_TIMEOUT_S", 10.0, minimum=0.1)
+# The largest tokenizer file the web process downloads from the hub (its sizes are asked first).
+TOKENIZER_MAX_BYTES = env_int("MISTUDIO_TOKENIZER_MAX_BYTES", 64 << 20, minimum=1 << 20)
 # Off: a request without its own Hugging Face token reaches the hub with none, never with the
 # login saved on this machine (HF_TOKEN, ~/.cache/huggingface/token): see training.hub.
 HUB_USE_SERVER_LOGIN = env_bool("MISTUDIO_HUB_USE_SERVER_LOGIN", False)

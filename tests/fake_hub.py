@@ -92,7 +92,8 @@ class FakeHub:
                 revision = after.partition("/")[0]
                 commit = self.heads[repo_id] if revision == "main" else revision
                 files = self.commits[repo_id].get(commit, {})
-                body = json.dumps({"id": repo_id, "sha": commit, "siblings": [{"rfilename": n} for n in files]})
+                body = json.dumps({"id": repo_id, "sha": commit,
+                                   "siblings": [{"rfilename": n, "size": len(c)} for n, c in files.items()]})
                 return _send(handler, method, 200, body.encode(), {"Content-Type": "application/json"})
         return _send(handler, method, 404, b"Repository not found", {"X-Error-Code": "RepoNotFound"})
 

@@ -263,7 +263,9 @@ def _tokenizer(resolved, token):
             from transformers import AutoTokenizer
 
             return AutoTokenizer.from_pretrained(converted, trust_remote_code=False)
-    return load_tokenizer(resolved, token=hub_token(token))
+    # A hub tokenizer: its files' sizes asked first, and the whole load under the hub's timeout.
+    return load_tokenizer(resolved, token=hub_token(token), hub_timeout_s=settings.HUB_TIMEOUT_S,
+                          max_file_bytes=settings.TOKENIZER_MAX_BYTES)
 
 
 def _gb(n: int) -> float:
