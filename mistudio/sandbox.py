@@ -3,7 +3,7 @@
 `run_limited("module:function", *args)` runs the function in a fresh interpreter (`python -m
 mistudio.sandbox`, no Django, nothing inherited but the environment) under an address-space limit
 (RLIMIT_AS), a CPU-time limit (RLIMIT_CPU) and a wall-clock timeout, and returns what it returned.
-The arguments and the result travel as JSON. A child that crashes on a forged file, runs out of its
+The arguments and the result travel as JSON; the child's environment holds no secret of the parent's. A child that crashes on a forged file, runs out of its
 memory or its time, or raises is refused with a ServiceError (a 400) that says which; an error the
 function raises on purpose (one of `expected`) keeps its own message. Killing the child loses
 nothing: it only reads.
@@ -53,7 +53,10 @@ def run_limited(target: str, *args, expected: tuple[str, ...] = (), what: str = 
     bounds = limits()
     payload = json.dumps({"target": target, "args": args, "kwargs": kwargs, "limits": bounds})
     # The child limits itself before it reads anything (no preexec_fn: this process has threads).
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))}
+    # Its environment holds none of this one's secrets (the key, the database's URL): what it reads
+    # is a stranger's file.
+    env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")]))}
     child = subprocess.Popen([sys.executable, "-m", "mistudio.sandbox"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, cwd=_ROOT, env=env, close_fds=True, start_new_session=True)
     try:

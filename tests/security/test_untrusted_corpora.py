@@ -55,8 +55,10 @@ def test_the_child_is_stopped_by_each_limit_and_says_which(settings, target, nee
     assert time.monotonic() - started < 10
 
 
-def test_the_child_answers_with_json_and_a_deep_structure_is_refused_not_a_crash():
+def test_the_child_answers_with_json_and_a_deep_structure_is_refused_not_a_crash(monkeypatch):
     assert run_limited("tests.security.sandbox_targets:answer", [1, "two"]) == {"echo": [1, "two"]}
+    monkeypatch.setenv("MISTUDIO_SECRET_KEY", "the-parents-secret")
+    assert not {"MISTUDIO_SECRET_KEY", "DATABASE_URL"} & set(run_limited("tests.security.sandbox_targets:environment"))
     with pytest.raises(SandboxRefused, match="RecursionError"):
         run_limited("tests.security.sandbox_targets:nested", 200_000)
 
