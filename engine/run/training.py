@@ -74,7 +74,7 @@ class StreamStep:
                       "rows_path": Path(values["rows_path"]),
                       "resume_from": None if values["resume_from"] is None else Path(values["resume_from"])})
 
-    def on_device(self, device: str, *, ram_share: int = 1) -> "StreamStep":
+    def on_device(self, device: str) -> "StreamStep":
         return replace(self, device=device)
 
 
