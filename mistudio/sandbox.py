@@ -102,8 +102,6 @@ def _child() -> None:
         answer = {"result": result}
     except MemoryError:
         answer = {"error": {"kind": "MemoryError", "message": ""}}
-    except RecursionError as exc:
-        answer = {"error": {"kind": "RecursionError", "message": str(exc)}}
     except Exception as exc:  # noqa: BLE001 (the parent decides what it was)
         answer = {"error": {"kind": type(exc).__name__, "message": str(exc)}}
     sys.stdout.write("\n" + json.dumps(answer) + "\n")
