@@ -303,6 +303,8 @@ class _Loop:
             state.epoch_step = batch_index + 1
             run.progress.maybe_report(self.on_progress, epoch=state.epochs_done + 1, step=state.step,
                                       tokens_done=state.tokens_trained)
+        if mixed:
+            order.drain()  # the next epoch's order starts where the whole first one leaves the generator
         return True
 
     def _stop_asked(self) -> bool:

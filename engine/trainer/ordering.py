@@ -78,6 +78,13 @@ class MixedOrder:
         held = np.concatenate(self.pieces) if self.pieces else np.zeros(0, dtype=np.int64)
         return torch.from_numpy(held[start - self.base : stop - self.base].copy())
 
+    def drain(self) -> None:
+        """Draw the rest of the order, unread: the generator then stands where the whole order
+        leaves it, whatever part of it the epoch read (its last refill usually covers the end)."""
+        while not self.done:
+            self._refill()
+            self.base, self.pieces = self.emitted, []
+
     def _refill(self) -> None:
         half, n = self.mixing.half, self.mixing.n_train
         buffer = self.buffer[torch.randperm(len(self.buffer), generator=self.generator).numpy()]

@@ -92,3 +92,15 @@ def test_a_billion_rows_arriving_in_long_sequences_cost_memory_per_sequence():
     first = mixing.order(torch.Generator().manual_seed(0))[0:4096]
     assert len(first) == 4096 and len(set(first.tolist())) == 4096
     assert mixing.needed(0) == mixing.first_fill
+
+
+def test_an_order_drained_after_a_partial_read_leaves_the_generator_where_the_whole_order_does():
+    arrival = arrival_of(2000, 7)
+    mixing = Mixing(arrival, n_rows=2000, n_train=1901, buffer_rows=256, batch_tokens=64)
+    whole, part = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    whole_order(arrival.rows(), 1901, 256, whole)
+    order = mixing.order(part)
+    order[0:500]
+    assert not torch.equal(part.get_state(), whole.get_state())
+    order.drain()
+    assert torch.equal(part.get_state(), whole.get_state())
