@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.ipc as pa_ipc
 import pyarrow.parquet as pq
@@ -293,11 +294,20 @@ def _batch_documents(batches, text_field: str, name: str | None = None, *, skip:
         raise CorpusError(f"'{name}' is damaged: {exc}") from None
 
 
+def _dictionary_encoded(metadata, column_name: str) -> bool:
+    """Whether any row group stores the column with a dictionary."""
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for index in range(row_group.num_columns):
+            chunk = row_group.column(index)
+            if chunk.path_in_schema == column_name and any("DICTIONARY" in e for e in chunk.encodings):
+                return True
+    return False
+
+
 def _decodable_slices(column, name: str | None, first_row: int):
     """(first row, slice) of a text column, each slice decoding to at most _DECODE_BYTES (one row at
     least), from the lengths alone: a dictionary's values are not expanded to find them."""
-    import pyarrow.compute as pc
-
     if pa.types.is_dictionary(column.type):
         lengths = pc.binary_length(column.dictionary).take(column.indices)
     else:
@@ -320,9 +330,10 @@ def _parquet_documents(path: Path, text_field: str, at: tuple | None) -> Iterato
     try:
         with pq.ParquetFile(path) as parquet:
             _check_column(path.name, parquet.schema_arrow, text_field)
+            dictionary = _dictionary_encoded(parquet.metadata, text_field)
         # The text column as dictionaries where the file stores it so: values stay indices until a
-        # slice is decoded (_decodable_slices).
-        parquet = pq.ParquetFile(path, read_dictionary=[text_field])
+        # slice is decoded (_decodable_slices). A plain column is read as it is (no hashing).
+        parquet = pq.ParquetFile(path, read_dictionary=[text_field] if dictionary else None)
     except FileNotFoundError:
         raise CorpusError(f"Corpus file '{path.name}' does not exist") from None
     except (pa.ArrowException, OSError) as exc:

@@ -13,7 +13,7 @@ def test_api_answers_are_private_and_not_stored(alice_api, path):
 
 
 @pytest.mark.django_db
-def test_a_download_is_private_and_not_stored(alice_api, alice, tmp_path):
+def test_a_download_is_private_and_not_stored(tmp_path):
     from django.http import FileResponse
     from django.test import RequestFactory
 
