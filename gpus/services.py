@@ -129,12 +129,17 @@ def lease_acquire(job) -> bool:
     """Take every slot `job` needs (lease_devices), all or none: one transaction of compare-and-swaps,
     each on a slot's own `job` column, so of two workers racing for a slot exactly one wins and the
     loser keeps nothing. A slot whose lease is stale (lease_live) is free. False when a live lease
-    of another job holds one of them."""
+    of another job holds one of them, or when its owner already runs as many slots as
+    MISTUDIO_MAX_RUNNING_JOBS_PER_USER allows (running_limit_reason)."""
     slots = _slots_of(job)
     if any(slot.job_id not in (None, job.pk) and lease_live(slot) for slot in slots):
         return False
     now = timezone.now()
     with transaction.atomic():
+        # Under a lock on the owner's row, so two workers starting two of one user's jobs at once
+        # count each other's lease (training.services locks the same row for the active-jobs quota).
+        if running_limit_reason(job, len(slots), lock=True) is not None:
+            return False
         # The caller claimed `job`: a lease on it elsewhere is its earlier run's, on slots it left
         # when its worker died.
         Worker.objects.filter(job=job).exclude(pk__in=[slot.pk for slot in slots]).update(job=None, leased_at=None)
@@ -144,6 +149,26 @@ def lease_acquire(job) -> bool:
                 transaction.set_rollback(True)  # taken in between: none of them is ours
                 return False
     return True
+
+
+def running_limit_reason(job, slots: int | None = None, *, lock: bool = False) -> str | None:
+    """Why `job` may not start now: its owner's other jobs already hold as many live slots (GPUs,
+    or the CPU worker's) as MISTUDIO_MAX_RUNNING_JOBS_PER_USER allows, and `job` needs `slots` more
+    (lease_devices; a sweep's members train in one slot). None when it may (staff, no owner, or the
+    limit 0). Queued jobs are not counted: they wait, and this decides only who trains."""
+    limit = settings.MAX_RUNNING_JOBS_PER_USER
+    owner = job.owner
+    if not limit or owner is None or owner.is_staff:
+        return None
+    if lock:
+        type(owner).objects.select_for_update().filter(pk=owner.pk).exists()
+    held = sum(1 for slot in Worker.objects.filter(job__owner=owner).exclude(job=job).select_related("job")
+               if lease_live(slot))
+    needed = slots if slots is not None else len(lease_devices(job))
+    if held + needed <= limit:
+        return None
+    return (f"You already train on {held} slot(s) and may use at most {limit} at once "
+            f"(MISTUDIO_MAX_RUNNING_JOBS_PER_USER): this job waits in the queue until one of yours ends")
 
 
 def lease_wait(job, *, should_stop, on_busy=None) -> bool:

@@ -374,6 +374,9 @@ DISK_BUDGET_BYTES = env_int("MISTUDIO_DISK_BUDGET_BYTES", 0, minimum=0) or None
 # Per-user quotas (training.quotas, corpora.quotas); staff are exempt, 0 turns one off. Jobs queued
 # or running at once, a sweep's members each counted: one more is a 429.
 MAX_ACTIVE_JOBS_PER_USER = env_int("MISTUDIO_MAX_ACTIVE_JOBS_PER_USER", 100, minimum=0)
+# Slots (GPUs, or the CPU worker's) one user's jobs may train on at once; their other jobs wait in
+# the queue (gpus.services.running_limit_reason). A DDP job holds one per GPU, a sweep one for all.
+MAX_RUNNING_JOBS_PER_USER = env_int("MISTUDIO_MAX_RUNNING_JOBS_PER_USER", 4, minimum=0)
 # Bytes a user's corpora and job artifacts (caches, checkpoints, SAEs, feature analyses) may take on
 # disk: an upload past it is a 413, a job whose planned disk goes past it a 400.
 STORAGE_QUOTA_BYTES = env_int("MISTUDIO_STORAGE_QUOTA_BYTES", 0, minimum=0)

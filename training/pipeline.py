@@ -20,15 +20,19 @@ from training.models import TrainingJob
 logger = logging.getLogger("training")
 
 
-def _busy_slot(job) -> str:
-    """The slot `job` waits for: the first busy one of those it leases, or this worker's own when
-    it was freed in between. Not who holds it: the message is the job's owner's to read, and the
-    holder may be another user's job (the workers' documents hide those)."""
+def wait_reason(job) -> str:
+    """Why `job` went back to the queue: its owner's running limit, or the slot it waits for (the
+    first busy one of those it leases, or this worker's own when it was freed in between). Not who
+    holds it: the message is the job's owner's to read, and the holder may be another user's job
+    (the workers' documents hide those)."""
     from gpus.selectors import this_device
-    from gpus.services import lease_blocker
+    from gpus.services import lease_blocker, running_limit_reason
 
+    if (limited := running_limit_reason(job)) is not None:
+        return limited
     blocker = lease_blocker(job)
-    return str(blocker) if blocker is not None else f"{settings.HOST_NAME}/{this_device()}"
+    slot = str(blocker) if blocker is not None else f"{settings.HOST_NAME}/{this_device()}"
+    return f"GPU slot {slot} was busy; waiting for a free worker"
 
 
 def job_device(job, select_device):
@@ -105,9 +109,9 @@ def job_run(job_id: str, *, on_progress=None, wait_for_slot=False) -> TrainingJo
         # Another live job trains on a GPU this one needs (two workers started on one GPU, or a
         # DDP job across this worker's GPU): the job goes back to its queue for another worker, or
         # for this one once that GPU is free, and this one trains nothing now.
-        slot = _busy_slot(job)
+        reason = wait_reason(job)
         time.sleep(settings.WORKER_SEEN_INTERVAL_S)  # not at once: the same busy worker may take it again
-        services.job_requeue(job, f"GPU slot {slot} was busy; waiting for a free worker")
+        services.job_requeue(job, reason)
         return TrainingJob.objects.get(pk=job_id)
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     report = on_progress or (lambda update: None)

@@ -1,5 +1,7 @@
 """Per-user quotas on training: jobs queued or running at once (MISTUDIO_MAX_ACTIVE_JOBS_PER_USER,
-a sweep's members each counted; one more is a 429) and storage (MISTUDIO_STORAGE_QUOTA_BYTES: the
+a sweep's members each counted; one more is a 429), slots trained on at once
+(MISTUDIO_MAX_RUNNING_JOBS_PER_USER: enforced when a worker leases, gpus.services; here only a
+DDP job wider than it is refused) and storage (MISTUDIO_STORAGE_QUOTA_BYTES: the
 user's corpora, their jobs' files on disk and what their queued jobs plan to write; a job that
 would pass it is a 400). Staff are exempt from both: they run the server and answer for its disk.
 
@@ -31,6 +33,17 @@ def check_active_jobs(owner, *, adding: int = 1) -> None:
             f"You have {active} jobs queued or running and may have at most {limit} at once "
             f"(MISTUDIO_MAX_ACTIVE_JOBS_PER_USER), so {what} cannot be added now: wait for some to finish, or "
             "cancel some.")
+
+
+def check_running_width(owner, gpu_ids) -> None:
+    """A ServiceError when a DDP job asks for more GPUs than its owner may train on at once
+    (MISTUDIO_MAX_RUNNING_JOBS_PER_USER, gpus.services.running_limit_reason): it would never start."""
+    limit = settings.MAX_RUNNING_JOBS_PER_USER
+    if not limit or not gpu_ids or getattr(owner, "is_staff", False) or len(gpu_ids) <= limit:
+        return
+    raise ServiceError(
+        f"gpu_ids names {len(gpu_ids)} GPUs but you may train on at most {limit} at once "
+        f"(MISTUDIO_MAX_RUNNING_JOBS_PER_USER): list at most {limit}.", field="gpu_ids")
 
 
 def check_storage(owner, *, planned_bytes: int) -> None:

@@ -72,6 +72,7 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
     """Validate a request against the owner's quotas and the real corpus, model and machine, save
     the job, and queue it once the transaction commits (the worker must find the row it is handed)."""
     quotas.check_active_jobs(owner)  # at once: a request over the quota costs no model reading
+    quotas.check_running_width(owner, request.gpu_ids)
     columns = job_columns(owner=owner, request=request, any_local_path=any_local_path)
     quotas.check_storage(owner, planned_bytes=(columns["disk_plan"] or {}).get("needed_bytes") or 0)
     with transaction.atomic():

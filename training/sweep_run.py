@@ -43,9 +43,10 @@ def sweep_run(sweep_id: str, *, on_progress=None, on_member_end=None, wait_for_s
     heartbeat = pipeline.Heartbeat(*jobs)
     stops = [pipeline.cancel_check(job.pk, heartbeat) for job in jobs]
     if not wait_for_slot and not lease_acquire(jobs[0]):
+        reason = pipeline.wait_reason(jobs[0])
         time.sleep(settings.WORKER_SEEN_INTERVAL_S)  # not at once: the same busy worker may take it again
         for job in jobs:
-            services.job_requeue(job, "The worker's GPU slot was busy; waiting for a free worker", enqueue=False)
+            services.job_requeue(job, reason, enqueue=False)
         from django.db import transaction
 
         transaction.on_commit(lambda: services.sweep_enqueue(sweep_id))
