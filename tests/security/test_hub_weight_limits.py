@@ -152,3 +152,20 @@ def test_the_worker_checks_again_before_it_downloads(alice, corpus, fake_hub, ti
     assert job.status == TrainingJob.Status.FAILED
     assert "The weights of 'org/tiny-gpt2'" in job.message and expected in job.message
     assert weights_asked_for(fake_hub) == []
+
+
+def test_a_hub_cache_on_another_disk_is_not_counted_in_the_data_folders_but_in_the_owners_storage(
+        alice_api, corpus, fake_hub, tiny_files, settings, sample_corpus_bytes, monkeypatch):
+    from engine import disk
+
+    monkeypatch.setattr(disk, "same_file_system", lambda a, b: False)
+    fake_hub.push("org/tiny-gpt2", tiny_files, reported_sizes={"model.safetensors": 50 * MB})
+    settings.DISK_BUDGET_BYTES = 20 * MB  # the data folder: room for the run's files, not the weights
+    response = alice_api.post("/api/v1/train", body(), format="json")
+    assert response.status_code == 200, response.json()
+    plan = TrainingJob.objects.get().disk_plan
+    assert plan["download_bytes"] == 50 * MB and plan["download_free_bytes"] is not None
+    assert plan["needed_bytes"] == plan["checkpoint_bytes"] + plan["cache_bytes"]
+    settings.STORAGE_QUOTA_BYTES = len(sample_corpus_bytes) + 2 * plan["needed_bytes"] + 60 * MB
+    response = alice_api.post("/api/v1/train", body(), format="json")  # beside the first, still queued
+    assert response.status_code == 400 and "50.0 MB, included" in response.json()["detail"]
