@@ -83,3 +83,15 @@ def test_a_download_past_the_limit_names_its_largest_files(fake_hub):
         check_download(resolved, token=False, timeout_s=10, max_bytes=10 * 10**9)
     assert "15.0 GB to download" in str(refused.value)
     assert "m-4.safetensors (5.0 GB), m-3.safetensors (4.0 GB), m-2.safetensors (3.0 GB) and 2 more" in str(refused.value)
+
+
+def test_the_worker_times_out_a_stalled_download_after_the_hubs_timeout(fake_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    from engine.hub_files import HubLimits
+    from engine.run.runner import _check_hub_weights
+
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", constants.HF_HUB_DOWNLOAD_TIMEOUT)  # restored after
+    resolved = model(fake_hub, {"model.safetensors": b"s" * 10})
+    _check_hub_weights(resolved, False, HubLimits(timeout_s=7.5, max_bytes=100))
+    assert constants.HF_HUB_DOWNLOAD_TIMEOUT == 7.5

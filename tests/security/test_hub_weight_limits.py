@@ -169,3 +169,17 @@ def test_a_hub_cache_on_another_disk_is_not_counted_in_the_data_folders_but_in_t
     settings.STORAGE_QUOTA_BYTES = len(sample_corpus_bytes) + 2 * plan["needed_bytes"] + 60 * MB
     response = alice_api.post("/api/v1/train", body(), format="json")  # beside the first, still queued
     assert response.status_code == 400 and "50.0 MB, included" in response.json()["detail"]
+
+
+def test_the_new_job_form_shows_the_refusal_next_to_the_model(alice, corpus, fake_hub, tiny_files):
+    from django.test import Client
+
+    fake_hub.push("org/tiny-gpt2", tiny_files, reported_sizes={"model.safetensors": 30 * GB})
+    browser = Client()
+    browser.force_login(alice)
+    fields = {name: str(value) for name, value in body().items()}
+    response = browser.post("/jobs/new/", {**fields, "exclude_special_tokens": "true", "prepend_bos": "true"})
+    assert response.status_code == 400
+    shown = {row.name: row for _, section in response.context["sections"] for row in section}
+    assert any("MISTUDIO_MODEL_MAX_BYTES" in error for error in shown["model_name"].errors)
+    assert not TrainingJob.objects.exists()
