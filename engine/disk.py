@@ -9,6 +9,7 @@ pass then runs the model again); `always` caches (and is refused when the cache 
 `never` streams every pass.
 """
 import math
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,10 +57,19 @@ def estimate_sequences_per_pass(*, rows_per_pass: int, documents: int, lines: in
 def free_bytes(folder: Path) -> int:
     """Free space of the file system holding `folder` (its nearest existing parent when it is
     still to be made)."""
+    return shutil.disk_usage(_existing(folder)).free
+
+
+def same_file_system(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` (or their nearest existing parents) are on one file system."""
+    return os.stat(_existing(a)).st_dev == os.stat(_existing(b)).st_dev
+
+
+def _existing(folder: Path) -> Path:
     folder = Path(folder).absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    return shutil.disk_usage(folder).free
+    return folder
 
 
 def bytes_per_token(tokenizer, texts) -> float | None:
@@ -100,9 +110,14 @@ class DiskPlan:
     rows_per_pass: int
     cache_bytes: int  # what the cache would take (0 when not caching)
     checkpoint_bytes: int  # the checkpoints kept at once
-    needed_bytes: int  # what the run writes in all
+    needed_bytes: int  # what the run writes on the data folder's disk
     free_bytes: int
     reason: str  # why it caches or streams
+    # The model's weights from_pretrained downloads into the hub cache (engine.hub_files; 0: none,
+    # or all cached). On the data folder's disk they are part of needed_bytes; elsewhere
+    # (download_free_bytes: that disk's free space) they are checked against that disk alone.
+    download_bytes: int = 0
+    download_free_bytes: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,11 +125,12 @@ class DiskPlan:
 
 def plan_disk(*, cache_activations: str, rows_per_pass: int, d_model: int, d_sae: int, max_epochs: int,
               eval_fraction: float, training_tokens: int | None, free: int, sites: int = 1,
-              sequences: int = 0) -> DiskPlan:
+              sequences: int = 0, download_bytes: int = 0, download_free: int | None = None) -> DiskPlan:
     """Whether the run caches, and what it needs; raises DiskFull (a message that says how large
     and what to change) when it cannot fit. `sites`: the caches it writes side by side (a
     transcoder's MLP input and output: 2). `sequences`: those of a pass, whose rows a streamed
-    run's checkpoints keep (seek_record_bytes)."""
+    run's checkpoints keep (seek_record_bytes). `download_bytes`: the model's weights still to
+    download, on the data folder's disk, or on another whose free space is `download_free`."""
     if cache_activations not in CACHE_MODES:
         raise ValueError(f"cache_activations must be one of {', '.join(CACHE_MODES)}")
     passes = passes_needed(rows_per_pass=rows_per_pass, eval_fraction=eval_fraction, max_epochs=max_epochs,
@@ -124,7 +140,9 @@ def plan_disk(*, cache_activations: str, rows_per_pass: int, d_model: int, d_sae
     checkpoints = CHECKPOINTS_ON_DISK * checkpoint_bytes(d_model, d_sae)
     cached = sites * cache_bytes(rows, d_model)
     usable = int(free * (1 - FREE_SPACE_MARGIN))
-    fits = cached + checkpoints <= usable
+    # The weights download before the run writes anything, and stay in the hub cache beside it.
+    beside = download_bytes if download_free is None else 0
+    fits = beside + cached + checkpoints <= usable
     if cache_activations == "always":
         cache, reason = True, "cache_activations is always"
     elif cache_activations == "never":
@@ -138,9 +156,14 @@ def plan_disk(*, cache_activations: str, rows_per_pass: int, d_model: int, d_sae
                                 f"the {passes} passes runs the model")
     if not cache:
         checkpoints += CHECKPOINTS_ON_DISK * seek_record_bytes(sequences)
-    needed = checkpoints + (cached if cache else 0)
+    needed = beside + checkpoints + (cached if cache else 0)
     plan = DiskPlan(cache=cache, passes=passes, rows_per_pass=rows_per_pass, cache_bytes=cached if cache else 0,
-                    checkpoint_bytes=checkpoints, needed_bytes=needed, free_bytes=free, reason=reason)
+                    checkpoint_bytes=checkpoints, needed_bytes=needed, free_bytes=free, reason=reason,
+                    download_bytes=download_bytes, download_free_bytes=download_free)
+    if download_free is not None and download_bytes > int(download_free * (1 - FREE_SPACE_MARGIN)):
+        raise DiskFull(plan, f"The model's weights are {size_text(download_bytes)} to download but the disk of the "
+                             f"hub cache has {size_text(download_free)} free: free disk space there, or choose a "
+                             "smaller model.")
     if needed > usable:
         raise DiskFull(plan, _advice(plan, cache_activations, cache_rows=rows))
     return plan
@@ -158,16 +181,20 @@ def rows_for_budget(training_tokens: int, eval_fraction: float) -> int:
 
 def _advice(plan: DiskPlan, mode: str, *, cache_rows: int) -> str:
     parts = [f"This run needs {size_text(plan.needed_bytes)} of disk"]
+    download = (f"the model's weights to download, {size_text(plan.download_bytes)}, "
+                if plan.download_bytes and plan.download_free_bytes is None else "")
     if plan.cache:
         # The rows cached, fewer than a pass's when a budget ends within one pass.
-        parts.append(f" (an activation cache of {size_text(plan.cache_bytes)} for {cache_rows:,} tokens and "
+        parts.append(f" ({download}an activation cache of {size_text(plan.cache_bytes)} for {cache_rows:,} tokens and "
                      f"checkpoints of {size_text(plan.checkpoint_bytes)})")
     else:
-        parts.append(f" (checkpoints of {size_text(plan.checkpoint_bytes)})")
+        parts.append(f" ({download}checkpoints of {size_text(plan.checkpoint_bytes)})")
     parts.append(f" but the data folder has {size_text(plan.free_bytes)} free. ")
     if plan.cache and mode == "always":
         parts.append("Set cache_activations to auto or never (the activations then stream from the model), lower "
                      "training_tokens or use a smaller corpus, or free disk space.")
+    elif download:
+        parts.append("Lower hidden_dim, choose a smaller model, or free disk space.")
     else:
         parts.append("Lower hidden_dim or free disk space.")
     return "".join(parts)

@@ -322,6 +322,12 @@ SERVICE_VERSION = "1.2.0"
 HUB_TIMEOUT_S = env_float("MISTUDIO_HUB_TIMEOUT_S", 10.0, minimum=0.1)
 # The largest tokenizer file the web process downloads from the hub (its sizes are asked first).
 TOKENIZER_MAX_BYTES = env_int("MISTUDIO_TOKENIZER_MAX_BYTES", 64 << 20, minimum=1 << 20)
+# The most a job's model weights may take to download from the hub (the files from_pretrained
+# reads at the job's commit, asked of the hub first; those already in the hub cache not counted);
+# 0: no limit. 20 GB admits an 8B model in bf16 (~16 GB, Llama-3.1-8B's four shards) with a margin
+# for a larger vocabulary; a 13B+ bf16 or an 8B float32 checkpoint is refused unless an operator
+# raises it (or puts the model in the models directory).
+MODEL_MAX_BYTES = env_int("MISTUDIO_MODEL_MAX_BYTES", 20 * 10**9, minimum=0)
 # Off: a request without its own Hugging Face token reaches the hub with none, never with the
 # login saved on this machine (HF_TOKEN, ~/.cache/huggingface/token): see training.hub.
 HUB_USE_SERVER_LOGIN = env_bool("MISTUDIO_HUB_USE_SERVER_LOGIN", False)

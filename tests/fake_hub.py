@@ -38,13 +38,18 @@ class FakeHub:
     heads: dict = field(default_factory=dict)  # repo id -> the commit "main" is at
     requests: list = field(default_factory=list)
     url: str = ""
+    # commit -> {file name: the size model-info reports}, where it is not the bytes served: a 16 GB
+    # shard's size with a few bytes to serve.
+    reported_sizes: dict = field(default_factory=dict)
 
     def push_folder(self, repo_id: str, folder: Path) -> str:
         """Serve every file of `folder` as `repo_id`'s next commit; its hash is returned."""
         return self.push(repo_id, {p.relative_to(folder).as_posix(): p.read_bytes()
                                    for p in sorted(folder.rglob("*")) if p.is_file()})
 
-    def push(self, repo_id: str, files: dict) -> str:
+    def push(self, repo_id: str, files: dict, *, reported_sizes: dict | None = None) -> str:
+        """Serve `files` (name -> bytes or text) as `repo_id`'s next commit; `reported_sizes`: the
+        size model-info gives for some of them instead of their length."""
         files = {name: content if isinstance(content, bytes) else content.encode() for name, content in files.items()}
         digest = hashlib.sha1(repo_id.encode() + self.heads.get(repo_id, "").encode())
         for name, content in sorted(files.items()):
@@ -52,6 +57,7 @@ class FakeHub:
         commit = digest.hexdigest()
         self.commits.setdefault(repo_id, {})[commit] = files
         self.heads[repo_id] = commit
+        self.reported_sizes[commit] = dict(reported_sizes or {})
         return commit
 
     def authorizations(self) -> set:
@@ -93,7 +99,8 @@ class FakeHub:
                 commit = self.heads[repo_id] if revision == "main" else revision
                 files = self.commits[repo_id].get(commit, {})
                 body = json.dumps({"id": repo_id, "sha": commit,
-                                   "siblings": [{"rfilename": n, "size": len(c)} for n, c in files.items()]})
+                                   "siblings": [{"rfilename": n, "size": self.reported_sizes.get(commit, {}).get(n, len(c))}
+                                                for n, c in files.items()]})
                 return _send(handler, method, 200, body.encode(), {"Content-Type": "application/json"})
         return _send(handler, method, 404, b"Repository not found", {"X-Error-Code": "RepoNotFound"})
 

@@ -60,6 +60,7 @@ def job_spec(job: TrainingJob, device: str):
     """The run the job asks for, on `device`: its model and corpus (or activations file), its
     TrainConfig, its files, the cache and checkpoint an earlier run left, and this installation's
     settings."""
+    from engine.hub_files import HubLimits
     from engine.run import EvaluationSettings, FeatureSettings, RunPaths, RunSpec
 
     paths = services.job_artifact_paths(job)
@@ -91,6 +92,8 @@ def job_spec(job: TrainingJob, device: str):
         device=device,
         cpu_bf16=settings.CPU_BF16,
         models_cache_dir=settings.MODELS_CACHE_DIR,
+        hub_limits=HubLimits(timeout_s=settings.HUB_TIMEOUT_S, max_bytes=settings.MODEL_MAX_BYTES or None,
+                             reserve_bytes=settings.DISK_RESERVE_BYTES),
         checkpoint_prefix=job.id,
         resume_from=resume_checkpoint(job),
         # A resumed run reuses what its earlier run extracted (the file appears complete or not at all).

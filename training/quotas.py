@@ -46,18 +46,23 @@ def check_running_width(owner, gpu_ids) -> None:
         f"(MISTUDIO_MAX_RUNNING_JOBS_PER_USER): list at most {limit}.", field="gpu_ids")
 
 
-def check_storage(owner, *, planned_bytes: int) -> None:
-    """A ServiceError when a job planning to write `planned_bytes` would put `owner` past the
-    storage quota, counting what their queued jobs plan to write beside what is on disk."""
+def check_storage(owner, *, plan: dict | None) -> None:
+    """A ServiceError when a job (or sweep) whose disk plan is `plan` (runplan; None: it writes
+    nothing) would put `owner` past the storage quota, counting what their queued jobs plan to write
+    beside what is on disk. A hub model's weights count while a queued job plans to download them
+    (runplan.planned_bytes), not once they are in the hub cache, which every user's jobs share."""
     if not quota_applies(owner):
         return
     quota = settings.STORAGE_QUOTA_BYTES
+    planned_bytes = runplan.planned_bytes(plan)
     used = storage_used_bytes(owner)
-    queued = runplan.queued_plans_bytes(TrainingJob.objects.filter(owner=owner))
+    queued = runplan.queued_plans_bytes(TrainingJob.objects.filter(owner=owner), all_disks=True)
     if used + queued + planned_bytes > quota:
         waiting = f" and your queued jobs plan to write {size_text(queued)}" if queued else ""
+        download = (plan or {}).get("download_bytes") or 0
+        weights = f" (the model's weights to download, {size_text(download)}, included)" if download else ""
         raise ServiceError(
-            f"This job plans to write {size_text(planned_bytes)}, more than your storage quota leaves: you use "
+            f"This job plans to write {size_text(planned_bytes)}{weights}, more than your storage quota leaves: you use "
             f"{size_text(used)} of {size_text(quota)} (MISTUDIO_STORAGE_QUOTA_BYTES, corpora and jobs' artifacts "
             f"together){waiting}. Delete corpora or old jobs' artifacts, or lower hidden_dim, max_epochs or "
             "training_tokens, or set cache_activations to never.")

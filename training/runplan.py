@@ -2,7 +2,13 @@
 packing and cache mode it asks for (checked), the packing its corpus's format gets when it asks
 for none, and the disk plan (engine.disk) from an estimate of the tokens one pass over the corpus
 gives. The web process reads the model's tokenizer for that estimate, never its weights, and
-creates no CUDA context; the engine is imported inside functions."""
+creates no CUDA context; the engine is imported inside functions.
+
+A hub model's weights are part of the plan: the files from_pretrained will download at the job's
+commit, their sizes asked of the hub first (engine.hub_files), are refused past
+MISTUDIO_MODEL_MAX_BYTES and counted in the disk (download_bytes) and in the owner's storage while
+the job is queued. Once downloaded they sit in the hub cache, shared by every user's jobs on that
+model: no one user's storage counts them then."""
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +79,59 @@ def corpus_facts(corpus) -> CorpusFacts:
     )
 
 
+def model_download(described, token: str | None = None):
+    """The weights a hub model's run will download (engine.hub_files.WeightFiles), or None for a
+    model that is not on the hub; a ServiceError naming the files and MISTUDIO_MODEL_MAX_BYTES when
+    what is to download passes it, or when the hub does not say."""
+    from engine.errors import EngineError
+    from engine.hub_files import weight_files
+    from training.hub import hub_token
+
+    if described.resolved.source != "hub":
+        return None
+    try:
+        files = weight_files(described.resolved, token=hub_token(token), timeout_s=settings.HUB_TIMEOUT_S,
+                             read_index=_sandboxed_shard_names)
+        files.check_limit(settings.MODEL_MAX_BYTES or None)
+    except EngineError as err:
+        raise ServiceError(str(err), field="model_name") from None
+    return files
+
+
+def _sandboxed_shard_names(index_path: str) -> list[str]:
+    """engine.hub_files.shard_names in a limited child: the index is a stranger's JSON, up to
+    16 MiB, whose parsed objects can take many times that (the worker's from_pretrained parses it
+    anyway, so the worker reads it in its own process)."""
+    from engine.errors import EngineError
+    from mistudio.sandbox import SandboxError, SandboxRefused, run_limited
+
+    try:
+        return run_limited("engine.hub_files:shard_names", index_path, expected=("EngineError",),
+                           what=f"the weight index {Path(index_path).name}")
+    except (SandboxError, SandboxRefused) as err:
+        raise EngineError(str(err)) from None
+
+
+def download_disk(download_bytes: int) -> dict:
+    """plan_disk's arguments for a download of `download_bytes` into the hub cache: on the data
+    folder's disk it is counted with the run's files; on another disk, against that disk's free
+    space less MISTUDIO_DISK_RESERVE_BYTES."""
+    from engine.hub_files import hub_cache_dir
+
+    if not download_bytes or disk.same_file_system(hub_cache_dir(), settings.DATA_DIR):
+        return {"download_bytes": download_bytes, "download_free": None}
+    free = max(0, disk.free_bytes(hub_cache_dir()) - settings.DISK_RESERVE_BYTES)
+    return {"download_bytes": download_bytes, "download_free": free}
+
+
+def planned_bytes(plan: dict | None) -> int:
+    """What a plan writes on every disk: its needed_bytes, and its download where that goes to
+    another disk (the owner's storage counts both)."""
+    plan = plan or {}
+    elsewhere = (plan.get("download_bytes") or 0) if plan.get("download_free_bytes") is not None else 0
+    return (plan.get("needed_bytes") or 0) + elsewhere
+
+
 def free_space() -> int:
     """What a job may write: the data folder's free space less what the jobs queued before it plan
     to write (each fits alone; together they must too), or MISTUDIO_DISK_BUDGET_BYTES when smaller
@@ -81,18 +140,20 @@ def free_space() -> int:
     return free if settings.DISK_BUDGET_BYTES is None else min(free, settings.DISK_BUDGET_BYTES)
 
 
-def queued_plans_bytes(jobs) -> int:
-    """What the queued jobs among `jobs` plan to write and have not begun to (no run started): a
-    job's plan, a sweep's once for all its members (they share its caches)."""
+def queued_plans_bytes(jobs, *, all_disks: bool = False) -> int:
+    """What the queued jobs among `jobs` plan to write on the data folder's disk and have not begun
+    to (no run started): a job's plan, a sweep's once for all its members (they share its caches).
+    `all_disks`: their downloads to another disk too (planned_bytes)."""
+    size = planned_bytes if all_disks else (lambda plan: (plan or {}).get("needed_bytes") or 0)
     total, sweeps = 0, set()
     queued = jobs.filter(status=TrainingJob.Status.QUEUED, attempts=0)
     for sweep_id, plan in queued.values_list("sweep_id", "disk_plan"):
         if sweep_id is None:
-            total += (plan or {}).get("needed_bytes") or 0
+            total += size(plan)
         else:
             sweeps.add(sweep_id)
     for plan in Sweep.objects.filter(pk__in=sweeps).exclude(jobs__attempts__gt=0).values_list("disk_plan", flat=True):
-        total += (plan or {}).get("needed_bytes") or 0
+        total += size(plan)
     return total
 
 
@@ -107,12 +168,21 @@ def disk_plan(*, corpus, described, packing: str, max_sequence_length: int, hidd
     `bytes_per_token` and `tokens_estimated_from`); a ServiceError with DiskFull's message when
     the run cannot fit the data folder's free disk. `sites`: the caches the run writes side by side
     (a transcoder's MLP input and output: 2)."""
+    download = model_download(described, token)
     plan, estimate = _plan(corpus=corpus, described=described, packing=packing, max_sequence_length=max_sequence_length,
                            hidden_dim=hidden_dim, max_epochs=max_epochs, training_tokens=training_tokens,
-                           cache_activations=cache_activations, token=token, sites=sites)
+                           cache_activations=cache_activations, token=token, sites=sites, download=download)
     if isinstance(plan, disk.DiskFull):
         raise ServiceError(str(plan))
-    return {**plan.to_dict(), **estimate, "reason": _reason(plan.reason, estimate)}
+    return {**plan.to_dict(), **estimate, **_download_fields(download), "reason": _reason(plan.reason, estimate)}
+
+
+def _download_fields(download) -> dict:
+    """The plan document's account of the model's weights: each file still to download and its
+    size, and what the hub cache already holds (not counted)."""
+    if download is None:
+        return {"download_files": {}, "weights_cached_bytes": 0}
+    return {"download_files": download.to_download, "weights_cached_bytes": download.total_bytes - download.download_bytes}
 
 
 def sweep_disk_plans(*, corpus, described, packing: str, max_sequence_length: int, training_tokens: int | None,
@@ -125,9 +195,11 @@ def sweep_disk_plans(*, corpus, described, packing: str, max_sequence_length: in
     with "streams", "members": each member's own plan}; a ServiceError saying how large and what
     to change when the whole sweep cannot fit."""
     cached, streamed, estimate = [], [], None
+    download = model_download(described, token)  # once: the members load the same model
     for hidden_dim, max_epochs in members:
         sizes = dict(corpus=corpus, described=described, packing=packing, max_sequence_length=max_sequence_length,
-                     hidden_dim=hidden_dim, max_epochs=max_epochs, training_tokens=training_tokens, token=token)
+                     hidden_dim=hidden_dim, max_epochs=max_epochs, training_tokens=training_tokens, token=token,
+                     download=download)
         plan, estimate = _plan(**sizes, cache_activations="never", estimate=estimate)
         if isinstance(plan, disk.DiskFull):
             raise ServiceError(f"A member of the sweep alone cannot fit: {plan}")
@@ -135,23 +207,27 @@ def sweep_disk_plans(*, corpus, described, packing: str, max_sequence_length: in
         plan, estimate = _plan(**sizes, cache_activations="always", estimate=estimate)
         cached.append(plan)  # or the DiskFull that says it cannot: a streaming sweep needs no cache
     cache_bytes = _unrefused(cached[0]).cache_bytes
+    # The weights download once for the whole sweep (counted here when on the data folder's disk).
+    weights = streamed[0].download_bytes if streamed[0].download_free_bytes is None else 0
     checkpoints = sum(plan.checkpoint_bytes for plan in streamed)
     free = streamed[0].free_bytes
-    caches_fit = sites * cache_bytes + checkpoints <= free and not any(isinstance(p, disk.DiskFull) for p in cached)
+    caches_fit = (weights + sites * cache_bytes + checkpoints <= free
+                  and not any(isinstance(p, disk.DiskFull) for p in cached))
     streams = cache_activations == "never" or (cache_activations == "auto" and not caches_fit)
     refused = next((plan for plan in cached if isinstance(plan, disk.DiskFull)), None)
     if not streams and refused is not None:
         raise ServiceError(f"A member of the sweep alone cannot fit: {refused}")
-    needed = checkpoints if streams else sites * cache_bytes + checkpoints
+    needed = weights + (checkpoints if streams else sites * cache_bytes + checkpoints)
+    with_weights = f" and the model's weights to download, {_gb(weights):.3f} GB" if weights else ""
     if needed > free:
         if streams:
             raise ServiceError(
                 f"The sweep needs {_gb(needed):.3f} GB of disk for its {len(streamed)} members' checkpoints (it streams: "
-                f"no cache) but {_gb(free):.3f} GB is free: give fewer members or a smaller hidden_dim, or more disk "
+                f"no cache){with_weights} but {_gb(free):.3f} GB is free: give fewer members or a smaller hidden_dim, or more disk "
                 "(MISTUDIO_DISK_BUDGET_BYTES).")
         raise ServiceError(
             f"The sweep needs {_gb(needed):.3f} GB of disk ({sites} site caches of {_gb(cache_bytes):.3f} GB and "
-            f"{len(cached)} members' checkpoints, {_gb(checkpoints):.3f} GB) but {_gb(free):.3f} GB is free: set "
+            f"{len(cached)} members' checkpoints, {_gb(checkpoints):.3f} GB{with_weights}) but {_gb(free):.3f} GB is free: set "
             "cache_activations to auto or never (the sweep then streams: one forward per batch feeds every member), "
             "give fewer layers or hook_points, a smaller training_tokens budget, or more disk (MISTUDIO_DISK_BUDGET_BYTES).")
     if cache_activations == "never":
@@ -163,6 +239,8 @@ def sweep_disk_plans(*, corpus, described, packing: str, max_sequence_length: in
         why = None
     total = {"sites": sites, "cache_bytes_per_site": 0 if streams else cache_bytes, "checkpoint_bytes": checkpoints,
              "needed_bytes": needed, "free_bytes": free, "rows_per_pass": streamed[0].rows_per_pass, "streams": streams,
+             "download_bytes": streamed[0].download_bytes, "download_free_bytes": streamed[0].download_free_bytes,
+             **_download_fields(download),
              "reason": _reason(f"the sweep streams: {why}; the model runs once per pass for all its members" if streams
                                else "one cache per site, read by its members", estimate), **estimate}
     if streams:
@@ -183,7 +261,11 @@ def disk_report(*, corpus, described, **sizes) -> dict:
     """The check-memory document's disk_check: the plan in GB, or why there is none."""
     if corpus is None:
         return {"sufficient": None, "reason": "give corpus_file to estimate the disk a run needs"}
-    plan, estimate = _plan(corpus=corpus, described=described, **sizes)
+    try:
+        download = model_download(described, sizes.get("token"))
+    except ServiceError as err:
+        return {"sufficient": False, "reason": err.message}
+    plan, estimate = _plan(corpus=corpus, described=described, download=download, **sizes)
     full = isinstance(plan, disk.DiskFull)
     verdict = plan.plan if full else plan
     return {
@@ -192,6 +274,7 @@ def disk_report(*, corpus, described, **sizes) -> dict:
         "estimated_tokens_per_pass": verdict.rows_per_pass,
         "cache_gb": _gb(verdict.cache_bytes),
         "checkpoints_gb": _gb(verdict.checkpoint_bytes),
+        "download_gb": _gb(verdict.download_bytes),
         "needed_gb": _gb(verdict.needed_bytes),
         "free_gb": _gb(verdict.free_bytes),
         "sufficient": not full,
@@ -201,9 +284,10 @@ def disk_report(*, corpus, described, **sizes) -> dict:
 
 
 def _plan(*, corpus, described, packing, max_sequence_length, hidden_dim, max_epochs, training_tokens,
-          cache_activations, token=None, estimate=None, sites=1):
+          cache_activations, download, token=None, estimate=None, sites=1):
     """(the DiskPlan, or the DiskFull that refuses it; how the tokens were estimated). `estimate`:
-    that of an earlier call on the same model and corpus (reading the tokenizer takes seconds)."""
+    that of an earlier call on the same model and corpus (reading the tokenizer takes seconds).
+    `download`: model_download's answer for the model."""
     from engine.trainer import TrainConfig
 
     facts = corpus_facts(corpus)
@@ -224,7 +308,8 @@ def _plan(*, corpus, described, packing, max_sequence_length, hidden_dim, max_ep
                               d_sae=hidden_dim, max_epochs=max_epochs,
                               # The trainer holds this share out (train_config leaves it at its default).
                               eval_fraction=TrainConfig.__dataclass_fields__["eval_fraction"].default,
-                              training_tokens=training_tokens, free=free_space())
+                              training_tokens=training_tokens, free=free_space(),
+                              **download_disk(download.download_bytes if download is not None else 0))
     except disk.DiskFull as full:
         return full, estimate
     return plan, estimate

@@ -155,6 +155,10 @@ class DiskPlanSerializer(serializers.Serializer):
     reason = serializers.CharField(help_text="Why it caches or streams, and how the tokens were estimated")
     bytes_per_token = serializers.FloatField(help_text="Of the corpus's first documents under the model's tokenizer; 1 where it could not be read at submission (an upper bound on the tokens)")
     tokens_estimated_from = serializers.CharField()
+    download_bytes = serializers.IntegerField(required=False, help_text="A hub model's weights still to download into the hub cache (0: none, or all cached); part of needed_bytes when the hub cache is on the data folder's disk")
+    download_free_bytes = serializers.IntegerField(required=False, allow_null=True, help_text="Free space of the hub cache's disk, less MISTUDIO_DISK_RESERVE_BYTES, when it is not the data folder's; null when it is")
+    download_files = serializers.DictField(child=serializers.IntegerField(), required=False, help_text="Each weight file to download and its size on the hub")
+    weights_cached_bytes = serializers.IntegerField(required=False, help_text="The model's weight files the hub cache already holds (not counted)")
 
 
 class StatusSerializer(serializers.Serializer):
@@ -365,6 +369,7 @@ class DiskCheckSerializer(serializers.Serializer):
     estimated_tokens_per_pass = serializers.IntegerField(required=False)
     cache_gb = serializers.FloatField(required=False)
     checkpoints_gb = serializers.FloatField(required=False)
+    download_gb = serializers.FloatField(required=False, help_text="A hub model's weights still to download into the hub cache")
     needed_gb = serializers.FloatField(required=False)
     free_gb = serializers.FloatField(required=False, help_text="Free space of the data folder")
     sufficient = serializers.BooleanField(allow_null=True, help_text="null without corpus_file: nothing to estimate")

@@ -74,7 +74,7 @@ def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_pa
     quotas.check_active_jobs(owner)  # at once: a request over the quota costs no model reading
     quotas.check_running_width(owner, request.gpu_ids)
     columns = job_columns(owner=owner, request=request, any_local_path=any_local_path)
-    quotas.check_storage(owner, planned_bytes=(columns["disk_plan"] or {}).get("needed_bytes") or 0)
+    quotas.check_storage(owner, plan=columns["disk_plan"])
     with transaction.atomic():
         owner_lock(owner)
         quotas.check_active_jobs(owner)  # again, under the lock: two requests at once make one job

@@ -82,7 +82,7 @@ def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_loca
         # Its members train at once (each member's check counted its own SAE beside the model).
         verdict = _memory_together(base, [columns for columns, _ in rows], described)
         rows = [({**columns, "memory_check": verdict}, overrides) for columns, overrides in rows]
-    quotas.check_storage(owner, planned_bytes=plans["sweep"]["needed_bytes"])
+    quotas.check_storage(owner, plan=plans["sweep"])
     with transaction.atomic():
         services.owner_lock(owner)
         quotas.check_active_jobs(owner, adding=count)

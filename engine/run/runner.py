@@ -85,12 +85,32 @@ def resolve_spec_model(spec: RunSpec) -> ResolvedModel:
 
 
 def load_spec_model(spec: RunSpec, model: ResolvedModel | None = None):
-    """The spec's model loaded as its run loads it (with the LM head: next-token evaluation)."""
+    """The spec's model loaded as its run loads it (with the LM head: next-token evaluation). A hub
+    model under spec.hub_limits has its weights' sizes asked of the hub first: a download past
+    hub_limits.max_bytes, or one the hub cache's disk cannot hold, fails (WeightsTooLarge) before a
+    byte of it is written."""
     from engine.loading import load_model
 
-    return load_model(model or resolve_spec_model(spec), device=spec.device, quantization=spec.quantization,
-                      token=spec.token, with_lm_head=True, cpu_bf16=spec.cpu_bf16,
-                      models_cache_dir=spec.models_cache_dir)
+    model = model or resolve_spec_model(spec)
+    if spec.hub_limits is not None and model.source == "hub":
+        _check_hub_weights(model, spec.token, spec.hub_limits)
+    return load_model(model, device=spec.device, quantization=spec.quantization, token=spec.token,
+                      with_lm_head=True, cpu_bf16=spec.cpu_bf16, models_cache_dir=spec.models_cache_dir)
+
+
+def _check_hub_weights(model: ResolvedModel, token, limits) -> None:
+    """Checked again on the worker, right before from_pretrained downloads: the commit's files
+    cannot have changed since the job was made, but the disk can have filled."""
+    from huggingface_hub import constants
+
+    from engine.hub_files import check_download
+
+    check_download(model, token=token, timeout_s=limits.timeout_s, max_bytes=limits.max_bytes,
+                   reserve_bytes=limits.reserve_bytes)
+    # huggingface_hub's timeout for each read of a download (HF_HUB_DOWNLOAD_TIMEOUT, read when it
+    # downloads): a hub that stops sending fails the load after this long instead of holding the
+    # worker. The download as a whole has no limit: 16 GB takes what the link takes.
+    constants.HF_HUB_DOWNLOAD_TIMEOUT = limits.timeout_s
 
 
 class _Run:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from engine.activations import ExtractionResult
 from engine.defaults import EVAL_DEFAULTS
+from engine.hub_files import HubLimits
 from engine.resolve import ResolvedModel
 from engine.results import CheckpointInfo, TrainProgress, TrainResult
 from engine.trainer import TrainConfig
@@ -103,6 +104,8 @@ class RunSpec:
     device: str = "cpu"
     cpu_bf16: str = "off"  # the model's weights on the CPU (engine.loading.load_model)
     models_cache_dir: Path | None = None  # where a GGUF model is converted once (engine.gguf)
+    # A hub model's download: its sizes checked first, its reads timed out (engine.loading.load_model).
+    hub_limits: HubLimits | None = None
     checkpoint_prefix: str = "sae"
     resume_from: Path | None = None  # a checkpoint of an earlier run of this spec
     # Activations an earlier run of this spec extracted completely: used instead of extracting again.

@@ -65,3 +65,20 @@ def test_a_streamed_runs_checkpoints_count_the_rows_of_each_sequence_they_keep()
 def test_a_pass_is_windows_for_concat_and_a_line_or_a_document_each_otherwise():
     counts = dict(rows_per_pass=1000, documents=7, lines=30, max_sequence_length=128)
     assert [estimate_sequences_per_pass(packing=p, **counts) for p in ("concat", "lines", "documents")] == [8, 30, 7]
+
+
+def test_a_models_download_on_the_data_disk_is_counted_beside_the_runs_files():
+    alone = plan()
+    with_weights = plan(download_bytes=16 * GB)
+    assert with_weights.needed_bytes == alone.needed_bytes + 16 * GB and with_weights.download_bytes == 16 * GB
+    # The cache that fit alone does not fit beside the weights: auto streams instead.
+    assert plan(free=18 * GB).cache and not plan(free=18 * GB, download_bytes=16 * GB).cache
+    with pytest.raises(DiskFull, match="the model's weights to download, 16.0 GB, checkpoints"):
+        plan(cache_activations="never", free=10 * GB, download_bytes=16 * GB)
+
+
+def test_a_download_to_another_disk_is_checked_against_that_disk_alone():
+    elsewhere = plan(download_bytes=16 * GB, download_free=20 * GB)
+    assert elsewhere.needed_bytes == plan().needed_bytes and elsewhere.download_free_bytes == 20 * GB
+    with pytest.raises(DiskFull, match="weights are 16.0 GB to download but the disk of the hub cache has 10.0 GB free"):
+        plan(download_bytes=16 * GB, download_free=10 * GB)
