@@ -1,13 +1,15 @@
 """What a model's config may ask for before anything is built from it.
 
-A config comes from whoever published the model: the web process reads it to answer
-validate-model and check-memory, and builds the model it describes on the meta device to count its
-parameters and find its hook points. Building costs time for every module (about 2 ms a layer of a
-Llama), so a config of two million layers would hold a request for an hour and tens of GB. Every
-size field is bounded here, on the raw config.json before transformers reads it and again on the
-config it made (a GGUF's, and sizes transformers derived), with limits far above any real model's
-(Llama 3.1 405B: 126 layers, hidden 16,384, intermediate 53,248, 128 heads, vocabulary 128,256;
-Gemma 3's vocabulary 262,144; Llama 4 Scout's 10M positions; DeepSeek V3's 256 experts).
+A config comes from whoever published the model: a limited child of the web process reads it to
+answer validate-model and check-memory (engine.model_facts), and builds copies of one and two
+layers on the meta device; a worker builds and loads the model itself. Building costs time for
+every module (about 2 ms a layer of a Llama), so a config of two million layers, or of a thousand
+layers of four thousand experts, would hold a worker for an hour and tens of GB. Every size field
+is bounded here, and so is the product of the fields that multiply the layers, on the raw
+config.json before transformers reads it and again on the config it made (a GGUF's, and sizes
+transformers derived), with limits far above any real model's (Llama 3.1 405B: 126 layers, hidden
+16,384, intermediate 53,248, 128 heads, vocabulary 128,256; Gemma 3's vocabulary 262,144; Llama 4
+Scout's 10M positions; DeepSeek V3's 256 experts).
 A config that needs code from its repository (auto_map for a model type transformers does not
 ship) or a vision backbone (timm, or another model's weights) is refused: neither is a language
 model this server can train on, and both would run or fetch more than a config.
