@@ -26,6 +26,7 @@ class DescribedModel:
     info: object  # engine.model_info.ModelInfo
     sizes: object  # engine.model_info.ModelSizes, what the memory estimate reads
     hook_points: tuple[str, ...] | None = None  # None: the blocks could not be read to find them
+    hook_points_unknown_because: str | None = None
     parameter_count_from: str = ""
 
 
@@ -74,6 +75,7 @@ def _described(resolved, *, token) -> DescribedModel:
     points = facts["hook_points"]
     return DescribedModel(resolved=resolved, info=info, sizes=sizes,
                           hook_points=tuple(points) if points is not None else None,
+                          hook_points_unknown_because=facts["hook_points_unknown_because"],
                           parameter_count_from=facts["parameter_count_from"])
 
 
@@ -84,8 +86,9 @@ _FACTS_LOCK = threading.Lock()
 def model_facts(resolved, *, token=None) -> dict:
     """engine.model_facts.model_facts of the model, answered by a limited child (mistudio.sandbox)
     once per model's files in this process: the child imports torch and transformers, seconds.
-    Raises ModelResolutionError or EngineError as the child did; a child a limit stopped is an
-    EngineError that names the limit."""
+    Raises ModelResolutionError or EngineError as the child did, and keeps that answer too; a child
+    a limit stopped is an EngineError that names the limit, and is asked again next time (a busy
+    machine may have slowed it)."""
     from engine.model_facts import model_identity
 
     try:
@@ -94,9 +97,11 @@ def model_facts(resolved, *, token=None) -> dict:
         raise ModelResolutionError(f"Model '{resolved.name}' could not be read at {resolved.location}: {err}") from None
     with _FACTS_LOCK:
         answer = _FACTS.get(key) if key is not None else None
+        if answer is not None:
+            _FACTS.move_to_end(key)
     if answer is None:
         answer = _ask_child(resolved, token)
-        if key is not None:
+        if key is not None and answer.get("refused") != "SandboxRefused":
             with _FACTS_LOCK:
                 _FACTS[key] = answer
                 while len(_FACTS) > FACTS_CACHE_SIZE:
@@ -197,7 +202,8 @@ def check_hook_point(described, hook_point: str, *, model_name: str) -> None:
         return
     points = hook_points(described)
     if points is None:
-        raise ServiceError(f"hook_point {hook_point!r}: the blocks of {model_name} could not be read to find it; "
+        why = f" ({described.hook_points_unknown_because})" if described.hook_points_unknown_because else ""
+        raise ServiceError(f"hook_point {hook_point!r}: the blocks of {model_name} could not be read to find it{why}; "
                            "use resid_post or resid_pre.", field="hook_point")
     if hook_point not in points:
         raise ServiceError(f"hook_point {hook_point!r}: {model_name} has no {hook_point} that can be found; "
