@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass
 
 from engine.config_bounds import check_config
 from engine.errors import EngineError
-from engine.parameter_count import count_parameters, parameter_count  # noqa: F401 - count_parameters: callers' name
+from engine.parameter_count import parameter_count
 from engine.resolve import ResolvedModel
+
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
 
