@@ -1,13 +1,15 @@
 """What a model's config may ask for before anything is built from it.
 
-A config comes from whoever published the model: the web process reads it to answer
-validate-model and check-memory, and builds the model it describes on the meta device to count its
-parameters and find its hook points. Building costs time for every module (about 2 ms a layer of a
-Llama), so a config of two million layers would hold a request for an hour and tens of GB. Every
-size field is bounded here, on the raw config.json before transformers reads it and again on the
-config it made (a GGUF's, and sizes transformers derived), with limits far above any real model's
-(Llama 3.1 405B: 126 layers, hidden 16,384, intermediate 53,248, 128 heads, vocabulary 128,256;
-Gemma 3's vocabulary 262,144; Llama 4 Scout's 10M positions; DeepSeek V3's 256 experts).
+A config comes from whoever published the model: a limited child of the web process reads it to
+answer validate-model and check-memory (engine.model_facts), and builds copies of one and two
+layers on the meta device; a worker builds and loads the model itself. Building costs time for
+every module (about 2 ms a layer of a Llama), so a config of two million layers, or of a thousand
+layers of four thousand experts, would hold a worker for an hour and tens of GB. Every size field
+is bounded here, and so is the product of the fields that multiply the layers, on the raw
+config.json before transformers reads it and again on the config it made (a GGUF's, and sizes
+transformers derived), with limits far above any real model's (Llama 3.1 405B: 126 layers, hidden
+16,384, intermediate 53,248, 128 heads, vocabulary 128,256; Gemma 3's vocabulary 262,144; Llama 4
+Scout's 10M positions; DeepSeek V3's 256 experts).
 A config that needs code from its repository (auto_map for a model type transformers does not
 ship) or a vision backbone (timm, or another model's weights) is refused: neither is a language
 model this server can train on, and both would run or fetch more than a config.
@@ -31,7 +33,19 @@ SIZE_LIMITS: tuple[tuple[tuple[str, ...], int, str], ...] = (
       "num_positions"), 16_777_216, "positions"),
     (("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok",
       "n_shared_experts"), 4096, "experts"),
+    # ALBERT's groups of layers and the layers inside each (both 1 in every released ALBERT).
+    (("num_hidden_groups", "inner_group_num"), 1024, "layers"),
 )
+# Fields that multiply the layers a model builds, whatever each alone: the stack's depth, ALBERT's
+# groups and the layers inside each group, and the experts of a mixture-of-experts layer (Switch
+# Transformers, NLLB-MoE, Mixtral, DeepSeek ...). Their product is bounded too: real models stay
+# under 31,000 (switch-c-2048: 15 layers x 2,048 experts; DeepSeek V3: 61 x 256), while a config
+# of 1,024 layers x 4,096 experts, each field within its own bound, builds four million MLPs.
+DEPTH_FIELDS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "num_encoder_layers", "num_decoder_layers",
+                "encoder_layers", "decoder_layers", "num_hidden_groups")
+INNER_LAYER_FIELDS = ("inner_group_num",)
+EXPERT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+MAX_LAYER_PRODUCT = 65_536
 _LIMITS = {name: (limit, unit) for names, limit, unit in SIZE_LIMITS for name in names}
 # Fields that make transformers build a vision backbone: from timm, or from another checkpoint.
 _BACKBONE_FIELDS = ("use_timm_backbone", "use_pretrained_backbone", "backbone_config", "backbone")
@@ -82,6 +96,35 @@ def _walk(config: Mapping, model_name: str, *, path: str, depth: int) -> None:
             _walk(value, model_name, path=f"{field}.", depth=depth + 1)
         elif key in _LIMITS:
             _check_size(field, value, *_LIMITS[key], model_name)
+    _check_layer_product(config, model_name, path)
+
+
+def layer_product(config: Mapping) -> tuple[int, list[str]]:
+    """The product of one config level's layer-multiplying fields (the largest depth field, the
+    layers inside a group, the experts) and the fields it came from."""
+    def largest(names):
+        found = [(value, name) for name in names if _is_count(value := config.get(name))]
+        return max(found) if found else None
+
+    factors = [f for f in (largest(DEPTH_FIELDS), largest(INNER_LAYER_FIELDS), largest(EXPERT_FIELDS)) if f]
+    product = 1
+    for value, _ in factors:
+        product *= max(1, int(value))
+    return product, [f"{name} {int(value):,}" for value, name in factors]
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1
+
+
+def _check_layer_product(config: Mapping, model_name: str, path: str) -> None:
+    product, factors = layer_product(config)
+    if product > MAX_LAYER_PRODUCT:
+        raise ConfigRefused(
+            f"The config of model '{model_name}' multiplies its layers to {product:,} "
+            f"({' x '.join(f'{path}{factor}' for factor in factors)}); this server reads models of at most "
+            f"{MAX_LAYER_PRODUCT:,} layers times experts (the largest real ones build about 31,000)."
+        )
 
 
 def _check_size(field: str, value, limit: int, unit: str, model_name: str) -> None:

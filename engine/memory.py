@@ -1,7 +1,8 @@
 """Memory estimates for one extraction + training job, computed from the model's real sizes.
 
-Everything here is arithmetic on the config and the parameter count; no model is loaded and no
-size is looked up by model name. The numbers are upper-bound-ish approximations meant for
+Everything here is arithmetic on the model's sizes (engine.model_info.ModelSizes: plain numbers,
+which the web process learns from a limited child) and its parameter count; no model is loaded and
+no size is looked up by model name. The numbers are upper-bound-ish approximations meant for
 choosing a batch size and a quantization, not for accounting to the byte.
 """
 
@@ -9,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 from engine.errors import EngineError
 from engine.defaults import EVAL_DEFAULTS
-from engine.model_info import hidden_size, num_layers, vocab_size
+from engine.model_info import ModelSizes
 
 _GB = 1024**3
 _QUANTIZATIONS = (None, "8bit", "4bit")  # least to most aggressive
@@ -40,7 +41,7 @@ class MemoryEstimate:
 
 
 def estimate_memory(
-    config,
+    sizes: ModelSizes,
     *,
     parameter_count: int,
     device_kind: str,
@@ -56,15 +57,15 @@ def estimate_memory(
     """cpu_bf16: the CPU computes in bfloat16 (engine.devices.cpu_uses_bf16), so weights and
     activations take 2 bytes there too."""
     _check_choices(device_kind, quantization)
-    if not 0 <= layer_number < num_layers(config):
-        raise EngineError(f"Layer {layer_number} does not exist: the model has layers 0 to {num_layers(config) - 1}")
+    if not 0 <= layer_number < sizes.num_layers:
+        raise EngineError(f"Layer {layer_number} does not exist: the model has layers 0 to {sizes.num_layers - 1}")
     # Activations are computed in the load dtype: bf16 on CUDA (also the compute dtype of
     # bitsandbytes layers), fp32 or bf16 on the CPU.
     act_bytes = 4 if device_kind == "cpu" and not cpu_bf16 else 2
-    d_model = hidden_size(config)
+    d_model = sizes.hidden_size
 
-    weights = _weights_bytes(config, parameter_count, act_bytes, quantization)
-    forward = _forward_bytes(config, d_model, act_bytes, batch_size, max_sequence_length)
+    weights = _weights_bytes(sizes, parameter_count, act_bytes, quantization)
+    forward = _forward_bytes(sizes, d_model, act_bytes, batch_size, max_sequence_length)
     sae = _sae_bytes(d_model, hidden_dim, sae_batch_tokens)
     evaluation = 3 * batch_size * max_sequence_length * d_model * act_bytes + eval_logits_bytes
     return MemoryEstimate(
@@ -78,25 +79,24 @@ def estimate_memory(
     )
 
 
-def _weights_bytes(config, parameter_count: int, act_bytes: int, quantization: str | None) -> int:
+def _weights_bytes(sizes: ModelSizes, parameter_count: int, act_bytes: int, quantization: str | None) -> int:
     if quantization is None:
         return parameter_count * act_bytes
     # bitsandbytes quantizes nn.Linear weights only (~1 byte/param for LLM.int8, ~0.5 for NF4,
     # ignoring the small per-block scales). The token embedding stays in bf16; norms and biases
     # also do, but they are a rounding error next to the embedding, so they are counted as linear.
-    embedding = min(vocab_size(config) * hidden_size(config), parameter_count)
+    embedding = min(sizes.vocab_size * sizes.hidden_size, parameter_count)
     per_param = 1.0 if quantization == "8bit" else 0.5
     return int((parameter_count - embedding) * per_param + embedding * 2)
 
 
-def _forward_bytes(config, d_model: int, act_bytes: int, batch: int, seq: int) -> int:
+def _forward_bytes(sizes: ModelSizes, d_model: int, act_bytes: int, batch: int, seq: int) -> int:
     # Under inference_mode each block's intermediates are freed once the next block starts, and we
     # stop after the chosen layer, so the peak is one block's working set whatever the layer:
     # attention projections (~4 x hidden wide) plus the MLP's intermediate, plus the attention
     # score matrix (eager attention; fused kernels use less).
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    intermediate = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * d_model
-    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head", None) or max(1, d_model // 64)
+    intermediate = sizes.intermediate_size or 4 * d_model
+    heads = sizes.num_attention_heads or max(1, d_model // 64)
     block = batch * seq * (4 * d_model + intermediate) * act_bytes
     scores = batch * heads * seq * seq * act_bytes
     captured = batch * seq * d_model * 4  # the layer's output, copied out as float32
@@ -113,7 +113,7 @@ def _sae_bytes(d_model: int, hidden_dim: int, sae_batch_tokens: int) -> int:
 
 
 def suggest_settings(
-    config,
+    sizes: ModelSizes,
     *,
     parameter_count: int,
     available_bytes: int,
@@ -139,7 +139,7 @@ def suggest_settings(
 
     def estimate(quantization, batch, seq):
         return estimate_memory(
-            config, parameter_count=parameter_count, device_kind=device_kind, quantization=quantization,
+            sizes, parameter_count=parameter_count, device_kind=device_kind, quantization=quantization,
             hidden_dim=hidden_dim, batch_size=batch, max_sequence_length=seq,
             sae_batch_tokens=sae_batch_tokens, layer_number=layer_number, cpu_bf16=cpu_bf16,
         )

@@ -1,15 +1,14 @@
-"""What a model is, read from its config alone (no weights loaded). Its sizes are bounded
-(engine.config_bounds) before any model is built from it, even on the meta device."""
+"""What a model is, read from its config and its files' metadata (no weights loaded). Its sizes are
+bounded (engine.config_bounds) before any model is built from it, even on the meta device, and
+none is built at its full depth (engine.parameter_count)."""
 
-import threading
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
 from engine.config_bounds import check_config
 from engine.errors import EngineError
+from engine.parameter_count import parameter_count
 from engine.resolve import ResolvedModel
 
-_META_BUILD = threading.Lock()
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model")
 
@@ -41,45 +40,38 @@ def vocab_size(config) -> int:
     return _first_int(config, ("vocab_size",), "vocabulary size")
 
 
-def count_parameters(config) -> int:
-    """The parameters of the model `config` describes, built on the meta device. A config
-    transformers cannot build a model from (heads that do not divide the hidden size, ...) is an
-    EngineError that says so."""
-    try:
-        return _count_parameters(_ConfigKey(config))
-    except Exception as exc:  # noqa: BLE001 - each model class refuses inconsistent sizes in its own way
-        lines = str(exc).strip().splitlines()
-        reason = f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
-        raise EngineError(f"transformers cannot build a {config.model_type} model from this config ({reason})") from exc
+def intermediate_size(config) -> int | None:
+    text = _text_config(config)
+    return getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None)
 
 
-class _ConfigKey:
-    """Hashes a config by its JSON so equal configs share one cache entry."""
-
-    def __init__(self, config):
-        self.config = config
-        self.json = config.to_json_string()
-
-    def __hash__(self):
-        return hash(self.json)
-
-    def __eq__(self, other):
-        return isinstance(other, _ConfigKey) and self.json == other.json
+def attention_heads(config) -> int | None:
+    text = _text_config(config)
+    return getattr(text, "num_attention_heads", None) or getattr(text, "n_head", None)
 
 
-@lru_cache(maxsize=64)
-def _count_parameters(key: _ConfigKey) -> int:
-    import torch
-    from transformers import AutoModel
-    from transformers.initialization import no_init_weights
+@dataclass(frozen=True)
+class ModelSizes:
+    """The sizes a memory estimate reads (engine.memory): plain numbers, so the web process holds
+    no config object (it learns them from a limited child, engine.model_facts)."""
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    intermediate_size: int | None = None  # None: 4 x hidden_size is assumed
+    num_attention_heads: int | None = None  # None: hidden_size / 64 is assumed
 
-    # On the meta device parameters have shapes but no storage: counting a 70B model costs nothing
-    # but building its modules, and without their random initialisation that costs half as much.
-    # no_init_weights swaps torch's init functions process-wide and puts back what it found, so two
-    # threads inside it at once could leave them switched off: one build at a time.
-    with _META_BUILD, torch.device("meta"), no_init_weights():
-        model = AutoModel.from_config(key.config)
-    return sum(p.numel() for p in model.parameters())
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_sizes(config) -> ModelSizes:
+    return ModelSizes(num_layers=num_layers(config), hidden_size=hidden_size(config), vocab_size=vocab_size(config),
+                      intermediate_size=_positive(intermediate_size(config)),
+                      num_attention_heads=_positive(attention_heads(config)))
+
+
+def _positive(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def is_causal_lm(config) -> bool:
@@ -119,8 +111,11 @@ class ModelInfo:
 
 
 def describe_model(
-    resolved: ResolvedModel, config, *, selected_layer: int | None = None, requires_token: bool = False
+    resolved: ResolvedModel, config, *, selected_layer: int | None = None, requires_token: bool = False,
+    token=None, hub_timeout_s: float = 10.0,
 ) -> ModelInfo:
+    """What the model is; its parameters from its files' metadata where they have some
+    (engine.parameter_count), the config's sizes bounded first."""
     check_config(config.to_dict(), model_name=resolved.name)
     total = num_layers(config)
     if selected_layer is not None and not 0 <= selected_layer < total:
@@ -134,6 +129,6 @@ def describe_model(
         hidden_size=hidden_size(config),
         vocab_size=vocab_size(config),
         requires_token=requires_token,
-        parameter_count=count_parameters(config),
+        parameter_count=parameter_count(resolved, config, token=token, hub_timeout_s=hub_timeout_s)[0],
         is_causal_lm=is_causal_lm(config),
     )

@@ -1,6 +1,9 @@
 """What the web process may know about a model and this machine before any training: the
-model's config (never its weights), memory estimates from real numbers, and NVML's view of the
-GPUs. Nothing here creates a CUDA context."""
+model's facts (its sizes, parameter count and hook points, learnt in a limited child process from
+its config and its files' metadata, never from its weights), memory estimates from real numbers,
+and NVML's view of the GPUs. Nothing here parses a model's files or creates a CUDA context."""
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,13 +16,18 @@ from training.defaults import DEFAULTS
 from training.hub import hub_token
 
 GB = 1024**3
+# Models whose facts this process keeps (a few hundred bytes each).
+FACTS_CACHE_SIZE = 256
 
 
 @dataclass
 class DescribedModel:
     resolved: object
-    config: object
-    info: object
+    info: object  # engine.model_info.ModelInfo
+    sizes: object  # engine.model_info.ModelSizes, what the memory estimate reads
+    hook_points: tuple[str, ...] | None = None  # None: the blocks could not be read to find them
+    hook_points_unknown_because: str | None = None
+    parameter_count_from: str = ""
 
 
 def local_model_roots() -> list[Path]:
@@ -45,17 +53,80 @@ def describe(model_name: str, *, token: str | None = None, any_local_path: bool 
 def describe_resolved(resolved, *, token=None) -> DescribedModel:
     """A model already resolved (a job's, as checked when it was made: training.engine_run.job_model),
     described without resolving its name again."""
-    from engine.model_info import describe_model
-    from engine.resolve import load_config
-
     try:
-        config = load_config(resolved, token=token)
-        info = describe_model(resolved, config)
+        return _described(resolved, token=token)
     except ModelResolutionError as err:
         raise ServiceError(str(err), field="model_name") from None
     except EngineError as err:
         raise ServiceError(f"Model {resolved.name!r} could not be read: {err}", field="model_name") from None
-    return DescribedModel(resolved=resolved, config=config, info=info)
+
+
+def _described(resolved, *, token) -> DescribedModel:
+    from engine.model_info import ModelInfo, ModelSizes
+
+    facts = model_facts(resolved, token=token)
+    sizes = ModelSizes(**facts["sizes"])
+    info = ModelInfo(
+        model_name=resolved.name, actual_model_loaded=resolved.location, architecture=facts["architecture"],
+        total_layers=sizes.num_layers, selected_layer=None, hidden_size=sizes.hidden_size,
+        vocab_size=sizes.vocab_size, requires_token=False, parameter_count=facts["parameter_count"],
+        is_causal_lm=facts["is_causal_lm"],
+    )
+    points = facts["hook_points"]
+    return DescribedModel(resolved=resolved, info=info, sizes=sizes,
+                          hook_points=tuple(points) if points is not None else None,
+                          hook_points_unknown_because=facts["hook_points_unknown_because"],
+                          parameter_count_from=facts["parameter_count_from"])
+
+
+_FACTS: OrderedDict = OrderedDict()
+_FACTS_LOCK = threading.Lock()
+
+
+def model_facts(resolved, *, token=None) -> dict:
+    """engine.model_facts.model_facts of the model, answered by a limited child (mistudio.sandbox)
+    once per model's files in this process: the child imports torch and transformers, seconds.
+    Raises ModelResolutionError or EngineError as the child did, and keeps that answer too; a child
+    a limit stopped is an EngineError that names the limit, and is asked again next time (a busy
+    machine may have slowed it)."""
+    from engine.model_facts import model_identity
+
+    try:
+        key = model_identity(resolved)
+    except OSError as err:
+        raise ModelResolutionError(f"Model '{resolved.name}' could not be read at {resolved.location}: {err}") from None
+    with _FACTS_LOCK:
+        answer = _FACTS.get(key) if key is not None else None
+        if answer is not None:
+            _FACTS.move_to_end(key)
+    if answer is None:
+        answer = _ask_child(resolved, token)
+        if key is not None and answer.get("refused") != "SandboxRefused":
+            with _FACTS_LOCK:
+                _FACTS[key] = answer
+                while len(_FACTS) > FACTS_CACHE_SIZE:
+                    _FACTS.popitem(last=False)
+    if "refused" in answer:
+        error = ModelResolutionError if answer["refused"] == "ModelResolutionError" else EngineError
+        raise error(answer["message"])
+    return answer
+
+
+def _ask_child(resolved, token) -> dict:
+    from engine.model_facts import hub_settings
+    from mistudio.sandbox import SandboxError, SandboxRefused, run_limited
+
+    model = {"name": resolved.name, "location": resolved.location, "source": resolved.source,
+             "revision": resolved.revision}
+    try:
+        return run_limited("engine.model_facts:model_facts", model, token=token,
+                           hub=hub_settings(timeout_s=settings.HUB_TIMEOUT_S),
+                           expected=("ModelResolutionError", "ConfigRefused", "EngineError"),
+                           what=f"the model {resolved.name!r}")
+    except SandboxError as err:
+        return {"refused": err.kind, "message": str(err)}
+    except SandboxRefused as err:
+        return {"refused": "SandboxRefused", "message": str(err)}
 
 
 def model_suggestions(limit: int = 50) -> list[str]:
@@ -122,8 +193,8 @@ def check_hook_point_name(hook_point: str) -> None:
 
 
 def check_hook_point(described, hook_point: str, *, model_name: str) -> None:
-    """A hook point the model has (engine.hooks, read from a model built on the meta device: no
-    weights, no CUDA). Every model has its blocks' input and output, so those are not built for."""
+    """A hook point the model has (engine.hooks, read by the child of model_facts from a copy of
+    one layer built on the meta device). Every model has its blocks' input and output."""
     from engine.hooks import RESIDUAL_POINTS
 
     check_hook_point_name(hook_point)
@@ -131,7 +202,8 @@ def check_hook_point(described, hook_point: str, *, model_name: str) -> None:
         return
     points = hook_points(described)
     if points is None:
-        raise ServiceError(f"hook_point {hook_point!r}: the blocks of {model_name} could not be read to find it; "
+        why = f" ({described.hook_points_unknown_because})" if described.hook_points_unknown_because else ""
+        raise ServiceError(f"hook_point {hook_point!r}: the blocks of {model_name} could not be read to find it{why}; "
                            "use resid_post or resid_pre.", field="hook_point")
     if hook_point not in points:
         raise ServiceError(f"hook_point {hook_point!r}: {model_name} has no {hook_point} that can be found; "
@@ -140,12 +212,7 @@ def check_hook_point(described, hook_point: str, *, model_name: str) -> None:
 
 def hook_points(described) -> tuple[str, ...] | None:
     """The model's hook points, or None when its architecture cannot be built to look."""
-    from engine.hooks import available_hook_points_for_config
-
-    try:
-        return available_hook_points_for_config(described.config)
-    except Exception:  # noqa: BLE001 - transformers raises many types for configs it cannot build
-        return None
+    return described.hook_points
 
 
 def check_activations_file(path: str) -> None:
@@ -162,7 +229,7 @@ def estimate(described, *, device_kind, quantization, hidden_dim, batch_size, ma
     from engine.memory import estimate_memory
 
     return estimate_memory(
-        described.config,
+        described.sizes,
         parameter_count=described.info.parameter_count,
         device_kind=device_kind,
         quantization=None if quantization in (None, "", "none") else quantization,
@@ -279,7 +346,7 @@ def memory_report(described, *, batch_size, hidden_dim, max_sequence_length, sae
         available = system_memory()[1]
         where = "system RAM: no NVIDIA GPU was found, so this estimate is for training on the CPU"
     suggestions = suggest_settings(
-        described.config,
+        described.sizes,
         parameter_count=info.parameter_count,
         available_bytes=available,
         device_kind=device_kind,
@@ -341,8 +408,7 @@ def _memory_check(requested, smallest, available, where, suggestions, *, paramet
 
 def validation_report(*, model_name: str, huggingface_token: str | None = None) -> dict:
     """validate-model: a verdict, not an error, when the model cannot be used."""
-    from engine.model_info import describe_model
-    from engine.resolve import load_config, resolve_model
+    from engine.resolve import resolve_model
 
     token = hub_token(huggingface_token)
     try:
@@ -350,8 +416,7 @@ def validation_report(*, model_name: str, huggingface_token: str | None = None) 
             model_name, models_dir=settings.MODELS_DIR, token=token,
             hub_timeout_s=settings.HUB_TIMEOUT_S, local_roots=local_model_roots(),
         )
-        config = load_config(resolved, token=token)
-        info = describe_model(resolved, config)
+        described = _described(resolved, token=token)
     except ModelResolutionError as err:
         return {
             "model_name": model_name, "valid": False, "accessible": False,
@@ -364,7 +429,7 @@ def validation_report(*, model_name: str, huggingface_token: str | None = None) 
             "message": f"The model was found but could not be read: {err}",
             "model_info": None, "memory_requirements": None,
         }
-    described = DescribedModel(resolved=resolved, config=config, info=info)
+    info = described.info
     report = memory_report(
         described, batch_size=DEFAULTS.batch_size, hidden_dim=DEFAULTS.hidden_dim,
         max_sequence_length=DEFAULTS.max_sequence_length, sae_batch_tokens=DEFAULTS.sae_batch_tokens,
@@ -383,6 +448,8 @@ def validation_report(*, model_name: str, huggingface_token: str | None = None) 
             "hidden_size": info.hidden_size,
             "vocab_size": info.vocab_size,
             "parameter_count": info.parameter_count,
+            # The safetensors headers, a GGUF's tensor table, the hub's metadata, or an extrapolation.
+            "parameter_count_from": described.parameter_count_from,
             "is_causal_lm": info.is_causal_lm,
             "source": resolved.source,
             # What a job's hook_point may be (engine.hooks); null when the blocks cannot be read.

@@ -230,6 +230,7 @@ def check_fits_device(job, device: str) -> None:
     if job.activations_file or job.gpu_ids or job.memory_check.startswith("forced") or not job.model_info:
         return
     from engine.devices import system_memory
+    from engine.model_info import model_sizes
     from engine.resolve import load_config
 
     sizes = dict(hidden_dim=job.hidden_dim, batch_size=job.batch_size, max_sequence_length=job.max_sequence_length,
@@ -237,7 +238,7 @@ def check_fits_device(job, device: str) -> None:
     on_cuda = str(device).startswith("cuda")
     try:
         config = load_config(job_model(job), token=job_hub_token(job))
-        described = modelcheck.DescribedModel(resolved=None, config=config,
+        described = modelcheck.DescribedModel(resolved=None, sizes=model_sizes(config),
                                               info=SimpleNamespace(parameter_count=job.model_info["parameter_count"]))
         needed = modelcheck.estimate(described, device_kind="cuda" if on_cuda else "cpu",
                                      quantization=job.quantization if on_cuda else None, **sizes)

@@ -1,8 +1,8 @@
 """How a job's corpus becomes rows and what its run will write to disk, known at submission: the
 packing and cache mode it asks for (checked), the packing its corpus's format gets when it asks
 for none, and the disk plan (engine.disk) from an estimate of the tokens one pass over the corpus
-gives. The web process reads the model's tokenizer for that estimate, never its weights, and
-creates no CUDA context; the engine is imported inside functions.
+gives. The model's tokenizer is read for that estimate in a limited child process, never its
+weights; the web process creates no CUDA context; the engine is imported inside functions.
 
 A hub model's weights are part of the plan: the files from_pretrained will download at the job's
 commit, their sizes asked of the hub first (engine.hub_files), are refused past
@@ -324,9 +324,11 @@ def _bytes_per_token(described, facts: CorpusFacts, token) -> tuple[float, str]:
     except Exception as err:  # noqa: BLE001 - a file gone or unreadable: the run will say so; this is an estimate
         return 1.0, f"1 byte per token (an upper bound): the corpus could not be read ({type(err).__name__})"
     try:
-        measured = disk.bytes_per_token(_tokenizer(described.resolved, token), texts)
+        measured = _measured_bytes_per_token(described.resolved, token, texts)
     except Exception as err:  # noqa: BLE001 - transformers raises many types for a tokenizer it cannot read
-        return 1.0, f"1 byte per token (an upper bound): the tokenizer could not be read ({type(err).__name__})"
+        # The child's error by its own name (mistudio.sandbox.SandboxError.kind), or the refusal's.
+        kind = getattr(err, "kind", None) or type(err).__name__
+        return 1.0, f"1 byte per token (an upper bound): the tokenizer could not be read ({kind})"
     if measured is None:
         return 1.0, "1 byte per token (an upper bound): the corpus's first documents gave no tokens"
     size = sum(len(text.encode("utf-8")) for text in texts)
@@ -334,23 +336,48 @@ def _bytes_per_token(described, facts: CorpusFacts, token) -> tuple[float, str]:
                       f"{len(texts):,} documents ({size / 1024:.0f} KiB)")
 
 
-def _tokenizer(resolved, token):
-    """The model's tokenizer, no weights: a GGUF's from the folder a worker converted it into, or
-    read from the file itself (seconds) before any worker has (the web process converts nothing)."""
-    from engine.loading import load_tokenizer
+def _measured_bytes_per_token(resolved, token, texts: list[str]) -> float | None:
+    """engine.disk.bytes_per_token of `texts` under the model's tokenizer, measured in a limited
+    child (engine.model_facts.corpus_bytes_per_token; a tokenizer.json from the hub is a stranger's
+    file), once per model's files and sample in this process. A GGUF's tokenizer is read from the
+    folder a worker converted it into, or from the file itself before any worker has."""
+    import hashlib
+
+    from engine.model_facts import hub_settings, model_identity
+    from mistudio.sandbox import run_limited
     from training.hub import hub_token
 
-    if resolved.gguf_file is not None:
-        from engine.gguf import gguf_identity
+    identity = model_identity(resolved)
+    key = identity and (identity, hashlib.sha256("\0".join(texts).encode()).hexdigest())
+    if key in _MEASURED:
+        answer = _MEASURED[key]
+    else:
+        converted = None
+        if resolved.gguf_file is not None:
+            from engine.gguf import gguf_identity
 
-        converted = settings.MODELS_CACHE_DIR / gguf_identity(resolved.gguf_file)
-        if converted.is_dir():
-            from transformers import AutoTokenizer
+            converted = str(settings.MODELS_CACHE_DIR / gguf_identity(resolved.gguf_file))
+        model = {"name": resolved.name, "location": resolved.location, "source": resolved.source,
+                 "revision": resolved.revision}
+        try:
+            answer = run_limited("engine.model_facts:corpus_bytes_per_token", model, texts, token=hub_token(token),
+                                 hub=hub_settings(timeout_s=settings.HUB_TIMEOUT_S),
+                                 max_file_bytes=settings.TOKENIZER_MAX_BYTES, converted_dir=converted,
+                                 expected=("EngineError", "ModelResolutionError", "OSError", "ValueError"),
+                                 what=f"the tokenizer of {resolved.name!r}")
+        except Exception as err:  # noqa: BLE001 - kept: asking again would read the same files
+            answer = err
+        if key:
+            if len(_MEASURED) >= 256:
+                _MEASURED.clear()
+            _MEASURED[key] = answer
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
 
-            return AutoTokenizer.from_pretrained(converted, trust_remote_code=False)
-    # A hub tokenizer: its files' sizes asked first, and the whole load under the hub's timeout.
-    return load_tokenizer(resolved, token=hub_token(token), hub_timeout_s=settings.HUB_TIMEOUT_S,
-                          max_file_bytes=settings.TOKENIZER_MAX_BYTES)
+
+# (model identity, sample digest) -> bytes per token, or what the child said instead.
+_MEASURED: dict = {}
 
 
 def _gb(n: int) -> float:

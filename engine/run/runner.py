@@ -249,7 +249,8 @@ class _Run:
             from engine.resolve import load_config
 
             config = load_config(self.model, self.spec.token)
-            self.model_info = describe_model(self.model, config, selected_layer=self.spec.layer_number).to_dict()
+            self.model_info = describe_model(self.model, config, selected_layer=self.spec.layer_number,
+                                             token=self.spec.token).to_dict()
         return self.model_info
 
     def _extract_options(self) -> dict:

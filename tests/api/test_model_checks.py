@@ -1,5 +1,7 @@
 import pytest
 
+from tests.fake_hub import fake_hub  # noqa: F401 - the fixture
+
 pytestmark = pytest.mark.django_db
 
 
@@ -70,3 +72,36 @@ def test_check_memory_refuses_quantization_on_a_host_without_a_gpu_as_train_does
     assert (train.status_code, train.json()["detail"]) == (400, detail)
     # Without quantization the same host gets its estimate.
     assert alice_api.get("/api/v1/check-memory/tiny/gpt2", {"quantization": "none"}).status_code == 200
+
+
+def test_a_hub_model_is_counted_from_the_hubs_safetensors_metadata_at_its_commit(alice_api, fake_hub, tiny_gpt2_dir):
+    from engine.parameter_count import local_safetensors_files, safetensors_header_count
+
+    commit = fake_hub.push_folder("org/tiny-gpt2", tiny_gpt2_dir)
+    body = alice_api.post("/api/v1/validate-model", {"model_name": "org/tiny-gpt2"}, format="json").json()
+    assert body["valid"] is True, body["message"]
+    assert body["model_info"]["parameter_count_from"] == "the hub's safetensors metadata"
+    assert body["model_info"]["parameter_count"] == sum(map(safetensors_header_count, local_safetensors_files(tiny_gpt2_dir)))
+    assert f"/org/tiny-gpt2/resolve/{commit}/model.safetensors" in fake_hub.file_paths()
+
+
+def test_a_model_once_read_is_not_read_again_by_the_next_job(alice_api, upload, sample_corpus_bytes, hub_models,
+                                                            monkeypatch):
+    from collections import OrderedDict
+
+    import mistudio.sandbox
+    from training import modelcheck, runplan
+
+    assert upload("reviews.txt", sample_corpus_bytes).status_code == 200
+    monkeypatch.setattr(modelcheck, "_FACTS", OrderedDict())  # nothing kept from other tests
+    monkeypatch.setattr(runplan, "_MEASURED", {})
+    children = []
+    run_limited = mistudio.sandbox.run_limited
+    monkeypatch.setattr(mistudio.sandbox, "run_limited", lambda *args, **kwargs: children.append(args[0]) or
+                        run_limited(*args, **kwargs))
+    job = {"model_name": "tiny/gpt2", "corpus_file": "reviews.txt", "layer_number": 1, "hidden_dim": 16}
+    assert alice_api.post("/api/v1/train", job, format="json").status_code == 200
+    assert children == ["engine.model_facts:model_facts", "engine.model_facts:corpus_bytes_per_token"]
+    assert alice_api.post("/api/v1/train", job, format="json").status_code == 200
+    assert alice_api.get("/api/v1/check-memory/tiny/gpt2").status_code == 200
+    assert len(children) == 2  # the model's facts and the corpus's bytes per token were kept from the first

@@ -8,7 +8,8 @@ import pytest
 
 from engine.config_bounds import SIZE_LIMITS, ConfigRefused, check_config
 from engine.errors import EngineError
-from engine.model_info import count_parameters, describe_model
+from engine.model_info import describe_model
+from engine.parameter_count import count_parameters
 from engine.resolve import load_config, resolve_model
 
 LLAMA_405B = {"model_type": "llama", "num_hidden_layers": 126, "hidden_size": 16384, "intermediate_size": 53248,

@@ -3,12 +3,13 @@ from transformers import LlamaConfig
 
 from engine.errors import EngineError
 from engine.memory import estimate_memory, suggest_settings
+from engine.model_info import model_sizes
 
 # Llama-3.2-1B-like sizes, but the parameter count is passed in as a number.
-CONFIG = LlamaConfig(
+CONFIG = model_sizes(LlamaConfig(
     num_hidden_layers=16, hidden_size=2048, intermediate_size=8192, num_attention_heads=32,
     num_key_value_heads=8, vocab_size=128256,
-)
+))
 PARAMS = 1_235_814_400
 
 
