@@ -13,6 +13,7 @@ starts and patches huggingface_hub's constants for this one.
 import hashlib
 import http.server
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ class Request:
     method: str
     path: str
     authorization: str | None
+    range: str | None = None  # a ranged GET (a safetensors header read) asks for part of a file
 
 
 @dataclass
@@ -69,7 +71,7 @@ class FakeHub:
 
     def _answer(self, handler, method: str):
         path = unquote(urlsplit(handler.path).path)
-        self.requests.append(Request(method, path, handler.headers.get("Authorization")))
+        self.requests.append(Request(method, path, handler.headers.get("Authorization"), handler.headers.get("Range")))
         if path.startswith("/api/models/"):
             return self._api(handler, method, path.removeprefix("/api/models/"))
         repo_id, _, rest = path.lstrip("/").partition("/resolve/")
@@ -84,8 +86,14 @@ class FakeHub:
             return _send(handler, method, 404, b"Entry not found", {"X-Error-Code": "EntryNotFound",
                                                                      "X-Repo-Commit": commit})
         content = files[name]
-        return _send(handler, method, 200, content,
-                     {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha1(content).hexdigest()}"'})
+        headers = {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha1(content).hexdigest()}"'}
+        ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", handler.headers.get("Range") or "")
+        if method == "GET" and ranged:
+            first = int(ranged[1])
+            last = min(int(ranged[2]) if ranged[2] else len(content) - 1, len(content) - 1)
+            headers["Content-Range"] = f"bytes {first}-{last}/{len(content)}"
+            return _send(handler, method, 206, content[first:last + 1], headers)
+        return _send(handler, method, 200, content, headers)
 
     def _api(self, handler, method, rest):
         """A model's info at a revision (its commit and files), and a folder's listing (none here:

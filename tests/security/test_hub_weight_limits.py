@@ -45,7 +45,10 @@ def body(**fields):
 
 
 def weights_asked_for(hub) -> list:
-    return [path for path in hub.file_paths() if path.endswith((".safetensors", ".bin"))]
+    """Weight files downloaded: whole GETs. A HEAD asks whether a file is there, and a ranged GET
+    reads a safetensors header (the parameter count, engine.parameter_count), not the weights."""
+    return [r.path for r in hub.requests if "/resolve/" in r.path and r.path.endswith((".safetensors", ".bin"))
+            and r.method == "GET" and not r.range]
 
 
 def test_a_model_past_the_limit_is_a_400_naming_the_file_its_size_and_the_setting(alice_api, corpus, fake_hub,

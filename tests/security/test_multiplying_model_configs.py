@@ -51,7 +51,9 @@ def place(request, settings):
     """Puts a config where a name finds it: on the fake hub, or in the models folder."""
     if request.param == "hub":
         hub = request.getfixturevalue("fake_hub")
-        return lambda name, config: hub.push(name, {"config.json": json.dumps(config)})
+        # Weights the worker would download (a job on a repository without any is refused), in a
+        # format whose tensors cannot be read without loading it: the count is extrapolated.
+        return lambda name, config: hub.push(name, {"config.json": json.dumps(config), "pytorch_model.bin": b"\0" * 16})
 
     def in_folder(name, config):
         folder = settings.MODELS_DIR / name
