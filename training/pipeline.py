@@ -1,7 +1,12 @@
 """One training run, from a claimed job to its ending. Runs in a worker process or in
 `manage.py train`. The engine runs the job (engine.run, with the spec and callbacks of
 training.engine_run); this module is the worker's side of it: the claim, the GPU slot's lease, the
-heartbeat, cancel checks, and the ending on the row, an out-of-memory failure explained."""
+heartbeat, cancel checks, and the ending on the row, an out-of-memory failure explained.
+
+A run writes to its job only while it owns it (training.services: the attempt it claimed is its
+fencing token). When a write does not land (JobLost: another run took the job over while this one
+was paused or cut off), or its heartbeat finds the job gone, the run stops at once, writes nothing
+more, and releases only what it holds (run_release: its lease, its staging folder)."""
 import logging
 import math
 import os

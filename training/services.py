@@ -2,6 +2,23 @@
 
 Every interface (API, admin, CLI, worker task) calls these; none re-implements a step. The reads
 (a user's jobs, one job, what a job says of itself) are training.selectors.
+
+Fencing: a run's token is the attempt its claim counted (`attempts` after job_claim). Every write
+a run makes to its job (progress, curve, run records, checkpoint rows, requeue, the ending and its
+artifact paths) is an UPDATE conditional on the job still running at that attempt (job_owned,
+job_fence); one that matches no row raises JobLost, and the run stops writing. A worker paused past
+MISTUDIO_HEARTBEAT_STALE_S (SIGSTOP, a VM frozen, a swap storm) whose job another run took over
+cannot land a write when it wakes, so the job's progress never goes back and its ending is the
+owner's. Files follow the same rule. The final artifacts (SAE, metadata, SAELens folder, feature
+analysis) are written in the attempt's staging folder (job_staging_dir) and moved into place inside
+the fencing transaction of the ending, so a stale run's files never replace the owner's; its folder
+goes when it stops, or at the next worker start (training.recovery.attempt_files_remove_stale).
+Checkpoints carry the attempt in their names (job_checkpoint_prefix): the ordering is file whole on
+disk, then its row in a fenced transaction (or, not owning the job, the file removed), so a resumed
+run finds its predecessor's last checkpoint by its row, and a stale run neither overwrites the
+owner's file of the same epoch nor records one. The activation cache is the exception: it keeps
+one name per job (a resumed run reuses it; a transcoder's targets sit beside it), its path on the
+row is fenced, and its content is the same whichever run extracted it.
 """
 import copy
 import logging
