@@ -89,7 +89,7 @@ def cancel_check(job_id, heartbeat):
 
     def should_stop():
         if job_id in heartbeat.lost:
-            raise JobLost(job_id)
+            raise JobLost(f"job {job_id}: its heartbeat found it taken over")
         if not state["stop"] and throttle():
             state["stop"] = selectors.job_cancel_requested(job_id)
         return state["stop"]
@@ -174,9 +174,9 @@ def job_fail_with(job, err: BaseException) -> None:
         else:
             logger.error("Job %s crashed", job.pk, exc_info=err)
             services.job_fail(job, f"{type(err).__name__}: {err}")
-    except JobLost:
+    except JobLost as lost:
         logger.warning("Job %s was taken over by another run (attempt %s is stale); this run stops and writes "
-                       "nothing more", job.pk, job.attempts)
+                       "nothing more (%s)", job.pk, job.attempts, lost)
 
 
 def _is_out_of_memory(err):

@@ -412,7 +412,7 @@ def job_fence(job: TrainingJob):
     job, with nothing written."""
     with transaction.atomic():
         if not job_owned(job).update(updated_at=timezone.now()):
-            raise JobLost(job.pk)
+            raise JobLost(f"job {job.pk}: a write of attempt {job.attempts} matched no row")
         yield
 
 

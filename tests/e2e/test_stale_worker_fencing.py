@@ -19,21 +19,31 @@ from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-HOSTS = ("host-a", "host-b")
 STOPPED_NOTICE = b"was taken over by another run (attempt 1 is stale)"
+# How the stale run learned it: a write of its own that matched no row, not its heartbeat.
+FENCED_WRITE = b"a write of attempt 1 matched no row"
 
 
 @pytest.fixture
-def two_hosts(settings, hub_models, tmp_path):
-    """{host: its cluster}. A heartbeat stale after 3 s (one every 0.3 s), and every sweep of the
-    recovery checks within a second, so the other host takes a paused job over in seconds."""
+def hosts(settings, hub_models, tmp_path):
+    """start(host) runs a `qcluster` as that host; {host: its cluster}. host-a, which trains the job
+    first, writes its heartbeat once a minute: when it wakes from its pause, its next write meets
+    the new owner before its heartbeat does, as issue 26 saw. host-b finds a heartbeat stale after
+    3 s and runs the recovery checks every half second, so it takes a paused job over in seconds."""
     env = worker_process_env(settings, **STEADY, MISTUDIO_CHECKPOINT_EVERY_EPOCHS="1",
-                             MISTUDIO_HEARTBEAT_INTERVAL_S="0.3", MISTUDIO_HEARTBEAT_STALE_S="3",
                              MISTUDIO_WATCHDOG_INTERVAL_S="0.5", MISTUDIO_WORKER_SEEN_INTERVAL_S="0.5",
                              MISTUDIO_QUEUE_STALE_S="2")
-    clusters = {host: start_cluster(["qcluster"], {**env, "MISTUDIO_HOST_NAME": host}, tmp_path / f"{host}.log")
-                for host in HOSTS}
-    yield clusters
+    per_host = {"host-a": {"MISTUDIO_HEARTBEAT_INTERVAL_S": "60"},
+                "host-b": {"MISTUDIO_HEARTBEAT_INTERVAL_S": "0.3", "MISTUDIO_HEARTBEAT_STALE_S": "3"}}
+    clusters = {}
+
+    def start(host):
+        clusters[host] = start_cluster(["qcluster"], {**env, "MISTUDIO_HOST_NAME": host, **per_host[host]},
+                                       tmp_path / f"{host}.log")
+        return clusters[host]
+
+    start.clusters = clusters
+    yield start
     for process in clusters.values():
         os.killpg(process.pid, signal.SIGCONT)  # a stopped cluster would never see the SIGTERM
         stop_cluster(process)
@@ -43,14 +53,14 @@ def job_row(job_id):
     return TrainingJob.objects.filter(pk=job_id).values().get()
 
 
-def pause_when(job_id, clusters, predicate, timeout_s=120):
-    """SIGSTOP the whole cluster of the host running the job the moment its row satisfies
-    `predicate` (polled every few ms); that row."""
+def pause_when(job_id, cluster, predicate, timeout_s=120):
+    """SIGSTOP the whole cluster (its process group) the moment the job's row satisfies `predicate`
+    (polled every few ms); that row."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         row = job_row(job_id)
         if row["status"] == "running" and predicate(row):
-            os.killpg(clusters[row["worker_host"]].pid, signal.SIGSTOP)
+            os.killpg(cluster.pid, signal.SIGSTOP)
             return job_row(job_id)
         assert row["status"] in ("queued", "running"), f"{job_id} ended ({row['status']}: {row['message']}) first"
         time.sleep(0.005)
@@ -70,10 +80,12 @@ def watch(job_id, until, timeout_s=120):
 
 
 def wait_for_notice(log_path: Path, timeout_s=60):
+    """Once the stale run said it stopped: that it learned so from a write that did not land."""
     deadline = time.monotonic() + timeout_s
     while STOPPED_NOTICE not in log_path.read_bytes():
         assert time.monotonic() < deadline, f"the stale run never said it stopped:\n{log_path.read_text()[-3000:]}"
         time.sleep(0.1)
+    assert FENCED_WRITE in log_path.read_bytes()
 
 
 def artifacts(row) -> dict:
@@ -89,18 +101,20 @@ def stale_leftovers(job_id, data_dir) -> list[str]:
                   if path.suffix == ".part" or not path.name.endswith(".pt"))
 
 
-def test_a_worker_paused_in_training_writes_nothing_once_it_runs_again(alice_api, upload, two_hosts, tmp_path, data_dir):
+def test_a_worker_paused_in_training_writes_nothing_once_it_runs_again(alice_api, upload, hosts, tmp_path, data_dir):
     assert upload(SAMPLE_CORPUS.name, SAMPLE_CORPUS.read_bytes()).status_code == 200
+    stale_host = "host-a"
     job_id = submit(alice_api, **JOB)
-    paused = pause_when(job_id, two_hosts, lambda row: row["phase"] == "training" and row["current_epoch"] >= 3
+    paused = pause_when(job_id, hosts(stale_host), lambda row: row["phase"] == "training" and row["current_epoch"] >= 3
                         and TrainingJob.objects.get(pk=job_id).checkpoints.exists())
-    stale_host = paused["worker_host"]
+    assert paused["worker_host"] == stale_host
+    hosts("host-b")
     # The other host takes it over and resumes it past where the paused run stopped.
     _, row = watch(job_id, lambda row: row["attempts"] == 2 and row["status"] == "running"
                    and row["progress"] > paused["progress"] + 0.1)
-    assert row["worker_host"] != stale_host
+    assert row["worker_host"] == "host-b"
 
-    os.killpg(two_hosts[stale_host].pid, signal.SIGCONT)
+    os.killpg(hosts.clusters[stale_host].pid, signal.SIGCONT)
     seen, done = watch(job_id, lambda row: row["status"] != "running")
     assert done["status"] == "completed", done["message"]
     wait_for_notice(tmp_path / f"{stale_host}.log")
@@ -119,21 +133,21 @@ def test_a_worker_paused_in_training_writes_nothing_once_it_runs_again(alice_api
 
 
 def test_a_worker_paused_while_finishing_writes_neither_the_ending_nor_the_artifacts(
-        alice_api, upload, two_hosts, tmp_path, data_dir):
+        alice_api, upload, hosts, tmp_path, data_dir):
     assert upload(SAMPLE_CORPUS.name, SAMPLE_CORPUS.read_bytes()).status_code == 200
+    stale_host = "host-a"
     job_id = submit(alice_api, **{**JOB, "max_epochs": 4})
     # Trained, evaluating: its SAE, SAELens folder and analysis are still to be written.
-    paused = pause_when(job_id, two_hosts, lambda row: row["phase"] == "computing_statistics")
-    stale_host = paused["worker_host"]
-    _, done = watch(job_id, lambda row: row["status"] != "running" or row["worker_host"] not in (stale_host, ""),
-                    timeout_s=60)
+    paused = pause_when(job_id, hosts(stale_host), lambda row: row["phase"] == "computing_statistics")
+    assert paused["worker_host"] == stale_host
+    hosts("host-b")
     _, done = watch(job_id, lambda row: row["status"] not in ("queued", "running"))
     assert done["status"] == "completed", done["message"]
     assert done["worker_host"] != stale_host and done["attempts"] == 2
     owners = artifacts(done)
     assert owners
 
-    os.killpg(two_hosts[stale_host].pid, signal.SIGCONT)
+    os.killpg(hosts.clusters[stale_host].pid, signal.SIGCONT)
     wait_for_notice(tmp_path / f"{stale_host}.log")
 
     assert job_row(job_id) == done  # not a field written, not even its updated_at
