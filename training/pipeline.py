@@ -164,9 +164,10 @@ def job_fail_with(job, err: BaseException) -> None:
     """The job's ending for what its run raised: what the spec or its inputs got wrong as it was
     said, an out-of-memory failure explained, any other crash named; nothing for a job another
     worker took over (JobLost), whose failure is not this run's to write either."""
+    if isinstance(err, JobLost):
+        _say_lost(job, err)
+        return
     try:
-        if isinstance(err, JobLost):
-            raise err
         if isinstance(err, (EngineError, ServiceError)):
             services.job_fail(job, str(err))
         elif isinstance(err, (MemoryError, RuntimeError)) and _is_out_of_memory(err):
@@ -175,8 +176,12 @@ def job_fail_with(job, err: BaseException) -> None:
             logger.error("Job %s crashed", job.pk, exc_info=err)
             services.job_fail(job, f"{type(err).__name__}: {err}")
     except JobLost as lost:
-        logger.warning("Job %s was taken over by another run (attempt %s is stale); this run stops and writes "
-                       "nothing more (%s)", job.pk, job.attempts, lost)
+        _say_lost(job, lost)
+
+
+def _say_lost(job, lost: JobLost) -> None:
+    logger.warning("Job %s was taken over by another run (attempt %s is stale); this run stops and writes "
+                   "nothing more (%s)", job.pk, job.attempts, lost)
 
 
 def _is_out_of_memory(err):
