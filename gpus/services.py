@@ -218,4 +218,7 @@ def lease_hand_over(job, to_job) -> None:
 
 
 def lease_release(job) -> None:
-    Worker.objects.filter(job=job).update(job=None, leased_at=None)
+    """Free this host's slots leased to `job`'s run. A run whose job was taken over frees none that
+    a later run of the job holds (its claim counted a newer attempt)."""
+    Worker.objects.filter(job=job, host=settings.HOST_NAME).exclude(
+        job__status=job.Status.RUNNING, job__attempts__gt=job.attempts).update(job=None, leased_at=None)

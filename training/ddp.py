@@ -12,8 +12,9 @@ the worker loads it, and the run evaluates, exports and analyses the SAE as for 
 The ranks train the step the run handed the worker (engine.run.training.TrainStep: the file, the
 TrainConfig, the checkpoint to resume; or a StreamStep, when the job streams: each rank then loads
 the model and computes every row itself, and steps on its share of each batch), read from
-<models>/<job>_ddp_launch.json; the command line
-carries the job id only and the environment the database URL. On cancel the worker sends SIGTERM to torchrun and to every rank:
+<models>/<job>_attempt-<n>_ddp_launch.json; the command line
+carries the job id and the run's attempt only (rank 0's writes are fenced by it:
+training.services.job_owned), and the environment the database URL. On cancel the worker sends SIGTERM to torchrun and to every rank:
 the ranks stop after the same step, rank 0 writes a checkpoint, and SIGKILL follows STOP_GRACE_S
 later for whatever still runs.
 """
@@ -104,7 +105,7 @@ def train(job, step, should_stop, report):
         # Rank 0 shares the worker's GPU: hand back what extraction cached.
         torch.cuda.empty_cache()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}",
-               "-m", "training.ddp", job.id]
+               "-m", "training.ddp", job.id, str(job.attempts)]
     logger.info("Job %s: training on %s under torchrun", job.id, where)
     # Appending (O_APPEND): lines that ranks write at the same moment never overwrite each other.
     with open(files["log"], "ab") as log:
@@ -135,9 +136,11 @@ def train(job, step, should_stop, report):
 def _files(job) -> dict[str, Path]:
     from training import services
 
-    folder = services.job_artifact_paths(job)["checkpoint_dir"]
-    return {"launch": folder / f"{job.id}_ddp_launch.json", "result": folder / f"{job.id}_ddp_result.pt",
-            "log": folder / f"{job.id}_ddp.log"}
+    # The attempt's own names, as its checkpoints' (services.job_checkpoint_prefix): a stale run's
+    # ranks never read or replace the files of the run that took the job over.
+    folder, prefix = services.job_artifact_paths(job)["checkpoint_dir"], services.job_checkpoint_prefix(job)
+    return {"launch": folder / f"{prefix}_ddp_launch.json", "result": folder / f"{prefix}_ddp_result.pt",
+            "log": folder / f"{prefix}_ddp.log"}
 
 
 def _environment(job, cuda: bool) -> dict[str, str]:
@@ -236,8 +239,10 @@ def _failure(log: Path) -> str:
     return text[-_TAIL_CHARS:].strip() or "it wrote nothing to stderr"
 
 
-def main(job_id: str) -> None:
-    """One rank, started by torchrun (RANK, LOCAL_RANK, WORLD_SIZE and the rendezvous in its env)."""
+def main(job_id: str, attempt: int) -> None:
+    """One rank, started by torchrun (RANK, LOCAL_RANK, WORLD_SIZE and the rendezvous in its env),
+    for the run of the job at `attempt`: rank 0's writes are fenced by it as its worker's are
+    (training.services.job_owned), whatever the row says by the time the rank starts."""
     import django
 
     django.setup()
@@ -255,6 +260,7 @@ def main(job_id: str) -> None:
 
     stopping = stop_on_sigterm()
     job = TrainingJob.objects.get(pk=job_id)
+    job.attempts = attempt
     launch = json.loads(_files(job)["launch"].read_text())
     device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if launch["cuda"] else "cpu"
     if launch["cuda"]:
@@ -315,5 +321,5 @@ def _stop_check(stopping, worker_pid):
 if __name__ == "__main__":
     from engine.distributed import exit_rank
 
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]))
     exit_rank()  # the rank's work is saved, its group destroyed and its connection closed

@@ -8,6 +8,7 @@ from pathlib import Path
 from django.conf import settings
 
 from training import runplan, selectors, services
+from training.services import JobLost
 from training.hub import hub_token
 from training.job_training import (
     first_epoch_in_arrival_order,
@@ -22,10 +23,6 @@ from training.models import TrainingJob
 PHASES = {"loading": TrainingJob.Phase.LOADING, "extracting": TrainingJob.Phase.EXTRACTING,
           "training": TrainingJob.Phase.TRAINING, "evaluating": TrainingJob.Phase.EVALUATING,
           "analyzing": TrainingJob.Phase.ANALYZING}
-
-
-class JobLost(Exception):
-    """The job was recovered elsewhere while this worker still ran it: stop and write nothing."""
 
 
 class Throttle:
@@ -64,11 +61,12 @@ def job_spec(job: TrainingJob, device: str):
     from engine.run import EvaluationSettings, FeatureSettings, RunPaths, RunSpec
 
     paths = services.job_artifact_paths(job)
+    staged = job_staged_paths(job)
     on_model = not job.activations_file
     corpus = runplan.corpus_facts(job.corpus) if job.corpus_id else None
     return RunSpec(
-        paths=RunPaths(activations=paths["activations_path"], model=paths["model_path"], metadata=paths["metadata_path"],
-                       saelens_dir=paths["saelens_dir"], features_dir=paths["features_dir"],
+        paths=RunPaths(activations=paths["activations_path"], model=staged["model_path"], metadata=staged["metadata_path"],
+                       saelens_dir=staged["saelens_dir"], features_dir=staged["features_dir"],
                        checkpoint_dir=paths["checkpoint_dir"], targets=paths["targets_path"]),
         config=train_config(job),
         model=job_model(job) if on_model else None,
@@ -94,7 +92,7 @@ def job_spec(job: TrainingJob, device: str):
         models_cache_dir=settings.MODELS_CACHE_DIR,
         hub_limits=HubLimits(timeout_s=settings.HUB_TIMEOUT_S, max_bytes=settings.MODEL_MAX_BYTES or None,
                              reserve_bytes=settings.DISK_RESERVE_BYTES),
-        checkpoint_prefix=job.id,
+        checkpoint_prefix=services.job_checkpoint_prefix(job),
         resume_from=resume_checkpoint(job),
         # A resumed run reuses what its earlier run extracted (the file appears complete or not at all).
         cache=Path(job.activations_path) if on_model and job.activations_path else None,
@@ -108,6 +106,23 @@ def job_spec(job: TrainingJob, device: str):
         model_info=job.model_info,
         corpus_name=job.corpus.name if job.corpus_id else None,
     )
+
+
+# What a run writes under its attempt (services.job_staging_dir) and job_finish moves into place.
+STAGED = ("model_path", "metadata_path", "saelens_dir", "features_dir")
+
+
+def job_staged_paths(job: TrainingJob) -> dict[str, Path]:
+    """The final names of the artifacts a run stages, each in its attempt's staging folder."""
+    folder = services.job_staging_dir(job)
+    folder.mkdir(parents=True, exist_ok=True)
+    return {name: folder / path.name for name, path in services.job_artifact_paths(job).items() if name in STAGED}
+
+
+def job_staged_moves(job: TrainingJob) -> dict[Path, Path]:
+    """{staged: final} for what the run wrote of its staged artifacts (services.job_finish)."""
+    finals = services.job_artifact_paths(job)
+    return {staged: finals[name] for name, staged in job_staged_paths(job).items() if staged.exists()}
 
 
 def job_callbacks(job: TrainingJob, device: str, report, should_stop):
@@ -144,7 +159,7 @@ class _ExtractionReport:
             return
         eta = int((total - done) * elapsed / done) if done else None
         message = f"Extracting activations - {done}/{total} sequences ({rate:.0f} tokens/s)"
-        services.job_update_progress(self.job.id, eta_s=eta, message=message, tokens_per_s=round(rate, 1),
+        services.job_update_progress(self.job, eta_s=eta, message=message, tokens_per_s=round(rate, 1),
                                      phase=TrainingJob.Phase.EXTRACTING, spent={"extraction_seconds": elapsed})
         self.report({"phase": "extracting", "done": done, "total": total, "message": message})
 
@@ -161,25 +176,25 @@ class _JobRow:
     def phase(self, phase, *, device=None, overlapped=False, resume_from=None):
         job, update = self.job, services.job_update_progress
         if phase == "loading":
-            update(job.id, device=device, message=f"Loading on {device}")
+            update(job, device=device, message=f"Loading on {device}")
             self.report({"phase": "loading", "device": device})
         elif phase == "extracting":
             self.extraction.started = time.monotonic()
-            update(job.id, phase=TrainingJob.Phase.EXTRACTING, message=f"Extracting activations on {device}")
+            update(job, phase=TrainingJob.Phase.EXTRACTING, message=f"Extracting activations on {device}")
         elif phase == "training":
             # While extraction still runs, it stays the phase until the first training report.
             self.extraction.training = not overlapped
             if not overlapped:
-                update(job.id, phase=TrainingJob.Phase.TRAINING,
+                update(job, phase=TrainingJob.Phase.TRAINING,
                        message=f"Training on {training_place(job, self.device)} - Epoch 1/{job.max_epochs}")
             if resume_from is not None:
-                update(job.id, message=f"Resuming from {Path(resume_from).name}")
+                update(job, message=f"Resuming from {Path(resume_from).name}")
         elif phase == "evaluating":
-            update(job.id, phase=TrainingJob.Phase.EVALUATING, progress=1.0, message="Evaluating on held-out tokens")
+            update(job, phase=TrainingJob.Phase.EVALUATING, progress=1.0, message="Evaluating on held-out tokens")
             self.report({"phase": "evaluating"})
         elif phase == "analyzing":
             self.analysis_started = time.monotonic()
-            update(job.id, phase=TrainingJob.Phase.ANALYZING, message="Analyzing features")
+            update(job, phase=TrainingJob.Phase.ANALYZING, message="Analyzing features")
             self.report({"phase": "analyzing"})
 
     def cache_complete(self, extraction):
@@ -187,7 +202,7 @@ class _JobRow:
         and its result still reports the extraction."""
         from engine.run.records import extraction_stats
 
-        services.job_update_progress(self.job.id, activations_path=str(extraction.path),
+        services.job_update_progress(self.job, activations_path=str(extraction.path),
                                      extraction_stats=extraction_stats(extraction),
                                      spent={"extraction_seconds": extraction.seconds})
 
@@ -196,7 +211,7 @@ class _JobRow:
             elapsed = time.monotonic() - self.analysis_started
             rate = done / elapsed if elapsed > 0 else 0.0
             message = f"Analyzing features - {done}/{total} tokens"
-            services.job_update_progress(self.job.id, message=message, tokens_per_s=round(rate, 1),
+            services.job_update_progress(self.job, message=message, tokens_per_s=round(rate, 1),
                                          eta_s=int((total - done) / rate) if rate > 0 else None)
             self.report({"phase": "analyzing", "done": done, "total": total, "message": message})
 
@@ -204,14 +219,15 @@ class _JobRow:
         # The phase a failure happened in (an out-of-memory message names it); a job another
         # worker has taken over is not this run's to write.
         if not isinstance(err, JobLost):
-            services.job_update_progress(self.job.id, phase=PHASES[phase])
+            services.job_update_progress(self.job, phase=PHASES[phase])
 
     def training_stats(self, result) -> dict:
         """What every run of the job spent (this one's training time joins its entry in `runs`),
         and the extraction the run that extracted the activations measured (maybe an earlier run)."""
-        services.job_update_progress(self.job.id, spent={"training_seconds": result.training_time_seconds})
-        self.job.refresh_from_db()
-        extra = selectors.job_runs_summary(self.job.runs)
-        if self.job.extraction_stats:
-            extra["extraction"] = self.job.extraction_stats
+        services.job_update_progress(self.job, spent={"training_seconds": result.training_time_seconds})
+        # Read, not refreshed: the run's job keeps the attempt it claimed (its fencing token).
+        runs, extraction = TrainingJob.objects.filter(pk=self.job.pk).values_list("runs", "extraction_stats").get()
+        extra = selectors.job_runs_summary(runs)
+        if extraction:
+            extra["extraction"] = extraction
         return extra

@@ -8,7 +8,7 @@ from pathlib import Path
 from django.conf import settings
 
 from training import services
-from training.models import Checkpoint, TrainingJob
+from training.models import TrainingJob
 
 
 class _Curve:
@@ -50,7 +50,7 @@ def first_epoch_in_arrival_order(job) -> bool:
     first epoch its first run trained, whatever the setting is by then."""
     if job.first_epoch_in_arrival_order is None:
         job.first_epoch_in_arrival_order = not job.activations_file and settings.OVERLAP_EXTRACTION == "on"
-        services.job_update_progress(job.id, first_epoch_in_arrival_order=job.first_epoch_in_arrival_order)
+        services.job_update_progress(job, first_epoch_in_arrival_order=job.first_epoch_in_arrival_order)
     return job.first_epoch_in_arrival_order
 
 
@@ -130,7 +130,7 @@ def train_callbacks(job, report, extraction_report=None):
         # and the row keeps the last one measured.
         loss = {"current_loss": float(p.loss)} if math.isfinite(p.loss) else {}
         services.job_update_progress(
-            job.id,
+            job,
             progress=round(min(p.progress, 1.0), 4),
             current_epoch=p.epoch,
             **loss,
@@ -146,12 +146,8 @@ def train_callbacks(job, report, extraction_report=None):
 
     def on_checkpoint(info):
         # A cancel mid-epoch rewrites the file of the last completed epoch: one row per file. The
-        # earlier mid-epoch checkpoint it replaces is deleted after this returns: its row goes first,
-        # so the job's last checkpoint is always a file on disk.
-        Checkpoint.objects.update_or_create(
-            job_id=job.id, path=str(info.path), defaults={"epoch": info.epoch, "step": info.step}
-        )
-        if info.replaced is not None:
-            Checkpoint.objects.filter(job_id=job.id, path=str(info.replaced)).delete()
+        # earlier mid-epoch checkpoint it replaces is deleted after this returns. A run that lost
+        # the job records nothing and removes the file it wrote (services.job_checkpoint_record).
+        services.job_checkpoint_record(job, path=info.path, epoch=info.epoch, step=info.step, replaced=info.replaced)
 
     return on_progress, on_checkpoint

@@ -1,12 +1,18 @@
 """One training run, from a claimed job to its ending. Runs in a worker process or in
 `manage.py train`. The engine runs the job (engine.run, with the spec and callbacks of
 training.engine_run); this module is the worker's side of it: the claim, the GPU slot's lease, the
-heartbeat, cancel checks, and the ending on the row, an out-of-memory failure explained."""
+heartbeat, cancel checks, and the ending on the row, an out-of-memory failure explained.
+
+A run writes to its job only while it owns it (training.services: the attempt it claimed is its
+fencing token). When a write does not land (JobLost: another run took the job over while this one
+was paused or cut off), or its heartbeat finds the job gone, the run stops at once, writes nothing
+more, and releases only what it holds (run_release: its lease, its staging folder)."""
 import logging
 import math
 import os
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 from django.conf import settings
@@ -14,7 +20,7 @@ from django.conf import settings
 from engine.errors import EngineError
 from mistudio.errors import ServiceError
 from training import modelcheck, selectors, services
-from training.engine_run import JobLost, Throttle, job_callbacks, job_hub_token, job_model, job_spec
+from training.engine_run import JobLost, Throttle, job_callbacks, job_hub_token, job_model, job_spec, job_staged_moves
 from training.models import TrainingJob
 
 logger = logging.getLogger("training")
@@ -87,7 +93,7 @@ def cancel_check(job_id, heartbeat):
 
     def should_stop():
         if job_id in heartbeat.lost:
-            raise JobLost(job_id)
+            raise JobLost(f"job {job_id}: its heartbeat found it taken over")
         if not state["stop"] and throttle():
             state["stop"] = selectors.job_cancel_requested(job_id)
         return state["stop"]
@@ -103,7 +109,7 @@ def job_run(job_id: str, *, on_progress=None, wait_for_slot=False) -> TrainingJo
     if job is None:
         logger.info("Job %s is not queued any more; nothing to run", job_id)
         return None
-    from gpus.services import lease_acquire, lease_release, lease_wait
+    from gpus.services import lease_acquire, lease_wait
 
     if not wait_for_slot and not lease_acquire(job):
         # Another live job trains on a GPU this one needs (two workers started on one GPU, or a
@@ -111,7 +117,10 @@ def job_run(job_id: str, *, on_progress=None, wait_for_slot=False) -> TrainingJo
         # for this one once that GPU is free, and this one trains nothing now.
         reason = wait_reason(job)
         time.sleep(settings.WORKER_SEEN_INTERVAL_S)  # not at once: the same busy worker may take it again
-        services.job_requeue(job, reason)
+        try:
+            services.job_requeue(job, reason)
+        except JobLost:
+            logger.warning("Job %s was taken over while its slot was busy here; nothing to hand back", job_id)
         return TrainingJob.objects.get(pk=job_id)
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     report = on_progress or (lambda update: None)
@@ -121,7 +130,7 @@ def job_run(job_id: str, *, on_progress=None, wait_for_slot=False) -> TrainingJo
 
     def slot_busy(slot):
         message = f"Waiting for GPU slot {slot}: job {slot.job_id} trains on it"
-        services.job_update_progress(job.id, phase=TrainingJob.Phase.WAITING, message=message)
+        services.job_update_progress(job, phase=TrainingJob.Phase.WAITING, message=message)
         report({"phase": "waiting", "message": message})
 
     try:
@@ -132,33 +141,51 @@ def job_run(job_id: str, *, on_progress=None, wait_for_slot=False) -> TrainingJo
                                 message="Cancelled while waiting for the GPU slot")
         else:
             if wait_for_slot:
-                services.job_update_progress(job.id, phase=TrainingJob.Phase.LOADING)
+                services.job_update_progress(job, phase=TrainingJob.Phase.LOADING)
             _run(job, report, should_stop)
     except Exception as err:  # noqa: BLE001 - any crash must end the job, not leave it running
         job_fail_with(job, err)
     finally:
         heartbeat.stop()
-        lease_release(job)
-        # Whatever the ending, the token is gone (job_finish wipes it; this covers a crash in it),
-        # unless the job went back to the queue to resume and still needs it.
-        TrainingJob.objects.filter(pk=job_id).exclude(status=TrainingJob.Status.QUEUED).exclude(
-            encrypted_hf_token="").update(encrypted_hf_token="")
+        run_release(job)
     return TrainingJob.objects.get(pk=job_id)
+
+
+def run_release(job) -> None:
+    """What a run holds, released whatever its ending: its slots' lease and its staging folder
+    (moved into place by its ending, or a stale or failed run's leftovers). The token is gone too
+    (job_finish wipes it; this covers a crash in it), unless the job went back to the queue to
+    resume and still needs it, or another run took it over (a newer attempt: its token, not ours)."""
+    from gpus.services import lease_release
+
+    lease_release(job)
+    services.job_staging_remove(job)
+    TrainingJob.objects.filter(pk=job.pk, attempts=job.attempts).exclude(status=TrainingJob.Status.QUEUED).exclude(
+        encrypted_hf_token="").update(encrypted_hf_token="")
 
 
 def job_fail_with(job, err: BaseException) -> None:
     """The job's ending for what its run raised: what the spec or its inputs got wrong as it was
     said, an out-of-memory failure explained, any other crash named; nothing for a job another
-    worker took over (JobLost)."""
+    worker took over (JobLost), whose failure is not this run's to write either."""
     if isinstance(err, JobLost):
-        logger.warning("Job %s was recovered by another worker; this run stops", job.pk)
-    elif isinstance(err, (EngineError, ServiceError)):
-        services.job_fail(job, str(err))
-    elif isinstance(err, (MemoryError, RuntimeError)) and _is_out_of_memory(err):
-        services.job_fail(job, _describe_out_of_memory(TrainingJob.objects.get(pk=job.pk), err))
-    else:
-        logger.error("Job %s crashed", job.pk, exc_info=err)
-        services.job_fail(job, f"{type(err).__name__}: {err}")
+        _say_lost(job, err)
+        return
+    try:
+        if isinstance(err, (EngineError, ServiceError)):
+            services.job_fail(job, str(err))
+        elif isinstance(err, (MemoryError, RuntimeError)) and _is_out_of_memory(err):
+            services.job_fail(job, _describe_out_of_memory(TrainingJob.objects.get(pk=job.pk), err))
+        else:
+            logger.error("Job %s crashed", job.pk, exc_info=err)
+            services.job_fail(job, f"{type(err).__name__}: {err}")
+    except JobLost as lost:
+        _say_lost(job, lost)
+
+
+def _say_lost(job, lost: JobLost) -> None:
+    logger.warning("Job %s was taken over by another run (attempt %s is stale); this run stops and writes "
+                   "nothing more (%s)", job.pk, job.attempts, lost)
 
 
 def _is_out_of_memory(err):
@@ -255,7 +282,8 @@ def check_fits_device(job, device: str) -> None:
 
 
 def job_finish_outcome(job, outcome):
-    """The row's ending, from the run's outcome."""
+    """The row's ending, from the run's outcome, with the artifacts the run staged moved into place
+    in the same transaction (services.job_finish): JobLost, and nothing moved, for a stale run."""
     if outcome.cancelled_in in ("extraction", "waiting"):
         message = "Cancelled during extraction" if outcome.cancelled_in == "extraction" else (
             "Cancelled before its turn in the sweep; nothing was trained")
@@ -276,21 +304,27 @@ def job_finish_outcome(job, outcome):
             current_loss=result.final_loss if result else None,
         )
         return
+    moves = job_staged_moves(job)
+
+    def final(path):
+        return str(moves.get(Path(path), path))
+
     outputs = dict(
         training_stats=outcome.training_stats,
-        model_path=str(outcome.paths.model),
+        model_path=final(outcome.paths.model),
         activations_path=str(outcome.activations_path or ""),  # none when the rows streamed
-        metadata_path=str(outcome.paths.metadata),
+        metadata_path=final(outcome.paths.metadata),
         evaluation=outcome.evaluation,
-        exports={name: str(path) for name, path in outcome.exports.items()},
+        exports={name: final(path) for name, path in outcome.exports.items()},
         progress=1.0,
         current_epoch=result.total_epochs,
         current_loss=result.final_loss,
+        files=moves,
     )
     if outcome.cancelled_in == "analysis":
         services.job_finish(
             job, status=TrainingJob.Status.CANCELLED,
-            message=f"Cancelled during the feature analysis; the trained SAE was saved to {outcome.paths.model}",
+            message=f"Cancelled during the feature analysis; the trained SAE was saved to {outputs['model_path']}",
             **outputs,
         )
         return
@@ -298,7 +332,7 @@ def job_finish_outcome(job, outcome):
         job,
         status=TrainingJob.Status.COMPLETED,
         message=f"Training completed: {result.total_epochs} epochs, final loss {result.final_loss:.6g} ({result.stopped_reason})",
-        features_dir=str(outcome.features_dir),
+        features_dir=final(outcome.features_dir),
         features=outcome.features,
         **outputs,
     )

@@ -1,7 +1,11 @@
 """The recovery checks that keep jobs moving when workers die: every worker process runs the first when it
 starts, and every live worker runs both now and then (its watchdog, gpus.services); crash
-recovery in the README says what they guarantee."""
+recovery in the README says what they guarantee. A run recovered here that was only paused cannot
+write when it wakes (training.services, fencing); what it left is removed at the next worker start
+(attempt_files_remove_stale)."""
 import logging
+import re
+import shutil
 from datetime import timedelta
 
 from django.conf import settings
@@ -11,7 +15,7 @@ from django.utils import timezone
 from gpus.selectors import live_workers, worker_gone
 from gpus.services import leases_release_stale
 from training import services
-from training.models import TrainingJob
+from training.models import Checkpoint, TrainingJob
 
 logger = logging.getLogger("training")
 
@@ -81,3 +85,34 @@ def jobs_requeue_orphans() -> list[str]:
     if requeued:
         logger.warning("Re-queued jobs whose tasks were lost: %s", ", ".join(requeued))
     return requeued
+
+
+# What a run names after its attempt (services.job_staging_dir, services.job_checkpoint_prefix).
+_ATTEMPT_FILE = re.compile(r"(?P<job>.+?)_attempt-(?P<attempt>\d+)(?P<rest>\.part|_.+)")
+
+
+def attempt_files_remove_stale() -> list[str]:
+    """What runs that lost their job (a stale worker stopped, or killed before it cleaned up) left
+    under their attempt's names: staging folders, and checkpoint files no Checkpoint row records
+    (written, then found not to own the job). A run that still owns its job keeps everything; a
+    recorded checkpoint stays, whichever run wrote it (a resumed run reads it). Runs whenever a
+    worker process starts, after jobs_recover_stale."""
+    folder = settings.DATA_DIR / "models"
+    if not folder.is_dir():
+        return []
+    found = [(path, match) for path in folder.iterdir() if (match := _ATTEMPT_FILE.fullmatch(path.name))]
+    owned = set(TrainingJob.objects.filter(pk__in={m["job"] for _, m in found}, status=TrainingJob.Status.RUNNING)
+                .values_list("pk", "attempts"))
+    recorded = set(Checkpoint.objects.filter(job_id__in={m["job"] for _, m in found}).values_list("path", flat=True))
+    removed = []
+    for path, match in found:
+        if (match["job"], int(match["attempt"])) in owned or str(path) in recorded:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    if removed:
+        logger.warning("Removed what stale runs left: %s", ", ".join(sorted(removed)))
+    return removed

@@ -2,11 +2,30 @@
 
 Every interface (API, admin, CLI, worker task) calls these; none re-implements a step. The reads
 (a user's jobs, one job, what a job says of itself) are training.selectors.
+
+Fencing: a run's token is the attempt its claim counted (`attempts` after job_claim). Every write
+a run makes to its job (progress, curve, run records, checkpoint rows, requeue, the ending and its
+artifact paths) is an UPDATE conditional on the job still running at that attempt (job_owned,
+job_fence); one that matches no row raises JobLost, and the run stops writing. A worker paused past
+MISTUDIO_HEARTBEAT_STALE_S (SIGSTOP, a VM frozen, a swap storm) whose job another run took over
+cannot land a write when it wakes, so the job's progress never goes back and its ending is the
+owner's. Files follow the same rule. The final artifacts (SAE, metadata, SAELens folder, feature
+analysis) are written in the attempt's staging folder (job_staging_dir) and moved into place inside
+the fencing transaction of the ending, so a stale run's files never replace the owner's; its folder
+goes when it stops, or at the next worker start (training.recovery.attempt_files_remove_stale).
+Checkpoints carry the attempt in their names (job_checkpoint_prefix): the ordering is file whole on
+disk, then its row in a fenced transaction (or, not owning the job, the file removed), so a resumed
+run finds its predecessor's last checkpoint by its row, and a stale run neither overwrites the
+owner's file of the same epoch nor records one. The activation cache is the exception: it keeps
+one name per job (a resumed run reuses it; a transcoder's targets sit beside it), its path on the
+row is fenced, and its content is the same whichever run extracted it.
 """
 import copy
 import logging
 import math
 import os
+import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -373,62 +392,106 @@ def job_runs_closed(runs: list, *, ended: str, at) -> list:
     return runs
 
 
+class JobLost(Exception):
+    """The job was taken over (recovered and claimed again by another run) while this run still
+    ran it: a fenced write did not land. The run stops, writes nothing more, and releases only
+    what it holds itself."""
+
+
+def job_owned(job: TrainingJob):
+    """The job's row while `job`'s run still owns it, as a queryset to update: running, and at the
+    attempt that run claimed (its fencing token; attempts only grows once a run is lost:
+    training.recovery re-queues without a claim, and the next claim counts one more)."""
+    return TrainingJob.objects.filter(pk=job.pk, attempts=job.attempts, status=TrainingJob.Status.RUNNING)
+
+
+@contextmanager
+def job_fence(job: TrainingJob):
+    """A transaction in which `job`'s run owns the job: the row is written first (which takes its
+    lock, on SQLite the database's: IMMEDIATE transactions) and the caller's writes and file moves
+    follow under that lock, so no recovery or claim comes between; JobLost when the run lost the
+    job, with nothing written."""
+    with transaction.atomic():
+        if not job_owned(job).update(updated_at=timezone.now()):
+            raise JobLost(f"job {job.pk}: a write of attempt {job.attempts} matched no row")
+        yield
+
+
 def job_requeue(job: TrainingJob, message: str, *, enqueue: bool = True) -> None:
     """Hand a claimed job back to the queue untouched (its attempt not counted); `enqueue` False
-    leaves the task to the caller (a sweep queues one for all its members)."""
-    runs = TrainingJob.objects.filter(pk=job.pk).values_list("runs", flat=True).first() or []
-    updated = TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING).update(
-        status=TrainingJob.Status.QUEUED, phase=TrainingJob.Phase.WAITING, message=message,
-        attempts=F("attempts") - 1, updated_at=timezone.now(), runs=runs[:-1])
-    if updated and enqueue:
-        transaction.on_commit(lambda: job_enqueue(job.pk))
+    leaves the task to the caller (a sweep queues one for all its members). Only the run that
+    claimed it can: JobLost otherwise."""
+    with job_fence(job):
+        runs = TrainingJob.objects.filter(pk=job.pk).values_list("runs", flat=True).first() or []
+        job_owned(job).update(status=TrainingJob.Status.QUEUED, phase=TrainingJob.Phase.WAITING, message=message,
+                              attempts=F("attempts") - 1, updated_at=timezone.now(), runs=runs[:-1])
+        if enqueue:
+            transaction.on_commit(lambda: job_enqueue(job.pk))
 
 
 def job_heartbeat(job: TrainingJob) -> bool:
-    """Say this worker is alive; False when the job is no longer ours (recovered elsewhere)."""
-    return bool(
-        TrainingJob.objects.filter(
-            pk=job.pk, status=TrainingJob.Status.RUNNING, worker_host=job.worker_host, worker_pid=job.worker_pid
-        ).update(heartbeat_at=timezone.now())
-    )
+    """Say this worker is alive; False when the job is no longer this run's (recovered elsewhere)."""
+    return bool(job_owned(job).filter(worker_host=job.worker_host, worker_pid=job.worker_pid).update(
+        heartbeat_at=timezone.now()))
 
 
-def job_update_progress(job_id: str, *, spent: dict | None = None, **fields) -> None:
-    """`spent`: seconds this run has spent so far (extraction_seconds, training_seconds), kept in
-    its entry of `runs`."""
+def job_update_progress(job: TrainingJob, *, spent: dict | None = None, **fields) -> None:
+    """Progress, messages, the curve and whatever else a run writes as it goes, on the row of the
+    job `job`'s run still owns (JobLost otherwise). `spent`: seconds this run has spent so far
+    (extraction_seconds, training_seconds), kept in its entry of `runs`."""
     fields["updated_at"] = timezone.now()
     if "message" in fields:  # a job asked to stop says so until it has stopped
         fields["message"] = Case(When(cancel_requested_at__isnull=False, then=F("message")),
                                  default=Value(fields["message"]), output_field=TextField())
-    with transaction.atomic():
+    with job_fence(job):
         if spent:
-            runs = TrainingJob.objects.filter(pk=job_id).values_list("runs", flat=True).first()
+            runs = TrainingJob.objects.filter(pk=job.pk).values_list("runs", flat=True).first()
             if runs:
                 runs[-1].update({name: round(seconds, 3) for name, seconds in spent.items()})
                 fields["runs"] = runs
-        TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.RUNNING).update(**fields)
+        job_owned(job).update(**fields)
 
 
-def job_finish(job: TrainingJob, *, status: str, message: str, **fields) -> None:
+def job_finish(job: TrainingJob, *, status: str, message: str, files: dict | None = None, **fields) -> None:
     """Every ending goes through here, and every ending wipes the token. A result's
-    training_stats get the job's runs, this one closed with its ending."""
+    training_stats get the job's runs, this one closed with its ending. `files` ({staged: final}):
+    what the run wrote under its attempt (job_staging_dir), moved into place in the same
+    transaction that confirms the run still owns the job, so a stale run's files never replace the
+    owner's. JobLost, with nothing written or moved, when the run lost the job."""
     now = timezone.now()
-    runs = job_runs_closed(TrainingJob.objects.filter(pk=job.pk).values_list("runs", flat=True).first(),
-                        ended=status, at=now)
-    if fields.get("training_stats") is not None:
-        fields["training_stats"] = {**fields["training_stats"], **selectors.job_runs_summary(runs)}
-    fields = {name: _storable(value) for name, value in fields.items()}
-    TrainingJob.objects.filter(pk=job.pk).update(
-        runs=runs,
-        status=status,
-        phase=TrainingJob.Phase.DONE,
-        message=message,
-        completed_at=now,
-        updated_at=now,
-        eta_s=None,
-        encrypted_hf_token="",
-        **fields,
-    )
+    with job_fence(job):
+        runs = job_runs_closed(TrainingJob.objects.filter(pk=job.pk).values_list("runs", flat=True).first(),
+                               ended=status, at=now)
+        if fields.get("training_stats") is not None:
+            fields["training_stats"] = {**fields["training_stats"], **selectors.job_runs_summary(runs)}
+        fields = {name: _storable(value) for name, value in fields.items()}
+        for staged, final in (files or {}).items():
+            _move_into_place(Path(staged), Path(final))
+        job_owned(job).update(
+            runs=runs,
+            status=status,
+            phase=TrainingJob.Phase.DONE,
+            message=message,
+            completed_at=now,
+            updated_at=now,
+            eta_s=None,
+            encrypted_hf_token="",
+            **fields,
+        )
+
+
+def _move_into_place(staged: Path, final: Path) -> None:
+    """A file or folder renamed onto its final name, replacing what an earlier run of the job left
+    there (one cancelled in its analysis, then resumed): renames within the data folder."""
+    if not staged.is_dir():
+        os.replace(staged, final)
+        return
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staged.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _storable(value):
@@ -460,3 +523,53 @@ def job_artifact_paths(job: TrainingJob) -> dict[str, Path]:
         "saelens_dir": models_dir / f"{job.id}_saelens",
         "features_dir": models_dir / f"{job.id}_features",
     }
+
+
+STAGING_SUFFIX = ".part"
+
+
+def job_staging_dir(job: TrainingJob) -> Path:
+    """Where the run of `job` at its attempt writes the artifacts a resumed run also writes (the
+    SAE, its metadata, the SAELens folder, the feature analysis), under their final names, until
+    job_finish moves them into place. Named after the job (retention and quotas count it)."""
+    return settings.DATA_DIR / "models" / f"{job.id}_attempt-{job.attempts}{STAGING_SUFFIX}"
+
+
+def job_staging_remove(job: TrainingJob) -> None:
+    """`job`'s run's staging folder, with whatever its ending did not move into place."""
+    shutil.rmtree(job_staging_dir(job), ignore_errors=True)
+
+
+def job_checkpoint_prefix(job: TrainingJob) -> str:
+    """The names of the checkpoints `job`'s run writes: its attempt's own, so a stale run never
+    overwrites the checkpoint a resumed run wrote under the same epoch; a resumed run finds its
+    predecessor's by the path on its Checkpoint row."""
+    return f"{job.id}_attempt-{job.attempts}"
+
+
+def job_checkpoint_record(job: TrainingJob, *, path: Path, epoch: int, step: int, replaced: Path | None) -> None:
+    """The row of a checkpoint `job`'s run has written whole, if the run still owns the job;
+    otherwise the file is removed (no one will resume from a stale run's checkpoint) and JobLost.
+    A checkpoint from inside an epoch that an earlier run left goes once a later one is recorded:
+    a job keeps one mid-epoch checkpoint at most across its runs, as within one (its row first, so
+    the job's last checkpoint is always a file on disk; engine.trainer.checkpoint.Writer)."""
+    from training.models import Checkpoint
+
+    superseded = []
+    try:
+        with job_fence(job):
+            Checkpoint.objects.update_or_create(job_id=job.pk, path=str(path), defaults={"epoch": epoch, "step": step})
+            older = Checkpoint.objects.filter(job_id=job.pk).exclude(path=str(path))
+            for row in older:
+                if Path(row.path) == replaced or (_mid_epoch(row.path) and (row.epoch, row.step) <= (epoch, step)):
+                    superseded.append(Path(row.path))
+                    row.delete()
+    except JobLost:
+        Path(path).unlink(missing_ok=True)
+        raise
+    for old in superseded:
+        old.unlink(missing_ok=True)
+
+
+def _mid_epoch(path: str) -> bool:
+    return "_step_" in Path(path).name

@@ -37,7 +37,7 @@ def sweep_run(sweep_id: str, *, on_progress=None, on_member_end=None, wait_for_s
     if not jobs:
         logger.info("Sweep %s has no queued member; nothing to run", sweep_id)
         return sweep
-    from gpus.services import lease_acquire, lease_release, lease_wait
+    from gpus.services import lease_acquire, lease_wait
 
     report = on_progress or (lambda update: None)
     heartbeat = pipeline.Heartbeat(*jobs)
@@ -46,7 +46,10 @@ def sweep_run(sweep_id: str, *, on_progress=None, on_member_end=None, wait_for_s
         reason = pipeline.wait_reason(jobs[0])
         time.sleep(settings.WORKER_SEEN_INTERVAL_S)  # not at once: the same busy worker may take it again
         for job in jobs:
-            services.job_requeue(job, reason, enqueue=False)
+            try:
+                services.job_requeue(job, reason, enqueue=False)
+            except services.JobLost:
+                logger.warning("Sweep member %s was taken over while the slot was busy here", job.pk)
         from django.db import transaction
 
         transaction.on_commit(lambda: services.sweep_enqueue(sweep_id))
@@ -55,16 +58,17 @@ def sweep_run(sweep_id: str, *, on_progress=None, on_member_end=None, wait_for_s
     try:
         if wait_for_slot and not lease_wait(jobs[0], should_stop=lambda: all(stop() for stop in stops)):
             for job in jobs:
-                services.job_finish(job, status=TrainingJob.Status.CANCELLED, message="Cancelled while waiting for the GPU slot")
+                try:
+                    services.job_finish(job, status=TrainingJob.Status.CANCELLED,
+                                        message="Cancelled while waiting for the GPU slot")
+                except services.JobLost:
+                    logger.warning("Sweep member %s was taken over while it waited here", job.pk)
         else:
             _run(sweep, jobs, stops, report, on_member_end or (lambda job: None))
     finally:
         heartbeat.stop()
-        for job in jobs:
-            lease_release(job)
-        # As a single job's run: whatever the endings, the tokens are gone, but a member queued again.
-        TrainingJob.objects.filter(pk__in=[job.pk for job in jobs]).exclude(status=TrainingJob.Status.QUEUED).exclude(
-            encrypted_hf_token="").update(encrypted_hf_token="")
+        for job in jobs:  # as a single job's run: each member's lease, staging folder and token
+            pipeline.run_release(job)
     sweep.refresh_from_db()
     return sweep
 
@@ -84,9 +88,12 @@ def _run(sweep, jobs, stops, report, on_member_end):
                                                  tokens_extracted=extraction.n_tokens,
                                                  extraction_seconds=round(extraction.seconds, 3))
         for number, job in enumerate(jobs[1:], start=1):
-            services.job_update_progress(job.pk, phase=TrainingJob.Phase.WAITING,
-                                         message=f"Activations extracted with the sweep's other members; "
-                                                 f"training after the {number} member(s) before it")
+            try:
+                services.job_update_progress(job, phase=TrainingJob.Phase.WAITING,
+                                             message=f"Activations extracted with the sweep's other members; "
+                                                     f"training after the {number} member(s) before it")
+            except services.JobLost:
+                pass  # that member alone stops, at its next cancel check (its heartbeat found it lost)
 
     def streamed(passes):
         # No file: the members trained together, the model run once per batch for all of them.
@@ -95,9 +102,13 @@ def _run(sweep, jobs, stops, report, on_member_end):
     def member_end(index, outcome, error):
         job = jobs[index]
         if error is None:
-            pipeline.job_finish_outcome(job, outcome)
+            try:
+                pipeline.job_finish_outcome(job, outcome)
+            except services.JobLost as lost:
+                pipeline.job_fail_with(job, lost)  # says so in the log, and writes nothing
         else:
             pipeline.job_fail_with(job, error)
+        services.job_staging_remove(job)
         ended.add(index)
         if index + 1 < len(jobs):
             from gpus.services import lease_hand_over

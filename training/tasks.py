@@ -13,9 +13,11 @@ def run_training_job(job_id: str) -> str | None:
 
 def recover_on_worker_start(sender, proc_name=None, **kwargs):
     from corpora.services import partial_uploads_remove_stale
-    from training.recovery import jobs_recover_stale
+    from training.recovery import attempt_files_remove_stale, jobs_recover_stale
 
-    for check, what in ((jobs_recover_stale, "Recovering stale jobs"), (partial_uploads_remove_stale, "Removing stale uploads")):
+    for check, what in ((jobs_recover_stale, "Recovering stale jobs"),
+                        (attempt_files_remove_stale, "Removing what stale runs left"),
+                        (partial_uploads_remove_stale, "Removing stale uploads")):
         try:
             check()
         except Exception:  # noqa: BLE001 - a failed check must not keep the worker from starting

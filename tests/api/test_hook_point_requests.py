@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 
+from training import services
 from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db
@@ -67,7 +68,7 @@ def test_the_job_row_becomes_the_runs_spec_and_its_result_shows_the_fields(alice
 
     response = train(alice_api, model_name="tiny/gpt2", corpus_file=corpus, layer_number=2, hook_point="attn_out",
                      prepend_bos=False)
-    job = TrainingJob.objects.get(pk=response.json()["job_id"])
+    job = services.job_claim(response.json()["job_id"])  # a run's spec, as the worker builds it once it claimed the job
     spec = job_spec(job, "cpu")
     assert (spec.layer_number, spec.hook_point, spec.exclude_special_tokens, spec.prepend_bos) == (2, "attn_out", True, False)
     document = result_document(job)
@@ -77,7 +78,6 @@ def test_the_job_row_becomes_the_runs_spec_and_its_result_shows_the_fields(alice
 def test_a_job_on_an_activations_file_records_no_hook_point(alice, tmp_path):
     import numpy as np
 
-    from training import services
     from training.documents import result_document
     from training.engine_run import job_spec
 

@@ -30,7 +30,7 @@ def test_a_txt_corpus_is_read_line_by_line_with_no_budget_and_an_automatic_cache
 def test_a_job_takes_concat_packing_a_token_budget_and_a_cache_mode_and_its_run_gets_them(alice_api, corpus, hub_models):
     response = train(alice_api, packing="concat", training_tokens=5000, cache_activations="never")
     assert response.status_code == 200, response.json()
-    job = TrainingJob.objects.get(pk=response.json()["job_id"])
+    job = services.job_claim(response.json()["job_id"])  # a run's spec, as the worker builds it once it claimed the job
     assert (job.packing, job.training_tokens, job.cache_activations) == ("concat", 5000, "never")
     spec = job_spec(job, "cpu")
     assert (spec.packing, spec.training_tokens, spec.cache_activations, spec.text_field) == ("concat", 5000, "never", "text")

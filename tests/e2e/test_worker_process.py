@@ -101,7 +101,8 @@ def test_jobs_train_in_order_in_a_real_worker_and_a_running_job_can_be_cancelled
     result = alice_api.get(f"/api/v1/train/{first}/result").json()
     assert result["status"] == "completed" and result["ready_for_find_service"] is True
     assert result["training_stats"]["total_epochs"] == 3
-    assert [Path(p).name for p in result["checkpoints"]] == [f"{first}_checkpoint_{e}.pt" for e in (1, 2, 3)]
+    # Named after the run that wrote them (its attempt: training.services.job_checkpoint_prefix).
+    assert [Path(p).name for p in result["checkpoints"]] == [f"{first}_attempt-1_checkpoint_{e}.pt" for e in (1, 2, 3)]
     for path in (result["model_path"], result["activations_path"], result["metadata_path"], *result["checkpoints"]):
         assert Path(path).is_file()
 

@@ -28,8 +28,11 @@ def test_a_job_on_a_gguf_in_the_models_dir_converts_it_on_the_worker_and_trains(
     assert job.model_info["architecture"] == "llama" and job.model_info["is_causal_lm"] is True
     assert not settings.MODELS_CACHE_DIR.exists()
 
-    spec = job_spec(job, "cpu")
+    # The spec as a run builds it once it claimed the job (its writes are fenced by that claim).
+    claimed = services.job_claim(job.pk)
+    spec = job_spec(claimed, "cpu")
     assert spec.model.gguf_file == gguf_file.resolve() and spec.models_cache_dir == settings.MODELS_CACHE_DIR
+    services.job_requeue(claimed, "handed back: the test runs it next", enqueue=False)
 
     job = job_run(job.id)
     assert job.status == TrainingJob.Status.COMPLETED, job.message

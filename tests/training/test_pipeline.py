@@ -116,11 +116,10 @@ def test_a_job_cancelled_while_queued_is_never_run(alice, hub_models):
 
 
 def test_a_running_job_asked_to_stop_says_so_until_it_has_stopped(alice):
-    job = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2")
-    services.job_claim(job.pk)
-    services.job_update_progress(job.pk, message="Training in progress - Epoch 1/9", current_epoch=1)
+    job = services.job_claim(TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2").pk)
+    services.job_update_progress(job, message="Training in progress - Epoch 1/9", current_epoch=1)
     assert services.job_cancel(job).message.startswith("Cancellation requested")
-    services.job_update_progress(job.pk, message="Training in progress - Epoch 2/9", current_epoch=2)
+    services.job_update_progress(job, message="Training in progress - Epoch 2/9", current_epoch=2)
     job.refresh_from_db()
     assert job.message.startswith("Cancellation requested") and job.current_epoch == 2
 

@@ -18,10 +18,9 @@ FIELDS = dict(model_name="tiny/gpt2", layer_number=1, hidden_dim=32, max_epochs=
 
 
 def test_each_claim_opens_a_run_that_the_sweep_closes_when_its_worker_is_lost(alice, dead_pid):
-    job = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2")
-    services.job_claim(job.pk)
-    services.job_update_progress(job.pk, spent={"extraction_seconds": 1.25})
-    services.job_update_progress(job.pk, spent={"training_seconds": 2.5})
+    job = services.job_claim(TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2").pk)
+    services.job_update_progress(job, spent={"extraction_seconds": 1.25})
+    services.job_update_progress(job, spent={"training_seconds": 2.5})
     TrainingJob.objects.filter(pk=job.pk).update(worker_pid=dead_pid)
     assert recovery.jobs_recover_stale() == [job.pk]
     services.job_claim(job.pk)
@@ -41,12 +40,12 @@ def test_a_run_handed_back_to_the_queue_is_not_counted(alice):
 def test_the_result_adds_up_every_runs_training_time(alice, dead_pid):
     job = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2")
     for seconds in (3.0, 4.5):
-        services.job_claim(job.pk)
-        services.job_update_progress(job.pk, spent={"training_seconds": seconds})
+        claimed = services.job_claim(job.pk)
+        services.job_update_progress(claimed, spent={"training_seconds": seconds})
         TrainingJob.objects.filter(pk=job.pk).update(worker_pid=dead_pid)
         recovery.jobs_recover_stale()
     job = services.job_claim(job.pk)
-    services.job_update_progress(job.pk, spent={"training_seconds": 0.5})
+    services.job_update_progress(job, spent={"training_seconds": 0.5})
     services.job_finish(job, status="completed", message="done", training_stats={"final_loss": 1.0})
     stats = TrainingJob.objects.get(pk=job.pk).training_stats
     assert stats["training_time_seconds"] == 8.0

@@ -82,8 +82,7 @@ def test_a_job_cancelled_before_its_first_step_ends_cancelled_with_no_loss_and_s
 
 
 def test_the_ending_stores_null_with_a_reason_for_any_number_the_engine_left_unmeasured(alice):
-    job = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2")
-    services.job_claim(job.pk)
+    job = services.job_claim(TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2").pk)
     services.job_finish(job, status=TrainingJob.Status.COMPLETED, message="done", current_loss=float("nan"),
                         training_stats={"final_loss": float("nan"), "loss_history": [1.0, float("inf")]},
                         evaluation={"explained_variance": float("nan"), "prefix_explained_variance": {"8": float("nan")}})
