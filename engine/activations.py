@@ -432,8 +432,10 @@ class _Output:
 
     def __init__(self, out_path: Path, schedule: _Schedule):
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = AtomicFile(out_path)
-        self.tokens_file = AtomicFile(token_index_paths(out_path)[0])
+        # Partials of their own: a stale run of the same job (engine.files.AtomicFile) never writes
+        # into the rows of the run that took the job over.
+        self.file = AtomicFile(out_path, own=True)
+        self.tokens_file = AtomicFile(token_index_paths(out_path)[0], own=True)
         self.rows = np.lib.format.open_memmap(self.file.partial, mode="w+", dtype=np.float16,
                                               shape=(schedule.n_tokens, schedule.d_model))
         self.tokens = np.lib.format.open_memmap(self.tokens_file.partial, mode="w+", dtype=np.int32,

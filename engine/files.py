@@ -6,15 +6,26 @@ its partial. As a context manager each yields the partial path to write and rena
 success; `commit()` and `discard()` do the same by hand for a file that outlives one block
 (an extraction written by a thread while a trainer reads it).
 """
+import glob
 import os
 import shutil
 from pathlib import Path
 
 
 class AtomicFile:
-    def __init__(self, path):
+    """`own`: the partial file is this writer's alone (`<name>.partial-<pid>-<random>`), and the
+    partials other writers left under the same final name go when it starts: two processes writing
+    one file (a run resumed elsewhere while a paused one wakes, engine.activations) never write into
+    one partial, the newer removes the older's (whose commit then fails: it is not found), and a
+    killed writer's partial does not outlive the next try."""
+
+    def __init__(self, path, *, own: bool = False):
         self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + ".partial")
+        suffix = f".partial-{os.getpid()}-{os.urandom(4).hex()}" if own else ".partial"
+        self.partial = self.path.with_name(self.path.name + suffix)
+        if own:
+            for other in self.path.parent.glob(glob.escape(self.path.name) + ".partial*"):
+                other.unlink(missing_ok=True)
 
     def commit(self) -> None:
         os.replace(self.partial, self.path)

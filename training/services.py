@@ -16,9 +16,11 @@ goes when it stops, or at the next worker start (training.recovery.attempt_files
 Checkpoints carry the attempt in their names (job_checkpoint_prefix): the ordering is file whole on
 disk, then its row in a fenced transaction (or, not owning the job, the file removed), so a resumed
 run finds its predecessor's last checkpoint by its row, and a stale run neither overwrites the
-owner's file of the same epoch nor records one. The activation cache is the exception: it keeps
-one name per job (a resumed run reuses it; a transcoder's targets sit beside it), its path on the
-row is fenced, and its content is the same whichever run extracted it.
+owner's file of the same epoch nor records one. The activation cache keeps one name per job (a
+resumed run reuses it; a transcoder's targets sit beside it) and its path on the row is fenced;
+each extraction writes a partial file of its own (engine.files.AtomicFile, own=True) and the newer
+run's start removes the older's, so a stale run never writes into the owner's rows, and the
+rename that would put its file in place fails.
 """
 import copy
 import logging

@@ -59,3 +59,22 @@ def test_a_failed_folder_keeps_the_older_one_and_a_stale_partial_is_cleared(tmp_
         raise Crash
     assert (folder / "meta.json").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["features"]
+
+
+def test_two_writers_of_one_file_never_share_a_partial_and_the_newer_wins(tmp_path):
+    """A paused run of a job wakes while the run that took the job over extracts into the same
+    cache (engine.activations): the newer writer's start removes the older's partial, the older's
+    writes and its discard never touch the newer's, and the older cannot put its file in place."""
+    path = tmp_path / "job_activations.npy"
+    (tmp_path / "job_activations.npy.partial").write_bytes(b"a killed run's")
+    stale = AtomicFile(path, own=True)
+    stale.partial.write_bytes(b"stale rows")
+    owner = AtomicFile(path, own=True)
+    assert not stale.partial.exists() and not (tmp_path / "job_activations.npy.partial").exists()
+    owner.partial.write_bytes(b"owner rows")
+    stale.discard()
+    with pytest.raises(FileNotFoundError):
+        stale.commit()
+    owner.commit()
+    assert path.read_bytes() == b"owner rows"
+    assert list(tmp_path.iterdir()) == [path]

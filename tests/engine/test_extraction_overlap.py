@@ -79,7 +79,7 @@ def test_an_overlapped_run_is_the_run_a_finished_file_gives(gpt2, sample_texts, 
     overlapped = train_sae(stream, config(), on_progress=on_progress)
     extraction = stream.result()
     assert steps_before_end, "no step ran while extraction was still going"
-    assert extraction.path.is_file() and not extraction.path.with_name("live.npy.partial").exists()
+    assert extraction.path.is_file() and not list(extraction.path.parent.glob("live.npy.partial*"))
 
     finished = np.load(extraction.path, mmap_mode="r")
     again = train_sae(finished, config(), first_epoch_rows=load_arrival(extraction.path, len(finished)))

@@ -49,7 +49,7 @@ def test_out_of_memory_in_an_overlapped_job_names_the_part_that_ran_out(alice, h
     phase = "extracting activations" if where == "extraction" else "training"
     assert f"Out of memory during {phase}" in job.message, job.message
     # Nothing half-written is left as the job's cache.
-    assert not list((settings.DATA_DIR / "activations").glob("*.partial"))
+    assert not list((settings.DATA_DIR / "activations").glob("*.partial*"))
 
 
 def test_the_cache_is_recorded_on_the_job_before_training_ends(alice, hub_models, settings, monkeypatch):
