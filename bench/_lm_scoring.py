@@ -3,13 +3,13 @@ and scored by one function with plain Hugging Face forward hooks (EV, L0, CE wit
 KL, dead features), the sequences our evaluation makes, and which corpus lines our run held out.
 
 The splice and the losses are written here, not taken from the app, so they check its
-evaluation; what counts as a special token is the app's own rule (engine.sequences).
+evaluation; what counts as a special token is the app's own rule (engine.text.sequences).
 """
 import json
 import math
 from pathlib import Path
 
-from engine.sequences import special_token_ids
+from engine.text.sequences import special_token_ids
 
 
 def load_saelens_folder(folder: Path):
@@ -67,7 +67,7 @@ class Splice:
 
 
 def encode_sequences(tokenizer, texts: list[str], *, convention: str, context: int, max_tokens: int | None):
-    """Token ids per text, as the app's evaluation makes them (engine/lm_eval.py's _sequences).
+    """Token ids per text, as the app's evaluation makes them (engine/evaluation/next_token.py's _sequences).
     plain: the tokenizer's own ids, truncated to `context` (before prepend_bos); special: BOS,
     then the text's tokens without the tokenizer's own special tokens, `context` in all (an empty
     text stays empty), and only sequences with a prediction made from a non-special position.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from _setup import TrainFailed, run_train
 
-from engine.lm_eval import DEFAULT_MAX_TOKENS as APP_CE_MAX_TOKENS
+from engine.evaluation.next_token import DEFAULT_MAX_TOKENS as APP_CE_MAX_TOKENS
 from engine.trainer.config import TrainConfig
 
 BENCH = Path(__file__).resolve().parent

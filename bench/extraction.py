@@ -24,9 +24,9 @@ _setup.set_threads()
 
 import torch  # noqa: E402
 
-from engine.activations import GROUP_BATCHES, extract_activations  # noqa: E402
-from engine.loading import load_model  # noqa: E402
-from engine.resolve import resolve_model  # noqa: E402
+from engine.activations.extract import GROUP_BATCHES, extract_activations  # noqa: E402
+from engine.models.loading import load_model  # noqa: E402
+from engine.models.resolve import resolve_model  # noqa: E402
 
 
 def varied_texts(n_texts: int, seed: int = 0) -> list[str]:

@@ -116,9 +116,9 @@ def build_llama(folder, small):
 
 
 def end_to_end(device, small, layer):
-    from engine.activations import ExtractionStream, extract_activations
-    from engine.loading import load_model
-    from engine.resolve import resolve_model
+    from engine.activations.extract import ExtractionStream, extract_activations
+    from engine.models.loading import load_model
+    from engine.models.resolve import resolve_model
 
     rng = np.random.default_rng(0)
     n_seq, seq_len = (64, 32) if small else (2048, 256)

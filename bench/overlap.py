@@ -26,11 +26,11 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.activations import ExtractionStream, extract_activations  # noqa: E402
-from engine.cache import load_activations  # noqa: E402
+from engine.activations.extract import ExtractionStream, extract_activations  # noqa: E402
+from engine.activations.cache import load_activations  # noqa: E402
 from engine.devices import cpu_has_fast_bf16  # noqa: E402
-from engine.loading import load_model  # noqa: E402
-from engine.resolve import resolve_model  # noqa: E402
+from engine.models.loading import load_model  # noqa: E402
+from engine.models.resolve import resolve_model  # noqa: E402
 from engine.trainer import TrainConfig, train_sae  # noqa: E402
 
 

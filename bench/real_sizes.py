@@ -157,8 +157,8 @@ def worker(args) -> None:
 
 
 def model_depth(model: str) -> int:
-    from engine.model_info import num_layers
-    from engine.resolve import load_config, resolve_model
+    from engine.models.info import num_layers
+    from engine.models.resolve import load_config, resolve_model
 
     return num_layers(load_config(resolve_model(model, models_dir=None)))
 

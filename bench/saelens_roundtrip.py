@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.export import export_state_dict  # noqa: E402
-from engine.export_saelens import export_saelens  # noqa: E402
+from engine.sae.export import export_state_dict  # noqa: E402
+from engine.sae.export_saelens import export_saelens  # noqa: E402
 from engine.trainer import TrainConfig, train_sae  # noqa: E402
 
 

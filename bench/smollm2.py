@@ -48,7 +48,7 @@ lines whose first row is at or after training_tokens, from its sequence_starts f
 (read with safetensors, encoded here, not by either library) spliced in with a plain HF hook, and
 printed beside the job's reported value; exit 1 if they differ by more than --tolerance.
 --splice-convention says which special-token convention our evaluation used: "plain" (the
-tokenizer's own ids, splice everywhere, loss everywhere; engine/lm_eval.py before hook_point /
+tokenizer's own ids, splice everywhere, loss everywhere; engine/evaluation/next_token.py before hook_point /
 prepend_bos landed), "special" (as the scoring above), "auto": special when the result document
 shows the job's prepend_bos true, plain when it shows false or has no such field.
 

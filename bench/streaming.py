@@ -6,7 +6,7 @@ pairs, the order flipped every pair) because the machine's cores are shared, so 
 
 - streamed: `cache_activations="auto"`, `disk_budget_bytes` = --disk-budget-mb, a training_tokens
   budget (--tokens) whose cache (tokens x (d_model x 2 + 4) bytes) exceeds it: the rows flow from
-  the model through a shuffle block to the SAE (engine.stream, engine.trainer.streamed);
+  the model through a shuffle block to the SAE (engine.activations.stream, engine.trainer.streamed);
 - cached: the same run with `cache_activations="always"` and no disk budget: extract to a .npy
   first, then train on random batches of it.
 

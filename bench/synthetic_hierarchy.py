@@ -344,7 +344,7 @@ def main() -> None:
                 failures.append(f"ours {architecture}: {error}")
                 print(failures[-1], flush=True)
         train = np.load(data / "train.npy", mmap_mode="r")
-        # Ours trains on the file's rows but its held-out tail (engine.trainer.plan.eval_rows):
+        # Ours trains on the file's rows but its held-out tail (engine.defaults.eval_rows):
         # SAELens gets the same leading rows and the batch ours used.
         default_tokens = (len(train) - min(max(1, round(len(train) * 0.05)), 100_000), args.batch)
         for architecture in args.saelens:

@@ -40,10 +40,10 @@ _setup.set_threads()
 
 import torch  # noqa: E402
 
-from engine.activations import ExtractionStream, extract_activations  # noqa: E402
-from engine.cache import load_activations  # noqa: E402
-from engine.loading import load_model  # noqa: E402
-from engine.resolve import resolve_model  # noqa: E402
+from engine.activations.extract import ExtractionStream, extract_activations  # noqa: E402
+from engine.activations.cache import load_activations  # noqa: E402
+from engine.models.loading import load_model  # noqa: E402
+from engine.models.resolve import resolve_model  # noqa: E402
 from engine.trainer import TrainConfig, train_sae  # noqa: E402
 
 CONTEXT = 128

@@ -1,6 +1,6 @@
 """How relu, jumprelu and gated defaults depend on the input width (issue 17, item 4): engine-level
 `train_sae` on the planted-dictionary activations of `bench/defaults.py --synthetic`, evaluated by
-`engine.evaluate.evaluate_sae` on the held-out rows, with the count of `engine.run.verdict` warnings.
+`engine.evaluation.reconstruction.evaluate_sae` on the held-out rows, with the count of `engine.run.verdict` warnings.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/width_grid.py --widths 48,128,384 --steps 1000
     .venv/bin/python bench/width_grid.py --widths 48 --rows relu --sparsity-coeff 0.001,0.01
@@ -64,7 +64,7 @@ def main() -> None:
     import torch
 
     import defaults
-    from engine.evaluate import evaluate_sae
+    from engine.evaluation.reconstruction import evaluate_sae
     from engine.run.verdict import warnings
     from engine.trainer import TrainConfig, train_sae
 

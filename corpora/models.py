@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.db import models
 
-from engine.corpus import FORMATS
+from engine.text.corpus import FORMATS
 
 
 class Corpus(models.Model):
@@ -15,7 +15,7 @@ class Corpus(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="corpora"
     )
     path = models.CharField(max_length=1024, help_text="Absolute path of the stored file or dataset folder.")
-    # engine.corpus decides the format by the stored file's suffix; kept here to show and answer it.
+    # engine.text.corpus decides the format by the stored file's suffix; kept here to show and answer it.
     format = models.CharField(max_length=16, choices=[(fmt, fmt) for fmt in FORMATS], default="txt")
     text_field = models.CharField(max_length=200, default="text", help_text="The column holding the text.")
     size_bytes = models.BigIntegerField()

@@ -13,7 +13,7 @@ from corpora.models import Corpus
 from engine import disk
 from mistudio.errors import ServiceError
 
-# Dotted paths of functions user -> bytes that user's other files take (training.quotas).
+# Dotted paths of functions user -> bytes that user's other files take (training.admission.quotas).
 _COUNTERS: list[str] = []
 
 

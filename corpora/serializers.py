@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from engine.corpus import FORMATS
+from engine.text.corpus import FORMATS
 
 
 class UploadRequestSerializer(serializers.Serializer):

@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from corpora.models import Corpus
 from corpora.quotas import upload_limit
 from corpora.upload_checks import byte_check
-from engine.corpus import SUFFIXES, CorpusScan, corpus_format
+from engine.text.corpus import SUFFIXES, CorpusScan, corpus_format
 from engine.errors import CorpusError
 from mistudio.errors import Conflict, ServiceError
 from mistudio.sandbox import SandboxError, SandboxRefused, run_limited
@@ -54,7 +54,7 @@ def validate_text_field(text_field: str | None) -> str:
 def corpus_add(*, owner, name: str, chunks=None, folder: Path | None = None, text_field: str = "text") -> Corpus:
     """Store a corpus and record it: `chunks` (bytes, streamed in and checked as they arrive: the
     size limit and what the format's bytes must look like) or a dataset `folder` (copied). Stored
-    under a partial name, it is read through once by engine.corpus.scan_corpus; nothing is kept
+    under a partial name, it is read through once by engine.text.corpus.scan_corpus; nothing is kept
     unless every check passes. The stored file keeps its suffix: the engine reads the format by it."""
     if (chunks is None) == (folder is None):
         raise TypeError("corpus_add takes chunks or a folder, one of the two")
@@ -96,13 +96,13 @@ def corpus_add(*, owner, name: str, chunks=None, folder: Path | None = None, tex
 
 
 def _scan(partial: Path, name: str, text_field: str, size: int) -> CorpusScan:
-    """engine.corpus.scan_corpus in a child process with limits (mistudio.sandbox): a forged or
+    """engine.text.corpus.scan_corpus in a child process with limits (mistudio.sandbox): a forged or
     oversized file costs that process, never this one. Its text may be at most
     MISTUDIO_CORPUS_MAX_TEXT_RATIO times its stored size (16 MiB at least): a compressed or
     dictionary-encoded file is refused before it decodes to gigabytes."""
     max_text_bytes = max(_MIN_TEXT_CAP_BYTES, size * settings.CORPUS_MAX_TEXT_RATIO)
     try:
-        return CorpusScan(**run_limited("engine.corpus:scan_summary", str(partial), text_field, max_text_bytes,
+        return CorpusScan(**run_limited("engine.text.corpus:scan_summary", str(partial), text_field, max_text_bytes,
                                         expected=("CorpusError",), what=repr(name)))
     except SandboxError as err:
         # The engine names the file it read: the user knows it by their name for it.

@@ -1,5 +1,5 @@
 """What an upload's bytes must look like as they arrive, by format: a wrong file is refused at its
-first chunks rather than after it was stored whole. engine.corpus.scan_corpus checks the rest."""
+first chunks rather than after it was stored whole. engine.text.corpus.scan_corpus checks the rest."""
 import codecs
 
 from mistudio.errors import ServiceError

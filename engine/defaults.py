@@ -29,7 +29,7 @@ class EvalDefaults:
     """What a run reads after training (engine.run.spec.EvaluationSettings and FeatureSettings,
     the MISTUDIO_EVAL_* and MISTUDIO_ANALYSIS_TOKENS settings): held-out rows the reconstruction metrics read, held-out tokens the next-token loss
     measures (SAELens' n_eval_batches caps its own), and the bytes of float32 [tokens x vocabulary]
-    logits alive at once (engine.lm_eval)."""
+    logits alive at once (engine.evaluation.next_token)."""
 
     max_rows: int = 100_000
     # Each costs about three forwards of the whole model with its LM head (clean, spliced, ablated):
@@ -41,3 +41,15 @@ class EvalDefaults:
 
 
 EVAL_DEFAULTS = EvalDefaults()
+
+
+# The held-out tail's rows at most: enough for a stable estimate, bounded for a 10^9-row cache.
+MAX_EVAL_ROWS = 100_000
+
+
+def eval_rows(n_rows: int, eval_fraction: float) -> int:
+    """How many rows the held-out tail has: at least 1 (when asked for), at most MAX_EVAL_ROWS. Here,
+    below the trainer, because the disk plan (engine.disk) counts it before any trainer is imported."""
+    if eval_fraction <= 0:
+        return 0
+    return min(max(1, round(n_rows * eval_fraction)), MAX_EVAL_ROWS, n_rows - 1)

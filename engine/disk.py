@@ -41,7 +41,7 @@ def checkpoint_bytes(d_in: int, d_sae: int) -> int:
 def seek_record_bytes(sequences: int) -> int:
     """What a streamed run's checkpoint holds besides the SAE: the rows of each sequence of the
     pass (int32), so a resume seeks into the corpus without a tokenizing pass first
-    (engine.stream.ActivationStream.seek_record)."""
+    (engine.activations.stream.ActivationStream.seek_record)."""
     return 4 * int(sequences)
 
 
@@ -95,7 +95,7 @@ def estimate_rows_per_pass(*, text_bytes: int, bytes_per_token: float, documents
 def passes_needed(*, rows_per_pass: int, eval_fraction: float, max_epochs: int, training_tokens: int | None) -> int:
     """How many passes over the corpus the run makes: max_epochs, or fewer when a training_tokens
     budget ends sooner."""
-    from engine.trainer.plan import eval_rows
+    from engine.defaults import eval_rows
 
     train_rows = max(1, rows_per_pass - eval_rows(rows_per_pass, eval_fraction))
     if training_tokens is None:
@@ -113,7 +113,7 @@ class DiskPlan:
     needed_bytes: int  # what the run writes on the data folder's disk
     free_bytes: int
     reason: str  # why it caches or streams
-    # The model's weights from_pretrained downloads into the hub cache (engine.hub_files; 0: none,
+    # The model's weights from_pretrained downloads into the hub cache (engine.models.hub_files; 0: none,
     # or all cached). On the data folder's disk they are part of needed_bytes; elsewhere
     # (download_free_bytes: that disk's free space) they are checked against that disk alone.
     download_bytes: int = 0
@@ -171,8 +171,8 @@ def plan_disk(*, cache_activations: str, rows_per_pass: int, d_model: int, d_sae
 
 def rows_for_budget(training_tokens: int, eval_fraction: float) -> int:
     """Rows a budget's single pass reads: the training tokens and the held-out tail after them
-    (engine.trainer.plan.eval_rows of these rows leaves training_tokens to train on)."""
-    from engine.trainer.plan import eval_rows
+    (engine.defaults.eval_rows of these rows leaves training_tokens to train on)."""
+    from engine.defaults import eval_rows
 
     if eval_fraction <= 0:
         return training_tokens

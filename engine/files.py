@@ -15,7 +15,7 @@ from pathlib import Path
 class AtomicFile:
     """`own`: the partial file is this writer's alone (`<name>.partial-<pid>-<random>`), and the
     partials other writers left under the same final name go when it starts: two processes writing
-    one file (a run resumed elsewhere while a paused one wakes, engine.activations) never write into
+    one file (a run resumed elsewhere while a paused one wakes, engine.activations.extract) never write into
     one partial, the newer removes the older's (whose commit then fails: it is not found), and a
     killed writer's partial does not outlive the next try."""
 

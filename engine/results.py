@@ -62,6 +62,6 @@ class TrainResult:
     compute_dtype: str = "float32"  # "bfloat16" where the SAE's matmuls ran under bf16 autocast
     tokens_trained: int = 0  # rows stepped on, over all epochs (the training_tokens budget caps it)
     training_rows: int = 0  # rows of one pass (an epoch) that train
-    streamed: bool = False  # the rows streamed from the model, no cache (engine.stream)
-    # A transcoder's: its targets were multiplied by this (engine.export folds it in); None for an SAE.
+    streamed: bool = False  # the rows streamed from the model, no cache (engine.activations.stream)
+    # A transcoder's: its targets were multiplied by this (engine.sae.export folds it in); None for an SAE.
     target_scaling_factor: float | None = None

@@ -274,7 +274,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     # A job's hook_point and a sweep's hook_points choose from the same points: one enum.
-    "ENUM_NAME_OVERRIDES": {"HookPointEnum": "engine.hooks.HOOK_POINTS"},
+    "ENUM_NAME_OVERRIDES": {"HookPointEnum": "engine.models.hooks.HOOK_POINTS"},
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "mistudio.schema.declare_unauthorized",
@@ -377,7 +377,7 @@ SWEEP_MAX_MEMBERS = env_int("MISTUDIO_SWEEP_MAX_MEMBERS", 64, minimum=1)
 # free space; unset: the free space. A job that needs more streams its activations (cache_activations
 # auto) or is refused with what it would need.
 DISK_BUDGET_BYTES = env_int("MISTUDIO_DISK_BUDGET_BYTES", 0, minimum=0) or None
-# Per-user quotas (training.quotas, corpora.quotas); staff are exempt, 0 turns one off. Jobs queued
+# Per-user quotas (training.admission.quotas, corpora.quotas); staff are exempt, 0 turns one off. Jobs queued
 # or running at once, a sweep's members each counted: one more is a 429.
 MAX_ACTIVE_JOBS_PER_USER = env_int("MISTUDIO_MAX_ACTIVE_JOBS_PER_USER", 100, minimum=0)
 # Slots (GPUs, or the CPU worker's) one user's jobs may train on at once; their other jobs wait in

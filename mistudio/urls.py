@@ -8,7 +8,10 @@ from corpora import pages as corpus_pages
 from corpora.views import UploadView
 from gpus.views import GpuStatusView, HealthView
 from mistudio.token_views import TokenListView, TokenRevokeView, tokens_page
-from training import pages, sweep_pages, sweep_views, views
+from training.pages import jobs as pages
+from training.pages import sweeps as sweep_pages
+from training.api import sweeps as sweep_views
+from training.api import jobs as views
 
 urlpatterns = [
     path("health", HealthView.as_view(), name="health"),

@@ -227,7 +227,7 @@ def test_models_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    from engine.resolve import BUNDLED_CAUSAL_LM_NAME, resolve_model
+    from engine.models.resolve import BUNDLED_CAUSAL_LM_NAME, resolve_model
 
     return resolve_model(BUNDLED_CAUSAL_LM_NAME, models_dir=None).gguf_file
 
@@ -235,6 +235,6 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_converted(smollm2_gguf, test_models_cache) -> Path:
     """The bundled SmolLM2 converted once per machine (about 30 s the first time, then reused)."""
-    from engine.gguf import converted_folder
+    from engine.models.gguf import converted_folder
 
     return converted_folder(smollm2_gguf, test_models_cache)

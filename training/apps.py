@@ -8,7 +8,7 @@ class TrainingConfig(AppConfig):
     def ready(self):
         from django_q.signals import post_spawn
 
-        from engine.resolve import forbid_implicit_token
+        from engine.models.resolve import forbid_implicit_token
 
         # No hub call of this process sends the machine's saved Hugging Face login unless handed
         # it (training.hub): transformers makes some calls without passing a caller's token on.
@@ -30,4 +30,4 @@ class TrainingConfig(AppConfig):
         # A user's storage (corpora.quotas) counts their jobs' files beside their corpora.
         from corpora.quotas import storage_counter_register
 
-        storage_counter_register("training.quotas.artifacts_bytes")
+        storage_counter_register("training.admission.quotas.artifacts_bytes")

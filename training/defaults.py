@@ -5,7 +5,7 @@ are the seed's contract; tests/training/test_defaults.py checks that every place
 from dataclasses import dataclass
 
 from engine.defaults import SaeDefaults
-from engine.hooks import DEFAULT_HOOK_POINT
+from engine.models.hooks import DEFAULT_HOOK_POINT
 
 
 @dataclass(frozen=True)
@@ -15,12 +15,12 @@ class JobDefaults(SaeDefaults):
     batch_size: int = 16  # sequences per forward pass of the language model
     max_sequence_length: int = 512
     quantization: str = "none"  # TrainingJob.Quantization.NONE
-    # Where in the block the SAE reads (engine.hooks), and how sequences are made (engine.sequences).
+    # Where in the block the SAE reads (engine.models.hooks), and how sequences are made (engine.text.sequences).
     hook_point: str = DEFAULT_HOOK_POINT
     exclude_special_tokens: bool = True
     prepend_bos: bool = True
-    # How documents become sequences (engine.packing); None: the corpus format's default, which
-    # job_create records on the job (training.runplan.corpus_facts).
+    # How documents become sequences (engine.text.packing); None: the corpus format's default, which
+    # job_create records on the job (training.admission.disk.corpus_facts).
     packing: str | None = None
     training_tokens: int | None = None  # a hard cap on the tokens the SAE trains on; None: max_epochs passes
     cache_activations: str = "auto"  # engine.disk.CACHE_MODES

@@ -6,7 +6,7 @@ would let anyone validate and train on the operator's private and gated models. 
 request get the user's token or False (send none); the operator may lend the server's login to every
 user on purpose with MISTUDIO_HUB_USE_SERVER_LOGIN. At start-up (training.apps) the process also
 stops huggingface_hub from filling in the login where transformers calls the hub without passing
-the caller's token on (engine.resolve.forbid_implicit_token)."""
+the caller's token on (engine.models.resolve.forbid_implicit_token)."""
 from django.conf import settings
 
 

@@ -6,8 +6,8 @@ from django.utils import timezone
 
 from engine import sae as architectures
 from engine.disk import CACHE_MODES
-from engine.hooks import HOOK_POINTS
-from engine.packing import PACKINGS
+from engine.models.hooks import HOOK_POINTS
+from engine.text.packing import PACKINGS
 from training.defaults import DEFAULTS
 
 
@@ -167,8 +167,8 @@ class TrainingJob(models.Model):
     target_l0 = models.FloatField(null=True, blank=True, help_text="relu, jumprelu and gated: the L0 to hold (relu and gated steer their L1 weight toward it, jumprelu penalises the distance).")
     matryoshka_widths = models.JSONField(null=True, blank=True,
                                          help_text="matryoshka_batchtopk: the nested prefixes' widths, hidden_dim last.")
-    # Where in block layer_number the SAE reads (engine.hooks) and how the corpus's sequences are
-    # made (engine.sequences). Blank and null for a job on an activations file: its rows came from
+    # Where in block layer_number the SAE reads (engine.models.hooks) and how the corpus's sequences are
+    # made (engine.text.sequences). Blank and null for a job on an activations file: its rows came from
     # elsewhere.
     hook_point = models.CharField(max_length=16, choices=[(p, p) for p in HOOK_POINTS], default=DEFAULTS.hook_point,
                                   blank=True, help_text="resid_post, resid_pre, mlp_out, attn_out or mlp_in of block layer_number (a transcoder: mlp_out, what it predicts).")
@@ -176,12 +176,12 @@ class TrainingJob(models.Model):
                                                  help_text="No activation rows at BOS/CLS/SEP/EOS/padding positions.")
     prepend_bos = models.BooleanField(null=True, blank=True, default=DEFAULTS.prepend_bos,
                                       help_text="A causal LM's sequences start with its tokenizer's BOS.")
-    # How the corpus's documents become sequences (engine.packing), the tokens the SAE trains on
+    # How the corpus's documents become sequences (engine.text.packing), the tokens the SAE trains on
     # at most, and whether the activations are cached (engine.disk). job_create records the
     # packing it resolved (the corpus format's default when none was asked for). A job on an
     # activations file has no packing and no cache mode (null and blank); its budget applies.
     packing = models.CharField(max_length=16, choices=[(p, p) for p in PACKINGS], null=True, blank=True,
-                               default=DEFAULTS.packing, help_text="lines, documents or concat (engine.packing).")
+                               default=DEFAULTS.packing, help_text="lines, documents or concat (engine.text.packing).")
     training_tokens = models.BigIntegerField(null=True, blank=True, default=DEFAULTS.training_tokens,
                                              help_text="Tokens the SAE trains on at most; null: max_epochs passes.")
     cache_activations = models.CharField(max_length=8, choices=[(m, m) for m in CACHE_MODES], blank=True,
@@ -230,7 +230,7 @@ class TrainingJob(models.Model):
     # Points written with each progress report while training: step, epoch, loss, mse, l0,
     # explained_variance, tokens_per_s (thinned to a bounded count), so pages draw curves live.
     training_curve = models.JSONField(default=list, blank=True)
-    # The feature analysis (engine.features): its folder and what it holds.
+    # The feature analysis (engine.evaluation.features): its folder and what it holds.
     features_dir = models.CharField(max_length=1024, blank=True)
     features = models.JSONField(null=True, blank=True)
     model_path = models.CharField(max_length=1024, blank=True)
@@ -239,7 +239,7 @@ class TrainingJob(models.Model):
     extraction_stats = models.JSONField(null=True, blank=True)
     metadata_path = models.CharField(max_length=1024, blank=True)
     error = models.TextField(blank=True)
-    # When retention (training.retention) deleted the job's files: the row stays, its downloads
+    # When retention (training.artifacts.retention) deleted the job's files: the row stays, its downloads
     # and features answer 410 saying so.
     artifacts_purged_at = models.DateTimeField(null=True, blank=True)
 

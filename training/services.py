@@ -41,10 +41,13 @@ from django.utils import timezone
 from corpora.selectors import corpus_for_user
 from engine import sae as architectures
 from engine.finite import json_ready
-from engine.hooks import MLP_IN, MLP_OUT
+from engine.models.hooks import MLP_IN, MLP_OUT
 from mistudio import crypto
 from mistudio.errors import Conflict, Forbidden, ServiceError
-from training import modelcheck, quotas, runplan, selectors
+from training import selectors
+from training.admission import model as modelcheck
+from training.admission import quotas
+from training.admission import disk as runplan
 from training.defaults import DEFAULTS
 from training.models import Sweep, TrainingJob
 
@@ -298,7 +301,7 @@ def job_enqueue(job_id: str) -> bool:
 
 
 def sweep_enqueue(sweep_id: str) -> bool:
-    """Queue the one task that runs a sweep's queued members (training.sweep_run); False, as for a
+    """Queue the one task that runs a sweep's queued members (training.worker.sweep); False, as for a
     job, when the broker could not take it."""
     from django_q.tasks import async_task
 

@@ -2,7 +2,7 @@
 reads: a user's sweeps, one sweep, and the document its status endpoint and page show.
 
 A sweep is a family of TrainingJobs on one model and corpus, one per layer x hook point x member,
-trained from one pass over the corpus by one queue task (training.sweep_run). Each member is a job
+trained from one pass over the corpus by one queue task (training.worker.sweep). Each member is a job
 like any other (its status and result endpoints unchanged); what the members must share (the
 corpus, its tokenization and batches, the device) is the sweep's base.
 """
@@ -13,7 +13,10 @@ from django.db import transaction
 
 from engine import sae as architectures
 from mistudio.errors import Conflict, Forbidden, NotFound, ServiceError
-from training import modelcheck, quotas, runplan, services
+from training import services
+from training.admission import model as modelcheck
+from training.admission import quotas
+from training.admission import disk as runplan
 from training.models import Sweep, TrainingJob
 
 # The SAE fields a member may set for itself; everything else is the base's, shared by all.

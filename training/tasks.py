@@ -5,7 +5,7 @@ logger = logging.getLogger("training")
 
 
 def run_training_job(job_id: str) -> str | None:
-    from training.pipeline import job_run
+    from training.worker.job import job_run
 
     job = job_run(job_id)
     return job.status if job else None
@@ -25,8 +25,8 @@ def recover_on_worker_start(sender, proc_name=None, **kwargs):
 
 
 def run_sweep(sweep_id: str) -> str | None:
-    """One task per sweep: every member trained from one pass over the corpus (training.sweep_run)."""
-    from training.sweep_run import sweep_run
+    """One task per sweep: every member trained from one pass over the corpus (training.worker.sweep)."""
+    from training.worker.sweep import sweep_run
 
     sweep = sweep_run(sweep_id)
     return sweep.pk if sweep else None

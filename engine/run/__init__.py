@@ -6,8 +6,8 @@
 `run` resolves and loads the model, extracts the layer's activations (training while it extracts
 where the spec's first epoch follows the extraction order), trains, evaluates, saves and exports
 the SAE and analyses its features; RunCallbacks tell the caller how it goes and let it cancel.
-The worker and `manage.py train` run jobs through it (training.pipeline), with callbacks that
-write the job row; a multi-GPU job plugs in its own training step (training.ddp)."""
+The worker and `manage.py train` run jobs through it (training.worker.job), with callbacks that
+write the job row; a multi-GPU job plugs in its own training step (training.worker.ddp)."""
 from engine.run.runner import run
 from engine.run.spec import (
     ANALYZING,

@@ -1,4 +1,4 @@
-"""A run's feature analysis (engine.features): top contexts, statistics and histograms of every
+"""A run's feature analysis (engine.evaluation.features): top contexts, statistics and histograms of every
 feature in one pass over the run's activations, for causal LMs the logit effect, and the text of
 every token the analysis shows (tokens.json)."""
 import json
@@ -8,8 +8,8 @@ import time
 import numpy as np
 
 from engine.files import AtomicFile
-from engine.stats import statistics_from_analysis
-from engine.tokens import token_texts
+from engine.evaluation.stats import statistics_from_analysis
+from engine.text.tokens import token_texts
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ def analyze(spec, result, final, *, model, loaded, on_progress=None, should_stop
     (engine.run.final_rows), whose rows from `analysis_first` on are analysed; `model`: the
     ResolvedModel (None for an activations file); `loaded`: the causal LM, or None. Raises
     AnalysisCancelled."""
-    from engine.features import analyze_features, save_analysis
+    from engine.evaluation.features import analyze_features, save_analysis
 
     started = time.monotonic()
     first = final.analysis_first
@@ -55,7 +55,7 @@ def analyze(spec, result, final, *, model, loaded, on_progress=None, should_stop
 
 def _add_logit_effects(analysis, sae, scaling_factor, spec, model, loaded) -> str | None:
     """Fills the analysis' logit arrays; returns why not, or None when it did."""
-    from engine.features import logit_effects
+    from engine.evaluation.features import logit_effects
 
     if spec.activations_file is not None:
         return "trained from an activations file: there is no unembedding"
@@ -87,7 +87,7 @@ def _tokenizer(spec, model, loaded):
         return loaded.tokenizer
     if spec.activations_file is not None or model is None or not model.location:
         return None
-    from engine.loading import load_tokenizer
+    from engine.models.loading import load_tokenizer
 
     try:
         return load_tokenizer(model, token=spec.token, models_cache_dir=spec.models_cache_dir)

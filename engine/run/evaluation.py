@@ -2,10 +2,10 @@
 for causal LMs, next-token loss on the held-out sequences with the SAE spliced in."""
 import numpy as np
 
-from engine.evaluate import evaluate_sae
+from engine.evaluation.reconstruction import evaluate_sae
 from engine.finite import json_ready
 from engine.run import verdict
-from engine.sequences import Sequences
+from engine.text.sequences import Sequences
 
 _NO_CE_LOSS = {"ce_loss_clean": None, "ce_loss_with_sae": None, "ce_loss_zero_ablation": None,
                "ce_loss_recovered": None, "kl_div_with_sae": None, "kl_div_with_ablation": None,
@@ -54,7 +54,7 @@ def _unmeasured(eval_tokens: int) -> dict[str, str]:
 
 
 def _ce_loss(spec, result, *, loaded, heldout: Sequences) -> dict:
-    from engine.lm_eval import HeadNotSupported, ce_loss_evaluation
+    from engine.evaluation.next_token import HeadNotSupported, ce_loss_evaluation
 
     from engine.run.sources import is_transcoder, transcoder_sites
 

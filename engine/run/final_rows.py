@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.stream import ActivationStream
+from engine.activations.stream import ActivationStream
 
 
 @dataclass
@@ -54,7 +54,7 @@ def firsts(spec, n_rows: int, heldout_start: int) -> tuple[int, int]:
 def keep_final_rows(spec, stream: ActivationStream) -> None:
     """Have a streamed pass keep the rows read after training as training computes them (its last
     blocks, and the held-out rows its last group holds), so the model computes only the rest."""
-    from engine.trainer.plan import eval_rows
+    from engine.defaults import eval_rows
 
     n_rows = stream.n_rows
     stream.keep_from(min(firsts(spec, n_rows, n_rows - eval_rows(n_rows, spec.config.eval_fraction))))

@@ -63,12 +63,12 @@ def metadata(spec, result, activations, activations_path, *, model_name, model_i
         "layer_number": None if from_file else spec.layer_number,
         "hook_point": tokens["hook_point"],
         "hook_name": tokens["hook_name"],
-        # Effective: whether a BOS was put in front of every sequence (engine.sequences).
+        # Effective: whether a BOS was put in front of every sequence (engine.text.sequences).
         "prepend_bos": tokens["prepend_bos"],
         "exclude_special_tokens": tokens["exclude_special_tokens"],
         "hook_point_reason": tokens["reason"],
         "corpus": corpus_name,
-        # How the corpus became sequences (engine.packing), the effective packing; None for an activations file.
+        # How the corpus became sequences (engine.text.packing), the effective packing; None for an activations file.
         "packing": tokens.get("packing"),
         "text_field": tokens.get("text_field"),
         "activations_path": None if activations_path is None else str(activations_path),

@@ -4,19 +4,19 @@ export the SAE, analyse its features, write the metadata."""
 from dataclasses import replace
 from pathlib import Path
 
-from engine.activations import ExtractionStream, extract_activations, extract_sites
-from engine.cache import load_activations, load_token_index
+from engine.activations.extract import ExtractionStream, extract_activations, extract_sites
+from engine.activations.cache import load_activations, load_token_index
 from engine.errors import AnalysisCancelled, EngineError, ExtractionCancelled
-from engine.export import save_sae, write_metadata
-from engine.export_saelens import export_saelens
-from engine.resolve import ResolvedModel
+from engine.sae.export import save_sae, write_metadata
+from engine.sae.export_saelens import export_saelens
+from engine.models.resolve import ResolvedModel
 from engine.run import records, sources
 from engine.run.analysis import analyze
 from engine.run.evaluation import evaluate
 from engine.run.final_rows import final_rows, keep_final_rows
 from engine.run.spec import ANALYZING, EVALUATING, EXTRACTING, LOADING, TRAINING, RunCallbacks, RunOutcome, RunSpec
 from engine.run.training import StreamStep, TrainFunction, TrainStep, train_in_process
-from engine.stream import ActivationStream
+from engine.activations.stream import ActivationStream
 
 
 def run(spec: RunSpec, callbacks: RunCallbacks | None = None, *, train: TrainFunction | None = None,
@@ -30,7 +30,7 @@ def run(spec: RunSpec, callbacks: RunCallbacks | None = None, *, train: TrainFun
     and hands it the finished file (torchrun ranks, say, that read it themselves), or, when the run
     streams, a StreamStep and its stream (each rank then streams too: train_stream_step).
 
-    `loaded`: the spec's model already loaded (engine.loading.LoadedModel), as a sweep shares one
+    `loaded`: the spec's model already loaded (engine.models.loading.LoadedModel), as a sweep shares one
     among its members (engine.run.sweep); the run then loads none."""
     return _Run(spec, callbacks or RunCallbacks(), train, loaded).outcome()
 
@@ -76,10 +76,10 @@ def spec_stream(spec: RunSpec, loaded, source, rows, *, n_rows: int | None, corp
 
 
 def resolve_spec_model(spec: RunSpec) -> ResolvedModel:
-    """The spec's model, resolved (a name engine.resolve finds offline first)."""
+    """The spec's model, resolved (a name engine.models.resolve finds offline first)."""
     if isinstance(spec.model, ResolvedModel):
         return spec.model
-    from engine.resolve import resolve_model
+    from engine.models.resolve import resolve_model
 
     return resolve_model(str(spec.model), models_dir=None, token=spec.token)
 
@@ -89,7 +89,7 @@ def load_spec_model(spec: RunSpec, model: ResolvedModel | None = None):
     model under spec.hub_limits has its weights' sizes asked of the hub first: a download past
     hub_limits.max_bytes, or one the hub cache's disk cannot hold, fails (WeightsTooLarge) before a
     byte of it is written."""
-    from engine.loading import load_model
+    from engine.models.loading import load_model
 
     model = model or resolve_spec_model(spec)
     if spec.hub_limits is not None and model.source == "hub":
@@ -103,7 +103,7 @@ def _check_hub_weights(model: ResolvedModel, token, limits) -> None:
     cannot have changed since the job was made, but the disk can have filled."""
     from huggingface_hub import constants
 
-    from engine.hub_files import check_download
+    from engine.models.hub_files import check_download
 
     check_download(model, token=token, timeout_s=limits.timeout_s, max_bytes=limits.max_bytes,
                    reserve_bytes=limits.reserve_bytes)
@@ -201,7 +201,7 @@ class _Run:
             if self.may_overlap:
                 keep_final_rows(spec, self.stream)
             return self.stream, None, None
-        # The corpus is read a group of sequences at a time as the model runs (engine.activations).
+        # The corpus is read a group of sequences at a time as the model runs (engine.activations.extract).
         reading = dict(n_rows=sources.rows_to_read(spec, corpus_rows), lengths=lengths)
         result = None
         self._enter(EXTRACTING, device=spec.device)
@@ -221,7 +221,7 @@ class _Run:
 
     def _transcoder_activations(self):
         """A transcoder's input and target rows, both cached from the same forward passes
-        (engine.activations.extract_sites): training reads them at the same indices."""
+        (engine.activations.extract.extract_sites): training reads them at the same indices."""
         spec = self.spec
         sites = sources.transcoder_sites(spec)
         self.loaded = self.shared_model or load_spec_model(spec, self.model)
@@ -245,8 +245,8 @@ class _Run:
 
     def _model_info(self) -> dict:
         if self.model_info is None:
-            from engine.model_info import describe_model
-            from engine.resolve import load_config
+            from engine.models.info import describe_model
+            from engine.models.resolve import load_config
 
             config = load_config(self.model, self.spec.token)
             self.model_info = describe_model(self.model, config, selected_layer=self.spec.layer_number,
@@ -380,20 +380,20 @@ class _Run:
 
     def _tokens(self) -> dict:
         """Where the rows were read and how their sequences were made, as they were (the effective
-        prepend_bos: engine.sequences); None with the reason for an activations file."""
+        prepend_bos: engine.text.sequences); None with the reason for an activations file."""
         spec = self.spec
         if spec.activations_file is not None:
             return {"hook_point": None, "hook_name": None, "prepend_bos": None, "exclude_special_tokens": None,
                     "reason": "trained from an activations file: its rows came from elsewhere, so no hook point or "
                               "tokenization is known"}
-        from engine.hooks import transformerlens_name
-        from engine.sequences import effective_prepend_bos
+        from engine.models.hooks import transformerlens_name
+        from engine.text.sequences import effective_prepend_bos
 
         # Only a causal LM gets a BOS put in front, and a causal LM stays loaded (evaluation needs
         # it); an encoder's may be gone by now, and needs none.
         causal = bool(self._model_info().get("is_causal_lm"))
         tokenizer = self.loaded.tokenizer if self.loaded is not None else None
-        from engine.corpus import corpus_format, default_packing
+        from engine.text.corpus import corpus_format, default_packing
 
         packing = spec.packing or default_packing(corpus_format(Path(spec.corpus)))
         names = {"hook_name": transformerlens_name(spec.hook_point, spec.layer_number)}
@@ -424,7 +424,7 @@ class _Run:
                                      on_progress=self.callbacks.on_analysis_progress, should_stop=self.callbacks.should_stop)
             return spec.paths.features_dir, info, features
         except AnalysisCancelled:
-            from engine.stats import feature_statistics
+            from engine.evaluation.stats import feature_statistics
 
             # The result stays complete: the statistics then take a pass of their own over the same rows.
             return None, None, feature_statistics(result.sae, final.rows_from(final.analysis_first),

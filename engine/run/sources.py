@@ -1,11 +1,11 @@
-"""Where a run's rows come from when it reads a corpus: the corpus as sequences (engine.packing),
+"""Where a run's rows come from when it reads a corpus: the corpus as sequences (engine.text.packing),
 how many rows one pass gives, whether they are cached or streamed (engine.disk), and how many of
 them a training_tokens budget reads."""
 from pathlib import Path
 
 from engine.disk import free_bytes, plan_disk, rows_for_budget
-from engine.model_info import hidden_size, is_causal_lm
-from engine.packing import SequenceSource
+from engine.models.info import hidden_size, is_causal_lm
+from engine.text.packing import SequenceSource
 
 
 def is_transcoder(spec) -> bool:
@@ -19,7 +19,7 @@ def transcoder_sites(spec) -> dict:
     """A transcoder's two extraction sites, input and target, and the files their rows go to. It
     reads the MLP's input after its norm and predicts the MLP's output (Dunefsky et al. 2024)."""
     from engine.errors import EngineError
-    from engine.hooks import MLP_IN, MLP_OUT
+    from engine.models.hooks import MLP_IN, MLP_OUT
 
     if spec.hook_point != MLP_OUT:
         raise EngineError(f"A {spec.config.architecture} reads {MLP_IN} and predicts {MLP_OUT}: "
@@ -78,7 +78,7 @@ def rows_to_read(spec, rows_per_pass: int) -> int | None:
 
 def saved_rows(spec, source: SequenceSource):
     """(rows of each sequence, rows of the whole corpus) as a streamed checkpoint keeps them
-    (engine.stream.ActivationStream.seek_record), when they hold for this corpus as it is now and
+    (engine.activations.stream.ActivationStream.seek_record), when they hold for this corpus as it is now and
     cover the rows this run reads; None otherwise (the run then takes a tokenizing pass for them)."""
     import numpy as np
 
@@ -107,7 +107,7 @@ def sequences_from(source: SequenceSource, row: int, *, max_rows: int | None, n_
     tokenizing pass that keeps only those (ActivationStream.sequences_from for a cached run)."""
     import numpy as np
 
-    from engine.sequences import Sequences, concatenate
+    from engine.text.sequences import Sequences, concatenate
 
     stop = n_rows if max_rows is None else min(n_rows, row + max_rows)
     parts, at, first_row = [], 0, None

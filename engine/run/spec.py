@@ -4,10 +4,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.activations import ExtractionResult
+from engine.activations.extract import ExtractionResult
 from engine.defaults import EVAL_DEFAULTS
-from engine.hub_files import HubLimits
-from engine.resolve import ResolvedModel
+from engine.models.hub_files import HubLimits
+from engine.models.resolve import ResolvedModel
 from engine.results import CheckpointInfo, TrainProgress, TrainResult
 from engine.trainer import TrainConfig
 
@@ -20,7 +20,7 @@ class RunPaths:
     """Where a run writes. Checkpoints go to checkpoint_dir (engine.trainer.checkpoint.file_name)."""
 
     activations: Path  # the extracted .npy; its token index and arrival order go beside it
-    model: Path  # the SAE's state dict, input scale folded in (engine.export.save_sae)
+    model: Path  # the SAE's state dict, input scale folded in (engine.sae.export.save_sae)
     metadata: Path
     saelens_dir: Path
     features_dir: Path
@@ -40,7 +40,7 @@ class RunPaths:
 
 @dataclass
 class FeatureSettings:
-    """The feature analysis (engine.features): top contexts per feature, tokens either side of
+    """The feature analysis (engine.evaluation.features): top contexts per feature, tokens either side of
     each, and the tokens each feature promotes and suppresses most."""
 
     top_n: int = 20
@@ -59,10 +59,10 @@ class EvaluationSettings:
     # Held-out rows the reconstruction metrics read at most (the first of the held-out tail); a
     # streamed run computes them with the model again. None: the whole tail.
     max_rows: int | None = EVAL_DEFAULTS.max_rows
-    # Held-out tokens the next-token loss and KL are measured on at most (engine.lm_eval), as
+    # Held-out tokens the next-token loss and KL are measured on at most (engine.evaluation.next_token), as
     # SAELens' n_eval_batches caps its own; `ce_eval_tokens` reports how many were.
     ce_max_tokens: int = EVAL_DEFAULTS.ce_max_tokens
-    # The [tokens x vocabulary] float32 logits alive at once (engine.lm_eval.logits_chunk_tokens).
+    # The [tokens x vocabulary] float32 logits alive at once (engine.evaluation.next_token.logits_chunk_tokens).
     logits_bytes: int = EVAL_DEFAULTS.logits_bytes
 
 
@@ -70,16 +70,16 @@ class EvaluationSettings:
 class RunSpec:
     """One SAE trained on one layer of a model over a corpus, or on a file of activations.
 
-    Give `model` (a ResolvedModel, or a name engine.resolve.resolve_model finds offline first)
+    Give `model` (a ResolvedModel, or a name engine.models.resolve.resolve_model finds offline first)
     with `corpus`, or `activations_file` alone. `config.seed` seeds the extraction's batch order as
     well as training."""
 
     paths: RunPaths
     config: TrainConfig = field(default_factory=TrainConfig)
     model: ResolvedModel | str | None = None
-    corpus: Path | None = None  # a corpus file or dataset folder (engine.corpus)
+    corpus: Path | None = None  # a corpus file or dataset folder (engine.text.corpus)
     text_field: str = "text"  # the column holding the text, for the dataset formats
-    packing: str | None = None  # engine.packing.PACKINGS; None: the corpus format's default
+    packing: str | None = None  # engine.text.packing.PACKINGS; None: the corpus format's default
     # Tokens the SAE trains on (a hard cap; max_epochs still caps the passes); None: max_epochs passes.
     training_tokens: int | None = None
     cache_activations: str = "auto"  # engine.disk.CACHE_MODES
@@ -89,9 +89,9 @@ class RunSpec:
     # A transcoder trained from files: its targets [tokens, d_out], row for row with activations_file.
     targets_file: Path | None = None
     layer_number: int = 0  # 0-based block the SAE reads at
-    # Where in block layer_number (engine.hooks): "resid_post" (its output), "resid_pre" (its
+    # Where in block layer_number (engine.models.hooks): "resid_post" (its output), "resid_pre" (its
     # input), "mlp_out", "attn_out", "mlp_in". A transcoder (engine.sae.transcoder) reads mlp_in and
-    # predicts this point, which must be mlp_out. The next two: engine.sequences. All three are
+    # predicts this point, which must be mlp_out. The next two: engine.text.sequences. All three are
     # ignored for an activations_file (its metadata records them as absent).
     hook_point: str = "resid_post"
     exclude_special_tokens: bool = True
@@ -99,12 +99,12 @@ class RunSpec:
     max_sequence_length: int = 512
     batch_size: int = 16  # sequences per forward pass of the model
     quantization: str | None = None  # "8bit" | "4bit" (CUDA only)
-    # A Hugging Face token, never shown; False sends none, None the login saved here (engine.resolve).
+    # A Hugging Face token, never shown; False sends none, None the login saved here (engine.models.resolve).
     token: str | bool | None = field(default=None, repr=False)
     device: str = "cpu"
-    cpu_bf16: str = "off"  # the model's weights on the CPU (engine.loading.load_model)
-    models_cache_dir: Path | None = None  # where a GGUF model is converted once (engine.gguf)
-    # A hub model's download: its sizes checked first, its reads timed out (engine.loading.load_model).
+    cpu_bf16: str = "off"  # the model's weights on the CPU (engine.models.loading.load_model)
+    models_cache_dir: Path | None = None  # where a GGUF model is converted once (engine.models.gguf)
+    # A hub model's download: its sizes checked first, its reads timed out (engine.models.loading.load_model).
     hub_limits: HubLimits | None = None
     checkpoint_prefix: str = "sae"
     resume_from: Path | None = None  # a checkpoint of an earlier run of this spec
@@ -117,7 +117,7 @@ class RunSpec:
     features: FeatureSettings = field(default_factory=FeatureSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     # What the metadata file names: the run (a job's id), the model as described when asked for
-    # (engine.model_info.describe_model; read from the model's config when None) and the corpus
+    # (engine.models.info.describe_model; read from the model's config when None) and the corpus
     # (its file's name when None).
     run_id: str | None = None
     model_info: dict | None = None

@@ -1,6 +1,6 @@
 """A sweep: a family of runs on one model and one corpus that share the model and its forward
 passes. The model is loaded once; every (layer, hook point) site the members read is extracted
-from the same batches (engine.activations.extract_sites: one forward per batch, stopped after the
+from the same batches (engine.activations.extract.extract_sites: one forward per batch, stopped after the
 deepest site), one file per site; then each member runs as a single run would on its site's file
 (engine.run.run with that file as its cache and the shared model), with its own optimizer,
 schedule, RNG, checkpoints and artifacts. A member that fails (its SAE out of memory, NaN) fails
@@ -50,7 +50,7 @@ class SweepCallbacks:
     `on_member_end(i, outcome, error)`: member i ended, with its outcome or what it raised."""
 
     members: list[RunCallbacks]
-    on_extracted: Callable | None = None  # (engine.activations.SitesExtraction)
+    on_extracted: Callable | None = None  # (engine.activations.extract.SitesExtraction)
     # A streaming sweep's training ended for every member (engine.trainer.shared_stream.SharedPasses).
     on_streamed: Callable | None = None
     on_member_end: Callable[[int, RunOutcome | None, BaseException | None], None] | None = None
@@ -149,7 +149,7 @@ def _streaming(spec: SweepSpec, loaded):
         return "its members resume streamed checkpoints: the model runs once per pass for all of them", source, rows
     if "never" in modes:
         return "cache_activations is never: the model runs once per pass for all the sweep's members", source, rows
-    from engine.model_info import hidden_size
+    from engine.models.info import hidden_size
 
     # auto: one cache per site, read by its members for every pass, and every member's checkpoints.
     corpus_rows = int(rows.sum())
@@ -166,7 +166,7 @@ def _streaming(spec: SweepSpec, loaded):
 
 def _stream(spec: SweepSpec, callbacks: SweepCallbacks, loaded, outcome: SweepOutcome, reason: str, source, rows):
     """Every member trained at once from shared passes of the model, then each finished in turn."""
-    from engine.stream import ActivationStream
+    from engine.activations.stream import ActivationStream
     from engine.trainer.shared_stream import train_together
     from engine.trainer.streamed import streamed_steps
 
@@ -253,7 +253,7 @@ def _extract(spec: SweepSpec, callbacks: SweepCallbacks, loaded, outcome: SweepO
         if Path(path).is_file():
             del todo[site]
     if todo:
-        from engine.activations import extract_sites
+        from engine.activations.extract import extract_sites
 
         first = members[0]
         source = sources.sequence_source(first, loaded)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.cache import load_activations, load_arrival
+from engine.activations.cache import load_activations, load_arrival
 from engine.results import CheckpointInfo, TrainProgress, TrainResult
 from engine.trainer import TrainConfig, train_sae
 
@@ -22,7 +22,7 @@ class TrainStep:
     checkpoint_dir: Path
     checkpoint_prefix: str
     resume_from: Path | None = None
-    # The first epoch follows the file's extraction order (engine.cache.load_arrival):
+    # The first epoch follows the file's extraction order (engine.activations.cache.load_arrival):
     # a run that trained while extracting did, so its rerun from the finished file must too. A
     # resume follows whatever its checkpoint's run did (the trainer checks).
     arrival_order: bool = False

@@ -3,7 +3,7 @@ feature silent, or most firing on most tokens, or a reconstruction worse than th
 warning says what is wrong and what to change; the result document, the job page and `manage.py
 train` show them, so a degenerate SAE never passes as a good one in silence (issue 17).
 
-A plain function of the held-out evaluation (engine.evaluate) and the run's config.
+A plain function of the held-out evaluation (engine.evaluation.reconstruction) and the run's config.
 """
 from engine.sae import taking
 

@@ -77,7 +77,7 @@ class Gated(Architecture):
 
     def export_tensors(self, sae):
         # Folding the input scale s into W_enc and b_dec leaves the pre-activations, and so both
-        # paths' biases and r_mag, unchanged (engine.export).
+        # paths' biases and r_mag, unchanged (engine.sae.export).
         return {"r_mag": sae.r_mag.detach().clone(), "b_mag": sae.b_mag.detach().clone()}
 
     def saelens_tensors(self, weights):

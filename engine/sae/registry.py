@@ -142,7 +142,7 @@ class Architecture:
 
     def loadable_state(self, state_dict: Mapping) -> dict:
         """The state dict as this architecture's module holds it, from its own or from its export
-        (engine.export writes some tensors in SAELens' shapes)."""
+        (engine.sae.export writes some tensors in SAELens' shapes)."""
         return dict(state_dict)
 
     def encode(self, sae, x):
@@ -235,7 +235,7 @@ class Architecture:
         return {}
 
     def scaled_export_tensors(self, sae, input_scale: float, output_scale: float) -> dict:
-        """Tensors an export needs that the input and output scaling fold into (engine.export)."""
+        """Tensors an export needs that the input and output scaling fold into (engine.sae.export)."""
         return {}
 
     def saelens_config(self, sae) -> dict:
@@ -243,7 +243,7 @@ class Architecture:
         return {}
 
     def saelens_tensors(self, weights: dict) -> dict:
-        """The exported tensors (engine.export) under the names SAELens' class loads."""
+        """The exported tensors (engine.sae.export) under the names SAELens' class loads."""
         return weights
 
 

@@ -13,7 +13,7 @@ non-linear rest. b_dec lives in the output's space, so it is not subtracted from
 The activation is TopK with `k`, as sparsify (EleutherAI, `transcode`) and Paulo et al. train them:
 it needs no penalty to tune, and it keeps the TopK recipe that trains best here (unit-norm decoder
 rows, AuxK on the target's residual: engine.sae.topk). SAELens 6.54 loads them as its `transcoder`
-and `skip_transcoder` (engine.export_saelens), whose encoder is a ReLU: the weights, the skip and
+and `skip_transcoder` (engine.sae.export_saelens), whose encoder is a ReLU: the weights, the skip and
 the decoder are the same, but a user of that export must keep each token's top k (cfg `k`) to get
 the codes trained here.
 """

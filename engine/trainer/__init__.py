@@ -2,11 +2,11 @@
 
 Recipe, shared by every architecture unless noted (sources inline):
 - the last `eval_fraction` of the rows (a contiguous tail, at least 1, at most 100k) is held out
-  for engine.evaluate and never trained on;
+  for engine.evaluation.reconstruction and never trained on;
 - inputs are multiplied by one fixed scalar so their mean L2 norm is sqrt(d_in) (Anthropic,
   "Circuits Updates - April 2024"; SAELens' normalize_activations="expected_average_only_in"), which
   makes the sparsity coefficient mean roughly the same thing for every model and layer; the
-  scalar is folded back into the saved weights (engine.export);
+  scalar is folded back into the saved weights (engine.sae.export);
 - b_dec starts at the geometric median of a sample, W_enc at W_dec.T;
 - loss = MSE (mean over elements) + the architecture's sparsity term (relu: decoder-norm-weighted
   L1, gated: the same L1 of its gate plus a frozen-decoder reconstruction from the gate,

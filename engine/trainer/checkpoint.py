@@ -64,7 +64,7 @@ class RunState:
     sparsity_multiplier: float = 1.0
     l0_ema: float | None = None
     target_scaling_factor: float | None = None  # a transcoder's target scale (None: an SAE)
-    # A streamed run's place in its corpus (engine.stream.ActivationStream.seek_record); None: a cache's.
+    # A streamed run's place in its corpus (engine.activations.stream.ActivationStream.seek_record); None: a cache's.
     stream_seek: dict | None = None
 
 

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import torch
 
-from engine.activation_source import rows_tensor
+from engine.activations.source import rows_tensor
 from engine.errors import ActivationsError
 
 _SCALE_SAMPLE_TOKENS = 8192

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.activation_source import ActivationSource, rows_tensor
+from engine.activations.source import ActivationSource, rows_tensor
+from engine.defaults import eval_rows
 from engine.errors import EngineError, ExtractionCancelled
 from engine.results import CheckpointInfo, TrainProgress, TrainResult
 from engine.sae import build_sae
@@ -34,14 +35,14 @@ def train_sae(
     on_checkpoint: Callable[[CheckpointInfo], None] | None = None,
     resume_from: Path | None = None,
     distributed: bool = False,
-    first_epoch_rows=None,  # engine.cache.RowRanges or an array of row numbers
+    first_epoch_rows=None,  # engine.activations.cache.RowRanges or an array of row numbers
     targets: np.ndarray | torch.Tensor | None = None,
 ) -> TrainResult:
-    """`activations`: an array or tensor [rows, d_in], or an engine.activations.ExtractionStream
+    """`activations`: an array or tensor [rows, d_in], or an engine.activations.extract.ExtractionStream
     still being written, whose rows the first epoch consumes as they arrive.
 
     `first_epoch_rows`: the order in which the rows were extracted (an ExtractionStream's
-    `arrival`, or engine.cache.load_arrival of its finished file: engine.cache.RowRanges; an array
+    `arrival`, or engine.activations.cache.load_arrival of its finished file: engine.activations.cache.RowRanges; an array
     of row numbers is taken too). The first epoch then
     draws them through a shuffle buffer in that order, which a run overlapping extraction must do;
     giving the same order for the finished file repeats that run exactly. When resuming, the
@@ -106,7 +107,7 @@ class _Layout:
 
 def _layout(config, activations, saved, *, device, distributed, first_epoch_rows, targets=None) -> _Layout:
     n_rows, d_in = check_activations(activations)
-    n_train = n_rows - plan.eval_rows(n_rows, config.eval_fraction)
+    n_train = n_rows - eval_rows(n_rows, config.eval_fraction)
     # A resumed run keeps the batch and penalty weight its checkpoint was trained with, even when
     # it was written by an older version that chose them by other rules.
     run_batch_tokens, sparsity_weight = plan.run_constants(config, n_train, d_in, saved)

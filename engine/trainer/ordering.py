@@ -3,7 +3,7 @@ for rows an extraction still writes."""
 import numpy as np
 import torch
 
-from engine.cache import RowRanges
+from engine.activations.cache import RowRanges
 from engine.errors import EngineError
 
 
@@ -13,7 +13,7 @@ class Mixing:
     (the last fill emitted whole). Each batch therefore needs only the rows that arrived before it,
     and which ones is a fixed function of the arrival order and the generator.
 
-    `arrival`: the rows in extraction order, as engine.cache.RowRanges (runs of a sequence's rows;
+    `arrival`: the rows in extraction order, as engine.activations.cache.RowRanges (runs of a sequence's rows;
     an array of row numbers is taken too). Everything here is held per run, and the order is
     computed as the epoch reads it (MixedOrder): memory is the buffer's, whatever the rows."""
 

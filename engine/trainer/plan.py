@@ -6,19 +6,11 @@ from dataclasses import replace
 from engine import sae as architectures
 from engine.trainer.config import TrainConfig
 
-_MAX_EVAL_ROWS = 100_000
 # A feature silent for this many tokens is dead (Gao et al. 2024 use 10M tokens); shorter runs use
 # one pass over the training rows instead.
 _DEFAULT_DEAD_WINDOW_TOKENS = 10_000_000
 # The smallest SAE batch that min_steps may shrink to: below this a step is mostly noise.
 _MIN_BATCH_TOKENS = 64
-
-
-def eval_rows(n_rows: int, eval_fraction: float) -> int:
-    """How many rows the held-out tail has: at least 1 (when asked for), at most 100k."""
-    if eval_fraction <= 0:
-        return 0
-    return min(max(1, round(n_rows * eval_fraction)), _MAX_EVAL_ROWS, n_rows - 1)
 
 
 def dead_window_tokens(config: TrainConfig, n_tokens: int) -> int:

@@ -3,7 +3,7 @@
 Each member is a run's steps (engine.trainer.streamed.streamed_steps) on its own site's rows. A
 pass over the corpus starts once every member still training has said what it reads next (an
 Epoch: row ranges, front to back); the model then runs once per group of sequences for every site
-those members read (engine.stream.ActivationStream.pieces with `sites`), and as soon as a
+those members read (engine.activations.stream.ActivationStream.pieces with `sites`), and as soon as a
 member's next range has arrived it steps on it, so each member takes the same batches as its run
 alone would, in the same order, from the same rows. A member whose epoch (or budget) ends before
 the pass does waits for the next one; the pass stops early when no member reads on. Rows are held
@@ -184,7 +184,7 @@ class _Ahead:
         self._thread.start()
 
     def _produce(self):
-        from engine.activations import _side_stream
+        from engine.activations.extract import _side_stream
 
         try:
             with _side_stream(self._device):

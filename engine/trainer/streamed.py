@@ -1,4 +1,4 @@
-"""train_streamed: a run whose rows stream from the model (engine.stream.ActivationStream), with
+"""train_streamed: a run whose rows stream from the model (engine.activations.stream.ActivationStream), with
 no cache to draw random batches from.
 
 Each epoch reads the training rows front to back in blocks of `shuffle_buffer_tokens` (rounded
@@ -57,7 +57,7 @@ def train_streamed(stream, config, *, device: str = "cpu", checkpoint_dir=None, 
 @dataclass
 class Epoch:
     """What a run's steps (streamed_steps) read next: these row ranges, in order (one Next each),
-    the first from the group the corpus holds at `at` (a resume's engine.packing.Position) or None."""
+    the first from the group the corpus holds at `at` (a resume's engine.text.packing.Position) or None."""
 
     ranges: list
     at: object = None
@@ -140,7 +140,7 @@ class _StreamLoop(_Loop):
         self.generator.set_state(run.state.epoch_rng_state)
         self.last_stop_check = -math.inf
         self.source = None  # no cache to read
-        self.resume_at = None  # where the corpus holds the resumed block's first group (engine.packing.Position)
+        self.resume_at = None  # where the corpus holds the resumed block's first group (engine.text.packing.Position)
 
     def steps(self):
         """_Loop.epochs, each epoch asking for its blocks (yields Epoch and NEXT)."""
@@ -226,7 +226,7 @@ class _Blocks:
             self._thread.start()
 
     def _produce(self, reader):
-        from engine.activations import _side_stream
+        from engine.activations.extract import _side_stream
 
         try:
             with _side_stream(self._device):

@@ -134,7 +134,7 @@ def test_a_corpus_file_that_cannot_be_read_is_estimated_at_a_byte_per_token_and_
 
 
 def test_the_sample_of_a_txt_corpus_is_its_first_whole_lines(tmp_path):
-    from training.runplan import CorpusFacts
+    from training.admission.disk import CorpusFacts
 
     path = tmp_path / "c.txt"
     path.write_text("first line\n\n  second line  \nthird line that is cut\n", encoding="utf-8")

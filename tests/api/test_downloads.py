@@ -14,13 +14,14 @@ import torch
 from rest_framework.test import APIClient
 from safetensors.torch import load_file
 
-from engine.export import save_sae, write_metadata
-from engine.export_saelens import export_saelens
+from engine.sae.export import save_sae, write_metadata
+from engine.sae.export_saelens import export_saelens
 from engine.sae import build_sae, sae_from_state_dict
 from tests.training.test_pipeline import make_job
-from training import downloads, services
+from training import services
+from training.artifacts import downloads
 from training.models import TrainingJob
-from training.pipeline import job_run
+from training.worker.job import job_run
 
 
 def url(job, artifact=None):

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from engine.resolve import BUNDLED_CAUSAL_LM_NAME
+from engine.models.resolve import BUNDLED_CAUSAL_LM_NAME
 from tests.model_fixtures import write_tiny_gguf
 
 pytestmark = pytest.mark.django_db

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def mamba(settings, tiny_mamba_dir):
-    """A model whose blocks have neither an attention nor an MLP (engine.hooks finds neither)."""
+    """A model whose blocks have neither an attention nor an MLP (engine.models.hooks finds neither)."""
     shutil.copytree(tiny_mamba_dir, settings.MODELS_DIR / "tiny" / "mamba")
     return "tiny/mamba"
 
@@ -64,7 +64,7 @@ def test_validate_model_lists_the_hook_points_a_model_has(alice_api, hub_models,
 
 def test_the_job_row_becomes_the_runs_spec_and_its_result_shows_the_fields(alice_api, corpus, hub_models):
     from training.documents import result_document
-    from training.engine_run import job_spec
+    from training.worker.spec import job_spec
 
     response = train(alice_api, model_name="tiny/gpt2", corpus_file=corpus, layer_number=2, hook_point="attn_out",
                      prepend_bos=False)
@@ -79,7 +79,7 @@ def test_a_job_on_an_activations_file_records_no_hook_point(alice, tmp_path):
     import numpy as np
 
     from training.documents import result_document
-    from training.engine_run import job_spec
+    from training.worker.spec import job_spec
 
     path = tmp_path / "acts.npy"
     np.save(path, np.zeros((16, 4), np.float32))

@@ -75,7 +75,7 @@ def test_check_memory_refuses_quantization_on_a_host_without_a_gpu_as_train_does
 
 
 def test_a_hub_model_is_counted_from_the_hubs_safetensors_metadata_at_its_commit(alice_api, fake_hub, tiny_gpt2_dir):
-    from engine.parameter_count import local_safetensors_files, safetensors_header_count
+    from engine.models.parameter_count import local_safetensors_files, safetensors_header_count
 
     commit = fake_hub.push_folder("org/tiny-gpt2", tiny_gpt2_dir)
     body = alice_api.post("/api/v1/validate-model", {"model_name": "org/tiny-gpt2"}, format="json").json()
@@ -90,7 +90,8 @@ def test_a_model_once_read_is_not_read_again_by_the_next_job(alice_api, upload, 
     from collections import OrderedDict
 
     import mistudio.sandbox
-    from training import modelcheck, runplan
+    from training.admission import model as modelcheck
+    from training.admission import disk as runplan
 
     assert upload("reviews.txt", sample_corpus_bytes).status_code == 200
     monkeypatch.setattr(modelcheck, "_FACTS", OrderedDict())  # nothing kept from other tests
@@ -101,7 +102,7 @@ def test_a_model_once_read_is_not_read_again_by_the_next_job(alice_api, upload, 
                         run_limited(*args, **kwargs))
     job = {"model_name": "tiny/gpt2", "corpus_file": "reviews.txt", "layer_number": 1, "hidden_dim": 16}
     assert alice_api.post("/api/v1/train", job, format="json").status_code == 200
-    assert children == ["engine.model_facts:model_facts", "engine.model_facts:corpus_bytes_per_token"]
+    assert children == ["engine.models.facts:model_facts", "engine.models.facts:corpus_bytes_per_token"]
     assert alice_api.post("/api/v1/train", job, format="json").status_code == 200
     assert alice_api.get("/api/v1/check-memory/tiny/gpt2").status_code == 200
     assert len(children) == 2  # the model's facts and the corpus's bytes per token were kept from the first

@@ -7,7 +7,7 @@ import pytest
 from mistudio.errors import ServiceError
 from training import services
 from training.documents import result_document, status_document
-from training.engine_run import job_spec
+from training.worker.spec import job_spec
 from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db

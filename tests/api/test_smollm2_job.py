@@ -3,7 +3,7 @@ and the worker's task: it completes with next-token loss and KL measured, and it
 through the real unembedding."""
 import pytest
 
-from engine.resolve import BUNDLED_CAUSAL_LM_NAME
+from engine.models.resolve import BUNDLED_CAUSAL_LM_NAME
 from tests.conftest import queued_tasks
 from training.tasks import run_training_job
 

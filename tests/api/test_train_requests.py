@@ -4,7 +4,7 @@ import pytest
 
 from tests.conftest import queued_tasks
 from training.models import TrainingJob
-from training.serializers import TrainRequestSerializer
+from training.api.serializers import TrainRequestSerializer
 from training.tasks import run_training_job
 
 pytestmark = pytest.mark.django_db

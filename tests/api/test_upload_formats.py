@@ -13,7 +13,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from corpora.models import Corpus
-from engine.corpus import iter_documents
+from engine.text.corpus import iter_documents
 
 pytestmark = pytest.mark.django_db
 

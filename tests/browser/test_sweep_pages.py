@@ -5,7 +5,7 @@ import pytest
 
 from tests.browser.conftest import By, login, wait_for
 from tests.sweeps.test_sweep_run import make_sweep
-from training.sweep_run import sweep_run
+from training.worker.sweep import sweep_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 
 from corpora.models import Corpus
 from corpora.services import corpus_add_from_path, corpus_delete
-from engine.corpus import iter_documents
+from engine.text.corpus import iter_documents
 from mistudio.errors import ServiceError
 
 pytestmark = pytest.mark.django_db

@@ -22,11 +22,11 @@ def data_dir(tmp_path):
 def tokenized(monkeypatch):
     """How many texts the tokenizer of the latest run's corpus (engine.run.sources.sequence_source)
     was given so far, as a function; the corpus read in chunks of 8 documents."""
-    from engine.packing import SequenceSource
+    from engine.text.packing import SequenceSource
     from engine.run import sources
     from tests.engine.test_packing_positions import CountingTokenizer
 
-    monkeypatch.setattr("engine.packing._CHUNK_DOCUMENTS", 8)
+    monkeypatch.setattr("engine.text.packing._CHUNK_DOCUMENTS", 8)
     counting = []
 
     def counted_source(spec, loaded):

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.activations import extract_activations
+from engine.activations.extract import extract_activations
 from engine.errors import EngineError, ExtractionCancelled
-from engine.loading import load_model
-from engine.resolve import resolve_model
+from engine.models.loading import load_model
+from engine.models.resolve import resolve_model
 
 MAX_LEN = 24
 
@@ -117,7 +117,7 @@ def test_a_layer_outside_the_model_is_rejected(loaded, sample_texts, tmp_path):
 
 
 def test_the_token_of_every_row_and_the_start_of_every_sequence_are_kept_beside_it(loaded, sample_texts, tmp_path):
-    from engine.cache import load_token_index
+    from engine.activations.cache import load_token_index
 
     texts = ["", *sample_texts[:5]]  # an empty text gives no rows and no sequence start
     result = extract_activations(loaded, texts, layer_number=0, batch_size=2, max_sequence_length=MAX_LEN,

@@ -59,7 +59,7 @@ def test_a_cache_over_the_budget_streams_and_resident_memory_stays_near_the_budg
 def test_a_slice_of_a_memory_mapped_cache_reads_its_own_rows(tmp_path):
     import torch
 
-    from engine.activation_source import ActivationSource, read_rows
+    from engine.activations.source import ActivationSource, read_rows
 
     path = tmp_path / "rows.npy"
     np.save(path, np.arange(400, dtype=np.float16).reshape(100, 4))

@@ -63,7 +63,7 @@ def test_a_failed_folder_keeps_the_older_one_and_a_stale_partial_is_cleared(tmp_
 
 def test_two_writers_of_one_file_never_share_a_partial_and_the_newer_wins(tmp_path):
     """A paused run of a job wakes while the run that took the job over extracts into the same
-    cache (engine.activations): the newer writer's start removes the older's partial, the older's
+    cache (engine.activations.extract): the newer writer's start removes the older's partial, the older's
     writes and its discard never touch the newer's, and the older cannot put its file in place."""
     path = tmp_path / "job_activations.npy"
     (tmp_path / "job_activations.npy.partial").write_bytes(b"a killed run's")

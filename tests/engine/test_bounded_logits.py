@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from engine.errors import EngineError
-from engine.hooks import register_writer
-from engine.lm_eval import HeadNotSupported, ce_loss_evaluation, logits_chunk_tokens
-from engine.loading import load_model
-from engine.resolve import resolve_model
-from engine.sequences import encode
+from engine.models.hooks import register_writer
+from engine.evaluation.next_token import HeadNotSupported, ce_loss_evaluation, logits_chunk_tokens
+from engine.models.loading import load_model
+from engine.models.resolve import resolve_model
+from engine.text.sequences import encode
 
 
 def load(directory):

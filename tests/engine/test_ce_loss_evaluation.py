@@ -1,9 +1,9 @@
 import pytest
 
 from engine.errors import EngineError
-from engine.lm_eval import MIN_ABLATION_EFFECT, ce_loss_evaluation
-from engine.loading import load_model
-from engine.resolve import resolve_model
+from engine.evaluation.next_token import MIN_ABLATION_EFFECT, ce_loss_evaluation
+from engine.models.loading import load_model
+from engine.models.resolve import resolve_model
 
 
 @pytest.fixture(scope="module")

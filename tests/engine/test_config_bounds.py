@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from engine.config_bounds import SIZE_LIMITS, ConfigRefused, check_config
+from engine.models.config_bounds import SIZE_LIMITS, ConfigRefused, check_config
 from engine.errors import EngineError
-from engine.model_info import describe_model
-from engine.parameter_count import count_parameters
-from engine.resolve import load_config, resolve_model
+from engine.models.info import describe_model
+from engine.models.parameter_count import count_parameters
+from engine.models.resolve import load_config, resolve_model
 
 LLAMA_405B = {"model_type": "llama", "num_hidden_layers": 126, "hidden_size": 16384, "intermediate_size": 53248,
               "num_attention_heads": 128, "num_key_value_heads": 8, "vocab_size": 128256,

@@ -1,6 +1,6 @@
 import pytest
 
-from engine.corpus import read_corpus
+from engine.text.corpus import read_corpus
 from engine.errors import CorpusError
 
 

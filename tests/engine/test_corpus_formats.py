@@ -9,7 +9,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
 
-from engine.corpus import (FORMATS, CorpusScan, corpus_format, corpus_fingerprint, default_packing, iter_documents,
+from engine.text.corpus import (FORMATS, CorpusScan, corpus_format, corpus_fingerprint, default_packing, iter_documents,
                            read_documents, scan_corpus)
 from engine.errors import CorpusError
 

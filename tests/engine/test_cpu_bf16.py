@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.activations import extract_activations
+from engine.activations.extract import extract_activations
 from engine.devices import cpu_has_fast_bf16, cpu_uses_bf16
 from engine.errors import DeviceError, EngineError
-from engine.loading import load_model
-from engine.resolve import resolve_model
+from engine.models.loading import load_model
+from engine.models.resolve import resolve_model
 from engine.trainer import TrainConfig, train_sae
 from tests.engine.test_sae_training import sparse_data
 

@@ -14,7 +14,7 @@ jumprelu's at 4096, 28 of 64."""
 import numpy as np
 import pytest
 
-from engine.evaluate import evaluate_sae
+from engine.evaluation.reconstruction import evaluate_sae
 from engine.run.verdict import MAX_L0_SHARE, MIN_EXPLAINED_VARIANCE, MIN_L0
 from engine.trainer import TrainConfig, train_sae
 

@@ -3,7 +3,7 @@ wrong and what to change, in the config's own fields; a usable SAE has none."""
 import numpy as np
 import torch
 
-from engine.evaluate import evaluate_sae
+from engine.evaluation.reconstruction import evaluate_sae
 from engine.run import verdict
 from engine.sae import build_sae
 from engine.trainer import TrainConfig

@@ -3,7 +3,7 @@ import pytest
 
 from engine.disk import (CHECKPOINTS_ON_DISK, DiskFull, cache_bytes, checkpoint_bytes, estimate_sequences_per_pass, plan_disk,
                          rows_for_budget, seek_record_bytes)
-from engine.trainer.plan import eval_rows
+from engine.defaults import eval_rows
 
 GB = 10**9
 

@@ -1,4 +1,4 @@
-"""Extraction to a cache reads its corpus a group of sequences at a time (engine.activations): the
+"""Extraction to a cache reads its corpus a group of sequences at a time (engine.activations.extract): the
 token ids it holds at once are bounded by the group and the corpus reader's chunk, however long
 the corpus, and the file it writes is the one the sequences held in memory give."""
 import json
@@ -7,14 +7,14 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from engine import packing
-from engine.activations import GROUP_BATCHES, ExtractionStream, extract_activations, extract_sites
-from engine.cache import arrival_path, load_arrival, token_index_paths
-from engine.loading import load_model
-from engine.packing import SequenceSource
-from engine.resolve import resolve_model
+from engine.text import packing
+from engine.activations.extract import GROUP_BATCHES, ExtractionStream, extract_activations, extract_sites
+from engine.activations.cache import arrival_path, load_arrival, token_index_paths
+from engine.models.loading import load_model
+from engine.text.packing import SequenceSource
+from engine.models.resolve import resolve_model
 from engine.run import RunPaths, RunSpec, run, sources
-from engine.sequences import Sequences
+from engine.text.sequences import Sequences
 from engine.trainer import TrainConfig
 
 BATCH = 4
@@ -165,7 +165,7 @@ def test_a_run_that_caches_holds_a_group_and_a_chunk_until_its_evaluation_and_ne
 def test_a_cache_holds_the_very_rows_a_stream_computes(gpt2, corpus, tmp_path):
     """Both run the same groups of the same batches, so a streamed run and a cached one train on the
     same values, not values equal up to float16 rounding."""
-    from engine.stream import ActivationStream
+    from engine.activations.stream import ActivationStream
 
     source = counted(corpus, gpt2, SequenceSource)
     lengths = source.lengths()

@@ -1,4 +1,4 @@
-"""Training while the model extracts (engine.activations.ExtractionStream): the first epoch steps
+"""Training while the model extracts (engine.activations.extract.ExtractionStream): the first epoch steps
 on rows as they arrive, and the run is the same run as one that waits for the finished file."""
 import threading
 import time
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.activations import ExtractionStream, extract_activations
-from engine.cache import load_arrival
+from engine.activations.extract import ExtractionStream, extract_activations
+from engine.activations.cache import load_arrival
 from engine.errors import ActivationsError, EngineError, ExtractionCancelled
-from engine.loading import load_model
-from engine.resolve import resolve_model
+from engine.models.loading import load_model
+from engine.models.resolve import resolve_model
 from engine.trainer import TrainConfig, train_sae
 
 LAYER = 1

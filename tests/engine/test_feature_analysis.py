@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine.errors import AnalysisCancelled, EngineError
-from engine.features import (
+from engine.evaluation.features import (
     HIST_EDGES,
     FeatureAnalysis,
     analyze_features,

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from engine.sae import SparseAutoencoder
-from engine.stats import feature_statistics
+from engine.evaluation.stats import feature_statistics
 
 
 def hand_made_sae():
@@ -35,8 +35,8 @@ def test_the_scaling_factor_is_applied_before_encoding():
 
 
 def test_the_feature_analysis_gives_the_same_statistics():
-    from engine.features import analyze_features
-    from engine.stats import statistics_from_analysis
+    from engine.evaluation.features import analyze_features
+    from engine.evaluation.stats import statistics_from_analysis
 
     activations = np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32) * 3
     separate = feature_statistics(hand_made_sae(), activations, scaling_factor=0.5, batch_tokens=64)

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from engine import stream as stream_module
-from engine.cache import load_token_index
-from engine.features import load_analysis
+from engine.activations import stream as stream_module
+from engine.activations.cache import load_token_index
+from engine.evaluation.features import load_analysis
 from engine.run import EvaluationSettings, FeatureSettings, RunCallbacks, RunPaths, RunSpec, run
 from engine.trainer import TrainConfig
 from tests.engine.test_run_streaming import config as streaming_config
@@ -115,10 +115,10 @@ def test_a_budgeted_run_never_tokenizes_the_corpus_past_what_it_reads(tmp_path, 
 
 
 def test_the_rows_a_stream_keeps_are_the_rows_it_would_compute_again(tmp_path, tiny_gpt2_dir, corpus):
-    from engine.loading import load_model
-    from engine.packing import SequenceSource
-    from engine.resolve import resolve_model
-    from engine.stream import ActivationStream
+    from engine.models.loading import load_model
+    from engine.text.packing import SequenceSource
+    from engine.models.resolve import resolve_model
+    from engine.activations.stream import ActivationStream
 
     loaded = load_model(resolve_model(str(tiny_gpt2_dir), models_dir=None), device="cpu")
     source = SequenceSource(corpus, loaded.tokenizer, max_sequence_length=16, causal=True, prepend_bos=True,

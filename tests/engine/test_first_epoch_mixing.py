@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.cache import RowRanges
+from engine.activations.cache import RowRanges
 from engine.trainer.ordering import Mixing
 
 

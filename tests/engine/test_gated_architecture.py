@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from engine.export import export_state_dict
+from engine.sae.export import export_state_dict
 from engine.sae import build_sae, sae_from_state_dict
 from engine.trainer import TrainConfig, train_sae
 from tests.engine.test_sae_training import sparse_data

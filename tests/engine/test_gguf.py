@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from engine.errors import ModelResolutionError
-from engine.gguf import converted_folder, gguf_identity
-from engine.loading import load_model
-from engine.model_info import describe_model
-from engine.resolve import BUNDLED_CAUSAL_LM_NAME, load_config, resolve_model
+from engine.models.gguf import converted_folder, gguf_identity
+from engine.models.loading import load_model
+from engine.models.info import describe_model
+from engine.models.resolve import BUNDLED_CAUSAL_LM_NAME, load_config, resolve_model
 from tests.model_fixtures import write_tiny_gguf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,15 +155,15 @@ _WORKER = """
 import os, sys, time
 from pathlib import Path
 import torch, transformers
-import engine.gguf
-from engine.loading import load_model
-from engine.resolve import resolve_model
+import engine.models.gguf
+from engine.models.loading import load_model
+from engine.models.resolve import resolve_model
 
-convert = engine.gguf._convert
+convert = engine.models.gguf._convert
 def counted(gguf_file, folder):
     print("converting", flush=True)
     convert(gguf_file, folder)
-engine.gguf._convert = counted
+engine.models.gguf._convert = counted
 
 gguf_file, cache, go = sys.argv[1:]
 Path(f"{go}.ready.{os.getpid()}").touch()

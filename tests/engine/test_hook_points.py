@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.activations import extract_activations
+from engine.activations.extract import extract_activations
 from engine.errors import EngineError
-from engine.hooks import HOOK_POINTS, available_hook_points, available_hook_points_for_config, register_writer
-from engine.lm_eval import ce_loss_evaluation
-from engine.loading import load_model
-from engine.resolve import resolve_model
+from engine.models.hooks import HOOK_POINTS, available_hook_points, available_hook_points_for_config, register_writer
+from engine.evaluation.next_token import ce_loss_evaluation
+from engine.models.loading import load_model
+from engine.models.resolve import resolve_model
 
 MAX_LEN = 20
 LAYER = 1

@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
 from engine.errors import ModelResolutionError
-from engine.resolve import resolve_model
+from engine.models.resolve import resolve_model
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

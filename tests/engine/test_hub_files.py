@@ -1,4 +1,4 @@
-"""engine.hub_files: the weight files from_pretrained downloads for a hub model, the way
+"""engine.models.hub_files: the weight files from_pretrained downloads for a hub model, the way
 transformers 5 chooses them, with the sizes the hub reports, asked before any is downloaded."""
 import json
 
@@ -6,8 +6,8 @@ from huggingface_hub import hf_hub_download
 import pytest
 
 from engine.errors import EngineError
-from engine.hub_files import MAX_INDEX_BYTES, WeightsTooLarge, check_download, shard_names, weight_files
-from engine.resolve import ResolvedModel
+from engine.models.hub_files import MAX_INDEX_BYTES, WeightsTooLarge, check_download, shard_names, weight_files
+from engine.models.resolve import ResolvedModel
 from tests.fake_hub import fake_hub  # noqa: F401 - the fixture
 
 CONFIG = json.dumps({"model_type": "gpt2"})
@@ -88,7 +88,7 @@ def test_a_download_past_the_limit_names_its_largest_files(fake_hub):
 def test_the_worker_times_out_a_stalled_download_after_the_hubs_timeout(fake_hub, monkeypatch):
     from huggingface_hub import constants
 
-    from engine.hub_files import HubLimits
+    from engine.models.hub_files import HubLimits
     from engine.run.runner import _check_hub_weights
 
     monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", constants.HF_HUB_DOWNLOAD_TIMEOUT)  # restored after

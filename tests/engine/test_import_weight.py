@@ -12,8 +12,8 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 def test_the_engine_never_imports_django():
     result = run_python(
-        "import engine.trainer, engine.activations, engine.resolve, engine.stats, engine.export, "
-        "engine.loading, engine.memory, engine.model_info, engine.devices, engine.corpus, engine.run, sys; "
+        "import engine.trainer, engine.activations.extract, engine.models.resolve, engine.evaluation.stats, engine.sae.export, "
+        "engine.models.loading, engine.models.memory, engine.models.info, engine.devices, engine.text.corpus, engine.run, sys; "
         "assert not any(m.startswith('django') for m in sys.modules)"
     )
     assert result.returncode == 0, result.stderr

@@ -4,7 +4,7 @@ import torch
 from safetensors.numpy import save_file
 from safetensors.torch import save_file as save_torch_file
 
-from engine.cache import load_activations
+from engine.activations.cache import load_activations
 from engine.errors import ActivationsError
 
 

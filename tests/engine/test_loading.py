@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from engine.errors import DeviceError, EngineError, ModelResolutionError
-from engine.loading import find_blocks, load_model
-from engine.resolve import ResolvedModel, resolve_model
+from engine.models.loading import find_blocks, load_model
+from engine.models.resolve import ResolvedModel, resolve_model
 
 
 def local(directory) -> ResolvedModel:

@@ -88,7 +88,7 @@ def test_each_inner_prefix_loss_is_the_mse_of_that_prefix_alone(planted):
 
 
 def test_evaluation_reports_each_prefix_alone_on_raw_activations(matryoshka, planted):
-    from engine.evaluate import evaluate_sae
+    from engine.evaluation.reconstruction import evaluate_sae
 
     metrics = evaluate_sae(matryoshka.sae, planted[0][-1000:], scaling_factor=matryoshka.scaling_factor, batch_tokens=300)
     by_width = metrics["prefix_explained_variance"]

@@ -2,8 +2,8 @@ import pytest
 from transformers import LlamaConfig
 
 from engine.errors import EngineError
-from engine.memory import estimate_memory, suggest_settings
-from engine.model_info import model_sizes
+from engine.models.memory import estimate_memory, suggest_settings
+from engine.models.info import model_sizes
 
 # Llama-3.2-1B-like sizes, but the parameter count is passed in as a number.
 CONFIG = model_sizes(LlamaConfig(

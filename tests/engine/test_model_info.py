@@ -2,9 +2,9 @@ import pytest
 from transformers import AutoConfig, AutoModel
 
 from engine.errors import EngineError
-from engine.model_info import describe_model, hidden_size, is_causal_lm, num_layers, vocab_size
-from engine.parameter_count import count_parameters
-from engine.resolve import resolve_model
+from engine.models.info import describe_model, hidden_size, is_causal_lm, num_layers, vocab_size
+from engine.models.parameter_count import count_parameters
+from engine.models.resolve import resolve_model
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """A corpus's documents as the model's sequences: lines, documents, and concat windows of exactly
-max_sequence_length tokens with no padding (engine.packing)."""
+max_sequence_length tokens with no padding (engine.text.packing)."""
 import json
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from engine.errors import CorpusError
-from engine.packing import SequenceSource
+from engine.text.packing import SequenceSource
 
 DOCUMENTS = [
     "The cat sat on the mat.\nIt watched the rain all day.",

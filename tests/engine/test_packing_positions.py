@@ -1,4 +1,4 @@
-"""A pass over a corpus resumed at a sequence's Position (engine.packing): it gives the same
+"""A pass over a corpus resumed at a sequence's Position (engine.text.packing): it gives the same
 sequences from there as a pass from the start, in every packing and format, and tokenizes none of
 the documents before the chunk that holds it."""
 import json
@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from engine.errors import CorpusError
-from engine.packing import Position, SequenceSource
+from engine.text.packing import Position, SequenceSource
 from tests.engine.test_corpus_formats import write_arrow_stream, write_dataset, write_parquet
 
 # Lines of several sizes, a few documents of several lines: chunks of 4 documents (or lines), and
@@ -40,7 +40,7 @@ def gpt2_tokenizer(tiny_gpt2_dir):
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
-    monkeypatch.setattr("engine.packing._CHUNK_DOCUMENTS", CHUNK)
+    monkeypatch.setattr("engine.text.packing._CHUNK_DOCUMENTS", CHUNK)
 
 
 def write_jsonl(path):

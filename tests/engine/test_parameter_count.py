@@ -8,12 +8,12 @@ import struct
 import pytest
 from transformers import AutoConfig
 
-from engine.config_bounds import ConfigRefused, check_config
+from engine.models.config_bounds import ConfigRefused, check_config
 from engine.errors import EngineError
-from engine.hooks import available_hook_points_for_config
-from engine.model_facts import model_facts
-from engine.parameter_count import _meta_count, count_parameters, parameter_count, safetensors_header_count
-from engine.resolve import BUNDLED_CAUSAL_LM_NAME, load_config, resolve_model
+from engine.models.hooks import available_hook_points_for_config
+from engine.models.facts import model_facts
+from engine.models.parameter_count import _meta_count, count_parameters, parameter_count, safetensors_header_count
+from engine.models.resolve import BUNDLED_CAUSAL_LM_NAME, load_config, resolve_model
 
 SMOLLM2_PARAMETERS = 134_515_008
 # Tiny configs of the families whose layer and expert fields differ: each extrapolated count is

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from engine.errors import ModelResolutionError
-from engine.resolve import BUNDLED_MODEL_NAME, ResolvedModel, load_config, resolve_model
+from engine.models.resolve import BUNDLED_MODEL_NAME, ResolvedModel, load_config, resolve_model
 
 
 def test_it_loads_a_local_directory_with_a_config(tiny_gpt2_dir, tmp_path):

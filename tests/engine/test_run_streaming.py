@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engine.disk import DiskFull
-from engine.features import load_analysis
+from engine.evaluation.features import load_analysis
 from engine.run import RunCallbacks, RunPaths, RunSpec, run
 from engine.trainer import TrainConfig
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.evaluate import evaluate_sae
-from engine.export import export_state_dict
+from engine.evaluation.reconstruction import evaluate_sae
+from engine.sae.export import export_state_dict
 from engine.sae import SparseAutoencoder, build_sae, sae_from_state_dict
 from engine.trainer import TrainConfig, train_sae
 from tests.engine.test_feature_statistics import hand_made_sae
@@ -55,7 +55,7 @@ def test_metrics_on_held_out_rows_match_the_exported_sae_in_raw_space():
 def test_evaluating_a_float32_cache_read_from_disk_warns_of_nothing(tmp_path):
     import warnings
 
-    from engine.stats import feature_statistics
+    from engine.evaluation.stats import feature_statistics
 
     path = tmp_path / "acts.npy"
     np.save(path, np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32))

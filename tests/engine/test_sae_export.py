@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.export import export_state_dict, save_sae, write_metadata
+from engine.sae.export import export_state_dict, save_sae, write_metadata
 from engine.errors import EngineError
 from engine.sae import SparseAutoencoder, sae_from_state_dict
 from engine.trainer import TrainConfig, train_sae

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.activations import extract_activations
+from engine.activations.extract import extract_activations
 from engine.errors import EngineError
-from engine.loading import load_model
-from engine.resolve import resolve_model
+from engine.models.loading import load_model
+from engine.models.resolve import resolve_model
 from engine.trainer import TrainConfig, train_sae
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.export_saelens import export_saelens
+from engine.sae.export_saelens import export_saelens
 from engine.trainer import TrainConfig, train_sae
 from tests.engine.test_sae_training import sparse_data
 

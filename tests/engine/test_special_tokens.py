@@ -6,11 +6,11 @@ import shutil
 import numpy as np
 import pytest
 
-from engine.activations import extract_activations
-from engine.cache import load_token_index
-from engine.loading import load_model
-from engine.resolve import resolve_model
-from engine.sequences import encode, special_token_ids
+from engine.activations.extract import extract_activations
+from engine.activations.cache import load_token_index
+from engine.models.loading import load_model
+from engine.models.resolve import resolve_model
+from engine.text.sequences import encode, special_token_ids
 
 MAX_LEN = 24
 
@@ -113,7 +113,7 @@ def test_the_special_ids_include_the_padding_engine_loading_gives_a_tokenizer(gp
 def test_the_ce_splice_leaves_a_special_tokens_position_as_it_was_when_excluding(tiny_gpt2_dir, sample_texts, exclude):
     # Block 2 reads block 1's output: at the BOS (position 0) it must be the clean value under the
     # SAE splice and the zero-ablation when special tokens are excluded, and not otherwise.
-    from engine.lm_eval import ce_loss_evaluation
+    from engine.evaluation.next_token import ce_loss_evaluation
 
     loaded = load_model(resolve_model(str(tiny_gpt2_dir), models_dir=None), device="cpu", with_lm_head=True)
     seen = []

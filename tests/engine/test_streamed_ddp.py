@@ -10,9 +10,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from engine.distributed import exit_rank, load_result, save_result
-from engine.loading import load_model
-from engine.resolve import resolve_model
-from engine.trainer.plan import eval_rows
+from engine.models.loading import load_model
+from engine.models.resolve import resolve_model
+from engine.defaults import eval_rows
 from engine.trainer.streamed import train_streamed
 from tests.engine.test_streaming import config, corpus, stream_of  # noqa: F401 (fixture)
 

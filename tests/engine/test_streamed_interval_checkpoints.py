@@ -5,7 +5,7 @@ from its block on and trains on the same tokens as an uninterrupted run."""
 import pytest
 import torch
 
-from engine.corpus import read_documents
+from engine.text.corpus import read_documents
 from engine.disk import CHECKPOINTS_ON_DISK, seek_record_bytes
 from engine.trainer import checkpoint
 from engine.trainer.streamed import train_streamed

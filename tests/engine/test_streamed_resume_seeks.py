@@ -1,5 +1,5 @@
 """A streamed run stopped mid-pass resumes where it was reading: its checkpoint holds the place in
-the corpus of the block it was on (engine.stream, engine.trainer.streamed), the resume tokenizes
+the corpus of the block it was on (engine.activations.stream, engine.trainer.streamed), the resume tokenizes
 none of the documents before it, and trains on the same tokens as an uninterrupted run."""
 import json
 
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.corpus import read_documents
-from engine.loading import load_model
-from engine.packing import SequenceSource
-from engine.resolve import resolve_model
-from engine.stream import ActivationStream
+from engine.text.corpus import read_documents
+from engine.models.loading import load_model
+from engine.text.packing import SequenceSource
+from engine.models.resolve import resolve_model
+from engine.activations.stream import ActivationStream
 from engine.trainer import TrainConfig, checkpoint
 from engine.trainer.streamed import train_streamed
 from tests.engine.test_corpus_formats import write_parquet
@@ -27,7 +27,7 @@ def gpt2(tiny_gpt2_dir):
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
-    monkeypatch.setattr("engine.packing._CHUNK_DOCUMENTS", CHUNK)
+    monkeypatch.setattr("engine.text.packing._CHUNK_DOCUMENTS", CHUNK)
 
 
 def documents(sample_texts) -> list[str]:

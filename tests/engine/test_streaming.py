@@ -1,4 +1,4 @@
-"""A pass over a corpus with no cache (engine.stream, engine.trainer.streamed): the rows it computes
+"""A pass over a corpus with no cache (engine.activations.stream, engine.trainer.streamed): the rows it computes
 are the cache's, a streamed first epoch trains like a cached one, and a resumed streamed run takes
 the same batches as an uninterrupted one."""
 import json
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.activations import extract_activations
-from engine.loading import load_model
-from engine.packing import SequenceSource
-from engine.resolve import resolve_model
-from engine.stream import ActivationStream
+from engine.activations.extract import extract_activations
+from engine.models.loading import load_model
+from engine.text.packing import SequenceSource
+from engine.models.resolve import resolve_model
+from engine.activations.stream import ActivationStream
 from engine.trainer import TrainConfig, train_sae
 from engine.trainer.streamed import train_streamed
 

@@ -10,7 +10,7 @@ import torch
 
 from engine.run import RunCallbacks, run
 from engine.run.sweep import SweepCallbacks, SweepSpec, run_sweep
-from engine.stream import ActivationStream
+from engine.activations.stream import ActivationStream
 from tests.engine.test_run import Recorder
 from tests.engine.test_run_streaming import config, spec
 

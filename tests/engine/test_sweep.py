@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.activations import extract_activations, extract_sites
+from engine.activations.extract import extract_activations, extract_sites
 from engine.errors import EngineError, TrainingDiverged
-from engine.loading import load_model
-from engine.resolve import resolve_model
+from engine.models.loading import load_model
+from engine.models.resolve import resolve_model
 from engine.run import run
 from engine.run.sweep import SweepCallbacks, SweepSpec, run_sweep
 from tests.engine.test_run import Recorder, config, model_spec

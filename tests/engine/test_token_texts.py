@@ -2,7 +2,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from engine.tokens import token_texts
+from engine.text.tokens import token_texts
 
 
 @pytest.mark.parametrize("model_dir", ["tiny_gpt2_dir", "minilm_dir"])

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from engine import sae as architectures
-from engine.export import save_sae
-from engine.export_saelens import export_saelens
+from engine.sae.export import save_sae
+from engine.sae.export_saelens import export_saelens
 from engine.sae import Architecture, register, sae_from_state_dict
 from engine.trainer import TrainConfig, train_sae
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.export_saelens import export_saelens
+from engine.sae.export_saelens import export_saelens
 from engine.trainer import train_sae
 from tests.engine.test_transcoder_training import config, planted_pairs
 

@@ -6,10 +6,10 @@ import copy
 import numpy as np
 import pytest
 
-from engine.activations import extract_activations, extract_sites
-from engine.lm_eval import ce_loss_evaluation
-from engine.loading import load_model
-from engine.resolve import resolve_model
+from engine.activations.extract import extract_activations, extract_sites
+from engine.evaluation.next_token import ce_loss_evaluation
+from engine.models.loading import load_model
+from engine.models.resolve import resolve_model
 
 MAX_LEN, LAYER = 20, 1
 

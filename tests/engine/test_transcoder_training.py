@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from engine.errors import EngineError
-from engine.evaluate import evaluate_sae
-from engine.export import export_state_dict
+from engine.evaluation.reconstruction import evaluate_sae
+from engine.sae.export import export_state_dict
 from engine.sae import build_sae, sae_from_state_dict
 from engine.trainer import TrainConfig, train_sae
 

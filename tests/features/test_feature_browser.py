@@ -7,7 +7,7 @@ from tests.conftest import SAMPLE_CORPUS
 from tests.training.test_pipeline import make_job
 from training import services
 from training.models import TrainingJob
-from training.pipeline import job_run
+from training.worker.job import job_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

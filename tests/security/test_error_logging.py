@@ -21,7 +21,8 @@ django.setup()
 from django.core.management import call_command
 call_command("migrate", verbosity=0)
 from mistudio.accounts import user_issue_token
-from training import pages, views
+from training.pages import jobs as pages
+from training.api import jobs as views
 
 def validate_raises(self, request, *args, **kwargs):
     raise RuntimeError(f"the hub refused {request.data} sent with {request.META['HTTP_AUTHORIZATION']}")

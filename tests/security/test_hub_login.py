@@ -5,7 +5,7 @@ import pytest
 
 from tests.fake_hub import SERVER_SAVED_TOKEN, SERVER_TOKEN, fake_hub  # noqa: F401 - the fixture
 from training.models import TrainingJob
-from training.pipeline import job_run
+from training.worker.job import job_run
 
 USER_TOKEN = "hf_USER_token_of_alice_0123456789"
 pytestmark = pytest.mark.django_db(transaction=True)

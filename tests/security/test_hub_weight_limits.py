@@ -13,7 +13,7 @@ import pytest
 from tests.fake_hub import fake_hub  # noqa: F401 - the fixture
 from training import services
 from training.models import Sweep, TrainingJob
-from training.pipeline import job_run
+from training.worker.job import job_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,7 +46,7 @@ def body(**fields):
 
 def weights_asked_for(hub) -> list:
     """Weight files downloaded: whole GETs. A HEAD asks whether a file is there, and a ranged GET
-    reads a safetensors header (the parameter count, engine.parameter_count), not the weights."""
+    reads a safetensors header (the parameter count, engine.models.parameter_count), not the weights."""
     return [r.path for r in hub.requests if "/resolve/" in r.path and r.path.endswith((".safetensors", ".bin"))
             and r.method == "GET" and not r.range]
 

@@ -1,6 +1,6 @@
 """Configs whose fields multiply the layers a model builds (ALBERT's layers per group, Switch
 Transformers' experts in every layer), and a forged GGUF header, from the hub and from the models
-folder: the web process parses none of them (a limited child does, engine.model_facts) and builds
+folder: the web process parses none of them (a limited child does, engine.models.facts) and builds
 no model at their size, so each request is answered at once (validate-model: its verdict; the
 others: their answer or a 400 that says why) while this process's memory stays where it was."""
 import json

@@ -8,7 +8,7 @@ import pytest
 from corpora.services import corpus_add
 from tests.conftest import SAMPLE_CORPUS, queued_tasks
 from training.models import Sweep
-from training.sweep_form import parse_members
+from training.pages.sweep_form import parse_members
 
 pytestmark = pytest.mark.django_db
 

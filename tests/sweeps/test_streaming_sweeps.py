@@ -7,8 +7,8 @@ import torch
 from tests.conftest import SAMPLE_CORPUS
 from training import services, sweeps
 from training.models import Sweep, TrainingJob
-from training.pipeline import job_run
-from training.sweep_run import site_path, sweep_run
+from training.worker.job import job_run
+from training.worker.sweep import site_path, sweep_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -95,7 +95,7 @@ def test_a_sweep_that_must_cache_and_cannot_fit_is_refused_with_what_to_change(a
 
 def test_a_streaming_sweep_is_checked_for_every_member_training_at_once(alice_api, hub_models, corpus, settings,
                                                                         monkeypatch):
-    from training import modelcheck
+    from training.admission import model as modelcheck
 
     settings.EVAL_LOGITS_BYTES = 1024  # the evaluation's logits far below the SAEs' training
     described = modelcheck.describe("tiny/llama", token=None)

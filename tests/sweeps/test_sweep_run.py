@@ -11,8 +11,8 @@ from corpora.services import corpus_add_from_path
 from tests.conftest import SAMPLE_CORPUS
 from training import services, sweeps
 from training.models import TrainingJob
-from training.pipeline import job_run
-from training.sweep_run import sweep_run
+from training.worker.job import job_run
+from training.worker.sweep import sweep_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

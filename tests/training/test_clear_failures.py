@@ -6,7 +6,7 @@ import pytest
 from corpora.services import corpus_add_from_path
 from tests.conftest import SAMPLE_CORPUS
 from training import services
-from training.pipeline import job_run
+from training.worker.job import job_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,7 +34,7 @@ def test_running_out_of_memory_says_what_was_needed_and_what_to_change(alice, hu
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     # Where both extraction paths run the model (a job trains while it extracts, in another thread).
-    monkeypatch.setattr("engine.activations.capture_batches", exhausted)
+    monkeypatch.setattr("engine.activations.extract.capture_batches", exhausted)
     corpus_add_from_path(owner=alice, path=SAMPLE_CORPUS)
     request = services.JobRequest(corpus_file=SAMPLE_CORPUS.name, model_name="tiny/gpt2", layer_number=0, hidden_dim=32,
                                   max_epochs=1)
@@ -44,7 +44,7 @@ def test_running_out_of_memory_says_what_was_needed_and_what_to_change(alice, hu
         raise AssertionError("the worker resolved the client's model name again")
 
     # The worker works from the model the job recorded when it was checked (the estimate too).
-    monkeypatch.setattr("engine.resolve.resolve_model", resolved_again)
+    monkeypatch.setattr("engine.models.resolve.resolve_model", resolved_again)
     job = job_run(created.id)
     assert job.status == "failed"
     assert "Out of memory during extracting activations" in job.message

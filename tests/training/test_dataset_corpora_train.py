@@ -12,7 +12,7 @@ import pytest
 from corpora.services import corpus_add_from_path
 from tests.conftest import SAMPLE_CORPUS
 from training import services
-from training.pipeline import job_run
+from training.worker.job import job_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -63,7 +63,7 @@ def test_a_corpus_in_each_format_trains_in_concat_windows(fmt, alice, hub_models
     # documents no rows), as the engine packs this file with the model's tokenizer.
     from transformers import AutoTokenizer
 
-    from engine.packing import SequenceSource
+    from engine.text.packing import SequenceSource
 
     packed = SequenceSource(corpus.path, AutoTokenizer.from_pretrained(hub_models / "tiny" / "gpt2"),
                             max_sequence_length=16, causal=True, prepend_bos=True, exclude_special_tokens=True,

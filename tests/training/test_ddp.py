@@ -190,7 +190,7 @@ def descendants(pid):
 def test_a_gpu_ids_job_trains_under_torchrun_and_ends_as_a_one_process_job_does(alice, ddp_on_cpu, settings):
     from training.documents import result_document
     from training.models import TrainingJob
-    from training.pipeline import job_run
+    from training.worker.job import job_run
 
     settings.PROGRESS_INTERVAL_S = 0.0  # a point on the curve every step: this short job may last under 0.1 s
 
@@ -220,7 +220,7 @@ def test_cancelling_a_gpu_ids_job_stops_every_process_and_keeps_a_checkpoint(ali
 
     from training import services
     from training.models import TrainingJob
-    from training.pipeline import job_run
+    from training.worker.job import job_run
 
     job_id = activations_job(alice, tmp_path, max_epochs=100_000, sae_batch_tokens=64, gpu_ids=[0, 1]).id
     seen = {"processes": set()}
@@ -257,7 +257,7 @@ def test_cancelling_a_gpu_ids_job_stops_every_process_and_keeps_a_checkpoint(ali
 # to its next step and see the stop. The rank's handler, then busy steps, then the flag it read.
 _RANK_UNDER_SIGTERMS = """
 import sys, time
-from training.ddp import stop_on_sigterm
+from training.worker.ddp import stop_on_sigterm
 stopping = stop_on_sigterm()
 print("ready", flush=True)
 deadline = time.monotonic() + float(sys.argv[1])
@@ -293,7 +293,7 @@ def test_a_rank_flooded_with_sigterms_keeps_stepping_and_sees_the_stop():
 @pytest.mark.django_db(transaction=True)
 def test_a_failing_rank_fails_the_job_with_its_reason(alice, ddp_on_cpu, tmp_path):
     from training.models import TrainingJob
-    from training.pipeline import job_run
+    from training.worker.job import job_run
 
     # Past the API's range: the loss overflows within a few steps, on both ranks alike.
     job = job_run(activations_job(alice, tmp_path, max_epochs=2, sae_batch_tokens=256, learning_rate=1e12, gpu_ids=[0, 1]).id)
@@ -353,7 +353,7 @@ def test_a_streamed_gpu_ids_job_trains_under_torchrun_each_rank_running_the_mode
     """No cache: each rank loads the model, computes every row and steps on its share of each
     batch; the worker then evaluates and analyses as a one-process streamed job does."""
     from training.models import TrainingJob
-    from training.pipeline import job_run
+    from training.worker.job import job_run
 
     single = job_run(make_job(alice, max_epochs=2, cache_activations="never").id)
     job = job_run(make_job(alice, max_epochs=2, cache_activations="never", gpu_ids=[0, 1]).id)

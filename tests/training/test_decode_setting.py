@@ -3,7 +3,7 @@ token (batchtopk) to decode densely, instead of failing its job after the extrac
 import pytest
 
 from engine.trainer.config import check_config
-from training.job_training import train_config
+from training.worker.reporting import train_config
 from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db

@@ -11,11 +11,11 @@ from engine.defaults import SaeDefaults
 from engine.run import RunSpec
 from engine.trainer import TrainConfig
 from engine import sae as architectures
-from engine.hooks import HOOK_POINTS
+from engine.models.hooks import HOOK_POINTS
 from training.defaults import DEFAULTS, JobDefaults
 from training.management.commands.train import TrainOptions
 from training.models import TrainingJob
-from training.serializers import CheckMemoryQuerySerializer, TrainRequestSerializer
+from training.api.serializers import CheckMemoryQuerySerializer, TrainRequestSerializer
 from training.services import JobRequest
 
 # /work/shared/seed/miStudioTrain-API.md, TrainingRequest, and miStudio's additions.

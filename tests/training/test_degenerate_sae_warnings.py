@@ -16,7 +16,7 @@ CE_LOSS = ("ce_loss_clean", "ce_loss_with_sae", "ce_loss_zero_ablation", "ce_los
 
 def silent_evaluation() -> dict:
     """The engine's evaluation of an SAE whose features never fire, as a run stores it."""
-    from engine.evaluate import evaluate_sae
+    from engine.evaluation.reconstruction import evaluate_sae
     from engine.trainer import TrainConfig
     from tests.engine.test_degenerate_sae_warnings import silent_sae
     from tests.engine.test_sae_training import sparse_data

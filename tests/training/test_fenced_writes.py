@@ -4,7 +4,7 @@ ending, the artifacts it staged, a requeue), each says so (JobLost), and what it
 import pytest
 
 from training import recovery, services
-from training.job_training import train_callbacks
+from training.worker.reporting import train_callbacks
 from training.models import Checkpoint, TrainingJob
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -5,12 +5,12 @@ import shutil
 import pytest
 
 from corpora.services import corpus_add_from_path
-from engine.gguf import gguf_identity
+from engine.models.gguf import gguf_identity
 from tests.conftest import SAMPLE_CORPUS
 from training import services
-from training.engine_run import job_spec
+from training.worker.spec import job_spec
 from training.models import TrainingJob
-from training.pipeline import job_run
+from training.worker.job import job_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

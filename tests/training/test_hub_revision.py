@@ -9,7 +9,7 @@ from tests.fake_hub import fake_hub  # noqa: F401 - the fixture
 from training import services
 from training.documents import result_document
 from training.models import TrainingJob
-from training.pipeline import job_run
+from training.worker.job import job_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -6,8 +6,8 @@ from django.test import Client
 from corpora.services import corpus_add
 from tests.conftest import SAMPLE_CORPUS
 from training.models import TrainingJob
-from training.sweep_form import parse_members
-from training.sweep_serializers import SweepRequestSerializer
+from training.pages.sweep_form import parse_members
+from training.api.sweep_serializers import SweepRequestSerializer
 
 pytestmark = pytest.mark.django_db
 

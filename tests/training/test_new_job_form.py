@@ -10,7 +10,7 @@ from django.test import Client
 
 from corpora.services import corpus_add
 from engine import sae as architectures
-from engine.resolve import BUNDLED_CAUSAL_LM_NAME, BUNDLED_MODEL_NAME
+from engine.models.resolve import BUNDLED_CAUSAL_LM_NAME, BUNDLED_MODEL_NAME
 from tests.conftest import SAMPLE_CORPUS, queued_tasks
 from training.defaults import DEFAULTS
 from training.models import TrainingJob

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from engine.cache import arrival_path
+from engine.activations.cache import arrival_path
 from tests.training.test_clear_failures import run
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -42,7 +42,7 @@ def test_out_of_memory_in_an_overlapped_job_names_the_part_that_ran_out(alice, h
 
     settings.OVERLAP_EXTRACTION = "on"
     settings.SHUFFLE_BUFFER_TOKENS = 512
-    monkeypatch.setattr("engine.activations.capture_batches" if where == "extraction" else "engine.trainer.step.Run.step",
+    monkeypatch.setattr("engine.activations.extract.capture_batches" if where == "extraction" else "engine.trainer.step.Run.step",
                         exhausted)
     job = run(alice, **FIELDS)
     assert job.status == "failed"

@@ -4,7 +4,7 @@ import pytest
 
 from engine.results import CheckpointInfo
 from training import services
-from training.job_training import resume_checkpoint, train_callbacks
+from training.worker.reporting import resume_checkpoint, train_callbacks
 from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db

@@ -7,7 +7,7 @@ import pytest
 from engine.results import TrainProgress
 from training import services
 from training.models import TrainingJob
-from training.job_training import train_callbacks
+from training.worker.reporting import train_callbacks
 
 pytestmark = pytest.mark.django_db
 

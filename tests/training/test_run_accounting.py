@@ -9,7 +9,7 @@ from engine.trainer.step import Run
 from tests.training.test_clear_failures import run
 from training import recovery, services
 from training.models import TrainingJob
-from training.pipeline import job_run
+from training.worker.job import job_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

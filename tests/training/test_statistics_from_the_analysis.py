@@ -6,7 +6,7 @@ import torch
 
 from engine.errors import AnalysisCancelled
 from engine.sae import sae_from_state_dict
-from engine.stats import feature_statistics
+from engine.evaluation.stats import feature_statistics
 from tests.training.test_clear_failures import run
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,7 +31,7 @@ def test_the_feature_statistics_come_from_the_analysis_pass(alice, hub_models, m
     def no_second_pass(*args, **kwargs):
         raise AssertionError("a second encode pass over the activations")
 
-    monkeypatch.setattr("engine.stats.feature_statistics", no_second_pass)
+    monkeypatch.setattr("engine.evaluation.stats.feature_statistics", no_second_pass)
     job = run(alice, **FIELDS)
     assert job.status == "completed", job.message
     monkeypatch.undo()
@@ -43,7 +43,7 @@ def test_a_cancel_during_the_analysis_still_leaves_complete_statistics(alice, hu
     def cancelled(*args, **kwargs):
         raise AnalysisCancelled("Feature analysis was cancelled")
 
-    monkeypatch.setattr("engine.features.analyze_features", cancelled)
+    monkeypatch.setattr("engine.evaluation.features.analyze_features", cancelled)
     job = run(alice, **FIELDS)
     assert job.status == "cancelled" and "during the feature analysis" in job.message
     assert job.features_dir == ""

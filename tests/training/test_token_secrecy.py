@@ -7,7 +7,7 @@ from django.db import connection
 
 from tests.conftest import SAMPLE_CORPUS, queued_tasks
 from training.models import TrainingJob
-from training.pipeline import job_run
+from training.worker.job import job_run
 
 SENTINEL = "hf_SENTINEL_a9c3e1f07b2d4c58"
 pytestmark = pytest.mark.django_db(transaction=True)

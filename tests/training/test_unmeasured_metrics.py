@@ -11,7 +11,7 @@ from corpora.services import corpus_add_from_path
 from tests.conftest import SAMPLE_CORPUS
 from training import services
 from training.models import TrainingJob
-from training.pipeline import job_run
+from training.worker.job import job_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 # "auto" (training.defaults). No disk was planned for them (disk_plan null).
 PACKING_CHOICES = [('lines', 'lines'), ('documents', 'documents'), ('concat', 'concat')]
 CACHE_CHOICES = [('auto', 'auto'), ('always', 'always'), ('never', 'never')]
-PACKING_HELP = "lines, documents or concat (engine.packing)."
+PACKING_HELP = "lines, documents or concat (engine.text.packing)."
 CACHE_HELP = "auto, always or never: whether the activations are cached on disk."
 
 

@@ -16,9 +16,11 @@ from corpora.models import Corpus
 from mistudio.accounts import user_issue_token
 from corpora.services import corpus_add_from_path
 from engine import sae as architectures
-from engine.resolve import BUNDLED_CAUSAL_LM_NAME
+from engine.models.resolve import BUNDLED_CAUSAL_LM_NAME
 from mistudio.errors import ServiceError
-from training import documents, modelcheck, serializers, services
+from training import documents, services
+from training.admission import model as modelcheck
+from training.api import serializers
 from training.models import TrainingJob
 
 SAMPLE_CORPUS = settings.BASE_DIR / "samples" / "demo_corpus.txt"

@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from engine.disk import size_text
 from mistudio.errors import ServiceError
-from training.retention import artifacts_purge
+from training.artifacts.retention import artifacts_purge
 
 
 class Command(BaseCommand):

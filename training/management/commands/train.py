@@ -13,10 +13,11 @@ from corpora.models import Corpus
 from engine import sae as architectures
 from corpora.services import corpus_add_from_path
 from mistudio.errors import ServiceError, flatten_errors
-from training import documents, serializers, services, sweeps
-from training.pipeline import job_run
-from training.sweep_run import sweep_run
-from training.sweep_serializers import SweepRequestSerializer
+from training import documents, services, sweeps
+from training.api import serializers
+from training.worker.job import job_run
+from training.worker.sweep import sweep_run
+from training.api.sweep_serializers import SweepRequestSerializer
 
 
 def sweep_file(path: Path) -> dict:
