@@ -55,9 +55,17 @@ def test_running_out_of_memory_says_what_was_needed_and_what_to_change(alice, hu
 def test_an_unreadable_model_says_what_to_check(alice, hub_models, settings):
     broken = settings.MODELS_DIR / "tiny" / "broken"
     shutil.copytree(hub_models / "tiny" / "gpt2", broken)
+    corpus_add_from_path(owner=alice, path=SAMPLE_CORPUS)
+    request = services.JobRequest(corpus_file=SAMPLE_CORPUS.name, model_name="tiny/broken", layer_number=0,
+                                  hidden_dim=32, max_epochs=1)
+    job = services.job_create(owner=alice, request=request, enqueue=False)
     for weights in broken.glob("*.safetensors"):
         weights.write_bytes(b"not a safetensors file")
-    job = run(alice, model_name="tiny/broken", layer_number=0, hidden_dim=32, max_epochs=1)
+    # Damaged before a job is made: its header is read for the parameter count, and refused.
+    with pytest.raises(services.ServiceError, match="model.safetensors.*safetensors header"):
+        services.job_create(owner=alice, request=request, enqueue=False)
+    # Damaged after (a disk error, a copy replaced while the job waited): the worker says what to check.
+    job = job_run(job.id)
     assert job.status == "failed"
     assert "Could not load model 'tiny/broken'" in job.message
     assert "weights and tokenizer files" in job.message
