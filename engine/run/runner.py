@@ -38,7 +38,7 @@ def run(spec: RunSpec, callbacks: RunCallbacks | None = None, *, train: TrainFun
 def finish_streamed(spec: RunSpec, callbacks: RunCallbacks | None, *, loaded, stream: ActivationStream, result,
                     disk) -> RunOutcome:
     """The rest of a run whose SAE was trained on `stream` elsewhere (a streaming sweep's member,
-    engine.run.sweep): what run() does after train_streamed (evaluate, save, export, analyse, the
+    engine.run.sweep): what run() does after a streamed train_sae (evaluate, save, export, analyse, the
     metadata), with the spec's model already `loaded` and `disk` its engine.disk plan."""
     finishing = _Run(spec, callbacks or RunCallbacks(), None, loaded)
     finishing.model, finishing.loaded, finishing.source = resolve_spec_model(spec), loaded, stream.source
@@ -58,15 +58,15 @@ def train_stream_step(spec: RunSpec, step: StreamStep, *, distributed: bool = Fa
     model loaded on step.device (a torchrun rank's part of a streamed run)."""
     import numpy as np
 
-    from engine.trainer.streamed import train_streamed
+    from engine.trainer import train_sae
 
     spec = replace(spec, device=step.device)
     loaded = load_spec_model(spec)
     stream = spec_stream(spec, loaded, sources.sequence_source(spec, loaded), np.load(step.rows_path),
                          n_rows=step.n_rows, corpus_rows=step.corpus_rows)
-    return train_streamed(stream, step.config, device=step.device, checkpoint_dir=step.checkpoint_dir,
-                          checkpoint_prefix=step.checkpoint_prefix, on_progress=on_progress, should_stop=should_stop,
-                          on_checkpoint=on_checkpoint, resume_from=step.resume_from, distributed=distributed)
+    return train_sae(stream, step.config, device=step.device, checkpoint_dir=step.checkpoint_dir,
+                     checkpoint_prefix=step.checkpoint_prefix, on_progress=on_progress, should_stop=should_stop,
+                     on_checkpoint=on_checkpoint, resume_from=step.resume_from, distributed=distributed)
 
 
 def spec_stream(spec: RunSpec, loaded, source, rows, *, n_rows: int | None, corpus_rows: int) -> ActivationStream:
@@ -308,15 +308,15 @@ class _Run:
                 self.loaded = self.stream.loaded = load_spec_model(spec, self.model)
             return result
         if self.stream is not None:
-            from engine.trainer.streamed import train_streamed
+            from engine.trainer import train_sae
 
             self._enter(TRAINING, overlapped=False, resume_from=spec.resume_from)
             callbacks = self.callbacks
             try:
-                return train_streamed(self.stream, self.config, device=spec.device,
-                                      checkpoint_dir=spec.paths.checkpoint_dir, checkpoint_prefix=spec.checkpoint_prefix,
-                                      on_progress=callbacks.on_train_progress, should_stop=callbacks.should_stop,
-                                      on_checkpoint=callbacks.on_checkpoint, resume_from=spec.resume_from)
+                return train_sae(self.stream, self.config, device=spec.device,
+                                 checkpoint_dir=spec.paths.checkpoint_dir, checkpoint_prefix=spec.checkpoint_prefix,
+                                 on_progress=callbacks.on_train_progress, should_stop=callbacks.should_stop,
+                                 on_checkpoint=callbacks.on_checkpoint, resume_from=spec.resume_from)
             except BaseException as err:
                 if self.stream.error is err:  # the model's forward failed (out of memory, a NaN layer)
                     self.phase = EXTRACTING

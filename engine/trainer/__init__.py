@@ -30,7 +30,9 @@ With `distributed=True` every process of a torch.distributed group trains its sh
 The package, by concept: config (TrainConfig and its checks), plan (held-out rows, batch, step
 floor, penalty weight), schedules (learning rate, penalty warm-up), init (input scale, b_dec),
 ordering (the first epoch in extraction order), checkpoint (the run state and the file format),
-parallel (the data-parallel glue), step (one optimizer step), progress (reports), loop (train_sae).
+parallel (the data-parallel glue), step (one optimizer step), progress (reports), rows (the row
+source train_sae takes), epochs (what a cached and a streamed run share), loop (train_sae), streamed
+(a run streamed from the model).
 """
 from engine.trainer.config import TrainConfig  # noqa: F401 (the package's API)
 from engine.trainer.loop import train_sae  # noqa: F401

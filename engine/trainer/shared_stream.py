@@ -170,7 +170,7 @@ class _Held:
 
 class _Ahead:
     """The lead's pieces for the pass with their group's (first sequence, Position), one group
-    computed ahead in a background thread (as train_streamed computes its next block while the
+    computed ahead in a background thread (as a streamed train_sae computes its next block while the
     SAE steps)."""
 
     def __init__(self, lead, start, stop, *, at, sites):

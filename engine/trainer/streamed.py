@@ -1,4 +1,4 @@
-"""train_streamed: a run whose rows stream from the model (engine.activations.stream.ActivationStream), with
+"""A run whose rows stream from the model (engine.activations.stream.ActivationStream), with
 no cache to draw random batches from.
 
 Each epoch reads the training rows front to back in blocks of `shuffle_buffer_tokens` (rounded
@@ -30,7 +30,8 @@ import torch
 from engine.errors import EngineError, ExtractionCancelled
 from engine.trainer import checkpoint, init
 from engine.trainer.config import check_config
-from engine.trainer.loop import _layout, _Loop, _result, _start, cut_to_budget
+from engine.trainer.epochs import Loop, cut_to_budget, run_layout, run_result, start_run
+from engine.trainer.rows import StreamedRows
 
 
 def block_rows(config, batch_tokens: int) -> int:
@@ -40,18 +41,6 @@ def block_rows(config, batch_tokens: int) -> int:
 
 def block_seed(seed: int, epoch: int, block: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, block]).generate_state(1)[0])
-
-
-def train_streamed(stream, config, *, device: str = "cpu", checkpoint_dir=None, checkpoint_prefix: str = "sae",
-                   on_progress=None, should_stop=None, on_checkpoint=None, resume_from=None, distributed: bool = False):
-    """Train on `stream` (an ActivationStream: its shape, and rows read front to back); the last
-    eval_fraction of its rows are held out as from a cache. Returns a TrainResult (streamed=True).
-    `distributed`: call it in every rank of an initialised process group, each with its own stream
-    over the same corpus and model (callbacks as for train_sae's ranks)."""
-    steps = streamed_steps(stream, config, device=device, checkpoint_dir=checkpoint_dir,
-                           checkpoint_prefix=checkpoint_prefix, on_progress=on_progress, should_stop=should_stop,
-                           on_checkpoint=on_checkpoint, resume_from=resume_from, distributed=distributed)
-    return _read_alone(stream, steps)
 
 
 @dataclass
@@ -68,16 +57,21 @@ NEXT = "next"  # a run's steps ask for their Epoch's next range: sent back (rows
 
 def streamed_steps(stream, config, *, device: str = "cpu", checkpoint_dir=None, checkpoint_prefix: str = "sae",
                    on_progress=None, should_stop=None, on_checkpoint=None, resume_from=None, distributed: bool = False):
-    """train_streamed as a generator that asks for its rows instead of reading them: it yields an
-    Epoch, then NEXT once per range of it (each answered with (rows, Position)), and returns the
-    TrainResult. train_streamed answers from the stream alone; a streaming sweep answers several
-    runs from one pass of the model (engine.trainer.shared_stream). `stream` gives the shape, the
-    groups and the seek records; its rows are read only by whoever answers."""
+    """A streamed run (train_sae given an ActivationStream) as a generator that asks for its rows
+    instead of reading them: it yields an Epoch, then NEXT once per range of it (each answered with
+    (rows, Position)), and returns the TrainResult (streamed=True). train_sae answers from the stream
+    alone (read_alone); a streaming sweep answers several runs from one pass of the model
+    (engine.trainer.shared_stream). `stream` (an ActivationStream or its StreamedRows) gives the
+    shape, the groups and the seek records; its rows are read only by whoever answers. The last
+    eval_fraction of its rows are held out as from a cache. `distributed`: every rank of an
+    initialised process group runs it, each with its own stream over the same corpus and model."""
     check_config(config)
+    if isinstance(stream, StreamedRows):
+        stream = stream.stream
     saved = checkpoint.load(resume_from) if resume_from is not None else None
     if saved is not None and not saved.payload.get("streamed", False):
         raise EngineError(f"Checkpoint '{saved.name}' was trained from an activation cache: resume it from that cache")
-    layout = _layout(config, stream, saved, device=device, distributed=distributed, first_epoch_rows=None)
+    layout = run_layout(config, stream, saved, device=device, distributed=distributed, first_epoch_rows=None)
     block = block_rows(config, layout.batch_tokens)
     started = time.monotonic()
     first_block = sample = None
@@ -87,7 +81,7 @@ def streamed_steps(stream, config, *, device: str = "cpu", checkpoint_dir=None, 
         first_block, _ = yield NEXT
         picked = np.sort(init.sample_of(np.arange(len(first_block)), config.seed))
         sample = torch.from_numpy(first_block[picked].astype(np.float32))
-    run, _ = _start(config, layout, stream, None, saved, None, device=device, sample=sample)
+    run, _ = start_run(config, layout, stream, None, saved, None, device=device, sample=sample)
     # The first block's forward is training time too (its throughput and ETA count it).
     run.progress.started_at = run.progress.last_report_at = started
     run.state.streamed = True
@@ -98,7 +92,7 @@ def streamed_steps(stream, config, *, device: str = "cpu", checkpoint_dir=None, 
     if saved is not None:
         loop.resume_at = stream.position_from(saved.payload.get("stream_seek"))
     stopped_reason = yield from loop.steps()
-    result = _result(run, writer, layout, stopped_reason)
+    result = run_result(run, writer, layout, stopped_reason)
     result.streamed = True
     return result
 
@@ -108,7 +102,7 @@ def _ranges(block: int, n_train: int, first: int) -> list:
     return [(b * block, min((b + 1) * block, n_train)) for b in range(first, math.ceil(n_train / block))]
 
 
-def _read_alone(stream, steps):
+def read_alone(stream, steps):
     """Run `steps` (streamed_steps) on rows `stream` computes for it alone, the next block in a
     background thread while the SAE steps on this one."""
     blocks = None
@@ -129,8 +123,8 @@ def _read_alone(stream, steps):
             blocks.close()
 
 
-class _StreamLoop(_Loop):
-    """_Loop's epochs, stop checks and ends; an epoch asks for the stream's blocks."""
+class _StreamLoop(Loop):
+    """Loop's epochs, stop checks and ends; an epoch asks for the stream's blocks."""
 
     def __init__(self, run, writer, layout, stream, block: int, first_block, should_stop, on_progress):
         self.run, self.writer, self.layout, self.stream = run, writer, layout, stream
@@ -143,7 +137,7 @@ class _StreamLoop(_Loop):
         self.resume_at = None  # where the corpus holds the resumed block's first group (engine.text.packing.Position)
 
     def steps(self):
-        """_Loop.epochs, each epoch asking for its blocks (yields Epoch and NEXT)."""
+        """Loop.epochs, each epoch asking for its blocks (yields Epoch and NEXT)."""
         while self.run.state.epochs_done < self.run.config.max_epochs:
             stopped_reason = self.after_epoch((yield from self.epoch_steps()))
             if stopped_reason is not None:
@@ -181,7 +175,7 @@ class _StreamLoop(_Loop):
             for s in range(state.epoch_step - first_step, math.ceil(len(rows) / batch)):
                 if layout.budget_left(state) == 0:
                     return self._epoch_ended()
-                if self._stop_asked():
+                if self.stop_asked():
                     return False
                 indices = cut_to_budget(order[s * batch : (s + 1) * batch], layout, state)
                 if layout.parallel is not None:

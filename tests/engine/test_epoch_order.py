@@ -40,7 +40,7 @@ def test_an_order_over_a_trillion_rows_holds_no_array_of_them():
 
 
 def test_checkpoints_name_their_order_and_older_ones_resume_with_randperm(tmp_path, monkeypatch):
-    import engine.trainer.loop as loop
+    import engine.trainer.epochs as loop
 
     data = np.random.default_rng(1).normal(size=(1000, 16)).astype(np.float32)
     config = TrainConfig(hidden_dim=32, architecture="topk", k=4, sae_batch_tokens=128, max_epochs=2, min_loss=0.0,

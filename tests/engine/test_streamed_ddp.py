@@ -13,7 +13,7 @@ from engine.distributed import exit_rank, load_result, save_result
 from engine.models.loading import load_model
 from engine.models.resolve import resolve_model
 from engine.defaults import eval_rows
-from engine.trainer.streamed import train_streamed
+from engine.trainer import train_sae
 from tests.engine.test_streaming import config, corpus, stream_of  # noqa: F401 (fixture)
 
 WORLD = 2
@@ -36,7 +36,7 @@ def _rank(rank, rendezvous, model_dir, corpus_path, out_dir):
     try:
         loaded = load_model(resolve_model(model_dir, models_dir=None), device="cpu")
         stream = even_stream(corpus_path, loaded)
-        result = train_streamed(stream, config(max_epochs=2), checkpoint_dir=Path(out_dir) / f"rank{rank}",
+        result = train_sae(stream, config(max_epochs=2), checkpoint_dir=Path(out_dir) / f"rank{rank}",
                                 distributed=True)
         save_result(result, Path(out_dir) / f"rank{rank}.pt")
         (Path(out_dir) / f"rank{rank}.forwards").write_text(str(stream.forward_batches))
@@ -48,7 +48,7 @@ def _rank(rank, rendezvous, model_dir, corpus_path, out_dir):
 def test_two_processes_stream_and_train_the_sae_one_process_trains(corpus, tiny_gpt2_dir, tmp_path):
     loaded = load_model(resolve_model(str(tiny_gpt2_dir), models_dir=None), device="cpu")
     stream = even_stream(corpus, loaded)
-    single = train_streamed(stream, config(max_epochs=2))
+    single = train_sae(stream, config(max_epochs=2))
     mp.spawn(_rank, args=(str(tmp_path / "rendezvous"), str(tiny_gpt2_dir), str(corpus), str(tmp_path)),
              nprocs=WORLD, join=True)
     rank0, rank1 = (load_result(tmp_path / f"rank{r}.pt") for r in range(WORLD))

@@ -8,7 +8,7 @@ import torch
 from engine.text.corpus import read_documents
 from engine.disk import CHECKPOINTS_ON_DISK, seek_record_bytes
 from engine.trainer import checkpoint
-from engine.trainer.streamed import train_streamed
+from engine.trainer import train_sae
 from tests.engine.test_packing_positions import CountingTokenizer
 from tests.engine.test_streamed_resume_seeks import config, documents, gpt2, small_chunks, stream_of, write  # noqa: F401
 
@@ -24,7 +24,7 @@ def checkpoint_files(folder):
 def test_a_streamed_run_that_dies_mid_pass_resumes_from_its_latest_interval_checkpoint(tmp_path, gpt2, sample_texts):
     corpus = write(tmp_path / "docs.jsonl", documents(sample_texts))
     tokenizer = CountingTokenizer(gpt2.tokenizer)
-    whole = train_streamed(stream_of(corpus, tokenizer, gpt2, "concat"), config())
+    whole = train_sae(stream_of(corpus, tokenizer, gpt2, "concat"), config())
     total_steps = -(-whole.tokens_trained // whole.sae_batch_tokens)
     on_disk, written = [], []
 
@@ -37,7 +37,7 @@ def test_a_streamed_run_that_dies_mid_pass_resumes_from_its_latest_interval_chec
             raise Died
 
     with pytest.raises(Died):
-        train_streamed(stream_of(corpus, tokenizer, gpt2, "concat"), config(checkpoint_interval_s=0.0),
+        train_sae(stream_of(corpus, tokenizer, gpt2, "concat"), config(checkpoint_interval_s=0.0),
                        checkpoint_dir=tmp_path / "run", on_progress=on_progress, on_checkpoint=on_checkpoint)
     # One at each block's start after the first; each replaces the one before, which is gone by the next.
     assert len(written) >= 3 and all(info.path.name.startswith("sae_checkpoint_0_step_") for info in written)
@@ -57,7 +57,7 @@ def test_a_streamed_run_that_dies_mid_pass_resumes_from_its_latest_interval_chec
     stream = stream_of(corpus, tokenizer, gpt2, "concat")  # counts the rows: a pass of its own
     tokenizer.texts = 0
     progress = []
-    resumed = train_streamed(stream, config(checkpoint_interval_s=0.0),
+    resumed = train_sae(stream, config(checkpoint_interval_s=0.0),
                              checkpoint_dir=tmp_path / "run", resume_from=written[-1].path, on_progress=progress.append)
     assert 0 < tokenizer.texts <= len(documents(sample_texts)) - before
     # Progress goes on from the checkpoint's tokens, not from 0.
@@ -73,6 +73,6 @@ def test_a_streamed_run_that_dies_mid_pass_resumes_from_its_latest_interval_chec
 
 def test_no_checkpoint_is_written_inside_an_epoch_before_the_interval_passes(tmp_path, gpt2, sample_texts):
     corpus = write(tmp_path / "docs.jsonl", documents(sample_texts))
-    result = train_streamed(stream_of(corpus, gpt2.tokenizer, gpt2, "concat"), config(checkpoint_interval_s=1e9),
+    result = train_sae(stream_of(corpus, gpt2.tokenizer, gpt2, "concat"), config(checkpoint_interval_s=1e9),
                             checkpoint_dir=tmp_path / "run")
     assert [info.path.name for info in result.checkpoints] == ["sae_checkpoint_1.pt"]

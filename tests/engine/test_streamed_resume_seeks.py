@@ -13,7 +13,7 @@ from engine.text.packing import SequenceSource
 from engine.models.resolve import resolve_model
 from engine.activations.stream import ActivationStream
 from engine.trainer import TrainConfig, checkpoint
-from engine.trainer.streamed import train_streamed
+from engine.trainer import train_sae
 from tests.engine.test_corpus_formats import write_parquet
 from tests.engine.test_packing_positions import CountingTokenizer
 
@@ -65,14 +65,14 @@ def test_a_streamed_run_stopped_mid_pass_resumes_where_it_read_and_trains_on_the
         tmp_path, gpt2, sample_texts, name, packing):
     corpus = write(tmp_path / name, documents(sample_texts))
     tokenizer = CountingTokenizer(gpt2.tokenizer)
-    whole = train_streamed(stream_of(corpus, tokenizer, gpt2, packing), config())
+    whole = train_sae(stream_of(corpus, tokenizer, gpt2, packing), config())
     total_steps = -(-whole.tokens_trained // whole.sae_batch_tokens)
     steps = []
 
     def stop():  # three quarters into the pass
         return len(steps) >= total_steps * 3 // 4
 
-    first = train_streamed(stream_of(corpus, tokenizer, gpt2, packing), config(), checkpoint_dir=tmp_path / "run",
+    first = train_sae(stream_of(corpus, tokenizer, gpt2, packing), config(), checkpoint_dir=tmp_path / "run",
                            on_progress=lambda p: steps.append(p.step), should_stop=stop)
     assert first.stopped_reason == "cancelled"
     saved = checkpoint.load(first.checkpoints[-1].path).payload
@@ -84,7 +84,7 @@ def test_a_streamed_run_stopped_mid_pass_resumes_where_it_read_and_trains_on_the
 
     stream = stream_of(corpus, tokenizer, gpt2, packing)
     tokenizer.texts = 0
-    resumed = train_streamed(stream, config(), resume_from=first.checkpoints[-1].path)
+    resumed = train_sae(stream, config(), resume_from=first.checkpoints[-1].path)
     # Each text from the block's chunk on, once: none of those before it.
     assert 0 < tokenizer.texts <= len(documents(sample_texts)) - before
 
@@ -97,14 +97,14 @@ def test_a_streamed_run_stopped_mid_pass_resumes_where_it_read_and_trains_on_the
 def test_a_checkpoint_at_an_epochs_end_resumes_from_the_corpus_start(tmp_path, gpt2, sample_texts):
     corpus = write(tmp_path / "docs.jsonl", documents(sample_texts))
     tokenizer = CountingTokenizer(gpt2.tokenizer)
-    whole = train_streamed(stream_of(corpus, tokenizer, gpt2, "concat"), config(max_epochs=2))
+    whole = train_sae(stream_of(corpus, tokenizer, gpt2, "concat"), config(max_epochs=2))
     steps = []
-    first = train_streamed(stream_of(corpus, tokenizer, gpt2, "concat"), config(max_epochs=2), checkpoint_dir=tmp_path,
+    first = train_sae(stream_of(corpus, tokenizer, gpt2, "concat"), config(max_epochs=2), checkpoint_dir=tmp_path,
                            on_progress=lambda p: steps.append(p.epoch), should_stop=lambda: 2 in steps)
     at_epoch_end = first.checkpoints[0].path
     assert at_epoch_end.name == "sae_checkpoint_1.pt"
     assert checkpoint.load(at_epoch_end).payload["stream_seek"]["position"] is None
-    resumed = train_streamed(stream_of(corpus, tokenizer, gpt2, "concat"), config(max_epochs=2), resume_from=at_epoch_end)
+    resumed = train_sae(stream_of(corpus, tokenizer, gpt2, "concat"), config(max_epochs=2), resume_from=at_epoch_end)
     for key, value in whole.sae.state_dict().items():
         torch.testing.assert_close(resumed.sae.state_dict()[key], value, rtol=0, atol=1e-6)
 
@@ -113,14 +113,14 @@ def test_a_corpus_changed_since_the_checkpoint_is_read_from_its_start_and_checke
     corpus = write(tmp_path / "docs.jsonl", documents(sample_texts))
     tokenizer = CountingTokenizer(gpt2.tokenizer)
     steps = []
-    first = train_streamed(stream_of(corpus, tokenizer, gpt2, "concat"), config(), checkpoint_dir=tmp_path / "run",
+    first = train_sae(stream_of(corpus, tokenizer, gpt2, "concat"), config(), checkpoint_dir=tmp_path / "run",
                            on_progress=lambda p: steps.append(p.step), should_stop=lambda: len(steps) >= 20)
     record = checkpoint.load(first.checkpoints[-1].path).payload["stream_seek"]
     # Another document in front: every cursor now lands elsewhere, and the rows moved.
     write(corpus, ["A new first document, longer than the others by far, to move every window."] + documents(sample_texts))
     stream = stream_of(corpus, tokenizer, gpt2, "concat")
     assert record["position"] is not None and stream.position_from(record) is None
-    resumed = train_streamed(stream, config(), resume_from=first.checkpoints[-1].path)
+    resumed = train_sae(stream, config(), resume_from=first.checkpoints[-1].path)
     assert np.isfinite(resumed.final_mse)
 
 
@@ -166,7 +166,7 @@ def test_a_checkpoints_rows_stand_in_for_the_tokenizing_pass_only_where_they_hol
     stream = ActivationStream(gpt2, packed, every, layer_number=1, batch_size=2, n_rows=rows_to_read(spec, int(every.sum())))
     assert stream.n_sequences < len(every)  # the budget reads the corpus's first sequences only
     steps = []
-    first = train_streamed(stream, config(), checkpoint_dir=tmp_path / "run", on_progress=steps.append,
+    first = train_sae(stream, config(), checkpoint_dir=tmp_path / "run", on_progress=steps.append,
                            should_stop=lambda: len(steps) >= 2)
     spec.resume_from = first.checkpoints[-1].path
 

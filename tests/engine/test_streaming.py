@@ -13,7 +13,7 @@ from engine.text.packing import SequenceSource
 from engine.models.resolve import resolve_model
 from engine.activations.stream import ActivationStream
 from engine.trainer import TrainConfig, train_sae
-from engine.trainer.streamed import train_streamed
+from engine.trainer import train_sae
 
 # float16 rows computed in batches of other shapes: the model's float32 values differ in the last
 # bits, which rounding to float16 may or may not hide (one float16 step at |x| < 2).
@@ -80,7 +80,7 @@ def test_a_budget_within_the_pass_reads_only_the_sequences_it_needs(corpus, gpt2
 def test_a_streamed_first_epoch_trains_like_the_cached_one(corpus, gpt2):
     stream = stream_of(corpus, gpt2)
     rows = stream.read(0, stream.n_rows)
-    streamed = train_streamed(stream, config())
+    streamed = train_sae(stream, config())
     cached = train_sae(rows, config())
     assert streamed.tokens_trained == cached.tokens_trained == streamed.heldout_rows[0]
     assert streamed.heldout_rows == cached.heldout_rows
@@ -88,18 +88,18 @@ def test_a_streamed_first_epoch_trains_like_the_cached_one(corpus, gpt2):
 
 
 def test_a_streamed_run_stopped_and_resumed_trains_on_the_same_tokens(corpus, gpt2, tmp_path):
-    whole = train_streamed(stream_of(corpus, gpt2), config(max_epochs=2))
+    whole = train_sae(stream_of(corpus, gpt2), config(max_epochs=2))
     steps = []
 
     def stop():  # after the 5th step: inside the first epoch's second block
         return len(steps) >= 5
 
-    first = train_streamed(stream_of(corpus, gpt2), config(max_epochs=2), checkpoint_dir=tmp_path,
+    first = train_sae(stream_of(corpus, gpt2), config(max_epochs=2), checkpoint_dir=tmp_path,
                            on_progress=lambda p: steps.append(p.step), should_stop=stop)
     assert first.stopped_reason == "cancelled"
     checkpoint = first.checkpoints[-1].path
     assert checkpoint.name.endswith("_step_5.pt")
-    resumed = train_streamed(stream_of(corpus, gpt2), config(max_epochs=2), resume_from=checkpoint)
+    resumed = train_sae(stream_of(corpus, gpt2), config(max_epochs=2), resume_from=checkpoint)
     assert resumed.tokens_trained == whole.tokens_trained
     for name, value in whole.sae.state_dict().items():
         torch.testing.assert_close(resumed.sae.state_dict()[name], value, rtol=0, atol=1e-6)
@@ -107,6 +107,6 @@ def test_a_streamed_run_stopped_and_resumed_trains_on_the_same_tokens(corpus, gp
 
 def test_a_cached_run_cannot_resume_from_a_streamed_checkpoint(corpus, gpt2, tmp_path):
     stream = stream_of(corpus, gpt2)
-    result = train_streamed(stream, config(), checkpoint_dir=tmp_path)
+    result = train_sae(stream, config(), checkpoint_dir=tmp_path)
     with pytest.raises(Exception, match="streamed from the model"):
         train_sae(stream.read(0, stream.n_rows), config(max_epochs=2), resume_from=result.checkpoints[-1].path)
