@@ -48,6 +48,7 @@ from training import selectors
 from training.admission import model as modelcheck
 from training.admission import quotas
 from training.admission import disk as runplan
+from training.artifacts import layout
 from training.defaults import DEFAULTS
 from training.models import Sweep, TrainingJob
 
@@ -514,30 +515,14 @@ def job_fail(job: TrainingJob, message: str) -> None:
 
 
 def job_artifact_paths(job: TrainingJob) -> dict[str, Path]:
-    models_dir = settings.DATA_DIR / "models"
-    activations_dir = settings.DATA_DIR / "activations"
-    models_dir.mkdir(parents=True, exist_ok=True)
-    activations_dir.mkdir(parents=True, exist_ok=True)
-    return {
-        "checkpoint_dir": models_dir,
-        "model_path": models_dir / f"{job.id}_sae.pt",
-        "activations_path": activations_dir / f"{job.id}_activations.npy",
-        # A transcoder's targets (the MLP's output), row for row with activations_path (its input).
-        "targets_path": activations_dir / f"{job.id}_targets.npy",
-        "metadata_path": activations_dir / f"{job.id}_metadata.json",
-        "saelens_dir": models_dir / f"{job.id}_saelens",
-        "features_dir": models_dir / f"{job.id}_features",
-    }
-
-
-STAGING_SUFFIX = ".part"
+    return layout.job_paths(job.id)
 
 
 def job_staging_dir(job: TrainingJob) -> Path:
     """Where the run of `job` at its attempt writes the artifacts a resumed run also writes (the
     SAE, its metadata, the SAELens folder, the feature analysis), under their final names, until
     job_finish moves them into place. Named after the job (retention and quotas count it)."""
-    return settings.DATA_DIR / "models" / f"{job.id}_attempt-{job.attempts}{STAGING_SUFFIX}"
+    return layout.staging_dir(job.id, job.attempts)
 
 
 def job_staging_remove(job: TrainingJob) -> None:
@@ -549,7 +534,7 @@ def job_checkpoint_prefix(job: TrainingJob) -> str:
     """The names of the checkpoints `job`'s run writes: its attempt's own, so a stale run never
     overwrites the checkpoint a resumed run wrote under the same epoch; a resumed run finds its
     predecessor's by the path on its Checkpoint row."""
-    return f"{job.id}_attempt-{job.attempts}"
+    return layout.checkpoint_prefix(job.id, job.attempts)
 
 
 def job_checkpoint_record(job: TrainingJob, *, path: Path, epoch: int, step: int, replaced: Path | None) -> None:

@@ -134,13 +134,11 @@ def train(job, step, should_stop, report):
 
 
 def _files(job) -> dict[str, Path]:
-    from training import services
+    from training.artifacts import layout
 
-    # The attempt's own names, as its checkpoints' (services.job_checkpoint_prefix): a stale run's
-    # ranks never read or replace the files of the run that took the job over.
-    folder, prefix = services.job_artifact_paths(job)["checkpoint_dir"], services.job_checkpoint_prefix(job)
-    return {"launch": folder / f"{prefix}_ddp_launch.json", "result": folder / f"{prefix}_ddp_result.pt",
-            "log": folder / f"{prefix}_ddp.log"}
+    # The attempt's own names, as its checkpoints': a stale run's ranks never read or replace the
+    # files of the run that took the job over.
+    return layout.ddp_files(job.id, job.attempts)
 
 
 def _environment(job, cuda: bool) -> dict[str, str]:

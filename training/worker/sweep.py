@@ -11,6 +11,7 @@ import time
 from django.conf import settings
 
 from training import services
+from training.artifacts import layout
 from training.worker import job as pipeline
 from training.worker.spec import job_callbacks, job_spec
 from training.models import Sweep, TrainingJob
@@ -18,11 +19,7 @@ from training.models import Sweep, TrainingJob
 logger = logging.getLogger("training")
 
 
-def site_path(sweep_id: str, layer_number: int, hook_point: str):
-    """Where a sweep keeps a site's activations, shared by the members that read there."""
-    folder = settings.DATA_DIR / "activations"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{sweep_id}_L{layer_number}_{hook_point}_activations.npy"
+site_path = layout.sweep_site_path
 
 
 def sweep_run(sweep_id: str, *, on_progress=None, on_member_end=None, wait_for_slot: bool = False) -> Sweep | None:
