@@ -4,7 +4,6 @@ recovery in the README says what they guarantee. A run recovered here that was o
 write when it wakes (training.services, fencing); what it left is removed at the next worker start
 (attempt_files_remove_stale)."""
 import logging
-import re
 import shutil
 from datetime import timedelta
 
