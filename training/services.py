@@ -522,7 +522,8 @@ def job_checkpoint_record(job: TrainingJob, *, path: Path, epoch: int, step: int
             Checkpoint.objects.update_or_create(job_id=job.pk, path=str(path), defaults={"epoch": epoch, "step": step})
             older = Checkpoint.objects.filter(job_id=job.pk).exclude(path=str(path))
             for row in older:
-                if Path(row.path) == replaced or (_mid_epoch(row.path) and (row.epoch, row.step) <= (epoch, step)):
+                mid_epoch_before = layout.is_mid_epoch_checkpoint(row.path) and (row.epoch, row.step) <= (epoch, step)
+                if Path(row.path) == replaced or mid_epoch_before:
                     superseded.append(Path(row.path))
                     row.delete()
     except JobLost:
@@ -530,7 +531,3 @@ def job_checkpoint_record(job: TrainingJob, *, path: Path, epoch: int, step: int
         raise
     for old in superseded:
         old.unlink(missing_ok=True)
-
-
-def _mid_epoch(path: str) -> bool:
-    return "_step_" in Path(path).name

@@ -49,6 +49,12 @@ def checkpoint_prefix(job_id: str, attempt: int) -> str:
     return f"{job_id}_attempt-{attempt}"
 
 
+def is_mid_epoch_checkpoint(path) -> bool:
+    """Whether a checkpoint file is one written inside an epoch (the engine names those
+    `<prefix>_checkpoint_<epoch>_step_<step>.pt`; engine.trainer.checkpoint)."""
+    return "_step_" in Path(path).name
+
+
 def staging_dir(job_id: str, attempt: int) -> Path:
     """The staging folder of the run of `job_id` at `attempt`."""
     return models_dir() / f"{checkpoint_prefix(job_id, attempt)}{STAGING_SUFFIX}"
