@@ -4,7 +4,6 @@ recovery in the README says what they guarantee. A run recovered here that was o
 write when it wakes (training.services, fencing); what it left is removed at the next worker start
 (attempt_files_remove_stale)."""
 import logging
-import re
 import shutil
 from datetime import timedelta
 
@@ -15,6 +14,7 @@ from django.utils import timezone
 from gpus.selectors import live_workers, worker_gone
 from gpus.services import leases_release_stale
 from training import services
+from training.artifacts import layout
 from training.models import Checkpoint, TrainingJob
 
 logger = logging.getLogger("training")
@@ -87,8 +87,6 @@ def jobs_requeue_orphans() -> list[str]:
     return requeued
 
 
-# What a run names after its attempt (services.job_staging_dir, services.job_checkpoint_prefix).
-_ATTEMPT_FILE = re.compile(r"(?P<job>.+?)_attempt-(?P<attempt>\d+)(?P<rest>\.part|_.+)")
 
 
 def attempt_files_remove_stale() -> list[str]:
@@ -97,10 +95,10 @@ def attempt_files_remove_stale() -> list[str]:
     (written, then found not to own the job). A run that still owns its job keeps everything; a
     recorded checkpoint stays, whichever run wrote it (a resumed run reads it). Runs whenever a
     worker process starts, after jobs_recover_stale."""
-    folder = settings.DATA_DIR / "models"
+    folder = layout.models_dir()
     if not folder.is_dir():
         return []
-    found = [(path, match) for path in folder.iterdir() if (match := _ATTEMPT_FILE.fullmatch(path.name))]
+    found = [(path, match) for path in folder.iterdir() if (match := layout.ATTEMPT_FILE.fullmatch(path.name))]
     owned = set(TrainingJob.objects.filter(pk__in={m["job"] for _, m in found}, status=TrainingJob.Status.RUNNING)
                 .values_list("pk", "attempts"))
     recorded = set(Checkpoint.objects.filter(job_id__in={m["job"] for _, m in found}).values_list("path", flat=True))

@@ -28,7 +28,7 @@ import math
 import os
 import shutil
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from django.conf import settings
@@ -48,48 +48,14 @@ from training import selectors
 from training.admission import model as modelcheck
 from training.admission import quotas
 from training.admission import disk as runplan
-from training.defaults import DEFAULTS
+from training.artifacts import layout
 from training.models import Sweep, TrainingJob
+from training.requests import JobRequest
 
 logger = logging.getLogger("training")
 
 TASK_PATH = "training.tasks.run_training_job"
 SWEEP_TASK_PATH = "training.tasks.run_sweep"
-
-
-@dataclass
-class JobRequest:
-    """The seed's TrainingRequest plus miStudio's additions, already type-checked."""
-
-    model_name: str = ""
-    corpus_file: str = ""
-    activations_file: str = ""
-    layer_number: int = DEFAULTS.layer_number
-    huggingface_token: str | None = field(default=None, repr=False)  # never shown, logged or kept in plaintext
-    hidden_dim: int = DEFAULTS.hidden_dim
-    sparsity_coeff: float = DEFAULTS.sparsity_coeff
-    learning_rate: float = DEFAULTS.learning_rate
-    batch_size: int = DEFAULTS.batch_size
-    max_epochs: int = DEFAULTS.max_epochs
-    min_loss: float = DEFAULTS.min_loss
-    gpu_id: int | None = None
-    gpu_ids: list[int] | None = None  # several GPUs of one host training together (DDP)
-    max_sequence_length: int = DEFAULTS.max_sequence_length
-    sae_batch_tokens: int = DEFAULTS.sae_batch_tokens
-    quantization: str = DEFAULTS.quantization
-    architecture: str = DEFAULTS.architecture
-    k: int | None = DEFAULTS.k
-    target_l0: float | None = DEFAULTS.target_l0
-    matryoshka_widths: list[int] | None = None  # None: derived from hidden_dim (engine.sae.matryoshka_batchtopk)
-    hook_point: str = DEFAULTS.hook_point
-    exclude_special_tokens: bool = DEFAULTS.exclude_special_tokens
-    prepend_bos: bool = DEFAULTS.prepend_bos
-    packing: str | None = DEFAULTS.packing  # None: the corpus format's default
-    training_tokens: int | None = DEFAULTS.training_tokens
-    cache_activations: str = DEFAULTS.cache_activations
-    # Staff only (and manage.py train on the machine: check_force): create the job even though its
-    # memory estimate exceeds the device's memory.
-    force: bool = False
 
 
 def job_create(*, owner, request: JobRequest, enqueue: bool = True, any_local_path: bool = False) -> TrainingJob:
@@ -364,7 +330,11 @@ def job_claim(job_id: str) -> TrainingJob | None:
     """Atomically move a queued job to running in this process, opening this run's entry in its
     `runs`; None when another worker has it or it was cancelled. The one conditional UPDATE is what
     keeps a job from running twice; the row lock keeps `runs` and `attempts` in step (a worker
-    killed right after its claim still leaves its run recorded)."""
+    killed right after its claim still leaves its run recorded). The job's first claim also decides
+    whether its first epoch follows the extraction order, as a run that trains while extracting
+    must (MISTUDIO_OVERLAP_EXTRACTION), and the row keeps it: a rerun without a checkpoint (its
+    worker killed after the cache was complete) trains the first epoch its first run trained,
+    whatever the setting is by then."""
     now = timezone.now()
     with transaction.atomic():
         queued = TrainingJob.objects.select_for_update().filter(pk=job_id, status=TrainingJob.Status.QUEUED)
@@ -385,6 +355,8 @@ def job_claim(job_id: str) -> TrainingJob | None:
             worker_pid=os.getpid(),
             heartbeat_at=now,
             runs=[*job.runs, run],
+            first_epoch_in_arrival_order=Coalesce(F("first_epoch_in_arrival_order"), Value(
+                not job.activations_file and settings.OVERLAP_EXTRACTION == "on")),
         )
     return TrainingJob.objects.get(pk=job_id) if claimed else None
 
@@ -514,30 +486,14 @@ def job_fail(job: TrainingJob, message: str) -> None:
 
 
 def job_artifact_paths(job: TrainingJob) -> dict[str, Path]:
-    models_dir = settings.DATA_DIR / "models"
-    activations_dir = settings.DATA_DIR / "activations"
-    models_dir.mkdir(parents=True, exist_ok=True)
-    activations_dir.mkdir(parents=True, exist_ok=True)
-    return {
-        "checkpoint_dir": models_dir,
-        "model_path": models_dir / f"{job.id}_sae.pt",
-        "activations_path": activations_dir / f"{job.id}_activations.npy",
-        # A transcoder's targets (the MLP's output), row for row with activations_path (its input).
-        "targets_path": activations_dir / f"{job.id}_targets.npy",
-        "metadata_path": activations_dir / f"{job.id}_metadata.json",
-        "saelens_dir": models_dir / f"{job.id}_saelens",
-        "features_dir": models_dir / f"{job.id}_features",
-    }
-
-
-STAGING_SUFFIX = ".part"
+    return layout.job_paths(job.id)
 
 
 def job_staging_dir(job: TrainingJob) -> Path:
     """Where the run of `job` at its attempt writes the artifacts a resumed run also writes (the
     SAE, its metadata, the SAELens folder, the feature analysis), under their final names, until
     job_finish moves them into place. Named after the job (retention and quotas count it)."""
-    return settings.DATA_DIR / "models" / f"{job.id}_attempt-{job.attempts}{STAGING_SUFFIX}"
+    return layout.staging_dir(job.id, job.attempts)
 
 
 def job_staging_remove(job: TrainingJob) -> None:
@@ -549,7 +505,7 @@ def job_checkpoint_prefix(job: TrainingJob) -> str:
     """The names of the checkpoints `job`'s run writes: its attempt's own, so a stale run never
     overwrites the checkpoint a resumed run wrote under the same epoch; a resumed run finds its
     predecessor's by the path on its Checkpoint row."""
-    return f"{job.id}_attempt-{job.attempts}"
+    return layout.checkpoint_prefix(job.id, job.attempts)
 
 
 def job_checkpoint_record(job: TrainingJob, *, path: Path, epoch: int, step: int, replaced: Path | None) -> None:
@@ -566,7 +522,8 @@ def job_checkpoint_record(job: TrainingJob, *, path: Path, epoch: int, step: int
             Checkpoint.objects.update_or_create(job_id=job.pk, path=str(path), defaults={"epoch": epoch, "step": step})
             older = Checkpoint.objects.filter(job_id=job.pk).exclude(path=str(path))
             for row in older:
-                if Path(row.path) == replaced or (_mid_epoch(row.path) and (row.epoch, row.step) <= (epoch, step)):
+                mid_epoch_before = layout.is_mid_epoch_checkpoint(row.path) and (row.epoch, row.step) <= (epoch, step)
+                if Path(row.path) == replaced or mid_epoch_before:
                     superseded.append(Path(row.path))
                     row.delete()
     except JobLost:
@@ -574,7 +531,3 @@ def job_checkpoint_record(job: TrainingJob, *, path: Path, epoch: int, step: int
         raise
     for old in superseded:
         old.unlink(missing_ok=True)
-
-
-def _mid_epoch(path: str) -> bool:
-    return "_step_" in Path(path).name

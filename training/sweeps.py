@@ -6,8 +6,6 @@ trained from one pass over the corpus by one queue task (training.worker.sweep).
 like any other (its status and result endpoints unchanged); what the members must share (the
 corpus, its tokenization and batches, the device) is the sweep's base.
 """
-from dataclasses import dataclass, field, replace
-
 from django.conf import settings
 from django.db import transaction
 
@@ -18,6 +16,7 @@ from training.admission import model as modelcheck
 from training.admission import quotas
 from training.admission import disk as runplan
 from training.models import Sweep, TrainingJob
+from training.requests import SweepRequest
 
 # The SAE fields a member may set for itself; everything else is the base's, shared by all.
 SAE_FIELDS = ("architecture", "hidden_dim", "sparsity_coeff", "learning_rate", "sae_batch_tokens", "min_loss", "max_epochs")
@@ -26,27 +25,6 @@ SAE_FIELDS = ("architecture", "hidden_dim", "sparsity_coeff", "learning_rate", "
 def member_fields() -> tuple[str, ...]:
     """SAE_FIELDS and the request fields of the registered architectures (k, target_l0, ...)."""
     return SAE_FIELDS + tuple(f.name for f in architectures.request_fields() if f.name not in SAE_FIELDS)
-
-
-@dataclass
-class SweepRequest:
-    """The base of every member (a job request: model, corpus, the shared and the default SAE
-    fields), the sites, and each member's overrides, already type-checked."""
-
-    base: services.JobRequest
-    layers: list[int] | None = None  # None: [base.layer_number]
-    hook_points: list[str] | None = None  # None: [base.hook_point]
-    members: list[dict] = field(default_factory=lambda: [{}])
-
-    def sites(self) -> list[tuple[int, str]]:
-        layers = self.layers if self.layers is not None else [self.base.layer_number]
-        points = self.hook_points if self.hook_points is not None else [self.base.hook_point]
-        return [(layer, point) for layer in layers for point in points]
-
-    def member_requests(self) -> list[tuple[int, str, dict, services.JobRequest]]:
-        """(layer, hook point, overrides, the member's whole request), in the order jobs are made."""
-        return [(layer, point, overrides, replace(self.base, layer_number=layer, hook_point=point, **overrides))
-                for layer, point in self.sites() for overrides in self.members]
 
 
 def sweep_create(*, owner, request: SweepRequest, enqueue: bool = True, any_local_path: bool = False) -> Sweep:

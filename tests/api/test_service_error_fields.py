@@ -6,7 +6,8 @@ import pytest
 from corpora.services import corpus_add
 from mistudio.errors import ServiceError
 from tests.conftest import SAMPLE_CORPUS
-from training.services import JobRequest, job_create
+from training.requests import JobRequest
+from training.services import job_create
 
 pytestmark = pytest.mark.django_db
 

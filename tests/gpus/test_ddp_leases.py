@@ -197,7 +197,7 @@ def test_a_worker_hands_back_a_job_whose_gpu_a_ddp_job_holds(job_for, host_a, se
 def test_a_gpu_worker_fails_a_gpu_ids_job_for_a_gpu_its_host_lacks(job_for, host_a, settings, monkeypatch):
     from engine import devices
     from engine.errors import DeviceError
-    from training.worker.job import job_device
+    from training.worker.device import job_device
 
     settings.FAKE_GPU = False
     gpu = devices.GpuInfo(index=0, name="GPU", memory_total=1, memory_used=0, memory_free=1, utilization=0.0)

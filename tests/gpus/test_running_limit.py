@@ -11,7 +11,7 @@ from gpus.models import Worker
 from gpus.selectors import gpu_queue
 from tests.conftest import SAMPLE_CORPUS
 from training import services
-from training.worker import job as pipeline
+from training.worker import session as pipeline
 from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db(transaction=True)

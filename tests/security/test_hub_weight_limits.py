@@ -80,7 +80,8 @@ def test_a_sharded_models_shards_are_counted_together(alice_api, corpus, fake_hu
 def test_the_job_and_its_sweep_are_refused_alike(alice, corpus, fake_hub, tiny_files, settings):
     fake_hub.push("org/tiny-gpt2", tiny_files)
     settings.MODEL_MAX_BYTES = len(tiny_files["model.safetensors"]) - 1
-    from training.sweeps import SweepRequest, sweep_create
+    from training.requests import SweepRequest
+    from training.sweeps import sweep_create
 
     base = services.JobRequest(model_name="org/tiny-gpt2", corpus_file="reviews.txt", layer_number=1, hidden_dim=32,
                                max_epochs=1, min_loss=0, max_sequence_length=16)

@@ -16,7 +16,7 @@ from training.defaults import DEFAULTS, JobDefaults
 from training.management.commands.train import TrainOptions
 from training.models import TrainingJob
 from training.api.serializers import CheckMemoryQuerySerializer, TrainRequestSerializer
-from training.services import JobRequest
+from training.requests import JobRequest
 
 # /work/shared/seed/miStudioTrain-API.md, TrainingRequest, and miStudio's additions.
 SEED = {"layer_number": 12, "hidden_dim": 1024, "sparsity_coeff": 0.001, "learning_rate": 0.0001,

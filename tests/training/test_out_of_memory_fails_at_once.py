@@ -8,7 +8,8 @@ from corpora.services import corpus_add_from_path
 from tests.conftest import SAMPLE_CORPUS
 from training import recovery, services
 from training.models import TrainingJob
-from training.worker.job import check_fits_device, job_run
+from training.worker.device import check_fits_device
+from training.worker.job import job_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,6 +1,5 @@
 """A request's repr (in a traceback, a log line, a debugger) never shows its Hugging Face token."""
-from training.services import JobRequest
-from training.sweeps import SweepRequest
+from training.requests import JobRequest, SweepRequest
 
 SENTINEL = "hf_SENTINEL_in_a_repr_5d1c"
 

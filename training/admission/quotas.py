@@ -5,7 +5,7 @@ DDP job wider than it is refused) and storage (MISTUDIO_STORAGE_QUOTA_BYTES: the
 user's corpora, their jobs' files on disk and what their queued jobs plan to write; a job that
 would pass it is a 400). Staff are exempt from both: they run the server and answer for its disk.
 
-A job's files are those the worker names after it (training.services.job_artifact_paths, a
+A job's files are those the worker names after it (training.artifacts.layout, a
 sweep's site caches after the sweep): `<id>_...` under the data folder's models/ and activations/."""
 import os
 from pathlib import Path
@@ -16,6 +16,7 @@ from corpora.quotas import quota_applies, storage_used_bytes
 from engine.disk import size_text
 from mistudio.errors import ServiceError, TooManyRequests
 from training.admission import disk as runplan
+from training.artifacts import layout
 from training.models import Sweep, TrainingJob
 
 ACTIVE = (TrainingJob.Status.QUEUED, TrainingJob.Status.RUNNING)
@@ -75,20 +76,14 @@ def artifacts_bytes(user) -> int:
     if not ids:
         return 0
     total = 0
-    for folder in (settings.DATA_DIR / "models", settings.DATA_DIR / "activations"):
+    for folder in (layout.models_dir(), layout.activations_dir()):
         if not folder.is_dir():
             continue
         with os.scandir(folder) as entries:
             for entry in entries:
-                if _named_after(entry.name, ids):
+                if layout.named_after(entry.name, ids):
                     total += _bytes(entry)
     return total
-
-
-def _named_after(name: str, ids: set[str]) -> bool:
-    """Whether `name` is `<id>_...` for one of `ids` (ids are words joined by '_', as names are)."""
-    parts = name.split("_")
-    return any("_".join(parts[:count]) in ids for count in range(2, len(parts)))
 
 
 def _bytes(entry: os.DirEntry) -> int:

@@ -7,6 +7,7 @@ from rest_framework.views import APIView
 
 from mistudio.errors import Conflict, ErrorSerializer, ServiceError
 from training import documents, selectors, services
+from training.requests import JobRequest
 from training.artifacts import downloads
 from training.api import feature_serializers
 from training.artifacts import features
@@ -30,7 +31,7 @@ class TrainView(APIView):
     def post(self, request):
         form = serializers.TrainRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        job = services.job_create(owner=request.user, request=services.JobRequest(**form.validated_data))
+        job = services.job_create(owner=request.user, request=JobRequest(**form.validated_data))
         return Response({
             "job_id": job.id,
             "status": job.status,

@@ -3,9 +3,10 @@ base, the sites and the members' overrides, each override checked by the base's 
 from rest_framework import serializers
 
 from engine.models.hooks import HOOK_POINTS
-from training import services, sweeps
+from training import sweeps
 from training.models import TrainingJob
 from training.api.serializers import TrainRequestSerializer
+from training.requests import JobRequest, SweepRequest
 
 
 class SweepRequestSerializer(TrainRequestSerializer):
@@ -41,10 +42,10 @@ class SweepRequestSerializer(TrainRequestSerializer):
             raise serializers.ValidationError(errors)
         return {**data, "members": members}
 
-    def to_request(self) -> sweeps.SweepRequest:
+    def to_request(self) -> SweepRequest:
         values = dict(self.validated_data)
         layers, points, members = values.pop("layers"), values.pop("hook_points"), values.pop("members")
-        return sweeps.SweepRequest(base=services.JobRequest(**values), layers=layers, hook_points=points,
+        return SweepRequest(base=JobRequest(**values), layers=layers, hook_points=points,
                                    members=members)
 
 

@@ -20,6 +20,7 @@ from typing import BinaryIO, Callable
 
 from mistudio.errors import Conflict, NotFound, ServiceError
 from training.models import TrainingJob
+from training.artifacts import layout
 from training.artifacts.retention import check_not_purged
 
 # Bytes read from a file, and so at most sent, per chunk of the archive. A module constant so a
@@ -49,10 +50,10 @@ class Artifact:
 
 ARTIFACTS = {
     artifact.name: artifact for artifact in (
-        Artifact("saelens", "SAELens folder (.zip)", "_saelens.zip", "application/zip",
+        Artifact("saelens", "SAELens folder (.zip)", layout.SAELENS_DOWNLOAD_SUFFIX, "application/zip",
                  lambda job: (job.exports or {}).get("saelens") or "", is_folder=True),
-        Artifact("weights", "SAE weights (.pt)", "_sae.pt", "application/octet-stream", lambda job: job.model_path),
-        Artifact("metadata", "Metadata (.json)", "_metadata.json", "application/json", lambda job: job.metadata_path),
+        Artifact("weights", "SAE weights (.pt)", layout.WEIGHTS_DOWNLOAD_SUFFIX, "application/octet-stream", lambda job: job.model_path),
+        Artifact("metadata", "Metadata (.json)", layout.METADATA_DOWNLOAD_SUFFIX, "application/json", lambda job: job.metadata_path),
     )
 }
 # A download with no `artifact=` is the SAELens folder: the one artifact that is the whole SAE
@@ -99,7 +100,7 @@ def artifact_download(job: TrainingJob, artifact: Artifact) -> Download:
     filename = f"{job.id}{artifact.filename_suffix}"
     try:
         if artifact.is_folder:
-            return Download(filename, artifact.content_type, chunks=FolderArchive.open(path, root=f"{job.id}_saelens"))
+            return Download(filename, artifact.content_type, chunks=FolderArchive.open(path, root=layout.saelens_archive_root(job.id)))
         file = path.open("rb")
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, _Incomplete) as err:
         raise Gone(f"Job {job.id}'s {artifact.name} ({path.name}) is no longer on disk{_what_is_missing(err)}: it was "

@@ -4,7 +4,7 @@ marked with when (TrainingJob.artifacts_purged_at): their downloads and features
 saying retention removed them, their status and result say when.
 
 A job's files are those its runs wrote under the data folder, all named after it
-(services.job_artifact_paths: the SAE, its checkpoints, the activation cache and the files beside
+(training.artifacts.layout: the SAE, its checkpoints, the activation cache and the files beside
 it, the metadata, the SAELens folder, the feature analysis); a sweep's site caches, named after
 the sweep, go once none of its members is left to read them. Nothing outside the data folder's
 models/ and activations/ is touched: an activations file a job trained on from elsewhere stays."""
@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from django.conf import settings
 from django.utils import timezone
 
 from mistudio.errors import ServiceError
+from training.artifacts import layout
 from training.models import Checkpoint, Sweep, TrainingJob
 
 
@@ -48,7 +48,7 @@ def artifacts_purge(*, older_than_days: int, dry_run: bool = False) -> PurgeRepo
                                      artifacts_purged_at__isnull=True).order_by("completed_at")
     for job in due:
         report.jobs.append(job.pk)
-        _remove(_files_named_after(job.pk), report, dry_run)
+        _remove(layout.files_named_after(job.pk), report, dry_run)
         if not dry_run:
             Checkpoint.objects.filter(job=job).delete()
             # Conditional: a job resumed meanwhile (never, once finished) keeps its files' record.
@@ -58,7 +58,7 @@ def artifacts_purge(*, older_than_days: int, dry_run: bool = False) -> PurgeRepo
         members = TrainingJob.objects.filter(sweep=sweep)
         if all(pk in purging for pk in members.filter(artifacts_purged_at__isnull=True).values_list("pk", flat=True)):
             report.sweeps.append(sweep.pk)
-            _remove(_files_named_after(sweep.pk), report, dry_run)
+            _remove(layout.files_named_after(sweep.pk), report, dry_run)
     return report
 
 
@@ -69,19 +69,6 @@ def check_not_purged(job: TrainingJob, what: str) -> None:
             f"Job {job.id}'s {what} was removed by retention on {job.artifacts_purged_at:%Y-%m-%d %H:%M} UTC with the "
             "rest of its files (finished jobs' files are kept for a set number of days, MISTUDIO_RETENTION_DAYS). "
             "Train a new job with its parameters to get another.")
-
-
-def _files_named_after(name: str) -> list[Path]:
-    """`<name>_...` in the data folder's models/ and activations/, files and folders."""
-    found = []
-    for folder in (settings.DATA_DIR / "models", settings.DATA_DIR / "activations"):
-        if folder.is_dir():
-            found.extend(sorted(folder.glob(f"{_glob_escape(name)}_*")))
-    return found
-
-
-def _glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _remove(paths: list[Path], report: PurgeReport, dry_run: bool) -> None:

@@ -15,6 +15,7 @@ from corpora.selectors import corpora_of
 from engine import sae as architectures
 from mistudio.errors import ServiceError
 from training import services
+from training.requests import JobRequest
 from training.admission import memory as memory_check
 from training.admission import model as modelcheck
 from training.api.serializers import CheckMemoryQuerySerializer, TrainRequestSerializer
@@ -158,7 +159,7 @@ def job_submit(*, user, data):
     if not request.is_valid():
         return None, field_errors(request.errors)
     try:
-        return services.job_create(owner=user, request=services.JobRequest(**request.validated_data)), {}
+        return services.job_create(owner=user, request=JobRequest(**request.validated_data)), {}
     except ServiceError as err:
         return None, service_errors(err)
 

@@ -6,13 +6,13 @@ as its training step: the run extracts, then `train()` starts
 for it, watching for cancellation. Each rank runs `main()`: Django (for the database), a process
 group (nccl on GPUs, gloo on the CPU), and engine.run.training.train_step(distributed=True). Rank 0
 writes progress, the training curve and checkpoint rows with the callbacks of a one-process job
-(job_training.train_callbacks) and hands its TrainResult back in a file (engine.distributed.save_result);
+(training.worker.reporting.train_callbacks) and hands its TrainResult back in a file (engine.distributed.save_result);
 the worker loads it, and the run evaluates, exports and analyses the SAE as for any job.
 
 The ranks train the step the run handed the worker (engine.run.training.TrainStep: the file, the
 TrainConfig, the checkpoint to resume; or a StreamStep, when the job streams: each rank then loads
 the model and computes every row itself, and steps on its share of each batch), read from
-<models>/<job>_attempt-<n>_ddp_launch.json; the command line
+the attempt's launch file (training.artifacts.layout.ddp_files); the command line
 carries the job id and the run's attempt only (rank 0's writes are fenced by it:
 training.services.job_owned), and the environment the database URL. On cancel the worker sends SIGTERM to torchrun and to every rank:
 the ranks stop after the same step, rank 0 writes a checkpoint, and SIGKILL follows STOP_GRACE_S
@@ -134,13 +134,11 @@ def train(job, step, should_stop, report):
 
 
 def _files(job) -> dict[str, Path]:
-    from training import services
+    from training.artifacts import layout
 
-    # The attempt's own names, as its checkpoints' (services.job_checkpoint_prefix): a stale run's
-    # ranks never read or replace the files of the run that took the job over.
-    folder, prefix = services.job_artifact_paths(job)["checkpoint_dir"], services.job_checkpoint_prefix(job)
-    return {"launch": folder / f"{prefix}_ddp_launch.json", "result": folder / f"{prefix}_ddp_result.pt",
-            "log": folder / f"{prefix}_ddp.log"}
+    # The attempt's own names, as its checkpoints': a stale run's ranks never read or replace the
+    # files of the run that took the job over.
+    return layout.ddp_files(job.id, job.attempts)
 
 
 def _environment(job, cuda: bool) -> dict[str, str]:

@@ -1,14 +1,40 @@
-"""A job's training as its row sees it, in the worker (training.worker.spec) and in rank 0 of a
-multi-GPU job (training.worker.ddp) alike: its TrainConfig, the checkpoint it resumes from, the order of
-its first epoch, where it trains, and the callbacks that write training's progress, curve and
-checkpoints to the row."""
+"""What a job's run writes back to its row, and reads of the row to run it: the callbacks of the
+whole run (job_callbacks: phases, extraction progress, the cache, the analysis, what the run
+spent) and those of its training, in the worker and in rank 0 of a multi-GPU job
+(training.worker.ddp) alike (train_callbacks: progress, the curve, checkpoints); the job's
+TrainConfig, the checkpoint it resumes from, and where it trains. Every write is a service's, each
+fenced (training.services: a run that lost its job writes nothing)."""
 import math
+import time
 from pathlib import Path
 
 from django.conf import settings
 
-from training import services
+from training import selectors, services
 from training.models import TrainingJob
+from training.services import JobLost
+
+# The engine's phases, as the job row names them.
+PHASES = {"loading": TrainingJob.Phase.LOADING, "extracting": TrainingJob.Phase.EXTRACTING,
+          "training": TrainingJob.Phase.TRAINING, "evaluating": TrainingJob.Phase.EVALUATING,
+          "analyzing": TrainingJob.Phase.ANALYZING}
+
+
+class Throttle:
+    """True at most once per interval: progress writes and cancel checks must not hammer the DB."""
+
+    def __init__(self, interval_s):
+        self.interval_s = interval_s
+        self.last = 0.0
+
+    def __call__(self):
+        now = time.monotonic()
+        if now - self.last >= self.interval_s:
+            self.last = now
+            return True
+        return False
+
+
 
 
 class _Curve:
@@ -41,17 +67,6 @@ class _Curve:
         self.points.append({k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in point.items()})
         if len(self.points) > self.MAX_POINTS:
             self._thin()
-
-
-def first_epoch_in_arrival_order(job) -> bool:
-    """Whether the job's first epoch follows the extraction order, as a run that trains while
-    extracting must (MISTUDIO_OVERLAP_EXTRACTION). Decided by the job's first run and kept on its
-    row: a rerun without a checkpoint (its worker killed after the cache was complete) trains the
-    first epoch its first run trained, whatever the setting is by then."""
-    if job.first_epoch_in_arrival_order is None:
-        job.first_epoch_in_arrival_order = not job.activations_file and settings.OVERLAP_EXTRACTION == "on"
-        services.job_update_progress(job, first_epoch_in_arrival_order=job.first_epoch_in_arrival_order)
-    return job.first_epoch_in_arrival_order
 
 
 def train_config(job):
@@ -151,3 +166,111 @@ def train_callbacks(job, report, extraction_report=None):
         services.job_checkpoint_record(job, path=info.path, epoch=info.epoch, step=info.step, replaced=info.replaced)
 
     return on_progress, on_checkpoint
+
+
+def job_callbacks(job: TrainingJob, device: str, report, should_stop):
+    """The run's callbacks for this job; `report(dict)` follows the run in a terminal."""
+    from engine.run import RunCallbacks
+
+    row = _JobRow(job, device, report)
+    on_progress, on_checkpoint = train_callbacks(job, report, row.extraction)
+    return RunCallbacks(
+        on_phase=row.phase, on_extraction_progress=row.extraction, on_cache_complete=row.cache_complete,
+        on_train_progress=on_progress, on_checkpoint=on_checkpoint, on_analysis_progress=row.analysis_progress,
+        on_error=row.failed, should_stop=should_stop, extra_training_stats=row.training_stats,
+    )
+
+
+class _ExtractionReport:
+    """Extraction progress on the job row. While training runs beside it (an overlapped run) the
+    training reports own the message and the progress bar; extraction's share is appended to it."""
+
+    def __init__(self, job, report):
+        self.job, self.report = job, report
+        self.throttle = Throttle(settings.PROGRESS_INTERVAL_S)
+        self.started = time.monotonic()
+        self.training = False
+        self.note = None  # "extracting 120/400 sequences (9000 tokens/s)" while both run
+
+    def __call__(self, done, total, tokens):
+        if not (self.throttle() or done == total):
+            return
+        elapsed = time.monotonic() - self.started
+        rate = tokens / elapsed if elapsed > 0 else 0.0
+        self.note = None if done == total else f"extracting {done}/{total} sequences ({rate:.0f} tokens/s)"
+        if self.training:
+            return
+        eta = int((total - done) * elapsed / done) if done else None
+        message = f"Extracting activations - {done}/{total} sequences ({rate:.0f} tokens/s)"
+        services.job_update_progress(self.job, eta_s=eta, message=message, tokens_per_s=round(rate, 1),
+                                     phase=TrainingJob.Phase.EXTRACTING, spent={"extraction_seconds": elapsed})
+        self.report({"phase": "extracting", "done": done, "total": total, "message": message})
+
+
+class _JobRow:
+    """What the run's phases, cache, analysis, failure and stats write to the job row."""
+
+    def __init__(self, job, device, report):
+        self.job, self.device, self.report = job, device, report
+        self.extraction = _ExtractionReport(job, report)
+        self.analysis_throttle = Throttle(settings.PROGRESS_INTERVAL_S)
+        self.analysis_started = time.monotonic()
+
+    def phase(self, phase, *, device=None, overlapped=False, resume_from=None):
+        job, update = self.job, services.job_update_progress
+        if phase == "loading":
+            update(job, device=device, message=f"Loading on {device}")
+            self.report({"phase": "loading", "device": device})
+        elif phase == "extracting":
+            self.extraction.started = time.monotonic()
+            update(job, phase=TrainingJob.Phase.EXTRACTING, message=f"Extracting activations on {device}")
+        elif phase == "training":
+            # While extraction still runs, it stays the phase until the first training report.
+            self.extraction.training = not overlapped
+            if not overlapped:
+                update(job, phase=TrainingJob.Phase.TRAINING,
+                       message=f"Training on {training_place(job, self.device)} - Epoch 1/{job.max_epochs}")
+            if resume_from is not None:
+                update(job, message=f"Resuming from {Path(resume_from).name}")
+        elif phase == "evaluating":
+            update(job, phase=TrainingJob.Phase.EVALUATING, progress=1.0, message="Evaluating on held-out tokens")
+            self.report({"phase": "evaluating"})
+        elif phase == "analyzing":
+            self.analysis_started = time.monotonic()
+            update(job, phase=TrainingJob.Phase.ANALYZING, message="Analyzing features")
+            self.report({"phase": "analyzing"})
+
+    def cache_complete(self, extraction):
+        """The row keeps where the cache is and what extracting it measured, so a rerun reuses it
+        and its result still reports the extraction."""
+        from engine.run.records import extraction_stats
+
+        services.job_update_progress(self.job, activations_path=str(extraction.path),
+                                     extraction_stats=extraction_stats(extraction),
+                                     spent={"extraction_seconds": extraction.seconds})
+
+    def analysis_progress(self, done, total):
+        if self.analysis_throttle() or done == total:
+            elapsed = time.monotonic() - self.analysis_started
+            rate = done / elapsed if elapsed > 0 else 0.0
+            message = f"Analyzing features - {done}/{total} tokens"
+            services.job_update_progress(self.job, message=message, tokens_per_s=round(rate, 1),
+                                         eta_s=int((total - done) / rate) if rate > 0 else None)
+            self.report({"phase": "analyzing", "done": done, "total": total, "message": message})
+
+    def failed(self, phase, err):
+        # The phase a failure happened in (an out-of-memory message names it); a job another
+        # worker has taken over is not this run's to write.
+        if not isinstance(err, JobLost):
+            services.job_update_progress(self.job, phase=PHASES[phase])
+
+    def training_stats(self, result) -> dict:
+        """What every run of the job spent (this one's training time joins its entry in `runs`),
+        and the extraction the run that extracted the activations measured (maybe an earlier run)."""
+        services.job_update_progress(self.job, spent={"training_seconds": result.training_time_seconds})
+        # Read, not refreshed: the run's job keeps the attempt it claimed (its fencing token).
+        runs, extraction = TrainingJob.objects.filter(pk=self.job.pk).values_list("runs", "extraction_stats").get()
+        extra = selectors.job_runs_summary(runs)
+        if extraction:
+            extra["extraction"] = extraction
+        return extra

@@ -1,44 +1,16 @@
-"""A job as the engine runs it (engine.run): the spec its row maps to, and the callbacks that write
-what the run says back to the row (progress, messages, the cache, what the run spent) and to a
-terminal's progress bar (`report`). The engine is imported inside functions: the web process and
-the queue's parent never load torch."""
-import time
+"""A job as the engine runs it (engine.run): the spec its row maps to, read from the row and
+never written to it (what the run writes back is training.worker.reporting), and where the run
+stages the artifacts its ending moves into place. The engine is imported inside functions: the
+web process and the queue's parent never load torch."""
 from pathlib import Path
 
 from django.conf import settings
 
 from training import selectors, services
 from training.admission import disk as runplan
-from training.services import JobLost
 from training.hub import hub_token
-from training.worker.reporting import (
-    first_epoch_in_arrival_order,
-    resume_checkpoint,
-    train_callbacks,
-    train_config,
-    training_place,
-)
+from training.worker.reporting import resume_checkpoint, train_config
 from training.models import TrainingJob
-
-# The engine's phases, as the job row names them.
-PHASES = {"loading": TrainingJob.Phase.LOADING, "extracting": TrainingJob.Phase.EXTRACTING,
-          "training": TrainingJob.Phase.TRAINING, "evaluating": TrainingJob.Phase.EVALUATING,
-          "analyzing": TrainingJob.Phase.ANALYZING}
-
-
-class Throttle:
-    """True at most once per interval: progress writes and cancel checks must not hammer the DB."""
-
-    def __init__(self, interval_s):
-        self.interval_s = interval_s
-        self.last = 0.0
-
-    def __call__(self):
-        now = time.monotonic()
-        if now - self.last >= self.interval_s:
-            self.last = now
-            return True
-        return False
 
 
 def job_model(job: TrainingJob):
@@ -97,7 +69,8 @@ def job_spec(job: TrainingJob, device: str):
         resume_from=resume_checkpoint(job),
         # A resumed run reuses what its earlier run extracted (the file appears complete or not at all).
         cache=Path(job.activations_path) if on_model and job.activations_path else None,
-        first_epoch_in_arrival_order=on_model and first_epoch_in_arrival_order(job),
+        # Decided and kept on the row by the job's first claim (services.job_claim).
+        first_epoch_in_arrival_order=on_model and bool(job.first_epoch_in_arrival_order),
         features=FeatureSettings(top_n=settings.FEATURE_TOP_N, window=settings.FEATURE_CONTEXT_WINDOW,
                                  max_tokens=settings.ANALYSIS_TOKENS or None,
                                  logit_tokens=settings.FEATURE_LOGIT_TOKENS),
@@ -124,111 +97,3 @@ def job_staged_moves(job: TrainingJob) -> dict[Path, Path]:
     """{staged: final} for what the run wrote of its staged artifacts (services.job_finish)."""
     finals = services.job_artifact_paths(job)
     return {staged: finals[name] for name, staged in job_staged_paths(job).items() if staged.exists()}
-
-
-def job_callbacks(job: TrainingJob, device: str, report, should_stop):
-    """The run's callbacks for this job; `report(dict)` follows the run in a terminal."""
-    from engine.run import RunCallbacks
-
-    row = _JobRow(job, device, report)
-    on_progress, on_checkpoint = train_callbacks(job, report, row.extraction)
-    return RunCallbacks(
-        on_phase=row.phase, on_extraction_progress=row.extraction, on_cache_complete=row.cache_complete,
-        on_train_progress=on_progress, on_checkpoint=on_checkpoint, on_analysis_progress=row.analysis_progress,
-        on_error=row.failed, should_stop=should_stop, extra_training_stats=row.training_stats,
-    )
-
-
-class _ExtractionReport:
-    """Extraction progress on the job row. While training runs beside it (an overlapped run) the
-    training reports own the message and the progress bar; extraction's share is appended to it."""
-
-    def __init__(self, job, report):
-        self.job, self.report = job, report
-        self.throttle = Throttle(settings.PROGRESS_INTERVAL_S)
-        self.started = time.monotonic()
-        self.training = False
-        self.note = None  # "extracting 120/400 sequences (9000 tokens/s)" while both run
-
-    def __call__(self, done, total, tokens):
-        if not (self.throttle() or done == total):
-            return
-        elapsed = time.monotonic() - self.started
-        rate = tokens / elapsed if elapsed > 0 else 0.0
-        self.note = None if done == total else f"extracting {done}/{total} sequences ({rate:.0f} tokens/s)"
-        if self.training:
-            return
-        eta = int((total - done) * elapsed / done) if done else None
-        message = f"Extracting activations - {done}/{total} sequences ({rate:.0f} tokens/s)"
-        services.job_update_progress(self.job, eta_s=eta, message=message, tokens_per_s=round(rate, 1),
-                                     phase=TrainingJob.Phase.EXTRACTING, spent={"extraction_seconds": elapsed})
-        self.report({"phase": "extracting", "done": done, "total": total, "message": message})
-
-
-class _JobRow:
-    """What the run's phases, cache, analysis, failure and stats write to the job row."""
-
-    def __init__(self, job, device, report):
-        self.job, self.device, self.report = job, device, report
-        self.extraction = _ExtractionReport(job, report)
-        self.analysis_throttle = Throttle(settings.PROGRESS_INTERVAL_S)
-        self.analysis_started = time.monotonic()
-
-    def phase(self, phase, *, device=None, overlapped=False, resume_from=None):
-        job, update = self.job, services.job_update_progress
-        if phase == "loading":
-            update(job, device=device, message=f"Loading on {device}")
-            self.report({"phase": "loading", "device": device})
-        elif phase == "extracting":
-            self.extraction.started = time.monotonic()
-            update(job, phase=TrainingJob.Phase.EXTRACTING, message=f"Extracting activations on {device}")
-        elif phase == "training":
-            # While extraction still runs, it stays the phase until the first training report.
-            self.extraction.training = not overlapped
-            if not overlapped:
-                update(job, phase=TrainingJob.Phase.TRAINING,
-                       message=f"Training on {training_place(job, self.device)} - Epoch 1/{job.max_epochs}")
-            if resume_from is not None:
-                update(job, message=f"Resuming from {Path(resume_from).name}")
-        elif phase == "evaluating":
-            update(job, phase=TrainingJob.Phase.EVALUATING, progress=1.0, message="Evaluating on held-out tokens")
-            self.report({"phase": "evaluating"})
-        elif phase == "analyzing":
-            self.analysis_started = time.monotonic()
-            update(job, phase=TrainingJob.Phase.ANALYZING, message="Analyzing features")
-            self.report({"phase": "analyzing"})
-
-    def cache_complete(self, extraction):
-        """The row keeps where the cache is and what extracting it measured, so a rerun reuses it
-        and its result still reports the extraction."""
-        from engine.run.records import extraction_stats
-
-        services.job_update_progress(self.job, activations_path=str(extraction.path),
-                                     extraction_stats=extraction_stats(extraction),
-                                     spent={"extraction_seconds": extraction.seconds})
-
-    def analysis_progress(self, done, total):
-        if self.analysis_throttle() or done == total:
-            elapsed = time.monotonic() - self.analysis_started
-            rate = done / elapsed if elapsed > 0 else 0.0
-            message = f"Analyzing features - {done}/{total} tokens"
-            services.job_update_progress(self.job, message=message, tokens_per_s=round(rate, 1),
-                                         eta_s=int((total - done) / rate) if rate > 0 else None)
-            self.report({"phase": "analyzing", "done": done, "total": total, "message": message})
-
-    def failed(self, phase, err):
-        # The phase a failure happened in (an out-of-memory message names it); a job another
-        # worker has taken over is not this run's to write.
-        if not isinstance(err, JobLost):
-            services.job_update_progress(self.job, phase=PHASES[phase])
-
-    def training_stats(self, result) -> dict:
-        """What every run of the job spent (this one's training time joins its entry in `runs`),
-        and the extraction the run that extracted the activations measured (maybe an earlier run)."""
-        services.job_update_progress(self.job, spent={"training_seconds": result.training_time_seconds})
-        # Read, not refreshed: the run's job keeps the attempt it claimed (its fencing token).
-        runs, extraction = TrainingJob.objects.filter(pk=self.job.pk).values_list("runs", "extraction_stats").get()
-        extra = selectors.job_runs_summary(runs)
-        if extraction:
-            extra["extraction"] = extraction
-        return extra

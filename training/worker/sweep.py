@@ -6,23 +6,19 @@ and ends each member's row as soon as the engine says it ended, as a single job'
 waiting for it is cancelled. A streaming sweep (engine.run.sweep) trains its members at once and
 ends them in order, each as soon as its evaluation and analysis are done."""
 import logging
-import time
-
-from django.conf import settings
 
 from training import services
-from training.worker import job as pipeline
-from training.worker.spec import job_callbacks, job_spec
+from training.artifacts import layout
+from training.worker.device import job_device
+from training.worker.session import RunSession, job_fail_with, job_finish_outcome
+from training.worker.reporting import job_callbacks
+from training.worker.spec import job_spec
 from training.models import Sweep, TrainingJob
 
 logger = logging.getLogger("training")
 
 
-def site_path(sweep_id: str, layer_number: int, hook_point: str):
-    """Where a sweep keeps a site's activations, shared by the members that read there."""
-    folder = settings.DATA_DIR / "activations"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{sweep_id}_L{layer_number}_{hook_point}_activations.npy"
+site_path = layout.sweep_site_path
 
 
 def sweep_run(sweep_id: str, *, on_progress=None, on_member_end=None, wait_for_slot: bool = False) -> Sweep | None:
@@ -38,26 +34,13 @@ def sweep_run(sweep_id: str, *, on_progress=None, on_member_end=None, wait_for_s
     if not jobs:
         logger.info("Sweep %s has no queued member; nothing to run", sweep_id)
         return sweep
-    from gpus.services import lease_acquire, lease_wait
-
     report = on_progress or (lambda update: None)
-    heartbeat = pipeline.Heartbeat(*jobs)
-    stops = [pipeline.cancel_check(job.pk, heartbeat) for job in jobs]
-    if not wait_for_slot and not lease_acquire(jobs[0]):
-        reason = pipeline.wait_reason(jobs[0])
-        time.sleep(settings.WORKER_SEEN_INTERVAL_S)  # not at once: the same busy worker may take it again
-        for job in jobs:
-            try:
-                services.job_requeue(job, reason, enqueue=False)
-            except services.JobLost:
-                logger.warning("Sweep member %s was taken over while the slot was busy here", job.pk)
-        from django.db import transaction
-
-        transaction.on_commit(lambda: services.sweep_enqueue(sweep_id))
-        return sweep
-    heartbeat.start()
-    try:
-        if wait_for_slot and not lease_wait(jobs[0], should_stop=lambda: all(stop() for stop in stops)):
+    with RunSession(jobs, wait_for_slot=wait_for_slot, enqueue=lambda: services.sweep_enqueue(sweep_id),
+                    member="Sweep member") as session:
+        if session.requeued:
+            return sweep
+        stops = session.stops
+        if not session.wait_slot(lambda: all(stop() for stop in stops)):
             for job in jobs:
                 try:
                     services.job_finish(job, status=TrainingJob.Status.CANCELLED,
@@ -66,10 +49,6 @@ def sweep_run(sweep_id: str, *, on_progress=None, on_member_end=None, wait_for_s
                     logger.warning("Sweep member %s was taken over while it waited here", job.pk)
         else:
             _run(sweep, jobs, stops, report, on_member_end or (lambda job: None))
-    finally:
-        heartbeat.stop()
-        for job in jobs:  # as a single job's run: each member's lease, staging folder and token
-            pipeline.run_release(job)
     sweep.refresh_from_db()
     return sweep
 
@@ -78,7 +57,7 @@ def _run(sweep, jobs, stops, report, on_member_end):
     from engine.devices import select_device
     from engine.run.sweep import SweepCallbacks, SweepSpec, run_sweep, site_of
 
-    device = pipeline.job_device(jobs[0], select_device)
+    device = job_device(jobs[0], select_device)
     specs = [job_spec(job, device) for job in jobs]
     callbacks = [job_callbacks(job, device, report, stop) for job, stop in zip(jobs, stops)]
     spec = SweepSpec(members=specs, site_paths={site_of(s): site_path(sweep.pk, *site_of(s)) for s in specs})
@@ -104,11 +83,11 @@ def _run(sweep, jobs, stops, report, on_member_end):
         job = jobs[index]
         if error is None:
             try:
-                pipeline.job_finish_outcome(job, outcome)
+                job_finish_outcome(job, outcome)
             except services.JobLost as lost:
-                pipeline.job_fail_with(job, lost)  # says so in the log, and writes nothing
+                job_fail_with(job, lost)  # says so in the log, and writes nothing
         else:
-            pipeline.job_fail_with(job, error)
+            job_fail_with(job, error)
         services.job_staging_remove(job)
         ended.add(index)
         if index + 1 < len(jobs):
@@ -123,5 +102,5 @@ def _run(sweep, jobs, stops, report, on_member_end):
     except Exception as err:  # noqa: BLE001 - loading the model failed, say: every member not ended fails with it
         for index, job in enumerate(jobs):
             if index not in ended:
-                pipeline.job_fail_with(job, err)
+                job_fail_with(job, err)
                 on_member_end(TrainingJob.objects.get(pk=job.pk))

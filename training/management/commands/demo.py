@@ -22,6 +22,7 @@ from training import documents, services
 from training.admission import model as modelcheck
 from training.api import serializers
 from training.models import TrainingJob
+from training.requests import JobRequest
 
 SAMPLE_CORPUS = settings.BASE_DIR / "samples" / "demo_corpus.txt"
 
@@ -58,7 +59,7 @@ class Command(BaseCommand):
         self.stdout.write(f"Corpus {corpus.name}: {corpus.lines_count} lines, {corpus.size_bytes} bytes")
         job = services.job_create(
             owner=user,
-            request=services.JobRequest(
+            request=JobRequest(
                 model_name=model,
                 corpus_file=corpus.name,
                 layer_number=layer_number,

@@ -15,6 +15,7 @@ from corpora.services import corpus_add_from_path
 from mistudio.errors import ServiceError, flatten_errors
 from training import documents, services, sweeps
 from training.api import serializers
+from training.requests import JobRequest
 from training.worker.job import job_run
 from training.worker.sweep import sweep_run
 from training.api.sweep_serializers import SweepRequestSerializer
@@ -154,7 +155,7 @@ class Command(BaseCommand):
         values["activations_file"] = data.get("activations_file", "")
         try:
             # Whoever runs this command is on the machine: any local model path is theirs to name.
-            job = services.job_create(owner=owner, request=services.JobRequest(**values), enqueue=False,
+            job = services.job_create(owner=owner, request=JobRequest(**values), enqueue=False,
                                       any_local_path=True)
         except ServiceError as err:
             raise CommandError(err.message) from None
