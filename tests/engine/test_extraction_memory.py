@@ -123,6 +123,7 @@ def test_a_file_read_from_the_source_is_the_one_its_sequences_in_memory_give(gpt
     assert tokens.tolist() == expected  # row r is the corpus's r-th row token
 
 
+@pytest.mark.slow
 def test_batches_run_a_group_at_a_time_in_corpus_order_and_in_a_seeded_order_inside_it(gpt2, corpus, tmp_path):
     source = counted(corpus, gpt2, SequenceSource)
     lengths = source.lengths()
