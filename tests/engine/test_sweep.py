@@ -40,6 +40,7 @@ def sweep(tmp_path, specs):
                                                 for s in specs})
 
 
+@pytest.mark.slow
 def test_one_forward_per_batch_feeds_every_site_and_each_file_is_the_single_sites(tmp_path, tiny_llama_dir, sample_texts):
     loaded = load_model(resolve_model(str(tiny_llama_dir), models_dir=None), device="cpu", with_lm_head=True)
     forwards = []
