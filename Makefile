@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 8001
 
-.PHONY: install demo test test-scaleout serve migrate
+.PHONY: install demo test test-fast test-scaleout serve migrate
 
 # The scale-out suite's services: every dev and CI machine runs both locally (override either).
 SCALEOUT_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/mistudio
@@ -43,6 +43,12 @@ test: install
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -p no:django -W ignore::pytest.PytestConfigWarning tests/engine
 	$(PY) -m pytest -q --durations=10 --ignore=tests/engine
+
+# The edit-test loop (a few minutes): the same, less the tests marked slow (see pytest.ini).
+test-fast: install
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m pytest -q -m "not slow" -p no:django -W ignore::pytest.PytestConfigWarning tests/engine
+	$(PY) -m pytest -q -m "not slow" --ignore=tests/engine
 
 # The same suite on PostgreSQL (pytest-django makes a test database per run beside it) and the Redis
 # broker. Fails at once, saying which, when either service does not answer.

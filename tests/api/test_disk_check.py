@@ -30,6 +30,7 @@ def check_memory(client, **query):
     return client.get("/api/v1/check-memory/tiny/gpt2", {"hidden_dim": 16, "max_epochs": 5, **query})
 
 
+@pytest.mark.slow
 def test_a_job_whose_cache_fits_caches_it_and_keeps_the_plan_with_a_measured_token_count(alice_api, corpus, hub_models):
     response = train(alice_api)
     assert response.status_code == 200, response.json()
@@ -78,6 +79,7 @@ def test_checkpoints_that_cannot_fit_are_a_400_even_when_the_activations_stream(
     assert "(checkpoints of " in response.json()["detail"] and "Lower hidden_dim" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_without_its_tokenizer_the_plan_counts_a_byte_per_token_and_says_so(alice_api, corpus, hub_models):
     # A folder whose tokenizer file is damaged: the child that measures says it could not read it.
     (hub_models / "tiny" / "gpt2" / "tokenizer.json").write_text("{not a tokenizer")

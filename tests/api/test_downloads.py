@@ -60,6 +60,7 @@ def unpack(response, into: Path) -> Path:
     return into
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_the_saelens_download_of_a_trained_job_unpacks_and_loads_as_its_sae(trained, alice_api, tmp_path):
     response = alice_api.get(url(trained, "saelens"))
@@ -82,6 +83,7 @@ def test_the_saelens_download_of_a_trained_job_unpacks_and_loads_as_its_sae(trai
         torch.testing.assert_close(tensor, saved[name], rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_the_weights_and_metadata_downloads_are_the_trained_jobs_files(trained, alice_api):
     weights = alice_api.get(url(trained, "weights"))

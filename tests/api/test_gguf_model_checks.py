@@ -21,6 +21,7 @@ def gguf_in_models_dir(settings, tiny_gguf_file):
     return folder / "tiny-llama.gguf"
 
 
+@pytest.mark.slow
 def test_validate_model_describes_the_bundled_smollm2(alice_api):
     body = alice_api.post("/api/v1/validate-model", {"model_name": BUNDLED_CAUSAL_LM_NAME}, format="json").json()
     assert body["valid"] is True and body["accessible"] is True and body["requires_token"] is False
@@ -40,6 +41,7 @@ def test_check_memory_estimates_smollm2_dequantized_in_the_compute_dtype(alice_a
     assert body["memory_check"]["breakdown_gb"]["model_weights"] == round(SMOLLM2_PARAMETERS * weight_bytes / GB, 3)
 
 
+@pytest.mark.slow
 def test_a_gguf_in_the_models_dir_is_validated_without_converting_it(alice_api, settings, gguf_in_models_dir):
     settings.MODELS_CACHE_DIR = settings.DATA_DIR / "converted"
     for name in ("tiny/llama-gguf", "tiny/llama-gguf/tiny-llama.gguf"):
@@ -58,6 +60,7 @@ def test_a_folder_of_several_ggufs_is_a_400_that_asks_for_one(alice_api, setting
     assert "holds 2 GGUF files" in response.json()["detail"] and "name the one to load" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_a_gguf_transformers_cannot_load_is_a_400_that_says_so(alice_api, settings):
     (settings.MODELS_DIR / "tiny").mkdir()
     write_tiny_gguf(settings.MODELS_DIR / "tiny" / "command-r.gguf", architecture="command-r")

@@ -29,6 +29,7 @@ def test_a_job_reads_the_block_output_without_special_tokens_after_a_bos_by_defa
     assert alice_api.get(f"/api/v1/train/{job.id}/status").json()["hook_point"] == "resid_post"
 
 
+@pytest.mark.slow
 def test_a_job_takes_a_hook_point_the_model_has_and_the_special_token_switches(alice_api, corpus, hub_models):
     response = train(alice_api, model_name="tiny/llama", corpus_file=corpus, layer_number=1, hook_point="mlp_out",
                      exclude_special_tokens=False, prepend_bos=False)
@@ -37,6 +38,7 @@ def test_a_job_takes_a_hook_point_the_model_has_and_the_special_token_switches(a
     assert (job.hook_point, job.exclude_special_tokens, job.prepend_bos) == ("mlp_out", False, False)
 
 
+@pytest.mark.slow
 def test_a_hook_point_the_model_lacks_is_a_400_that_lists_those_it_has(alice_api, corpus, mamba):
     response = train(alice_api, model_name=mamba, corpus_file=corpus, layer_number=0, hook_point="attn_out")
     assert response.status_code == 400

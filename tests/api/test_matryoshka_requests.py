@@ -50,6 +50,7 @@ def test_the_job_records_the_widths_it_will_train_with_hidden_dim_last(alice_api
     assert TrainingJob.objects.get(pk=other.json()["job_id"]).matryoshka_widths is None
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)  # the worker's task runs the job outside a test transaction
 def test_a_matryoshka_job_trains_from_the_api_and_its_result_gives_the_widths(alice_api, alice, client, upload,
                                                                              sample_corpus_bytes, hub_models):

@@ -5,6 +5,7 @@ from tests.fake_hub import fake_hub  # noqa: F401 - the fixture
 pytestmark = pytest.mark.django_db
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["tiny/gpt2", "tiny%2Fgpt2"])
 def test_check_memory_takes_a_name_with_a_slash_encoded_or_not(alice_api, hub_models, path):
     response = alice_api.get(f"/api/v1/check-memory/{path}")
@@ -19,6 +20,7 @@ def test_check_memory_takes_a_name_with_a_slash_encoded_or_not(alice_api, hub_mo
                                                       "enable_checkpointing"}
 
 
+@pytest.mark.slow
 def test_the_estimate_grows_with_the_batch_and_the_dictionary(alice_api, hub_models):
     def required(**query):
         return alice_api.get("/api/v1/check-memory/tiny/llama", query).json()["memory_check"]["required_gb"]
@@ -33,6 +35,7 @@ def test_check_memory_for_an_unknown_model_is_a_400(alice_api):
     assert "nobody/missing-model-q" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_validate_model_describes_the_bundled_minilm(alice_api):
     body = alice_api.post("/api/v1/validate-model", {"model_name": "sentence-transformers/all-MiniLM-L6-v2"},
                           format="json").json()
@@ -74,6 +77,7 @@ def test_check_memory_refuses_quantization_on_a_host_without_a_gpu_as_train_does
     assert alice_api.get("/api/v1/check-memory/tiny/gpt2", {"quantization": "none"}).status_code == 200
 
 
+@pytest.mark.slow
 def test_a_hub_model_is_counted_from_the_hubs_safetensors_metadata_at_its_commit(alice_api, fake_hub, tiny_gpt2_dir):
     from engine.models.parameter_count import local_safetensors_files, safetensors_header_count
 
@@ -85,6 +89,7 @@ def test_a_hub_model_is_counted_from_the_hubs_safetensors_metadata_at_its_commit
     assert f"/org/tiny-gpt2/resolve/{commit}/model.safetensors" in fake_hub.file_paths()
 
 
+@pytest.mark.slow
 def test_a_model_once_read_is_not_read_again_by_the_next_job(alice_api, upload, sample_corpus_bytes, hub_models,
                                                             monkeypatch):
     from collections import OrderedDict

@@ -10,6 +10,7 @@ from training.tasks import run_training_job
 pytestmark = pytest.mark.django_db(transaction=True)  # the worker's task runs outside a test transaction
 
 
+@pytest.mark.slow
 def test_a_smollm2_job_completes_with_ce_loss_recovered_and_kl_in_its_result(alice_api, upload, sample_corpus_bytes,
                                                                               smollm2_converted):
     assert upload("reviews-head.txt", b"\n".join(sample_corpus_bytes.splitlines()[:160])).status_code == 200

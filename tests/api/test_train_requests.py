@@ -121,6 +121,7 @@ def test_architecture_fields_are_checked(alice_api, corpus, hub_models, fields, 
     assert not TrainingJob.objects.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)  # the worker's task runs the job outside a test transaction
 @pytest.mark.parametrize("architecture,k", [("relu", None), ("topk", 8), ("batchtopk", 8), ("jumprelu", None),
                                              ("gated", None)])
@@ -188,6 +189,7 @@ def test_a_model_name_too_long_for_the_filesystem_is_a_400(alice_api, corpus):
     assert "too long" in response.json()["detail"]
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_an_architecture_registered_in_a_test_module_trains_through_the_api_and_the_worker_task(
         alice_api, upload, sample_corpus_bytes, hub_models):

@@ -17,6 +17,7 @@ def train(client, **fields):
     return client.post("/api/v1/train", fields, format="json")
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)  # the worker's task runs the job outside a test transaction
 def test_a_skip_transcoder_trains_from_the_api_and_is_scored_on_the_mlp_output(alice_api, upload, sample_corpus_bytes,
                                                                               hub_models):

@@ -16,6 +16,7 @@ def finished_sweep(alice, hub_models):
     return sweep_run(sweep.id)
 
 
+@pytest.mark.slow
 def test_an_owner_sees_the_members_grouped_and_the_sweeps_fronts(browser, live_server, screenshot, finished_sweep):
     members = list(finished_sweep.jobs.order_by("created_at", "pk"))
     login(browser, live_server, "alice", "alice-password-1")

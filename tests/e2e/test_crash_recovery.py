@@ -51,6 +51,7 @@ def kill_cluster(process):
     process.log.close()
 
 
+@pytest.mark.slow
 def test_a_job_whose_worker_is_killed_resumes_and_ends_like_an_uninterrupted_one(alice_api, upload, worker):
     assert upload(SAMPLE_CORPUS.name, SAMPLE_CORPUS.read_bytes()).status_code == 200
     reference = submit(alice_api, **JOB)
@@ -75,6 +76,7 @@ def test_a_job_whose_worker_is_killed_resumes_and_ends_like_an_uninterrupted_one
     assert job.activations_path.endswith(f"{killed}_activations.npy")
 
 
+@pytest.mark.slow
 def test_a_job_killed_in_every_phase_ends_as_an_uninterrupted_one_and_adds_up_its_runs(
         alice_api, upload, settings, hub_models, tmp_path):
     # Six runs allowed: one killed in each of five phases, then one that finishes. One checkpoint,
@@ -124,6 +126,7 @@ def test_a_job_killed_in_every_phase_ends_as_an_uninterrupted_one_and_adds_up_it
     assert stats["extraction"]["seconds"] == pytest.approx(stats["runs"][2]["extraction_seconds"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_a_cluster_killed_twice_strands_none_of_the_jobs_whose_tasks_it_had_taken(
         alice_api, upload, settings, hub_models, tmp_path):
     # Short sweeps so a lost task is found within seconds (the defaults: a minute or so).

@@ -101,6 +101,7 @@ def stale_leftovers(job_id, data_dir) -> list[str]:
                   if path.suffix == ".part" or not path.name.endswith(".pt"))
 
 
+@pytest.mark.slow
 def test_a_worker_paused_in_training_writes_nothing_once_it_runs_again(alice_api, upload, hosts, tmp_path, data_dir):
     assert upload(SAMPLE_CORPUS.name, SAMPLE_CORPUS.read_bytes()).status_code == 200
     stale_host = "host-a"
@@ -132,6 +133,7 @@ def test_a_worker_paused_in_training_writes_nothing_once_it_runs_again(alice_api
     assert stale_leftovers(job_id, data_dir) == []
 
 
+@pytest.mark.slow
 def test_a_worker_paused_while_finishing_writes_neither_the_ending_nor_the_artifacts(
         alice_api, upload, hosts, tmp_path, data_dir):
     assert upload(SAMPLE_CORPUS.name, SAMPLE_CORPUS.read_bytes()).status_code == 200

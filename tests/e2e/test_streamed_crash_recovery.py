@@ -22,6 +22,7 @@ def worker_env():
     return STEADY
 
 
+@pytest.mark.slow
 def test_a_streamed_job_whose_worker_is_killed_resumes_on_the_same_tokens(alice_api, upload, worker):
     assert upload(SAMPLE_CORPUS.name, SAMPLE_CORPUS.read_bytes()).status_code == 200
     reference = submit(alice_api, **JOB)

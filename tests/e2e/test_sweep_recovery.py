@@ -46,6 +46,7 @@ def start(api, upload, **fields):
     return response.json()["sweep_id"]
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_worker_is_killed_resumes_every_unfinished_member(alice_api, upload, worker):
     sweep_id = start(alice_api, upload)
 
@@ -71,6 +72,7 @@ def test_a_sweep_whose_worker_is_killed_resumes_every_unfinished_member(alice_ap
     assert first.activations_path == second.activations_path == third.activations_path
 
 
+@pytest.mark.slow
 def test_cancelling_a_running_sweep_stops_its_member_and_never_starts_the_rest(alice_api, upload, worker):
     sweep_id = start(alice_api, upload, max_epochs=100000)
     wait_until(lambda: members(sweep_id)[0].current_epoch >= 2, "the first member training")

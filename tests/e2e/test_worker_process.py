@@ -80,6 +80,7 @@ def submit(api, **fields):
     return response.json()["job_id"]
 
 
+@pytest.mark.slow
 def test_jobs_train_in_order_in_a_real_worker_and_a_running_job_can_be_cancelled(alice_api, upload, worker):
     assert upload(SAMPLE_CORPUS.name, SAMPLE_CORPUS.read_bytes()).status_code == 200
     first = submit(alice_api, max_epochs=3, min_loss=0)

@@ -45,6 +45,7 @@ def peak_growth_mib(path, budget):
     return float(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_cache_over_the_budget_streams_and_resident_memory_stays_near_the_budget(big_cache):
     size_mib = big_cache.stat().st_size / 2**20
     loaded = peak_growth_mib(big_cache, "none")

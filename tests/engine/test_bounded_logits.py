@@ -76,6 +76,7 @@ def full_logits_reference(loaded, texts):
             "kl_div_with_ablation": kl["zero"] / n, "ce_eval_tokens": n}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["llama", "gemma2"])
 def test_chunked_logits_give_the_numbers_of_full_logits(model, request, sample_texts):
     # Gemma 2 soft-caps its logits after the head: the chunks must do the same.
@@ -89,6 +90,7 @@ def test_chunked_logits_give_the_numbers_of_full_logits(model, request, sample_t
             assert result[name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
 
 
+@pytest.mark.slow
 def test_no_tensor_of_logits_exceeds_the_budget(llama, sample_texts):
     head = llama.model.get_output_embeddings()
     vocab = head.weight.shape[0]
@@ -112,6 +114,7 @@ def test_no_tensor_of_logits_exceeds_the_budget(llama, sample_texts):
     assert max(widest) == 5 and len(widest) > 10
 
 
+@pytest.mark.slow
 def test_the_tokens_measured_stop_at_the_cap_and_are_reported(llama, sample_texts):
     capped = evaluate(llama, sample_texts, max_tokens=40)
     whole = evaluate(llama, sample_texts)

@@ -30,6 +30,7 @@ def config(architecture) -> TrainConfig:
                        **OPTIONS[architecture])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["checkpoint_2", "cancelled_checkpoint_1"])
 @pytest.mark.parametrize("architecture", list(OPTIONS))
 def test_a_checkpoint_written_before_format_versions_resumes_as_it_would_have(architecture, name):

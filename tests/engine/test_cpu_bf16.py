@@ -21,6 +21,7 @@ def test_the_policy_follows_the_setting_and_auto_follows_the_cpu():
         cpu_uses_bf16("yes")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_dir", ["tiny_llama_dir", "minilm_dir"])
 def test_bf16_extraction_matches_float32_to_bf16_precision(model_dir, request, sample_texts, tmp_path):
     resolved = resolve_model(str(request.getfixturevalue(model_dir)), models_dir=None)
@@ -40,6 +41,7 @@ def test_bf16_extraction_matches_float32_to_bf16_precision(model_dir, request, s
     assert np.median(error) > 0  # they did compute differently
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["topk", "relu"])
 def test_an_sae_trained_under_cpu_bf16_autocast_ends_within_2_percent_of_float32(architecture):
     data = sparse_data()

@@ -46,6 +46,7 @@ def planted(width: int, offset: str, n_rows: int = 2048, seed: int = 0) -> np.nd
     return x.astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("architecture", "width", "offset"), CASES)
 def test_defaults_give_a_sparse_sae_that_explains_the_data(architecture, width, offset):
     x = planted(width, offset)

@@ -85,6 +85,7 @@ def options(path, **overrides):
     return values
 
 
+@pytest.mark.slow
 def test_extraction_from_a_source_holds_a_group_and_a_chunk_never_the_corpus(gpt2, corpus, tmp_path):
     source = counted(corpus, gpt2)
     n_sequences = len(source.rows_per_sequence())
@@ -94,6 +95,7 @@ def test_extraction_from_a_source_holds_a_group_and_a_chunk_never_the_corpus(gpt
     assert 0 < Alive.peak <= bound(source) < n_sequences
 
 
+@pytest.mark.slow
 def test_a_stream_and_several_sites_hold_no_more_than_a_group_and_a_chunk(gpt2, corpus, tmp_path):
     source = counted(corpus, gpt2)
     lengths = source.lengths()
@@ -121,6 +123,7 @@ def test_a_file_read_from_the_source_is_the_one_its_sequences_in_memory_give(gpt
     assert tokens.tolist() == expected  # row r is the corpus's r-th row token
 
 
+@pytest.mark.slow
 def test_batches_run_a_group_at_a_time_in_corpus_order_and_in_a_seeded_order_inside_it(gpt2, corpus, tmp_path):
     source = counted(corpus, gpt2, SequenceSource)
     lengths = source.lengths()
@@ -134,6 +137,7 @@ def test_batches_run_a_group_at_a_time_in_corpus_order_and_in_a_seeded_order_ins
     assert sorted(first[:group_rows].tolist()) == list(range(group_rows))  # the first group's rows come first
 
 
+@pytest.mark.slow
 def test_a_run_that_caches_holds_a_group_and_a_chunk_until_its_evaluation_and_never_the_corpus(gpt2, corpus, tmp_path,
                                                                                                  tiny_gpt2_dir,
                                                                                                  monkeypatch):

@@ -63,6 +63,7 @@ def test_the_arrival_order_lists_every_row_once_and_is_kept_beside_the_file(gpt2
     assert not np.array_equal(arrival, np.arange(result.n_tokens))  # batches run by length, not corpus order
 
 
+@pytest.mark.slow
 def test_an_overlapped_run_is_the_run_a_finished_file_gives(gpt2, sample_texts, tmp_path):
     """Same weights bit for bit, whether the first epoch waited on a live extraction or read the
     finished file in the saved arrival order; and the trainer did step before extraction ended."""

@@ -46,6 +46,7 @@ def numbered_documents(path, sample_texts, n):
     return path
 
 
+@pytest.mark.slow
 def test_a_streamed_run_computes_the_rows_it_reads_after_training_once(tmp_path, tiny_gpt2_dir, corpus, forwards):
     callbacks = RunCallbacks(on_phase=lambda phase, **_: forwards.update(phase=phase))
     outcome = run(spec(tmp_path / "out", tiny_gpt2_dir, corpus, eval_rows=50, analysis_rows=120, cache="never"),
@@ -65,6 +66,7 @@ def test_a_streamed_run_computes_the_rows_it_reads_after_training_once(tmp_path,
     assert 0 < evaluation["ce_eval_tokens"] <= 40 + 16
 
 
+@pytest.mark.slow
 def test_a_cached_runs_analysis_reads_the_last_rows_and_shows_their_contexts(tmp_path, tiny_gpt2_dir, corpus):
     outcome = run(spec(tmp_path / "out", tiny_gpt2_dir, corpus, eval_rows=None, analysis_rows=120, cache="always"))
     n_rows = outcome.training_stats["tokens"]
@@ -80,6 +82,7 @@ def test_a_cached_runs_analysis_reads_the_last_rows_and_shows_their_contexts(tmp
     assert np.array_equal(peaks, np.asarray(token_ids)[analysis.top_rows[fired]])
 
 
+@pytest.mark.slow
 def test_the_same_rows_give_the_same_evaluation_streamed_or_cached(tmp_path, tiny_gpt2_dir, corpus):
     streamed = run(spec(tmp_path / "s", tiny_gpt2_dir, corpus, eval_rows=50, analysis_rows=120, cache="never"))
     cached = run(spec(tmp_path / "c", tiny_gpt2_dir, corpus, eval_rows=50, analysis_rows=120, cache="always"))
@@ -88,6 +91,7 @@ def test_the_same_rows_give_the_same_evaluation_streamed_or_cached(tmp_path, tin
     assert streamed.features["analyzed_tokens"] == cached.features["analyzed_tokens"] == 120
 
 
+@pytest.mark.slow
 def test_after_training_a_streamed_run_reads_the_corpus_from_near_its_suffix_not_from_its_start(
         tmp_path, tiny_gpt2_dir, sample_texts, tokenized):
     corpus = numbered_documents(tmp_path / "docs.jsonl", sample_texts, 160)
@@ -101,6 +105,7 @@ def test_after_training_a_streamed_run_reads_the_corpus_from_near_its_suffix_not
     assert outcome.status == "completed" and 0 < after_training <= 4 * 8 * 2
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_never_tokenizes_the_corpus_past_what_it_reads(tmp_path, tiny_gpt2_dir, sample_texts, tokenized):
     corpus = numbered_documents(tmp_path / "docs.jsonl", sample_texts, 400)
     options = spec(tmp_path / "out", tiny_gpt2_dir, corpus, eval_rows=30, analysis_rows=40, cache="never")

@@ -33,6 +33,7 @@ def test_the_bundled_smollm2_resolves_offline_to_its_gguf(tmp_path):
     assert resolved.gguf_file.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and resolved.gguf_file.is_file()
 
 
+@pytest.mark.slow
 def test_smollm2_is_described_from_its_gguf_header(smollm2_gguf):
     resolved = resolve_model(BUNDLED_CAUSAL_LM_NAME, models_dir=None)
     info = describe_model(resolved, load_config(resolved))
@@ -41,6 +42,7 @@ def test_smollm2_is_described_from_its_gguf_header(smollm2_gguf):
     assert info.parameter_count == header_parameter_count(smollm2_gguf) == 134_515_008
 
 
+@pytest.mark.slow
 def test_smollm2_loads_through_the_resolution_path_and_knows_paris(smollm2_converted, test_models_cache):
     resolved = resolve_model(BUNDLED_CAUSAL_LM_NAME, models_dir=None)
     loaded = load_model(resolved, device="cpu", with_lm_head=True, models_cache_dir=test_models_cache)
@@ -174,6 +176,7 @@ print("blocks", len(loaded.blocks), flush=True)
 """
 
 
+@pytest.mark.slow
 def test_two_workers_converting_at_once_share_one_folder(tiny_gguf_file, tmp_path):
     cache, go = tmp_path / "converted", tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

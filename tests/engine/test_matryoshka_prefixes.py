@@ -48,6 +48,7 @@ def prefix_explained_variance(result, data) -> dict[int, float]:
                 for width in (*WIDTHS, sae.d_sae)}
 
 
+@pytest.mark.slow
 def test_matryoshka_recovers_the_planted_directions(matryoshka, planted):
     data, directions = planted
     decoder = matryoshka.sae.W_dec.detach().double().numpy()
@@ -65,6 +66,7 @@ def test_each_prefix_reconstructs_on_its_own_better_with_width(matryoshka, plant
     assert explained[8] < explained[32] < explained[128]
 
 
+@pytest.mark.slow
 def test_the_prefix_losses_are_what_makes_small_prefixes_reconstruct(matryoshka, planted):
     plain = prefix_explained_variance(trained(planted[0], "batchtopk"), planted[0])
     nested = prefix_explained_variance(matryoshka, planted[0])

@@ -21,6 +21,7 @@ def config(**overrides) -> TrainConfig:
 # 1e-2 silences nearly every feature (L0 1.3 without the target). Before the encoder biases had a
 # rate of their own (engine.sae.registry.BIAS_TRAVEL) the controller could not bring L0 back up from
 # there in 400 steps (it ended at 0.7): the biases moved too slowly for its weight to matter.
+@pytest.mark.slow
 @pytest.mark.parametrize("sparsity_coeff", [1e-5, 1e-2])
 def test_relu_target_l0_pulls_l0_to_the_target_from_a_weak_or_a_strong_coeff(sparsity_coeff):
     data = sparse_data()

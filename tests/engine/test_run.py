@@ -54,6 +54,7 @@ class Recorder:
         )
 
 
+@pytest.mark.slow
 def test_a_run_trains_evaluates_exports_and_analyses_an_sae_on_a_causal_lm(tmp_path, tiny_gpt2_dir, corpus):
     said = Recorder()
     outcome = run(model_spec(tmp_path / "out", tiny_gpt2_dir, corpus), said.callbacks())
@@ -90,6 +91,7 @@ def test_a_run_trains_evaluates_exports_and_analyses_an_sae_on_a_causal_lm(tmp_p
     assert (paths.features_dir / "tokens.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_run_at_another_hook_point_names_it_in_its_files_as_it_ran(tmp_path, minilm_dir, tiny_llama_dir, corpus):
     outcome = run(model_spec(tmp_path / "llama", tiny_llama_dir, corpus, hook_point="mlp_out", prepend_bos=False,
                              exclude_special_tokens=False))
@@ -106,6 +108,7 @@ def test_a_run_at_another_hook_point_names_it_in_its_files_as_it_ran(tmp_path, m
     assert encoder.metadata["prepend_bos"] is False and encoder.metadata["exclude_special_tokens"] is True
 
 
+@pytest.mark.slow
 def test_a_run_whose_first_epoch_follows_the_extraction_order_trains_while_it_extracts(tmp_path, tiny_gpt2_dir, corpus):
     said = Recorder()
     outcome = run(model_spec(tmp_path / "out", tiny_gpt2_dir, corpus, first_epoch_in_arrival_order=True),
@@ -116,6 +119,7 @@ def test_a_run_whose_first_epoch_follows_the_extraction_order_trains_while_it_ex
     assert outcome.training_stats["extraction"]["overlapped_with_training"] is True
 
 
+@pytest.mark.slow
 def test_a_cancelled_run_keeps_its_checkpoint_and_the_next_resumes_from_it_and_its_cache(tmp_path, tiny_gpt2_dir, corpus):
     said = Recorder(stop_when=lambda recorder: len(recorder.checkpoints) >= 1)
     spec = model_spec(tmp_path / "out", tiny_gpt2_dir, corpus, config=config(max_epochs=4))
@@ -135,6 +139,7 @@ def test_a_cancelled_run_keeps_its_checkpoint_and_the_next_resumes_from_it_and_i
     assert outcome.extraction is None and "extraction" not in outcome.training_stats
 
 
+@pytest.mark.slow
 def test_a_run_on_an_activations_file_needs_no_model(tmp_path):
     path = tmp_path / "acts.npy"
     np.save(path, np.random.default_rng(0).normal(size=(800, 16)).astype(np.float32))
@@ -155,6 +160,7 @@ def test_a_run_on_an_activations_file_needs_no_model(tmp_path):
     assert (tmp_path / "out" / "mine_sae.pt").is_file() and (tmp_path / "out" / "mine_saelens" / "cfg.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_run_trains_through_the_training_step_it_is_given(tmp_path):
     path = tmp_path / "acts.npy"
     np.save(path, np.random.default_rng(0).normal(size=(800, 16)).astype(np.float32))
@@ -169,6 +175,7 @@ def test_a_run_trains_through_the_training_step_it_is_given(tmp_path):
     assert steps[0].activations_path == path and steps[0].config == config() and not steps[0].arrival_order
 
 
+@pytest.mark.slow
 def test_a_failed_run_names_its_phase(tmp_path):
     path = tmp_path / "acts.npy"
     np.save(path, np.random.default_rng(0).normal(size=(800, 16)).astype(np.float32))
@@ -179,6 +186,7 @@ def test_a_failed_run_names_its_phase(tmp_path):
     assert [phase for phase, _ in said.errors] == ["training"]
 
 
+@pytest.mark.slow
 def test_a_spec_takes_a_model_or_an_activations_file(tmp_path, corpus):
     with pytest.raises(EngineError, match="a model and a corpus, or an activations file"):
         run(RunSpec(paths=RunPaths.in_folder(tmp_path)))
@@ -207,6 +215,7 @@ def test_a_run_works_where_django_is_not_installed(tmp_path):
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_a_held_out_tail_inside_the_last_sequence_is_measured_on_that_sequence(tmp_path, tiny_gpt2_dir, sample_texts):
     corpus = tmp_path / "two-long-lines.txt"
     corpus.write_text(" ".join(sample_texts[:10]) + "\n" + " ".join(sample_texts[10:20]) + "\n")

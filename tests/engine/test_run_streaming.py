@@ -43,6 +43,7 @@ def spec(folder, model_dir, corpus, **overrides) -> RunSpec:
     return RunSpec(**values)
 
 
+@pytest.mark.slow
 def test_a_one_pass_run_streams_and_writes_no_cache(tmp_path, tiny_gpt2_dir, corpus):
     phases = []
     outcome = run(spec(tmp_path / "out", tiny_gpt2_dir, corpus),
@@ -65,6 +66,7 @@ def test_a_one_pass_run_streams_and_writes_no_cache(tmp_path, tiny_gpt2_dir, cor
     assert json.loads(paths.metadata.read_text())["activations_path"] is None
 
 
+@pytest.mark.slow
 def test_a_budget_trains_on_that_many_tokens_and_reads_only_what_it_needs(tmp_path, tiny_gpt2_dir, corpus):
     full = run(spec(tmp_path / "full", tiny_gpt2_dir, corpus))
     budget = run(spec(tmp_path / "budget", tiny_gpt2_dir, corpus, training_tokens=100, config=config(max_epochs=5)))
@@ -73,17 +75,20 @@ def test_a_budget_trains_on_that_many_tokens_and_reads_only_what_it_needs(tmp_pa
     assert stats["tokens"] < full.training_stats["tokens"] and stats["activations_cached"] is False
 
 
+@pytest.mark.slow
 def test_always_caches_a_one_pass_run(tmp_path, tiny_gpt2_dir, corpus):
     outcome = run(spec(tmp_path / "out", tiny_gpt2_dir, corpus, cache_activations="always"))
     assert outcome.activations_path == outcome.paths.activations and outcome.training_stats["activations_cached"]
 
 
+@pytest.mark.slow
 def test_never_streams_every_epoch_of_a_run_of_several(tmp_path, tiny_gpt2_dir, corpus):
     outcome = run(spec(tmp_path / "out", tiny_gpt2_dir, corpus, cache_activations="never", config=config(max_epochs=3)))
     assert outcome.result.total_epochs == 3 and outcome.activations_path is None
     assert outcome.training_stats["passes"] == 3.0
 
 
+@pytest.mark.slow
 def test_a_run_whose_cache_cannot_fit_the_disk_is_refused_before_it_writes(tmp_path, tiny_gpt2_dir, corpus, monkeypatch):
     monkeypatch.setattr("engine.run.sources.free_bytes", lambda folder: 50_000)
     with pytest.raises(DiskFull, match="needs .* of disk .* Set cache_activations to auto or never"):
@@ -102,6 +107,7 @@ run(spec(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), cache_activations="n
 """
 
 
+@pytest.mark.slow
 def test_a_streamed_run_killed_and_resumed_trains_on_the_same_tokens(tmp_path, tiny_gpt2_dir, corpus):
     whole = run(spec(tmp_path / "whole", tiny_gpt2_dir, corpus, cache_activations="never", config=config(max_epochs=3)))
     # A process that dies (SIGKILL, no chance to clean up) right after its first checkpoint.
@@ -130,6 +136,7 @@ run(spec(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), config=config(checkp
 """
 
 
+@pytest.mark.slow
 def test_a_one_pass_streamed_run_killed_mid_pass_resumes_from_its_latest_checkpoint(tmp_path, tiny_gpt2_dir, corpus):
     whole = run(spec(tmp_path / "whole", tiny_gpt2_dir, corpus))
     assert whole.training_stats["activations_cached"] is False
@@ -173,6 +180,7 @@ run(spec(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), config=config(checkp
 """
 
 
+@pytest.mark.slow
 def test_a_streamed_run_killed_while_writing_a_checkpoint_resumes_from_the_one_before(tmp_path, tiny_gpt2_dir, corpus):
     whole = run(spec(tmp_path / "whole", tiny_gpt2_dir, corpus))
     root = str(Path(__file__).resolve().parents[2])
@@ -191,6 +199,7 @@ def test_a_streamed_run_killed_while_writing_a_checkpoint_resumes_from_the_one_b
         torch.testing.assert_close(resumed.result.sae.state_dict()[name], value, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_cached_run_resumed_without_its_cache_extracts_again_rather_than_stream(tmp_path, tiny_gpt2_dir, corpus):
     # Cancelled inside its one epoch, from a cache; the cache is gone by the resume, whose plan alone
     # (one pass, auto) would stream: the checkpoint's batches came from a cache, so it caches again.

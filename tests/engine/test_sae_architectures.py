@@ -72,6 +72,7 @@ def test_trained_topk_and_batchtopk_reach_the_target_l0():
         assert result.loss_history[-1] < 0.5 * result.loss_history[0]
 
 
+@pytest.mark.slow
 def test_jumprelu_thresholds_move_and_a_larger_penalty_lowers_l0():
     data = sparse_data()
     weak = train_sae(data, config(architecture="jumprelu", sparsity_coeff=1.6e-5))
@@ -82,6 +83,7 @@ def test_jumprelu_thresholds_move_and_a_larger_penalty_lowers_l0():
     assert l0_of(strong, data) < 0.8 * l0_of(weak, data)
 
 
+@pytest.mark.slow
 def test_jumprelu_target_l0_pulls_l0_towards_the_target_whatever_the_sparsity_coeff():
     data = sparse_data()
     result = train_sae(data, config(architecture="jumprelu", sparsity_coeff=1.6e-5, target_l0=10, max_epochs=20))

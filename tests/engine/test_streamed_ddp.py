@@ -45,6 +45,7 @@ def _rank(rank, rendezvous, model_dir, corpus_path, out_dir):
     exit_rank()  # CI saw a finished gloo rank abort in the interpreter's teardown (SIGABRT)
 
 
+@pytest.mark.slow
 def test_two_processes_stream_and_train_the_sae_one_process_trains(corpus, tiny_gpt2_dir, tmp_path):
     loaded = load_model(resolve_model(str(tiny_gpt2_dir), models_dir=None), device="cpu")
     stream = even_stream(corpus, loaded)

@@ -124,6 +124,7 @@ def test_a_corpus_changed_since_the_checkpoint_is_read_from_its_start_and_checke
     assert np.isfinite(resumed.final_mse)
 
 
+@pytest.mark.slow
 def test_a_whole_streamed_run_resumed_takes_no_tokenizing_pass_before_where_it_stopped(tmp_path, tiny_gpt2_dir,
                                                                                           sample_texts, tokenized):
     from engine.run import RunCallbacks, run

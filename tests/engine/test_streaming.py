@@ -55,6 +55,7 @@ def config(**overrides):
     return TrainConfig(**values)
 
 
+@pytest.mark.slow
 def test_a_streamed_pass_computes_the_rows_a_cache_holds(corpus, gpt2, tmp_path):
     stream = stream_of(corpus, gpt2)
     cached = extract_activations(gpt2, source(corpus, gpt2).read(), layer_number=1, batch_size=4,

@@ -74,6 +74,7 @@ def assert_same_sae(ours, theirs, what):
         assert torch.allclose(ours.sae.state_dict()[name], tensor, atol=1e-5), (what, name)
 
 
+@pytest.mark.slow
 def test_one_forward_per_group_feeds_every_member_and_each_is_its_run_alone(tmp_path, tiny_gpt2_dir, corpus, forwards):
     specs = member_specs(tmp_path / "sweep", tiny_gpt2_dir, corpus)
     said = [Recorder() for _ in specs]
@@ -102,6 +103,7 @@ def test_one_forward_per_group_feeds_every_member_and_each_is_its_run_alone(tmp_
         assert [phase for phase, _ in said[index].phases] == ["loading", "training", "evaluating", "analyzing"]
 
 
+@pytest.mark.slow
 def test_a_member_whose_budget_ends_sooner_stops_while_the_others_go_on(tmp_path, tiny_gpt2_dir, corpus, forwards):
     specs = member_specs(tmp_path / "sweep", tiny_gpt2_dir, corpus, settings=[dict(k=4)], sites=SITES)
     specs[0] = replace(specs[0], training_tokens=300)  # a third of the pass
@@ -117,6 +119,7 @@ def test_a_member_whose_budget_ends_sooner_stops_while_the_others_go_on(tmp_path
         assert_same_sae(outcome.outcomes[index].result, single.result, index)
 
 
+@pytest.mark.slow
 def test_a_cancelled_streaming_sweep_resumes_each_member_at_its_checkpoint(tmp_path, tiny_gpt2_dir, corpus):
     specs = member_specs(tmp_path / "sweep", tiny_gpt2_dir, corpus, settings=[dict(k=4)], sites=SITES)
     # Each cancelled mid-pass at its own step: its checkpoint keeps its step and its block's seek.

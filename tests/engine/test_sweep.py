@@ -40,6 +40,7 @@ def sweep(tmp_path, specs):
                                                 for s in specs})
 
 
+@pytest.mark.slow
 def test_one_forward_per_batch_feeds_every_site_and_each_file_is_the_single_sites(tmp_path, tiny_llama_dir, sample_texts):
     loaded = load_model(resolve_model(str(tiny_llama_dir), models_dir=None), device="cpu", with_lm_head=True)
     forwards = []
@@ -60,6 +61,7 @@ def test_one_forward_per_batch_feeds_every_site_and_each_file_is_the_single_site
             assert np.array_equal(np.load(side(extraction.results[site].path)), np.load(side(alone.path)))
 
 
+@pytest.mark.slow
 def test_every_member_ends_as_its_single_run_with_the_same_seed(tmp_path, tiny_llama_dir, corpus):
     specs = members(tmp_path / "sweep", tiny_llama_dir, corpus)
     said = [Recorder() for _ in specs]
@@ -85,6 +87,7 @@ def test_every_member_ends_as_its_single_run_with_the_same_seed(tmp_path, tiny_l
         assert member.evaluation["ce_loss_reason"] is None
 
 
+@pytest.mark.slow
 def test_a_failing_member_fails_alone_and_the_others_complete(tmp_path, tiny_llama_dir, corpus):
     # A learning rate that makes the SAE diverge (NaN loss): that member's trainer stops it.
     specs = members(tmp_path / "sweep", tiny_llama_dir, corpus, settings=[dict(k=4), dict(learning_rate=1e12), dict(k=8)],
@@ -96,6 +99,7 @@ def test_a_failing_member_fails_alone_and_the_others_complete(tmp_path, tiny_lla
     assert said[1].errors and said[1].errors[0][0] == "training"
 
 
+@pytest.mark.slow
 def test_cancelling_every_member_stops_the_extraction_and_a_rerun_resumes_each(tmp_path, tiny_llama_dir, corpus):
     specs = members(tmp_path / "sweep", tiny_llama_dir, corpus, sites=[(1, "resid_post")])
     stop = Recorder(stop_when=lambda recorder: True)
@@ -116,6 +120,7 @@ def test_cancelling_every_member_stops_the_extraction_and_a_rerun_resumes_each(t
     assert ("training", {"overlapped": False, "resume_from": checkpoint}) in again[0].phases
 
 
+@pytest.mark.slow
 def test_members_must_share_what_the_pass_over_the_corpus_decides(tmp_path, tiny_llama_dir, corpus):
     specs = members(tmp_path / "sweep", tiny_llama_dir, corpus, sites=[(1, "resid_post")])
     specs[1].max_sequence_length = 8

@@ -21,6 +21,7 @@ def transcoder_spec(folder, model_dir, corpus, **overrides) -> RunSpec:  # noqa:
     return RunSpec(**values)
 
 
+@pytest.mark.slow
 def test_a_skip_transcoder_run_caches_both_sites_and_scores_the_mlp_output(tmp_path, tiny_llama_dir, corpus):  # noqa: F811
     outcome = run(transcoder_spec(tmp_path / "out", tiny_llama_dir, corpus))
     paths = outcome.paths
@@ -44,6 +45,7 @@ def test_a_skip_transcoder_run_caches_both_sites_and_scores_the_mlp_output(tmp_p
     assert 1 - fvu == pytest.approx(evaluation["explained_variance"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_a_transcoder_must_predict_the_mlp_output_from_a_cache(tmp_path, tiny_llama_dir, corpus):  # noqa: F811
     with pytest.raises(EngineError, match="hook_point must be mlp_out"):
         run(transcoder_spec(tmp_path / "a", tiny_llama_dir, corpus, hook_point="resid_post"))

@@ -47,6 +47,7 @@ def heldout_ev(result, x, y):
                         targets=y[start:stop], target_scaling_factor=result.target_scaling_factor)
 
 
+@pytest.mark.slow
 def test_a_transcoder_recovers_a_planted_sparse_map_from_input_to_output():
     x, y, planted, _ = planted_pairs(n_true=32, d_in=32, d_out=24)
     result = train_sae(x, config(max_epochs=20, sae_batch_tokens=256), targets=y)
@@ -60,6 +61,7 @@ def test_a_transcoder_recovers_a_planted_sparse_map_from_input_to_output():
     assert result.sae.d_in == 32 and result.sae.d_out == 24
 
 
+@pytest.mark.slow
 def test_a_skip_transcoder_learns_the_linear_part_a_plain_one_cannot():
     # y carries a dense linear image of x (g A^T) beside the sparse map: k features cannot hold it,
     # the skip can. Measured: a least-squares linear map alone 0.56, plain 0.67, skip 0.73.

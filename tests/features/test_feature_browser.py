@@ -23,6 +23,7 @@ def trained(alice, hub_models, settings):
     return job
 
 
+@pytest.mark.slow
 def test_a_finished_job_lists_pages_sorts_and_filters_its_features(trained, alice_api):
     url = f"/api/v1/train/{trained.id}/features"
     first = alice_api.get(url, {"page_size": 10}).json()
@@ -42,6 +43,7 @@ def test_a_finished_job_lists_pages_sorts_and_filters_its_features(trained, alic
     assert alive["count"] == trained.training_stats["feature_statistics"]["active_features"]
 
 
+@pytest.mark.slow
 def test_a_feature_has_its_top_contexts_histogram_and_logit_effect(trained, alice_api):
     listing = alice_api.get(f"/api/v1/train/{trained.id}/features", {"page_size": 1}).json()
     index = listing["results"][0]["index"]
@@ -69,6 +71,7 @@ def test_a_feature_has_its_top_contexts_histogram_and_logit_effect(trained, alic
     assert feature["logit_effect_unavailable_reason"] is None
 
 
+@pytest.mark.slow
 def test_curves_record_loss_l0_and_explained_variance_over_steps(trained, alice_api):
     curves = alice_api.get(f"/api/v1/train/{trained.id}/curves").json()
     points = curves["points"]
@@ -78,6 +81,7 @@ def test_curves_record_loss_l0_and_explained_variance_over_steps(trained, alice_
     assert curves["loss_history"] == trained.training_stats["loss_history"]
 
 
+@pytest.mark.slow
 def test_features_answer_only_their_owner_and_staff_and_explain_what_is_missing(trained, alice_api, bob_api,
                                                                                charlie_api, alice):
     url = f"/api/v1/train/{trained.id}/features"
@@ -97,6 +101,7 @@ def test_features_answer_only_their_owner_and_staff_and_explain_what_is_missing(
     assert response.status_code == 409 and "appear when the analysis phase ends" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_the_pages_show_curves_features_and_contexts_to_the_owner_only(trained, client, alice, bob):
     client.force_login(alice)
     page = client.get(f"/jobs/{trained.id}/")
@@ -121,6 +126,7 @@ def test_the_pages_show_curves_features_and_contexts_to_the_owner_only(trained, 
     assert client.get(f"/jobs/{trained.id}/").status_code == 302  # to the login page
 
 
+@pytest.mark.slow
 def test_a_search_finds_features_by_the_tokens_they_fire_on_or_by_index(trained, alice_api):
     url = f"/api/v1/train/{trained.id}/features"
     top = alice_api.get(url, {"page_size": 1}).json()["results"][0]["index"]

@@ -178,6 +178,7 @@ def test_a_gpu_ids_job_whose_task_was_lost_is_queued_again_on_its_first_gpu(job_
     assert [(t["args"], t["cluster"]) for t in queued_tasks()] == [((ddp.pk,), "mistudio-gpu0")]
 
 
+@pytest.mark.slow
 def test_a_worker_hands_back_a_job_whose_gpu_a_ddp_job_holds(job_for, host_a, settings):
     from training.worker.job import job_run
 

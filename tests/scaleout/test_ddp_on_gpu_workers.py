@@ -36,6 +36,7 @@ def wait_until(condition, what, timeout_s=120):
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_a_gpu_ids_job_runs_on_gpu_workers_and_holds_every_gpu_it_trains_on(alice_api, upload, gpu_workers):
     # Before: the job went to the default queue, which no `gpu_worker` serves, and stayed queued.
     wait_until(lambda: Worker.objects.filter(host="host-a", device__in=["gpu0", "gpu1"]).count() == 2,

@@ -73,6 +73,7 @@ def tasks_in(server, queue_prefix):
             for payload in connection.lrange(key, 0, -1)]
 
 
+@pytest.mark.slow
 def test_a_job_submitted_while_redis_is_stopped_is_made_once_and_queued_when_it_is_back(
         alice_api, upload, hub_models, own_redis, queue_apart, settings):
     assert upload(SAMPLE_CORPUS.name, SAMPLE_CORPUS.read_bytes()).status_code == 200

@@ -28,6 +28,7 @@ def two_hosts(settings, hub_models, tmp_path):
         stop_cluster(process)
 
 
+@pytest.mark.slow
 def test_four_jobs_on_two_hosts_complete_and_no_gpu_runs_two_at_once(alice_api, upload, two_hosts, charlie_api):
     deadline = time.monotonic() + 60
     while Worker.objects.filter(device="gpu0", host__in=["host-a", "host-b"]).count() < 2:

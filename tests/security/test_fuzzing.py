@@ -56,6 +56,7 @@ def token(connection_kept_open, db, settings, alice, monkeypatch):
     return user_issue_token(username=alice.username)[1]
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @settings(max_examples=15, deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))

@@ -31,6 +31,7 @@ def hostile_hub(fake_hub):
     return fake_hub
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("repo_id", HOSTILE)
 def test_check_memory_answers_a_prompt_400_that_says_why(alice_api, hostile_hub, repo_id):
     started = time.monotonic()

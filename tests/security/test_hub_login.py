@@ -39,6 +39,7 @@ def test_validate_model_with_a_users_token_sends_that_token_only(alice_api, serv
     assert f"Bearer {USER_TOKEN}" in served.authorizations()
 
 
+@pytest.mark.slow
 def test_a_training_request_and_its_run_send_no_token(alice_api, upload, sample_corpus_bytes, served,
                                                     django_capture_on_commit_callbacks):
     assert upload("reviews.txt", sample_corpus_bytes).status_code == 200

@@ -141,6 +141,7 @@ def test_a_model_the_hub_cache_holds_is_not_counted(alice_api, corpus, fake_hub,
     assert plan["weights_cached_bytes"] == len(tiny_files["model.safetensors"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting,value,expected", [
     ("MODEL_MAX_BYTES", 1000, "MISTUDIO_MODEL_MAX_BYTES"),
     ("DISK_RESERVE_BYTES", 10**18, "MISTUDIO_DISK_RESERVE_BYTES"),  # the disk filled since the job was made

@@ -85,6 +85,7 @@ def ask_all(client, name, corpus):
     return validate, memory, train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ACCEPTED)
 def test_a_config_within_bounds_is_described_from_one_layer_at_once(alice_api, corpus, place, warm, name):
     place(name, ACCEPTED[name])

@@ -100,6 +100,7 @@ def parquet_bomb() -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 def test_a_parquet_file_that_decodes_to_gigabytes_is_a_400_at_once(alice_api, upload):
     from corpora.models import Corpus

@@ -34,6 +34,7 @@ def caching_sizes(alice_api, **fields) -> dict:
     return plan
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_caches_exceed_the_disk_budget_is_accepted_and_streams(alice, alice_api, hub_models, corpus,
                                                                            settings):
     plan = caching_sizes(alice_api)
@@ -120,6 +121,7 @@ class Killed(BaseException):
     """The worker dying mid-run: nothing after it runs, no row is ended."""
 
 
+@pytest.mark.slow
 def test_a_streaming_sweep_whose_worker_died_resumes_each_member_from_its_checkpoint(alice, alice_api, hub_models,
                                                                                    corpus, settings, dead_pid):
     from training import recovery

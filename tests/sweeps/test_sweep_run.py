@@ -27,6 +27,7 @@ def make_sweep(owner, members, layers=(0, 1), **fields):
     return sweeps.sweep_create(owner=owner, request=request, enqueue=False)
 
 
+@pytest.mark.slow
 def test_every_member_completes_as_its_single_job_would_from_one_pass(alice, hub_models):
     sweep = make_sweep(alice, [{}, {"architecture": "batchtopk", "k": 8}])
     ended = []
@@ -62,6 +63,7 @@ def test_every_member_completes_as_its_single_job_would_from_one_pass(alice, hub
         assert job.evaluation["l0"] == pytest.approx(single.evaluation["l0"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_a_member_that_diverges_fails_alone_with_its_reason(alice, hub_models):
     # A learning rate no SAE survives (the API caps it at 1; the service takes what it is given).
     sweep = make_sweep(alice, [{}, {"learning_rate": 1e12}], layers=(1,))
@@ -72,6 +74,7 @@ def test_a_member_that_diverges_fails_alone_with_its_reason(alice, hub_models):
     assert sweeps.sweep_document(sweep)["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_a_member_cancelled_before_its_turn_ends_cancelled_and_the_rest_complete(alice, hub_models):
     sweep = make_sweep(alice, [{}, {"k": 8}, {"k": 16}], layers=(1,))
     first, second, third = sweep.jobs.order_by("created_at", "pk")

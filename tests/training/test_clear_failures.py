@@ -19,6 +19,7 @@ def run(owner, **fields):
     return job_run(job.id)
 
 
+@pytest.mark.slow
 def test_a_diverging_loss_fails_naming_the_epoch_and_step(alice, hub_models):
     # The API caps learning_rate at 1; the service takes what the engine is given.
     job = run(alice, model_name="tiny/gpt2", layer_number=0, hidden_dim=32, max_epochs=5, min_loss=0,
@@ -27,6 +28,7 @@ def test_a_diverging_loss_fails_naming_the_epoch_and_step(alice, hub_models):
     assert "at epoch" in job.message and "step" in job.message and "lower learning_rate" in job.message
 
 
+@pytest.mark.slow
 def test_running_out_of_memory_says_what_was_needed_and_what_to_change(alice, hub_models, monkeypatch):
     import torch
 
@@ -52,6 +54,7 @@ def test_running_out_of_memory_says_what_was_needed_and_what_to_change(alice, hu
     assert "lower batch_size (now 16)" in job.message and "'4bit'" in job.message
 
 
+@pytest.mark.slow
 def test_an_unreadable_model_says_what_to_check(alice, hub_models, settings):
     broken = settings.MODELS_DIR / "tiny" / "broken"
     shutil.copytree(hub_models / "tiny" / "gpt2", broken)

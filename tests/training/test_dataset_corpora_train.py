@@ -48,6 +48,7 @@ def write(fmt: str, folder):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet", "csv", "arrow", "dataset"])
 def test_a_corpus_in_each_format_trains_in_concat_windows(fmt, alice, hub_models, tmp_path):
     corpus = corpus_add_from_path(owner=alice, path=write(fmt, tmp_path), text_field="body")

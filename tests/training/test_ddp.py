@@ -186,6 +186,7 @@ def descendants(pid):
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_gpu_ids_job_trains_under_torchrun_and_ends_as_a_one_process_job_does(alice, ddp_on_cpu, settings):
     from training.documents import result_document
@@ -212,6 +213,7 @@ def test_a_gpu_ids_job_trains_under_torchrun_and_ends_as_a_one_process_job_does(
     assert result_document(job)["gpu_ids"] == [0, 1] and result_document(single)["gpu_ids"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_cancelling_a_gpu_ids_job_stops_every_process_and_keeps_a_checkpoint(alice, ddp_on_cpu, tmp_path):
     import threading
@@ -290,6 +292,7 @@ def test_a_rank_flooded_with_sigterms_keeps_stepping_and_sees_the_stop():
     assert sent > 1000 and rank.returncode == 0 and out.strip() == "stopped", (sent, rank.returncode, out)
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_failing_rank_fails_the_job_with_its_reason(alice, ddp_on_cpu, tmp_path):
     from training.models import TrainingJob
@@ -348,6 +351,7 @@ def test_a_gpu_ids_job_plans_the_disk_as_a_one_device_job_does(alice, ddp_on_cpu
     assert make_job(alice, max_epochs=2, gpu_ids=[0, 1], cache_activations="always").disk_plan["cache"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_streamed_gpu_ids_job_trains_under_torchrun_each_rank_running_the_model(alice, ddp_on_cpu, settings, caplog):
     """No cache: each rank loads the model, computes every row and steps on its share of each

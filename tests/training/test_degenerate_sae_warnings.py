@@ -52,6 +52,7 @@ def test_the_job_page_shows_the_warnings_in_a_box(alice, silent_job):
     assert 'id="warnings"' in html and WARNING in html
 
 
+@pytest.mark.slow
 @OWN_DATABASE
 def test_manage_py_train_prints_the_warnings_of_an_sae_penalised_to_nothing(tmp_path, django_db_blocker):
     activations = np.random.default_rng(0).normal(size=(2000, 16)).astype(np.float32) + 5.0

@@ -15,6 +15,7 @@ from training.worker.job import job_run
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.mark.slow
 def test_a_job_on_a_gguf_in_the_models_dir_converts_it_on_the_worker_and_trains(alice, settings, tiny_gguf_file):
     settings.MODELS_CACHE_DIR = settings.DATA_DIR / "converted"
     (settings.MODELS_DIR / "tiny").mkdir()

@@ -24,6 +24,7 @@ def corpus(upload, sample_corpus_bytes):
     assert upload("reviews.txt", sample_corpus_bytes).status_code == 200
 
 
+@pytest.mark.slow
 def test_the_job_keeps_the_commit_it_was_checked_at_and_the_worker_loads_it(alice, corpus, fake_hub, tiny_gpt2_dir):
     checked = fake_hub.push_folder("org/tiny-gpt2", tiny_gpt2_dir)
     job = services.job_create(owner=alice, request=request("org/tiny-gpt2"), enqueue=False)

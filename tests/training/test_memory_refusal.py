@@ -47,6 +47,7 @@ def test_staff_may_force_it_and_the_job_says_it_was_forced(charlie_api, corpus_f
     assert TrainingJob.objects.get().memory_check.startswith("forced: ")
 
 
+@pytest.mark.slow
 def test_the_train_command_may_force_it_for_its_user(tmp_path, monkeypatch, hub_models):
     from django.core.management import call_command
     from django.core.management.base import CommandError

@@ -23,6 +23,7 @@ def forced_job(owner, **fields):
         model_name="tiny/gpt2", corpus_file=SAMPLE_CORPUS.name, layer_number=1, max_epochs=1, force=True, **fields))
 
 
+@pytest.mark.slow
 def test_a_job_that_cannot_fit_its_device_fails_before_loading_and_is_not_run_again(charlie, hub_models):
     job = forced_job(charlie, **HUGE)
     # As a job for another host's GPU whose size was unknown at submission is recorded.

@@ -21,6 +21,7 @@ def make_job(owner, **fields):
     return services.job_create(owner=owner, request=request, enqueue=False)
 
 
+@pytest.mark.slow
 def test_it_trains_an_sae_on_per_token_activations_of_a_causal_lm(alice, hub_models, settings):
     settings.CHECKPOINT_EVERY_EPOCHS = 2
     job = make_job(alice, model_name="tiny/llama", layer_number=1, hidden_dim=64, max_epochs=4, min_loss=0,
@@ -66,6 +67,7 @@ def test_it_trains_an_sae_on_per_token_activations_of_a_causal_lm(alice, hub_mod
         assert saved["epoch"] == checkpoint.epoch and saved["sae"]["W_dec"].shape == (64, 32)
 
 
+@pytest.mark.slow
 def test_it_trains_on_the_bundled_minilm(alice):
     job = make_job(alice, model_name="sentence-transformers/all-MiniLM-L6-v2", layer_number=5, hidden_dim=96,
                    max_epochs=2, min_loss=0, max_sequence_length=24, batch_size=32)
@@ -78,6 +80,7 @@ def test_it_trains_on_the_bundled_minilm(alice):
     assert job.evaluation["explained_variance"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture,k", [("topk", 8), ("batchtopk", 8), ("jumprelu", None), ("gated", None)])
 def test_each_architecture_trains_and_exports_for_saelens(alice, hub_models, architecture, k):
     from safetensors.numpy import load_file
@@ -99,6 +102,7 @@ def test_each_architecture_trains_and_exports_for_saelens(alice, hub_models, arc
         assert job.evaluation["l0"] <= 8 + 1e-6
 
 
+@pytest.mark.slow
 def test_it_stops_early_below_min_loss(alice, hub_models):
     job = make_job(alice, model_name="tiny/gpt2", layer_number=0, hidden_dim=32, max_epochs=50, min_loss=1e9,
                    max_sequence_length=16)
@@ -107,6 +111,7 @@ def test_it_stops_early_below_min_loss(alice, hub_models):
     assert job.training_stats["total_epochs"] == 1
 
 
+@pytest.mark.slow
 def test_a_job_cancelled_while_queued_is_never_run(alice, hub_models):
     job = make_job(alice, model_name="tiny/gpt2", layer_number=0, hidden_dim=32, max_epochs=1)
     services.job_cancel(job)
@@ -124,6 +129,7 @@ def test_a_running_job_asked_to_stop_says_so_until_it_has_stopped(alice):
     assert job.message.startswith("Cancellation requested") and job.current_epoch == 2
 
 
+@pytest.mark.slow
 def test_a_crash_fails_the_job_with_its_reason(alice, hub_models, settings):
     job = make_job(alice, model_name="tiny/gpt2", layer_number=0, hidden_dim=32, max_epochs=1)
     Path(job.corpus.path).write_text("\n\n")  # the corpus lost its text after upload

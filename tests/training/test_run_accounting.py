@@ -57,6 +57,7 @@ class Killed(BaseException):
     """The worker process dies here (a SIGKILL leaves no handler to run)."""
 
 
+@pytest.mark.slow
 def test_a_rerun_that_finds_the_cache_complete_and_no_checkpoint_ends_as_an_uninterrupted_run(
         alice, hub_models, settings, monkeypatch, dead_pid, request, client):
     settings.OVERLAP_EXTRACTION = "on"  # the first epoch follows the extraction order

@@ -13,6 +13,7 @@ SENTINEL = "hf_SENTINEL_a9c3e1f07b2d4c58"
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.mark.slow
 def test_a_job_leaves_no_trace_of_its_token(alice_api, upload, hub_models, data_dir, caplog, capfd,
                                              django_capture_on_commit_callbacks):
     caplog.set_level(logging.DEBUG)

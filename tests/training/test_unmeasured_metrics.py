@@ -23,6 +23,7 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_a_held_out_set_too_small_to_vary_completes_with_a_null_explained_variance_and_its_reason(
         alice, alice_api, client, tmp_path, settings):
     settings.MIN_SAE_STEPS = 0
@@ -57,6 +58,7 @@ def test_the_job_page_shows_a_prefix_that_was_not_measured_as_a_dash(alice, clie
     assert page.status_code == 200 and "8: -, 32: 0.5" in page.content.decode()
 
 
+@pytest.mark.slow
 def test_a_job_cancelled_before_its_first_step_ends_cancelled_with_no_loss_and_says_why(
         alice, alice_api, hub_models, monkeypatch):
     corpus_add_from_path(owner=alice, path=SAMPLE_CORPUS)
