@@ -12,13 +12,12 @@ process passes one that parses in a limited child, mistudio.sandbox).
 """
 import json
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from engine.errors import EngineError
-from engine.models.resolve import MAX_CONFIG_BYTES, HubToken, ResolvedModel
+from engine.models.resolve import MAX_CONFIG_BYTES, HubToken, ResolvedModel, StillWaiting, within_timeout
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 PYTORCH, PYTORCH_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -95,27 +94,17 @@ def weight_files(resolved: ResolvedModel, *, token: HubToken, timeout_s: float,
     cached = cached_weight_files(resolved)
     if cached is not None:
         return cached
-    outcome: dict = {}
-
-    def fetch():
-        try:
-            outcome["files"] = _weight_files(resolved, token, timeout_s, read_index or shard_names)
-        except BaseException as exc:  # handed to the caller's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=fetch, name=f"hub-files-{resolved.name}", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
+    try:
+        return within_timeout(lambda: _weight_files(resolved, token, timeout_s, read_index or shard_names), timeout_s,
+                              name=f"hub-files-{resolved.name}")
+    except StillWaiting:
         raise EngineError(f"The weight files of '{resolved.name}': no answer from the hub within {timeout_s:g} s "
-                          "(MISTUDIO_HUB_TIMEOUT_S)")
-    if "error" in outcome:
-        error = outcome["error"]
-        if isinstance(error, EngineError):
-            raise error
+                          "(MISTUDIO_HUB_TIMEOUT_S)") from None
+    except EngineError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the hub's and the network's errors, named
         raise EngineError(f"Could not list the weight files of '{resolved.name}' on the hub: "
                           f"{type(error).__name__}: {_first_line(error)}") from error
-    return outcome["files"]
 
 
 def cached_weight_files(resolved: ResolvedModel) -> WeightFiles | None:

@@ -3,14 +3,13 @@
 model loads from its conversion in `models_cache_dir` (engine.models.gguf.converted_folder), made by the
 first load that needs it."""
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.errors import DeviceError, EngineError, ModelResolutionError
 from engine.models.info import num_layers
-from engine.models.resolve import HubToken, ResolvedModel
+from engine.models.resolve import HubToken, ResolvedModel, StillWaiting, within_timeout
 
 # Attribute names transformer stacks use: Llama/Mistral "layers", BERT "layer", GPT-2 "h",
 # MPT/others "blocks".
@@ -118,22 +117,10 @@ def load_tokenizer(resolved: ResolvedModel, *, token: HubToken = None, models_ca
 
     if resolved.source != "hub" or hub_timeout_s is None:
         return load()
-    outcome = {}
-
-    def fetch():
-        try:
-            outcome["tokenizer"] = load()
-        except BaseException as exc:  # handed to the caller's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=fetch, name=f"hub-tokenizer-{resolved.name}", daemon=True)
-    thread.start()
-    thread.join(hub_timeout_s)
-    if thread.is_alive():
-        raise EngineError(f"The tokenizer of '{resolved.name}': no answer from the hub within {hub_timeout_s:g} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["tokenizer"]
+    try:
+        return within_timeout(load, hub_timeout_s, name=f"hub-tokenizer-{resolved.name}")
+    except StillWaiting:
+        raise EngineError(f"The tokenizer of '{resolved.name}': no answer from the hub within {hub_timeout_s:g} s") from None
 
 
 def _check_hub_tokenizer_sizes(resolved: ResolvedModel, token: HubToken, max_file_bytes: int, timeout_s) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from engine.models.config_bounds import DEPTH_FIELDS, EXPERT_FIELDS, INNER_LAYER_FIELDS
 from engine.errors import EngineError
+from engine.models.resolve import within_timeout
 
 # A safetensors header lists each tensor's name, dtype, shape and offsets: about 150 bytes a tensor,
 # so a 2,000-tensor shard's is 300 kB. Past this the file is not read as one.
@@ -111,22 +112,17 @@ def gguf_tensor_count(gguf_file: Path) -> int:
 def hub_safetensors_count(repo_id: str, *, revision: str | None, token, timeout_s: float) -> int | None:
     """The parameters the hub's safetensors metadata lists for a repository at `revision`, or None
     when it has no safetensors files or does not answer within timeout_s."""
-    outcome: dict = {}
-
     def ask():
-        try:
-            from huggingface_hub import get_safetensors_metadata
+        from huggingface_hub import get_safetensors_metadata
 
-            metadata = get_safetensors_metadata(repo_id, revision=revision, token=token)
-            outcome["count"] = sum(math.prod(info.shape) for file in metadata.files_metadata.values()
-                                   for name, info in file.tensors.items() if _is_parameter(name, info.dtype))
-        except BaseException as exc:  # noqa: BLE001 - not a safetensors repository, or the hub failed
-            outcome["error"] = exc
+        metadata = get_safetensors_metadata(repo_id, revision=revision, token=token)
+        return sum(math.prod(info.shape) for file in metadata.files_metadata.values()
+                   for name, info in file.tensors.items() if _is_parameter(name, info.dtype))
 
-    thread = threading.Thread(target=ask, name=f"hub-safetensors-{repo_id}", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    return outcome.get("count")
+    try:
+        return within_timeout(ask, timeout_s, name=f"hub-safetensors-{repo_id}")
+    except Exception:  # noqa: BLE001 - not a safetensors repository, the hub failed, or no answer in time
+        return None
 
 
 def parameter_count(resolved, config, *, token=None, hub_timeout_s: float = 10.0) -> tuple[int, str]:

@@ -220,34 +220,53 @@ def _fetch_hub_config(name: str, *, models_dir: Path | None, token: HubToken, ti
 
     if constants.is_offline_mode():
         raise _unreachable(name, models_dir, "HF_HUB_OFFLINE is set, so this server does not contact the hub")
+    def fetch():
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+        metadata = get_hf_file_metadata(hf_hub_url(name, "config.json"), token=token, timeout=timeout_s)
+        if (metadata.size or 0) > MAX_CONFIG_BYTES:
+            raise ModelResolutionError(
+                f"The config.json of '{name}' on the hub is {metadata.size:,} bytes: a model's config is a few "
+                f"kilobytes, and this server reads none over {MAX_CONFIG_BYTES:,}"
+            )
+        hf_hub_download(name, "config.json", revision=metadata.commit_hash, token=token, etag_timeout=timeout_s)
+        return metadata.commit_hash
+
+    try:
+        return within_timeout(fetch, timeout_s + 1.0, name=f"hub-config-{name}")
+    except StillWaiting:
+        raise _unreachable(name, models_dir, f"no answer within {timeout_s:g} s") from None
+    except ModelResolutionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the hub's and the network's errors, explained
+        raise _hub_error(exc, name, models_dir, token) from exc
+
+
+class StillWaiting(Exception):
+    """A call within_timeout waited for is still running."""
+
+
+def within_timeout(call, timeout_s: float, *, name: str):
+    """call() in a daemon thread, waited for at most `timeout_s`: its result, or what it raised,
+    raised here; StillWaiting when it has not answered by then (the thread is left to end on its
+    own: a hub call only reads). For hub calls whose own timeouts bound each request, not the
+    whole of several (a config, a listing and an index; a tokenizer's files)."""
     outcome: dict = {}
 
-    def fetch():
+    def target():
         try:
-            from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-
-            metadata = get_hf_file_metadata(hf_hub_url(name, "config.json"), token=token, timeout=timeout_s)
-            outcome["commit"] = metadata.commit_hash
-            if (metadata.size or 0) > MAX_CONFIG_BYTES:
-                raise ModelResolutionError(
-                    f"The config.json of '{name}' on the hub is {metadata.size:,} bytes: a model's config is a few "
-                    f"kilobytes, and this server reads none over {MAX_CONFIG_BYTES:,}"
-                )
-            outcome["path"] = hf_hub_download(name, "config.json", revision=metadata.commit_hash, token=token,
-                                              etag_timeout=timeout_s)
+            outcome["result"] = call()
         except BaseException as exc:  # handed to the caller's thread
             outcome["error"] = exc
 
-    thread = threading.Thread(target=fetch, name=f"hub-config-{name}", daemon=True)
+    thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
-    thread.join(timeout_s + 1.0)
+    thread.join(timeout_s)
     if thread.is_alive():
-        raise _unreachable(name, models_dir, f"no answer within {timeout_s:g} s")
+        raise StillWaiting(name)
     if "error" in outcome:
-        if isinstance(outcome["error"], ModelResolutionError):
-            raise outcome["error"]
-        raise _hub_error(outcome["error"], name, models_dir, token) from outcome["error"]
-    return outcome["commit"]
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _hub_error(exc: BaseException, name: str, models_dir: Path | None, token: HubToken) -> ModelResolutionError:
