@@ -13,6 +13,9 @@ import pytest
 
 # GGUF conversions the two pytest sessions of `make test` (engine, then Django) share: keyed by the
 # file's identity like the product's cache, so the second session reuses the first's SmolLM2.
+# The demo's English corpus, which the tests train on too.
+SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "samples" / "demo_corpus.txt"
+
 TEST_MODELS_CACHE = Path(os.environ.get("MISTUDIO_TEST_MODELS_CACHE") or f"/tmp/mistudio-test-models-{os.getuid()}")
 
 SAMPLE_TEXTS = [

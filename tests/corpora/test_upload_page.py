@@ -6,18 +6,11 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from corpora.models import Corpus
-from tests.conftest import SAMPLE_CORPUS
+from tests.model_fixtures import SAMPLE_CORPUS
 
 pytestmark = pytest.mark.django_db
 
 URL = "/corpora/upload/?next=/jobs/new/"
-
-
-@pytest.fixture
-def alice_browser(alice):
-    client = Client()
-    client.force_login(alice)
-    return client
 
 
 def test_an_upload_is_stored_as_the_users_and_the_form_comes_back_with_it_chosen(alice_browser, alice):

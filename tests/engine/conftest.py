@@ -1,22 +1,7 @@
-"""The engine's tests run with no Django at all (`make test` runs them with `-p no:django`): the
-suite-wide fixtures that set Django up for each test (a queue prefix, an empty queue, a data
-folder in the settings) are nothing here. The engine takes paths and options as arguments."""
+"""The engine's tests run with no Django at all (`make test` runs them with `-p no:django`); the
+engine takes paths and options as arguments."""
 import pytest
 
-
-@pytest.fixture(scope="session", autouse=True)
-def queue_apart():
-    return None
-
-
-@pytest.fixture(autouse=True)
-def empty_queue():
-    return None
-
-
-@pytest.fixture(autouse=True)
-def data_dir(tmp_path):
-    return tmp_path / "data"
 
 @pytest.fixture
 def tokenized(monkeypatch):
@@ -24,7 +9,7 @@ def tokenized(monkeypatch):
     was given so far, as a function; the corpus read in chunks of 8 documents."""
     from engine.text.packing import SequenceSource
     from engine.run import sources
-    from tests.engine.test_packing_positions import CountingTokenizer
+    from tests.engine.text.test_packing_positions import CountingTokenizer
 
     monkeypatch.setattr("engine.text.packing._CHUNK_DOCUMENTS", 8)
     counting = []

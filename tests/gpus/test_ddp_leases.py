@@ -9,7 +9,8 @@ from django.utils import timezone
 from gpus import services as workers
 from gpus.models import Worker
 from gpus.selectors import DEFAULT_QUEUE, gpu_index_served, gpu_queue, live_workers, queue_for, workers_document
-from tests.conftest import SAMPLE_CORPUS, queued_tasks
+from tests.django_fixtures import queued_tasks
+from tests.model_fixtures import SAMPLE_CORPUS
 from training import recovery, services
 from training.models import TrainingJob
 

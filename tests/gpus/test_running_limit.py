@@ -9,7 +9,7 @@ from django.utils import timezone
 from gpus import services as workers
 from gpus.models import Worker
 from gpus.selectors import gpu_queue
-from tests.conftest import SAMPLE_CORPUS
+from tests.model_fixtures import SAMPLE_CORPUS
 from training import services
 from training.worker import session as pipeline
 from training.models import TrainingJob

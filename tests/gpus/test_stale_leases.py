@@ -9,7 +9,7 @@ from django.utils import timezone
 from gpus import services as workers
 from gpus.models import Worker
 from gpus.selectors import DEFAULT_QUEUE
-from tests.conftest import queued_tasks
+from tests.django_fixtures import queued_tasks
 from training import recovery, services
 from training.models import TrainingJob
 

@@ -11,14 +11,15 @@ from django_q.brokers.orm import ORM
 
 from gpus.models import Worker
 from gpus.selectors import DEFAULT_QUEUE
-from tests.conftest import SAMPLE_CORPUS, queued_tasks
+from tests.django_fixtures import queued_tasks
+from tests.model_fixtures import SAMPLE_CORPUS
 from training import recovery, services
 from training.models import Sweep, TrainingJob
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     # The scale-out run queues on Redis, which this file's ORM broker does not touch; a real stopped
-    # Redis is tests/scaleout/test_redis_outage_at_enqueue.py.
+    # Redis is tests/system/scaleout/test_redis_outage_at_enqueue.py.
     pytest.mark.skipif(bool(os.environ.get("REDIS_URL")), reason="the ORM broker's outage; runs in `make test`"),
 ]
 

@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import SAMPLE_CORPUS
-from tests.training.test_train_command import last_json, train_command
+from tests.model_fixtures import SAMPLE_CORPUS
+from tests.training.commands.test_train_command import last_json, train_command
 
 # Its jobs run on SQLite databases of their own whatever the suite's database, so the scale-out run
 # (PostgreSQL, `make test-scaleout`) would repeat the embedded run's minute and a half for nothing.

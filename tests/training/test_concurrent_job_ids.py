@@ -13,7 +13,7 @@ from django.db import connection
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
-from tests.conftest import SAMPLE_CORPUS
+from tests.model_fixtures import SAMPLE_CORPUS
 from training import models
 from training.models import Sweep, TrainingJob
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from tests.conftest import queued_tasks
+from tests.django_fixtures import queued_tasks
 from training import recovery, services
 from training.models import TrainingJob
 
