@@ -9,8 +9,22 @@ import pytest
 
 from tests.model_fixtures import SAMPLE_CORPUS
 
-__all__ = ["queue_apart", "empty_queue", "data_dir", "dead_pid", "alice", "bob", "bob_api", "charlie", "alice_api",
+__all__ = ["quick_password_hashing", "queue_apart", "empty_queue", "data_dir", "dead_pid", "alice", "bob", "bob_api", "charlie", "alice_api",
            "charlie_api", "alice_browser", "reviews_corpus", "sample_corpus_bytes", "upload", "corpus", "hub_models"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quick_password_hashing():
+    """The personas are made for each test, and production's PBKDF2 (10^6 rounds) costs about half
+    a second of CPU per password: the tests hash with MD5 first, as Django advises for test suites.
+    The production hashers stay listed, so a hash a server made in a subprocess still verifies; no
+    test is about the hash's cost."""
+    from django.conf import settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(settings, "PASSWORD_HASHERS", ["django.contrib.auth.hashers.MD5PasswordHasher",
+                                                     *settings.PASSWORD_HASHERS])
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
