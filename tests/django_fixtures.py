@@ -9,8 +9,12 @@ import pytest
 
 from tests.model_fixtures import SAMPLE_CORPUS
 
-__all__ = ["quick_password_hashing", "queue_apart", "empty_queue", "data_dir", "dead_pid", "alice", "bob", "bob_api", "charlie", "alice_api",
-           "charlie_api", "alice_browser", "reviews_corpus", "sample_corpus_bytes", "upload", "corpus", "hub_models"]
+__all__ = ["quick_password_hashing", "queue_apart", "empty_queue", "data_dir", "dead_pid", "alice", "bob", "bob_api",
+           "charlie", "alice_api", "charlie_api", "alice_browser", "reviews_corpus", "sample_corpus_bytes", "upload", "corpus", "hub_models"]
+
+# Each Django test folder's conftest imports the fixtures below, so a session-scoped one is set up once
+# per folder the run visits: what they set is decided once here, so they all set the same.
+_SESSION = {}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -21,9 +25,9 @@ def quick_password_hashing():
     test is about the hash's cost."""
     from django.conf import settings
 
+    hashers = _SESSION.setdefault("hashers", ["django.contrib.auth.hashers.MD5PasswordHasher", *settings.PASSWORD_HASHERS])
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(settings, "PASSWORD_HASHERS", ["django.contrib.auth.hashers.MD5PasswordHasher",
-                                                     *settings.PASSWORD_HASHERS])
+        patch.setattr(settings, "PASSWORD_HASHERS", hashers)
         yield
 
 
@@ -34,7 +38,7 @@ def queue_apart():
     nothing: its queues live in each run's test database."""
     from django.conf import settings
 
-    prefix = f"{settings.QUEUE_PREFIX or 'mistudio'}-test-{os.getpid()}"
+    prefix = _SESSION.setdefault("queue_prefix", f"{settings.QUEUE_PREFIX or 'mistudio'}-test-{os.getpid()}")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(settings, "QUEUE_PREFIX", prefix)
         patch.setenv("MISTUDIO_QUEUE_PREFIX", prefix)
