@@ -27,6 +27,7 @@ def saved(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_a_dataset_folder_is_copied_into_the_storage_and_counted(saved, alice, data_dir):
     corpus = corpus_add_from_path(owner=alice, path=saved, text_field="review")
     stored = Path(corpus.path)

@@ -46,6 +46,7 @@ def test_the_quota_counts_the_files_of_the_users_jobs(alice, upload, settings, d
     assert response.status_code == 413 and "you use 5.0 kB of 10.0 kB" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_a_job_whose_plan_would_pass_the_quota_is_a_400(upload, alice_api, hub_models, settings, sample_corpus_bytes):
     assert upload("reviews.txt", sample_corpus_bytes).status_code == 200
     settings.STORAGE_QUOTA_BYTES = len(sample_corpus_bytes) + 1000

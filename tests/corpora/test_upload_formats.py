@@ -70,6 +70,7 @@ def send(alice_api):
     ("stream.arrow", "arrow", _arrow_stream()),
     ("file.arrow", "arrow", _arrow_file()),
 ])
+@pytest.mark.slow
 def test_each_format_is_stored_with_its_suffix_and_counted(send, alice, name, fmt, content):
     response = send(name, content, text_field="body")
     assert response.status_code == 200, response.json()

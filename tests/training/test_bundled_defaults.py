@@ -34,6 +34,7 @@ def default_jobs(tmp_path_factory):
         return dict(zip(commands, pool.map(run, commands)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["relu", "jumprelu"])
 def test_the_seed_defaults_give_a_sparse_sae_that_reconstructs(default_jobs, architecture):
     result = default_jobs[architecture]

@@ -48,6 +48,7 @@ def reference_rows(loaded, texts, layer, *, prepend_bos=True, exclude_special_to
     return np.concatenate(rows)
 
 
+@pytest.mark.slow
 def test_each_row_is_one_real_token_in_corpus_order(loaded, sample_texts, tmp_path):
     # The defaults: a BOS before a causal LM's text, and no row for a special token (the BOS, an
     # encoder's CLS and SEP), which the model still sees as context.

@@ -145,6 +145,7 @@ def test_an_extraction_failure_reaches_the_trainer_and_leaves_no_file(gpt2, samp
     assert list(tmp_path.glob("b.npy*")) == []
 
 
+@pytest.mark.slow
 def test_a_cancel_while_waiting_for_rows_stops_training_and_extraction(gpt2, sample_texts, tmp_path):
     slow = SlowModel(gpt2, 0.2)
     slow.install()

@@ -32,6 +32,7 @@ def test_both_sites_in_one_forward_equal_the_single_site_extractions(model, requ
     assert not np.allclose(np.load(tmp_path / "in.npy"), np.load(tmp_path / "out.npy"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny_llama_dir", "tiny_gpt2_dir"])
 def test_the_mlp_itself_as_a_transcoder_recovers_the_clean_loss(model, request, sample_texts):
     loaded = load(request.getfixturevalue(model), with_lm_head=True)

@@ -62,6 +62,7 @@ def test_smollm2_loads_through_the_resolution_path_and_knows_paris(smollm2_conve
     assert perplexity < 100  # a random model of this vocabulary scores about 50,000
 
 
+@pytest.mark.slow
 def test_the_converted_tokenizer_splits_text_as_the_gguf_does(smollm2_gguf, smollm2_converted):
     from transformers import AutoTokenizer
 

@@ -87,6 +87,7 @@ def extract(loaded, texts, hook_point, out_path, **options):
     return result, np.load(result.path).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hook_point", HOOK_POINTS)
 def test_each_hook_point_extracts_what_the_models_own_module_outputs(loaded, sample_texts, tmp_path, hook_point):
     texts = sample_texts[:10]
@@ -97,6 +98,7 @@ def test_each_hook_point_extracts_what_the_models_own_module_outputs(loaded, sam
     np.testing.assert_allclose(rows, expected, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [*CAUSAL, "tiny_gemma2_dir"])
 def test_the_attention_and_mlp_outputs_are_what_the_block_adds_to_its_input(model, sample_texts, tmp_path, request):
     # resid_post = resid_pre + attn_out + mlp_out in a pre-norm block, sequential or parallel
@@ -126,6 +128,7 @@ def test_resid_pre_stops_before_block_l_runs_and_attn_out_before_its_mlp(sample_
             handle.remove()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny_gpt2_dir", "tiny_llama_dir", "tiny_neox_dir", "minilm_dir", "tiny_gemma2_dir"])
 def test_the_families_on_disk_have_all_five_hook_points(model, request):
     assert available_hook_points(load(request.getfixturevalue(model)).model) == HOOK_POINTS
@@ -184,6 +187,7 @@ def with_head(request):
     return load(request.getfixturevalue(request.param), with_lm_head=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hook_point", HOOK_POINTS)
 def test_an_identity_sae_spliced_at_each_point_recovers_the_clean_loss_and_ablation_changes_it(with_head, sample_texts, hook_point):
     result = ce_loss_evaluation(with_head, sample_texts[:12], layer_number=LAYER, reconstruct=lambda x: x,

@@ -55,6 +55,7 @@ def test_a_sharded_folder_is_counted_from_the_shards_its_index_names(tiny_llama_
     assert parameter_count(resolved, config) == (_meta_count(config), "the safetensors headers")
 
 
+@pytest.mark.slow
 def test_the_bundled_smollm2_is_counted_from_its_gguf_tensor_table(smollm2_gguf):
     resolved = resolve_model(BUNDLED_CAUSAL_LM_NAME, models_dir=None)
     config = load_config(resolved)

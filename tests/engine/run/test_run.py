@@ -198,6 +198,7 @@ def test_a_spec_never_shows_its_token(tmp_path):
     assert "hf_secret" not in repr(RunSpec(paths=RunPaths.in_folder(tmp_path), token="hf_secret"))
 
 
+@pytest.mark.slow
 def test_a_run_works_where_django_is_not_installed(tmp_path):
     np.save(tmp_path / "acts.npy", np.random.default_rng(0).normal(size=(400, 8)).astype(np.float32))
     code = (

@@ -10,6 +10,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_engine_never_imports_django():
     result = run_python(
         "import engine.trainer, engine.activations.extract, engine.models.resolve, engine.evaluation.stats, engine.sae.export, "

@@ -75,6 +75,7 @@ def positions(packed) -> list[tuple[Position, list]]:
             for i, ids in enumerate(chunk.ids)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("packing", ["lines", "documents", "concat"])
 @pytest.mark.parametrize("name", CORPORA)
 def test_a_pass_resumed_at_any_sequence_gives_the_same_sequences_from_there(tmp_path, gpt2_tokenizer, name, packing):

@@ -67,6 +67,7 @@ def test_the_bos_put_before_a_gpt2_sequence_is_context_but_no_row(gpt2, sample_t
     assert not np.allclose(np.load(without.path), np.load(excluded.path))
 
 
+@pytest.mark.slow
 def test_a_tokenizer_that_adds_its_own_bos_gets_one_not_two(tiny_gpt2_dir, tmp_path, sample_texts):
     from transformers import AutoTokenizer
 
@@ -109,6 +110,7 @@ def test_the_special_ids_include_the_padding_engine_loading_gives_a_tokenizer(gp
     assert {bert.tokenizer.cls_token_id, bert.tokenizer.sep_token_id, bert.tokenizer.pad_token_id} <= ids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exclude", [True, False])
 def test_the_ce_splice_leaves_a_special_tokens_position_as_it_was_when_excluding(tiny_gpt2_dir, sample_texts, exclude):
     # Block 2 reads block 1's output: at the BOS (position 0) it must be the clean value under the

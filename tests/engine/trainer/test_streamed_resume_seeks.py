@@ -59,6 +59,7 @@ def config(**overrides):
     return TrainConfig(**values)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,packing", [("docs.jsonl", "concat"), ("docs.txt", "lines"),
                                           ("docs.jsonl", "documents"), ("docs.parquet", "concat")])
 def test_a_streamed_run_stopped_mid_pass_resumes_where_it_read_and_trains_on_the_same_tokens(

@@ -73,6 +73,7 @@ def test_a_client_written_x_forwarded_for_does_not_escape_the_limit(rates, clien
     assert spoofed == [200, 200, 429]
 
 
+@pytest.mark.slow
 def test_behind_the_trusted_proxy_the_address_it_appended_counts(tmp_path):
     code = "from rest_framework.settings import api_settings; print(api_settings.NUM_PROXIES)"
     assert manage_shell(code, MISTUDIO_DATA_DIR=str(tmp_path / "own")).stdout.split("\n")[-2] == "0"

@@ -9,6 +9,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[3]
 HF_TOKEN = "hf_" + "Zq7xK2mP9vR4tY8wB3nL6cF1hJ5dS0gA"
 
@@ -56,6 +58,7 @@ def call(url, token, body=None):
         return error.code, error.read().decode()
 
 
+@pytest.mark.slow
 def test_a_server_error_is_logged_with_its_path_and_no_token(tmp_path):
     env = {name: value for name, value in os.environ.items()
            if name not in ("MISTUDIO_DEBUG", "DATABASE_URL", "REDIS_URL")}

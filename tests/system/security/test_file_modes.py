@@ -26,6 +26,7 @@ def mode(path):
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("DATABASE_URL", "").startswith("postgres"),
                     reason="the embedded SQLite database is the one created here; runs in `make test`")
 def test_the_data_folder_the_database_the_key_a_corpus_and_a_jobs_artifacts_are_private(tmp_path, tiny_gpt2_dir):
@@ -48,6 +49,7 @@ def test_the_data_folder_the_database_the_key_a_corpus_and_a_jobs_artifacts_are_
     assert {str(path.relative_to(tmp_path)): oct(mode(path)) for path in files if mode(path) != 0o600} == {}
 
 
+@pytest.mark.slow
 def test_processes_started_together_keep_one_generated_key(tmp_path):
     data = tmp_path / "own-data"
     data.mkdir()
@@ -61,6 +63,7 @@ def test_processes_started_together_keep_one_generated_key(tmp_path):
     assert mode(data / "secret_key") == 0o600
 
 
+@pytest.mark.slow
 def test_a_data_folder_other_accounts_can_enter_is_warned_about_at_start(tmp_path):
     data = tmp_path / "own-data"
     assert manage(data, "check").returncode == 0

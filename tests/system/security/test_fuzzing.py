@@ -64,6 +64,7 @@ def test_every_operation_answers_as_its_schema_says(case, token, sample_corpus_b
     case.call_and_validate(headers={"Authorization": f"Token {token}"}, checks=CHECKS)
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @settings(max_examples=2, deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))

@@ -42,6 +42,7 @@ def test_check_memory_answers_a_prompt_400_that_says_why(alice_api, hostile_hub,
     assert hostile_hub.file_paths()  # it was the hub's config that was refused
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("repo_id", HOSTILE)
 def test_a_training_request_on_it_is_refused_and_makes_no_job(alice_api, corpus, hostile_hub, repo_id):
     response = alice_api.post("/api/v1/train", {"model_name": repo_id, "corpus_file": corpus, "layer_number": 0},
@@ -51,6 +52,7 @@ def test_a_training_request_on_it_is_refused_and_makes_no_job(alice_api, corpus,
     assert not TrainingJob.objects.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("repo_id", HOSTILE)
 def test_validate_model_says_it_cannot_be_used(alice_api, hostile_hub, repo_id):
     response = alice_api.post("/api/v1/validate-model", {"model_name": repo_id}, format="json")

@@ -20,6 +20,7 @@ def request():
                                max_epochs=1, min_loss=0, max_sequence_length=16)
 
 
+@pytest.mark.slow
 def test_a_tokenizer_file_past_the_limit_is_never_downloaded(alice, corpus, fake_hub, tiny_gpt2_dir, settings):
     files = {p.name: p.read_bytes() for p in tiny_gpt2_dir.iterdir() if p.is_file()}
     files["tokenizer.json"] = files["tokenizer.json"] + b" " * (2 << 20)  # 2 MiB more of a tokenizer file

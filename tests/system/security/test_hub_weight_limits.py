@@ -65,6 +65,7 @@ def test_a_model_past_the_limit_is_a_400_naming_the_file_its_size_and_the_settin
     assert alice_api.get("/health").status_code == 200
 
 
+@pytest.mark.slow
 def test_a_sharded_models_shards_are_counted_together(alice_api, corpus, fake_hub, tiny_files):
     files = sharded(tiny_files)
     shards = sorted(name for name in files if name.startswith("model-0000"))
@@ -93,6 +94,7 @@ def test_the_job_and_its_sweep_are_refused_alike(alice, corpus, fake_hub, tiny_f
     assert not TrainingJob.objects.exists() and not Sweep.objects.exists()
 
 
+@pytest.mark.slow
 def test_the_disk_plan_lists_and_counts_the_download(alice_api, corpus, fake_hub, tiny_files, settings):
     files = sharded(tiny_files)
     shards = sorted(name for name in files if name.startswith("model-0000"))
@@ -146,6 +148,7 @@ def test_a_model_the_hub_cache_holds_is_not_counted(alice_api, corpus, fake_hub,
     ("MODEL_MAX_BYTES", 1000, "MISTUDIO_MODEL_MAX_BYTES"),
     ("DISK_RESERVE_BYTES", 10**18, "MISTUDIO_DISK_RESERVE_BYTES"),  # the disk filled since the job was made
 ])
+@pytest.mark.slow
 def test_the_worker_checks_again_before_it_downloads(alice, corpus, fake_hub, tiny_files, settings, setting, value,
                                                      expected):
     fake_hub.push("org/tiny-gpt2", tiny_files)

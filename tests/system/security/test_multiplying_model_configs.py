@@ -112,6 +112,7 @@ def test_a_config_within_bounds_is_described_from_one_layer_at_once(alice_api, c
     assert TrainingJob.objects.get().model_info["parameter_count"] == info["parameter_count"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", REFUSED)
 def test_a_config_that_multiplies_its_layers_past_the_bounds_is_refused_at_once(alice_api, corpus, place, warm,
                                                                                 name):
@@ -141,6 +142,7 @@ def forged_gguf(path, *, array_length: int):
     path.write_bytes(header)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("place", ["models_folder"], indirect=True)
 def test_a_forged_gguf_header_is_a_verdict_and_a_400_and_this_process_lives(alice_api, settings, corpus, place, warm):
     folder = settings.MODELS_DIR / "org" / "forged"

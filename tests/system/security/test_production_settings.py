@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[3]
 STRONG_KEY = "k8Jq2vX9rT4mW7pL1sN6bY3cF0hD5gZ8aE2uI7oQ4wR9tY1xC6vB3nM0lK5jH8gF"
 
@@ -16,6 +18,7 @@ def manage(tmp_path, *args, **env):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_deploy_check_passes_under_production_settings(tmp_path):
     done = manage(tmp_path, "check", "--deploy", "--fail-level", "WARNING",
                   MISTUDIO_DEBUG="0", MISTUDIO_SECRET_KEY=STRONG_KEY, MISTUDIO_ALLOWED_HOSTS="sae.example.org",
@@ -43,6 +46,7 @@ def test_a_debug_server_starts_with_a_generated_key_kept_in_the_data_folder(tmp_
     assert len((tmp_path / "data" / "secret_key").read_text().strip()) >= 50
 
 
+@pytest.mark.slow
 def test_https_is_on_by_default_without_debug_and_off_on_request(tmp_path):
     code = ("from django.conf import settings as s; "
             "print(s.SECURE_SSL_REDIRECT, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS > 0)")

@@ -12,6 +12,7 @@ def test_a_json_body_over_the_limit_is_refused_before_it_is_parsed(alice_api, se
     assert "MISTUDIO_REQUEST_MAX_BYTES" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_a_body_under_the_limit_is_parsed(alice_api):
     response = alice_api.post("/api/v1/validate-model", {"model_name": "sentence-transformers/all-MiniLM-L6-v2"},
                               format="json")

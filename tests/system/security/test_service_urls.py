@@ -27,6 +27,7 @@ def test_a_malformed_redis_url_stops_start_up_saying_what_to_use(tmp_path, url):
     assert "redis://HOST:6379/0" in done.stderr
 
 
+@pytest.mark.slow
 def test_the_queue_is_in_the_database_unless_redis_url_names_a_redis(tmp_path):
     database = manage(tmp_path, "shell", "-c", BROKER, MISTUDIO_DEBUG="1", REDIS_URL="")
     redis = manage(tmp_path, "shell", "-c", BROKER, MISTUDIO_DEBUG="1", REDIS_URL="redis://10.0.0.5:6379/2")
@@ -34,6 +35,7 @@ def test_the_queue_is_in_the_database_unless_redis_url_names_a_redis(tmp_path):
     assert redis.stdout.split("\n")[-2] == "['redis']", redis.stderr
 
 
+@pytest.mark.slow
 def test_postgresql_test_runs_each_get_their_own_test_database(tmp_path):
     code = "from django.conf import settings as s; print(s.DATABASES['default']['TEST']['NAME'])"
     url = "postgres://postgres@127.0.0.1:5432/mistudio"

@@ -47,6 +47,7 @@ def test_a_forged_arrow_upload_is_a_400_and_the_web_process_serves_on(alice_api,
     ("spin", "used more than 1 s of CPU (MISTUDIO_SANDBOX_CPU_S)"),
     ("sleep", "took longer than 2 s (MISTUDIO_SANDBOX_TIMEOUT_S)"),
 ])
+@pytest.mark.slow
 def test_the_child_is_stopped_by_each_limit_and_says_which(settings, target, needle):
     settings.SANDBOX_MEMORY_BYTES, settings.SANDBOX_CPU_S, settings.SANDBOX_TIMEOUT_S = 256 << 20, 1, 2
     started = time.monotonic()

@@ -52,6 +52,7 @@ def closed_port():
     ({"HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}, "Connection refused"),
     ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
 ])
+@pytest.mark.slow
 def test_the_train_command_fails_at_once_when_the_hub_cannot_be_reached(tmp_path, hub_env, reason):
     env = {**os.environ, "MISTUDIO_DATA_DIR": str(tmp_path / "cli-data"), "MISTUDIO_MODELS_DIR": str(tmp_path / "cli-models"),
            "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite3'}", "MISTUDIO_HUB_TIMEOUT_S": str(HUB_TIMEOUT_S),

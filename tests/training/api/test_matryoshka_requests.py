@@ -25,6 +25,7 @@ def train(client, **fields):
      "matryoshka_widths: Ensure this field has no more than 64 elements."),
     ({"matryoshka_widths": [128]}, "k: required when architecture is 'matryoshka_batchtopk'"),
 ])
+@pytest.mark.slow
 def test_bad_widths_are_a_400_naming_the_field(alice_api, corpus, hub_models, fields, needle):
     response = train(alice_api, architecture="matryoshka_batchtopk", **fields)
     assert response.status_code == 400

@@ -27,6 +27,7 @@ def corpus(alice):
     ({"architecture": "jumprelu", "k": 4}, "k"),
     ({"gpu_id": 99}, "gpu_id"),
 ])
+@pytest.mark.slow
 def test_the_api_adds_the_field_a_refusal_is_about_to_errors(alice_api, corpus, hub_models, fields, field):
     response = alice_api.post("/api/v1/train", {**GOOD, **fields}, format="json")
     assert response.status_code == 400
@@ -61,6 +62,7 @@ def test_check_memory_names_the_field_too(alice_api, hub_models):
     ({"model_name": ""}, "model_name"),
     ({"corpus_file": ""}, "corpus_file"),
 ])
+@pytest.mark.slow
 def test_the_service_names_the_field_of_what_it_refuses(alice, corpus, hub_models, fields, field):
     with pytest.raises(ServiceError) as refused:
         job_create(owner=alice, request=JobRequest(**{**GOOD, **fields}), enqueue=False)

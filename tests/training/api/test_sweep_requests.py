@@ -72,6 +72,7 @@ def test_every_member_is_checked_against_the_model_before_anything_is_saved(alic
     ({"layers": []}, "layers: Ensure this field has at least 1 elements"),
     ({"members": [{}] * 40}, "more than MISTUDIO_SWEEP_MAX_MEMBERS (64)"),
 ])
+@pytest.mark.slow
 def test_what_a_sweep_cannot_do_is_a_400_that_says_what_to_change(alice_api, hub_models, corpus, fields, says):
     response = alice_api.post("/api/v1/sweeps", body(**fields), format="json")
     assert response.status_code == 400 and says in response.json()["detail"], response.json()

@@ -62,6 +62,7 @@ def test_a_layer_beyond_the_model_is_refused_never_clamped(alice_api, corpus, hu
      ("layer_number", -1), ("sparsity_coeff", -1), ("max_sequence_length", 0), ("gpu_id", -1),
      ("quantization", "3bit"), ("sae_batch_tokens", 0), ("batch_size", "many")],
 )
+@pytest.mark.slow
 def test_out_of_range_fields_get_a_400_naming_the_field(alice_api, corpus, field, value):
     response = train(alice_api, model_name="tiny/gpt2", corpus_file=corpus, **{field: value})
     assert response.status_code == 400
@@ -114,6 +115,7 @@ def test_a_non_json_body_is_a_400(alice_api):
         ({"architecture": "topk", "k": 8, "target_l0": 10}, "target_l0: only applies to relu, jumprelu and gated"),
     ],
 )
+@pytest.mark.slow
 def test_architecture_fields_are_checked(alice_api, corpus, hub_models, fields, needle):
     response = train(alice_api, model_name="tiny/gpt2", corpus_file=corpus, layer_number=0, **fields)
     assert response.status_code == 400

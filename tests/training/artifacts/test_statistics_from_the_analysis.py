@@ -27,6 +27,7 @@ def assert_same_statistics(ours, separate):
         assert ours[key] == pytest.approx(separate[key], rel=1e-4), key
 
 
+@pytest.mark.slow
 def test_the_feature_statistics_come_from_the_analysis_pass(alice, hub_models, monkeypatch):
     def no_second_pass(*args, **kwargs):
         raise AssertionError("a second encode pass over the activations")
@@ -39,6 +40,7 @@ def test_the_feature_statistics_come_from_the_analysis_pass(alice, hub_models, m
     assert job.features["analyzed_tokens"] == job.training_stats["tokens"]
 
 
+@pytest.mark.slow
 def test_a_cancel_during_the_analysis_still_leaves_complete_statistics(alice, hub_models, monkeypatch):
     def cancelled(*args, **kwargs):
         raise AnalysisCancelled("Feature analysis was cancelled")

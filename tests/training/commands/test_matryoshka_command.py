@@ -9,6 +9,7 @@ from tests.training.commands.test_train_command import OWN_DATABASE
 pytestmark = OWN_DATABASE
 
 
+@pytest.mark.slow
 def test_matryoshka_from_the_command_line_recovers_the_planted_features(train_on_planted, planted):  # noqa: F811
     result = train_on_planted("--architecture", "matryoshka_batchtopk", "--k", str(FEATURES_PER_TOKEN),
                               "--matryoshka-widths", "8,32", "--max-epochs", "5", "--sae-batch-tokens", "512")
@@ -20,6 +21,7 @@ def test_matryoshka_from_the_command_line_recovers_the_planted_features(train_on
     assert set(exported) == {"W_enc", "b_enc", "W_dec", "b_dec", "threshold"}  # SAELens' jumprelu tensors
 
 
+@pytest.mark.slow
 def test_a_bad_widths_option_names_the_field(train_on_planted):  # noqa: F811
     with pytest.raises(AssertionError, match="matryoshka_widths: must be strictly increasing"):
         train_on_planted("--architecture", "matryoshka_batchtopk", "--k", "3", "--matryoshka-widths", "32,8")

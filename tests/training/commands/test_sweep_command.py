@@ -2,6 +2,7 @@
 document printed last."""
 import json
 
+import pytest
 import yaml
 
 from tests.model_fixtures import SAMPLE_CORPUS
@@ -10,6 +11,7 @@ from tests.training.commands.test_train_command import OWN_DATABASE, last_json, 
 pytestmark = OWN_DATABASE
 
 
+@pytest.mark.slow
 def test_a_yaml_sweep_trains_every_member_and_prints_the_sweep_document(run_train, tmp_path, tiny_gpt2_dir):
     request = {"model_name": str(tiny_gpt2_dir), "corpus_file": str(SAMPLE_CORPUS), "layers": [0, 1],
                "max_sequence_length": 16, "hidden_dim": 32, "max_epochs": 1, "sae_batch_tokens": 256,
@@ -27,6 +29,7 @@ def test_a_yaml_sweep_trains_every_member_and_prints_the_sweep_document(run_trai
     assert document["members"][0]["job_id"] in done.stderr and "completed" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_bad_sweep_file_says_what_is_wrong_and_trains_nothing(run_train, tmp_path, tiny_gpt2_dir):
     file = tmp_path / "sweep.json"
     file.write_text("{not json")

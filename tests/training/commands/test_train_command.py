@@ -42,6 +42,7 @@ def last_json(stdout):
     return json.loads(stdout[start:])
 
 
+@pytest.mark.slow
 def test_it_trains_from_a_model_and_a_corpus_path_and_prints_the_result_last(run_train, tiny_gpt2_dir):
     done = run_train("--model", str(tiny_gpt2_dir), "--corpus", str(SAMPLE_CORPUS), "--layer-number", "2",
                      "--hidden-dim", "48", "--max-epochs", "3", "--min-loss", "0", "--batch-size", "8",
@@ -59,6 +60,7 @@ def test_it_trains_from_a_model_and_a_corpus_path_and_prints_the_result_last(run
     assert result["training_stats"]["extraction"]["dtype"] == "float32"
 
 
+@pytest.mark.slow
 def test_it_takes_a_hook_point_and_the_special_token_switches(run_train, tiny_llama_dir):
     done = run_train("--model", str(tiny_llama_dir), "--corpus", str(SAMPLE_CORPUS), "--layer-number", "1",
                      "--hook-point", "attn_out", "--no-exclude-special-tokens", "--no-prepend-bos",
@@ -72,6 +74,7 @@ def test_it_takes_a_hook_point_and_the_special_token_switches(run_train, tiny_ll
     assert (cfg["metadata"]["prepend_bos"], cfg["metadata"]["exclude_special_tokens"]) == (False, False)
 
 
+@pytest.mark.slow
 def test_with_cpu_bf16_on_the_model_and_the_sae_compute_in_bfloat16(run_train, tiny_llama_dir):
     args = ["--model", str(tiny_llama_dir), "--corpus", str(SAMPLE_CORPUS), "--layer-number", "1",
             "--hidden-dim", "64", "--max-epochs", "3", "--min-loss", "0", "--batch-size", "8",
@@ -85,6 +88,7 @@ def test_with_cpu_bf16_on_the_model_and_the_sae_compute_in_bfloat16(run_train, t
     assert stats["final_loss"] == pytest.approx(reference["final_loss"], rel=0.05)
 
 
+@pytest.mark.slow
 def test_it_trains_on_activations_someone_already_has(run_train, tmp_path):
     rng = np.random.default_rng(0)
     activations = rng.normal(size=(3000, 16)).astype(np.float32)
@@ -113,6 +117,7 @@ def test_it_trains_on_activations_someone_already_has(run_train, tmp_path):
         (("--hook-point", "resid_mid", "--activations", "ACTS"), "choose one of resid_post, resid_pre, mlp_out, attn_out"),
     ],
 )
+@pytest.mark.slow
 def test_bad_options_get_a_clear_error(run_train, tmp_path, args, needle):
     np.save(tmp_path / "good.npy", np.zeros((10, 4), np.float32))
     np.save(tmp_path / "bad.npy", np.zeros(10, np.float32))

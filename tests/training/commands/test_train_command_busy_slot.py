@@ -103,6 +103,7 @@ def cli(tmp_path):
     return Cli()
 
 
+@pytest.mark.slow
 def test_it_waits_for_a_busy_slot_and_then_trains_in_the_terminal(cli):
     holder = cli.shell(HOLD_THE_SLOT.format(pid=os.getpid()))
     process = cli.start_train()
@@ -132,6 +133,7 @@ def test_it_waits_for_a_busy_slot_and_then_trains_in_the_terminal(cli):
     assert ended["attempts"] == 1 and ended["queued_tasks"] == 0
 
 
+@pytest.mark.slow
 def test_a_job_waiting_for_the_slot_can_be_cancelled(cli):
     holder = cli.shell(HOLD_THE_SLOT.format(pid=os.getpid()))
     process = cli.start_train()

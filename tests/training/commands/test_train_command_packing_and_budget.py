@@ -14,6 +14,7 @@ def run_train(tmp_path, django_db_blocker):
     return train_command(tmp_path)
 
 
+@pytest.mark.slow
 def test_it_takes_a_packing_a_token_budget_and_a_cache_mode_and_the_result_shows_them(run_train, tiny_gpt2_dir):
     done = run_train("--model", str(tiny_gpt2_dir), "--corpus", str(SAMPLE_CORPUS), "--layer-number", "1",
                      "--packing", "concat", "--training-tokens", "3000", "--cache-activations", "never",
@@ -27,6 +28,7 @@ def test_it_takes_a_packing_a_token_budget_and_a_cache_mode_and_the_result_shows
     assert result["disk_plan"]["reason"].startswith("cache_activations is never")
 
 
+@pytest.mark.slow
 def test_a_txt_corpus_gets_lines_and_an_activations_file_keeps_only_its_budget(run_train, tiny_gpt2_dir, tmp_path):
     done = run_train("--model", str(tiny_gpt2_dir), "--corpus", str(SAMPLE_CORPUS), "--layer-number", "1",
                      "--hidden-dim", "16", "--max-epochs", "1", "--min-loss", "0", "--max-sequence-length", "16",
@@ -49,6 +51,7 @@ def test_a_txt_corpus_gets_lines_and_an_activations_file_keeps_only_its_budget(r
     (("--training-tokens", "0"), "training_tokens: a budget is at least 1 token"),
     (("--training-tokens", "many"), "--training-tokens: invalid int value"),
 ])
+@pytest.mark.slow
 def test_a_bad_packing_cache_mode_or_budget_is_a_clear_error(run_train, tmp_path, args, needle):
     np.save(tmp_path / "acts.npy", np.zeros((10, 4), np.float32))
     done = run_train("--activations", str(tmp_path / "acts.npy"), *args)

@@ -23,6 +23,7 @@ def served(fake_hub, tiny_gpt2_dir):
     return fake_hub
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("given", ["file", "stdin"])
 def test_the_token_reaches_the_hub_from_a_file_or_stdin(tmp_path, served, given):
     env = migrated_env(tmp_path)
@@ -40,6 +41,7 @@ def test_the_token_reaches_the_hub_from_a_file_or_stdin(tmp_path, served, given)
     assert USER_TOKEN not in done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_an_empty_token_file_or_both_options_are_refused(tmp_path, served):
     env = migrated_env(tmp_path)
     empty = tmp_path / "empty"

@@ -152,6 +152,7 @@ def test_another_users_corpus_is_refused_by_the_corpus_field(alice_browser, alic
     ({"gpu_id": "99"}, "gpu_id", "gpu_id 99"),
     ({"model_name": "/etc"}, "model_name", "outside the folders"),
 ])
+@pytest.mark.slow
 def test_the_services_refusals_land_by_the_field_they_are_about(alice_browser, alices_corpus, hub_models,
                                                                   fields, field, words):
     response = alice_browser.post(URL, {**FIELDS, **fields})

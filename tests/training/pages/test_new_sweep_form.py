@@ -58,6 +58,7 @@ def test_a_valid_form_makes_the_sweep_and_goes_to_its_page(alice_browser, hub_mo
     ({"members": "k 8"}, "members", "line 1: 'k 8' is not name=value"),
     ({"hook_points": "resid_post, nowhere"}, "hook_points", "nowhere"),
 ])
+@pytest.mark.slow
 def test_a_refused_sweep_comes_back_with_the_error_next_to_its_field(alice_browser, hub_models, fields, row, says):
     response = alice_browser.post("/sweeps/new/", form(**fields))
     assert response.status_code == 400 and not Sweep.objects.exists()

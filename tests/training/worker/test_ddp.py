@@ -76,6 +76,7 @@ def assert_same_weights(result, reference, **tolerance):
         torch.testing.assert_close(result.sae.state_dict()[name], value, **tolerance)
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_topk_sae_one_process_trains(runs):
     single, ranks, _ = runs
     reference, (rank0, rank1) = single["topk"], ranks["topk"]
@@ -269,6 +270,7 @@ print("stopped" if stopping() else "not asked", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_a_rank_flooded_with_sigterms_keeps_stepping_and_sees_the_stop():
     """A handler that took a lock (threading.Event.set) deadlocked when a second SIGTERM came
     while the first was being handled: the rank hung until torchrun killed it, and the cancel lost
@@ -315,6 +317,7 @@ def test_a_failing_rank_fails_the_job_with_its_reason(alice, ddp_on_cpu, tmp_pat
         ({"gpu_ids": [0, -1]}, "gpu_ids.1: Ensure this value is greater than or equal to 0."),
     ],
 )
+@pytest.mark.slow
 def test_gpu_ids_requests_are_checked(alice_api, upload, hub_models, settings, fields, needle):
     from tests.model_fixtures import SAMPLE_CORPUS
     from training.models import TrainingJob
@@ -376,6 +379,7 @@ def test_a_streamed_gpu_ids_job_trains_under_torchrun_each_rank_running_the_mode
     assert not left  # the hand-off files are gone
 
 
+@pytest.mark.slow
 def test_manage_py_train_takes_gpu_ids(run_train, tmp_path):
     activations = tmp_path / "acts.npy"
     np.save(activations, np.random.default_rng(0).normal(size=(2000, 16)).astype(np.float32))

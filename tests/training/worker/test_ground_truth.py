@@ -64,6 +64,7 @@ def recovery(result, directions):
     return float((directions @ decoder.T).max(axis=1).mean())
 
 
+@pytest.mark.slow
 def test_topk_at_the_true_k_recovers_the_planted_features(train_on_planted, planted):
     result = train_on_planted("--architecture", "topk", "--k", str(FEATURES_PER_TOKEN),
                               "--max-epochs", "5", "--sae-batch-tokens", "512")
@@ -72,6 +73,7 @@ def test_topk_at_the_true_k_recovers_the_planted_features(train_on_planted, plan
     assert result["evaluation"]["l0"] == pytest.approx(FEATURES_PER_TOKEN)
 
 
+@pytest.mark.slow
 def test_relu_at_a_tuned_penalty_recovers_the_planted_features(train_on_planted, planted):
     # λ = 1 (the seed's default is λ = 2 at width 384).
     result = train_on_planted("--architecture", "relu", "--sparsity-coeff", l1_coeff(1),
@@ -80,6 +82,7 @@ def test_relu_at_a_tuned_penalty_recovers_the_planted_features(train_on_planted,
     assert result["evaluation"]["explained_variance"] >= 0.9
 
 
+@pytest.mark.slow
 def test_a_higher_jumprelu_penalty_gives_fewer_active_features(train_on_planted):
     def l0(coeff):
         result = train_on_planted("--architecture", "jumprelu", "--sparsity-coeff", coeff,
@@ -89,6 +92,7 @@ def test_a_higher_jumprelu_penalty_gives_fewer_active_features(train_on_planted)
     assert l0("0.0016") < 0.75 * l0("0.000016")
 
 
+@pytest.mark.slow
 def test_batchtopk_at_the_true_k_recovers_the_planted_features(train_on_planted, planted):
     result = train_on_planted("--architecture", "batchtopk", "--k", str(FEATURES_PER_TOKEN),
                               "--max-epochs", "10", "--sae-batch-tokens", "512")
@@ -110,6 +114,7 @@ def relative_reconstruction_bias(result, activations):
     return float((x_hat * x_hat).sum() / (x_hat * x).sum())
 
 
+@pytest.mark.slow
 def test_gated_recovers_the_planted_features_without_the_shrinkage_of_relu_at_the_same_penalty(train_on_planted,
                                                                                               planted):
     # λ = 4 for both: relu is pushed to shrink its codes hard, which is what the gate is there to

@@ -4,6 +4,7 @@ same weights, threshold and prefixes.
 
 Spawned ranks import this module, so nothing here needs Django."""
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -13,6 +14,7 @@ from tests.training.worker.test_ddp import WORLD, _rank
 MATRYOSHKA = {"architecture": "matryoshka_batchtopk", "k": 4, "matryoshka_widths": [8, 32]}
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_matryoshka_sae(tmp_path):
     mp.spawn(_rank, args=(str(tmp_path / "rendezvous"), str(tmp_path), {"matryoshka": (MATRYOSHKA, None)}),
              nprocs=WORLD, join=True)

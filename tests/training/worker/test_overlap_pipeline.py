@@ -11,6 +11,7 @@ FIELDS = dict(model_name="tiny/gpt2", layer_number=1, hidden_dim=32, max_epochs=
               max_sequence_length=16, architecture="topk", k=4)
 
 
+@pytest.mark.slow
 def test_an_overlapped_job_completes_and_says_so(alice, hub_models, settings):
     settings.OVERLAP_EXTRACTION = "on"
     settings.SHUFFLE_BUFFER_TOKENS = 512
@@ -26,6 +27,7 @@ def test_an_overlapped_job_completes_and_says_so(alice, hub_models, settings):
     assert len(job.training_curve) >= 2
 
 
+@pytest.mark.slow
 def test_with_overlap_off_it_extracts_first(alice, hub_models, settings):
     settings.OVERLAP_EXTRACTION = "off"
     job = run(alice, **FIELDS)
@@ -33,6 +35,7 @@ def test_with_overlap_off_it_extracts_first(alice, hub_models, settings):
     assert job.training_stats["extraction"]["overlapped_with_training"] is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["extraction", "training"])
 def test_out_of_memory_in_an_overlapped_job_names_the_part_that_ran_out(alice, hub_models, settings, monkeypatch, where):
     import torch
@@ -52,6 +55,7 @@ def test_out_of_memory_in_an_overlapped_job_names_the_part_that_ran_out(alice, h
     assert not list((settings.DATA_DIR / "activations").glob("*.partial*"))
 
 
+@pytest.mark.slow
 def test_the_cache_is_recorded_on_the_job_before_training_ends(alice, hub_models, settings, monkeypatch):
     """A worker killed in a later epoch resumes from the cache instead of extracting again."""
     from engine.trainer.step import Run
