@@ -38,6 +38,7 @@ def test_a_dataset_folder_is_copied_into_the_storage_and_counted(saved, alice, d
     assert list(iter_documents(stored, text_field="review")) == [text for text in TEXTS if text]
 
 
+@pytest.mark.slow
 def test_the_copy_is_private_whatever_the_sources_modes(saved, alice):
     for path in (saved, *saved.rglob("*")):
         path.chmod(0o755 if path.is_dir() else 0o644)
@@ -80,6 +81,7 @@ def test_deleting_a_dataset_corpus_removes_its_folder(saved, alice):
     assert not Path(corpus.path).exists() and not Corpus.objects.exists()
 
 
+@pytest.mark.slow
 def test_the_command_adds_a_folder_for_the_train_commands_user(saved, capsys):
     call_command("add_corpus", str(saved), "--text-field", "review", "--name", "reviews")
     corpus = Corpus.objects.get()

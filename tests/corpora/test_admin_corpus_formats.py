@@ -23,6 +23,7 @@ def _parquet():
     return sink.getvalue()
 
 
+@pytest.mark.slow
 def test_staff_upload_a_parquet_corpus_with_its_text_field(staff_client, charlie):
     response = staff_client.post("/admin/corpora/corpus/add/", {
         "file": SimpleUploadedFile("reviews.parquet", _parquet()), "text_field": "body"}, follow=True)

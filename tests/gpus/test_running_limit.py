@@ -107,6 +107,7 @@ def test_a_ddp_job_wider_than_the_limit_is_refused_when_made(host, alice_api, cl
     assert not TrainingJob.objects.exists()
 
 
+@pytest.mark.slow
 def test_other_users_staff_and_no_limit_are_not_held(host, claimed, bob, charlie):
     host.MAX_RUNNING_JOBS_PER_USER = 1
     assert workers.lease_acquire(claimed())

@@ -3,9 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_starting_django_imports_no_torch_so_forked_workers_inherit_no_cuda_state(tmp_path):
     """The web process and the qcluster parent load every app and URL; torch (and with it CUDA,
     bitsandbytes) may only come in inside a task."""

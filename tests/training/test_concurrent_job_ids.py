@@ -59,6 +59,7 @@ def client_for(user):
     return client
 
 
+@pytest.mark.slow
 def test_jobs_made_in_the_same_second_get_distinct_ids(alice, hub_models, corpus, crowded_ids):
     clients = [client_for(alice) for _ in range(JOBS)]
     body = {"model_name": "tiny/gpt2", "corpus_file": SAMPLE_CORPUS.name, "layer_number": 1, "hidden_dim": 16}
@@ -69,6 +70,7 @@ def test_jobs_made_in_the_same_second_get_distinct_ids(alice, hub_models, corpus
     assert all(re.fullmatch(r"train_20261205_103015_\d{4}", job_id) for job_id in ids)
 
 
+@pytest.mark.slow
 def test_sweeps_made_in_the_same_second_get_distinct_sweep_and_member_ids(alice, hub_models, corpus, crowded_ids):
     clients = [client_for(alice) for _ in range(SWEEPS)]
     body = {"model_name": "tiny/gpt2", "corpus_file": SAMPLE_CORPUS.name, "layers": [0, 1], "hidden_dim": 16,

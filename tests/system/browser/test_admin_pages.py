@@ -17,6 +17,7 @@ def dora(django_user_model):
     return django_user_model.objects.create_superuser("dora", password="dora-password-1")
 
 
+@pytest.mark.slow
 def test_staff_sign_in_and_reach_the_gpu_page_from_the_admin_index(browser, live_server, screenshot, dora):
     admin_login(browser, live_server, "dora", "dora-password-1")
     link = wait_for(browser, "#mistudio-pages #gpu-page-link")
@@ -37,6 +38,7 @@ def test_staff_sign_in_and_reach_the_gpu_page_from_the_admin_index(browser, live
     screenshot("admin-to-gpu-page")
 
 
+@pytest.mark.slow
 def test_staff_upload_a_corpus_with_the_admin_form(browser, live_server, screenshot, dora):
     admin_login(browser, live_server, "dora", "dora-password-1")
     browser.get(live_server + "/admin/corpora/corpus/add/")
@@ -52,6 +54,7 @@ def test_staff_upload_a_corpus_with_the_admin_form(browser, live_server, screens
     screenshot("admin-corpus-uploaded")
 
 
+@pytest.mark.slow
 def test_the_admin_job_list_shows_progress_status_and_a_link_to_the_job_page(
         browser, live_server, screenshot, dora):
     job = TrainingJob.objects.create(owner=dora, model_name="tiny/gpt2", status="completed", progress=1.0,

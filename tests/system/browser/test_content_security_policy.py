@@ -13,6 +13,7 @@ def violations(browser):
     return [message for message in browser_errors(browser) if "Content Security Policy" in message]
 
 
+@pytest.mark.slow
 def test_the_pages_work_with_no_policy_violation(browser, live_server, screenshot, finished_job, django_user_model):
     browser.get(live_server + "/accounts/login/")
     browser_errors(browser)  # a fresh log for this test
@@ -51,6 +52,7 @@ def test_the_pages_work_with_no_policy_violation(browser, live_server, screensho
         assert violations(browser) == [], path
 
 
+@pytest.mark.slow
 def test_a_script_injected_into_a_page_is_refused_and_reported(browser, live_server, alice):
     login(browser, live_server, "alice", "alice-password-1")
     browser_errors(browser)

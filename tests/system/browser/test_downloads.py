@@ -20,6 +20,7 @@ from tests.training.artifacts.test_feature_browser import trained as finished_jo
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.mark.slow
 def test_the_owner_follows_the_download_links_of_a_finished_job(browser, live_server, screenshot, tmp_path,
                                                                  finished_job):  # noqa: F811 (the fixture)
     login(browser, live_server, "alice", "alice-password-1")

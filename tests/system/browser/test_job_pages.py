@@ -15,6 +15,7 @@ from tests.training.artifacts.test_feature_browser import trained as finished_jo
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.mark.slow
 def test_an_owner_browses_curves_features_and_a_features_contexts(browser, live_server, screenshot, finished_job):
     login(browser, live_server, "alice", "alice-password-1")
     assert browser.find_elements(By.CSS_SELECTOR, f'#jobs a[href="/jobs/{finished_job.id}/"]')
@@ -56,6 +57,7 @@ def test_an_owner_browses_curves_features_and_a_features_contexts(browser, live_
     screenshot("feature-page")
 
 
+@pytest.mark.slow
 def test_someone_else_gets_a_404_page_and_no_feature_list(browser, live_server, finished_job, bob):
     login(browser, live_server, "bob", "bob-password-1")
     browser.get(f"{live_server}/jobs/{finished_job.id}/")

@@ -24,6 +24,7 @@ def fill(browser, name, value):
     field.send_keys(value)
 
 
+@pytest.mark.slow
 def test_a_user_uploads_a_corpus_then_fixes_a_refused_layer_checks_memory_and_starts_a_job(
         browser, live_server, screenshot, alice, hub_models):
     corpus_add(owner=alice, name="reviews.txt", chunks=[SAMPLE_CORPUS.read_bytes()])

@@ -17,6 +17,7 @@ except ImportError:  # the browser fixture skips these tests, saying what to ins
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.mark.slow
 def test_a_user_fixes_a_refused_layer_and_starts_a_sweep(browser, live_server, screenshot, alice, hub_models):
     corpus_add(owner=alice, name="reviews.txt", chunks=[SAMPLE_CORPUS.read_bytes()])
     login(browser, live_server, "alice", "alice-password-1")

@@ -44,6 +44,7 @@ def test_an_owner_sees_the_members_grouped_and_the_sweeps_fronts(browser, live_s
     assert wait_for(browser, "#sweep a").get_attribute("href").endswith(f"/sweeps/{finished_sweep.id}/")
 
 
+@pytest.mark.slow
 def test_someone_else_gets_a_404_page_for_a_sweep(browser, live_server, alice, hub_models, bob):
     queued = make_sweep(alice, [{}], layers=(1,))  # its page answers 404 to bob whatever its state
     login(browser, live_server, "bob", "bob-password-1")

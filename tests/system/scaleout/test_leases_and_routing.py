@@ -36,6 +36,7 @@ def job_for(alice, hub_models):
     return make
 
 
+@pytest.mark.slow
 def test_one_slot_is_leased_to_one_running_job_at_a_time(settings, job_for):
     settings.HOST_NAME, settings.WORKER_GPU = "host-a", 0
     first, second = job_for(), job_for()

@@ -87,6 +87,7 @@ def manage_shell(code, **env):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_rates_come_from_the_environment_and_a_bad_one_stops_start_up(tmp_path):
     code = "from django.conf import settings; print(sorted(settings.REST_FRAMEWORK['DEFAULT_THROTTLE_RATES'].items()))"
     done = manage_shell(code, MISTUDIO_DATA_DIR=str(tmp_path / "own"))
@@ -96,6 +97,7 @@ def test_the_rates_come_from_the_environment_and_a_bad_one_stops_start_up(tmp_pa
     assert "MISTUDIO_THROTTLE_BURST='lots' is not a rate" in done.stderr and "e.g. 60/min" in done.stderr
 
 
+@pytest.mark.slow
 def test_with_redis_every_web_process_counts_in_one_cache(tmp_path):
     code = "from django.conf import settings; c = settings.CACHES['default']; print(c['BACKEND'], c['LOCATION'], c['KEY_PREFIX'])"
     done = manage_shell(code, MISTUDIO_DATA_DIR=str(tmp_path / "own"), REDIS_URL="redis://127.0.0.1:6399/3",

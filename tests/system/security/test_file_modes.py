@@ -76,6 +76,7 @@ def test_a_data_folder_other_accounts_can_enter_is_warned_about_at_start(tmp_pat
     assert mode(data) == 0o755  # left as it was
 
 
+@pytest.mark.slow
 def test_collected_static_files_stay_readable_by_the_web_server(tmp_path):
     static = tmp_path / "public-static"
     env_done = subprocess.run(

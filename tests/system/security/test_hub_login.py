@@ -17,6 +17,7 @@ def served(fake_hub, tiny_gpt2_dir):
     return fake_hub
 
 
+@pytest.mark.slow
 def test_validate_model_without_a_token_sends_none(alice_api, served):
     response = alice_api.post("/api/v1/validate-model", {"model_name": "org/tiny-gpt2"}, format="json")
     assert response.status_code == 200 and response.json()["valid"] is True, response.json()
@@ -24,6 +25,7 @@ def test_validate_model_without_a_token_sends_none(alice_api, served):
     assert served.authorizations() == {None}
 
 
+@pytest.mark.slow
 def test_check_memory_sends_no_token(alice_api, served):
     response = alice_api.get("/api/v1/check-memory/org/tiny-gpt2")
     assert response.status_code == 200, response.json()
@@ -31,6 +33,7 @@ def test_check_memory_sends_no_token(alice_api, served):
     assert served.authorizations() == {None}
 
 
+@pytest.mark.slow
 def test_validate_model_with_a_users_token_sends_that_token_only(alice_api, served):
     response = alice_api.post("/api/v1/validate-model", {"model_name": "org/tiny-gpt2", "huggingface_token": USER_TOKEN},
                               format="json")
@@ -57,6 +60,7 @@ def test_a_training_request_and_its_run_send_no_token(alice_api, upload, sample_
     assert served.authorizations() == {None}
 
 
+@pytest.mark.slow
 def test_the_operator_may_lend_the_servers_login_on_purpose(alice_api, served, settings):
     settings.HUB_USE_SERVER_LOGIN = True
     response = alice_api.post("/api/v1/validate-model", {"model_name": "org/tiny-gpt2"}, format="json")

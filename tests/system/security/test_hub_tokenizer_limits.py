@@ -31,6 +31,7 @@ def test_a_tokenizer_file_past_the_limit_is_never_downloaded(alice, corpus, fake
     assert not [path for path in fake_hub.file_paths() if path.endswith(("/vocab.json", "/merges.txt", "/tokenizer.json"))]
 
 
+@pytest.mark.slow
 def test_within_the_limit_the_tokenizer_measures_the_corpus(alice, corpus, fake_hub, tiny_gpt2_dir, settings):
     fake_hub.push_folder("org/tiny-gpt2", tiny_gpt2_dir)
     job = services.job_create(owner=alice, request=request(), enqueue=False)

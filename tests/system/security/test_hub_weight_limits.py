@@ -51,6 +51,7 @@ def weights_asked_for(hub) -> list:
             and r.method == "GET" and not r.range]
 
 
+@pytest.mark.slow
 def test_a_model_past_the_limit_is_a_400_naming_the_file_its_size_and_the_setting(alice_api, corpus, fake_hub,
                                                                                    tiny_files):
     fake_hub.push("org/tiny-gpt2", tiny_files, reported_sizes={"model.safetensors": 30 * GB})
@@ -78,6 +79,7 @@ def test_a_sharded_models_shards_are_counted_together(alice_api, corpus, fake_hu
     assert weights_asked_for(fake_hub) == []
 
 
+@pytest.mark.slow
 def test_the_job_and_its_sweep_are_refused_alike(alice, corpus, fake_hub, tiny_files, settings):
     fake_hub.push("org/tiny-gpt2", tiny_files)
     settings.MODEL_MAX_BYTES = len(tiny_files["model.safetensors"]) - 1
@@ -117,6 +119,7 @@ def test_the_disk_plan_lists_and_counts_the_download(alice_api, corpus, fake_hub
     assert "choose a smaller model" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_the_owners_storage_counts_what_their_job_will_download(alice_api, corpus, fake_hub, tiny_files, settings,
                                                                  sample_corpus_bytes):
     fake_hub.push("org/tiny-gpt2", tiny_files, reported_sizes={"model.safetensors": 50 * MB})
@@ -132,6 +135,7 @@ def test_the_owners_storage_counts_what_their_job_will_download(alice_api, corpu
     assert "your queued jobs plan to write 5" in alice_api.post("/api/v1/train", body(), format="json").json()["detail"]
 
 
+@pytest.mark.slow
 def test_a_model_the_hub_cache_holds_is_not_counted(alice_api, corpus, fake_hub, tiny_files):
     commit = fake_hub.push("org/tiny-gpt2", tiny_files, reported_sizes={"model.safetensors": 30 * GB})
     for name in tiny_files:  # what an earlier job downloaded
@@ -162,6 +166,7 @@ def test_the_worker_checks_again_before_it_downloads(alice, corpus, fake_hub, ti
     assert weights_asked_for(fake_hub) == []
 
 
+@pytest.mark.slow
 def test_a_hub_cache_on_another_disk_is_not_counted_in_the_data_folders_but_in_the_owners_storage(
         alice_api, corpus, fake_hub, tiny_files, settings, sample_corpus_bytes, monkeypatch):
     from engine import disk
@@ -179,6 +184,7 @@ def test_a_hub_cache_on_another_disk_is_not_counted_in_the_data_folders_but_in_t
     assert response.status_code == 400 and "50.0 MB, included" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_the_new_job_form_shows_the_refusal_next_to_the_model(alice, corpus, fake_hub, tiny_files):
     from django.test import Client
 

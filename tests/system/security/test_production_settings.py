@@ -40,6 +40,7 @@ def test_a_server_without_debug_refuses_a_weak_secret_key(tmp_path):
     assert "MISTUDIO_SECRET_KEY is too weak" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_debug_server_starts_with_a_generated_key_kept_in_the_data_folder(tmp_path):
     done = manage(tmp_path, "check", MISTUDIO_DEBUG="1")
     assert done.returncode == 0, done.stderr

@@ -19,6 +19,7 @@ def test_a_database_url_it_cannot_use_stops_start_up_saying_what_to_use(tmp_path
     assert advice in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("url", ["127.0.0.1:6379", "http://127.0.0.1:6379", "redis://127.0.0.1:6379/queue", "redis://"])
 def test_a_malformed_redis_url_stops_start_up_saying_what_to_use(tmp_path, url):
     done = manage(tmp_path, "check", MISTUDIO_DEBUG="1", REDIS_URL=url)

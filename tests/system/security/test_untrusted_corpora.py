@@ -116,6 +116,7 @@ def test_a_parquet_file_that_decodes_to_gigabytes_is_a_400_at_once(alice_api, up
     assert not Corpus.objects.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 def test_a_document_past_the_largest_is_refused_from_its_length(alice_api, upload, settings):
     import pyarrow.parquet as pq

@@ -68,6 +68,7 @@ def test_a_sweep_counts_each_member(alice_api, corpus, hub_models, settings):
     assert response.status_code == 429 and "You have 3 jobs queued or running" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_another_users_jobs_do_not_count(alice_api, bob_api, corpus, hub_models, upload, sample_corpus_bytes,
                                          limit_two):
     assert upload("reviews.txt", sample_corpus_bytes, client=bob_api).status_code == 200

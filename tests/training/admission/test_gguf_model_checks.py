@@ -32,6 +32,7 @@ def test_validate_model_describes_the_bundled_smollm2(alice_api):
     assert body["message"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf (bundled)")
 
 
+@pytest.mark.slow
 def test_check_memory_estimates_smollm2_dequantized_in_the_compute_dtype(alice_api, settings):
     body = alice_api.get(f"/api/v1/check-memory/{BUNDLED_CAUSAL_LM_NAME}", {"batch_size": 1}).json()
     assert body["parameter_count"] == SMOLLM2_PARAMETERS

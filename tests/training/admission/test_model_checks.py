@@ -58,6 +58,7 @@ def test_validate_model_needs_a_name(alice_api):
     assert response.status_code == 400 and "model_name" in response.json()["detail"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
 def test_check_memory_refuses_quantization_on_a_host_without_a_gpu_as_train_does(alice_api, upload, hub_models,
                                                                                   sample_corpus_bytes, quantization):

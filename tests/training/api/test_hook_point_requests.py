@@ -57,6 +57,7 @@ def test_an_unknown_hook_point_is_a_400_that_lists_the_valid_names(alice_api, co
     )
 
 
+@pytest.mark.slow
 def test_validate_model_lists_the_hook_points_a_model_has(alice_api, hub_models, mamba):
     body = alice_api.post("/api/v1/validate-model", {"model_name": "tiny/gpt2"}, format="json").json()
     assert body["model_info"]["hook_points"] == ["resid_post", "resid_pre", "mlp_out", "attn_out", "mlp_in"]

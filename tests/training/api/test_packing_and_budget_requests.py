@@ -44,6 +44,7 @@ def test_a_job_takes_concat_packing_a_token_budget_and_a_cache_mode_and_its_run_
      'cache_activations: "sometimes" is not a cache mode: choose one of auto, always, never.'),
     ("training_tokens", 0, "training_tokens: a budget is at least 1 token; leave it null to train max_epochs passes."),
 ])
+@pytest.mark.slow
 def test_an_unknown_packing_or_cache_mode_or_an_empty_budget_is_a_400_that_says_what_is_valid(
         alice_api, corpus, field, value, detail):
     response = train(alice_api, **{field: value})

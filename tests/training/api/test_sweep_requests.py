@@ -22,6 +22,7 @@ def body(**fields):
                                                                                   "target_l0": 6}], **fields}
 
 
+@pytest.mark.slow
 def test_a_sweep_makes_one_job_per_layer_hook_point_and_member_and_queues_one_task(alice_api, hub_models, corpus,
                                                                                 django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):

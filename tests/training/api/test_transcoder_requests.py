@@ -47,6 +47,7 @@ def test_a_skip_transcoder_trains_from_the_api_and_is_scored_on_the_mlp_output(a
     ({"hook_point": "resid_post"}, "hook_point", "hook_point must be mlp_out (or left out), not 'resid_post'"),
     ({"cache_activations": "never"}, "cache_activations", "transcoders need a cache"),
 ])
+@pytest.mark.slow
 def test_a_transcoder_request_that_cannot_work_is_a_400_naming_the_field(alice_api, corpus, hub_models, fields, field,
                                                                          needle):
     response = train(alice_api, model_name="tiny/llama", corpus_file=corpus, layer_number=1, architecture="transcoder",

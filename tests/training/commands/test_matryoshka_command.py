@@ -27,6 +27,7 @@ def test_a_bad_widths_option_names_the_field(train_on_planted):  # noqa: F811
         train_on_planted("--architecture", "matryoshka_batchtopk", "--k", "3", "--matryoshka-widths", "32,8")
 
 
+@pytest.mark.slow
 def test_widths_that_are_not_integers_are_refused_by_the_option(train_on_planted):  # noqa: F811
     with pytest.raises(AssertionError, match="--matryoshka-widths: '8,many' is not a comma-separated list of integers"):
         train_on_planted("--architecture", "matryoshka_batchtopk", "--k", "3", "--matryoshka-widths", "8,many")

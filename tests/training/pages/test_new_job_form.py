@@ -60,6 +60,7 @@ def test_the_jobs_list_and_the_nav_link_to_the_form(alice_browser):
     assert '<a href="/jobs/new/" id="new-job">' in html and '<a href="/jobs/new/" id="nav-new-job">' in html
 
 
+@pytest.mark.slow
 def test_it_shows_the_seed_defaults_the_bundled_models_and_only_the_users_corpora(
         alice_browser, alices_corpus, bobs_corpus, hub_models):
     response = alice_browser.get(URL)

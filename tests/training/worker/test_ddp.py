@@ -90,6 +90,7 @@ def test_two_processes_train_the_topk_sae_one_process_trains(runs):
     np.testing.assert_array_equal(rank1.tokens_since_fired, rank0.tokens_since_fired)
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_gated_sae_one_process_trains(runs):
     # Its gate's L1 and auxiliary reconstruction are per-token losses outside the DDP forward.
     single, ranks, _ = runs

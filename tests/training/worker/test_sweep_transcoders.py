@@ -12,6 +12,7 @@ pytestmark = pytest.mark.django_db
     ({"architecture": "transcoder"}, "architecture: a sweep cannot train a transcoder yet"),
     ({"members": [{}, {"architecture": "skip_transcoder"}]}, "members[1].architecture: a sweep cannot train a skip_transcoder"),
 ])
+@pytest.mark.slow
 def test_a_sweep_of_transcoders_is_refused_and_says_to_train_them_alone(alice_api, hub_models, corpus, fields, says):  # noqa: F811
     response = alice_api.post("/api/v1/sweeps", body(**fields), format="json")
     assert response.status_code == 400 and says in response.json()["detail"], response.json()
