@@ -11,6 +11,7 @@ from pathlib import Path
 from huggingface_hub import constants as hub_constants
 import pytest
 
+from tests.django_fixtures import own_sqlite_database
 from tests.model_fixtures import SAMPLE_CORPUS
 from training.models import TrainingJob
 
@@ -55,9 +56,8 @@ def closed_port():
 @pytest.mark.slow
 def test_the_train_command_fails_at_once_when_the_hub_cannot_be_reached(tmp_path, hub_env, reason):
     env = {**os.environ, "MISTUDIO_DATA_DIR": str(tmp_path / "cli-data"), "MISTUDIO_MODELS_DIR": str(tmp_path / "cli-models"),
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite3'}", "MISTUDIO_HUB_TIMEOUT_S": str(HUB_TIMEOUT_S),
+           "DATABASE_URL": own_sqlite_database(tmp_path), "MISTUDIO_HUB_TIMEOUT_S": str(HUB_TIMEOUT_S),
            **hub_env}
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     started = time.monotonic()
     done = subprocess.run([sys.executable, "manage.py", "train", "--model", "nobody-here/some-model", "--corpus",
                            str(SAMPLE_CORPUS), "--layer-number", "0"], cwd=ROOT, env=env, capture_output=True,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from tests.django_fixtures import own_sqlite_database
 from tests.model_fixtures import SAMPLE_CORPUS
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -22,8 +23,7 @@ pytestmark = OWN_DATABASE
 def train_command(folder):
     """`manage.py train` as a subprocess, with a migrated database and data folders of its own in `folder`."""
     env = {**os.environ, "MISTUDIO_DATA_DIR": str(folder / "cli-data"), "MISTUDIO_MODELS_DIR": str(folder / "cli-models"),
-           "DATABASE_URL": f"sqlite:///{folder / 'cli.sqlite3'}"}
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+           "DATABASE_URL": own_sqlite_database(folder)}
 
     def run(*args, extra_env=None):
         return subprocess.run([sys.executable, "manage.py", "train", *args], cwd=ROOT, env={**env, **(extra_env or {})},

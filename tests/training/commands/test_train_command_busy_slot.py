@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.django_fixtures import own_sqlite_database
 from tests.training.commands.test_train_command import last_json
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -67,10 +68,9 @@ job_cancel(TrainingJob.objects.exclude(pk="{holder}").get())
 @pytest.fixture
 def cli(tmp_path):
     env = {**os.environ, "MISTUDIO_DATA_DIR": str(tmp_path / "cli-data"), "MISTUDIO_MODELS_DIR": str(tmp_path / "cli-models"),
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite3'}", "MISTUDIO_WORKER_SEEN_INTERVAL_S": "0.2",
+           "DATABASE_URL": own_sqlite_database(tmp_path), "MISTUDIO_WORKER_SEEN_INTERVAL_S": "0.2",
            "MISTUDIO_HEARTBEAT_INTERVAL_S": "0.5"}
     env.pop("REDIS_URL", None)  # the ORM broker: a task put on the queue shows in the command's database
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     activations = tmp_path / "acts.npy"
     np.save(activations, np.random.default_rng(0).normal(size=(2000, 16)).astype(np.float32))
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from tests.django_fixtures import own_sqlite_database
 from tests.model_fixtures import SAMPLE_CORPUS
 from tests.fake_hub import SERVER_SAVED_TOKEN, SERVER_TOKEN, fake_hub  # noqa: F401 - the fixture
 from tests.training.commands.test_train_command import OWN_DATABASE, ROOT
@@ -58,6 +59,5 @@ def test_an_empty_token_file_or_both_options_are_refused(tmp_path, served):
 def migrated_env(folder):
     """The command's environment (the fake hub's included), with a migrated database of its own."""
     env = {**os.environ, "MISTUDIO_DATA_DIR": str(folder / "cli-data"), "MISTUDIO_MODELS_DIR": str(folder / "cli-models"),
-           "DATABASE_URL": f"sqlite:///{folder / 'cli.sqlite3'}"}
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+           "DATABASE_URL": own_sqlite_database(folder)}
     return env
