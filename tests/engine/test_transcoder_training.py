@@ -81,8 +81,8 @@ def test_the_exported_transcoder_predicts_raw_targets_from_raw_inputs():
     assert exported.architecture == "skip_transcoder"
     raw = torch.from_numpy(x[:64])
     with torch.no_grad():
-        trained = result.sae(raw * result.scaling_factor)[0] / result.target_scaling_factor
-        torch.testing.assert_close(exported(raw)[0], trained, rtol=1e-4, atol=1e-4)
+        trained = result.sae(raw * result.scaling_factor).output / result.target_scaling_factor
+        torch.testing.assert_close(exported(raw).output, trained, rtol=1e-4, atol=1e-4)
 
 
 def test_a_skip_transcoder_starts_with_a_zero_skip_and_no_b_dec_on_its_input():
