@@ -25,7 +25,9 @@ class RunPaths:
     saelens_dir: Path
     features_dir: Path
     checkpoint_dir: Path
-    targets: Path | None = None  # the target site's rows, when paired (engine.run.sources.Sites): row for row with `activations`
+    # The target site's rows, when the run's sites are paired (engine.run.sources.run_sites): row for
+    # row with `activations`.
+    targets: Path | None = None
 
     @classmethod
     def in_folder(cls, folder: Path, name: str = "sae") -> "RunPaths":

@@ -243,7 +243,8 @@ class Architecture:
 
     def aux_loss(self, sae, x, recon, pre, trainer):
         """An auxiliary loss added to the step's loss (already weighted), or None. `x` is what
-        `recon` predicts: the SAE's input, or the target it was given. `trainer` gives config, dead_mask(), optimizer, parallel, state and total_steps."""
+        `recon` predicts: the SAE's input, or the target it was given. `trainer` gives config,
+        dead_mask(), optimizer, parallel, state and total_steps."""
         return None
 
     def after_step(self, sae, x, recon, trainer) -> None:

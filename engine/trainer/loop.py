@@ -46,7 +46,8 @@ def train_sae(
     `targets`: the rows the SAE predicts when they are not `activations` themselves (an architecture
     with a target_point, engine.sae.registry), an array [rows, d_out] whose row i goes with row i of
     `activations` (a transcoder's: the MLP's output for its input). Each side gets its own input
-    scale; the loss and explained variance are on the targets. An SAE that reconstructs its input takes none.
+    scale; the loss and explained variance are on the targets. An SAE that reconstructs its input
+    takes none.
 
     With `distributed`, call this in every rank of an initialised process group with the same
     activations and config; only rank 0 writes checkpoints, so give callbacks to rank 0 alone
