@@ -170,10 +170,10 @@ def bf16_matches_fp32(device, small):
         torch.backends.cuda.matmul.allow_tf32 = False
         original = Run._forward
 
-        def fp32_forward(self, x, path):
+        def fp32_forward(self, x, y, path):
             self.autocast = False  # what _forward reads: no bf16 autocast for this run
             try:
-                return original(self, x, path)
+                return original(self, x, y, path)
             finally:
                 self.autocast = True
 

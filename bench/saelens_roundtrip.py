@@ -77,8 +77,8 @@ def transcoders(rng) -> float:
             loaded = SAE.load_from_disk(folder, device="cpu")
             with torch.no_grad():
                 ours_pre = sae.pre_activations(x * s)
-                prediction, ours_f = sae(x * s)
-                ours_out = prediction / s_out
+                ours = sae(x * s)
+                ours_out, ours_f = ours.output / s_out, ours.codes
                 theirs_pre = x @ loaded.W_enc + loaded.b_enc
                 theirs_out = loaded.decode(ours_f)
                 if hasattr(loaded, "W_skip"):

@@ -63,5 +63,5 @@ class TrainResult:
     tokens_trained: int = 0  # rows stepped on, over all epochs (the training_tokens budget caps it)
     training_rows: int = 0  # rows of one pass (an epoch) that train
     streamed: bool = False  # the rows streamed from the model, no cache (engine.activations.stream)
-    # A transcoder's: its targets were multiplied by this (engine.sae.export folds it in); None for an SAE.
+    # A run with targets (a transcoder's): they were multiplied by this (engine.sae.export folds it in); None without.
     target_scaling_factor: float | None = None

@@ -3,7 +3,19 @@ Plain dataclasses: the API's serializers, the pages' forms and the management co
 them; training.services.job_create and training.sweeps.sweep_create check and act on them."""
 from dataclasses import dataclass, field, replace
 
+from engine import sae as architectures
 from training.defaults import DEFAULTS
+
+
+def paired_sites(architecture: str) -> architectures.Sites | None:
+    """The input and target hook points a job of `architecture` pairs when it predicts another site
+    than it reads (a transcoder: the MLP's input and output; engine.sae.registry); None when it
+    reconstructs what it reads, or is no architecture (its own check says so). The one place the
+    apps ask the registry about a job's sites."""
+    if architecture not in architectures.names():
+        return None
+    kind = architectures.get(architecture)
+    return kind.sites(kind.target_point) if kind.predicts_another_site else None
 
 
 @dataclass

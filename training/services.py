@@ -17,7 +17,7 @@ Checkpoints carry the attempt in their names (job_checkpoint_prefix): the orderi
 disk, then its row in a fenced transaction (or, not owning the job, the file removed), so a resumed
 run finds its predecessor's last checkpoint by its row, and a stale run neither overwrites the
 owner's file of the same epoch nor records one. The activation cache keeps one name per job (a
-resumed run reuses it; a transcoder's targets sit beside it) and its path on the row is fenced;
+resumed run reuses it; the targets of paired sites sit beside it) and its path on the row is fenced;
 each extraction writes a partial file of its own (engine.files.AtomicFile, own=True) and the newer
 run's start removes the older's, so a stale run never writes into the owner's rows, and the
 rename that would put its file in place fails.
@@ -41,7 +41,6 @@ from django.utils import timezone
 from corpora.selectors import corpus_for_user
 from engine import sae as architectures
 from engine.finite import json_ready
-from engine.models.hooks import MLP_IN, MLP_OUT
 from mistudio import crypto
 from mistudio.errors import Conflict, Forbidden, ServiceError
 from training import selectors
@@ -50,7 +49,7 @@ from training.admission import quotas
 from training.admission import disk as runplan
 from training.artifacts import layout
 from training.models import Sweep, TrainingJob
-from training.requests import JobRequest
+from training.requests import JobRequest, paired_sites
 
 logger = logging.getLogger("training")
 
@@ -101,7 +100,7 @@ def job_columns(*, owner, request: JobRequest, any_local_path: bool = False, des
     runplan.check_choices(packing=request.packing, cache_activations=request.cache_activations,
                           training_tokens=request.training_tokens)
     _check_architecture(request)
-    _check_transcoder(request)
+    _check_paired_sites(request)
     _check_gpu_ids(request)
     modelcheck.check_gpu_request(request.gpu_id, quantization, gpu_ids=request.gpu_ids)
     corpus = described = disk_plan = None
@@ -130,7 +129,7 @@ def job_columns(*, owner, request: JobRequest, any_local_path: bool = False, des
                                       max_sequence_length=request.max_sequence_length, hidden_dim=request.hidden_dim,
                                       max_epochs=request.max_epochs, training_tokens=request.training_tokens,
                                       cache_activations=_cache_mode(request), token=request.huggingface_token,
-                                      sites=1 if _reconstructs(request) else 2)
+                                      sites=1 if paired_sites(request.architecture) is None else 2)
     # The request's fields are the job's columns, but for the corpus (a row) and the token (encrypted).
     columns = {name: value for name, value in asdict(request).items()
                if name not in ("corpus_file", "huggingface_token", "force")}
@@ -195,29 +194,26 @@ def _check_architecture(request: JobRequest) -> None:
         raise ServiceError(problem, field=named if named in {"architecture", *values} else None)
 
 
-def _reconstructs(request: JobRequest) -> bool:
-    """An SAE reconstructs what it reads; a transcoder predicts another site (engine.sae.transcoder)."""
-    return not architectures.get(request.architecture).predicts_another_site
-
-
 def _cache_mode(request: JobRequest) -> str:
-    """What the worker will do: a transcoder always caches its two sites."""
-    return request.cache_activations if _reconstructs(request) else "always"
+    """What the worker will do: paired sites are always cached, both of them."""
+    return request.cache_activations if paired_sites(request.architecture) is None else "always"
 
 
-def _check_transcoder(request: JobRequest) -> None:
-    """A transcoder (engine.sae.transcoder) reads the MLP's input and predicts its output, so its
-    hook_point names the target and is mlp_out; both sides are cached from one forward and read at
-    the same rows."""
-    if _reconstructs(request):
+def _check_paired_sites(request: JobRequest) -> None:
+    """An architecture that predicts another site (a transcoder reads the MLP's input and predicts
+    its output: engine.sae.transcoder) is named by the site it predicts, its hook_point; both sites
+    are cached from one forward and read at the same rows."""
+    paired = paired_sites(request.architecture)
+    if paired is None:
         return
     name = request.architecture
     if request.activations_file:
         raise ServiceError(f"activations_file: a {name} trains on a model's MLP input and output, extracted together: "
                            "give model_name and corpus_file instead.", field="activations_file")
-    if request.hook_point != MLP_OUT:
-        raise ServiceError(f"hook_point: a {name} reads the MLP's input ({MLP_IN}) and predicts its output: hook_point "
-                           f"must be {MLP_OUT} (or left out), not '{request.hook_point}'.", field="hook_point")
+    if request.hook_point != paired.target:
+        raise ServiceError(f"hook_point: a {name} reads the MLP's input ({paired.input}) and predicts its output: "
+                           f"hook_point must be {paired.target} (or left out), not '{request.hook_point}'.",
+                           field="hook_point")
     if request.cache_activations == "never":
         raise ServiceError(f"cache_activations: transcoders need a cache: a {name} reads its input and target rows at the "
                            "same indices from two cached files; use auto or always.", field="cache_activations")

@@ -16,7 +16,7 @@ from training.admission import model as modelcheck
 from training.admission import quotas
 from training.admission import disk as runplan
 from training.models import Sweep, TrainingJob
-from training.requests import SweepRequest
+from training.requests import SweepRequest, paired_sites
 
 # The SAE fields a member may set for itself; everything else is the base's, shared by all.
 SAE_FIELDS = ("architecture", "hidden_dim", "sparsity_coeff", "learning_rate", "sae_batch_tokens", "min_loss", "max_epochs")
@@ -112,9 +112,9 @@ def _check_shape(request: SweepRequest) -> None:
         raise ServiceError("members: list at least one member ({} trains the base's settings).", field="members")
     for number, overrides in [(None, {}), *enumerate(request.members)]:
         name = overrides.get("architecture", base.architecture)
-        if name in architectures.names() and architectures.get(name).predicts_another_site:
+        if paired_sites(name) is not None:
             where = "architecture" if number is None else f"members[{number}].architecture"
-            # A sweep shares one cache per (layer, hook point); a transcoder needs two read together.
+            # A sweep shares one cache per (layer, hook point); paired sites need two read together.
             raise ServiceError(f"{where}: a sweep cannot train a {name} yet (transcoders need a cache of the MLP's input "
                                "and output together); train it with POST /api/v1/train.",
                                field="architecture" if number is None else "members")

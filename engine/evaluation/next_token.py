@@ -19,9 +19,9 @@ Beside it, as SAELens names them: `kl_div_with_sae` and `kl_div_with_ablation`, 
 measured predictions of KL(clean || spliced) between the next-token distributions, in nats, and
 `kl_div_score` = (ablation − sae) / ablation, 1 being perfect.
 
-A transcoder reads one point and writes another (`read_point`: mlp_in, `hook_point`: mlp_out):
-the MLP's output is replaced by the transcoder's prediction from the MLP's input of the same
-forward, and the baseline zero-ablates the MLP's output.
+An SAE that reads one point and predicts another (`read_point`, `hook_point`; a transcoder: mlp_in
+and mlp_out) has the point it predicts replaced by its prediction from the point it reads in the
+same forward, and the baseline zero-ablates the predicted point.
 """
 from collections.abc import Callable
 
@@ -76,7 +76,7 @@ def ce_loss_evaluation(
     exclude_special_tokens: bool = True,
     read_point: str | None = None,
 ) -> dict:
-    """`read_point`: where `reconstruct` reads (a transcoder's input), when not `hook_point`.
+    """`read_point`: where `reconstruct` reads (its input), when not `hook_point`.
 
     Memory: the model runs a batch as extraction does, but its LM head only on the last position
     (its input, the final hidden states [batch, positions, d_model], is kept for the three

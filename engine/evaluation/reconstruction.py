@@ -5,8 +5,8 @@ the exported SAE (engine.sae.export) computes on raw x. Explained variance and c
 depend on the space; `mse` (mean over elements) does, and is in raw units.
 Cross-entropy metrics need the language model and live elsewhere.
 
-A transcoder is scored on its targets (the MLP's output, row for row with its inputs): explained
-variance is 1 - FVU of y_hat = predict(s_in x) / s_out against y.
+An SAE given targets (a transcoder: the MLP's output, row for row with its inputs) is scored on them:
+explained variance is 1 - FVU of y_hat = predict(s_in x) / s_out against y.
 """
 
 import numpy as np
@@ -35,8 +35,8 @@ def evaluate_sae(
     """`activations` are the raw held-out rows (e.g. activations[start:stop] for
     TrainResult.heldout_rows). `dead_counts` are TrainResult.tokens_since_fired, with
     TrainResult.dead_window_tokens: a feature is dead when its count reaches the window. Without
-    them a feature is dead when it never fires on these rows. `targets`: a transcoder's held-out
-    targets (the same rows), with its target_scaling_factor."""
+    them a feature is dead when it never fires on these rows. `targets`: the held-out rows the SAE
+    predicts, row for row with `activations`, when they are not those (TrainResult.target_scaling_factor)."""
     sae = sae.to(device).eval()
     s = float(scaling_factor)
     s_out = s if target_scaling_factor is None else float(target_scaling_factor)
@@ -48,9 +48,9 @@ def evaluate_sae(
     prefix_sq_err = {}  # width: squared error of the first `width` features alone (Matryoshka)
     for start in range(0, n_tokens, batch_tokens):
         chunk = activations[start : start + batch_tokens]
-        prediction, f = sae(float_tensor(chunk, device) * s)
-        x_hat = prediction / s_out
-        # x: what the SAE reconstructs (a transcoder: its target)
+        out = sae(float_tensor(chunk, device) * s)
+        f, x_hat = out.codes, out.output / s_out
+        # x: what the SAE predicts (its input, or the targets paired with it)
         x = float_tensor(chunk if targets is None else targets[start : start + batch_tokens], device)
         active = f > 0
         fire_counts += active.sum(dim=0, dtype=torch.float64)

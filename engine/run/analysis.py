@@ -40,7 +40,7 @@ def analyze(spec, result, final, *, model, loaded, on_progress=None, should_stop
     if token_ids is None:
         info["contexts_reason"] = ("trained from an activations file: there are no tokens" if spec.activations_file is not None
                                    else "the activations were extracted before token indexes were kept")
-    # The logit effect reads W_dec, which writes in the output's units (a transcoder's: its target's scale).
+    # The logit effect reads W_dec, which writes in the output's units (an SAE given targets: their scale).
     output_scale = result.scaling_factor if result.target_scaling_factor is None else result.target_scaling_factor
     info["logit_effect_reason"] = _add_logit_effects(analysis, sae, output_scale, spec, model, loaded)
     info["logit_effect"] = info["logit_effect_reason"] is None

@@ -17,8 +17,8 @@ def evaluate(spec, result, final, *, model_name, loaded, heldout_sequences_from=
     `final`: the rows read after training (engine.run.final_rows), whose rows from `eval_first`
     on are measured; `loaded`: the causal LM (None when there is none);
     `heldout_sequences_from(row, max_rows)`: (the sequences from the one holding `row`, the row the
-    first starts at), for the next-token metrics. A transcoder is scored on its targets (the FVU of
-    the MLP's output)."""
+    first starts at), for the next-token metrics. An SAE given targets is scored on them (a
+    transcoder: the FVU of the MLP's output)."""
     start, stop = final.eval_first, final.n_rows
     evaluation = evaluate_sae(
         result.sae, final.rows_from(start),
@@ -56,16 +56,17 @@ def _unmeasured(eval_tokens: int) -> dict[str, str]:
 def _ce_loss(spec, result, *, loaded, heldout: Sequences) -> dict:
     from engine.evaluation.next_token import HeadNotSupported, ce_loss_evaluation
 
-    from engine.run.sources import is_transcoder, transcoder_sites
+    from engine.run.sources import run_sites
 
     sae, s = result.sae.to(spec.device).eval(), result.scaling_factor
     s_out = s if result.target_scaling_factor is None else result.target_scaling_factor
 
     def reconstruct(x):
-        return sae(x * s)[0] / s_out
+        return sae(x * s).output / s_out
 
-    # A transcoder's prediction from the MLP's input replaces the MLP's output in the same forward.
-    read_point = next(iter(transcoder_sites(spec)))[1] if is_transcoder(spec) else None
+    # Paired sites: the prediction from the input site replaces the target site in the same forward.
+    sites = run_sites(spec)
+    read_point = sites.input if sites.paired else None
     # Its ce_loss_reason says why ce_loss_recovered is None, when it is.
     try:
         return ce_loss_evaluation(loaded, heldout, layer_number=spec.layer_number, reconstruct=reconstruct,

@@ -28,7 +28,7 @@ class FinalRows:
     analysis_first: int  # the first row the feature analysis reads
     token_ids: np.ndarray | None = None  # [n_rows - first] int32, None without tokens
     sequence_starts: np.ndarray | None = None  # ascending from 0, relative to `first`
-    targets: object | None = None  # a transcoder's targets for the same rows
+    targets: object | None = None  # the rows the SAE predicts, when not `rows`: the same rows of the target site
 
     def rows_from(self, row: int):
         return self.rows[row - self.first :]

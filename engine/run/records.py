@@ -32,7 +32,7 @@ def training_stats(result, activations, features: dict, *, extra: dict, extracti
         "feature_statistics": features,
         "tokens": int(activations.shape[0]),
         "input_scaling_factor": result.scaling_factor,
-        "target_scaling_factor": result.target_scaling_factor,  # a transcoder's; None for an SAE
+        "target_scaling_factor": result.target_scaling_factor,  # the targets'; None without
         "training_tokens": result.heldout_rows[0] if result.heldout_rows else int(activations.shape[0]),
         "resampled_features": result.resampled_features,
         "sae_batch_tokens_used": result.sae_batch_tokens,

@@ -125,8 +125,8 @@ class _Run:
         self.loaded = self.extraction = None
         self.shared_model = loaded
         self.source = self.stream = self.disk = None  # the corpus as sequences; the rows when streamed; engine.disk's plan
-        self.transcoder = sources.is_transcoder(spec)
-        self.targets = None  # a transcoder's target rows (the MLP's output), row for row with the activations
+        self.sites = sources.run_sites(spec)
+        self.targets = None  # the target site's rows, when the sites are paired: row for row with the activations
         # The spec's budget is the trainer's (a TrainConfig given one keeps it).
         self.config = replace(spec.config, training_tokens=sources.budget(spec))
 
@@ -165,14 +165,14 @@ class _Run:
         spec = self.spec
         if spec.activations_file is not None:
             path = Path(spec.activations_file)
-            if self.transcoder:
+            if self.sites.paired:
                 if spec.targets_file is None:
                     raise EngineError(f"A {spec.config.architecture} trained from an activations file needs its targets_file")
                 self.targets = load_activations(Path(spec.targets_file))
             return load_activations(path), path, None
         self.model = resolve_spec_model(spec)
-        if self.transcoder:
-            return self._transcoder_activations()
+        if self.sites.paired:
+            return self._paired_activations()
         causal = bool(self._model_info().get("is_causal_lm"))
         cache = Path(spec.cache) if spec.cache is not None and Path(spec.cache).is_file() else None
         if cache is not None and not causal:
@@ -219,11 +219,11 @@ class _Run:
             return None, path, result
         return load_activations(path), path, result
 
-    def _transcoder_activations(self):
-        """A transcoder's input and target rows, both cached from the same forward passes
+    def _paired_activations(self):
+        """The input and target sites' rows, both cached from the same forward passes
         (engine.activations.extract.extract_sites): training reads them at the same indices."""
         spec = self.spec
-        sites = sources.transcoder_sites(spec)
+        files = sources.paired_extraction(spec)
         self.loaded = self.shared_model or load_spec_model(spec, self.model)
         self.source = sources.sequence_source(spec, self.loaded)
         lengths = self.source.lengths()
@@ -231,11 +231,11 @@ class _Run:
         self.disk = sources.disk_plan(spec, self.loaded, corpus_rows, mode="always")
         self._enter(EXTRACTING, device=spec.device)
         extraction = extract_sites(self.loaded, self.source, n_rows=sources.rows_to_read(spec, corpus_rows),
-                                   lengths=lengths, sites=sites, batch_size=spec.batch_size,
+                                   lengths=lengths, sites=files, batch_size=spec.batch_size,
                                    max_sequence_length=spec.max_sequence_length, seed=spec.config.seed,
                                    on_progress=self.callbacks.on_extraction_progress, should_stop=self.callbacks.should_stop,
                                    prepend_bos=spec.prepend_bos, exclude_special_tokens=spec.exclude_special_tokens)
-        (input_site, target_site) = sites
+        input_site, target_site = files
         self.extraction = extraction.results[input_site]
         self._call("on_cache_complete", self.extraction)
         self.targets = load_activations(extraction.results[target_site].path)
@@ -284,7 +284,7 @@ class _Run:
     def _step(self, path: Path, *, arrival_order: bool) -> TrainStep:
         spec = self.spec
         targets = None
-        if self.transcoder:
+        if self.sites.paired:
             targets = Path(spec.targets_file if spec.activations_file is not None else spec.paths.targets)
         return TrainStep(activations_path=Path(path), config=self.config, device=spec.device,
                          checkpoint_dir=spec.paths.checkpoint_dir, checkpoint_prefix=spec.checkpoint_prefix,
@@ -396,10 +396,9 @@ class _Run:
         from engine.text.corpus import corpus_format, default_packing
 
         packing = spec.packing or default_packing(corpus_format(Path(spec.corpus)))
-        names = {"hook_name": transformerlens_name(spec.hook_point, spec.layer_number)}
-        if self.transcoder:  # it reads the MLP's input and writes the point (mlp_out)
-            (_, input_point), _ = sources.transcoder_sites(spec)
-            names = {"hook_name": transformerlens_name(input_point, spec.layer_number), "hook_name_out": names["hook_name"]}
+        names = {"hook_name": transformerlens_name(self.sites.input, spec.layer_number)}
+        if self.sites.paired:  # it reads one point and writes another (SAELens' hook_name_out)
+            names["hook_name_out"] = transformerlens_name(self.sites.target, spec.layer_number)
         return {"packing": packing, "text_field": spec.text_field, "hook_point": spec.hook_point, **names,
                 "prepend_bos": tokenizer is not None and effective_prepend_bos(
                     tokenizer, causal=causal, prepend_bos=spec.prepend_bos),

@@ -1,33 +1,40 @@
-"""Where a run's rows come from when it reads a corpus: the corpus as sequences (engine.text.packing),
-how many rows one pass gives, whether they are cached or streamed (engine.disk), and how many of
+"""Where a run's rows come from: the sites it reads (its input, and the target it predicts when that
+is another site), and, when it reads a corpus, the corpus as sequences (engine.text.packing), how
+many rows one pass gives, whether they are cached or streamed (engine.disk), and how many of
 them a training_tokens budget reads."""
 from pathlib import Path
 
 from engine.disk import free_bytes, plan_disk, rows_for_budget
 from engine.models.info import hidden_size, is_causal_lm
+from engine.sae import Sites, get
 from engine.text.packing import SequenceSource
 
 
-def is_transcoder(spec) -> bool:
-    """Whether the spec's architecture predicts another point than it reads (engine.sae.transcoder)."""
-    from engine.sae import get
+def run_sites(spec) -> Sites:
+    """The run's sites (engine.sae.Sites), decided here and only here, from its architecture
+    (`input_point`, `target_point`): an SAE reads the spec's hook_point; one that predicts another
+    site reads its input_point and predicts the hook_point. The extraction, the training step, the
+    evaluation's splice and the export's hook names all follow them."""
+    return get(spec.config.architecture).sites(spec.hook_point)
 
-    return get(spec.config.architecture).predicts_another_site
 
-
-def transcoder_sites(spec) -> dict:
-    """A transcoder's two extraction sites, input and target, and the files their rows go to. It
-    reads the MLP's input after its norm and predicts the MLP's output (Dunefsky et al. 2024)."""
+def paired_extraction(spec) -> dict:
+    """{(layer, hook point): the file its rows go to} for a run whose sites are paired, input first:
+    the architecture's target_point must be the hook_point, and both sites need a cache, as training
+    reads their rows at the same indices from two files."""
     from engine.errors import EngineError
-    from engine.models.hooks import MLP_IN, MLP_OUT
 
-    if spec.hook_point != MLP_OUT:
-        raise EngineError(f"A {spec.config.architecture} reads {MLP_IN} and predicts {MLP_OUT}: "
-                          f"its hook_point must be {MLP_OUT}, not {spec.hook_point}")
+    kind = get(spec.config.architecture)
+    if spec.hook_point != kind.target_point:
+        raise EngineError(f"A {kind.name} reads {kind.input_point} and predicts {kind.target_point}: "
+                          f"its hook_point must be {kind.target_point}, not {spec.hook_point}")
     if spec.cache_activations == "never":
+        # The words the API says too (training.services), which tests pin.
         raise EngineError("transcoders need a cache: their input and target rows are read at the same indices "
                           "from two files; set cache_activations to auto or always")
-    return {(spec.layer_number, MLP_IN): spec.paths.activations, (spec.layer_number, MLP_OUT): spec.paths.targets}
+    sites = run_sites(spec)
+    return {(spec.layer_number, sites.input): spec.paths.activations,
+            (spec.layer_number, sites.target): spec.paths.targets}
 
 
 def sequence_source(spec, loaded) -> SequenceSource:
@@ -45,10 +52,11 @@ def budget(spec) -> int | None:
 def disk_plan(spec, loaded, rows_per_pass: int, *, mode: str, sequences: int = 0):
     """engine.disk.plan_disk for this run on the data folder it writes to (raises DiskFull), in
     cache `mode`: the spec's, or what the run must do (a multi-process training step reads a file;
-    a resume takes its batches the way its checkpoint's run did). A transcoder caches two files
-    (the MLP's input and output). `sequences`: the pass's, kept by a streamed run's checkpoints."""
+    a resume takes its batches the way its checkpoint's run did). Paired sites cache two files
+    (a transcoder's: the MLP's input and output). `sequences`: the pass's, kept by a streamed run's
+    checkpoints."""
     return plan_disk(cache_activations=mode, rows_per_pass=rows_per_pass, d_model=hidden_size(loaded.config),
-                     sites=2 if is_transcoder(spec) else 1, sequences=sequences,
+                     sites=run_sites(spec).count, sequences=sequences,
                      d_sae=spec.config.hidden_dim, max_epochs=spec.config.max_epochs,
                      eval_fraction=spec.config.eval_fraction, training_tokens=budget(spec),
                      free=free_space(spec))

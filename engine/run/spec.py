@@ -25,7 +25,9 @@ class RunPaths:
     saelens_dir: Path
     features_dir: Path
     checkpoint_dir: Path
-    targets: Path | None = None  # a transcoder's: the MLP's output, row for row with `activations` (its input)
+    # The target site's rows, when the run's sites are paired (engine.run.sources.run_sites): row for
+    # row with `activations`.
+    targets: Path | None = None
 
     @classmethod
     def in_folder(cls, folder: Path, name: str = "sae") -> "RunPaths":
@@ -86,13 +88,15 @@ class RunSpec:
     # The most disk the run may write (its cache and checkpoints), below the data folder's free space; None: the free space.
     disk_budget_bytes: int | None = None
     activations_file: Path | None = None  # .npy or .safetensors [tokens, d_model]: no model, no extraction
-    # A transcoder trained from files: its targets [tokens, d_out], row for row with activations_file.
+    # The rows an SAE that predicts another site predicts, trained from files: [tokens, d_out], row
+    # for row with activations_file (a transcoder's: the MLP's output).
     targets_file: Path | None = None
     layer_number: int = 0  # 0-based block the SAE reads at
     # Where in block layer_number (engine.models.hooks): "resid_post" (its output), "resid_pre" (its
-    # input), "mlp_out", "attn_out", "mlp_in". A transcoder (engine.sae.transcoder) reads mlp_in and
-    # predicts this point, which must be mlp_out. The next two: engine.text.sequences. All three are
-    # ignored for an activations_file (its metadata records them as absent).
+    # input), "mlp_out", "attn_out", "mlp_in". An architecture that predicts another site predicts
+    # this point, its target_point, from its input_point (engine.run.sources.run_sites; a transcoder:
+    # mlp_out from mlp_in). The next two: engine.text.sequences. All three are ignored for an
+    # activations_file (its metadata records them as absent).
     hook_point: str = "resid_post"
     exclude_special_tokens: bool = True
     prepend_bos: bool = True

@@ -26,7 +26,7 @@ class TrainStep:
     # a run that trained while extracting did, so its rerun from the finished file must too. A
     # resume follows whatever its checkpoint's run did (the trainer checks).
     arrival_order: bool = False
-    targets_path: Path | None = None  # a transcoder's targets, row for row with activations_path
+    targets_path: Path | None = None  # the rows the SAE predicts, when paired: row for row with activations_path
 
     def to_dict(self) -> dict:
         """JSON-ready, for a step handed to other processes."""

@@ -23,8 +23,8 @@ from engine.sae import matryoshka_batchtopk  # noqa: F401
 from engine.sae import gated  # noqa: F401
 from engine.sae import transcoder  # noqa: F401
 from engine.sae.registry import (  # noqa: F401 (the registry's API)
-    MAX_NAME_LENGTH, Architecture, RequestField, check_config, check_request, describe_field, get, names, register,
-    request_fields, taking, unregister,
+    MAX_NAME_LENGTH, Architecture, RequestField, Sites, check_config, check_request, describe_field, get, names,
+    register, request_fields, taking, unregister,
 )
 
 _TORCH_SIDE = ("SparseAutoencoder", "build_sae", "sae_from_state_dict")

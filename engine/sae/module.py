@@ -7,12 +7,32 @@ and its architecture (`kind`, from engine.sae.registry), which takes the code f 
 pre-activations and adds what else it keeps (a threshold, k, W_skip). An SAE reconstructs its
 input (d_out = d_in); a transcoder predicts another site from it (d_out its width, and no b_dec
 subtracted from the input, which lives in another space: engine.sae.transcoder).
+
+A call gives everything a caller needs at once, as sparsify's SparseCoder does (EleutherAI/sparsify,
+sparsify/sparse_coder.py, `forward(x, y=None)`): the SAE is given its input and, when it predicts
+another site, its target; the FVU is measured against the target, or against x itself.
 """
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import EngineError
 from engine.sae import registry
+
+
+class ForwardOutput(NamedTuple):
+    """One call of the SAE on a batch (sparsify's ForwardOutput, with our names)."""
+
+    output: torch.Tensor  # the prediction of y: x's reconstruction when no target is given
+    codes: torch.Tensor | None  # f [rows, d_sae]; None when decoded as a gather of each row's codes
+    # The batch's fraction of y's variance left unexplained, sum||y - output||^2 / sum||y - mean y||^2;
+    # None when an SAE that predicts another site is given no y.
+    fvu: torch.Tensor | None
+    pre: torch.Tensor  # the pre-activations, which the sparsity and auxiliary losses read
+    fired: torch.Tensor  # [d_sae] bool: the features that fired on some row
+    active: torch.Tensor  # [rows]: how many features fired on each row
 
 
 class SparseAutoencoder(nn.Module):
@@ -33,6 +53,11 @@ class SparseAutoencoder(nn.Module):
     @property
     def architecture(self) -> str:
         return self.kind.name
+
+    @property
+    def predicts_another_site(self) -> bool:
+        """Whether it predicts other rows than its input, given as `y` (Architecture.target_point)."""
+        return self.kind.predicts_another_site
 
     @property
     def unit_norm_decoder(self) -> bool:
@@ -57,12 +82,31 @@ class SparseAutoencoder(nn.Module):
         transcoder's x W_skip^T), or None."""
         return self.kind.skip(self, x)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the prediction, the codes): the reconstruction of x, or a transcoder's output."""
-        f = self.encode(x)
-        out = self.decode(f)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, *, decode: str = "dense") -> ForwardOutput:
+        """The SAE on the batch x, scored against y: what it predicts (an SAE reconstructs x, so y
+        defaults to x; an architecture that predicts another site is given that site's rows, row for
+        row). `decode` "sparse": for codes with a fixed number of non-zeros a row (the architecture's
+        sparse_decode), gather those decoder rows per row (an embedding-bag, forward and backward)
+        instead of a [rows, d_sae] @ [d_sae, d_out] matmul; `codes` is then None."""
+        pre = self.pre_activations(x)
+        if decode == "sparse":
+            values, indices = self.kind.sparse_code(self, pre)
+            out = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum") + self.b_dec
+            codes, active = None, values > 0
+            fired = torch.zeros(self.d_sae, dtype=torch.bool, device=x.device)
+            fired[indices[active]] = True
+        else:
+            codes = self.activate(pre)
+            out = self.decode(codes)
+            active = codes > 0
+            fired = active.any(dim=0)
         skip = self.skip(x)
-        return (out if skip is None else out + skip), f
+        if skip is not None:
+            out = out + skip
+        # Without its target, an SAE that predicts another site has nothing to be scored against.
+        unscored = y is None and self.predicts_another_site
+        return ForwardOutput(out, codes, None if unscored else fvu(x if y is None else y, out), pre, fired,
+                             active.sum(dim=1))
 
     def decoder_norms(self) -> torch.Tensor:
         return self.W_dec.norm(dim=1)
@@ -129,6 +173,15 @@ class SparseAutoencoder(nn.Module):
         names = set(sae.state_dict())
         sae.load_state_dict({k: v.to(torch.float32) for k, v in state_dict.items() if k in names})
         return sae
+
+
+def fvu(y: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+    """The fraction of y's variance about its batch mean that the prediction leaves unexplained
+    (sparsify's `fvu`); 1 - fvu is the batch's explained variance. A measure, not a loss here (the
+    trainer's loss is the MSE: engine.trainer.step), so it takes no gradient."""
+    with torch.no_grad():
+        y = y.float()
+        return ((y - prediction.float()) ** 2).sum() / ((y - y.mean(dim=0)) ** 2).sum()
 
 
 def build_sae(architecture: str, d_in: int, d_sae: int, **options) -> SparseAutoencoder:

@@ -80,6 +80,25 @@ TARGET_L0 = RequestField(
          "penalty; relu: the L1 weight adapted during training)", api_minimum=0.01)
 
 
+@dataclass(frozen=True)
+class Sites:
+    """Where in a block a run's rows come from (hook points, engine.models.hooks): `input`, the rows
+    the SAE reads, and `target`, the rows it predicts when they are other rows (None: it reconstructs
+    its input). Paired sites are read from the same forward passes, row for row."""
+
+    input: str
+    target: str | None = None
+
+    @property
+    def paired(self) -> bool:
+        return self.target is not None
+
+    @property
+    def count(self) -> int:
+        """The caches a run writes side by side."""
+        return 1 if self.target is None else 2
+
+
 class Architecture:
     """The default behaviour is the ReLU SAE's; an architecture overrides what differs.
 
@@ -110,9 +129,31 @@ class Architecture:
     # An SAE subtracts b_dec from its input (it lives in the input's space); a transcoder's b_dec is
     # in the output's space and is not (SAELens' apply_b_dec_to_input).
     apply_b_dec_to_input = True
-    # Its code of one site predicts another (a transcoder: the MLP's input -> its output): a run
-    # extracts both sites and trains on the pairs, and evaluation scores the prediction.
-    predicts_another_site = False
+    # An architecture whose code of one site predicts another names both hook points: it reads
+    # `input_point` and predicts `target_point` (a transcoder: the MLP's input and its output), which
+    # is then the run's hook point. None: it reconstructs what it reads, at the run's hook point.
+    # A run decides its sites from these alone (engine.run.sources.run_sites): it extracts both from
+    # the same forward passes, gives the SAE the target rows with its input rows, and is scored on them.
+    input_point: str | None = None
+    target_point: str | None = None
+
+    @property
+    def predicts_another_site(self) -> bool:
+        return self.target_point is not None
+
+    def sites(self, hook_point: str) -> Sites:
+        """The sites of a run at `hook_point`: that point alone, or, for an architecture that predicts
+        another site, its input_point paired with `hook_point` (which should be its target_point)."""
+        return Sites(hook_point) if self.target_point is None else Sites(self.input_point, hook_point)
+
+    def targets_problem(self, given: bool) -> str | None:
+        """What is wrong with a run's targets, the rows it predicts, being `given` or not: one that
+        predicts another site needs them, one that reconstructs its input takes none (None: fine)."""
+        if self.predicts_another_site and not given:
+            return f"A {self.name} predicts another site from its input: give its targets"
+        if not self.predicts_another_site and given:
+            return f"A {self.name} SAE reconstructs its input: it takes no targets"
+        return None
 
     # -- requests (no torch) --
 
@@ -202,7 +243,8 @@ class Architecture:
 
     def aux_loss(self, sae, x, recon, pre, trainer):
         """An auxiliary loss added to the step's loss (already weighted), or None. `x` is what
-        `recon` predicts: the input of an SAE, the target of a transcoder. `trainer` gives config, dead_mask(), optimizer, parallel, state and total_steps."""
+        `recon` predicts: the SAE's input, or the target it was given. `trainer` gives config,
+        dead_mask(), optimizer, parallel, state and total_steps."""
         return None
 
     def after_step(self, sae, x, recon, trainer) -> None:

@@ -17,6 +17,7 @@ and `skip_transcoder` (engine.sae.export_saelens), whose encoder is a ReLU: the 
 the decoder are the same, but a user of that export must keep each token's top k (cfg `k`) to get
 the codes trained here.
 """
+from engine.models.hooks import MLP_IN, MLP_OUT
 from engine.sae.registry import register
 from engine.sae.topk import TopK
 
@@ -26,7 +27,7 @@ class Transcoder(TopK):
     name = "transcoder"
     saelens_name = "transcoder"
     apply_b_dec_to_input = False
-    predicts_another_site = True
+    input_point, target_point = MLP_IN, MLP_OUT
     # Adam moves each weight by about the learning rate a step, so a small encoder adapts fast
     # (topk's reasoning); the encoder is not tied to the decoder here, the scale only sets its size.
     encoder_init_scale = 0.3

@@ -10,7 +10,7 @@ weights_only=True reads it). Its `format_version` says how to read it:
 - 3: every key but the target-L0 controller's, always (tokens_trained and streamed came with
   budgets and streaming).
 - 4: every key below, always (sparsity_multiplier and l0_ema came with relu's target_l0), but
-  target_scaling_factor, written since transcoders (absent: an SAE), and stream_seek, written
+  target_scaling_factor, written since runs with targets (absent: a run without), and stream_seek, written
   since streamed runs resume where they read (absent or None: a streamed resume tokenizes the
   corpus from its start, as before), and epoch_order, written since an epoch's order is computed
   a batch at a time (absent: the run goes on drawing torch.randperm orders, engine.trainer.permutation).
@@ -63,7 +63,7 @@ class RunState:
     # smoothed L0 it steers by (None until its first step).
     sparsity_multiplier: float = 1.0
     l0_ema: float | None = None
-    target_scaling_factor: float | None = None  # a transcoder's target scale (None: an SAE)
+    target_scaling_factor: float | None = None  # the targets' scale (None: a run without targets)
     # A streamed run's place in its corpus (engine.activations.stream.ActivationStream.seek_record); None: a cache's.
     stream_seek: dict | None = None
 
@@ -154,7 +154,7 @@ def restore(saved: Saved, sae, optimizer, state: RunState, *, d_in: int, config,
     sae.load_state_dict(payload["sae"])
     optimizer.load_state_dict(payload["optimizer"])
     state.scaling_factor = float(payload["scaling_factor"])
-    # Written since transcoders (an optional key of format 4: absent means an SAE's checkpoint).
+    # Written since runs with targets (transcoders; an optional key of format 4: absent, a run without).
     if payload.get("target_scaling_factor") is not None:
         state.target_scaling_factor = float(payload["target_scaling_factor"])
     state.step = int(payload["step"])

@@ -39,8 +39,8 @@ class Layout:
     parallel: object | None  # engine.distributed.DataParallel
     mixing: Mixing | None  # the first epoch follows the extraction order
     budget: int | None = None  # tokens the run trains on, when training_tokens ends it before max_epochs
-    targets: object | None = None  # a transcoder's [rows, d_out] targets
-    d_out: int | None = None  # a transcoder's target width (None: d_in)
+    targets: object | None = None  # the [rows, d_out] the SAE predicts, when not its input rows
+    d_out: int | None = None  # the targets' width (None: d_in)
 
     def budget_left(self, state) -> int | None:
         return None if self.budget is None else self.budget - state.tokens_trained
@@ -127,8 +127,9 @@ def start_run(config, layout: Layout, activations, stream, saved, rows_ready, *,
 def _initialize(sae, state, config, layout: Layout, activations, stream, rows_ready, generator, sample) -> None:
     """The input scale is a fixed preprocessing constant, shared by training and evaluation, so it
     comes from all rows; weights only ever see the training rows. b_dec starts at the sample's
-    geometric median, W_enc at W_dec.T (engine.sae.module). A transcoder's targets get their own
-    scale from the same rows, and b_dec starts at their geometric median: it is the output's offset."""
+    geometric median, W_enc at W_dec.T (engine.sae.module). Targets, when the SAE predicts them,
+    get their own scale from the same rows, and b_dec starts at their geometric median: it is the
+    output's offset."""
     indices = None
     if sample is not None:
         pass
@@ -168,7 +169,7 @@ class Loop:
     def _source(self, activations) -> ActivationSource:
         budget = self.run.config.ram_budget_bytes
         if budget is not None and self.layout.targets is not None:
-            budget //= 2  # a transcoder's inputs and targets share it
+            budget //= 2  # the inputs and their targets share it
         return ActivationSource(activations, self.layout.n_train, ram_budget_bytes=budget, device=self.run.device)
 
     def close(self) -> None:

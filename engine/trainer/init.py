@@ -12,7 +12,7 @@ _GEOMETRIC_MEDIAN_ITERATIONS = 20
 
 
 def sample_indices(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Which of n rows the sample takes (a transcoder's input and target share them)."""
+    """Which of n rows the sample takes (an input and its target share them)."""
     return rng.choice(n, size=min(n, _SCALE_SAMPLE_TOKENS), replace=False)
 
 

@@ -43,9 +43,11 @@ def train_sae(
     giving the same order for the finished file repeats that run exactly. When resuming, the
     checkpoint decides: the order is used if its run used one (and then must be given).
 
-    `targets`: what a transcoder predicts, an array [rows, d_out] whose row i goes with row i of
-    `activations` (the MLP's output for its input). Each side gets its own input scale; the loss and
-    explained variance are on the targets. SAEs have none (they reconstruct `activations`).
+    `targets`: the rows the SAE predicts when they are not `activations` themselves (an architecture
+    with a target_point, engine.sae.registry), an array [rows, d_out] whose row i goes with row i of
+    `activations` (a transcoder's: the MLP's output for its input). Each side gets its own input
+    scale; the loss and explained variance are on the targets. An SAE that reconstructs its input
+    takes none.
 
     With `distributed`, call this in every rank of an initialised process group with the same
     activations and config; only rank 0 writes checkpoints, so give callbacks to rank 0 alone
@@ -53,7 +55,8 @@ def train_sae(
     check_config(config)
     source = row_source(activations, targets=targets, first_epoch_rows=first_epoch_rows)
     if targets is not None and not isinstance(source, CachedRows):
-        raise EngineError("A transcoder trains on finished input and target files, not an extraction in progress")
+        # Its inputs and targets are read at the same rows: both must be there to read.
+        raise EngineError("A run with targets trains on finished input and target files, not an extraction in progress")
     if isinstance(source, StreamedRows):
         return streamed.read_alone(source.stream, streamed.streamed_steps(
             source, config, device=device, checkpoint_dir=checkpoint_dir, checkpoint_prefix=checkpoint_prefix,
@@ -62,7 +65,7 @@ def train_sae(
     stream, activations, targets = source.extraction, source.rows, source.targets
     if stream is not None and (resume_from is not None or distributed):
         raise EngineError("Resume or distributed training reads a finished activations file, not an extraction in progress")
-    _check_pairing(config, activations, targets)
+    _check_targets(config, activations, targets)
     saved = checkpoint.load(resume_from) if resume_from is not None else None
     if saved is not None and saved.payload.get("streamed", False):
         raise EngineError(f"Checkpoint '{saved.name}' was trained on rows streamed from the model, not a cache: "
@@ -81,13 +84,11 @@ def train_sae(
     return run_result(run, writer, layout, stopped_reason)
 
 
-def _check_pairing(config, activations, targets) -> None:
-    """A transcoder needs its targets, row for row; an SAE takes none."""
-    predicts = architecture(config.architecture).predicts_another_site
-    if predicts and targets is None:
-        raise EngineError(f"A {config.architecture} predicts another site from its input: give its targets")
-    if not predicts and targets is not None:
-        raise EngineError(f"A {config.architecture} SAE reconstructs its input: it takes no targets")
+def _check_targets(config, activations, targets) -> None:
+    """The architecture says whether it takes targets; given, they pair with the inputs row for row."""
+    problem = architecture(config.architecture).targets_problem(targets is not None)
+    if problem:
+        raise EngineError(problem)
     if targets is not None:
         shape = check_activations(targets)
         if shape[0] != activations.shape[0]:

@@ -26,8 +26,8 @@ class TrainingForward(torch.nn.Module):
         self.sae = sae
         self._run_forward = forward
 
-    def forward(self, x, path):
-        return self._run_forward(x, path)
+    def forward(self, x, y, path):
+        return self._run_forward(x, y, path)
 
 
 @torch.no_grad()

@@ -1,8 +1,9 @@
 """The trainer's one way in: a row source (as SAELens' trainer takes a data provider).
 
 A run needs from its input its rows' shape, whether they can be read in any order, and, by kind:
-- CachedRows: an array or memmap [rows, d_in] read by index batches, with a transcoder's paired
-  targets [rows, d_out] and the order extraction wrote the rows in (for a first epoch in that order);
+- CachedRows: an array or memmap [rows, d_in] read by index batches, with the rows the SAE predicts
+  when they are not these (`targets` [rows, d_out], row for row) and the order extraction wrote the
+  rows in (for a first epoch in that order);
 - ExtractingRows: an extraction still writing its file (engine.activations.extract.ExtractionStream):
   its rows are read by index once `ready`, its first epoch follows its arrival order;
 - StreamedRows: a pass of the model with no cache (engine.activations.stream.ActivationStream): its
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 @dataclass
 class CachedRows:
     rows: object  # np.ndarray, np.memmap or torch.Tensor [n_rows, d_in]
-    targets: object = None  # a transcoder's [n_rows, d_out], row i paired with rows[i]
+    targets: object = None  # what the SAE predicts, when not `rows`: [n_rows, d_out], row i paired with rows[i]
     first_epoch_rows: object = None  # engine.activations.cache.RowRanges or an array of row numbers
     random_access = True
     extraction = None

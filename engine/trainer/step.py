@@ -1,5 +1,6 @@
-"""One optimizer step of a run: the forward (dense, or a sparse gather for codes of a fixed size),
-the losses, the update, the dead-feature counters, and the architecture's hooks (engine.sae)."""
+"""One optimizer step of a run: the SAE's call on the batch and its optional target (dense, or a
+sparse gather for codes of a fixed size: engine.sae.module), the losses from what it returns, the
+update, the dead-feature counters, and the architecture's hooks (engine.sae)."""
 import math
 import time
 
@@ -52,21 +53,23 @@ class Run:
     def dead_mask(self) -> torch.Tensor:
         return self.state.tokens_since_fired >= self.dead_window_tokens
 
-    def step(self, x: torch.Tensor, target: torch.Tensor | None = None) -> None:
-        """One update on the batch x; `target` is what a transcoder predicts (an SAE: x itself)."""
-        target = x if target is None else target
+    def step(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """One update on the batch x, scored against y: the rows the SAE predicts when they are not
+        x itself (its targets, row for row; engine.sae.module.SparseAutoencoder.forward)."""
+        target = x if y is None else y
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(self.config, self.state.step, self.total_steps)
         if self.state.decode_path is None:
-            self.state.decode_path = self._choose_decode_path(x, target)
+            self.state.decode_path = self._choose_decode_path(x, y)
             if self.parallel is not None:
                 # Timings differ between processes; every rank decodes the way rank 0 chose.
                 self.state.decode_path = self.parallel.broadcast_choice(self.state.decode_path, DECODE_PATHS)
         forward = self._forward if self.ddp is None else self.ddp
-        pre, f, recon, fired, fired_per_token = forward(x, self.state.decode_path)
-        losses = self._losses(target, pre, f, recon)
+        out = forward(x, y, self.state.decode_path)
+        recon, fired = out.output, out.fired
+        losses = self._losses(target, out)
         with torch.no_grad():
-            l0 = (fired_per_token if f is None else (f > 0).sum(dim=1)).float().mean()
+            l0 = out.active.float().mean()
         # Distributed: the whole batch's numbers, reduced before backward so every rank sees the same loss.
         totals = None
         if self.parallel is not None:
@@ -102,11 +105,12 @@ class Run:
         self.progress.add(values, l0=l0, squared_error=squared_error, squared_deviation=squared_deviation, tokens=n)
         self.state.step += 1
 
-    def _losses(self, x, pre, f, recon) -> dict:
+    def _losses(self, x, out) -> dict:
         """loss = MSE (mean over elements) + weight x warm-up x the architecture's sparsity term,
-        + its auxiliary loss (AuxK) + its further reconstruction losses (Matryoshka's prefixes), by name.
-        `x` is what recon predicts (a transcoder's target).
-        The weight's multiplier is 1 unless target_l0 steers it."""
+        + its auxiliary loss (AuxK) + its further reconstruction losses (Matryoshka's prefixes), by name,
+        from the SAE's call `out` (engine.sae.module.ForwardOutput). `x` is what it predicts (the
+        batch itself, or its targets). The weight's multiplier is 1 unless target_l0 steers it."""
+        pre, f, recon = out.pre, out.codes, out.output
         mse = F.mse_loss(recon, x)
         sparsity = self.kind.sparsity_loss(self.sae, pre, f, self.config)
         warmup = sparsity_warmup(self.config, self.state.step, self.total_steps)
@@ -140,32 +144,15 @@ class Run:
         if sae.unit_norm_decoder:
             sae.normalize_decoder_()
 
-    def _forward(self, x: torch.Tensor, path: str):
-        """pre-activations, codes (None on the sparse path), reconstruction, which features fired, and
-        (sparse path only; None otherwise) how many fired on each token."""
-        sae = self.sae
+    def _forward(self, x: torch.Tensor, y: torch.Tensor | None, path: str):
+        """The SAE's call on the batch (engine.sae.module.ForwardOutput) in bf16 autocast where the
+        run uses it, its tensors back in float32 for the losses."""
         with torch.autocast(self.autocast_device, dtype=torch.bfloat16, enabled=self.autocast):
-            pre = sae.pre_activations(x)
-            if path == "sparse":
-                # Codes with a fixed number of non-zeros a token: gather those decoder rows per token
-                # (an embedding-bag, forward and backward) instead of a [B, d_sae] @ [d_sae, d_in] matmul.
-                values, indices = self.kind.sparse_code(sae, pre)
-                recon = F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
-                skip = sae.skip(x)
-                if skip is not None:
-                    recon = recon + skip
-                fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
-                fired[indices[values > 0]] = True
-                return pre.float(), None, recon.float(), fired, (values > 0).sum(dim=1)
-            f = sae.activate(pre)
-            recon = sae.decode(f)
-            skip = sae.skip(x)
-            if skip is not None:
-                recon = recon + skip
-        f = f.float()
-        return pre.float(), f, recon.float(), (f > 0).any(dim=0), None
+            out = self.sae(x, y, decode=path)
+        return out._replace(output=out.output.float(), pre=out.pre.float(),
+                            codes=None if out.codes is None else out.codes.float())
 
-    def _choose_decode_path(self, x: torch.Tensor, target: torch.Tensor) -> str:
+    def _choose_decode_path(self, x: torch.Tensor, y: torch.Tensor | None) -> str:
         """Sparse decoding pays off only when d_sae is large against k and the device's gather is
         quick: time both on the first batch (forward and backward, no update) and keep the faster."""
         if self.config.decode_path != "auto":
@@ -175,8 +162,7 @@ class Run:
         timings = {}
         for path in ("dense", "sparse", "dense", "sparse"):  # the first of each warms up
             started = time.perf_counter()
-            _, _, recon, _, _ = self._forward(x, path)
-            F.mse_loss(recon, target).backward()
+            F.mse_loss(self._forward(x, y, path).output, x if y is None else y).backward()
             if self.on_cuda:
                 torch.cuda.synchronize()
             timings[path] = time.perf_counter() - started

@@ -167,7 +167,7 @@ def disk_plan(*, corpus, described, packing: str, max_sequence_length: int, hidd
     """engine.disk's plan for the run (DiskPlan.to_dict(), with how its tokens were estimated:
     `bytes_per_token` and `tokens_estimated_from`); a ServiceError with DiskFull's message when
     the run cannot fit the data folder's free disk. `sites`: the caches the run writes side by side
-    (a transcoder's MLP input and output: 2)."""
+    (paired sites, a transcoder's MLP input and output: 2)."""
     download = model_download(described, token)
     plan, estimate = _plan(corpus=corpus, described=described, packing=packing, max_sequence_length=max_sequence_length,
                            hidden_dim=hidden_dim, max_epochs=max_epochs, training_tokens=training_tokens,

@@ -5,11 +5,12 @@ from rest_framework.utils import html
 
 from engine import sae as architectures
 from engine.disk import CACHE_MODES
-from engine.models.hooks import HOOK_POINTS, MLP_OUT
+from engine.models.hooks import HOOK_POINTS
 from engine.text.packing import PACKINGS
 
 from training.defaults import DEFAULTS
 from training.models import TrainingJob
+from training.requests import paired_sites
 
 
 def packing_field():
@@ -78,10 +79,11 @@ class TrainRequestSerializer(serializers.Serializer):
         return {**super().get_fields(), **architecture_fields()}
 
     def validate(self, attrs):
-        # A transcoder predicts the MLP's output: a request that names no hook_point means that one.
-        if "hook_point" not in self.initial_data and attrs.get("architecture") in architectures.names() and \
-                architectures.get(attrs["architecture"]).predicts_another_site:
-            attrs["hook_point"] = MLP_OUT
+        # An architecture that predicts another site (a transcoder: the MLP's output) is named by the
+        # site it predicts: a request that names no hook_point means that one.
+        paired = paired_sites(attrs.get("architecture"))
+        if "hook_point" not in self.initial_data and paired is not None:
+            attrs["hook_point"] = paired.target
         return super().validate(attrs)
 
 

@@ -39,7 +39,7 @@ def test_a_skip_transcoder_run_caches_both_sites_and_scores_the_mlp_output(tmp_p
     saved = sae_from_state_dict(torch.load(paths.model, weights_only=True), k=4)
     start = outcome.result.heldout_rows[0]
     with torch.no_grad():
-        predicted = saved(torch.from_numpy(inputs[start:].astype(np.float32)))[0].double().numpy()
+        predicted = saved(torch.from_numpy(inputs[start:].astype(np.float32))).output.double().numpy()
     truth = targets[start:].astype(np.float64)
     fvu = ((truth - predicted) ** 2).sum() / ((truth - truth.mean(axis=0)) ** 2).sum()
     assert 1 - fvu == pytest.approx(evaluation["explained_variance"], abs=1e-3)

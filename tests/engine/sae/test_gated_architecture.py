@@ -45,8 +45,7 @@ def test_the_decoder_learns_from_the_reconstruction_only_and_the_gate_bias_from_
     assert sae.r_mag.grad is None and sae.b_mag.grad is None  # magnitudes are not penalised
 
     sae.zero_grad(set_to_none=True)
-    recon, _ = sae(x)
-    F.mse_loss(recon, x).backward()
+    F.mse_loss(sae(x).output, x).backward()
     # The gate's step passes no gradient: b_gate gets none from the reconstruction.
     torch.testing.assert_close(sae.b_enc.grad, torch.zeros_like(sae.b_enc), atol=1e-6, rtol=0)
     assert sae.r_mag.grad.abs().sum() > 0 and sae.W_dec.grad.abs().sum() > 0
@@ -63,8 +62,8 @@ def test_our_export_runs_on_raw_activations_and_is_recognised_by_its_keys():
     assert folded.architecture == "gated"
     raw = torch.from_numpy(sparse_data(n_tokens=200, seed=3))
     with torch.no_grad():
-        recon_scaled, f_scaled = result.sae(raw * s)
-        recon_raw, f_raw = folded(raw)
+        scaled, on_raw = result.sae(raw * s), folded(raw)
+    recon_scaled, f_scaled, recon_raw, f_raw = scaled.output, scaled.codes, on_raw.output, on_raw.codes
     assert (f_raw > 0).any()
     torch.testing.assert_close(f_raw, f_scaled, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(recon_raw, recon_scaled / s, rtol=1e-5, atol=1e-5)

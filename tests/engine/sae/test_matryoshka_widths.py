@@ -57,4 +57,4 @@ def test_a_trained_sae_rebuilds_its_prefixes_from_its_state_dict():
     assert restored.matryoshka_widths.tolist() == [8, 24, 64]
     x = torch.from_numpy(sparse_data(n_tokens=64, seed=5)) * result.scaling_factor
     with torch.no_grad():
-        torch.testing.assert_close(restored(x)[0], result.sae.eval()(x)[0])
+        torch.testing.assert_close(restored(x).output, result.sae.eval()(x).output)

@@ -99,7 +99,7 @@ def test_every_architecture_round_trips_through_its_state_dict(architecture):
     assert restored.architecture == result.sae.architecture
     x = torch.from_numpy(sparse_data(n_tokens=64, seed=5)) * result.scaling_factor
     with torch.no_grad():
-        torch.testing.assert_close(restored(x)[0], result.sae(x)[0])
+        torch.testing.assert_close(restored(x).output, result.sae(x).output)
 
 
 def test_training_reports_dead_feature_counters_and_the_held_out_rows():

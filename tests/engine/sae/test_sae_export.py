@@ -21,8 +21,8 @@ def test_the_exported_sae_runs_on_raw_activations():
     s = result.scaling_factor
     folded = SparseAutoencoder.from_state_dict(export_state_dict(result.sae, s))
     with torch.no_grad():
-        recon_scaled, f_scaled = result.sae(raw * s)
-        recon_raw, f_raw = folded(raw)
+        scaled, on_raw = result.sae(raw * s), folded(raw)
+    recon_scaled, f_scaled, recon_raw, f_raw = scaled.output, scaled.codes, on_raw.output, on_raw.codes
     torch.testing.assert_close(f_raw, f_scaled, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(recon_raw, recon_scaled / s, rtol=1e-5, atol=1e-5)
 

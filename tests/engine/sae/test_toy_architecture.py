@@ -73,7 +73,7 @@ def test_a_registered_architecture_trains_checkpoints_resumes_and_exports(toy, t
     rebuilt = sae_from_state_dict(whole.sae.state_dict())
     assert rebuilt.architecture == NAME
     x = torch.from_numpy(data()[:50]) * whole.scaling_factor
-    torch.testing.assert_close(rebuilt.eval()(x)[0], whole.sae(x)[0])
+    torch.testing.assert_close(rebuilt.eval()(x).output, whole.sae(x).output)
 
 
 def test_an_unregistered_architecture_is_refused_with_the_registered_names(toy):

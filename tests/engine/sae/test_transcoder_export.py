@@ -37,5 +37,5 @@ def test_the_saelens_folder_predicts_raw_targets_like_our_transcoder(architectur
         assert w["W_skip"].shape == (20, 24)
         predicted = predicted + raw @ w["W_skip"].T
     with torch.no_grad():
-        ours = result.sae(raw * result.scaling_factor)[0] / result.target_scaling_factor
+        ours = result.sae(raw * result.scaling_factor).output / result.target_scaling_factor
     torch.testing.assert_close(predicted, ours, atol=1e-4, rtol=1e-4)

@@ -81,8 +81,8 @@ def test_the_exported_transcoder_predicts_raw_targets_from_raw_inputs():
     assert exported.architecture == "skip_transcoder"
     raw = torch.from_numpy(x[:64])
     with torch.no_grad():
-        trained = result.sae(raw * result.scaling_factor)[0] / result.target_scaling_factor
-        torch.testing.assert_close(exported(raw)[0], trained, rtol=1e-4, atol=1e-4)
+        trained = result.sae(raw * result.scaling_factor).output / result.target_scaling_factor
+        torch.testing.assert_close(exported(raw).output, trained, rtol=1e-4, atol=1e-4)
 
 
 def test_a_skip_transcoder_starts_with_a_zero_skip_and_no_b_dec_on_its_input():
@@ -91,6 +91,19 @@ def test_a_skip_transcoder_starts_with_a_zero_skip_and_no_b_dec_on_its_input():
     sae.b_dec.data.fill_(100.0)
     x = torch.randn(3, 6)
     torch.testing.assert_close(sae.pre_activations(x), x @ sae.W_enc + sae.b_enc)
+
+
+def test_an_sae_called_with_its_target_scores_its_prediction_against_it():
+    transcoder, sae = build_sae("skip_transcoder", 6, 16, d_out=4, k=2), build_sae("topk", 6, 16, k=2)
+    x, y = torch.randn(32, 6), torch.randn(32, 4)
+    transcoder.initialize_(y, torch.Generator().manual_seed(0))
+    sae.initialize_(x, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = transcoder(x, y)
+        torch.testing.assert_close(out.fvu, ((y - out.output) ** 2).sum() / ((y - y.mean(dim=0)) ** 2).sum())
+        assert transcoder(x).fvu is None  # given no target, a prediction of another site has nothing to match
+        torch.testing.assert_close(sae(x).fvu, sae(x, x).fvu)  # an SAE's target is its input
+        assert out.codes.shape == (32, 16) and out.output.shape == y.shape
 
 
 def test_a_transcoder_without_targets_and_an_sae_with_them_are_refused():

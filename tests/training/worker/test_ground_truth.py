@@ -110,7 +110,7 @@ def relative_reconstruction_bias(result, activations):
     sae = sae_from_state_dict(torch.load(result["model_path"], weights_only=True))  # recognised by its keys
     x = torch.from_numpy(activations[-2000:])
     with torch.no_grad():
-        x_hat = sae(x)[0]
+        x_hat = sae(x).output
     return float((x_hat * x_hat).sum() / (x_hat * x).sum())
 
 
