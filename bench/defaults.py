@@ -1,5 +1,5 @@
-"""What each architecture gives with the seed's defaults on the bundled model: the README's
-"Architectures" table, measured through `manage.py train` as a user runs it.
+"""What each architecture gives with the seed's defaults on the bundled model: the
+table in docs/architectures.md, measured through `manage.py train` as a user runs it.
 
 Every row is one real job (its own database and data folder under a temporary directory) on
 sentence-transformers/all-MiniLM-L6-v2, layer 3 (the bundled model has 6; the seed's default 12
@@ -13,7 +13,7 @@ names it. Runs in the app's .venv:
 
 --smollm2 trains on the bundled causal LM instead, SmolLM2-135M-Instruct (d_model 576), layer 15 of
 30: real activations at a width other than the one the sparsity factor was chosen at (384), where
-the rules that scale it with the width (README, "Architectures") show:
+the rules that scale it with the width (docs/architectures.md) show:
 
     .venv/bin/python bench/defaults.py --smollm2 --rows relu,jumprelu,gated
 

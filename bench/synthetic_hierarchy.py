@@ -232,7 +232,7 @@ def saelens_train(args, folder: Path, architecture: str, rows: np.ndarray, batch
     acts = torch.from_numpy(np.ascontiguousarray(rows))
     n = len(acts) // batch * batch
     steps = n // batch
-    # Ours' schedule (README "Architectures"): warm-up over the first 1% of steps, linear decay to
+    # Ours' schedule (docs/architectures.md): warm-up over the first 1% of steps, linear decay to
     # zero over the last 20%; the input scaling to mean norm sqrt(d_in) is SAELens'
     # expected_average_only_in, folded into the weights at the end as ours is.
     trainer_cfg = SAETrainerConfig(

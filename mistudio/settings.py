@@ -1,4 +1,4 @@
-"""miStudio settings: every value comes from the environment (see the README's table)."""
+"""miStudio settings: every value comes from the environment (each documented in docs/settings.md)."""
 import os
 import secrets
 import socket

@@ -1,6 +1,6 @@
 """The recovery checks that keep jobs moving when workers die: every worker process runs the first when it
 starts, and every live worker runs both now and then (its watchdog, gpus.services); crash
-recovery in the README says what they guarantee. A run recovered here that was only paused cannot
+recovery in docs/operations.md says what they guarantee. A run recovered here that was only paused cannot
 write when it wakes (training.services, fencing); what it left is removed at the next worker start
 (attempt_files_remove_stale)."""
 import logging

@@ -56,7 +56,7 @@ class Gated(Architecture):
     def sparsity_weight(self, config, d_in, *, legacy=False):
         """Twice relu's weight for the same sparsity_coeff. The L1 touches only the gate, so the kept
         magnitudes are never shrunk and a given lambda buys less sparsity than relu's: on the bundled
-        MiniLM (bench/defaults.py, README "Architectures") relu's default weight left gated at L0 89
+        MiniLM (bench/defaults.py, docs/architectures.md) relu's default weight left gated at L0 89
         with 285 of 1024 features firing on over 10% of tokens, twice it at L0 38 and 16 dense, where
         relu's default gives L0 39. So one sparsity_coeff asks both for about the same L0."""
         return _GATE_WEIGHT_PER_RELU_WEIGHT * super().sparsity_weight(config, d_in, legacy=legacy)

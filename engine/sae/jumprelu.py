@@ -53,7 +53,7 @@ class JumpReLU(Architecture):
         firing to mean the same trade-off (the L1's price, per unit of a magnitude ~sqrt(d_in), grows
         as sqrt(d_in): Architecture.sparsity_weight). Under a fixed lambda L0 went 2.2 at width 48,
         33 at 384 and 78 at 1024 on the same planted data; under this rule 15, 33 and 21
-        (bench/width_grid.py; README, "Defaults across widths").
+        (bench/width_grid.py; docs/architectures.md, "Defaults across widths").
         A target L0 is a constraint, not a trade-off: its penalty (L0/target - 1)^2 has a fixed
         weight of 1 (it held L0 near the target on MiniLM and the synthetic tests), and
         sparsity_coeff does not apply to it (under every rule, the legacy one too)."""

@@ -220,11 +220,11 @@ class Architecture:
         same fraction of what the feature is worth at every width needs lambda ~ sqrt(d_in). A fixed
         lambda made features dear at small widths and cheap at large ones: on planted data with 4
         active features per token, L0 went 9.5 at width 48 to 34 at 4096; under this rule 23 and 4.6
-        (bench/width_grid.py; README, "Defaults across widths"). JumpReLU's L0 price follows the
+        (bench/width_grid.py; docs/architectures.md, "Defaults across widths"). JumpReLU's L0 price follows the
         energy itself (lambda ~ d_in, engine/sae/jumprelu.py). Both equal the old rule at
         REFERENCE_WIDTH, the bundled MiniLM's d_model, where the factor was chosen: the seed's 0.001
         is lambda = 2 there; lambda = 1 left hundreds of features firing on more than 10% of tokens,
-        lambda = 2 a few dozen at L0 ~30-40 (README, "Architectures"). Checkpoints keep the weight
+        lambda = 2 a few dozen at L0 ~30-40 (docs/architectures.md). Checkpoints keep the weight
         they were written with. `legacy`: the rule of checkpoints written before they kept it, where
         sparsity_coeff was the per-element weight itself."""
         if legacy:
@@ -258,7 +258,7 @@ class Architecture:
         has variance ~1 at every width, so it fires on half the tokens until its bias stands near
         -1.3 (10%) or lower; an Adam step moves a parameter by about the learning rate (Kingma and
         Ba 2015, section 2.1), so at the default 1e-4 the service's 5,000 steps move a bias by 0.5 at
-        most, and every feature of a relu or gated SAE stayed dense (README, "Defaults across
+        most, and every feature of a relu or gated SAE stayed dense (docs/architectures.md, "Defaults across
         widths"; bench/width_grid.py). Anthropic's recipe (April 2024: 5e-5 and every bias at it) is
         for runs far longer than ours; this gets there in any run, and is the plain rate in long
         runs, as jumprelu's thresholds' own rate is (engine/sae/jumprelu.py)."""

@@ -54,7 +54,7 @@ class TrainConfig:
     # step moves each parameter by about the learning rate, and in the scaled input space (norm
     # sqrt(d_in)) pre-activations are O(1), so the encoder biases a ReLU SAE needs to turn sparse
     # (and JumpReLU's thresholds) must travel ~0.5: at the seed's 1e-4 that is 5,000 steps, where a
-    # thousand left the bundled model's relu SAE dense (L0 395 of 1024; README, "Architectures").
+    # thousand left the bundled model's relu SAE dense (L0 395 of 1024; docs/architectures.md).
     min_update_travel: float = 0.5
     # Activations larger than this are streamed from their memory-mapped cache instead of loaded
     # into RAM; None loads them whole.

@@ -33,7 +33,7 @@ def scaling_factor(sample: torch.Tensor) -> float:
     constant offset, which b_dec (the geometric median) absorbs at once: counting it in the norm
     left the informative part tiny in scaled units, so the sparsity term and JumpReLU's initial
     threshold (both sized for O(1) pre-activations) silenced every feature (issue 17: width 48
-    with an offset gave relu EV -0.4 and jumprelu L0 0.1; README, "Architectures"). It is still
+    with an offset gave relu EV -0.4 and jumprelu L0 0.1; docs/architectures.md). It is still
     one scalar multiplying the raw inputs, so folding it into saved weights is unchanged."""
     sample = sample.double()
     mean_norm = (sample - sample.mean(dim=0)).norm(dim=1).mean().item()

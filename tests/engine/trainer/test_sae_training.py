@@ -130,7 +130,7 @@ EXPECTED_WEIGHT = {"relu": lambda coeff, d_in: 2000 * coeff * math.sqrt(d_in / 3
 @pytest.mark.parametrize("architecture,d_in", [("relu", 32), ("relu", 96), ("relu", 384), ("jumprelu", 32), ("jumprelu", 96)])
 def test_the_loss_is_the_mse_plus_the_width_scaled_lambda_over_d_in_times_the_penalty(architecture, d_in):
     """sparsity_coeff means λ / 2000 in the summed-squared-error loss at width 384, λ scaled with
-    the width (README, "Architectures"); the trainer reports that loss divided by d_in (README,
+    the width (docs/architectures.md); the trainer reports that loss divided by d_in (docs/training.md,
     "The SAE"), so each step's loss = MSE + (λ / d_in) × penalty."""
     reports = []
     coeff = 0.003

@@ -20,7 +20,7 @@ COMMON = ("--hidden-dim", "128", "--learning-rate", "0.003", "--min-loss", "0", 
 
 def l1_coeff(lam: float) -> str:
     """The sparsity_coeff that puts the L1's lambda at `lam` for inputs of width D_MODEL: lambda is
-    2000 x sparsity_coeff at width 384 and grows as sqrt(width / 384) (README, "Architectures")."""
+    2000 x sparsity_coeff at width 384 and grows as sqrt(width / 384) (docs/architectures.md)."""
     return f"{lam / (2000 * math.sqrt(D_MODEL / 384)):.6g}"
 
 
