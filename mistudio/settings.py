@@ -11,6 +11,7 @@ from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from engine.defaults import EVAL_DEFAULTS
+from mistudio import cli
 from mistudio.database import database_settings
 from mistudio.env import env_bool, env_float, env_int, env_list, env_path, env_rate, env_str
 
@@ -27,8 +28,10 @@ os.umask(0o077)
 
 # Everything miStudio writes lives here: the embedded database, corpora, activations, SAEs.
 # A folder that exists with a looser mode is left as it is: the `mistudio.W001` check warns.
+# `manage.py <command> --help` writes nothing (mistudio.cli), so a newcomer's first look makes no folder.
 DATA_DIR = env_path("MISTUDIO_DATA_DIR", BASE_DIR / "data")
-DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+if not cli.answering_help:
+    DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 # Models named like hub ids are looked up here first: <MODELS_DIR>/microsoft/Phi-4.
 MODELS_DIR = env_path("MISTUDIO_MODELS_DIR", DATA_DIR / "hub-models")
@@ -42,8 +45,12 @@ MODELS_CACHE_DIR = env_path("MISTUDIO_MODELS_CACHE_DIR", DATA_DIR / "converted")
 def _secret_key():
     """An explicit key wins. Without one, a development or demo server (DEBUG on) makes one random
     key per data folder and keeps it; a production server (DEBUG off) refuses to start, because a key
-    left on disk beside the database would also unlock the Hugging Face tokens encrypted with it."""
+    left on disk beside the database would also unlock the Hugging Face tokens encrypted with it.
+    A request for help (mistudio.cli) signs nothing: it gets the key as given, checked or not, or none
+    (Django refuses an empty key wherever one is used)."""
     explicit = env_str("MISTUDIO_SECRET_KEY")
+    if cli.answering_help:
+        return explicit
     if explicit:
         if not DEBUG and (len(explicit) < 50 or len(set(explicit)) < 5):
             raise ImproperlyConfigured(
