@@ -131,7 +131,7 @@ def run_spec(args, side: str, tokens: int, corpus: Path, folder: Path):
     from engine.run import FeatureSettings, RunPaths, RunSpec
     from engine.trainer import TrainConfig
 
-    config = TrainConfig(architecture="topk", k=args.k, hidden_dim=args.d_sae, sae_batch_tokens=args.batch,
+    config = TrainConfig(min_steps=0, architecture="topk", k=args.k, hidden_dim=args.d_sae, sae_batch_tokens=args.batch,
                          learning_rate=args.lr, max_epochs=1, seed=0, shuffle_buffer_tokens=args.buffer)
     streamed = side == "streamed"
     return RunSpec(paths=RunPaths.in_folder(folder), config=config, model=MODEL_NAME, corpus=corpus,

@@ -25,6 +25,58 @@ SAE_DEFAULTS = SaeDefaults()
 
 
 @dataclass(frozen=True)
+class ReadingDefaults:
+    """How a run reads the model and the corpus: the seed's request fields and miStudio's additions.
+    engine.run.RunSpec takes its defaults from here, and so does a job (training.defaults)."""
+
+    layer_number: int = 12
+    batch_size: int = 16  # sequences per forward pass of the language model
+    max_sequence_length: int = 512
+    # Where in the block the SAE reads (engine.models.hooks.DEFAULT_HOOK_POINT), and how sequences
+    # are made (engine.text.sequences).
+    hook_point: str = "resid_post"
+    exclude_special_tokens: bool = True
+    prepend_bos: bool = True
+    # How documents become sequences (engine.text.packing); None: the corpus format's default.
+    packing: str | None = None
+    training_tokens: int | None = None  # a hard cap on the tokens the SAE trains on; None: max_epochs passes
+    cache_activations: str = "auto"  # engine.disk.CACHE_MODES
+
+
+READING_DEFAULTS = ReadingDefaults()
+
+
+@dataclass(frozen=True)
+class RunDefaults:
+    """What the service's settings give every run unless an operator changes them: mistudio.settings
+    reads these as the defaults of its MISTUDIO_* variables, and engine.trainer.TrainConfig and
+    engine.run.RunSpec default to them, so that a notebook's `run(RunSpec(...))` trains what the
+    service would. One exception: the CPU's precision (TrainConfig.cpu_bf16, RunSpec.cpu_bf16) is
+    float32 in the engine and `auto` in the service (MISTUDIO_CPU_BF16)."""
+
+    seed: int = 0
+    # The step floor (engine.trainer.plan.min_steps_for): a small corpus still gets this many steps.
+    min_steps: int = 1000
+    ram_budget_bytes: int = 4 * 1024**3  # activations larger than this stream from their cache
+    shuffle_buffer_tokens: int = 65536
+    decode_path: str = "auto"
+    checkpoint_every_epochs: int = 10
+    checkpoint_interval_s: float = 300.0
+    progress_interval_s: float = 1.0
+    # A hub model's download (engine.models.hub_files.HubLimits).
+    hub_timeout_s: float = 10.0
+    model_max_bytes: int = 20 * 10**9
+    disk_reserve_bytes: int = 1024**3
+    # The feature analysis (engine.run.FeatureSettings).
+    feature_top_n: int = 20
+    feature_context_window: int = 12
+    feature_logit_tokens: int = 10
+
+
+RUN_DEFAULTS = RunDefaults()
+
+
+@dataclass(frozen=True)
 class EvalDefaults:
     """What a run reads after training (engine.run.spec.EvaluationSettings and FeatureSettings,
     the MISTUDIO_EVAL_* and MISTUDIO_ANALYSIS_TOKENS settings): held-out rows the reconstruction metrics read, held-out tokens the next-token loss

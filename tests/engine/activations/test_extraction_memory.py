@@ -150,7 +150,7 @@ def test_a_run_that_caches_holds_a_group_and_a_chunk_until_its_evaluation_and_ne
 
     from engine.run import RunCallbacks
 
-    config = TrainConfig(architecture="topk", k=4, hidden_dim=32, sae_batch_tokens=64, max_epochs=1, min_loss=0.0,
+    config = TrainConfig(min_steps=0, architecture="topk", k=4, hidden_dim=32, sae_batch_tokens=64, max_epochs=1, min_loss=0.0,
                          checkpoint_every_epochs=0, checkpoint_interval_s=1e9, shuffle_buffer_tokens=128,
                          decode_path="dense")
     for overlapped in (False, True):

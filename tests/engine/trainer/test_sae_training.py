@@ -25,7 +25,7 @@ def sparse_data(n_tokens=4096, d_in=32, n_true=64, active=3, seed=0):
 # sparsity_coeff 1.6e-5 at d_in 32 is a per-element weight of 2.9e-4 for the L1, 8.3e-5 for JumpReLU's L0
 # (engine.sae.registry.Architecture.sparsity_weight).
 def config(**overrides) -> TrainConfig:
-    values = dict(hidden_dim=128, sparsity_coeff=1.6e-5, learning_rate=1e-3, sae_batch_tokens=512, max_epochs=8,
+    values = dict(min_steps=0, hidden_dim=128, sparsity_coeff=1.6e-5, learning_rate=1e-3, sae_batch_tokens=512, max_epochs=8,
                   min_loss=0.0, checkpoint_every_epochs=0, checkpoint_interval_s=1e9, progress_interval_s=0.0)
     values.update(overrides)
     return TrainConfig(**values)
@@ -106,7 +106,7 @@ def test_min_steps_shrinks_the_batch_of_a_small_run_and_leaves_a_large_one_alone
     slower = train_sae(x, TrainConfig(hidden_dim=16, max_epochs=2, min_loss=0, sae_batch_tokens=4096, min_steps=40,
                                       learning_rate=0.01))
     assert slower.sae_batch_tokens == 1995 // 25
-    off = train_sae(x, TrainConfig(hidden_dim=16, max_epochs=2, min_loss=0, sae_batch_tokens=512))
+    off = train_sae(x, TrainConfig(min_steps=0, hidden_dim=16, max_epochs=2, min_loss=0, sae_batch_tokens=512))
     assert off.sae_batch_tokens == 512
     floor = train_sae(x, TrainConfig(hidden_dim=16, max_epochs=1, min_loss=0, sae_batch_tokens=512, min_steps=10_000))
     assert floor.sae_batch_tokens == 64
