@@ -51,8 +51,7 @@ class RunDefaults:
     """What the service's settings give every run unless an operator changes them: mistudio.settings
     reads these as the defaults of its MISTUDIO_* variables, and engine.trainer.TrainConfig and
     engine.run.RunSpec default to them, so that a notebook's `run(RunSpec(...))` trains what the
-    service would. One exception: the CPU's precision (TrainConfig.cpu_bf16, RunSpec.cpu_bf16) is
-    float32 in the engine and `auto` in the service (MISTUDIO_CPU_BF16)."""
+    service would."""
 
     seed: int = 0
     # The step floor (engine.trainer.plan.min_steps_for): a small corpus still gets this many steps.
@@ -60,6 +59,8 @@ class RunDefaults:
     ram_budget_bytes: int = 4 * 1024**3  # activations larger than this stream from their cache
     shuffle_buffer_tokens: int = 65536
     decode_path: str = "auto"
+    # bfloat16 on a CPU with hardware bf16 matmuls, float32 elsewhere (engine.devices.cpu_uses_bf16).
+    cpu_bf16: str = "auto"
     checkpoint_every_epochs: int = 10
     checkpoint_interval_s: float = 300.0
     progress_interval_s: float = 1.0

@@ -402,7 +402,7 @@ RETENTION_DAYS = env_int("MISTUDIO_RETENTION_DAYS", 0, minimum=0)
 # CPU precision: "auto" computes in bfloat16 (model weights, SAE matmuls under autocast with float32
 # master weights) where the CPU has hardware bf16 matmuls (Intel AMX), float32 elsewhere; "on" or
 # "off" pins it. GPUs always compute in bf16 (fp16 where a card lacks it).
-CPU_BF16 = env_str("MISTUDIO_CPU_BF16", "auto")
+CPU_BF16 = env_str("MISTUDIO_CPU_BF16", RUN_DEFAULTS.cpu_bf16)
 if CPU_BF16 not in ("auto", "on", "off"):
     raise ImproperlyConfigured(f"MISTUDIO_CPU_BF16={CPU_BF16!r}: use auto, on or off")
 ACTIVATIONS_RAM_BUDGET_BYTES = env_int("MISTUDIO_ACTIVATIONS_RAM_BUDGET_BYTES", RUN_DEFAULTS.ram_budget_bytes, minimum=1)

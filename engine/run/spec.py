@@ -82,9 +82,8 @@ class RunSpec:
     the same fields would. Three things differ by design: `token=None` lets huggingface_hub send the
     Hugging Face login saved on this machine (HF_TOKEN, ~/.cache/huggingface/token), which is what a
     notebook wants, where the service sends a job its owner's token or none (MISTUDIO_HUB_USE_SERVER_LOGIN
-    off; pass token=False for that); `cpu_bf16` and `config.cpu_bf16` are float32 ("off") where the
-    service's MISTUDIO_CPU_BF16 is "auto"; and `device` is the CPU unless given, where a worker
-    takes its GPU."""
+    off; pass token=False for that); and `device` is the CPU unless given, where a worker takes its
+    GPU."""
 
     paths: RunPaths
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -117,7 +116,8 @@ class RunSpec:
     # (engine.models.resolve), unlike the service (see the class's docstring).
     token: str | bool | None = field(default=None, repr=False)
     device: str = "cpu"
-    cpu_bf16: str = "off"  # the model's weights on the CPU (engine.models.loading.load_model)
+    # The model's weights on the CPU (engine.models.loading.load_model): the service's MISTUDIO_CPU_BF16.
+    cpu_bf16: str = RUN_DEFAULTS.cpu_bf16
     models_cache_dir: Path | None = None  # where a GGUF model is converted once (engine.models.gguf)
     # A hub model's download: its sizes checked first, its reads timed out (engine.models.loading.load_model);
     # the service's MISTUDIO_HUB_TIMEOUT_S, MISTUDIO_MODEL_MAX_BYTES and MISTUDIO_DISK_RESERVE_BYTES unless given.

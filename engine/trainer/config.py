@@ -67,8 +67,8 @@ class TrainConfig:
     decode_path: str = SERVICE.decode_path
     # CPU precision (engine.devices.cpu_uses_bf16): "on" runs the SAE's matmuls under bf16 autocast
     # (float32 master weights and Adam state, as on a GPU), "auto" does so where the CPU has hardware
-    # bf16. The engine defaults to float32; the service's default is MISTUDIO_CPU_BF16=auto.
-    cpu_bf16: str = "off"
+    # bf16 (the service's MISTUDIO_CPU_BF16); "off" pins float32.
+    cpu_bf16: str = SERVICE.cpu_bf16
     # First epoch over rows in extraction order (first_epoch_rows): rows a shuffle buffer of this
     # many holds; it emits a random half and refills (the scheme of SAELens' mixing buffer). The
     # first step waits for this many rows, which also give the input scale and b_dec's start.

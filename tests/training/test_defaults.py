@@ -83,7 +83,7 @@ TRAIN_CONFIG_SETTINGS = {
     "seed": "TRAINING_SEED", "min_steps": "MIN_SAE_STEPS", "ram_budget_bytes": "ACTIVATIONS_RAM_BUDGET_BYTES",
     "shuffle_buffer_tokens": "SHUFFLE_BUFFER_TOKENS", "decode_path": "TOPK_DECODE",
     "checkpoint_every_epochs": "CHECKPOINT_EVERY_EPOCHS", "checkpoint_interval_s": "CHECKPOINT_INTERVAL_S",
-    "progress_interval_s": "PROGRESS_INTERVAL_S",
+    "progress_interval_s": "PROGRESS_INTERVAL_S", "cpu_bf16": "CPU_BF16",
 }
 RUN_SPEC_SETTINGS = {
     "hub_limits.timeout_s": "HUB_TIMEOUT_S", "hub_limits.max_bytes": "MODEL_MAX_BYTES",
@@ -91,7 +91,7 @@ RUN_SPEC_SETTINGS = {
     "features.top_n": "FEATURE_TOP_N", "features.window": "FEATURE_CONTEXT_WINDOW",
     "features.logit_tokens": "FEATURE_LOGIT_TOKENS", "features.max_tokens": "ANALYSIS_TOKENS",
     "evaluation.max_rows": "EVAL_MAX_TOKENS", "evaluation.ce_max_tokens": "CE_EVAL_TOKENS",
-    "evaluation.logits_bytes": "EVAL_LOGITS_BYTES",
+    "evaluation.logits_bytes": "EVAL_LOGITS_BYTES", "cpu_bf16": "CPU_BF16",
 }
 
 
