@@ -79,11 +79,12 @@ class RunSpec:
     Every default is the service's (engine.defaults: the seed's request fields, and what the service's
     settings give a run unless an operator changes them, MISTUDIO_MIN_SAE_STEPS's step floor among
     them), so a spec with only `paths`, `model`, `corpus` and `layer_number` trains what a job with
-    the same fields would. Three things differ by design: `token=None` lets huggingface_hub send the
+    the same fields would. What differs, by design: `token=None` lets huggingface_hub send the
     Hugging Face login saved on this machine (HF_TOKEN, ~/.cache/huggingface/token), which is what a
     notebook wants, where the service sends a job its owner's token or none (MISTUDIO_HUB_USE_SERVER_LOGIN
-    off; pass token=False for that); and `device` is the CPU unless given, where a worker takes its
-    GPU."""
+    off; pass token=False for that); `device` is the CPU unless given, where a worker takes its GPU;
+    and the folders are the caller's (without `models_cache_dir` a GGUF model is dequantized at each
+    load instead of converted once)."""
 
     paths: RunPaths
     config: TrainConfig = field(default_factory=TrainConfig)
