@@ -112,7 +112,7 @@ class Command(BaseCommand):
         deadline = time.monotonic() + timeout_s
         # The underlying stream: Django's wrapper would end each of tqdm's carriage-return updates with a newline.
         bar = tqdm(total=1.0, file=getattr(self.stderr, "_out", sys.stderr), mininterval=0, dynamic_ncols=True,
-                   bar_format="{l_bar}{bar}| {n:.1%} [{elapsed}] {postfix}")
+                   bar_format="{l_bar}{bar}| [{elapsed}]{postfix}")
         try:
             while time.monotonic() < deadline:
                 job = TrainingJob.objects.get(pk=job_id)
