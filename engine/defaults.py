@@ -1,9 +1,11 @@
-"""The SAE's training defaults, the seed's (miStudioTrain API), written once, in a module free of torch.
+"""A run's defaults, written once, in a module free of torch: the SAE's and how a run reads the model
+and corpus (the seed's, miStudioTrain API, and miStudio's request fields), what the service's
+settings give every run (RunDefaults) and what the evaluation reads (EvalDefaults).
 
-engine.trainer.TrainConfig takes its defaults from here, and so does the service, which reads them
-when Django starts (the TrainingJob fields, the API serializer and so its schema), where torch must
-never be imported (the web process and the queue's parent fork workers).
-tests/training/test_defaults.py checks that every place says the same.
+engine.trainer.TrainConfig and engine.run.RunSpec take their defaults from here, and so does the
+service, which reads them when Django starts (the TrainingJob fields, the API serializer and so its
+schema, mistudio.settings), where torch must never be imported (the web process and the queue's
+parent fork workers). tests/training/test_defaults.py checks that every place says the same.
 """
 from dataclasses import dataclass
 
