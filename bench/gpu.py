@@ -85,7 +85,7 @@ def plain_step(d_in, d_sae, batch, device):
 def our_step(architecture, d_in, d_sae, batch, device, k=64):
     kind = architecture_of(architecture)
     takes_k = "k" in {field.name for field in kind.request_fields}
-    config = TrainConfig(architecture=architecture, k=k if takes_k else None, hidden_dim=d_sae)
+    config = TrainConfig(min_steps=0, cpu_bf16="off", architecture=architecture, k=k if takes_k else None, hidden_dim=d_sae)
     sae = build_sae(architecture, d_in, d_sae, k=config.k).to(device)
     optimizer = torch.optim.Adam(kind.param_groups(sae, config, 1000), lr=1e-4,
                                  fused=True if device.startswith("cuda") else None)
@@ -132,7 +132,7 @@ def end_to_end(device, small, layer):
         extraction = extract_activations(loaded, texts, out_path=out, **extract)
         acts = np.load(out, mmap_mode="r")
         d_sae = 4 * config.hidden_size if small else 16 * config.hidden_size
-        train_config = TrainConfig(architecture="topk", k=32, hidden_dim=d_sae, max_epochs=1, min_loss=0,
+        train_config = TrainConfig(min_steps=0, cpu_bf16="off", architecture="topk", k=32, hidden_dim=d_sae, max_epochs=1, min_loss=0,
                                    sae_batch_tokens=4096, eval_fraction=0.01, shuffle_buffer_tokens=65536)
         started = time.perf_counter()
         result = train_sae(acts, train_config, device=device)
@@ -162,7 +162,7 @@ def bf16_matches_fp32(device, small):
     rng = np.random.default_rng(1)
     d = 64 if small else 1024
     acts = rng.standard_normal((4096 if small else 65536, d)).astype(np.float32)
-    config = TrainConfig(architecture="relu", hidden_dim=4 * d, max_epochs=2, min_loss=0, sae_batch_tokens=1024,
+    config = TrainConfig(min_steps=0, cpu_bf16="off", architecture="relu", hidden_dim=4 * d, max_epochs=2, min_loss=0, sae_batch_tokens=1024,
                          learning_rate=3e-4)
     bf16 = train_sae(acts, config, device=device).final_loss
     if device.startswith("cuda"):
@@ -200,10 +200,10 @@ def streamed_run(device, small, layer):
         with open(corpus, "w") as out:  # documents of 1,000 words: 1.2x the tokens asked
             for _ in range(int(tokens * 1.2 / 1000) + 1):
                 out.write(json.dumps({"text": " ".join(f"w{i}" for i in rng.integers(2, 999, size=1000))}) + "\n")
-        spec = RunSpec(paths=RunPaths.in_folder(Path(folder) / "run"), model=folder, corpus=corpus,
+        spec = RunSpec(cpu_bf16="off", paths=RunPaths.in_folder(Path(folder) / "run"), model=folder, corpus=corpus,
                        layer_number=min(layer, config.num_hidden_layers - 1), max_sequence_length=256 if not small else 64,
                        batch_size=32 if not small else 8, training_tokens=tokens, cache_activations="never", device=device,
-                       config=TrainConfig(architecture="topk", k=32, hidden_dim=16 * config.hidden_size, max_epochs=1,
+                       config=TrainConfig(min_steps=0, cpu_bf16="off", architecture="topk", k=32, hidden_dim=16 * config.hidden_size, max_epochs=1,
                                           sae_batch_tokens=4096, min_loss=0))
         phases, step_s = {}, [0.0]
         original = StepRun.step

@@ -48,7 +48,7 @@ def main():
         extract = dict(layer_number=4, batch_size=32, max_sequence_length=128)
         heldout = torch.from_numpy(np.asarray(load_activations(
             extract_activations(loaded, texts[args.texts:], out_path=tmp / "h.npy", **extract).path), dtype=np.float32))
-        config = TrainConfig(architecture="topk", k=32, hidden_dim=2048, learning_rate=1e-3, sae_batch_tokens=512,
+        config = TrainConfig(min_steps=0, architecture="topk", k=32, hidden_dim=2048, learning_rate=1e-3, sae_batch_tokens=512,
                              max_epochs=1, min_loss=0, eval_fraction=0, checkpoint_every_epochs=0,
                              checkpoint_interval_s=math.inf, progress_interval_s=math.inf, cpu_bf16=bf16,
                              shuffle_buffer_tokens=args.buffer)

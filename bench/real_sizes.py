@@ -124,9 +124,9 @@ def worker(args) -> None:
         model = folder_of_model if (folder_of_model / "config.json").is_file() else \
             _setup.build_model(folder_of_model, hidden_size=args.hidden, layers=args.layers)
         layer = args.layers // 2
-    config = TrainConfig(architecture="topk", k=args.k, hidden_dim=args.d_sae, sae_batch_tokens=args.sae_batch,
+    config = TrainConfig(min_steps=0, cpu_bf16="off", architecture="topk", k=args.k, hidden_dim=args.d_sae, sae_batch_tokens=args.sae_batch,
                          max_epochs=1, seed=0)
-    spec = RunSpec(paths=RunPaths.in_folder(folder), config=config, model=str(model), corpus=corpus_path,
+    spec = RunSpec(cpu_bf16="off", paths=RunPaths.in_folder(folder), config=config, model=str(model), corpus=corpus_path,
                    training_tokens=tokens, cache_activations="never", layer_number=layer,
                    max_sequence_length=args.context, batch_size=args.batch)
     phases = Phases()

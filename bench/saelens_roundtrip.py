@@ -32,7 +32,7 @@ def main():
     worst = 0.0
     for architecture, k in (("relu", None), ("topk", 6), ("batchtopk", 6), ("jumprelu", None),
                             ("matryoshka_batchtopk", 6), ("gated", None)):
-        config = TrainConfig(architecture=architecture, k=k, hidden_dim=48, max_epochs=3, min_loss=0,
+        config = TrainConfig(min_steps=0, cpu_bf16="off", architecture=architecture, k=k, hidden_dim=48, max_epochs=3, min_loss=0,
                              sae_batch_tokens=256, learning_rate=1e-3)
         result = train_sae(raw, config)
         sae = result.sae.eval()
@@ -67,7 +67,7 @@ def transcoders(rng) -> float:
     x = torch.from_numpy(raw_in[:256])
     worst = 0.0
     for architecture in ("transcoder", "skip_transcoder"):
-        config = TrainConfig(architecture=architecture, k=6, hidden_dim=48, max_epochs=3, min_loss=0,
+        config = TrainConfig(min_steps=0, cpu_bf16="off", architecture=architecture, k=6, hidden_dim=48, max_epochs=3, min_loss=0,
                              sae_batch_tokens=256, learning_rate=1e-3)
         result = train_sae(raw_in, config, targets=raw_out)
         sae, s, s_out = result.sae.eval(), result.scaling_factor, result.target_scaling_factor

@@ -30,7 +30,7 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
     sae = build_sae("topk", args.d_in, args.d_sae, k=args.k).to(args.device)
-    config = TrainConfig(architecture="topk", k=args.k, hidden_dim=args.d_sae)
+    config = TrainConfig(min_steps=0, cpu_bf16="off", architecture="topk", k=args.k, hidden_dim=args.d_sae)
     optimizer = torch.optim.Adam(sae.parameters())
     run = Run(config=config, sae=sae, optimizer=optimizer, state=RunState(), device=args.device, total_steps=1,
               dead_window_tokens=1, batch_tokens=args.batch)

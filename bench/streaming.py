@@ -131,10 +131,10 @@ def run_spec(args, side: str, tokens: int, corpus: Path, folder: Path):
     from engine.run import FeatureSettings, RunPaths, RunSpec
     from engine.trainer import TrainConfig
 
-    config = TrainConfig(architecture="topk", k=args.k, hidden_dim=args.d_sae, sae_batch_tokens=args.batch,
+    config = TrainConfig(min_steps=0, cpu_bf16="off", architecture="topk", k=args.k, hidden_dim=args.d_sae, sae_batch_tokens=args.batch,
                          learning_rate=args.lr, max_epochs=1, seed=0, shuffle_buffer_tokens=args.buffer)
     streamed = side == "streamed"
-    return RunSpec(paths=RunPaths.in_folder(folder), config=config, model=MODEL_NAME, corpus=corpus,
+    return RunSpec(cpu_bf16="off", paths=RunPaths.in_folder(folder), config=config, model=MODEL_NAME, corpus=corpus,
                    training_tokens=tokens, cache_activations="auto" if streamed else "always",
                    disk_budget_bytes=args.disk_budget_mb * 10**6 if streamed else None,
                    layer_number=args.layer, hook_point="resid_post", max_sequence_length=args.context,

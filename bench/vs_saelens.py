@@ -66,7 +66,7 @@ def timed(name, fn, profile: bool):
 
 def our_config(args) -> TrainConfig:
     return TrainConfig(
-        shuffle_buffer_tokens=args.buffer_batches * args.lm_batch * CONTEXT,
+        min_steps=0, shuffle_buffer_tokens=args.buffer_batches * args.lm_batch * CONTEXT,
         architecture="topk", k=args.k, hidden_dim=args.d_sae, learning_rate=args.lr, sae_batch_tokens=args.batch,
         max_epochs=1, min_loss=0, eval_fraction=0, checkpoint_every_epochs=0, checkpoint_interval_s=math.inf,
         progress_interval_s=math.inf, cpu_bf16="on" if args.precision == "bf16" else "off",

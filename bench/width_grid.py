@@ -78,7 +78,7 @@ def main() -> None:
                 for architecture in options.rows.split(","):
                     for coeff in (float(c) for c in options.sparsity_coeff.split(",")):
                         started = time.time()
-                        config = TrainConfig(hidden_dim=options.hidden_dim, architecture=architecture,
+                        config = TrainConfig(cpu_bf16="off", hidden_dim=options.hidden_dim, architecture=architecture,
                                              sparsity_coeff=coeff, min_steps=options.steps, min_update_travel=0.0)
                         result = train_sae(x, config)
                         start, stop = result.heldout_rows

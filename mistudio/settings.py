@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
-from engine.defaults import EVAL_DEFAULTS
+from engine.defaults import EVAL_DEFAULTS, RUN_DEFAULTS
+from mistudio import cli
 from mistudio.database import database_settings
 from mistudio.env import env_bool, env_float, env_int, env_list, env_path, env_rate, env_str
 
@@ -27,8 +28,10 @@ os.umask(0o077)
 
 # Everything miStudio writes lives here: the embedded database, corpora, activations, SAEs.
 # A folder that exists with a looser mode is left as it is: the `mistudio.W001` check warns.
+# `manage.py <command> --help` writes nothing (mistudio.cli), so a newcomer's first look makes no folder.
 DATA_DIR = env_path("MISTUDIO_DATA_DIR", BASE_DIR / "data")
-DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+if not cli.answering_help:
+    DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 # Models named like hub ids are looked up here first: <MODELS_DIR>/microsoft/Phi-4.
 MODELS_DIR = env_path("MISTUDIO_MODELS_DIR", DATA_DIR / "hub-models")
@@ -42,8 +45,12 @@ MODELS_CACHE_DIR = env_path("MISTUDIO_MODELS_CACHE_DIR", DATA_DIR / "converted")
 def _secret_key():
     """An explicit key wins. Without one, a development or demo server (DEBUG on) makes one random
     key per data folder and keeps it; a production server (DEBUG off) refuses to start, because a key
-    left on disk beside the database would also unlock the Hugging Face tokens encrypted with it."""
+    left on disk beside the database would also unlock the Hugging Face tokens encrypted with it.
+    A request for help (mistudio.cli) signs nothing: it gets the key as given, checked or not, or none
+    (Django refuses an empty key wherever one is used)."""
     explicit = env_str("MISTUDIO_SECRET_KEY")
+    if cli.answering_help:
+        return explicit
     if explicit:
         if not DEBUG and (len(explicit) < 50 or len(set(explicit)) < 5):
             raise ImproperlyConfigured(
@@ -319,7 +326,7 @@ REST_KNOX = {
 
 # Training.
 SERVICE_VERSION = "1.2.0"
-HUB_TIMEOUT_S = env_float("MISTUDIO_HUB_TIMEOUT_S", 10.0, minimum=0.1)
+HUB_TIMEOUT_S = env_float("MISTUDIO_HUB_TIMEOUT_S", RUN_DEFAULTS.hub_timeout_s, minimum=0.1)
 # The largest tokenizer file the web process downloads from the hub (its sizes are asked first).
 TOKENIZER_MAX_BYTES = env_int("MISTUDIO_TOKENIZER_MAX_BYTES", 64 << 20, minimum=1 << 20)
 # The most a job's model weights may take to download from the hub (the files from_pretrained
@@ -327,27 +334,27 @@ TOKENIZER_MAX_BYTES = env_int("MISTUDIO_TOKENIZER_MAX_BYTES", 64 << 20, minimum=
 # 0: no limit. 20 GB admits an 8B model in bf16 (~16 GB, Llama-3.1-8B's four shards) with a margin
 # for a larger vocabulary; a 13B+ bf16 or an 8B float32 checkpoint is refused unless an operator
 # raises it (or puts the model in the models directory).
-MODEL_MAX_BYTES = env_int("MISTUDIO_MODEL_MAX_BYTES", 20 * 10**9, minimum=0)
+MODEL_MAX_BYTES = env_int("MISTUDIO_MODEL_MAX_BYTES", RUN_DEFAULTS.model_max_bytes, minimum=0)
 # Off: a request without its own Hugging Face token reaches the hub with none, never with the
 # login saved on this machine (HF_TOKEN, ~/.cache/huggingface/token): see training.hub.
 HUB_USE_SERVER_LOGIN = env_bool("MISTUDIO_HUB_USE_SERVER_LOGIN", False)
-PROGRESS_INTERVAL_S = env_float("MISTUDIO_PROGRESS_INTERVAL_S", 1.0, minimum=0.05)
-CHECKPOINT_EVERY_EPOCHS = env_int("MISTUDIO_CHECKPOINT_EVERY_EPOCHS", 10, minimum=1)
-CHECKPOINT_INTERVAL_S = env_float("MISTUDIO_CHECKPOINT_INTERVAL_S", 300.0, minimum=1.0)
+PROGRESS_INTERVAL_S = env_float("MISTUDIO_PROGRESS_INTERVAL_S", RUN_DEFAULTS.progress_interval_s, minimum=0.05)
+CHECKPOINT_EVERY_EPOCHS = env_int("MISTUDIO_CHECKPOINT_EVERY_EPOCHS", RUN_DEFAULTS.checkpoint_every_epochs, minimum=1)
+CHECKPOINT_INTERVAL_S = env_float("MISTUDIO_CHECKPOINT_INTERVAL_S", RUN_DEFAULTS.checkpoint_interval_s, minimum=1.0)
 JOB_TIMEOUT_S = env_int("MISTUDIO_JOB_TIMEOUT_S", 48 * 3600, minimum=60)
-TRAINING_SEED = env_int("MISTUDIO_SEED", 0)
-MIN_SAE_STEPS = env_int("MISTUDIO_MIN_SAE_STEPS", 1000, minimum=0)
+TRAINING_SEED = env_int("MISTUDIO_SEED", RUN_DEFAULTS.seed)
+MIN_SAE_STEPS = env_int("MISTUDIO_MIN_SAE_STEPS", RUN_DEFAULTS.min_steps, minimum=0)
 # Activations up to this size are trained from RAM; larger ones stream from their cache on disk.
 # TopK decoding: "auto" times a dense matmul against a sparse gather on each job's first batch;
 # "dense" or "sparse" pins it (runs then reproduce bit for bit across machines and jobs).
-TOPK_DECODE = env_str("MISTUDIO_TOPK_DECODE", "auto")
+TOPK_DECODE = env_str("MISTUDIO_TOPK_DECODE", RUN_DEFAULTS.decode_path)
 if TOPK_DECODE not in ("auto", "dense", "sparse"):
     raise ImproperlyConfigured(f"MISTUDIO_TOPK_DECODE={TOPK_DECODE!r}: use auto, dense or sparse")
 # Feature analysis after training: the top activating contexts kept per feature, the tokens shown
 # on each side of the peak token, and the promoted/suppressed tokens listed per feature.
-FEATURE_TOP_N = env_int("MISTUDIO_FEATURE_TOP_N", 20, minimum=1)
-FEATURE_CONTEXT_WINDOW = env_int("MISTUDIO_FEATURE_CONTEXT_WINDOW", 12, minimum=0)
-FEATURE_LOGIT_TOKENS = env_int("MISTUDIO_FEATURE_LOGIT_TOKENS", 10, minimum=1)
+FEATURE_TOP_N = env_int("MISTUDIO_FEATURE_TOP_N", RUN_DEFAULTS.feature_top_n, minimum=1)
+FEATURE_CONTEXT_WINDOW = env_int("MISTUDIO_FEATURE_CONTEXT_WINDOW", RUN_DEFAULTS.feature_context_window, minimum=0)
+FEATURE_LOGIT_TOKENS = env_int("MISTUDIO_FEATURE_LOGIT_TOKENS", RUN_DEFAULTS.feature_logit_tokens, minimum=1)
 # The feature analysis after training reads the pass's last this many tokens (a job whose
 # activations streamed computes them with the model again, once for the evaluation and the
 # analysis); 0 = every token of the pass.
@@ -388,17 +395,17 @@ MAX_RUNNING_JOBS_PER_USER = env_int("MISTUDIO_MAX_RUNNING_JOBS_PER_USER", 4, min
 STORAGE_QUOTA_BYTES = env_int("MISTUDIO_STORAGE_QUOTA_BYTES", 0, minimum=0)
 # An upload is refused (413) before it would leave less than this free on the data folder's disk,
 # which also holds the embedded database; staff included.
-DISK_RESERVE_BYTES = env_int("MISTUDIO_DISK_RESERVE_BYTES", 1024**3, minimum=0)
+DISK_RESERVE_BYTES = env_int("MISTUDIO_DISK_RESERVE_BYTES", RUN_DEFAULTS.disk_reserve_bytes, minimum=0)
 # Finished jobs' artifacts are deleted this many days after the job ended by
 # `manage.py purge_artifacts` (run it from cron); 0: kept until deleted by hand.
 RETENTION_DAYS = env_int("MISTUDIO_RETENTION_DAYS", 0, minimum=0)
 # CPU precision: "auto" computes in bfloat16 (model weights, SAE matmuls under autocast with float32
 # master weights) where the CPU has hardware bf16 matmuls (Intel AMX), float32 elsewhere; "on" or
 # "off" pins it. GPUs always compute in bf16 (fp16 where a card lacks it).
-CPU_BF16 = env_str("MISTUDIO_CPU_BF16", "auto")
+CPU_BF16 = env_str("MISTUDIO_CPU_BF16", RUN_DEFAULTS.cpu_bf16)
 if CPU_BF16 not in ("auto", "on", "off"):
     raise ImproperlyConfigured(f"MISTUDIO_CPU_BF16={CPU_BF16!r}: use auto, on or off")
-ACTIVATIONS_RAM_BUDGET_BYTES = env_int("MISTUDIO_ACTIVATIONS_RAM_BUDGET_BYTES", 4 * 1024**3, minimum=1)
+ACTIVATIONS_RAM_BUDGET_BYTES = env_int("MISTUDIO_ACTIVATIONS_RAM_BUDGET_BYTES", RUN_DEFAULTS.ram_budget_bytes, minimum=1)
 # Training while extracting: a fresh one-process job's first epoch steps on rows as the model
 # writes them, drawn through a shuffle buffer of SHUFFLE_BUFFER_TOKENS (later epochs shuffle the
 # whole cache); "off" extracts everything first and shuffles it whole. On the 2-core CPU of
@@ -406,7 +413,7 @@ ACTIVATIONS_RAM_BUDGET_BYTES = env_int("MISTUDIO_ACTIVATIONS_RAM_BUDGET_BYTES", 
 OVERLAP_EXTRACTION = env_str("MISTUDIO_OVERLAP_EXTRACTION", "on")
 if OVERLAP_EXTRACTION not in ("on", "off"):
     raise ImproperlyConfigured(f"MISTUDIO_OVERLAP_EXTRACTION={OVERLAP_EXTRACTION!r}: use on or off")
-SHUFFLE_BUFFER_TOKENS = env_int("MISTUDIO_SHUFFLE_BUFFER_TOKENS", 65536, minimum=2)
+SHUFFLE_BUFFER_TOKENS = env_int("MISTUDIO_SHUFFLE_BUFFER_TOKENS", RUN_DEFAULTS.shuffle_buffer_tokens, minimum=2)
 # A `gpu_ids` job trains as one process per listed GPU (torchrun, DDP). On a machine without a GPU
 # such a job is refused, unless this lets it run as that many CPU processes (gloo): tests, trials.
 DDP_ON_CPU = env_bool("MISTUDIO_DDP_ON_CPU", False)

@@ -22,6 +22,8 @@ def status_document(job: TrainingJob) -> dict:
         "device": job.device,
         "tokens_per_s": job.tokens_per_s,
         "hook_point": job.hook_point or None,
+        "exclude_special_tokens": job.exclude_special_tokens,
+        "prepend_bos": job.prepend_bos,
         **_corpus_reading(job),
         "model_info": job.model_info,
         "last_checkpoint": last.path if last else None,

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.activations.extract import ExtractionResult
-from engine.defaults import EVAL_DEFAULTS
+from engine.defaults import EVAL_DEFAULTS, READING_DEFAULTS, RUN_DEFAULTS
 from engine.models.hub_files import HubLimits
 from engine.models.resolve import ResolvedModel
 from engine.results import CheckpointInfo, TrainProgress, TrainResult
@@ -45,9 +45,9 @@ class FeatureSettings:
     """The feature analysis (engine.evaluation.features): top contexts per feature, tokens either side of
     each, and the tokens each feature promotes and suppresses most."""
 
-    top_n: int = 20
-    window: int = 12
-    logit_tokens: int = 10
+    top_n: int = RUN_DEFAULTS.feature_top_n
+    window: int = RUN_DEFAULTS.feature_context_window
+    logit_tokens: int = RUN_DEFAULTS.feature_logit_tokens
     # The analysis reads the pass's last this many rows (engine.run.final_rows; None: every row):
     # the time it takes after training, and what a streamed run computes with the model again.
     max_tokens: int | None = EVAL_DEFAULTS.analysis_tokens
@@ -74,42 +74,57 @@ class RunSpec:
 
     Give `model` (a ResolvedModel, or a name engine.models.resolve.resolve_model finds offline first)
     with `corpus`, or `activations_file` alone. `config.seed` seeds the extraction's batch order as
-    well as training."""
+    well as training.
+
+    Every default is the service's (engine.defaults: the seed's request fields, and what the service's
+    settings give a run unless an operator changes them, MISTUDIO_MIN_SAE_STEPS's step floor among
+    them), so a spec with only `paths`, `model`, `corpus` and `layer_number` trains what a job with
+    the same fields would. What differs, by design: `token=None` lets huggingface_hub send the
+    Hugging Face login saved on this machine (HF_TOKEN, ~/.cache/huggingface/token), which is what a
+    notebook wants, where the service sends a job its owner's token or none (MISTUDIO_HUB_USE_SERVER_LOGIN
+    off; pass token=False for that); `device` is the CPU unless given, where a worker takes its GPU;
+    and the folders are the caller's (without `models_cache_dir` a GGUF model is dequantized at each
+    load instead of converted once)."""
 
     paths: RunPaths
     config: TrainConfig = field(default_factory=TrainConfig)
     model: ResolvedModel | str | None = None
     corpus: Path | None = None  # a corpus file or dataset folder (engine.text.corpus)
     text_field: str = "text"  # the column holding the text, for the dataset formats
-    packing: str | None = None  # engine.text.packing.PACKINGS; None: the corpus format's default
+    packing: str | None = READING_DEFAULTS.packing  # engine.text.packing.PACKINGS; None: the corpus format's default
     # Tokens the SAE trains on (a hard cap; max_epochs still caps the passes); None: max_epochs passes.
-    training_tokens: int | None = None
-    cache_activations: str = "auto"  # engine.disk.CACHE_MODES
+    training_tokens: int | None = READING_DEFAULTS.training_tokens
+    cache_activations: str = READING_DEFAULTS.cache_activations  # engine.disk.CACHE_MODES
     # The most disk the run may write (its cache and checkpoints), below the data folder's free space; None: the free space.
     disk_budget_bytes: int | None = None
     activations_file: Path | None = None  # .npy or .safetensors [tokens, d_model]: no model, no extraction
     # The rows an SAE that predicts another site predicts, trained from files: [tokens, d_out], row
     # for row with activations_file (a transcoder's: the MLP's output).
     targets_file: Path | None = None
-    layer_number: int = 0  # 0-based block the SAE reads at
+    layer_number: int = READING_DEFAULTS.layer_number  # 0-based block the SAE reads at
     # Where in block layer_number (engine.models.hooks): "resid_post" (its output), "resid_pre" (its
     # input), "mlp_out", "attn_out", "mlp_in". An architecture that predicts another site predicts
     # this point, its target_point, from its input_point (engine.run.sources.run_sites; a transcoder:
     # mlp_out from mlp_in). The next two: engine.text.sequences. All three are ignored for an
     # activations_file (its metadata records them as absent).
-    hook_point: str = "resid_post"
-    exclude_special_tokens: bool = True
-    prepend_bos: bool = True
-    max_sequence_length: int = 512
-    batch_size: int = 16  # sequences per forward pass of the model
+    hook_point: str = READING_DEFAULTS.hook_point
+    exclude_special_tokens: bool = READING_DEFAULTS.exclude_special_tokens
+    prepend_bos: bool = READING_DEFAULTS.prepend_bos
+    max_sequence_length: int = READING_DEFAULTS.max_sequence_length
+    batch_size: int = READING_DEFAULTS.batch_size  # sequences per forward pass of the model
     quantization: str | None = None  # "8bit" | "4bit" (CUDA only)
-    # A Hugging Face token, never shown; False sends none, None the login saved here (engine.models.resolve).
+    # A Hugging Face token, never shown; False sends none, None the login saved on this machine
+    # (engine.models.resolve), unlike the service (see the class's docstring).
     token: str | bool | None = field(default=None, repr=False)
     device: str = "cpu"
-    cpu_bf16: str = "off"  # the model's weights on the CPU (engine.models.loading.load_model)
+    # The model's weights on the CPU (engine.models.loading.load_model): the service's MISTUDIO_CPU_BF16.
+    cpu_bf16: str = RUN_DEFAULTS.cpu_bf16
     models_cache_dir: Path | None = None  # where a GGUF model is converted once (engine.models.gguf)
-    # A hub model's download: its sizes checked first, its reads timed out (engine.models.loading.load_model).
-    hub_limits: HubLimits | None = None
+    # A hub model's download: its sizes checked first, its reads timed out (engine.models.loading.load_model);
+    # the service's MISTUDIO_HUB_TIMEOUT_S, MISTUDIO_MODEL_MAX_BYTES and MISTUDIO_DISK_RESERVE_BYTES unless given.
+    hub_limits: HubLimits | None = field(default_factory=lambda: HubLimits(
+        timeout_s=RUN_DEFAULTS.hub_timeout_s, max_bytes=RUN_DEFAULTS.model_max_bytes,
+        reserve_bytes=RUN_DEFAULTS.disk_reserve_bytes))
     checkpoint_prefix: str = "sae"
     resume_from: Path | None = None  # a checkpoint of an earlier run of this spec
     # Activations an earlier run of this spec extracted completely: used instead of extracting again.

@@ -3,6 +3,7 @@ activations it is given."""
 from dataclasses import dataclass
 
 from engine import sae as architectures
+from engine.defaults import RUN_DEFAULTS as SERVICE
 from engine.defaults import SAE_DEFAULTS as DEFAULT
 from engine.devices import CPU_BF16_CHOICES
 from engine.errors import ActivationsError, EngineError
@@ -21,13 +22,14 @@ class TrainConfig:
     # an epoch or after several; max_epochs still caps the passes. None: max_epochs passes.
     training_tokens: int | None = None
     min_loss: float = DEFAULT.min_loss
-    seed: int = 0
-    checkpoint_every_epochs: int = 10
+    # The service's settings' defaults from here on, where a field has one (engine.defaults.RunDefaults).
+    seed: int = SERVICE.seed
+    checkpoint_every_epochs: int = SERVICE.checkpoint_every_epochs
     # Checked at the end of each epoch: a checkpoint is written there when this long has passed
     # since the last one (or the run started), besides every checkpoint_every_epochs epochs. A
     # streamed run (engine.trainer.streamed) also checks at each block's start, inside an epoch.
-    checkpoint_interval_s: float = 300.0
-    progress_interval_s: float = 1.0
+    checkpoint_interval_s: float = SERVICE.checkpoint_interval_s
+    progress_interval_s: float = SERVICE.progress_interval_s
     # should_stop() may query a database, so it is called at most this often (and on the first step).
     stop_check_interval_s: float = 0.5
     architecture: str = DEFAULT.architecture  # a registered architecture (engine.sae.names())
@@ -49,7 +51,8 @@ class TrainConfig:
     # Fewest optimizer steps a run should take; 0 = off. A small corpus at a large sae_batch_tokens
     # gives a handful of steps per epoch, and an SAE barely leaves its initialisation in a hundred
     # Adam steps, so the batch shrinks (sae_batch_tokens is then a maximum) until the run has them.
-    min_steps: int = 0
+    # The service's MISTUDIO_MIN_SAE_STEPS, 1000 unless set.
+    min_steps: int = SERVICE.min_steps
     # With min_steps on, a run also takes at least min_update_travel / learning_rate steps. An Adam
     # step moves each parameter by about the learning rate, and in the scaled input space (norm
     # sqrt(d_in)) pre-activations are O(1), so the encoder biases a ReLU SAE needs to turn sparse
@@ -58,18 +61,18 @@ class TrainConfig:
     min_update_travel: float = 0.5
     # Activations larger than this are streamed from their memory-mapped cache instead of loaded
     # into RAM; None loads them whole.
-    ram_budget_bytes: int | None = None
+    ram_budget_bytes: int | None = SERVICE.ram_budget_bytes
     # The decoder of an architecture with sparse codes (topk): "auto" times a dense matmul against
     # a sparse gather on the first batch.
-    decode_path: str = "auto"
+    decode_path: str = SERVICE.decode_path
     # CPU precision (engine.devices.cpu_uses_bf16): "on" runs the SAE's matmuls under bf16 autocast
     # (float32 master weights and Adam state, as on a GPU), "auto" does so where the CPU has hardware
-    # bf16. The engine defaults to float32; the service's default is MISTUDIO_CPU_BF16=auto.
-    cpu_bf16: str = "off"
+    # bf16 (the service's MISTUDIO_CPU_BF16); "off" pins float32.
+    cpu_bf16: str = SERVICE.cpu_bf16
     # First epoch over rows in extraction order (first_epoch_rows): rows a shuffle buffer of this
     # many holds; it emits a random half and refills (the scheme of SAELens' mixing buffer). The
     # first step waits for this many rows, which also give the input scale and b_dec's start.
-    shuffle_buffer_tokens: int = 65536
+    shuffle_buffer_tokens: int = SERVICE.shuffle_buffer_tokens
 
 
 DECODE_PATHS = ("dense", "sparse")

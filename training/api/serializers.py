@@ -175,6 +175,8 @@ class StatusSerializer(serializers.Serializer):
     device = serializers.CharField(allow_blank=True)
     tokens_per_s = serializers.FloatField(allow_null=True, help_text="Tokens per second of the current phase (extraction or training)")
     hook_point = serializers.CharField(allow_null=True, required=False, help_text="Where in the layer the SAE reads; null for a job on an activations file")
+    exclude_special_tokens = serializers.BooleanField(allow_null=True, help_text="Special tokens' positions are no rows; null for a job on an activations file")
+    prepend_bos = serializers.BooleanField(allow_null=True, help_text="As asked (never put in front for an encoder); null for a job on an activations file")
     packing = serializers.CharField(allow_null=True, required=False, help_text="How the corpus's documents became sequences (the corpus format's default when none was asked for); null for a job on an activations file")
     training_tokens = serializers.IntegerField(allow_null=True, required=False, help_text="The job's token budget; null: max_epochs passes")
     cache_activations = serializers.CharField(allow_null=True, required=False, help_text="auto, always or never, as asked; null for a job on an activations file")

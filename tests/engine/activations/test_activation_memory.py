@@ -20,7 +20,7 @@ def rss_mib(field):
 acts = np.load(sys.argv[1], mmap_mode='r')
 budget = None if sys.argv[2] == 'none' else int(sys.argv[2])
 before = rss_mib('VmRSS:')
-train_sae(acts, TrainConfig(hidden_dim=32, max_epochs=1, min_loss=0, sae_batch_tokens=1024, ram_budget_bytes=budget,
+train_sae(acts, TrainConfig(min_steps=0, cpu_bf16="off", hidden_dim=32, max_epochs=1, min_loss=0, sae_batch_tokens=1024, ram_budget_bytes=budget,
                             eval_fraction=0.001, checkpoint_every_epochs=0, checkpoint_interval_s=1e9))
 print(rss_mib('VmHWM:') - before)
 """

@@ -150,12 +150,12 @@ def test_a_run_that_caches_holds_a_group_and_a_chunk_until_its_evaluation_and_ne
 
     from engine.run import RunCallbacks
 
-    config = TrainConfig(architecture="topk", k=4, hidden_dim=32, sae_batch_tokens=64, max_epochs=1, min_loss=0.0,
+    config = TrainConfig(min_steps=0, cpu_bf16="off", architecture="topk", k=4, hidden_dim=32, sae_batch_tokens=64, max_epochs=1, min_loss=0.0,
                          checkpoint_every_epochs=0, checkpoint_interval_s=1e9, shuffle_buffer_tokens=128,
                          decode_path="dense")
     for overlapped in (False, True):
         Alive.peak = 0
-        spec = RunSpec(paths=RunPaths.in_folder(tmp_path / f"out{overlapped}"), model=str(tiny_gpt2_dir), corpus=corpus,
+        spec = RunSpec(cpu_bf16="off", paths=RunPaths.in_folder(tmp_path / f"out{overlapped}"), model=str(tiny_gpt2_dir), corpus=corpus,
                        layer_number=1, max_sequence_length=MAX_LEN, batch_size=BATCH, packing="concat",
                        cache_activations="always", first_epoch_in_arrival_order=overlapped, config=config)
         outcome = run(spec, RunCallbacks(on_phase=on_phase))

@@ -18,7 +18,7 @@ LAYER = 1
 
 
 def config(**overrides) -> TrainConfig:
-    values = dict(architecture="topk", k=8, hidden_dim=128, learning_rate=1e-3, sae_batch_tokens=64, max_epochs=2,
+    values = dict(min_steps=0, cpu_bf16="off", architecture="topk", k=8, hidden_dim=128, learning_rate=1e-3, sae_batch_tokens=64, max_epochs=2,
                   min_loss=0.0, checkpoint_every_epochs=0, checkpoint_interval_s=1e9, progress_interval_s=0.0,
                   shuffle_buffer_tokens=256, eval_fraction=0.05, decode_path="dense")
     values.update(overrides)

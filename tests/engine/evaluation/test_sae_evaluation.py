@@ -39,7 +39,7 @@ def test_dead_features_come_from_training_counters_when_given():
 
 def test_metrics_on_held_out_rows_match_the_exported_sae_in_raw_space():
     data = sparse_data(n_tokens=2000)
-    result = train_sae(data, TrainConfig(hidden_dim=64, architecture="topk", k=3, learning_rate=1e-2,
+    result = train_sae(data, TrainConfig(min_steps=0, cpu_bf16="off", hidden_dim=64, architecture="topk", k=3, learning_rate=1e-2,
                                          sae_batch_tokens=256, max_epochs=5, min_loss=0.0))
     start, stop = result.heldout_rows
     held_out = data[start:stop]

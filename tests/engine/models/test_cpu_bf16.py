@@ -47,7 +47,7 @@ def test_an_sae_trained_under_cpu_bf16_autocast_ends_within_2_percent_of_float32
     data = sparse_data()
     results = {}
     for mode in ("off", "on"):
-        config = TrainConfig(hidden_dim=128, learning_rate=1e-3, sae_batch_tokens=256, max_epochs=6, min_loss=0,
+        config = TrainConfig(min_steps=0, hidden_dim=128, learning_rate=1e-3, sae_batch_tokens=256, max_epochs=6, min_loss=0,
                              architecture=architecture, k=3 if architecture == "topk" else None,
                              checkpoint_every_epochs=0, checkpoint_interval_s=1e9, cpu_bf16=mode)
         results[mode] = train_sae(data, config)
@@ -60,4 +60,4 @@ def test_an_sae_trained_under_cpu_bf16_autocast_ends_within_2_percent_of_float32
 
 def test_a_bad_cpu_bf16_value_is_refused():
     with pytest.raises(EngineError, match="cpu_bf16 must be one of"):
-        train_sae(np.ones((10, 4), dtype=np.float32), TrainConfig(cpu_bf16="maybe"))
+        train_sae(np.ones((10, 4), dtype=np.float32), TrainConfig(min_steps=0, cpu_bf16="maybe"))

@@ -51,7 +51,7 @@ def planted(width: int, offset: str, n_rows: int = 2048, seed: int = 0) -> np.nd
 def test_defaults_give_a_sparse_sae_that_explains_the_data(architecture, width, offset):
     x = planted(width, offset)
     k = ACTIVE_PER_TOKEN if architecture in TAKES_K else None
-    result = train_sae(x, TrainConfig(hidden_dim=HIDDEN_DIM, architecture=architecture, k=k,
+    result = train_sae(x, TrainConfig(cpu_bf16="off", hidden_dim=HIDDEN_DIM, architecture=architecture, k=k,
                                       min_steps=1000, min_update_travel=0.0))
     start, stop = result.heldout_rows
     evaluation = evaluate_sae(result.sae, x[start:stop], scaling_factor=result.scaling_factor)

@@ -20,7 +20,7 @@ def config(**overrides) -> TrainConfig:
 
 
 def spec(folder, model_dir, corpus, *, eval_rows, analysis_rows, cache):
-    return RunSpec(paths=RunPaths.in_folder(folder), model=str(model_dir), corpus=corpus, layer_number=1,
+    return RunSpec(cpu_bf16="off", paths=RunPaths.in_folder(folder), model=str(model_dir), corpus=corpus, layer_number=1,
                    max_sequence_length=16, batch_size=8, config=config(), cache_activations=cache,
                    evaluation=EvaluationSettings(max_rows=eval_rows, ce_max_tokens=40),
                    features=FeatureSettings(max_tokens=analysis_rows))

@@ -21,7 +21,7 @@ PHASES = ["loading", "training", "evaluating", "analyzing"]
 
 
 def config(**overrides) -> TrainConfig:
-    values = dict(architecture="topk", k=4, hidden_dim=32, learning_rate=1e-3, sae_batch_tokens=64, max_epochs=1,
+    values = dict(min_steps=0, cpu_bf16="off", architecture="topk", k=4, hidden_dim=32, learning_rate=1e-3, sae_batch_tokens=64, max_epochs=1,
                   min_loss=0.0, checkpoint_every_epochs=1, checkpoint_interval_s=1e9, progress_interval_s=0.0,
                   stop_check_interval_s=0.0, shuffle_buffer_tokens=128, decode_path="dense")
     values.update(overrides)
@@ -37,7 +37,7 @@ def corpus(tmp_path, sample_texts):
 
 
 def spec(folder, model_dir, corpus, **overrides) -> RunSpec:
-    values = dict(paths=RunPaths.in_folder(folder), model=str(model_dir), corpus=corpus, layer_number=1,
+    values = dict(cpu_bf16="off", paths=RunPaths.in_folder(folder), model=str(model_dir), corpus=corpus, layer_number=1,
                   max_sequence_length=16, batch_size=8, config=config())
     values.update(overrides)
     return RunSpec(**values)

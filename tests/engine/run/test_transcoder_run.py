@@ -14,7 +14,7 @@ from tests.engine.run.test_run import config, corpus  # noqa: F401 (a fixture)
 
 
 def transcoder_spec(folder, model_dir, corpus, **overrides) -> RunSpec:  # noqa: F811
-    values = dict(paths=RunPaths.in_folder(folder), model=str(model_dir), corpus=corpus, layer_number=1,
+    values = dict(cpu_bf16="off", paths=RunPaths.in_folder(folder), model=str(model_dir), corpus=corpus, layer_number=1,
                   max_sequence_length=16, batch_size=8, hook_point="mlp_out",
                   config=config(architecture="skip_transcoder", k=4, max_epochs=3))
     values.update(overrides)

@@ -33,7 +33,7 @@ def test_gated_codes_are_the_magnitude_path_where_the_gate_is_open():
 def test_the_decoder_learns_from_the_reconstruction_only_and_the_gate_bias_from_its_own_losses():
     sae = random_gated()
     x = torch.randn(64, 8, generator=torch.Generator().manual_seed(2))
-    config = TrainConfig(architecture="gated")
+    config = TrainConfig(min_steps=0, cpu_bf16="off", architecture="gated")
     pre = sae.pre_activations(x)
     gate_losses = sae.kind.sparsity_loss(sae, pre, sae.activate(pre), config) + \
         sae.kind.aux_loss(sae, x, None, pre, trainer=None)
@@ -53,7 +53,7 @@ def test_the_decoder_learns_from_the_reconstruction_only_and_the_gate_bias_from_
 
 def test_our_export_runs_on_raw_activations_and_is_recognised_by_its_keys():
     data = sparse_data(n_tokens=1024)
-    result = train_sae(data, TrainConfig(architecture="gated", hidden_dim=64, learning_rate=1e-2, sae_batch_tokens=256,
+    result = train_sae(data, TrainConfig(min_steps=0, cpu_bf16="off", architecture="gated", hidden_dim=64, learning_rate=1e-2, sae_batch_tokens=256,
                                          max_epochs=2, min_loss=0.0))
     s = result.scaling_factor
     exported = export_state_dict(result.sae, s)

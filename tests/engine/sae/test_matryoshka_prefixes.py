@@ -26,7 +26,7 @@ def planted():
 
 
 def trained(data, architecture):
-    config = TrainConfig(architecture=architecture, k=ACTIVE, hidden_dim=128, learning_rate=3e-3, sae_batch_tokens=512,
+    config = TrainConfig(min_steps=0, cpu_bf16="off", architecture=architecture, k=ACTIVE, hidden_dim=128, learning_rate=3e-3, sae_batch_tokens=512,
                          max_epochs=20, min_loss=0.0, checkpoint_every_epochs=0, checkpoint_interval_s=1e9,
                          matryoshka_widths=WIDTHS if architecture == "matryoshka_batchtopk" else None)
     return train_sae(data, config)

@@ -49,8 +49,8 @@ def test_widths_only_apply_to_matryoshka_and_k_is_required():
 
 
 def test_a_trained_sae_rebuilds_its_prefixes_from_its_state_dict():
-    result = train_sae(sparse_data(n_tokens=1024), TrainConfig(
-        architecture="matryoshka_batchtopk", k=3, hidden_dim=64, matryoshka_widths=[8, 24], learning_rate=1e-2,
+    result = train_sae(sparse_data(n_tokens=1024), TrainConfig(cpu_bf16="off", 
+        min_steps=0, architecture="matryoshka_batchtopk", k=3, hidden_dim=64, matryoshka_widths=[8, 24], learning_rate=1e-2,
         sae_batch_tokens=256, max_epochs=2, min_loss=0.0, checkpoint_every_epochs=0, checkpoint_interval_s=1e9))
     restored = sae_from_state_dict(result.sae.state_dict(), k=3).eval()  # recognised by its keys
     assert restored.architecture == "matryoshka_batchtopk"

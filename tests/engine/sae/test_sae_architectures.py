@@ -12,7 +12,7 @@ from tests.engine.trainer.test_sae_training import sparse_data
 # 8.3e-5 for JumpReLU's L0 (engine.sae.registry.Architecture.sparsity_weight). These runs were sized
 # at 1e-3 for both, before the weight followed the width, and hold at either.
 def config(**overrides) -> TrainConfig:
-    values = dict(hidden_dim=128, sparsity_coeff=1.6e-5, learning_rate=1e-2, sae_batch_tokens=512, max_epochs=10,
+    values = dict(min_steps=0, cpu_bf16="off", hidden_dim=128, sparsity_coeff=1.6e-5, learning_rate=1e-2, sae_batch_tokens=512, max_epochs=10,
                   min_loss=0.0, checkpoint_every_epochs=0, checkpoint_interval_s=1e9, progress_interval_s=0.0)
     values.update(overrides)
     return TrainConfig(**values)

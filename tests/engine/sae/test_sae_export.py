@@ -12,7 +12,7 @@ from engine.trainer import TrainConfig, train_sae
 
 def trained():
     data = np.random.default_rng(0).normal(loc=3.0, scale=5.0, size=(512, 16)).astype(np.float32)
-    config = TrainConfig(hidden_dim=48, learning_rate=1e-3, sae_batch_tokens=128, max_epochs=2, min_loss=0.0)
+    config = TrainConfig(min_steps=0, cpu_bf16="off", hidden_dim=48, learning_rate=1e-3, sae_batch_tokens=128, max_epochs=2, min_loss=0.0)
     return train_sae(data, config), torch.from_numpy(data)
 
 
@@ -47,7 +47,7 @@ def test_metadata_is_indented_json(tmp_path):
 def test_an_exported_batchtopk_file_loads_in_our_loader_and_encodes_raw_activations_alike(architecture, tmp_path):
     # The export writes the threshold per feature (SAELens' jumprelu shape); the module keeps one number.
     data = np.random.default_rng(0).normal(loc=3.0, scale=5.0, size=(512, 16)).astype(np.float32)
-    config = TrainConfig(architecture=architecture, k=4, hidden_dim=48, learning_rate=1e-3, sae_batch_tokens=128,
+    config = TrainConfig(min_steps=0, cpu_bf16="off", architecture=architecture, k=4, hidden_dim=48, learning_rate=1e-3, sae_batch_tokens=128,
                          max_epochs=2, min_loss=0.0)
     result = train_sae(data, config)
     save_sae(tmp_path / "sae.pt", result.sae, result.scaling_factor)

@@ -36,7 +36,7 @@ def saelens_encode(folder, x):
 def test_the_saelens_folder_encodes_raw_activations_like_our_sae(architecture, saelens_name, tmp_path):
     data = sparse_data(n_tokens=1024)
     k = 3 if architecture in ("topk", "batchtopk", "matryoshka_batchtopk") else None
-    result = train_sae(data, TrainConfig(hidden_dim=64, architecture=architecture, k=k, learning_rate=1e-2,
+    result = train_sae(data, TrainConfig(min_steps=0, cpu_bf16="off", hidden_dim=64, architecture=architecture, k=k, learning_rate=1e-2,
                                          sae_batch_tokens=256, max_epochs=3, min_loss=0.0))
     density = np.linspace(0, 0.5, 64)
     folder = export_saelens(tmp_path / "sae", result.sae, result.scaling_factor, model_name="gpt2",

@@ -7,7 +7,7 @@ from tests.engine.trainer.test_sae_training import sparse_data
 
 
 def train(path, data):
-    return train_sae(data, TrainConfig(architecture="topk", k=4, hidden_dim=128, max_epochs=3, min_loss=0,
+    return train_sae(data, TrainConfig(min_steps=0, cpu_bf16="off", architecture="topk", k=4, hidden_dim=128, max_epochs=3, min_loss=0,
                                        learning_rate=3e-3, sae_batch_tokens=256, decode_path=path))
 
 

@@ -47,7 +47,7 @@ def data():
 
 
 def config(**overrides):
-    values = dict(architecture=NAME, hidden_dim=24, learning_rate=3e-3, sae_batch_tokens=100, max_epochs=4,
+    values = dict(min_steps=0, cpu_bf16="off", architecture=NAME, hidden_dim=24, learning_rate=3e-3, sae_batch_tokens=100, max_epochs=4,
                   min_loss=0.0, checkpoint_every_epochs=2, checkpoint_interval_s=1e9, progress_interval_s=0.0)
     values.update(overrides)
     return TrainConfig(**values)

@@ -34,7 +34,7 @@ def planted_pairs(n_tokens=4096, d_in=24, d_out=20, n_true=64, active=3, dense_w
 
 
 def config(**overrides) -> TrainConfig:
-    values = dict(architecture="transcoder", k=3, hidden_dim=128, learning_rate=1e-2, sae_batch_tokens=512,
+    values = dict(min_steps=0, cpu_bf16="off", architecture="transcoder", k=3, hidden_dim=128, learning_rate=1e-2, sae_batch_tokens=512,
                   max_epochs=10, min_loss=0.0, checkpoint_every_epochs=0, checkpoint_interval_s=1e9,
                   progress_interval_s=0.0)
     values.update(overrides)

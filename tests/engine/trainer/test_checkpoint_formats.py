@@ -24,7 +24,7 @@ def data():
 
 
 def config(architecture) -> TrainConfig:
-    return TrainConfig(hidden_dim=32, learning_rate=1e-3, sae_batch_tokens=128, max_epochs=4, min_loss=0.0,
+    return TrainConfig(min_steps=0, cpu_bf16="off", hidden_dim=32, learning_rate=1e-3, sae_batch_tokens=128, max_epochs=4, min_loss=0.0,
                        checkpoint_every_epochs=2, checkpoint_interval_s=1e9, progress_interval_s=0.0,
                        stop_check_interval_s=0.0, architecture=architecture, decode_path="dense",
                        **OPTIONS[architecture])

@@ -43,7 +43,7 @@ def test_checkpoints_name_their_order_and_older_ones_resume_with_randperm(tmp_pa
     import engine.trainer.epochs as loop
 
     data = np.random.default_rng(1).normal(size=(1000, 16)).astype(np.float32)
-    config = TrainConfig(hidden_dim=32, architecture="topk", k=4, sae_batch_tokens=128, max_epochs=2, min_loss=0.0,
+    config = TrainConfig(min_steps=0, cpu_bf16="off", hidden_dim=32, architecture="topk", k=4, sae_batch_tokens=128, max_epochs=2, min_loss=0.0,
                          checkpoint_every_epochs=1, checkpoint_interval_s=1e9, decode_path="dense")
     drawn = []
     monkeypatch.setattr(loop, "epoch_order", lambda kind, n, generator: drawn.append(kind) or epoch_order(kind, n, generator))

@@ -8,7 +8,7 @@ from tests.engine.trainer.test_sae_training import sparse_data
 
 
 def config() -> TrainConfig:
-    return TrainConfig(architecture="matryoshka_batchtopk", k=3, hidden_dim=64, matryoshka_widths=[8, 24],
+    return TrainConfig(min_steps=0, cpu_bf16="off", architecture="matryoshka_batchtopk", k=3, hidden_dim=64, matryoshka_widths=[8, 24],
                        learning_rate=1e-2, sae_batch_tokens=256, max_epochs=3, min_loss=0.0, checkpoint_every_epochs=1,
                        checkpoint_interval_s=1e9, progress_interval_s=0.0, stop_check_interval_s=0.0)
 

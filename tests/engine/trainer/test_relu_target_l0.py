@@ -11,7 +11,7 @@ from tests.engine.trainer.test_sae_training import sparse_data
 
 
 def config(**overrides) -> TrainConfig:
-    values = dict(hidden_dim=128, architecture="relu", learning_rate=1e-3, sae_batch_tokens=256, max_epochs=25,
+    values = dict(min_steps=0, cpu_bf16="off", hidden_dim=128, architecture="relu", learning_rate=1e-3, sae_batch_tokens=256, max_epochs=25,
                   min_loss=0.0, checkpoint_every_epochs=0, checkpoint_interval_s=1e9, progress_interval_s=0.0,
                   stop_check_interval_s=0.0)
     values.update(overrides)

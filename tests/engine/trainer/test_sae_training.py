@@ -25,7 +25,7 @@ def sparse_data(n_tokens=4096, d_in=32, n_true=64, active=3, seed=0):
 # sparsity_coeff 1.6e-5 at d_in 32 is a per-element weight of 2.9e-4 for the L1, 8.3e-5 for JumpReLU's L0
 # (engine.sae.registry.Architecture.sparsity_weight).
 def config(**overrides) -> TrainConfig:
-    values = dict(hidden_dim=128, sparsity_coeff=1.6e-5, learning_rate=1e-3, sae_batch_tokens=512, max_epochs=8,
+    values = dict(min_steps=0, cpu_bf16="off", hidden_dim=128, sparsity_coeff=1.6e-5, learning_rate=1e-3, sae_batch_tokens=512, max_epochs=8,
                   min_loss=0.0, checkpoint_every_epochs=0, checkpoint_interval_s=1e9, progress_interval_s=0.0)
     values.update(overrides)
     return TrainConfig(**values)
@@ -98,27 +98,27 @@ def test_min_steps_shrinks_the_batch_of_a_small_run_and_leaves_a_large_one_alone
 
     x = np.random.default_rng(0).normal(size=(2100, 8)).astype(np.float32)
     # At learning rate 0.1 the travel rule asks for only 0.5 / 0.1 = 5 steps: min_steps decides.
-    small = train_sae(x, TrainConfig(hidden_dim=16, max_epochs=2, min_loss=0, sae_batch_tokens=4096, min_steps=40,
+    small = train_sae(x, TrainConfig(cpu_bf16="off", hidden_dim=16, max_epochs=2, min_loss=0, sae_batch_tokens=4096, min_steps=40,
                                      learning_rate=0.1))
     # 1995 training rows, 20 steps an epoch -> 99 tokens a step.
     assert small.sae_batch_tokens == 1995 // 20
     # At 0.01 it asks for 50 steps, more than min_steps: 25 an epoch -> 79 tokens a step.
-    slower = train_sae(x, TrainConfig(hidden_dim=16, max_epochs=2, min_loss=0, sae_batch_tokens=4096, min_steps=40,
+    slower = train_sae(x, TrainConfig(cpu_bf16="off", hidden_dim=16, max_epochs=2, min_loss=0, sae_batch_tokens=4096, min_steps=40,
                                       learning_rate=0.01))
     assert slower.sae_batch_tokens == 1995 // 25
-    off = train_sae(x, TrainConfig(hidden_dim=16, max_epochs=2, min_loss=0, sae_batch_tokens=512))
+    off = train_sae(x, TrainConfig(min_steps=0, cpu_bf16="off", hidden_dim=16, max_epochs=2, min_loss=0, sae_batch_tokens=512))
     assert off.sae_batch_tokens == 512
-    floor = train_sae(x, TrainConfig(hidden_dim=16, max_epochs=1, min_loss=0, sae_batch_tokens=512, min_steps=10_000))
+    floor = train_sae(x, TrainConfig(cpu_bf16="off", hidden_dim=16, max_epochs=1, min_loss=0, sae_batch_tokens=512, min_steps=10_000))
     assert floor.sae_batch_tokens == 64
 
 
 def test_the_step_floor_follows_the_learning_rate_only_while_min_steps_is_on():
     from engine.trainer import TrainConfig, min_steps_for
 
-    assert min_steps_for(TrainConfig(min_steps=1000)) == 5000  # the seed's 1e-4: 0.5 / 1e-4
-    assert min_steps_for(TrainConfig(min_steps=1000, learning_rate=1e-3)) == 1000
-    assert min_steps_for(TrainConfig(min_steps=1000, learning_rate=1e-5)) == 50_000
-    assert min_steps_for(TrainConfig(min_steps=0)) == 0  # off: batches as asked
+    assert min_steps_for(TrainConfig(cpu_bf16="off", min_steps=1000)) == 5000  # the seed's 1e-4: 0.5 / 1e-4
+    assert min_steps_for(TrainConfig(cpu_bf16="off", min_steps=1000, learning_rate=1e-3)) == 1000
+    assert min_steps_for(TrainConfig(cpu_bf16="off", min_steps=1000, learning_rate=1e-5)) == 50_000
+    assert min_steps_for(TrainConfig(cpu_bf16="off", min_steps=0)) == 0  # off: batches as asked
 
 
 # The weight of the penalty beside a per-element MSE: lambda / d_in, where lambda = 2000 x coeff at

@@ -52,7 +52,7 @@ def stream_of(corpus, tokenizer, loaded, packing):
 
 
 def config(**overrides):
-    values = dict(architecture="topk", k=4, hidden_dim=64, learning_rate=1e-3, sae_batch_tokens=32, max_epochs=1,
+    values = dict(min_steps=0, cpu_bf16="off", architecture="topk", k=4, hidden_dim=64, learning_rate=1e-3, sae_batch_tokens=32, max_epochs=1,
                   min_loss=0.0, checkpoint_every_epochs=1, checkpoint_interval_s=1e9, progress_interval_s=0.0,
                   stop_check_interval_s=0.0, shuffle_buffer_tokens=64, decode_path="dense")
     values.update(overrides)

@@ -11,7 +11,7 @@ def rows(n=1000, d=16, seed=0):
 
 
 def config(**overrides):
-    values = dict(architecture="topk", k=4, hidden_dim=32, learning_rate=1e-3, sae_batch_tokens=128, max_epochs=10,
+    values = dict(min_steps=0, cpu_bf16="off", architecture="topk", k=4, hidden_dim=32, learning_rate=1e-3, sae_batch_tokens=128, max_epochs=10,
                   min_loss=0.0, checkpoint_every_epochs=0, checkpoint_interval_s=1e9, progress_interval_s=0.0,
                   eval_fraction=0.0)
     values.update(overrides)

@@ -12,7 +12,7 @@ def data():
 
 
 def config(**overrides) -> TrainConfig:
-    values = dict(hidden_dim=64, learning_rate=1e-3, sae_batch_tokens=128, max_epochs=4, min_loss=0.0,
+    values = dict(min_steps=0, cpu_bf16="off", hidden_dim=64, learning_rate=1e-3, sae_batch_tokens=128, max_epochs=4, min_loss=0.0,
                   checkpoint_every_epochs=2, checkpoint_interval_s=1e9, progress_interval_s=0.0,
                   stop_check_interval_s=0.0)
     values.update(overrides)

@@ -100,3 +100,23 @@ def test_the_job_page_shows_the_hook_point_and_special_token_settings(client, al
     page = client.get(f"/jobs/{job.id}/").content.decode()
     assert "Hook point" in page and "attn_out" in page
     assert "Special tokens excluded" in page and "BOS prepended (causal LMs)" in page
+
+
+
+def test_the_status_shows_the_special_token_switches_as_asked(alice_api, corpus, hub_models):
+    asked = train(alice_api, model_name="tiny/gpt2", corpus_file=corpus, layer_number=1,
+                  exclude_special_tokens=False, prepend_bos=False)
+    assert asked.status_code == 200, asked.json()
+    status = alice_api.get(f"/api/v1/train/{asked.json()['job_id']}/status").json()
+    assert (status["exclude_special_tokens"], status["prepend_bos"]) == (False, False)
+    default = train(alice_api, model_name="tiny/gpt2", corpus_file=corpus, layer_number=1)
+    status = alice_api.get(f"/api/v1/train/{default.json()['job_id']}/status").json()
+    assert (status["exclude_special_tokens"], status["prepend_bos"]) == (True, True)
+
+
+@pytest.mark.slow
+def test_the_status_schema_names_the_special_token_switches():
+    from drf_spectacular.generators import SchemaGenerator
+
+    status = SchemaGenerator().get_schema(request=None, public=True)["components"]["schemas"]["Status"]["properties"]
+    assert status["exclude_special_tokens"]["type"] == status["prepend_bos"]["type"] == "boolean"

@@ -149,6 +149,7 @@ def test_each_architecture_trains_from_the_api_and_its_result_says_so(alice_api,
                 "ce_loss_zero_ablation", "ce_loss_recovered", "kl_div_with_sae", "kl_div_with_ablation", "kl_div_score"):
         assert isinstance(evaluation[key], float), key  # tiny/gpt2 is a causal LM: every metric applies
     assert evaluation["ce_loss_reason"] is None
+    assert evaluation["ce_eval_tokens"] > 0  # the predictions measured (MISTUDIO_CE_EVAL_TOKENS caps them)
     assert evaluation["eval_tokens"] > 0 and evaluation["dead_window_tokens"] > 0
     assert 0 <= evaluation["dead_features"] <= 32 and 0 <= evaluation["dense_features"] <= 32
     if architecture == "topk":

@@ -41,3 +41,16 @@ def test_a_bad_sweep_file_says_what_is_wrong_and_trains_nothing(run_train, tmp_p
     assert done.returncode != 0 and "members[0].max_sequence_length: cannot differ between members" in done.stderr
     done = run_train("--sweep", str(file), "--layer-number", "1")
     assert done.returncode != 0 and "give --layer-number in the file instead" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_switches_force_and_text_field_beside_a_sweep_are_refused_not_dropped(run_train, tmp_path, tiny_gpt2_dir):
+    file = tmp_path / "sweep.json"
+    file.write_text(json.dumps({"model_name": str(tiny_gpt2_dir), "corpus_file": str(SAMPLE_CORPUS), "max_epochs": 1}))
+    done = run_train("--sweep", str(file), "--no-prepend-bos", "--exclude-special-tokens", "--force",
+                     "--text-field", "body")
+    assert done.returncode != 0
+    assert "give --exclude-special-tokens, --no-prepend-bos, --force, --text-field in the file instead" in done.stderr
+    assert "Sweep " not in done.stderr  # nothing was made
+    done = run_train("--sweep", str(file), "--prepend-bos", "--no-exclude-special-tokens")
+    assert "give --no-exclude-special-tokens, --prepend-bos in the file instead" in done.stderr

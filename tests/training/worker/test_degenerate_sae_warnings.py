@@ -23,7 +23,7 @@ def silent_evaluation() -> dict:
 
     evaluation = evaluate_sae(silent_sae(), sparse_data(n_tokens=256), scaling_factor=1.0)
     evaluation.pop("feature_density")
-    evaluation.update(dict.fromkeys(CE_LOSS), warnings=verdict.warnings(evaluation, TrainConfig(hidden_dim=64, sparsity_coeff=10)))
+    evaluation.update(dict.fromkeys(CE_LOSS), warnings=verdict.warnings(evaluation, TrainConfig(min_steps=0, cpu_bf16="off", hidden_dim=64, sparsity_coeff=10)))
     return evaluation
 
 

@@ -105,18 +105,35 @@ class Command(BaseCommand):
         self.stdout.write(f"\nThe job's page, with its curves and features (start `make serve`, log in{login}):\n{page}")
 
     def _follow(self, job_id, timeout_s):
+        """The job followed on one progress bar (stderr), its phase and message beside it, until it
+        ends; then the bar's last line is followed by one line with how the job ended."""
+        from tqdm import tqdm
+
         deadline = time.monotonic() + timeout_s
-        last = None
-        while time.monotonic() < deadline:
-            job = TrainingJob.objects.get(pk=job_id)
-            line = f"[{job.status}] {job.progress:6.1%}  {job.message}"
-            if job.current_loss is not None and job.phase == TrainingJob.Phase.TRAINING:
-                line += f"  loss {job.current_loss:.5g}"
-            if line != last:
-                self.stdout.write(line)
-                last = line
-            if job.is_finished:
-                return job
-            time.sleep(1)
-        services.job_cancel(TrainingJob.objects.get(pk=job_id))
-        raise CommandError(f"The demo job did not finish within {timeout_s:.0f} s; it was cancelled.")
+        # The underlying stream: Django's wrapper would end each of tqdm's carriage-return updates with a newline.
+        bar = tqdm(total=1.0, file=getattr(self.stderr, "_out", sys.stderr), mininterval=0, dynamic_ncols=True,
+                   bar_format="{l_bar}{bar}| [{elapsed}]{postfix}")
+        try:
+            while time.monotonic() < deadline:
+                job = TrainingJob.objects.get(pk=job_id)
+                bar.n = min(job.progress, 1.0)
+                bar.set_description(job.phase or job.status, refresh=False)
+                loss = f"loss {job.current_loss:.5g}  " if (
+                    job.current_loss is not None and job.phase == TrainingJob.Phase.TRAINING) else ""
+                bar.set_postfix_str(f"{loss}{job.message}", refresh=False)
+                bar.refresh()
+                if job.is_finished:
+                    break
+                time.sleep(1)
+            else:
+                job = None
+        finally:
+            bar.close()
+        if job is None:
+            services.job_cancel(TrainingJob.objects.get(pk=job_id))
+            raise CommandError(f"The demo job did not finish within {timeout_s:.0f} s; it was cancelled.")
+        evaluation = job.evaluation or {}
+        measured = [f"{name} {evaluation[name]:.4g}" for name in ("explained_variance", "l0", "ce_loss_recovered")
+                    if evaluation.get(name) is not None]
+        self.stderr.write(f"{job.id} {job.status}: {job.message}" + (f" ({', '.join(measured)})" if measured else ""))
+        return job

@@ -100,7 +100,7 @@ class Command(BaseCommand):
         parser.add_argument("--model", help="Model id, folder under the models directory, or local path")
         parser.add_argument("--corpus", help="A corpus file (.txt, .jsonl, .parquet, .csv, .arrow) or datasets folder, "
                                              "or the name of an uploaded corpus")
-        parser.add_argument("--text-field", default="text",
+        parser.add_argument("--text-field", default=None,
                             help="The column holding the text, for a corpus path in a dataset format (default: text)")
         parser.add_argument("--activations", help="A .npy or .safetensors array [tokens, d_model] (key 'activations') to train on instead of a model and corpus")
         parser.add_argument("--user", default="cli", help="Owner of the job and corpus (created if needed)")
@@ -144,7 +144,7 @@ class Command(BaseCommand):
             if not options["model"] or not options["corpus"]:
                 raise CommandError("Give --model and --corpus (or --activations FILE).")
             data["model_name"] = options["model"]
-            data["corpus_file"] = self._corpus_name(owner, options["corpus"], options["text_field"])
+            data["corpus_file"] = self._corpus_name(owner, options["corpus"], options["text_field"] or "text")
         token = self._token(options)
         if token:
             data["huggingface_token"] = token
@@ -172,7 +172,13 @@ class Command(BaseCommand):
             raise CommandError(job.message)
 
     def _sweep(self, owner, options):
-        given = [option for option, name, *_ in [*OPTIONS, *TOKEN_OPTIONS] if options[name] is not None]
+        # Every request option, each switch in the form given, --force and --text-field: the file has
+        # a field for each (text_field for its corpus path), and one place for the request is clearer
+        # than a merge of two.
+        switches = [(f"--{'' if options[name] else 'no-'}{option[2:]}", name) for option, name in SWITCHES
+                    if options[name] is not None]
+        named = [*OPTIONS, *TOKEN_OPTIONS, *switches, ("--force", "force"), ("--text-field", "text_field")]
+        given = [option for option, name, *_ in named if options[name] is not None]
         if given or options["model"] or options["corpus"] or options["activations"]:
             raise CommandError(f"--sweep FILE holds the whole request: give {', '.join(given) or 'the model and corpus'} "
                                "in the file instead.")
