@@ -94,7 +94,8 @@ def test_a_job_killed_in_every_phase_ends_as_an_uninterrupted_one_and_adds_up_it
     # at the end: a run killed in training finds the cache complete and no checkpoint. Each run pauses
     # at the next phase of PAUSES (a test hook) and is killed there; the reference job, after them,
     # finds every pause taken and runs through.
-    env = worker_process_env(settings, **STEADY, MISTUDIO_MAX_JOB_ATTEMPTS="6",
+    # No epoch needs to last long enough to be caught: 300 steps in all, not STEADY's 3000.
+    env = worker_process_env(settings, **{**STEADY, "MISTUDIO_MIN_SAE_STEPS": "300"}, MISTUDIO_MAX_JOB_ATTEMPTS="6",
                              MISTUDIO_CHECKPOINT_EVERY_EPOCHS=str(JOB["max_epochs"]),
                              MISTUDIO_PAUSE_AT_PHASE=",".join(PAUSES))
     process = start_cluster(["qcluster"], env, tmp_path / "q.log")
