@@ -59,7 +59,7 @@ def token(real_ids, connection_kept_open, db, settings, alice, monkeypatch):
 
 
 @pytest.fixture
-def real_ids(alice_api, upload, sample_corpus_bytes, hub_models):
+def real_ids(alice, alice_api, upload, sample_corpus_bytes, hub_models):
     """alice's corpus, a job and a sweep on it, made through the API, and a spare token of hers: the
     values every id-taking operation is then called with, so the fuzzer reaches real objects and
     not only their 404s. Made before `connection_kept_open`: Django's test client connects again
@@ -74,7 +74,7 @@ def real_ids(alice_api, upload, sample_corpus_bytes, hub_models):
     assert job.status_code == 200, job.json()
     sweep = alice_api.post("/api/v1/sweeps", {**base, "layers": [0, 1]}, format="json")
     assert sweep.status_code == 201, sweep.json()
-    spare = user_issue_token(username="alice")[1]
+    spare = user_issue_token(username=alice.username)[1]
     return {"job_id": job.json()["job_id"], "sweep_id": sweep.json()["sweep_id"],
             "token_key": spare[:CONSTANTS.TOKEN_KEY_LENGTH]}
 
