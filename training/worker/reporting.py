@@ -42,8 +42,6 @@ class Throttle:
         return False
 
 
-
-
 def paused_at_phases(report):
     """`report`, pausing the run for good at each phase MISTUDIO_PAUSE_AT_PHASE names: a test hook,
     so a test SIGKILLs a worker in a phase however short it is instead of polling for it
