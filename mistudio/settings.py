@@ -414,6 +414,11 @@ OVERLAP_EXTRACTION = env_str("MISTUDIO_OVERLAP_EXTRACTION", "on")
 if OVERLAP_EXTRACTION not in ("on", "off"):
     raise ImproperlyConfigured(f"MISTUDIO_OVERLAP_EXTRACTION={OVERLAP_EXTRACTION!r}: use on or off")
 SHUFFLE_BUFFER_TOKENS = env_int("MISTUDIO_SHUFFLE_BUFFER_TOKENS", RUN_DEFAULTS.shuffle_buffer_tokens, minimum=2)
+# A test hook, never for a real deployment: the phases (as a job's `phase` names them, `training@N`
+# for epoch N or later) at which a job's run stops for good, once each per data folder, so a test
+# can SIGKILL its worker there however short the phase (tests/system/e2e/test_crash_recovery.py;
+# training.worker.reporting.paused_at_phases).
+PAUSE_AT_PHASE = env_list("MISTUDIO_PAUSE_AT_PHASE", [])
 # A `gpu_ids` job trains as one process per listed GPU (torchrun, DDP). On a machine without a GPU
 # such a job is refused, unless this lets it run as that many CPU processes (gloo): tests, trials.
 DDP_ON_CPU = env_bool("MISTUDIO_DDP_ON_CPU", False)

@@ -3,16 +3,14 @@ gets a distinct id in the seed's format and its success answer (the seed's 200 f
 a sweep), never a 500. The random digits are narrowed to
 a few dozen and the clock is held on one second, so ids do collide and the test can fail."""
 import re
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone as dt_timezone
 from types import SimpleNamespace
 
 import pytest
-from django.db import connection
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
+from tests.concurrency import at_once
 from tests.model_fixtures import SAMPLE_CORPUS
 from training import models
 from training.models import Sweep, TrainingJob
@@ -38,21 +36,6 @@ def corpus(upload):
     assert upload(SAMPLE_CORPUS.name, SAMPLE_CORPUS.read_bytes()).status_code == 200
 
 
-def at_once(count, post):
-    """`post()` from `count` threads released together, each with its own database connection."""
-    start = threading.Barrier(count)
-
-    def one(_):
-        try:
-            start.wait()
-            return post()
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(count) as pool:
-        return list(pool.map(one, range(count)))
-
-
 def client_for(user):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {AuthToken.objects.create(user=user)[1]}")
@@ -63,7 +46,7 @@ def client_for(user):
 def test_jobs_made_in_the_same_second_get_distinct_ids(alice, hub_models, corpus, crowded_ids):
     clients = [client_for(alice) for _ in range(JOBS)]
     body = {"model_name": "tiny/gpt2", "corpus_file": SAMPLE_CORPUS.name, "layer_number": 1, "hidden_dim": 16}
-    responses = at_once(JOBS, lambda: clients.pop().post("/api/v1/train", body, format="json"))
+    responses = at_once(JOBS, lambda _: clients.pop().post("/api/v1/train", body, format="json"))
     assert [r.status_code for r in responses] == [200] * JOBS, [r.json() for r in responses if r.status_code != 200]
     ids = [r.json()["job_id"] for r in responses]
     assert len(set(ids)) == JOBS and TrainingJob.objects.count() == JOBS
@@ -75,7 +58,7 @@ def test_sweeps_made_in_the_same_second_get_distinct_sweep_and_member_ids(alice,
     clients = [client_for(alice) for _ in range(SWEEPS)]
     body = {"model_name": "tiny/gpt2", "corpus_file": SAMPLE_CORPUS.name, "layers": [0, 1], "hidden_dim": 16,
             "architecture": "topk", "k": 4, "members": [{}, {"k": 8}]}
-    responses = at_once(SWEEPS, lambda: clients.pop().post("/api/v1/sweeps", body, format="json"))
+    responses = at_once(SWEEPS, lambda _: clients.pop().post("/api/v1/sweeps", body, format="json"))
     assert [r.status_code for r in responses] == [201] * SWEEPS, [r.json() for r in responses if r.status_code != 201]
     sweep_ids = [r.json()["sweep_id"] for r in responses]
     job_ids = [job_id for r in responses for job_id in r.json()["job_ids"]]

@@ -6,11 +6,13 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from tests.concurrency import at_once
 from tests.django_fixtures import queued_tasks
 from training import recovery, services
 from training.models import TrainingJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
+RACERS, ROUNDS = 6, 5  # workers racing for one job, and how many times they race
 
 
 def running(alice, **fields):
@@ -62,8 +64,12 @@ def test_a_lost_job_that_was_being_cancelled_ends_cancelled(alice, dead_pid):
 
 
 def test_a_job_is_claimed_by_one_worker_only(alice):
-    job = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2")
-    assert services.job_claim(job.id) is not None
-    assert services.job_claim(job.id) is None
-    job.refresh_from_db()
-    assert job.attempts == 1 and job.worker_pid == os.getpid()
+    # Workers racing for the job's task (one re-queued by the sweep while the first still holds it):
+    # each in its own connection, all at once, again and again; one claim lands each time.
+    for _ in range(ROUNDS):
+        job = TrainingJob.objects.create(owner=alice, model_name="tiny/gpt2")
+        claims = at_once(RACERS, lambda _: services.job_claim(job.id))
+        assert sum(claim is not None for claim in claims) == 1, claims
+        job.refresh_from_db()
+        assert job.status == "running" and job.attempts == 1 and len(job.runs) == 1
+        assert job.worker_pid == os.getpid()

@@ -14,7 +14,7 @@ import os
 from training import services
 from training.worker.device import check_fits_device, job_device
 from training.worker.session import RunSession, job_fail_with, job_finish_outcome
-from training.worker.reporting import job_callbacks
+from training.worker.reporting import job_callbacks, paused_at_phases
 from training.worker.spec import job_spec
 from training.models import TrainingJob
 
@@ -29,7 +29,7 @@ def job_run(job_id: str, *, on_progress=None, wait_for_slot=False) -> TrainingJo
     if job is None:
         logger.info("Job %s is not queued any more; nothing to run", job_id)
         return None
-    report = on_progress or (lambda update: None)
+    report = paused_at_phases(on_progress or (lambda update: None))
 
     def slot_busy(slot):
         message = f"Waiting for GPU slot {slot}: job {slot.job_id} trains on it"

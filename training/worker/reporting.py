@@ -4,11 +4,14 @@ spent) and those of its training, in the worker and in rank 0 of a multi-GPU job
 (training.worker.ddp) alike (train_callbacks: progress, the curve, checkpoints); the job's
 TrainConfig, the checkpoint it resumes from, and where it trains. Every write is a service's, each
 fenced (training.services: a run that lost its job writes nothing)."""
+import logging
 import math
+import os
 import time
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from training import selectors, services
 from training.models import TrainingJob
@@ -18,6 +21,10 @@ from training.services import JobLost
 PHASES = {"loading": TrainingJob.Phase.LOADING, "extracting": TrainingJob.Phase.EXTRACTING,
           "training": TrainingJob.Phase.TRAINING, "evaluating": TrainingJob.Phase.EVALUATING,
           "analyzing": TrainingJob.Phase.ANALYZING}
+# Where a run paused by MISTUDIO_PAUSE_AT_PHASE leaves its marker, in the data folder.
+PAUSED_AT_PHASE_FOLDER = "paused-at-phase"
+
+logger = logging.getLogger("training")
 
 
 class Throttle:
@@ -35,6 +42,49 @@ class Throttle:
         return False
 
 
+def paused_at_phases(report):
+    """`report`, pausing the run for good at each phase MISTUDIO_PAUSE_AT_PHASE names: a test hook,
+    so a test SIGKILLs a worker in a phase however short it is instead of polling for it
+    (tests/system/e2e/test_crash_recovery.py). Each entry pauses one run, once per data folder: the
+    first run to report that phase (`training@N`: a training report of epoch N or later) writes its
+    pid to DATA_DIR/paused-at-phase/<entry> and sleeps until it is killed; later runs go on."""
+    entries = settings.PAUSE_AT_PHASE
+    if not entries:
+        return report
+    pauses = [_pause_entry(entry) for entry in entries]
+
+    def reporting(update):
+        report(update)
+        phase = PHASES.get(update.get("phase"))
+        for entry, name, epoch in pauses:
+            if phase == name and (update.get("epoch") or 0) >= epoch:
+                _pause(entry)
+
+    return reporting
+
+
+def _pause_entry(entry: str) -> tuple[str, str, int]:
+    name, at, epoch = entry.partition("@")
+    if name not in PHASES.values() or (at and not (name == TrainingJob.Phase.TRAINING and epoch.isdigit())):
+        raise ImproperlyConfigured(f"MISTUDIO_PAUSE_AT_PHASE: {entry!r} is not a phase: use "
+                                   f"{', '.join(PHASES.values())}, or training@N for epoch N")
+    return entry, name, int(epoch or 0)
+
+
+def _pause(entry: str) -> None:
+    folder = Path(settings.DATA_DIR) / PAUSED_AT_PHASE_FOLDER
+    folder.mkdir(exist_ok=True)
+    staged = folder / f".{entry}.{os.getpid()}"
+    staged.write_text(str(os.getpid()))
+    try:
+        os.link(staged, folder / entry)  # made whole and at most once: the run that makes it pauses
+    except FileExistsError:
+        return
+    finally:
+        staged.unlink()
+    logger.warning("MISTUDIO_PAUSE_AT_PHASE: process %s paused at %s until it is killed", os.getpid(), entry)
+    while True:
+        time.sleep(1)
 
 
 class _Curve:

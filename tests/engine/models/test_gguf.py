@@ -17,6 +17,7 @@ from engine.models.loading import load_model
 from engine.models.info import describe_model
 from engine.models.resolve import BUNDLED_CAUSAL_LM_NAME, load_config, resolve_model
 from tests.model_fixtures import write_tiny_gguf
+from tests.network import outside_network_blocked, unreachable_hub  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -27,7 +28,7 @@ def header_parameter_count(gguf_file: Path) -> int:
     return sum(int(tensor.n_elements) for tensor in gguf.GGUFReader(gguf_file).tensors)
 
 
-def test_the_bundled_smollm2_resolves_offline_to_its_gguf(tmp_path):
+def test_the_bundled_smollm2_resolves_offline_to_its_gguf(tmp_path, unreachable_hub):
     resolved = resolve_model(BUNDLED_CAUSAL_LM_NAME, models_dir=tmp_path)
     assert resolved.source == "bundled"
     assert resolved.gguf_file.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and resolved.gguf_file.is_file()

@@ -1,3 +1,6 @@
+"""Where a model name leads: a local folder, the models folder, a bundled copy or the hub. No test
+here may reach beyond this machine (tests/network.py fails it if it tries): the hub these tests
+meet is a closed local port."""
 import shutil
 import time
 
@@ -5,6 +8,12 @@ import pytest
 
 from engine.errors import ModelResolutionError
 from engine.models.resolve import BUNDLED_MODEL_NAME, ResolvedModel, load_config, resolve_model
+from tests.network import outside_network_blocked, unreachable_hub  # noqa: F401 (fixtures)
+
+
+@pytest.fixture(autouse=True)
+def hub(unreachable_hub):
+    return unreachable_hub
 
 
 def test_it_loads_a_local_directory_with_a_config(tiny_gpt2_dir, tmp_path):
@@ -53,14 +62,14 @@ def test_a_malformed_id_is_rejected_before_any_network_call(tmp_path):
         resolve_model("org/name/extra", models_dir=tmp_path)
 
 
-def test_an_unreachable_hub_fails_quickly_with_what_to_do(tmp_path):
+def test_an_unreachable_hub_fails_quickly_with_what_to_do(tmp_path, hub):
     started = time.monotonic()
     with pytest.raises(ModelResolutionError) as caught:
         resolve_model("nobody-here/no-such-model-xyz", models_dir=tmp_path, hub_timeout_s=2.0)
     assert time.monotonic() - started < 30
     message = str(caught.value)
-    # Without network it cannot reach the hub; with network the repo does not exist.
-    assert "Could not reach the Hugging Face hub" in message or "was not found" in message
+    assert "Could not reach the Hugging Face hub to fetch 'nobody-here/no-such-model-xyz'" in message
+    assert f"Put the model in {tmp_path}/nobody-here/no-such-model-xyz or pass a local path" in message
     assert caught.value.requires_token is False
 
 

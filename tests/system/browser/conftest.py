@@ -10,7 +10,11 @@ pytest-django's live server.
 Tests that use `live_server` need `@pytest.mark.django_db(transaction=True)`: the server answers
 from another thread, which only sees committed rows. One browser serves a whole module; `login`
 starts from no cookies, so tests do not depend on each other's sessions.
+
+Without Chromium (or selenium) the tests skip, saying what to install; under CI (CI=true, as .ci/run
+sets it) they fail instead, so a CI machine whose Chromium failed to install cannot pass silently.
 """
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -80,13 +84,25 @@ def _submit_login(browser, url, username, password):
     browser.find_element(By.CSS_SELECTOR, "#login-form [type=submit]").click()
 
 
+def under_ci() -> bool:
+    """Whether this run is CI's (CI set true, as CI services and .ci/run set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def missing(what: str):
+    """Skip a browser test for want of `what`; fail it under CI, where the browser tests must run."""
+    if under_ci():
+        pytest.fail(f"{what} (CI is set, so the browser tests may not skip)", pytrace=False)
+    pytest.skip(what)
+
+
 @pytest.fixture(scope="module")
 def browser():
     """One headless Chromium per test module; nothing is downloaded (Selenium Manager never runs)."""
     if webdriver is None:
-        pytest.skip(MISSING + "; and selenium: pip install -r requirements.txt")
+        missing(MISSING + "; and selenium: pip install -r requirements.txt")
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip(MISSING)
+        missing(MISSING)
     profile = tempfile.mkdtemp(prefix="mistudio-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)

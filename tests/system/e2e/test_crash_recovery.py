@@ -4,6 +4,7 @@ killed whole strands none of the jobs whose tasks it had taken; a resumed job's 
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from tests.model_fixtures import SAMPLE_CORPUS
 from tests.system.e2e.test_worker_process import (  # noqa: F401 (fixture)
     start_cluster, submit, wait_for, worker, worker_process_env)
 from training.models import TrainingJob
+from training.worker.reporting import PAUSED_AT_PHASE_FOLDER
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -19,6 +21,10 @@ JOB = dict(max_epochs=30, min_loss=0, hidden_dim=256, architecture="topk", k=8)
 # Dense decoding pinned: a timed choice could differ between the reference job and the other.
 # One BLAS thread: multi-threaded float reductions may differ from run to run under load.
 STEADY = {"MISTUDIO_MIN_SAE_STEPS": "3000", "MISTUDIO_TOPK_DECODE": "dense", "OMP_NUM_THREADS": "1"}
+# Where the job of the every-phase test is killed, in order, one run each (MISTUDIO_PAUSE_AT_PHASE):
+# in training once epoch 3 began, so the cache is complete (an overlapped extraction ends within
+# the first epoch) and the run has trained.
+PAUSES = ["loading_model", "extracting_activations", "training@3", "computing_statistics", "analyzing_features"]
 
 
 @pytest.fixture
@@ -30,18 +36,23 @@ def finished(status):
     return status["status"] in ("completed", "failed", "cancelled")
 
 
-def kill_worker_when(job_id, predicate, timeout_s=120):
-    """SIGKILL the job's worker process the moment its row satisfies `predicate` (polled every few
-    ms: phases of a tiny model last a few hundred)."""
+def kill_worker_paused_at(job_id, entry, data_dir, timeout_s=120):
+    """SIGKILL the job's worker once it has paused at `entry` of MISTUDIO_PAUSE_AT_PHASE (it waits
+    there: no phase is too short to catch); the job's row as it was then, and `checkpoints_then`, the
+    number of its checkpoints."""
+    marker = Path(data_dir) / PAUSED_AT_PHASE_FOLDER / entry
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while not marker.exists():
         job = TrainingJob.objects.get(pk=job_id)
-        if job.status == "running" and predicate(job):
-            os.kill(job.worker_pid, signal.SIGKILL)
-            return job
-        assert job.status in ("queued", "running"), f"{job_id} ended ({job.status}: {job.message}) before the kill"
-        time.sleep(0.005)
-    raise AssertionError(f"{job_id} never got there; last: {job.status}/{job.phase}")
+        assert job.status in ("queued", "running"), f"{job_id} ended ({job.status}: {job.message}) before {entry}"
+        assert time.monotonic() < deadline, f"{job_id} never paused at {entry}; last: {job.status}/{job.phase}"
+        time.sleep(0.05)
+    pid = int(marker.read_text())
+    job = TrainingJob.objects.get(pk=job_id)
+    assert job.status == "running" and job.worker_pid == pid
+    job.checkpoints_then = job.checkpoints.count()
+    os.kill(pid, signal.SIGKILL)
+    return job
 
 
 def kill_cluster(process):
@@ -80,28 +91,32 @@ def test_a_job_whose_worker_is_killed_resumes_and_ends_like_an_uninterrupted_one
 def test_a_job_killed_in_every_phase_ends_as_an_uninterrupted_one_and_adds_up_its_runs(
         alice_api, upload, settings, hub_models, tmp_path):
     # Six runs allowed: one killed in each of five phases, then one that finishes. One checkpoint,
-    # at the end: a run killed in training finds the cache complete and no checkpoint.
-    env = worker_process_env(settings, **STEADY, MISTUDIO_MAX_JOB_ATTEMPTS="6",
-                             MISTUDIO_CHECKPOINT_EVERY_EPOCHS=str(JOB["max_epochs"]))
+    # at the end: a run killed in training finds the cache complete and no checkpoint. Each run pauses
+    # at the next phase of PAUSES (a test hook) and is killed there; the reference job, after them,
+    # finds every pause taken and runs through.
+    # No epoch needs to last long enough to be caught: 300 steps in all, not STEADY's 3000.
+    env = worker_process_env(settings, **{**STEADY, "MISTUDIO_MIN_SAE_STEPS": "300"}, MISTUDIO_MAX_JOB_ATTEMPTS="6",
+                             MISTUDIO_CHECKPOINT_EVERY_EPOCHS=str(JOB["max_epochs"]),
+                             MISTUDIO_PAUSE_AT_PHASE=",".join(PAUSES))
     process = start_cluster(["qcluster"], env, tmp_path / "q.log")
     try:
         assert upload(SAMPLE_CORPUS.name, SAMPLE_CORPUS.read_bytes()).status_code == 200
-        # batch_size 1: extraction lasts long enough (a few hundred ms) to be caught.
-        fields = {**JOB, "batch_size": 1}
-        reference = submit(alice_api, **fields)
-        assert wait_for(alice_api, reference, finished)["status"] == "completed"
-
-        job_id = submit(alice_api, **fields)
-        kill_worker_when(job_id, lambda j: j.phase == "loading_model")
-        kill_worker_when(job_id, lambda j: j.attempts == 2 and j.phase == "extracting_activations" and not j.activations_path)
-        kill_worker_when(job_id, lambda j: j.phase == "training" and j.activations_path and j.current_epoch >= 3
-                         and not j.checkpoints.exists())
-        kill_worker_when(job_id, lambda j: j.attempts == 4 and j.phase == "computing_statistics")
-        kill_worker_when(job_id, lambda j: j.attempts == 5 and j.phase == "analyzing_features")
+        job_id = submit(alice_api, **JOB)
+        at = {entry: kill_worker_paused_at(job_id, entry, settings.DATA_DIR) for entry in PAUSES}
         assert wait_for(alice_api, job_id, finished)["status"] == "completed"
+        reference = submit(alice_api, **JOB)
+        assert wait_for(alice_api, reference, finished)["status"] == "completed"
     finally:
         kill_cluster(process)
 
+    # Where each run was when it was killed.
+    assert [(at[entry].attempts, at[entry].phase) for entry in PAUSES] == [
+        (1, "loading_model"), (2, "extracting_activations"), (3, "training"), (4, "computing_statistics"),
+        (5, "analyzing_features")]
+    assert not at["extracting_activations"].activations_path  # mid-extraction: the cache not complete
+    killed_in_training = at["training@3"]
+    assert killed_in_training.activations_path and killed_in_training.current_epoch >= 3
+    assert killed_in_training.checkpoints_then == 0
     job = TrainingJob.objects.get(pk=job_id)
     expected = TrainingJob.objects.get(pk=reference)
     assert job.attempts == 6

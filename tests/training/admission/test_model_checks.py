@@ -1,6 +1,7 @@
 import pytest
 
 from tests.fake_hub import fake_hub  # noqa: F401 - the fixture
+from tests.network import outside_network_blocked, unreachable_hub  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.django_db
 
@@ -29,10 +30,10 @@ def test_the_estimate_grows_with_the_batch_and_the_dictionary(alice_api, hub_mod
     assert required(hidden_dim=65536) > required(hidden_dim=1024)
 
 
-def test_check_memory_for_an_unknown_model_is_a_400(alice_api):
+def test_check_memory_for_an_unknown_model_is_a_400(alice_api, unreachable_hub):
     response = alice_api.get("/api/v1/check-memory/nobody/missing-model-q")
     assert response.status_code == 400
-    assert "nobody/missing-model-q" in response.json()["detail"]
+    assert "Could not reach the Hugging Face hub to fetch 'nobody/missing-model-q'" in response.json()["detail"]
 
 
 @pytest.mark.slow
@@ -45,11 +46,11 @@ def test_validate_model_describes_the_bundled_minilm(alice_api):
     assert 0 < body["memory_requirements"]["minimum_gb"] <= body["memory_requirements"]["recommended_gb"]
 
 
-def test_validate_model_gives_a_verdict_for_a_model_it_cannot_reach(alice_api):
+def test_validate_model_gives_a_verdict_for_a_model_it_cannot_reach(alice_api, unreachable_hub):
     body = alice_api.post("/api/v1/validate-model", {"model_name": "nobody/missing-model-q",
                                                       "huggingface_token": "hf_secret_abc"}, format="json").json()
     assert body["valid"] is False and body["accessible"] is False
-    assert "nobody/missing-model-q" in body["message"]
+    assert "Could not reach the Hugging Face hub to fetch 'nobody/missing-model-q'" in body["message"]
     assert "hf_secret_abc" not in str(body)
 
 

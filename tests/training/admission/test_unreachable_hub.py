@@ -13,6 +13,7 @@ import pytest
 
 from tests.django_fixtures import own_sqlite_database
 from tests.model_fixtures import SAMPLE_CORPUS
+from tests.network import outside_network_blocked  # noqa: F401 (fixture)
 from training.models import TrainingJob
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -20,7 +21,7 @@ HUB_TIMEOUT_S = 60
 
 
 @pytest.fixture
-def hub_off(settings, monkeypatch):
+def hub_off(settings, monkeypatch, outside_network_blocked):
     settings.HUB_TIMEOUT_S = HUB_TIMEOUT_S
     # HF_HUB_OFFLINE=1 as the process started with it: huggingface_hub reads it at import.
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)

@@ -3,6 +3,7 @@ import time
 import pytest
 
 from tests.django_fixtures import queued_tasks
+from tests.network import outside_network_blocked, unreachable_hub  # noqa: F401 (fixtures)
 from training.models import TrainingJob
 from training.api.serializers import TrainRequestSerializer
 from training.tasks import run_training_job
@@ -76,12 +77,12 @@ def test_missing_required_fields_are_named(alice_api):
     assert "model_name" in body["detail"] and "corpus_file" in body["detail"]
 
 
-def test_a_model_that_cannot_be_found_offline_is_a_prompt_400(alice_api, corpus):
+def test_a_model_that_cannot_be_found_offline_is_a_prompt_400(alice_api, corpus, unreachable_hub):
     started = time.monotonic()
     response = train(alice_api, model_name="nobody/no-such-model-xyz", corpus_file=corpus)
     assert time.monotonic() - started < 30
     assert response.status_code == 400
-    assert "nobody/no-such-model-xyz" in response.json()["detail"]
+    assert "Could not reach the Hugging Face hub to fetch 'nobody/no-such-model-xyz'" in response.json()["detail"]
 
 
 def test_a_gpu_that_this_server_lacks_is_refused(alice_api, corpus, hub_models):
