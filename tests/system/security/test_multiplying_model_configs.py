@@ -63,12 +63,6 @@ def place(request, settings):
 
 
 @pytest.fixture
-def corpus(upload, sample_corpus_bytes):
-    assert upload("reviews.txt", sample_corpus_bytes).status_code == 200
-    return "reviews.txt"
-
-
-@pytest.fixture
 def warm(alice_api, corpus, place):
     """Every request answered once for a model of one layer: what importing and caching take."""
     place("org/albert-one-layer", {**ALBERT, "num_hidden_layers": 1})

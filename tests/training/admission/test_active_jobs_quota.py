@@ -12,12 +12,6 @@ REQUEST = {"model_name": "tiny/gpt2", "corpus_file": "reviews.txt", "layer_numbe
 
 
 @pytest.fixture
-def corpus(upload, sample_corpus_bytes):
-    assert upload("reviews.txt", sample_corpus_bytes).status_code == 200
-    return "reviews.txt"
-
-
-@pytest.fixture
 def limit_two(settings):
     settings.MAX_ACTIVE_JOBS_PER_USER = 2
     return 2

@@ -19,11 +19,6 @@ def request(model_name, corpus="reviews.txt"):
                                min_loss=0, max_sequence_length=16)
 
 
-@pytest.fixture
-def corpus(upload, sample_corpus_bytes):
-    assert upload("reviews.txt", sample_corpus_bytes).status_code == 200
-
-
 @pytest.mark.slow
 def test_the_job_keeps_the_commit_it_was_checked_at_and_the_worker_loads_it(alice, corpus, fake_hub, tiny_gpt2_dir):
     checked = fake_hub.push_folder("org/tiny-gpt2", tiny_gpt2_dir)
