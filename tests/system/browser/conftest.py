@@ -84,7 +84,7 @@ def _submit_login(browser, url, username, password):
 def browser():
     """One headless Chromium per test module; nothing is downloaded (Selenium Manager never runs)."""
     if webdriver is None:
-        pytest.skip(MISSING + "; and selenium: pip install -r requirements.txt")
+        pytest.skip(MISSING + "; and selenium: pip install -r requirements-dev.txt")
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.skip(MISSING)
     profile = tempfile.mkdtemp(prefix="mistudio-chromium-")
