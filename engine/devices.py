@@ -6,7 +6,6 @@ is imported only inside select_device(), which only the worker calls.
 """
 
 import functools
-import os
 from dataclasses import dataclass, field
 
 from engine.errors import DeviceError
@@ -70,17 +69,12 @@ def _gpu_info(pynvml, index: int) -> GpuInfo:
 
 
 def system_memory() -> tuple[int, int]:
-    """(total, available) RAM in bytes."""
-    try:
-        fields = {}
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                key, _, value = line.partition(":")
-                fields[key] = int(value.split()[0]) * 1024  # values are in kB
-        return fields["MemTotal"], fields.get("MemAvailable", fields["MemFree"])
-    except (OSError, KeyError, ValueError, IndexError):
-        page = os.sysconf("SC_PAGE_SIZE")
-        return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+    """(total, available) RAM in bytes: available counts the page cache the kernel can drop
+    (Linux's MemAvailable), not only the free pages."""
+    import psutil
+
+    memory = psutil.virtual_memory()
+    return memory.total, memory.available
 
 
 def select_device(gpu_id: int | None) -> str:

@@ -3,6 +3,7 @@
 model loads from its conversion in `models_cache_dir` (engine.models.gguf.converted_folder), made by the
 first load that needs it."""
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,10 @@ def load_model(
     on_cuda = device.startswith("cuda")
     if quantization and not on_cuda:
         raise DeviceError("4-bit/8-bit loading needs a CUDA GPU; this job runs on the CPU, so turn quantization off")
+    if quantization and importlib.util.find_spec("bitsandbytes") is None:
+        # A GPU extra (requirements-gpu.txt): without it transformers would fail deep in from_pretrained.
+        raise DeviceError("4-bit/8-bit loading needs bitsandbytes, which this worker does not have: install the GPU "
+                          "extras (make install GPU=1, or pip install -r requirements-gpu.txt), or turn quantization off")
     dtype = _load_dtype(device, cpu_bf16)
 
     kwargs: dict = {"dtype": dtype, "token": token}

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from django.conf import settings
+import psutil
 
 from engine.errors import DeviceError, EngineError
 from mistudio.database import database_url
@@ -211,21 +212,11 @@ def _signal(pids, signum) -> None:
 
 
 def _descendants(pid: int) -> set[int]:
-    """Every process below `pid`, from /proc (empty where there is none)."""
-    children = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            parent = int((entry / "stat").read_bytes().rpartition(b")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(parent, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
+    """Every process below `pid` (empty when it has exited)."""
+    try:
+        return {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
 
 
 def _failure(log: Path) -> str:

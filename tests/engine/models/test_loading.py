@@ -31,6 +31,15 @@ def test_quantization_on_cpu_is_refused(tiny_gpt2_dir):
         load_model(local(tiny_gpt2_dir), device="cpu", quantization="4bit")
 
 
+def test_quantization_without_bitsandbytes_is_refused_naming_the_gpu_extras(tiny_gpt2_dir, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
+    with pytest.raises(DeviceError, match=r"needs bitsandbytes.*make install GPU=1.*requirements-gpu\.txt"):
+        load_model(local(tiny_gpt2_dir), device="cuda:0", quantization="8bit")
+
+
 def test_a_folder_without_weights_is_a_resolution_error(tiny_gpt2_dir, tmp_path):
     (tmp_path / "config.json").write_text((tiny_gpt2_dir / "config.json").read_text())
     with pytest.raises(ModelResolutionError, match="Could not load model"):

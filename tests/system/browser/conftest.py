@@ -100,7 +100,7 @@ def missing(what: str):
 def browser():
     """One headless Chromium per test module; nothing is downloaded (Selenium Manager never runs)."""
     if webdriver is None:
-        missing(MISSING + "; and selenium: pip install -r requirements.txt")
+        missing(MISSING + "; and selenium: pip install -r requirements-dev.txt")
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         missing(MISSING)
     profile = tempfile.mkdtemp(prefix="mistudio-chromium-")

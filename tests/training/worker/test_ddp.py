@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import torch.distributed as dist
@@ -172,19 +173,14 @@ def activations_job(owner, folder, **fields):
 
 
 def descendants(pid):
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    """The live processes below `pid` (a zombie has exited: it only waits to be reaped)."""
+    found = set()
+    for child in psutil.Process(pid).children(recursive=True):
         try:
-            fields = stat.read_bytes().rpartition(b")")[2].split()
-        except OSError:
-            continue
-        if fields[0] not in (b"Z", b"X"):
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            found.add(child)
-            todo.append(child)
+            if child.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                found.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
     return found
 
 
