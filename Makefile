@@ -49,16 +49,25 @@ demo serve: export MISTUDIO_DEBUG ?= 1
 demo: migrate
 	$(PY) manage.py demo --base-url http://$(HOST):$(PORT) $(ARGS)
 
-# The engine's tests run with no Django at all (-p no:django); the rest on the embedded setup.
+# The engine's tests run with no Django at all (-p no:django); the rest on the embedded setup. The
+# two run side by side, one core each (pytest.ini gives every test process one OpenMP thread): the
+# Django tests mostly wait on workers and children, and the engine's are done within theirs. The
+# engine's output follows the Django tests'; either failing fails the target.
+ENGINE_TESTS = $(PY) -m pytest -q -p no:django -W ignore::pytest.PytestConfigWarning tests/engine
+
 test: install $(VENV)/.installed-dev
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q -p no:django -W ignore::pytest.PytestConfigWarning tests/engine
-	$(PY) -m pytest -q --durations=10 --ignore=tests/engine
+	@log=$$(mktemp); trap 'rm -f $$log' EXIT; \
+	$(ENGINE_TESTS) > $$log 2>&1 & engine=$$!; \
+	$(PY) -m pytest -q --durations=10 --ignore=tests/engine; django=$$?; \
+	wait $$engine; engine_status=$$?; \
+	echo "== tests/engine"; cat $$log; \
+	exit $$(( django != 0 || engine_status != 0 ))
 
 # The edit-test loop (a few minutes): the same, less the tests marked slow (see pytest.ini).
 test-fast: install $(VENV)/.installed-dev
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q -m "not slow" -p no:django -W ignore::pytest.PytestConfigWarning tests/engine
+	$(ENGINE_TESTS) -m "not slow"
 	$(PY) -m pytest -q -m "not slow" --ignore=tests/engine
 
 # The same suite on PostgreSQL (pytest-django makes a test database per run beside it) and the Redis
